@@ -1,0 +1,213 @@
+//! The change-event model shared by capture and router.
+
+use std::fmt;
+
+use crate::table::TableSchema;
+use std::sync::Arc;
+
+/// The kind of change, with Debezium's one-letter codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// A row was inserted (`c`).
+    Create,
+    /// A row was updated (`u`).
+    Update,
+    /// A row was deleted (`d`).
+    Delete,
+    /// A row was read by a snapshot (`r`).
+    Read,
+    /// The table was truncated (`t`).
+    Truncate,
+}
+
+impl Op {
+    /// Debezium's code for this operation.
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Read => "r",
+            Op::Truncate => "t",
+        }
+    }
+
+    /// Parses Debezium's code.
+    pub fn from_code(code: &str) -> Option<Op> {
+        Some(match code {
+            "c" => Op::Create,
+            "u" => Op::Update,
+            "d" => Op::Delete,
+            "r" => Op::Read,
+            "t" => Op::Truncate,
+            _ => return None,
+        })
+    }
+}
+
+/// A unique, totally ordered position of an event in its source's log.
+///
+/// The bytes compare in source order: every source encodes its position in fixed-width
+/// big-endian fields (PostgreSQL: commit LSN, then the event's index in its transaction), so
+/// byte order is log order. The router stores the highest applied position per topic-partition
+/// and skips anything at or below it.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position(pub Vec<u8>);
+
+/// The Kafka header that carries an event's [`Position`] as lower-case hex.
+pub const POSITION_HEADER: &str = "sluice.position";
+
+impl Position {
+    /// The PostgreSQL position: the transaction's commit LSN, then the event's index within it.
+    pub fn postgres(commit_lsn: u64, index: u64) -> Position {
+        let mut bytes = Vec::with_capacity(16);
+        bytes.extend_from_slice(&commit_lsn.to_be_bytes());
+        bytes.extend_from_slice(&index.to_be_bytes());
+        Position(bytes)
+    }
+
+    /// Lower-case hex, as carried in the [`POSITION_HEADER`].
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Parses the hex form; `None` when it is not even-length hex.
+    pub fn from_hex(hex: &str) -> Option<Position> {
+        if hex.len() % 2 != 0 {
+            return None;
+        }
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()
+            .map(Position)
+    }
+}
+
+impl fmt::Debug for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Position({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// One column value, typed as it travels in Avro.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Datum {
+    Null,
+    Bool(bool),
+    Int(i32),
+    Long(i64),
+    Float(f32),
+    Double(f64),
+    /// Text, JSON, unconstrained numerics and any type carried in its text form.
+    String(String),
+    Bytes(Vec<u8>),
+    /// A fixed-scale decimal as its exact decimal text (`-12.340`).
+    Decimal(String),
+    /// Days since 1970-01-01.
+    Date(i32),
+    /// Microseconds since midnight.
+    TimeMicros(i64),
+    /// Microseconds since 1970-01-01T00:00:00 (UTC for `timestamptz`).
+    TimestampMicros(i64),
+    Uuid(String),
+    /// The value did not change and the source did not send it (PostgreSQL unchanged TOAST).
+    /// Sinks must leave the column as it is.
+    Unchanged,
+}
+
+/// Where an event came from, for the envelope's `source` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceInfo {
+    /// The logical source name from the config (`pg_main`).
+    pub name: String,
+    /// The database the change was read from.
+    pub db: String,
+    /// Commit timestamp at the source, in milliseconds since the epoch.
+    pub ts_ms: i64,
+    /// Whether the event was read by a snapshot.
+    pub snapshot: bool,
+    /// The transaction id at the source, when it has one.
+    pub tx_id: Option<i64>,
+    /// PostgreSQL: the LSN of the change.
+    pub lsn: Option<i64>,
+    /// PostgreSQL: Debezium's `sequence` (`["<commit lsn>","<lsn>"]`).
+    pub sequence: Option<String>,
+}
+
+/// The transaction an event belongs to, for the envelope's `transaction` block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxInfo {
+    pub id: String,
+    /// 1-based order of the event within its transaction.
+    pub total_order: i64,
+    /// 1-based order of the event among the transaction's events for the same table.
+    pub data_collection_order: i64,
+}
+
+/// One row change, as capture produces it.
+#[derive(Debug, Clone)]
+pub struct ChangeEvent {
+    pub table: Arc<TableSchema>,
+    pub op: Op,
+    /// Row image before the change, column by column in `table.columns` order, when known.
+    pub before: Option<Vec<Datum>>,
+    /// Row image after the change, in `table.columns` order; `None` for deletes and truncates.
+    pub after: Option<Vec<Datum>>,
+    pub source: SourceInfo,
+    pub transaction: Option<TxInfo>,
+    pub position: Position,
+}
+
+impl ChangeEvent {
+    /// The key columns' values of the row this event is about (after-image, else before-image).
+    pub fn key(&self) -> Option<Vec<Datum>> {
+        let image = self.after.as_ref().or(self.before.as_ref())?;
+        Some(
+            self.table
+                .columns
+                .iter()
+                .zip(image)
+                .filter(|(c, _)| c.key)
+                .map(|(_, d)| d.clone())
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_positions_order_by_commit_lsn_then_index() {
+        let a = Position::postgres(0x10, 5);
+        let b = Position::postgres(0x10, 6);
+        let c = Position::postgres(0x11, 0);
+        assert!(a < b && b < c);
+        assert!(Position::postgres(0x1_0000_0000, 0) > Position::postgres(0xFFFF_FFFF, 9));
+    }
+
+    #[test]
+    fn position_hex_round_trips() {
+        let p = Position::postgres(0xDEAD_BEEF, 42);
+        assert_eq!(p.to_hex(), "00000000deadbeef000000000000002a");
+        assert_eq!(Position::from_hex(&p.to_hex()), Some(p));
+        assert_eq!(Position::from_hex("abc"), None);
+        assert_eq!(Position::from_hex("zz"), None);
+    }
+
+    #[test]
+    fn op_codes_round_trip() {
+        for op in [Op::Create, Op::Update, Op::Delete, Op::Read, Op::Truncate] {
+            assert_eq!(Op::from_code(op.code()), Some(op));
+        }
+        assert_eq!(Op::from_code("x"), None);
+    }
+}

@@ -1,0 +1,21 @@
+//! `sluice-schemas` owns the shape of a change as it travels through Sluice.
+//!
+//! - [`event`]: the change-event model ([`ChangeEvent`], [`Op`], [`Position`], [`Datum`]) that
+//!   capture produces and the router consumes;
+//! - [`table`]: table schemas as declared by the source catalog ([`TableSchema`], [`Column`],
+//!   [`SqlType`]) and their mapping onto Avro types;
+//! - [`avro`]: the Debezium-compatible Avro envelope, its encoding with Avro single-object
+//!   framing, and decoding back into rows.
+//!
+//! It does not talk to any database or broker: capture publishes the schemas it builds here and
+//! the router loads them (see `sluice-capture` and `sluice-router`).
+
+pub mod avro;
+pub mod decimal;
+pub mod event;
+pub mod pgtext;
+pub mod table;
+
+pub use avro::{AvroError, EnvelopeCodec, SchemaFingerprint};
+pub use event::{ChangeEvent, Datum, Op, Position, SourceInfo, TxInfo};
+pub use table::{Column, SqlType, TableId, TableSchema};

@@ -1,0 +1,23 @@
+//! The service harness Sluice's tests share: real PostgreSQL, MariaDB and Tansu (a
+//! Kafka-protocol broker), each started on a free port in its own temporary directory and
+//! stopped when its guard drops — also when a test panics. Children get `PR_SET_PDEATHSIG`, so a
+//! killed test process does not leave servers behind.
+//!
+//! Binaries are found on `PATH` or in the usual Debian locations; override with
+//! `SLUICE_PG_BIN` (directory of `initdb`/`postgres`), `SLUICE_MARIADB_BIN` and `SLUICE_TANSU`.
+
+// Spawning children with a parent-death signal and as another user needs `pre_exec`/libc.
+#![allow(unsafe_code)]
+
+mod mariadb;
+mod postgres;
+mod process;
+mod tansu;
+
+pub use mariadb::MariaDb;
+pub use postgres::Postgres;
+pub use process::{free_port, wait_until, ChildGuard};
+pub use tansu::{Tansu, TansuStorage};
+
+/// Result type of the harness: failures to start a service are reported with what was run.
+pub type Result<T> = std::result::Result<T, String>;

@@ -1,0 +1,104 @@
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::{find_binary, run, ChildGuard};
+use crate::{free_port, wait_until, Result};
+
+const MARIADB_BIN_DIRS: &[&str] = &["/usr/sbin", "/usr/bin"];
+
+/// A MariaDB server configured for CDC (`log-bin`, `binlog_format=ROW`,
+/// `binlog_row_image=FULL`, `binlog_row_metadata=FULL`, a `server-id`), in its own temporary
+/// directory, with a user `sluice`/`sluice` that has every privilege over TCP.
+pub struct MariaDb {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    client: PathBuf,
+    server: Option<ChildGuard>,
+}
+
+impl MariaDb {
+    pub fn start() -> Result<MariaDb> {
+        let mariadbd = find_binary("mariadbd", "SLUICE_MARIADB_BIN", MARIADB_BIN_DIRS)?;
+        let install = find_binary("mariadb-install-db", "SLUICE_MARIADB_BIN", MARIADB_BIN_DIRS)?;
+        let client = find_binary("mariadb", "SLUICE_MARIADB_BIN", MARIADB_BIN_DIRS)?;
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-mariadb-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let data = dir.path().join("data");
+        run(
+            Command::new(&install)
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .args(["--auth-root-authentication-method=normal", "--skip-test-db", "--user=root"]),
+            None,
+        )?;
+        let port = free_port();
+        let mut cmd = Command::new(&mariadbd);
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.path().join("mysqld.sock").display()))
+            .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
+            .arg(format!("--log-bin={}", dir.path().join("binlog").display()))
+            .arg(format!("--port={port}"))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--server-id=1",
+                "--binlog-format=ROW",
+                "--binlog-row-image=FULL",
+                "--binlog-row-metadata=FULL",
+                "--innodb-flush-log-at-trx-commit=2",
+                "--innodb-buffer-pool-size=64M",
+                "--skip-name-resolve",
+            ]);
+        let log = dir.path().join("mariadb.log");
+        let server = ChildGuard::spawn("mariadbd", cmd, &log, None, libc::SIGTERM)?;
+        let mut db = MariaDb {
+            port,
+            dir,
+            client,
+            server: Some(server),
+        };
+        wait_until("mariadb", Duration::from_secs(60), || db.root_sql("SELECT 1").is_ok())
+            .map_err(|e| format!("{e}; log:\n{}", db.log()))?;
+        db.root_sql(
+            "CREATE USER 'sluice'@'%' IDENTIFIED BY 'sluice'; \
+             GRANT ALL PRIVILEGES ON *.* TO 'sluice'@'%' WITH GRANT OPTION;",
+        )?;
+        let _ = db.server.as_mut().map(|s| s.has_exited());
+        Ok(db)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("mariadb.log")).unwrap_or_default()
+    }
+
+    /// A `mysql://` URL for `db` as the `sluice` user.
+    pub fn url(&self, db: &str) -> String {
+        format!("mysql://sluice:sluice@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs SQL as root over the server's socket; returns tab-separated rows without headers.
+    pub fn root_sql(&self, sql: &str) -> Result<String> {
+        run(
+            Command::new(&self.client)
+                .arg(format!("--socket={}", self.dir.path().join("mysqld.sock").display()))
+                .args(["-uroot", "--batch", "--skip-column-names", "-e", sql]),
+            None,
+        )
+    }
+
+    pub fn create_database(&self, name: &str) -> Result<()> {
+        self.root_sql(&format!("CREATE DATABASE `{name}`")).map(|_| ())
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.stop(Duration::from_secs(30));
+        }
+    }
+}
