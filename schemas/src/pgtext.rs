@@ -291,7 +291,9 @@ mod tests {
         round_trip(SqlType::Date, "0044-03-15 BC");
         round_trip(SqlType::Date, "5874897-12-31");
         round_trip(SqlType::Date, "4714-11-24 BC");
-        round_trip(SqlType::Timestamp, "294276-12-31 23:59:59.999999");
+        round_trip(SqlType::Timestamp, "294246-12-31 23:59:59.999999");
+        // PostgreSQL goes to 294276 AD, past what i64 microseconds from 1970 can hold.
+        assert!(parse(&SqlType::Timestamp, "294276-12-31 23:59:59.999999").is_err());
         round_trip(SqlType::Date, "2000-02-29");
         round_trip(SqlType::Time, "23:59:59.999999");
         round_trip(SqlType::Timestamp, "2026-11-23 05:36:19.123456");
