@@ -147,7 +147,7 @@ fn set_parent_death_signal(cmd: &mut Command) {
 }
 
 /// Runs a command to completion; its output is in the error when it fails.
-pub(crate) fn run(mut cmd: Command, run_as: Option<(u32, u32)>) -> Result<String> {
+pub(crate) fn run(cmd: &mut Command, run_as: Option<(u32, u32)>) -> Result<String> {
     if let Some((uid, gid)) = run_as {
         use std::os::unix::process::CommandExt;
         cmd.uid(uid).gid(gid);

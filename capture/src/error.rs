@@ -1,0 +1,52 @@
+use sluice_schemas::AvroError;
+
+use crate::postgres::decoder::DecodeError;
+use crate::postgres::replication::ReplicationError;
+
+/// Everything that can stop a capture. [`CaptureError::is_transient`] is the one place that
+/// decides whether to retry with backoff or to stop with the message.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error("source query failed: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Avro(#[from] AvroError),
+    #[error("kafka: {0}")]
+    Kafka(String),
+    /// A precondition or configuration problem an operator must fix; the message says how.
+    #[error("{0}")]
+    Definite(String),
+}
+
+impl CaptureError {
+    /// Whether retrying (after backoff) can succeed without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CaptureError::Replication(ReplicationError::Io(_)) => true,
+            CaptureError::Replication(ReplicationError::Server { code, .. }) => is_transient_sqlstate(code),
+            CaptureError::Replication(_) => false,
+            CaptureError::Postgres(e) => match e.code() {
+                Some(code) => is_transient_sqlstate(code.code()),
+                // No SQLSTATE: the connection broke.
+                None => true,
+            },
+            CaptureError::Kafka(_) => true,
+            CaptureError::Decode(_) | CaptureError::Avro(_) | CaptureError::Definite(_) => false,
+        }
+    }
+}
+
+/// Connection failures, shutdowns, serialization failures and "slot is active" (another
+/// walsender still holds it, e.g. right after a restart) are worth retrying.
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("57P")
+        || code.starts_with("53")
+        || code == "40001"
+        || code == "40P01"
+        || code == "55006"
+}

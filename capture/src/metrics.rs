@@ -1,0 +1,32 @@
+//! Capture metric names, registered once with their descriptions (see METRICS.md).
+
+use metrics::{describe_counter, describe_gauge, Unit};
+
+/// Row change events published, labels `source`, `table`, `op`.
+pub const EVENTS_TOTAL: &str = "sluice_capture_events_total";
+/// Source transactions whose commit was read, label `source`.
+pub const TRANSACTIONS_TOTAL: &str = "sluice_capture_transactions_total";
+/// Bytes of Avro key+value published, labels `source`, `table`.
+pub const BYTES_TOTAL: &str = "sluice_capture_bytes_total";
+/// The LSN confirmed to the slot (everything before it is acknowledged by Kafka), label `source`.
+pub const CONFIRMED_LSN: &str = "sluice_capture_confirmed_lsn";
+/// Server WAL end minus confirmed LSN, label `source`.
+pub const SLOT_LAG_BYTES: &str = "sluice_capture_slot_lag_bytes";
+/// Events handed to the producer whose delivery is not yet acknowledged, label `source`.
+pub const INFLIGHT_EVENTS: &str = "sluice_capture_inflight_events";
+/// Errors by kind (`transient`, `definite`, `value`), label `source`.
+pub const ERRORS_TOTAL: &str = "sluice_capture_errors_total";
+/// Schema versions published to the schema topic, label `source`.
+pub const SCHEMAS_PUBLISHED_TOTAL: &str = "sluice_capture_schemas_published_total";
+
+/// Registers descriptions; call once per process.
+pub fn describe() {
+    describe_counter!(EVENTS_TOTAL, Unit::Count, "Row change events published to Kafka");
+    describe_counter!(TRANSACTIONS_TOTAL, Unit::Count, "Source transactions read");
+    describe_counter!(BYTES_TOTAL, Unit::Bytes, "Bytes of Avro key and value published");
+    describe_gauge!(CONFIRMED_LSN, "LSN confirmed to the replication slot");
+    describe_gauge!(SLOT_LAG_BYTES, Unit::Bytes, "Server WAL end minus the confirmed LSN");
+    describe_gauge!(INFLIGHT_EVENTS, Unit::Count, "Events awaiting Kafka acknowledgement");
+    describe_counter!(ERRORS_TOTAL, Unit::Count, "Capture errors by kind");
+    describe_counter!(SCHEMAS_PUBLISHED_TOTAL, Unit::Count, "Schema versions published");
+}
