@@ -27,7 +27,9 @@ impl CaptureError {
     pub fn is_transient(&self) -> bool {
         match self {
             CaptureError::Replication(ReplicationError::Io(_)) => true,
-            CaptureError::Replication(ReplicationError::Server { code, .. }) => is_transient_sqlstate(code),
+            CaptureError::Replication(ReplicationError::Server { code, .. }) => {
+                is_transient_sqlstate(code)
+            }
             CaptureError::Replication(_) => false,
             CaptureError::Postgres(e) => match e.code() {
                 Some(code) => is_transient_sqlstate(code.code()),

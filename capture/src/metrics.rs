@@ -21,12 +21,32 @@ pub const SCHEMAS_PUBLISHED_TOTAL: &str = "sluice_capture_schemas_published_tota
 
 /// Registers descriptions; call once per process.
 pub fn describe() {
-    describe_counter!(EVENTS_TOTAL, Unit::Count, "Row change events published to Kafka");
+    describe_counter!(
+        EVENTS_TOTAL,
+        Unit::Count,
+        "Row change events published to Kafka"
+    );
     describe_counter!(TRANSACTIONS_TOTAL, Unit::Count, "Source transactions read");
-    describe_counter!(BYTES_TOTAL, Unit::Bytes, "Bytes of Avro key and value published");
+    describe_counter!(
+        BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes of Avro key and value published"
+    );
     describe_gauge!(CONFIRMED_LSN, "LSN confirmed to the replication slot");
-    describe_gauge!(SLOT_LAG_BYTES, Unit::Bytes, "Server WAL end minus the confirmed LSN");
-    describe_gauge!(INFLIGHT_EVENTS, Unit::Count, "Events awaiting Kafka acknowledgement");
+    describe_gauge!(
+        SLOT_LAG_BYTES,
+        Unit::Bytes,
+        "Server WAL end minus the confirmed LSN"
+    );
+    describe_gauge!(
+        INFLIGHT_EVENTS,
+        Unit::Count,
+        "Events awaiting Kafka acknowledgement"
+    );
     describe_counter!(ERRORS_TOTAL, Unit::Count, "Capture errors by kind");
-    describe_counter!(SCHEMAS_PUBLISHED_TOTAL, Unit::Count, "Schema versions published");
+    describe_counter!(
+        SCHEMAS_PUBLISHED_TOTAL,
+        Unit::Count,
+        "Schema versions published"
+    );
 }

@@ -83,9 +83,12 @@ impl Publisher {
                 config.set(key, value);
             }
         }
-        let producer: FutureProducer = config.create().map_err(|e| CaptureError::Kafka(e.to_string()))?;
-        let admin: AdminClient<DefaultClientContext> =
-            client_config.create().map_err(|e| CaptureError::Kafka(e.to_string()))?;
+        let producer: FutureProducer = config
+            .create()
+            .map_err(|e| CaptureError::Kafka(e.to_string()))?;
+        let admin: AdminClient<DefaultClientContext> = client_config
+            .create()
+            .map_err(|e| CaptureError::Kafka(e.to_string()))?;
         let (tx, rx) = mpsc::channel(settings.max_in_flight.max(1));
         let (acked_tx, acked_rx) = watch::channel(start);
         let task = tokio::spawn(ack_loop(rx, acked_tx, settings.source.clone()));
@@ -99,7 +102,10 @@ impl Publisher {
                 pending: tx,
                 last_checkpoint: start,
             },
-            AckHandle { acked: acked_rx, task },
+            AckHandle {
+                acked: acked_rx,
+                task,
+            },
         ))
     }
 
@@ -114,11 +120,20 @@ impl Publisher {
         self.ensure_topic(&topic, 1, true).await
     }
 
-    async fn ensure_topic(&mut self, topic: &str, partitions: i32, compact: bool) -> Result<(), CaptureError> {
+    async fn ensure_topic(
+        &mut self,
+        topic: &str,
+        partitions: i32,
+        compact: bool,
+    ) -> Result<(), CaptureError> {
         if self.known_topics.contains(topic) {
             return Ok(());
         }
-        let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(self.settings.replication_factor));
+        let mut new = NewTopic::new(
+            topic,
+            partitions,
+            TopicReplication::Fixed(self.settings.replication_factor),
+        );
         if compact {
             new = new.set("cleanup.policy", "compact");
         }
@@ -132,7 +147,9 @@ impl Publisher {
             match r {
                 Ok(_) => info!(topic, partitions, "created topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => debug!(topic, "topic exists"),
-                Err((name, code)) => return Err(CaptureError::Kafka(format!("create topic {name}: {code}"))),
+                Err((name, code)) => {
+                    return Err(CaptureError::Kafka(format!("create topic {name}: {code}")))
+                }
             }
         }
         self.known_topics.insert(topic.to_string());
@@ -141,28 +158,42 @@ impl Publisher {
 
     /// Publishes a schema to the schema topic unless already done, and waits for Kafka to
     /// acknowledge it: a consumer that sees an event can always find its schema.
-    async fn ensure_schema(&mut self, fingerprint: SchemaFingerprint, json: &str) -> Result<(), CaptureError> {
+    async fn ensure_schema(
+        &mut self,
+        fingerprint: SchemaFingerprint,
+        json: &str,
+    ) -> Result<(), CaptureError> {
         if self.published_schemas.contains(&fingerprint) {
             return Ok(());
         }
         let key = fingerprint.to_hex();
-        let record = FutureRecord::to(&self.settings.schema_topic).key(&key).payload(json);
+        let record = FutureRecord::to(&self.settings.schema_topic)
+            .key(&key)
+            .payload(json);
         self.producer
             .send(record, Duration::from_secs(60))
             .await
             .map_err(|(e, _)| CaptureError::Kafka(format!("publish schema {key}: {e}")))?;
-        metrics::counter!(m::SCHEMAS_PUBLISHED_TOTAL, "source" => self.settings.source.clone()).increment(1);
+        metrics::counter!(m::SCHEMAS_PUBLISHED_TOTAL, "source" => self.settings.source.clone())
+            .increment(1);
         info!(fingerprint = %key, "published schema");
         self.published_schemas.insert(fingerprint);
         Ok(())
     }
 
     /// Publishes one event (and its tombstone, for deletes). Waits while too many are in flight.
-    pub async fn publish(&mut self, codec: &EnvelopeCodec, event: &ChangeEvent) -> Result<(), CaptureError> {
+    pub async fn publish(
+        &mut self,
+        codec: &EnvelopeCodec,
+        event: &ChangeEvent,
+    ) -> Result<(), CaptureError> {
         let topic = event.table.id.topic(&self.settings.topic_prefix);
-        self.ensure_topic(&topic, self.settings.partitions, false).await?;
-        self.ensure_schema(codec.key_fingerprint, &codec.key_schema_json).await?;
-        self.ensure_schema(codec.value_fingerprint, &codec.value_schema_json).await?;
+        self.ensure_topic(&topic, self.settings.partitions, false)
+            .await?;
+        self.ensure_schema(codec.key_fingerprint, &codec.key_schema_json)
+            .await?;
+        self.ensure_schema(codec.value_fingerprint, &codec.value_schema_json)
+            .await?;
         let key = codec.encode_key(event)?;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -172,7 +203,8 @@ impl Publisher {
         let position = event.position.to_hex();
         let table = event.table.id.to_string();
         let bytes = value.len() + key.as_ref().map_or(0, Vec::len);
-        self.send(&topic, key.as_deref(), Some(&value), &position).await?;
+        self.send(&topic, key.as_deref(), Some(&value), &position)
+            .await?;
         if event.op == Op::Delete && self.settings.tombstones {
             self.send(&topic, key.as_deref(), None, &position).await?;
         }
@@ -183,7 +215,13 @@ impl Publisher {
         Ok(())
     }
 
-    async fn send(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>, position: &str) -> Result<(), CaptureError> {
+    async fn send(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        position: &str,
+    ) -> Result<(), CaptureError> {
         let headers = OwnedHeaders::new().insert(Header {
             key: POSITION_HEADER,
             value: Some(position),
@@ -226,7 +264,9 @@ impl Publisher {
     /// Waits until everything published so far is acknowledged (or `timeout` passes).
     pub async fn drain(&self, acked: &mut watch::Receiver<u64>, timeout: Duration) -> bool {
         let target = self.last_checkpoint;
-        tokio::time::timeout(timeout, acked.wait_for(|v| *v >= target)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, acked.wait_for(|v| *v >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -241,7 +281,9 @@ async fn ack_loop(
         match p {
             Pending::Delivery(f) => match f.await {
                 Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => return Err(CaptureError::Kafka(format!("delivery failed: {e}"))),
+                Ok(Err((e, _))) => {
+                    return Err(CaptureError::Kafka(format!("delivery failed: {e}")))
+                }
                 Err(_) => return Err(CaptureError::Kafka("delivery was cancelled".into())),
             },
             Pending::Checkpoint(lsn) => {

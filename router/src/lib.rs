@@ -1,1 +1,15 @@
-//! placeholder
+//! `sluice-router` consumes change topics, decodes the Avro events, batches them and applies
+//! them to a sink, exactly once in effect.
+//!
+//! It owns the Kafka consumer group, schema loading from the schema topic ([`schemas`]), the
+//! batching loop ([`router`]) and the dead-letter topic. Exactly-once rests on the sink: every
+//! batch commits its rows together with the consumed offsets and applied positions (see
+//! `sluice_sinks::Sink`); Kafka's own committed offsets are only a hint for where to resume.
+
+pub mod error;
+pub mod metrics;
+pub mod router;
+pub mod schemas;
+
+pub use error::RouterError;
+pub use router::{BatchSettings, Router, RouterSettings};

@@ -47,7 +47,9 @@ pub enum AvroError {
         column: String,
         message: String,
     },
-    #[error("message is not Avro single-object encoded (expected C3 01 and an 8-byte fingerprint)")]
+    #[error(
+        "message is not Avro single-object encoded (expected C3 01 and an 8-byte fingerprint)"
+    )]
     NotSingleObject,
     #[error("undecodable Avro datum: {0}")]
     Datum(#[source] apache_avro::Error),
@@ -391,9 +393,10 @@ impl EnvelopeCodec {
                 let bytes = text_to_unscaled(text, *scale).map_err(|e| err(e.0))?;
                 write_bytes(out, &bytes);
             }
-            (SqlType::Numeric | SqlType::Text | SqlType::Json | SqlType::Other(_), Datum::String(s)) => {
-                write_str(out, s)
-            }
+            (
+                SqlType::Numeric | SqlType::Text | SqlType::Json | SqlType::Other(_),
+                Datum::String(s),
+            ) => write_str(out, s),
             (SqlType::Uuid, Datum::Uuid(s)) => write_str(out, s),
             (SqlType::Bytes, Datum::Bytes(b)) => write_bytes(out, b),
             (SqlType::Date, Datum::Date(d)) => write_long(out, i64::from(*d)),
@@ -401,7 +404,12 @@ impl EnvelopeCodec {
             (SqlType::Timestamp | SqlType::TimestampTz, Datum::TimestampMicros(t)) => {
                 write_long(out, *t)
             }
-            (ty, d) => return Err(err(format!("value {d:?} does not fit type {}", ty.canonical()))),
+            (ty, d) => {
+                return Err(err(format!(
+                    "value {d:?} does not fit type {}",
+                    ty.canonical()
+                )))
+            }
         }
         Ok(())
     }
@@ -483,11 +491,15 @@ impl EnvelopeDecoder {
         let Schema::Union(u) = &before.schema else {
             return Err(shape("`before` is not a union"));
         };
-        let Some(Schema::Record(value)) = u.variants().iter().find(|v| matches!(v, Schema::Record(_)))
+        let Some(Schema::Record(value)) =
+            u.variants().iter().find(|v| matches!(v, Schema::Record(_)))
         else {
             return Err(shape("`before` has no record branch"));
         };
-        if !fields.iter().any(|f| f.name == "source" && matches!(f.schema, Schema::Record(_))) {
+        if !fields
+            .iter()
+            .any(|f| f.name == "source" && matches!(f.schema, Schema::Record(_)))
+        {
             return Err(shape("no `source` record"));
         }
         let mut columns = Vec::with_capacity(value.fields.len());
@@ -496,14 +508,18 @@ impl EnvelopeDecoder {
             let sql_type = attr("sluice.type")
                 .and_then(|v| v.as_str())
                 .and_then(SqlType::parse)
-                .ok_or_else(|| AvroError::Shape(format!("field `{}` has no valid sluice.type", f.name)))?;
+                .ok_or_else(|| {
+                    AvroError::Shape(format!("field `{}` has no valid sluice.type", f.name))
+                })?;
             columns.push(Column {
                 name: attr("sluice.column")
                     .and_then(|v| v.as_str())
                     .unwrap_or(&f.name)
                     .to_string(),
                 sql_type,
-                key: attr("sluice.key").and_then(|v| v.as_bool()).unwrap_or(false),
+                key: attr("sluice.key")
+                    .and_then(|v| v.as_bool())
+                    .unwrap_or(false),
             });
         }
         // The table id is the record namespace's last two parts.
@@ -522,7 +538,8 @@ impl EnvelopeDecoder {
 
     /// Decodes one datum (without its single-object header).
     pub fn decode(&self, mut datum: &[u8]) -> Result<DecodedEvent, AvroError> {
-        let value = apache_avro::from_avro_datum(&self.schema, &mut datum, None).map_err(AvroError::Datum)?;
+        let value = apache_avro::from_avro_datum(&self.schema, &mut datum, None)
+            .map_err(AvroError::Datum)?;
         let AvroValue::Record(fields) = value else {
             return Err(AvroError::Shape("datum is not a record".into()));
         };
@@ -531,7 +548,8 @@ impl EnvelopeDecoder {
             Some(AvroValue::String(s)) => s,
             _ => return Err(AvroError::Shape("no `op`".into())),
         };
-        let op = Op::from_code(&op_code).ok_or_else(|| AvroError::Shape(format!("unknown op `{op_code}`")))?;
+        let op = Op::from_code(&op_code)
+            .ok_or_else(|| AvroError::Shape(format!("unknown op `{op_code}`")))?;
         let source_ts_ms = match fields.remove("source") {
             Some(AvroValue::Record(src)) => src
                 .into_iter()
@@ -607,7 +625,9 @@ fn to_datum(v: AvroValue, ty: &SqlType) -> Result<Datum, AvroError> {
         AvroValue::Bytes(b) => Datum::Bytes(b),
         AvroValue::Decimal(d) => {
             let SqlType::Decimal { scale, .. } = ty else {
-                return Err(AvroError::Shape("decimal value in a non-decimal column".into()));
+                return Err(AvroError::Shape(
+                    "decimal value in a non-decimal column".into(),
+                ));
             };
             let bytes = Vec::<u8>::try_from(&d).map_err(AvroError::Datum)?;
             Datum::Decimal(unscaled_to_text(&bytes, *scale))
@@ -616,7 +636,11 @@ fn to_datum(v: AvroValue, ty: &SqlType) -> Result<Datum, AvroError> {
         AvroValue::TimeMicros(t) => Datum::TimeMicros(t),
         AvroValue::TimestampMicros(t) => Datum::TimestampMicros(t),
         AvroValue::Uuid(u) => Datum::Uuid(u.as_hyphenated().to_string()),
-        other => return Err(AvroError::Shape(format!("unsupported Avro value {other:?}"))),
+        other => {
+            return Err(AvroError::Shape(format!(
+                "unsupported Avro value {other:?}"
+            )))
+        }
     })
 }
 
@@ -636,7 +660,14 @@ mod tests {
             columns: vec![
                 col("id", SqlType::Int64, true),
                 col("qty", SqlType::Int16, false),
-                col("price", SqlType::Decimal { precision: 10, scale: 2 }, false),
+                col(
+                    "price",
+                    SqlType::Decimal {
+                        precision: 10,
+                        scale: 2,
+                    },
+                    false,
+                ),
                 col("note", SqlType::Text, false),
                 col("order date", SqlType::Date, false),
                 col("at", SqlType::TimestampTz, false),
@@ -713,7 +744,9 @@ mod tests {
         let codec = EnvelopeCodec::new("sluice", "pg_main", Connector::Postgres, table()).unwrap();
         let mut after = row();
         after[3] = Datum::Unchanged;
-        let bytes = codec.encode_value(&event(Op::Update, None, Some(after)), 5).unwrap();
+        let bytes = codec
+            .encode_value(&event(Op::Update, None, Some(after)), 5)
+            .unwrap();
         let decoder = EnvelopeDecoder::from_schema_json(&codec.value_schema_json).unwrap();
         let decoded = decoder.decode(unframe(&bytes).unwrap().1).unwrap();
         assert_eq!(decoded.after.unwrap()[3], Datum::Unchanged);
@@ -723,7 +756,9 @@ mod tests {
     #[test]
     fn delete_carries_before_image_and_no_after() {
         let codec = EnvelopeCodec::new("sluice", "pg_main", Connector::Postgres, table()).unwrap();
-        let bytes = codec.encode_value(&event(Op::Delete, Some(row()), None), 5).unwrap();
+        let bytes = codec
+            .encode_value(&event(Op::Delete, Some(row()), None), 5)
+            .unwrap();
         let decoder = EnvelopeDecoder::from_schema_json(&codec.value_schema_json).unwrap();
         let decoded = decoder.decode(unframe(&bytes).unwrap().1).unwrap();
         assert_eq!(decoded.op, Op::Delete);
@@ -734,12 +769,18 @@ mod tests {
     #[test]
     fn key_encodes_only_key_columns() {
         let codec = EnvelopeCodec::new("sluice", "pg_main", Connector::Postgres, table()).unwrap();
-        let key = codec.encode_key(&event(Op::Create, None, Some(row()))).unwrap().unwrap();
+        let key = codec
+            .encode_key(&event(Op::Create, None, Some(row())))
+            .unwrap()
+            .unwrap();
         let key_schema = Schema::parse_str(&codec.key_schema_json).unwrap();
         let (fp, mut datum) = unframe(&key).unwrap();
         assert_eq!(fp, SchemaFingerprint::of(&key_schema));
         let v = apache_avro::from_avro_datum(&key_schema, &mut datum, None).unwrap();
-        assert_eq!(v, AvroValue::Record(vec![("id".into(), AvroValue::Long(7))]));
+        assert_eq!(
+            v,
+            AvroValue::Record(vec![("id".into(), AvroValue::Long(7))])
+        );
     }
 
     #[test]
@@ -747,8 +788,13 @@ mod tests {
         let codec = EnvelopeCodec::new("sluice", "pg_main", Connector::Postgres, table()).unwrap();
         let mut bad = row();
         bad[1] = Datum::String("x".into());
-        let err = codec.encode_value(&event(Op::Create, None, Some(bad)), 5).unwrap_err();
-        assert!(err.to_string().contains("column qty of public.orders"), "{err}");
+        let err = codec
+            .encode_value(&event(Op::Create, None, Some(bad)), 5)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("column qty of public.orders"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -762,6 +808,8 @@ mod tests {
     fn sanitized_names_keep_the_source_column_name() {
         let codec = EnvelopeCodec::new("sluice", "pg_main", Connector::Postgres, table()).unwrap();
         assert!(codec.value_schema_json.contains(r#""name":"order_date""#));
-        assert!(codec.value_schema_json.contains(r#""sluice.column":"order date""#));
+        assert!(codec
+            .value_schema_json
+            .contains(r#""sluice.column":"order date""#));
     }
 }

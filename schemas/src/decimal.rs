@@ -24,9 +24,14 @@ pub fn text_to_unscaled(text: &str, scale: u32) -> Result<Vec<u8>, DecimalError>
     };
     let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
     if int_part.is_empty() && frac_part.is_empty()
-        || !int_part.bytes().chain(frac_part.bytes()).all(|b| b.is_ascii_digit())
+        || !int_part
+            .bytes()
+            .chain(frac_part.bytes())
+            .all(|b| b.is_ascii_digit())
     {
-        return Err(DecimalError(format!("`{text}` is not a finite decimal number")));
+        return Err(DecimalError(format!(
+            "`{text}` is not a finite decimal number"
+        )));
     }
     let frac_trimmed = frac_part.trim_end_matches('0');
     if frac_trimmed.len() > scale as usize {
@@ -133,7 +138,11 @@ mod tests {
                 9,
                 "123456789012345678901234567890.123456789",
             ),
-            ("-99999999999999999999999999999999999999", 0, "-99999999999999999999999999999999999999"),
+            (
+                "-99999999999999999999999999999999999999",
+                0,
+                "-99999999999999999999999999999999999999",
+            ),
         ] {
             let bytes = text_to_unscaled(text, scale).unwrap();
             assert_eq!(unscaled_to_text(&bytes, scale), expect, "{text}");
@@ -155,6 +164,9 @@ mod tests {
         assert!(text_to_unscaled("1.234", 2).is_err());
         assert!(text_to_unscaled("", 2).is_err());
         assert!(text_to_unscaled("1e5", 2).is_err());
-        assert_eq!(text_to_unscaled("1.230", 2).unwrap(), text_to_unscaled("1.23", 2).unwrap());
+        assert_eq!(
+            text_to_unscaled("1.230", 2).unwrap(),
+            text_to_unscaled("1.23", 2).unwrap()
+        );
     }
 }

@@ -236,7 +236,12 @@ fn parse_time(text: &str) -> Option<i64> {
 fn render_time(t: i64) -> String {
     let secs = t / 1_000_000;
     let micros = t % 1_000_000;
-    format!("{:02}:{:02}:{:02}.{micros:06}", secs / 3600, secs / 60 % 60, secs % 60)
+    format!(
+        "{:02}:{:02}:{:02}.{micros:06}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]][ BC]` → microseconds since epoch (UTC).
@@ -284,7 +289,13 @@ mod tests {
         round_trip(SqlType::Float64, "NaN");
         round_trip(SqlType::Float64, "-Infinity");
         round_trip(SqlType::Float32, "3.4028235e38");
-        round_trip(SqlType::Decimal { precision: 40, scale: 5 }, "-123456789012345678901234567890.12345");
+        round_trip(
+            SqlType::Decimal {
+                precision: 40,
+                scale: 5,
+            },
+            "-123456789012345678901234567890.12345",
+        );
         round_trip(SqlType::Bytes, "\\x00ff10");
         round_trip(SqlType::Date, "2026-11-23");
         round_trip(SqlType::Date, "infinity");

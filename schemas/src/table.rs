@@ -51,7 +51,10 @@ pub enum SqlType {
     Float32,
     Float64,
     /// A decimal with fixed precision and scale (`numeric(10,2)`).
-    Decimal { precision: u32, scale: u32 },
+    Decimal {
+        precision: u32,
+        scale: u32,
+    },
     /// A decimal without declared scale (`numeric`): carried as exact text.
     Numeric,
     Text,
@@ -195,7 +198,13 @@ impl TableSchema {
 pub fn avro_name(name: &str) -> String {
     let mut out: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
         out.insert(0, '_');
@@ -216,7 +225,10 @@ mod tests {
             SqlType::Int64,
             SqlType::Float32,
             SqlType::Float64,
-            SqlType::Decimal { precision: 12, scale: 3 },
+            SqlType::Decimal {
+                precision: 12,
+                scale: 3,
+            },
             SqlType::Numeric,
             SqlType::Text,
             SqlType::Bytes,

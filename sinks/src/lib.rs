@@ -1,1 +1,100 @@
-//! placeholder
+//! `sluice-sinks` writes row changes into sink databases, exactly once in effect.
+//!
+//! It owns the [`Sink`] trait and its implementations ([`postgres::PostgresSink`]). A sink
+//! receives batches from the router, applies them in one transaction together with the
+//! consumed Kafka offsets and the highest applied source position per topic-partition (table
+//! `sluice_offsets`), and skips changes it has already applied. It does not consume Kafka or
+//! decode Avro (that is `sluice-router`).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use sluice_schemas::{Datum, Op, Position, TableSchema};
+
+pub mod error;
+pub mod metrics;
+pub mod postgres;
+
+pub use error::SinkError;
+
+/// Where a change was read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One change to apply, decoded from a Kafka message.
+#[derive(Debug, Clone)]
+pub struct SinkChange {
+    /// The source table's schema (the writer schema's columns).
+    pub table: Arc<TableSchema>,
+    pub op: Op,
+    /// In `table.columns` order. Deletes need at least the key columns.
+    pub before: Option<Vec<Datum>>,
+    /// In `table.columns` order; [`Datum::Unchanged`] columns must be left as they are.
+    pub after: Option<Vec<Datum>>,
+    pub position: Position,
+    pub origin: Origin,
+}
+
+/// The last Kafka offset consumed from a topic-partition in a batch, whether or not it
+/// produced a change (tombstones, dead-lettered messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumed {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A batch: changes in consumption order, and the consumed offsets to record with them.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub changes: Vec<SinkChange>,
+    pub consumed: Vec<Consumed>,
+}
+
+/// What an apply did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    /// Changes written.
+    pub applied: usize,
+    /// Changes skipped because the sink had already applied them (replays).
+    pub skipped: usize,
+}
+
+/// What a sink has durably recorded for one topic-partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredProgress {
+    /// The last consumed offset; consumption resumes at `offset + 1`.
+    pub offset: i64,
+    /// The highest source position applied.
+    pub position: Option<Position>,
+}
+
+/// A sink database.
+///
+/// Contract:
+/// - `apply` is atomic: the batch's changes and its consumed offsets and positions are
+///   committed in one transaction, or nothing is.
+/// - Batches may be replayed (router crash after commit, capture replays after its own crash):
+///   a change whose offset is at or below the stored offset of its topic-partition, or whose
+///   source position is not above the highest position applied for it, is skipped. So a
+///   change takes effect once.
+/// - Within a batch, changes take effect in order per key; the final state of each row is what
+///   the last change says. Columns marked [`Datum::Unchanged`] keep their stored value.
+pub trait Sink: Send {
+    /// Applies a batch; see the trait's contract.
+    fn apply(
+        &mut self,
+        batch: &Batch,
+    ) -> impl Future<Output = Result<ApplyOutcome, SinkError>> + Send;
+
+    /// The progress stored for a topic-partition, to resume consumption from.
+    fn progress(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> impl Future<Output = Result<Option<StoredProgress>, SinkError>> + Send;
+}

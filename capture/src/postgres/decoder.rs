@@ -117,7 +117,11 @@ pub fn decode(mut buf: Bytes) -> Result<PgOutput, DecodeError> {
             PgOutput::Relation {
                 id,
                 // pgoutput sends an empty namespace for pg_catalog.
-                namespace: if namespace.is_empty() { "pg_catalog".into() } else { namespace },
+                namespace: if namespace.is_empty() {
+                    "pg_catalog".into()
+                } else {
+                    namespace
+                },
                 name,
                 replica_identity,
                 columns,
@@ -145,7 +149,10 @@ pub fn decode(mut buf: Bytes) -> Result<PgOutput, DecodeError> {
                 kind = take_u8(&mut buf)?;
             }
             if kind != b'N' {
-                return Err(DecodeError(format!("update without new tuple (got {:?})", kind as char)));
+                return Err(DecodeError(format!(
+                    "update without new tuple (got {:?})",
+                    kind as char
+                )));
             }
             PgOutput::Update {
                 relation,
@@ -157,7 +164,10 @@ pub fn decode(mut buf: Bytes) -> Result<PgOutput, DecodeError> {
             let relation = take_u32(&mut buf)?;
             let kind = take_u8(&mut buf)?;
             if kind != b'K' && kind != b'O' {
-                return Err(DecodeError(format!("delete without old tuple (got {:?})", kind as char)));
+                return Err(DecodeError(format!(
+                    "delete without old tuple (got {:?})",
+                    kind as char
+                )));
             }
             PgOutput::Delete {
                 relation,
@@ -167,7 +177,9 @@ pub fn decode(mut buf: Bytes) -> Result<PgOutput, DecodeError> {
         b'T' => {
             let n = take_u32(&mut buf)?;
             let options = take_u8(&mut buf)?;
-            let relations = (0..n).map(|_| take_u32(&mut buf)).collect::<Result<_, _>>()?;
+            let relations = (0..n)
+                .map(|_| take_u32(&mut buf))
+                .collect::<Result<_, _>>()?;
             PgOutput::Truncate {
                 relations,
                 cascade: options & 1 != 0,
@@ -188,13 +200,21 @@ pub fn decode(mut buf: Bytes) -> Result<PgOutput, DecodeError> {
                 content: buf.split_to(len),
             }
         }
-        other => return Err(DecodeError(format!("unknown message type {:?}", other as char))),
+        other => {
+            return Err(DecodeError(format!(
+                "unknown message type {:?}",
+                other as char
+            )))
+        }
     })
 }
 
 fn need(buf: &Bytes, n: usize) -> Result<(), DecodeError> {
     if buf.len() < n {
-        Err(DecodeError(format!("needed {n} more bytes, {} left", buf.len())))
+        Err(DecodeError(format!(
+            "needed {n} more bytes, {} left",
+            buf.len()
+        )))
     } else {
         Ok(())
     }
@@ -225,7 +245,10 @@ fn expect(buf: &mut Bytes, tag: u8) -> Result<(), DecodeError> {
     if got == tag {
         Ok(())
     } else {
-        Err(DecodeError(format!("expected {:?}, got {:?}", tag as char, got as char)))
+        Err(DecodeError(format!(
+            "expected {:?}, got {:?}",
+            tag as char, got as char
+        )))
     }
 }
 
@@ -234,7 +257,8 @@ fn take_cstr(buf: &mut Bytes) -> Result<String, DecodeError> {
         .iter()
         .position(|b| *b == 0)
         .ok_or_else(|| DecodeError("unterminated string".into()))?;
-    let s = String::from_utf8(buf.split_to(end).to_vec()).map_err(|e| DecodeError(e.to_string()))?;
+    let s =
+        String::from_utf8(buf.split_to(end).to_vec()).map_err(|e| DecodeError(e.to_string()))?;
     buf.advance(1);
     Ok(s)
 }
@@ -314,8 +338,14 @@ mod tests {
             upd,
             PgOutput::Update {
                 relation: 16384,
-                old: Some((b'K', vec![TupleValue::Text(Bytes::from_static(b"1")), TupleValue::Null])),
-                new: vec![TupleValue::Text(Bytes::from_static(b"2")), TupleValue::Unchanged],
+                old: Some((
+                    b'K',
+                    vec![TupleValue::Text(Bytes::from_static(b"1")), TupleValue::Null]
+                )),
+                new: vec![
+                    TupleValue::Text(Bytes::from_static(b"2")),
+                    TupleValue::Unchanged
+                ],
             }
         );
     }

@@ -72,7 +72,11 @@ impl std::fmt::Debug for ConnectParams {
 #[derive(Debug)]
 pub enum ReplicationMessage {
     /// WAL data: one pgoutput message.
-    XLogData { wal_start: u64, wal_end: u64, data: Bytes },
+    XLogData {
+        wal_start: u64,
+        wal_end: u64,
+        data: Bytes,
+    },
     /// Keepalive: the server's WAL end; reply at once when `reply_requested`.
     Keepalive { wal_end: u64, reply_requested: bool },
 }
@@ -97,7 +101,9 @@ pub struct ReplicationConnection {
 impl ReplicationConnection {
     /// Connects with `replication=database` and authenticates (trust, password, md5 or
     /// SCRAM-SHA-256). Session settings fix the text format capture parses.
-    pub async fn connect(params: &ConnectParams) -> Result<ReplicationConnection, ReplicationError> {
+    pub async fn connect(
+        params: &ConnectParams,
+    ) -> Result<ReplicationConnection, ReplicationError> {
         let stream = TcpStream::connect((params.host.as_str(), params.port)).await?;
         stream.set_nodelay(true)?;
         let mut conn = ReplicationConnection {
@@ -136,10 +142,11 @@ impl ReplicationConnection {
 
     async fn authenticate(&mut self, params: &ConnectParams) -> Result<(), ReplicationError> {
         let password = || {
-            params
-                .password
-                .as_deref()
-                .ok_or_else(|| ReplicationError::Auth("the server asks for a password and none is configured".into()))
+            params.password.as_deref().ok_or_else(|| {
+                ReplicationError::Auth(
+                    "the server asks for a password and none is configured".into(),
+                )
+            })
         };
         let mut scram: Option<ScramSha256> = None;
         loop {
@@ -172,24 +179,38 @@ impl ReplicationConnection {
                 10 => {
                     let mechanisms: Vec<&[u8]> = frame.body.split(|b| *b == 0).collect();
                     if !mechanisms.contains(&b"SCRAM-SHA-256".as_slice()) {
-                        return Err(ReplicationError::Auth("server offers no SCRAM-SHA-256".into()));
+                        return Err(ReplicationError::Auth(
+                            "server offers no SCRAM-SHA-256".into(),
+                        ));
                     }
                     let s = ScramSha256::new(password()?.as_bytes(), ChannelBinding::unsupported());
-                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut self.write_buf)?;
+                    frontend::sasl_initial_response(
+                        "SCRAM-SHA-256",
+                        s.message(),
+                        &mut self.write_buf,
+                    )?;
                     scram = Some(s);
                 }
                 11 => {
-                    let s = scram.as_mut().ok_or_else(|| ReplicationError::Auth("SASL continue without start".into()))?;
-                    s.update(&frame.body).map_err(|e| ReplicationError::Auth(e.to_string()))?;
+                    let s = scram.as_mut().ok_or_else(|| {
+                        ReplicationError::Auth("SASL continue without start".into())
+                    })?;
+                    s.update(&frame.body)
+                        .map_err(|e| ReplicationError::Auth(e.to_string()))?;
                     frontend::sasl_response(s.message(), &mut self.write_buf)?;
                 }
                 12 => {
-                    let s = scram.as_mut().ok_or_else(|| ReplicationError::Auth("SASL final without start".into()))?;
-                    s.finish(&frame.body).map_err(|e| ReplicationError::Auth(e.to_string()))?;
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| ReplicationError::Auth("SASL final without start".into()))?;
+                    s.finish(&frame.body)
+                        .map_err(|e| ReplicationError::Auth(e.to_string()))?;
                     continue;
                 }
                 other => {
-                    return Err(ReplicationError::Auth(format!("unsupported authentication method {other}")))
+                    return Err(ReplicationError::Auth(format!(
+                        "unsupported authentication method {other}"
+                    )))
                 }
             }
             self.flush().await?;
@@ -292,7 +313,10 @@ impl ReplicationConnection {
                             let wal_end = frame.body.get_u64();
                             let _send_time = frame.body.get_i64();
                             let reply_requested = frame.body.get_u8() == 1;
-                            return Ok(ReplicationMessage::Keepalive { wal_end, reply_requested });
+                            return Ok(ReplicationMessage::Keepalive {
+                                wal_end,
+                                reply_requested,
+                            });
                         }
                         other => {
                             return Err(ReplicationError::Protocol(format!(
@@ -304,14 +328,23 @@ impl ReplicationConnection {
                 }
                 b'N' | b'S' => {}
                 b'E' => return Err(server_error(frame.body)),
-                b'c' => return Err(ReplicationError::Protocol("server ended the replication stream".into())),
+                b'c' => {
+                    return Err(ReplicationError::Protocol(
+                        "server ended the replication stream".into(),
+                    ))
+                }
                 other => return Err(unexpected(other, "streaming")),
             }
         }
     }
 
     /// Sends a standby status update: `flush` is the LSN up to which the slot may be advanced.
-    pub async fn send_status(&mut self, write: u64, flush: u64, reply: bool) -> Result<(), ReplicationError> {
+    pub async fn send_status(
+        &mut self,
+        write: u64,
+        flush: u64,
+        reply: bool,
+    ) -> Result<(), ReplicationError> {
         let mut body = BytesMut::with_capacity(34);
         body.put_u8(b'r');
         body.put_u64(write);
@@ -342,10 +375,16 @@ impl ReplicationConnection {
     async fn read_frame(&mut self) -> Result<Frame, ReplicationError> {
         loop {
             if self.read_buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.read_buf[1], self.read_buf[2], self.read_buf[3], self.read_buf[4]])
-                    as usize;
+                let len = u32::from_be_bytes([
+                    self.read_buf[1],
+                    self.read_buf[2],
+                    self.read_buf[3],
+                    self.read_buf[4],
+                ]) as usize;
                 if len < 4 {
-                    return Err(ReplicationError::Protocol(format!("bad message length {len}")));
+                    return Err(ReplicationError::Protocol(format!(
+                        "bad message length {len}"
+                    )));
                 }
                 if self.read_buf.len() > len {
                     let mut frame = self.read_buf.split_to(len + 1);
@@ -389,15 +428,24 @@ fn server_error(mut body: Bytes) -> ReplicationError {
             _ => {}
         }
     }
-    ReplicationError::Server { code, message, detail }
+    ReplicationError::Server {
+        code,
+        message,
+        detail,
+    }
 }
 
 fn unexpected(tag: u8, during: &str) -> ReplicationError {
-    ReplicationError::Protocol(format!("unexpected message {:?} during {during}", tag as char))
+    ReplicationError::Protocol(format!(
+        "unexpected message {:?} during {during}",
+        tag as char
+    ))
 }
 
 fn pg_now_micros() -> i64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     now.as_micros() as i64 - PG_EPOCH_OFFSET_MICROS
 }
 
@@ -437,7 +485,11 @@ mod tests {
     #[test]
     fn server_errors_carry_code_and_message() {
         let mut body = BytesMut::new();
-        for (k, v) in [(b'S', "ERROR"), (b'C', "42704"), (b'M', "replication slot \"x\" does not exist")] {
+        for (k, v) in [
+            (b'S', "ERROR"),
+            (b'C', "42704"),
+            (b'M', "replication slot \"x\" does not exist"),
+        ] {
             body.put_u8(k);
             body.put_slice(v.as_bytes());
             body.put_u8(0);

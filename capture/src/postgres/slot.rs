@@ -59,13 +59,20 @@ pub async fn preflight(client: &Client, tables: &[TableId]) -> Result<(), Captur
 }
 
 /// Creates the publication for `tables` when missing, and adds tables it lacks.
-pub async fn ensure_publication(client: &Client, publication: &str, tables: &[TableId]) -> Result<(), CaptureError> {
+pub async fn ensure_publication(
+    client: &Client,
+    publication: &str,
+    tables: &[TableId],
+) -> Result<(), CaptureError> {
     let quoted: Vec<String> = tables
         .iter()
         .map(|t| format!("{}.{}", quote_ident(&t.namespace), quote_ident(&t.name)))
         .collect();
     let exists = client
-        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&publication],
+        )
         .await?
         .is_some();
     if !exists {
@@ -92,7 +99,10 @@ pub async fn ensure_publication(client: &Client, publication: &str, tables: &[Ta
         if !published.contains(&(table.namespace.clone(), table.name.clone())) {
             info!(publication, %table, "adding table to publication");
             client
-                .batch_execute(&format!("ALTER PUBLICATION {} ADD TABLE {q}", quote_ident(publication)))
+                .batch_execute(&format!(
+                    "ALTER PUBLICATION {} ADD TABLE {q}",
+                    quote_ident(publication)
+                ))
                 .await?;
         }
     }
@@ -143,7 +153,10 @@ pub async fn ensure_slot(
     }
     info!(slot, "creating replication slot");
     let rows = repl
-        .simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT", quote_ident(slot)))
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+            quote_ident(slot)
+        ))
         .await?;
     let consistent = rows.first().and_then(|r| r.get(1).cloned().flatten());
     Ok(SlotState {

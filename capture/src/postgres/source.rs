@@ -7,13 +7,19 @@ use std::time::Duration;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 use sluice_schemas::avro::Connector;
-use sluice_schemas::{pgtext, ChangeEvent, Column, Datum, EnvelopeCodec, Op, Position, SourceInfo, SqlType, TableId, TableSchema, TxInfo};
+use sluice_schemas::{
+    pgtext, ChangeEvent, Column, Datum, EnvelopeCodec, Op, Position, SourceInfo, SqlType, TableId,
+    TableSchema, TxInfo,
+};
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::decoder::{self, PgOutput, RelationColumn, TupleValue};
-use super::replication::{format_lsn, pg_time_to_unix_ms, quote_ident, ConnectParams, ReplicationConnection, ReplicationMessage};
+use super::replication::{
+    format_lsn, pg_time_to_unix_ms, quote_ident, ConnectParams, ReplicationConnection,
+    ReplicationMessage,
+};
 use super::{slot, types};
 use crate::metrics as m;
 use crate::publisher::{AckHandle, Publisher, PublisherSettings};
@@ -49,7 +55,9 @@ impl PostgresSourceConfig {
     pub fn table_ids(&self) -> Result<Vec<TableId>, String> {
         self.tables
             .iter()
-            .map(|t| TableId::parse(t).ok_or_else(|| format!("`{t}` is not of the form schema.table")))
+            .map(|t| {
+                TableId::parse(t).ok_or_else(|| format!("`{t}` is not of the form schema.table"))
+            })
             .collect()
     }
 }
@@ -123,11 +131,12 @@ impl PostgresCapture {
     }
 
     fn connect_params(&self) -> Result<(tokio_postgres::Config, ConnectParams), CaptureError> {
-        let mut pg: tokio_postgres::Config = self
-            .config
-            .url
-            .parse()
-            .map_err(|e| CaptureError::Definite(format!("sources.{}.url is not a valid connection string: {e}", self.name)))?;
+        let mut pg: tokio_postgres::Config = self.config.url.parse().map_err(|e| {
+            CaptureError::Definite(format!(
+                "sources.{}.url is not a valid connection string: {e}",
+                self.name
+            ))
+        })?;
         if let Some(pw) = &self.password {
             pg.password(pw.as_str());
         }
@@ -144,15 +153,24 @@ impl PostgresCapture {
             host,
             port: pg.get_ports().first().copied().unwrap_or(5432),
             user: pg.get_user().unwrap_or("postgres").to_string(),
-            password: pg.get_password().map(|p| String::from_utf8_lossy(p).into_owned()),
-            dbname: pg.get_dbname().or(pg.get_user()).unwrap_or("postgres").to_string(),
+            password: pg
+                .get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            dbname: pg
+                .get_dbname()
+                .or(pg.get_user())
+                .unwrap_or("postgres")
+                .to_string(),
             application_name: format!("sluice-{}", self.name),
         };
         Ok((pg, params))
     }
 
     async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), CaptureError> {
-        let tables = self.config.table_ids().map_err(|e| CaptureError::Definite(format!("sources.{}.tables: {e}", self.name)))?;
+        let tables = self
+            .config
+            .table_ids()
+            .map_err(|e| CaptureError::Definite(format!("sources.{}.tables: {e}", self.name)))?;
         let (pg, params) = self.connect_params()?;
         let (client, connection) = pg.connect(NoTls).await?;
         let conn_task = tokio::spawn(connection);
@@ -166,8 +184,12 @@ impl PostgresCapture {
             let (mut publisher, acks) = Publisher::new(&self.kafka, self.settings.clone(), start)?;
             publisher.prepare().await?;
             let publication = quote_ident(&self.config.publication);
-            repl.start_logical(&self.config.slot, 0, &[("proto_version", "1"), ("publication_names", &publication)])
-                .await?;
+            repl.start_logical(
+                &self.config.slot,
+                0,
+                &[("proto_version", "1"), ("publication_names", &publication)],
+            )
+            .await?;
             let mut stream = Stream {
                 capture: self,
                 client: &client,
@@ -210,7 +232,9 @@ impl Stream<'_> {
         let source = self.capture.name.clone();
         let confirmed_gauge = metrics::gauge!(m::CONFIRMED_LSN, "source" => source.clone());
         let lag_gauge = metrics::gauge!(m::SLOT_LAG_BYTES, "source" => source.clone());
-        let mut status = tokio::time::interval(Duration::from_millis(self.capture.config.status_interval_ms.max(50)));
+        let mut status = tokio::time::interval(Duration::from_millis(
+            self.capture.config.status_interval_ms.max(50),
+        ));
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -252,19 +276,28 @@ impl Stream<'_> {
             }
         }
         info!("draining: waiting for Kafka to acknowledge published events");
-        let drained = self.publisher.drain(&mut self.acks.acked, Duration::from_secs(30)).await;
+        let drained = self
+            .publisher
+            .drain(&mut self.acks.acked, Duration::from_secs(30))
+            .await;
         let acked = *self.acks.acked.borrow();
         if !drained {
             warn!(confirmed = %format_lsn(acked), "not every event was acknowledged before shutdown; they will be re-sent");
         }
-        self.repl.send_status(self.last_received, acked, false).await?;
+        self.repl
+            .send_status(self.last_received, acked, false)
+            .await?;
         info!(confirmed = %format_lsn(acked), "capture stopped cleanly");
         Ok(())
     }
 
     async fn handle(&mut self, message: PgOutput, lsn: u64) -> Result<(), CaptureError> {
         match message {
-            PgOutput::Begin { final_lsn, commit_time, xid } => {
+            PgOutput::Begin {
+                final_lsn,
+                commit_time,
+                xid,
+            } => {
                 self.tx = Some(Tx {
                     xid,
                     commit_lsn: final_lsn,
@@ -273,13 +306,24 @@ impl Stream<'_> {
                     per_table: HashMap::new(),
                 });
             }
-            PgOutput::Commit { end_lsn, commit_lsn, .. } => {
+            PgOutput::Commit {
+                end_lsn,
+                commit_lsn,
+                ..
+            } => {
                 self.tx = None;
                 self.last_committed = commit_lsn;
-                metrics::counter!(m::TRANSACTIONS_TOTAL, "source" => self.capture.name.clone()).increment(1);
+                metrics::counter!(m::TRANSACTIONS_TOTAL, "source" => self.capture.name.clone())
+                    .increment(1);
                 self.publisher.checkpoint(end_lsn).await?;
             }
-            PgOutput::Relation { id, namespace, name, columns, .. } => {
+            PgOutput::Relation {
+                id,
+                namespace,
+                name,
+                columns,
+                ..
+            } => {
                 let table = TableId::new(namespace, name);
                 let codec = if self.wanted.contains(&table) {
                     let schema = Arc::new(self.table_schema(table, &columns).await?);
@@ -299,7 +343,8 @@ impl Stream<'_> {
             PgOutput::Insert { relation, new } => {
                 if let Some(codec) = self.codec(relation)? {
                     let after = self.row(&codec, &new)?;
-                    self.emit(&codec, relation, Op::Create, None, Some(after), lsn).await?;
+                    self.emit(&codec, relation, Op::Create, None, Some(after), lsn)
+                        .await?;
                 }
             }
             PgOutput::Update { relation, old, new } => {
@@ -310,27 +355,37 @@ impl Stream<'_> {
                         None => None,
                     };
                     let key_changed = matches!(&old, Some((b'K', _)))
-                        || before.as_ref().is_some_and(|b| key_of(&codec, b) != key_of(&codec, &after));
+                        || before
+                            .as_ref()
+                            .is_some_and(|b| key_of(&codec, b) != key_of(&codec, &after));
                     if key_changed {
                         // The row moved to a new key: delete the old key, create the new one,
                         // as Debezium does, so keyed consumers see both.
-                        self.emit(&codec, relation, Op::Delete, before, None, lsn).await?;
-                        self.emit(&codec, relation, Op::Create, None, Some(after), lsn).await?;
+                        self.emit(&codec, relation, Op::Delete, before, None, lsn)
+                            .await?;
+                        self.emit(&codec, relation, Op::Create, None, Some(after), lsn)
+                            .await?;
                     } else {
-                        self.emit(&codec, relation, Op::Update, before, Some(after), lsn).await?;
+                        self.emit(&codec, relation, Op::Update, before, Some(after), lsn)
+                            .await?;
                     }
                 }
             }
-            PgOutput::Delete { relation, old: (_, tuple) } => {
+            PgOutput::Delete {
+                relation,
+                old: (_, tuple),
+            } => {
                 if let Some(codec) = self.codec(relation)? {
                     let before = self.row(&codec, &tuple)?;
-                    self.emit(&codec, relation, Op::Delete, Some(before), None, lsn).await?;
+                    self.emit(&codec, relation, Op::Delete, Some(before), None, lsn)
+                        .await?;
                 }
             }
             PgOutput::Truncate { relations, .. } => {
                 for relation in relations {
                     if let Some(codec) = self.codec(relation)? {
-                        self.emit(&codec, relation, Op::Truncate, None, None, lsn).await?;
+                        self.emit(&codec, relation, Op::Truncate, None, None, lsn)
+                            .await?;
                     }
                 }
             }
@@ -347,7 +402,11 @@ impl Stream<'_> {
         }
     }
 
-    async fn table_schema(&mut self, id: TableId, columns: &[RelationColumn]) -> Result<TableSchema, CaptureError> {
+    async fn table_schema(
+        &mut self,
+        id: TableId,
+        columns: &[RelationColumn],
+    ) -> Result<TableSchema, CaptureError> {
         let mut out = Vec::with_capacity(columns.len());
         for c in columns {
             let sql_type = match types::sql_type(c.type_oid, c.type_modifier) {
@@ -414,7 +473,9 @@ impl Stream<'_> {
         lsn: u64,
     ) -> Result<(), CaptureError> {
         let Some(tx) = self.tx.as_mut() else {
-            return Err(CaptureError::Decode(decoder::DecodeError("change outside a transaction".into())));
+            return Err(CaptureError::Decode(decoder::DecodeError(
+                "change outside a transaction".into(),
+            )));
         };
         let index = tx.index;
         tx.index += 1;
@@ -427,7 +488,11 @@ impl Stream<'_> {
             after,
             source: SourceInfo {
                 name: self.capture.name.clone(),
-                db: self.capture.connect_params().map(|(_, p)| p.dbname).unwrap_or_default(),
+                db: self
+                    .capture
+                    .connect_params()
+                    .map(|(_, p)| p.dbname)
+                    .unwrap_or_default(),
                 ts_ms: tx.commit_time_ms,
                 snapshot: false,
                 tx_id: Some(i64::from(tx.xid)),
@@ -446,5 +511,12 @@ impl Stream<'_> {
 }
 
 fn key_of<'a>(codec: &'a EnvelopeCodec, row: &'a [Datum]) -> Vec<&'a Datum> {
-    codec.table.columns.iter().zip(row).filter(|(c, _)| c.key).map(|(_, d)| d).collect()
+    codec
+        .table
+        .columns
+        .iter()
+        .zip(row)
+        .filter(|(c, _)| c.key)
+        .map(|(_, d)| d)
+        .collect()
 }

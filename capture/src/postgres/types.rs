@@ -51,10 +51,19 @@ mod tests {
     #[test]
     fn numeric_typmods_decode_precision_and_scale() {
         // numeric(10,2)
-        assert_eq!(sql_type(1700, (10 << 16 | 2) + 4), Some(SqlType::Decimal { precision: 10, scale: 2 }));
+        assert_eq!(
+            sql_type(1700, (10 << 16 | 2) + 4),
+            Some(SqlType::Decimal {
+                precision: 10,
+                scale: 2
+            })
+        );
         assert_eq!(sql_type(1700, -1), Some(SqlType::Numeric));
         // numeric(5,-2) (PostgreSQL 15)
-        assert_eq!(sql_type(1700, ((5 << 16) | (-2i32 & 0x7FF)) + 4), Some(SqlType::Numeric));
+        assert_eq!(
+            sql_type(1700, ((5 << 16) | (-2i32 & 0x7FF)) + 4),
+            Some(SqlType::Numeric)
+        );
         assert_eq!(sql_type(3614, -1), None);
     }
 }

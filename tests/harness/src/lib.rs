@@ -9,14 +9,17 @@
 // Spawning children with a parent-death signal and as another user needs `pre_exec`/libc.
 #![allow(unsafe_code)]
 
+pub mod compare;
 mod mariadb;
 mod postgres;
 mod process;
+mod sluice;
 mod tansu;
 
 pub use mariadb::MariaDb;
 pub use postgres::Postgres;
 pub use process::{free_port, wait_until, ChildGuard};
+pub use sluice::{http_get, metric_value, SluiceProcess};
 pub use tansu::{Tansu, TansuStorage};
 
 /// Result type of the harness: failures to start a service are reported with what was run.

@@ -31,15 +31,25 @@ impl MariaDb {
             Command::new(&install)
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", data.display()))
-                .args(["--auth-root-authentication-method=normal", "--skip-test-db", "--user=root"]),
+                .args([
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                    "--user=root",
+                ]),
             None,
         )?;
         let port = free_port();
         let mut cmd = Command::new(&mariadbd);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", dir.path().join("mysqld.sock").display()))
-            .arg(format!("--pid-file={}", dir.path().join("mysqld.pid").display()))
+            .arg(format!(
+                "--socket={}",
+                dir.path().join("mysqld.sock").display()
+            ))
+            .arg(format!(
+                "--pid-file={}",
+                dir.path().join("mysqld.pid").display()
+            ))
             .arg(format!("--log-bin={}", dir.path().join("binlog").display()))
             .arg(format!("--port={port}"))
             .args([
@@ -61,8 +71,10 @@ impl MariaDb {
             client,
             server: Some(server),
         };
-        wait_until("mariadb", Duration::from_secs(60), || db.root_sql("SELECT 1").is_ok())
-            .map_err(|e| format!("{e}; log:\n{}", db.log()))?;
+        wait_until("mariadb", Duration::from_secs(60), || {
+            db.root_sql("SELECT 1").is_ok()
+        })
+        .map_err(|e| format!("{e}; log:\n{}", db.log()))?;
         db.root_sql(
             "CREATE USER 'sluice'@'%' IDENTIFIED BY 'sluice'; \
              GRANT ALL PRIVILEGES ON *.* TO 'sluice'@'%' WITH GRANT OPTION;",
@@ -84,14 +96,18 @@ impl MariaDb {
     pub fn root_sql(&self, sql: &str) -> Result<String> {
         run(
             Command::new(&self.client)
-                .arg(format!("--socket={}", self.dir.path().join("mysqld.sock").display()))
+                .arg(format!(
+                    "--socket={}",
+                    self.dir.path().join("mysqld.sock").display()
+                ))
                 .args(["-uroot", "--batch", "--skip-column-names", "-e", sql]),
             None,
         )
     }
 
     pub fn create_database(&self, name: &str) -> Result<()> {
-        self.root_sql(&format!("CREATE DATABASE `{name}`")).map(|_| ())
+        self.root_sql(&format!("CREATE DATABASE `{name}`"))
+            .map(|_| ())
     }
 }
 

@@ -22,7 +22,10 @@ impl Postgres {
     /// Initialises and starts a cluster.
     pub fn start() -> Result<Postgres> {
         let initdb = find_binary("initdb", "SLUICE_PG_BIN", PG_BIN_DIRS)?;
-        let bin = initdb.parent().expect("initdb has a directory").to_path_buf();
+        let bin = initdb
+            .parent()
+            .expect("initdb has a directory")
+            .to_path_buf();
         let dir = tempfile::Builder::new()
             .prefix("sluice-pg-")
             .tempdir()
@@ -33,7 +36,15 @@ impl Postgres {
             Command::new(&initdb)
                 .arg("-D")
                 .arg(dir.path().join("data"))
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]),
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ]),
             run_as,
         )?;
         let mut pg = Postgres {
@@ -56,18 +67,32 @@ impl Postgres {
             .arg("-k")
             .arg(self.dir.path())
             .args([
-                "-c", "listen_addresses=127.0.0.1",
-                "-c", "wal_level=logical",
-                "-c", "max_replication_slots=20",
-                "-c", "max_wal_senders=20",
-                "-c", "fsync=off",
-                "-c", "full_page_writes=off",
-                "-c", "max_connections=200",
-                "-c", "shared_buffers=64MB",
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "wal_level=logical",
+                "-c",
+                "max_replication_slots=20",
+                "-c",
+                "max_wal_senders=20",
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=64MB",
             ]);
         let log = self.dir.path().join("postgres.log");
         // SIGINT is PostgreSQL's fast shutdown.
-        self.server = Some(ChildGuard::spawn("postgres", cmd, &log, self.run_as, libc::SIGINT)?);
+        self.server = Some(ChildGuard::spawn(
+            "postgres",
+            cmd,
+            &log,
+            self.run_as,
+            libc::SIGINT,
+        )?);
         let isready = self.bin.join("pg_isready");
         let port = self.port;
         wait_until("postgres", Duration::from_secs(60), || {
@@ -99,7 +124,18 @@ impl Postgres {
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
         run(
             Command::new(self.bin.join("psql"))
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+                .args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                ])
                 .arg("-p")
                 .arg(self.port.to_string())
                 .arg("-d")

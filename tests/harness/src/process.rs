@@ -53,7 +53,9 @@ impl ChildGuard {
             cmd.uid(uid).gid(gid);
         }
         set_parent_death_signal(&mut cmd);
-        let child = cmd.spawn().map_err(|e| format!("spawn {name} ({cmd:?}): {e}"))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("spawn {name} ({cmd:?}): {e}"))?;
         Ok(ChildGuard {
             name: name.to_string(),
             child: Some(child),
@@ -108,7 +110,10 @@ impl ChildGuard {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("harness: {} did not stop within {grace:?}; killing it", self.name);
+        eprintln!(
+            "harness: {} did not stop within {grace:?}; killing it",
+            self.name
+        );
         let _ = child.kill();
         child.wait().ok()
     }
@@ -165,10 +170,18 @@ pub(crate) fn run(cmd: &mut Command, run_as: Option<(u32, u32)>) -> Result<Strin
 }
 
 /// Finds `name` in `env_dir`, then on PATH, then in `fallbacks`.
-pub(crate) fn find_binary(name: &str, env_var: &str, fallbacks: &[&str]) -> Result<std::path::PathBuf> {
+pub(crate) fn find_binary(
+    name: &str,
+    env_var: &str,
+    fallbacks: &[&str],
+) -> Result<std::path::PathBuf> {
     if let Ok(dir) = std::env::var(env_var) {
         let p = std::path::Path::new(&dir);
-        let candidate = if p.is_dir() { p.join(name) } else { p.to_path_buf() };
+        let candidate = if p.is_dir() {
+            p.join(name)
+        } else {
+            p.to_path_buf()
+        };
         if candidate.exists() {
             return Ok(candidate);
         }

@@ -26,11 +26,10 @@ pub struct Tansu {
 
 impl Tansu {
     pub fn start(storage: TansuStorage) -> Result<Tansu> {
-        let bin = find_binary("tansu", "SLUICE_TANSU", &["/root/.cargo/bin"])
-            .or_else(|_| {
-                let home = std::env::var("HOME").unwrap_or_default();
-                find_binary("tansu", "SLUICE_TANSU", &[&format!("{home}/.cargo/bin")])
-            })?;
+        let bin = find_binary("tansu", "SLUICE_TANSU", &["/root/.cargo/bin"]).or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_default();
+            find_binary("tansu", "SLUICE_TANSU", &[&format!("{home}/.cargo/bin")])
+        })?;
         let dir = tempfile::Builder::new()
             .prefix("sluice-tansu-")
             .tempdir()

@@ -7,7 +7,10 @@ fn postgres_starts_with_logical_wal_and_one_database_per_test() {
     let pg = Postgres::start().unwrap();
     pg.create_database("harness_a").unwrap();
     pg.create_database("harness_b").unwrap();
-    assert_eq!(pg.psql("harness_a", "SHOW wal_level").unwrap().trim(), "logical");
+    assert_eq!(
+        pg.psql("harness_a", "SHOW wal_level").unwrap().trim(),
+        "logical"
+    );
     let dbs = pg
         .psql("postgres", "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname LIKE 'harness_%'")
         .unwrap();

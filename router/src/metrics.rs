@@ -1,0 +1,41 @@
+//! Router metric names (see METRICS.md).
+
+use metrics::{describe_counter, describe_gauge, Unit};
+
+/// Kafka messages consumed, label `topic`.
+pub const MESSAGES_CONSUMED_TOTAL: &str = "sluice_router_messages_consumed_total";
+/// Messages sent to the dead-letter topic, labels `topic`, `reason`.
+pub const DLQ_TOTAL: &str = "sluice_router_dlq_total";
+/// Batches committed to the sink, label `sink`.
+pub const BATCHES_TOTAL: &str = "sluice_router_batches_total";
+/// Errors by kind (`transient`, `definite`), label `sink`.
+pub const ERRORS_TOTAL: &str = "sluice_router_errors_total";
+/// Schemas loaded from the schema topic.
+pub const SCHEMAS_LOADED_TOTAL: &str = "sluice_router_schemas_loaded_total";
+/// Commit time of the last applied event at the source, as Unix seconds, label `sink`.
+pub const LAST_SOURCE_TS_SECONDS: &str = "sluice_router_last_applied_source_timestamp_seconds";
+
+pub fn describe() {
+    describe_counter!(
+        MESSAGES_CONSUMED_TOTAL,
+        Unit::Count,
+        "Kafka messages consumed"
+    );
+    describe_counter!(
+        DLQ_TOTAL,
+        Unit::Count,
+        "Messages sent to the dead-letter topic"
+    );
+    describe_counter!(BATCHES_TOTAL, Unit::Count, "Batches committed to the sink");
+    describe_counter!(ERRORS_TOTAL, Unit::Count, "Router errors by kind");
+    describe_counter!(
+        SCHEMAS_LOADED_TOTAL,
+        Unit::Count,
+        "Schemas loaded from the schema topic"
+    );
+    describe_gauge!(
+        LAST_SOURCE_TS_SECONDS,
+        Unit::Seconds,
+        "Source commit time of the last applied event"
+    );
+}

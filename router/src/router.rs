@@ -1,0 +1,406 @@
+//! The routing loop: consume, decode, batch, apply, record.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use sluice_schemas::avro::unframe;
+use sluice_schemas::event::POSITION_HEADER;
+use sluice_schemas::Position;
+use sluice_sinks::{Batch, Consumed, Origin, Sink, SinkChange};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::metrics as m;
+use crate::schemas::SchemaStore;
+use crate::RouterError;
+
+/// When a batch is flushed: whichever limit is reached first.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub max_delay: Duration,
+}
+
+/// How the router consumes.
+#[derive(Debug, Clone)]
+pub struct RouterSettings {
+    pub group_id: String,
+    /// Static membership (`group.instance.id`), so a restarted router resumes at once.
+    pub instance_id: Option<String>,
+    pub topics: Vec<String>,
+    pub schema_topic: String,
+    pub dead_letter_topic: String,
+    /// Used when the router has to create a topic that does not exist yet.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub batch: BatchSettings,
+    /// Sink name, for logs and metric labels.
+    pub sink_name: String,
+}
+
+/// A router feeding one sink.
+pub struct Router<S: Sink> {
+    client_config: ClientConfig,
+    settings: RouterSettings,
+    sink: S,
+}
+
+struct Pending {
+    batch: Batch,
+    consumed: HashMap<(Arc<str>, i32), i64>,
+    bytes: usize,
+    last_source_ts_ms: i64,
+}
+
+impl Pending {
+    fn new() -> Pending {
+        Pending {
+            batch: Batch::default(),
+            consumed: HashMap::new(),
+            bytes: 0,
+            last_source_ts_ms: 0,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.consumed.is_empty()
+    }
+}
+
+impl<S: Sink> Router<S> {
+    pub fn new(client_config: ClientConfig, settings: RouterSettings, sink: S) -> Router<S> {
+        Router {
+            client_config,
+            settings,
+            sink,
+        }
+    }
+
+    /// Runs until `shutdown`; the batch in progress is applied before returning.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), RouterError> {
+        let span =
+            info_span!("router", sink = %self.settings.sink_name, group = %self.settings.group_id);
+        async move {
+            let result = self.run_inner(&shutdown).await;
+            if let Err(e) = &result {
+                metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "definite").increment(1);
+                error!(error = %e, "router stopped");
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn ensure_topics(&self) -> Result<(), RouterError> {
+        let admin: AdminClient<DefaultClientContext> = self.client_config.create()?;
+        let factor = self.settings.replication_factor;
+        let rf = || TopicReplication::Fixed(factor);
+        let mut topics: Vec<NewTopic<'_>> = self
+            .settings
+            .topics
+            .iter()
+            .map(|t| NewTopic::new(t, self.settings.partitions, rf()))
+            .collect();
+        topics.push(
+            NewTopic::new(&self.settings.schema_topic, 1, rf()).set("cleanup.policy", "compact"),
+        );
+        topics.push(NewTopic::new(&self.settings.dead_letter_topic, 1, rf()));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        for r in admin.create_topics(topics.iter(), &opts).await? {
+            match r {
+                Ok(t) => info!(topic = %t, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => {
+                    return Err(RouterError::Kafka(format!("create topic {t}: {code}")))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_inner(&mut self, shutdown: &CancellationToken) -> Result<(), RouterError> {
+        self.ensure_topics().await?;
+        let mut config = self.client_config.clone();
+        config
+            .set("group.id", &self.settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false");
+        if let Some(id) = &self.settings.instance_id {
+            config.set("group.instance.id", id);
+        }
+        if config.get("topic.metadata.refresh.interval.ms").is_none() {
+            config.set("topic.metadata.refresh.interval.ms", "5000");
+        }
+        let consumer: StreamConsumer = config.create()?;
+        let topics: Vec<&str> = self.settings.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        info!(topics = ?self.settings.topics, "subscribed");
+        let dlq: FutureProducer = self
+            .client_config
+            .clone()
+            .set("enable.idempotence", "true")
+            .create()?;
+        let mut schemas = SchemaStore::new(
+            self.client_config.clone(),
+            self.settings.schema_topic.clone(),
+        );
+        let mut resumed: HashMap<(Arc<str>, i32), ()> = HashMap::new();
+        let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
+        let consumed_counter = |topic: &str| metrics::counter!(m::MESSAGES_CONSUMED_TOTAL, "topic" => topic.to_string());
+
+        let mut stopping = false;
+        while !stopping {
+            let mut pending = Pending::new();
+            let mut deadline: Option<Instant> = None;
+            loop {
+                let full = pending.batch.changes.len() >= self.settings.batch.max_rows
+                    || pending.bytes >= self.settings.batch.max_bytes;
+                if full {
+                    break;
+                }
+                let timer = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => { stopping = true; break; }
+                    _ = timer => break,
+                    msg = consumer.recv() => {
+                        let msg = match msg {
+                            Ok(msg) => msg,
+                            Err(e) => {
+                                warn!(error = %e, "consumer error");
+                                continue;
+                            }
+                        };
+                        let topic = topic_names
+                            .entry(msg.topic().to_string())
+                            .or_insert_with(|| Arc::from(msg.topic()))
+                            .clone();
+                        let key = (topic.clone(), msg.partition());
+                        if !resumed.contains_key(&key) {
+                            // First message of a newly assigned partition: skip straight to
+                            // what the sink has not recorded yet.
+                            resumed.insert(key.clone(), ());
+                            if let Some(p) = self.sink.progress(&topic, msg.partition()).await? {
+                                if msg.offset() <= p.offset {
+                                    info!(topic = %topic, partition = msg.partition(), resume_at = p.offset + 1, "resuming from the offset stored in the sink");
+                                    consumer.seek(&topic, msg.partition(), Offset::Offset(p.offset + 1), Duration::from_secs(10))?;
+                                    continue;
+                                }
+                            }
+                        }
+                        consumed_counter(&topic).increment(1);
+                        self.handle(&msg, topic, &mut pending, &mut schemas, &dlq).await?;
+                        if deadline.is_none() {
+                            deadline = Some(Instant::now() + self.settings.batch.max_delay);
+                        }
+                    }
+                }
+            }
+            if pending.is_empty() {
+                continue;
+            }
+            self.flush(&consumer, pending, shutdown).await?;
+        }
+        info!("router stopped cleanly");
+        Ok(())
+    }
+
+    /// Decodes one message into the batch, or dead-letters it.
+    async fn handle(
+        &mut self,
+        msg: &BorrowedMessage<'_>,
+        topic: Arc<str>,
+        pending: &mut Pending,
+        schemas: &mut SchemaStore,
+        dlq: &FutureProducer,
+    ) -> Result<(), RouterError> {
+        let partition = msg.partition();
+        let offset = msg.offset();
+        let entry = pending
+            .consumed
+            .entry((topic.clone(), partition))
+            .or_insert(offset);
+        *entry = (*entry).max(offset);
+        let Some(payload) = msg.payload() else {
+            return Ok(()); // tombstone: nothing to apply
+        };
+        let position = msg.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == POSITION_HEADER)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(Position::from_hex)
+        });
+        let decoded = async {
+            let position = position.ok_or_else(|| {
+                (
+                    "no_position",
+                    format!("missing or invalid {POSITION_HEADER} header"),
+                )
+            })?;
+            let (fp, datum) = unframe(payload).map_err(|e| ("undecodable", e.to_string()))?;
+            let decoder = schemas
+                .get(fp)
+                .await
+                .map_err(|e| ("schema_unavailable", e.to_string()))?
+                .ok_or_else(|| {
+                    (
+                        "unknown_schema",
+                        format!("schema {} is not in the schema topic", fp.to_hex()),
+                    )
+                })?;
+            let event = decoder
+                .decode(datum)
+                .map_err(|e| ("undecodable", e.to_string()))?;
+            Ok::<_, (&str, String)>((decoder.table.clone(), event, position))
+        }
+        .await;
+        match decoded {
+            Ok((table, event, position)) => {
+                pending.bytes += payload.len();
+                pending.last_source_ts_ms = pending.last_source_ts_ms.max(event.source_ts_ms);
+                pending.batch.changes.push(SinkChange {
+                    table,
+                    op: event.op,
+                    before: event.before,
+                    after: event.after,
+                    position,
+                    origin: Origin {
+                        topic,
+                        partition,
+                        offset,
+                    },
+                });
+                Ok(())
+            }
+            Err((reason, detail)) => self.dead_letter(dlq, msg, reason, &detail).await,
+        }
+    }
+
+    /// Writes `msg` to the dead-letter topic with the reason and its origin in headers, and
+    /// waits for Kafka to acknowledge it before the offset can be recorded as consumed.
+    async fn dead_letter(
+        &self,
+        dlq: &FutureProducer,
+        msg: &BorrowedMessage<'_>,
+        reason: &str,
+        detail: &str,
+    ) -> Result<(), RouterError> {
+        warn!(
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            reason,
+            detail,
+            "dead-lettering message"
+        );
+        metrics::counter!(m::DLQ_TOTAL, "topic" => msg.topic().to_string(), "reason" => reason.to_string()).increment(1);
+        let partition = msg.partition().to_string();
+        let offset = msg.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "sluice.dlq.reason",
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: "sluice.dlq.detail",
+                value: Some(detail),
+            })
+            .insert(Header {
+                key: "sluice.dlq.topic",
+                value: Some(msg.topic()),
+            })
+            .insert(Header {
+                key: "sluice.dlq.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "sluice.dlq.offset",
+                value: Some(&offset),
+            });
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&self.settings.dead_letter_topic).headers(headers);
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        if let Some(p) = msg.payload() {
+            record = record.payload(p);
+        }
+        dlq.send(record, Duration::from_secs(60))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| RouterError::Kafka(format!("write to dead-letter topic: {e}")))
+    }
+
+    /// Applies a batch, retrying transient sink errors with backoff, then commits the offsets
+    /// to Kafka as a resume hint.
+    async fn flush(
+        &mut self,
+        consumer: &StreamConsumer,
+        mut pending: Pending,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RouterError> {
+        pending.batch.consumed = pending
+            .consumed
+            .iter()
+            .map(|((topic, partition), offset)| Consumed {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+            })
+            .collect();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.sink.apply(&pending.batch).await {
+                Ok(outcome) => {
+                    metrics::counter!(m::BATCHES_TOTAL, "sink" => self.settings.sink_name.clone())
+                        .increment(1);
+                    if pending.last_source_ts_ms > 0 {
+                        metrics::gauge!(m::LAST_SOURCE_TS_SECONDS, "sink" => self.settings.sink_name.clone())
+                            .set(pending.last_source_ts_ms as f64 / 1000.0);
+                    }
+                    tracing::debug!(
+                        applied = outcome.applied,
+                        skipped = outcome.skipped,
+                        "batch committed"
+                    );
+                    break;
+                }
+                Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
+                    metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient").increment(1);
+                    warn!(error = %e, retry_in = ?backoff, "sink write failed; retrying the batch");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        for c in &pending.batch.consumed {
+            tpl.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.offset + 1))?;
+        }
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            // Only a hint: the sink holds the authoritative offsets.
+            warn!(error = %e, "could not commit offsets to Kafka");
+        }
+        Ok(())
+    }
+}

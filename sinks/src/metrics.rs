@@ -1,0 +1,34 @@
+//! Sink metric names (see METRICS.md).
+
+use metrics::{describe_counter, describe_histogram, Unit};
+
+/// Changes applied, labels `sink`, `table`, `op`.
+pub const EVENTS_APPLIED_TOTAL: &str = "sluice_sink_events_applied_total";
+/// Changes skipped as already applied (replays), label `sink`.
+pub const EVENTS_SKIPPED_TOTAL: &str = "sluice_sink_events_skipped_total";
+/// Batch commit duration, label `sink`.
+pub const BATCH_DURATION_SECONDS: &str = "sluice_sink_batch_duration_seconds";
+/// Changes per batch, label `sink`.
+pub const BATCH_ROWS: &str = "sluice_sink_batch_rows";
+/// Tables created or altered, labels `sink`, `table`, `ddl`.
+pub const DDL_TOTAL: &str = "sluice_sink_ddl_total";
+
+pub fn describe() {
+    describe_counter!(
+        EVENTS_APPLIED_TOTAL,
+        Unit::Count,
+        "Row changes applied to the sink"
+    );
+    describe_counter!(
+        EVENTS_SKIPPED_TOTAL,
+        Unit::Count,
+        "Row changes skipped because already applied"
+    );
+    describe_histogram!(
+        BATCH_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to apply and commit one batch"
+    );
+    describe_histogram!(BATCH_ROWS, Unit::Count, "Row changes per batch");
+    describe_counter!(DDL_TOTAL, Unit::Count, "Sink tables created or altered");
+}

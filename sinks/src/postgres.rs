@@ -1,0 +1,665 @@
+//! The PostgreSQL sink: set-based upserts and deletes through `unnest` of text arrays, cast to
+//! each target column's type, in one transaction with the offsets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Deserialize;
+use sluice_schemas::{pgtext, Datum, Op, Position, SqlType, TableId, TableSchema};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, NoTls, Transaction};
+use tracing::{debug, info};
+
+use crate::metrics as m;
+use crate::{ApplyOutcome, Batch, Sink, SinkChange, SinkError, StoredProgress};
+
+/// Table holding consumed offsets and applied positions, written in every batch transaction.
+pub const OFFSETS_TABLE: &str = "public.sluice_offsets";
+
+fn default_true() -> bool {
+    true
+}
+
+/// A PostgreSQL sink (`[sinks.<name>]` with `kind = "postgres"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSinkConfig {
+    /// Connection string. The password may instead come from `SLUICE_SINKS_<NAME>_PASSWORD`.
+    pub url: String,
+    /// Write every table into this schema instead of the source table's own schema.
+    #[serde(default)]
+    pub schema: Option<String>,
+    /// Create missing target tables (and add missing columns) from the source schema.
+    #[serde(default = "default_true")]
+    pub create_tables: bool,
+}
+
+/// A target table as the sink database declares it.
+#[derive(Debug, Clone)]
+struct Target {
+    /// `"schema"."table"`.
+    qualified: String,
+    /// Column name → SQL type text (`format_type`).
+    types: HashMap<String, String>,
+}
+
+/// A connected PostgreSQL sink.
+pub struct PostgresSink {
+    client: Client,
+    conn_task: tokio::task::JoinHandle<()>,
+    state: State,
+}
+
+/// Everything but the client, so a transaction can borrow the client while planning mutates
+/// the cache.
+struct State {
+    name: String,
+    group: String,
+    config: PostgresSinkConfig,
+    targets: HashMap<TableId, (Arc<TableSchema>, Target)>,
+}
+
+impl Drop for PostgresSink {
+    fn drop(&mut self) {
+        self.conn_task.abort();
+    }
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The PostgreSQL type a new target column gets for a source type.
+fn ddl_type(t: &SqlType) -> String {
+    match t {
+        SqlType::Bool => "boolean".into(),
+        SqlType::Int16 => "smallint".into(),
+        SqlType::Int32 => "integer".into(),
+        SqlType::Int64 => "bigint".into(),
+        SqlType::Float32 => "real".into(),
+        SqlType::Float64 => "double precision".into(),
+        SqlType::Decimal { precision, scale } => format!("numeric({precision},{scale})"),
+        SqlType::Numeric => "numeric".into(),
+        SqlType::Text | SqlType::Other(_) => "text".into(),
+        SqlType::Bytes => "bytea".into(),
+        SqlType::Date => "date".into(),
+        SqlType::Time => "time".into(),
+        SqlType::Timestamp => "timestamp".into(),
+        SqlType::TimestampTz => "timestamptz".into(),
+        SqlType::Uuid => "uuid".into(),
+        SqlType::Json => "jsonb".into(),
+    }
+}
+
+impl PostgresSink {
+    /// Connects, sets the session up for Sluice's text formats, and creates `sluice_offsets`.
+    pub async fn connect(
+        name: &str,
+        group: &str,
+        config: PostgresSinkConfig,
+        password: Option<String>,
+    ) -> Result<PostgresSink, SinkError> {
+        let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e| {
+            SinkError::Definite(format!(
+                "sinks.{name}.url is not a valid connection string: {e}"
+            ))
+        })?;
+        if let Some(pw) = password {
+            pg.password(pw);
+        }
+        pg.application_name(&format!("sluice-sink-{name}"));
+        let (client, connection) = pg.connect(NoTls).await?;
+        let sink_name = name.to_string();
+        let conn_task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(sink = %sink_name, error = %e, "sink connection closed");
+            }
+        });
+        client
+            .batch_execute(&format!(
+                "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3; \
+                 CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (\
+                   consumer_group text NOT NULL, topic text NOT NULL, kafka_partition integer NOT NULL, \
+                   kafka_offset bigint NOT NULL, position bytea, updated_at timestamptz NOT NULL DEFAULT now(), \
+                   PRIMARY KEY (consumer_group, topic, kafka_partition))"
+            ))
+            .await?;
+        Ok(PostgresSink {
+            client,
+            conn_task,
+            state: State {
+                name: name.to_string(),
+                group: group.to_string(),
+                config,
+                targets: HashMap::new(),
+            },
+        })
+    }
+}
+
+impl State {
+    fn target_id(&self, source: &TableId) -> TableId {
+        TableId::new(
+            self.config
+                .schema
+                .clone()
+                .unwrap_or_else(|| source.namespace.clone()),
+            source.name.clone(),
+        )
+    }
+
+    /// Looks the target table up (creating or extending it when allowed); cached per source
+    /// schema version.
+    async fn target(
+        &mut self,
+        txn: &Transaction<'_>,
+        schema: &Arc<TableSchema>,
+    ) -> Result<Target, SinkError> {
+        if let Some((cached, target)) = self.targets.get(&schema.id) {
+            if Arc::ptr_eq(cached, schema) || **cached == **schema {
+                return Ok(target.clone());
+            }
+        }
+        let id = self.target_id(&schema.id);
+        let qualified = format!("{}.{}", quote(&id.namespace), quote(&id.name));
+        let mut types = load_columns(txn, &qualified).await?;
+        if types.is_empty() {
+            if !self.config.create_tables {
+                return Err(SinkError::Definite(format!(
+                    "sink {}: target table {id} does not exist; create it or set sinks.{}.create_tables = true",
+                    self.name, self.name
+                )));
+            }
+            let cols: Vec<String> = schema
+                .columns
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {}{}",
+                        quote(&c.name),
+                        ddl_type(&c.sql_type),
+                        if c.key { " NOT NULL" } else { "" }
+                    )
+                })
+                .collect();
+            let key: Vec<String> = schema.key_columns().map(|c| quote(&c.name)).collect();
+            let pk = if key.is_empty() {
+                String::new()
+            } else {
+                format!(", PRIMARY KEY ({})", key.join(", "))
+            };
+            txn.batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {qualified} ({}{pk})",
+                quote(&id.namespace),
+                cols.join(", ")
+            ))
+            .await?;
+            info!(sink = %self.name, table = %id, "created target table");
+            metrics::counter!(m::DDL_TOTAL, "sink" => self.name.clone(), "table" => id.to_string(), "ddl" => "create").increment(1);
+            types = load_columns(txn, &qualified).await?;
+        } else if self.config.create_tables {
+            for c in &schema.columns {
+                if !types.contains_key(&c.name) {
+                    txn.batch_execute(&format!(
+                        "ALTER TABLE {qualified} ADD COLUMN IF NOT EXISTS {} {}",
+                        quote(&c.name),
+                        ddl_type(&c.sql_type)
+                    ))
+                    .await?;
+                    info!(sink = %self.name, table = %id, column = %c.name, "added column");
+                    metrics::counter!(m::DDL_TOTAL, "sink" => self.name.clone(), "table" => id.to_string(), "ddl" => "add_column").increment(1);
+                }
+            }
+            types = load_columns(txn, &qualified).await?;
+        }
+        for c in &schema.columns {
+            if !types.contains_key(&c.name) {
+                return Err(SinkError::Definite(format!(
+                    "sink {}: target table {id} has no column \"{}\"; add it or set sinks.{}.create_tables = true",
+                    self.name, c.name, self.name
+                )));
+            }
+        }
+        let target = Target { qualified, types };
+        self.targets
+            .insert(schema.id.clone(), (schema.clone(), target.clone()));
+        Ok(target)
+    }
+}
+
+async fn load_columns(
+    txn: &Transaction<'_>,
+    qualified: &str,
+) -> Result<HashMap<String, String>, SinkError> {
+    let rows = txn
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&qualified],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// What a batch does to one key of one table, after collapsing.
+#[derive(Debug)]
+enum Action {
+    Upsert(Vec<Datum>),
+    Delete(Vec<Datum>),
+}
+
+/// The collapsed changes of one table version.
+struct Plan {
+    schema: Arc<TableSchema>,
+    truncate: bool,
+    order: Vec<Vec<Option<String>>>,
+    actions: HashMap<Vec<Option<String>>, Action>,
+    counts: [u64; 5],
+}
+
+impl Plan {
+    fn new(schema: Arc<TableSchema>) -> Plan {
+        Plan {
+            schema,
+            truncate: false,
+            order: Vec::new(),
+            actions: HashMap::new(),
+            counts: [0; 5],
+        }
+    }
+
+    fn key(&self, row: &[Datum]) -> Vec<Option<String>> {
+        self.schema
+            .columns
+            .iter()
+            .zip(row)
+            .filter(|(c, _)| c.key)
+            .map(|(_, d)| pgtext::render(d))
+            .collect()
+    }
+
+    fn add(&mut self, change: &SinkChange) {
+        let op_index = match change.op {
+            Op::Create => 0,
+            Op::Update => 1,
+            Op::Delete => 2,
+            Op::Read => 3,
+            Op::Truncate => 4,
+        };
+        self.counts[op_index] += 1;
+        match (change.op, &change.before, &change.after) {
+            (Op::Truncate, _, _) => {
+                self.truncate = true;
+                self.order.clear();
+                self.actions.clear();
+            }
+            (Op::Delete, Some(before), _) => {
+                let key = self.key(before);
+                self.put(key, Action::Delete(before.clone()));
+            }
+            (_, _, Some(after)) => {
+                let key = self.key(after);
+                let mut row = after.clone();
+                if row.contains(&Datum::Unchanged) {
+                    // Fill unchanged columns from an earlier full image of the same key in
+                    // this batch; otherwise they stay unchanged and are not written.
+                    if let Some(Action::Upsert(prev)) = self.actions.get(&key) {
+                        for (d, p) in row.iter_mut().zip(prev) {
+                            if *d == Datum::Unchanged {
+                                *d = p.clone();
+                            }
+                        }
+                    }
+                }
+                self.put(key, Action::Upsert(row));
+            }
+            _ => {}
+        }
+    }
+
+    fn put(&mut self, key: Vec<Option<String>>, action: Action) {
+        if self.actions.insert(key.clone(), action).is_none() {
+            self.order.push(key);
+        }
+    }
+}
+
+impl State {
+    async fn execute(&mut self, txn: &Transaction<'_>, plan: Plan) -> Result<usize, SinkError> {
+        let target = self.target(txn, &plan.schema).await?;
+        let schema = &plan.schema;
+        let table_label = schema.id.to_string();
+        if plan.truncate {
+            txn.batch_execute(&format!("TRUNCATE {}", target.qualified))
+                .await?;
+        }
+        let cast = |name: &str| {
+            target
+                .types
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| "text".into())
+        };
+        let key_idx: Vec<usize> = schema
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(i, _)| i)
+            .collect();
+        if key_idx.is_empty() && !plan.actions.is_empty() {
+            return Err(SinkError::Definite(format!(
+                "sink {}: table {} has no key columns at the source, so its rows cannot be upserted or deleted; \
+                 give it a primary key",
+                self.name, schema.id
+            )));
+        }
+        let mut deletes: Vec<&Vec<Datum>> = Vec::new();
+        let mut full: Vec<&Vec<Datum>> = Vec::new();
+        let mut partial: HashMap<Vec<bool>, Vec<&Vec<Datum>>> = HashMap::new();
+        for key in &plan.order {
+            match &plan.actions[key] {
+                Action::Delete(row) => deletes.push(row),
+                Action::Upsert(row) if row.contains(&Datum::Unchanged) => {
+                    let mask: Vec<bool> = row.iter().map(|d| *d != Datum::Unchanged).collect();
+                    partial.entry(mask).or_default().push(row);
+                }
+                Action::Upsert(row) => full.push(row),
+            }
+        }
+        let key_match = |alias_of: &dyn Fn(usize) -> String| -> String {
+            key_idx
+                .iter()
+                .map(|&i| {
+                    let name = &schema.columns[i].name;
+                    format!("t.{} = {}::{}", quote(name), alias_of(i), cast(name))
+                })
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        if !deletes.is_empty() {
+            let cols: Vec<usize> = key_idx.clone();
+            let arrays = columns_as_arrays(&deletes, &cols);
+            let sql = format!(
+                "DELETE FROM {} AS t USING unnest({}) AS v({}) WHERE {}",
+                target.qualified,
+                placeholders(cols.len()),
+                aliases(cols.len()),
+                key_match(&|i| format!("v.c{}", cols.iter().position(|c| *c == i).unwrap_or(0)))
+            );
+            run(txn, &sql, &arrays).await?;
+        }
+        if !full.is_empty() {
+            let cols: Vec<usize> = (0..schema.columns.len()).collect();
+            let arrays = columns_as_arrays(&full, &cols);
+            let names: Vec<String> = schema.columns.iter().map(|c| quote(&c.name)).collect();
+            let selects: Vec<String> = schema
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("v.c{i}::{}", cast(&c.name)))
+                .collect();
+            let keys: Vec<String> = key_idx
+                .iter()
+                .map(|&i| quote(&schema.columns[i].name))
+                .collect();
+            let updates: Vec<String> = schema
+                .columns
+                .iter()
+                .filter(|c| !c.key)
+                .map(|c| format!("{0} = EXCLUDED.{0}", quote(&c.name)))
+                .collect();
+            let conflict = if updates.is_empty() {
+                "DO NOTHING".to_string()
+            } else {
+                format!("DO UPDATE SET {}", updates.join(", "))
+            };
+            let sql = format!(
+                "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS v({}) ON CONFLICT ({}) {conflict}",
+                target.qualified,
+                names.join(", "),
+                selects.join(", "),
+                placeholders(cols.len()),
+                aliases(cols.len()),
+                keys.join(", ")
+            );
+            run(txn, &sql, &arrays).await?;
+        }
+        for (mask, rows) in partial {
+            let cols: Vec<usize> = (0..schema.columns.len()).filter(|&i| mask[i]).collect();
+            let arrays = columns_as_arrays(&rows, &cols);
+            let alias_of =
+                |i: usize| format!("v.c{}", cols.iter().position(|c| *c == i).unwrap_or(0));
+            let sets: Vec<String> = cols
+                .iter()
+                .filter(|&&i| !schema.columns[i].key)
+                .map(|&i| {
+                    let name = &schema.columns[i].name;
+                    format!("{} = {}::{}", quote(name), alias_of(i), cast(name))
+                })
+                .collect();
+            if sets.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "UPDATE {} AS t SET {} FROM unnest({}) AS v({}) WHERE {}",
+                target.qualified,
+                sets.join(", "),
+                placeholders(cols.len()),
+                aliases(cols.len()),
+                key_match(&alias_of)
+            );
+            run(txn, &sql, &arrays).await?;
+        }
+        let total: u64 = plan.counts.iter().sum();
+        for (i, op) in ["c", "u", "d", "r", "t"].iter().enumerate() {
+            if plan.counts[i] > 0 {
+                metrics::counter!(m::EVENTS_APPLIED_TOTAL, "sink" => self.name.clone(), "table" => table_label.clone(), "op" => *op)
+                    .increment(plan.counts[i]);
+            }
+        }
+        Ok(total as usize)
+    }
+}
+
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}::text[]"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn aliases(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("c{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn columns_as_arrays(rows: &[&Vec<Datum>], cols: &[usize]) -> Vec<Vec<Option<String>>> {
+    cols.iter()
+        .map(|&i| {
+            rows.iter()
+                .map(|r| r.get(i).and_then(pgtext::render))
+                .collect()
+        })
+        .collect()
+}
+
+async fn run(
+    txn: &Transaction<'_>,
+    sql: &str,
+    arrays: &[Vec<Option<String>>],
+) -> Result<u64, SinkError> {
+    let types = vec![Type::TEXT_ARRAY; arrays.len()];
+    let stmt = txn.prepare_typed(sql, &types).await?;
+    let params: Vec<&(dyn ToSql + Sync)> =
+        arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+    Ok(txn.execute(&stmt, &params).await?)
+}
+
+impl Sink for PostgresSink {
+    async fn apply(&mut self, batch: &Batch) -> Result<ApplyOutcome, SinkError> {
+        let started = Instant::now();
+        let txn = self.client.transaction().await?;
+        let outcome = self.state.apply_in(&txn, batch).await?;
+        txn.commit().await?;
+        let name = self.state.name.clone();
+        metrics::histogram!(m::BATCH_DURATION_SECONDS, "sink" => name.clone())
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(m::BATCH_ROWS, "sink" => name.clone())
+            .record(batch.changes.len() as f64);
+        if outcome.skipped > 0 {
+            metrics::counter!(m::EVENTS_SKIPPED_TOTAL, "sink" => name)
+                .increment(outcome.skipped as u64);
+        }
+        Ok(outcome)
+    }
+
+    async fn progress(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<StoredProgress>, SinkError> {
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT kafka_offset, position FROM {OFFSETS_TABLE} \
+                     WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3"
+                ),
+                &[&self.state.group, &topic, &partition],
+            )
+            .await?;
+        Ok(row.map(|r| StoredProgress {
+            offset: r.get(0),
+            position: r.get::<_, Option<Vec<u8>>>(1).map(Position),
+        }))
+    }
+}
+
+/// Per topic-partition state inside one batch transaction.
+struct PartitionState {
+    stored_offset: i64,
+    /// Highest position applied so far (stored, then raised by this batch's changes).
+    high_water: Option<Position>,
+    last_offset: i64,
+    changed: bool,
+}
+
+impl State {
+    /// Locks the offsets rows of the batch's partitions, filters out what is already applied
+    /// (in order, so a replay that arrives later in the same batch is caught too), collapses,
+    /// writes, and records the new offsets and positions.
+    async fn apply_in(
+        &mut self,
+        txn: &Transaction<'_>,
+        batch: &Batch,
+    ) -> Result<ApplyOutcome, SinkError> {
+        let mut parts: HashMap<(Arc<str>, i32), PartitionState> = HashMap::new();
+        let mut partitions: Vec<(Arc<str>, i32)> = batch
+            .consumed
+            .iter()
+            .map(|c| (c.topic.clone(), c.partition))
+            .collect();
+        for c in &batch.changes {
+            partitions.push((c.origin.topic.clone(), c.origin.partition));
+        }
+        partitions.sort();
+        partitions.dedup();
+        // A stable lock order avoids deadlocks between routers sharing a sink.
+        for (topic, partition) in &partitions {
+            txn.execute(
+                &format!(
+                    "INSERT INTO {OFFSETS_TABLE} (consumer_group, topic, kafka_partition, kafka_offset) \
+                     VALUES ($1, $2, $3, -1) ON CONFLICT DO NOTHING"
+                ),
+                &[&self.group, &topic.as_ref(), partition],
+            )
+            .await?;
+            let row = txn
+                .query_one(
+                    &format!(
+                        "SELECT kafka_offset, position FROM {OFFSETS_TABLE} \
+                         WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3 FOR UPDATE"
+                    ),
+                    &[&self.group, &topic.as_ref(), partition],
+                )
+                .await?;
+            let stored_offset: i64 = row.get(0);
+            parts.insert(
+                (topic.clone(), *partition),
+                PartitionState {
+                    stored_offset,
+                    high_water: row.get::<_, Option<Vec<u8>>>(1).map(Position),
+                    last_offset: stored_offset,
+                    changed: false,
+                },
+            );
+        }
+        for c in &batch.consumed {
+            if let Some(p) = parts.get_mut(&(c.topic.clone(), c.partition)) {
+                if c.offset > p.last_offset {
+                    p.last_offset = c.offset;
+                    p.changed = true;
+                }
+            }
+        }
+        let mut outcome = ApplyOutcome::default();
+        let mut plans: HashMap<TableId, Plan> = HashMap::new();
+        for change in &batch.changes {
+            let Some(p) = parts.get_mut(&(change.origin.topic.clone(), change.origin.partition))
+            else {
+                continue;
+            };
+            if change.origin.offset > p.last_offset {
+                p.last_offset = change.origin.offset;
+                p.changed = true;
+            }
+            let fresh = change.origin.offset > p.stored_offset
+                && p.high_water.as_ref().is_none_or(|hw| change.position > *hw);
+            if !fresh {
+                outcome.skipped += 1;
+                continue;
+            }
+            p.high_water = Some(change.position.clone());
+            p.changed = true;
+            let id = change.table.id.clone();
+            // A new schema version of a table: write what was planned under the old one first.
+            if plans
+                .get(&id)
+                .is_some_and(|plan| *plan.schema != *change.table)
+            {
+                if let Some(old) = plans.remove(&id) {
+                    outcome.applied += self.execute(txn, old).await?;
+                }
+            }
+            plans
+                .entry(id)
+                .or_insert_with(|| Plan::new(change.table.clone()))
+                .add(change);
+        }
+        for (_, plan) in plans {
+            outcome.applied += self.execute(txn, plan).await?;
+        }
+        for ((topic, partition), p) in &parts {
+            if p.changed {
+                txn.execute(
+                    &format!(
+                        "UPDATE {OFFSETS_TABLE} SET kafka_offset = $4, position = $5, updated_at = now() \
+                         WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3"
+                    ),
+                    &[&self.group, &topic.as_ref(), partition, &p.last_offset, &p.high_water.as_ref().map(|h| h.0.as_slice())],
+                )
+                .await?;
+            }
+        }
+        debug!(
+            applied = outcome.applied,
+            skipped = outcome.skipped,
+            "batch applied"
+        );
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,175 @@
+//! What `sluice run`, `sluice capture` and `sluice route` start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sluice_capture::postgres::PostgresCapture;
+use sluice_capture::PublisherSettings;
+use sluice_router::{BatchSettings, Router, RouterSettings};
+use sluice_sinks::postgres::PostgresSink;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::{Config, SinkConfig, SourceConfig};
+use crate::telemetry::{self, Health};
+
+/// Which components a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Components {
+    pub capture: bool,
+    pub router: bool,
+}
+
+/// Runs the chosen components until SIGTERM/SIGINT (or until one fails definitively, which
+/// stops the others). Returns an error when any component failed.
+pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
+    let handle = telemetry::init_metrics()?;
+    let health = Arc::new(Health::default());
+    let shutdown = CancellationToken::new();
+    let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
+
+    let http = tokio::spawn({
+        let listen = config.observability.listen.clone();
+        let (health, shutdown) = (health.clone(), shutdown.clone());
+        async move { telemetry::serve(&listen, handle, health, shutdown).await }
+    });
+
+    if components.capture {
+        if config.sources.is_empty() {
+            anyhow::bail!("`capture` needs at least one [sources.<name>] section");
+        }
+        for (name, source) in &config.sources {
+            health.expect(1);
+            let SourceConfig::Postgres(pg) = source.clone();
+            let settings = PublisherSettings {
+                topic_prefix: config.kafka.topic_prefix.clone(),
+                schema_topic: config.kafka.schema_topic.clone(),
+                partitions: config.kafka.partitions,
+                replication_factor: config.kafka.replication_factor,
+                tombstones: config.kafka.tombstones,
+                max_in_flight: config.kafka.max_in_flight,
+                source: name.clone(),
+            };
+            let password = Config::env_password("sources", name);
+            let capture = PostgresCapture::new(name, pg, config.kafka_client(), settings, password);
+            let (name, shutdown, health) = (name.clone(), shutdown.clone(), health.clone());
+            tasks.spawn(async move {
+                health.started();
+                let result = capture.run(shutdown).await.map_err(anyhow::Error::from);
+                (format!("capture {name}"), result)
+            });
+        }
+    }
+
+    if components.router {
+        let router = config
+            .router
+            .clone()
+            .context("`route` needs a [router] section")?;
+        let sink_config = config
+            .sinks
+            .get(&router.sink)
+            .cloned()
+            .with_context(|| format!("router.sink = \"{}\" names no sink", router.sink))?;
+        health.expect(1);
+        let settings = RouterSettings {
+            group_id: router.group_id.clone(),
+            instance_id: config.router_instance_id(),
+            topics: config.router_topics(),
+            schema_topic: config.kafka.schema_topic.clone(),
+            dead_letter_topic: router.dead_letter_topic.clone(),
+            partitions: config.kafka.partitions,
+            replication_factor: config.kafka.replication_factor,
+            batch: BatchSettings {
+                max_rows: router.batch.max_rows,
+                max_bytes: router.batch.max_bytes,
+                max_delay: Duration::from_millis(router.batch.max_delay_ms),
+            },
+            sink_name: router.sink.clone(),
+        };
+        let client = config.kafka_client();
+        let (shutdown, health) = (shutdown.clone(), health.clone());
+        tasks.spawn(async move {
+            let SinkConfig::Postgres(pg) = sink_config;
+            let password = Config::env_password("sinks", &router.sink);
+            let result = async {
+                let sink = connect_sink_with_retry(
+                    &router.sink,
+                    &router.group_id,
+                    pg,
+                    password,
+                    &shutdown,
+                )
+                .await?;
+                health.started();
+                Router::new(client, settings, sink).run(shutdown).await?;
+                Ok(())
+            }
+            .await;
+            ("router".to_string(), result)
+        });
+    }
+
+    let signals = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            wait_for_signal().await;
+            info!("shutdown requested; draining");
+            shutdown.cancel();
+        }
+    });
+
+    let mut failed = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (name, result) = joined.context("a component panicked")?;
+        if let Err(e) = result {
+            error!(component = %name, error = %format!("{e:#}"), "component failed; stopping the others");
+            health.failed();
+            failed.push(format!("{name}: {e:#}"));
+            shutdown.cancel();
+        }
+    }
+    shutdown.cancel();
+    signals.abort();
+    let _ = http.await;
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(failed.join("\n"))
+    }
+}
+
+async fn connect_sink_with_retry(
+    name: &str,
+    group: &str,
+    config: sluice_sinks::postgres::PostgresSinkConfig,
+    password: Option<String>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<PostgresSink> {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match PostgresSink::connect(name, group, config.clone(), password.clone()).await {
+            Ok(sink) => return Ok(sink),
+            Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
+                tracing::warn!(sink = name, error = %e, retry_in = ?backoff, "sink unavailable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,522 @@
+//! The one TOML config file. Every field is documented here (this is the user's reference),
+//! unknown keys are rejected with their path, and [`Config::validate`] names the field and the
+//! fix. Secrets can come from the environment instead of the file:
+//! `SLUICE_SOURCES_<NAME>_PASSWORD`, `SLUICE_SINKS_<NAME>_PASSWORD`; and
+//! `SLUICE_KAFKA_BOOTSTRAP_SERVERS` overrides `kafka.bootstrap_servers`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sluice_capture::postgres::PostgresSourceConfig;
+use sluice_sinks::postgres::PostgresSinkConfig;
+
+const DEFAULT_TOPIC_PREFIX: &str = "sluice";
+const DEFAULT_SCHEMA_TOPIC: &str = "_sluice_schemas";
+const DEFAULT_DEAD_LETTER_TOPIC: &str = "_sluice_dead_letter";
+const DEFAULT_PARTITIONS: i32 = 1;
+const DEFAULT_REPLICATION_FACTOR: i32 = 1;
+const DEFAULT_MAX_IN_FLIGHT: usize = 100_000;
+const DEFAULT_GROUP_ID: &str = "sluice-router";
+const DEFAULT_BATCH_MAX_ROWS: usize = 5_000;
+const DEFAULT_BATCH_MAX_BYTES: usize = 16 * 1024 * 1024;
+const DEFAULT_BATCH_MAX_DELAY_MS: u64 = 100;
+const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+
+/// A configuration problem, with the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {path}: {message}")]
+    Parse {
+        file: PathBuf,
+        path: String,
+        message: String,
+    },
+    #[error("{file}: {}", .problems.join("\n  "))]
+    Invalid {
+        file: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Kafka-protocol cluster events travel through.
+    pub kafka: KafkaConfig,
+    /// Databases to capture, by name. The name appears in topics' `source.name`, metrics and logs.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Databases to write into, by name.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// The router: which topics go to which sink.
+    #[serde(default)]
+    pub router: Option<RouterConfig>,
+    /// Metrics, health endpoints and logs.
+    #[serde(default)]
+    pub observability: ObservabilityConfig,
+}
+
+/// `[kafka]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list (librdkafka's `bootstrap.servers`).
+    pub bootstrap_servers: String,
+    /// Topics are named `<topic_prefix>.<schema>.<table>`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// Compacted topic holding every Avro schema, keyed by its fingerprint (registry-less mode).
+    #[serde(default = "default_schema_topic")]
+    pub schema_topic: String,
+    /// Partitions of the table topics Sluice creates. Events are keyed by primary key, so
+    /// order per row holds with any number.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor of topics Sluice creates.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Follow every delete event with a tombstone (null value) so compacted topics drop the key.
+    #[serde(default = "default_true")]
+    pub tombstones: bool,
+    /// Events capture may have awaiting Kafka acknowledgement before it pauses reading the source.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Extra librdkafka properties (security, timeouts), passed through as they are.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// `[sources.<name>]`, by `kind`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceConfig {
+    /// PostgreSQL through logical replication (pgoutput).
+    Postgres(PostgresSourceConfig),
+}
+
+/// `[sinks.<name>]`, by `kind`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SinkConfig {
+    /// PostgreSQL with batched, idempotent upserts.
+    Postgres(PostgresSinkConfig),
+}
+
+/// `[router]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// The sink (a key of `[sinks]`) this router writes to.
+    pub sink: String,
+    /// Kafka consumer group; routers with the same group share the partitions.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Static group membership id (Kafka's `group.instance.id`): a router restarted with the same
+    /// id takes its partitions back at once instead of waiting for the old session to expire.
+    /// Must be unique per router process in the group. Default: `sluice-<hostname>`; set it
+    /// (e.g. to the pod name) when several routers share a host.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// Topics to consume. Default: the topics of every table of every source in this file.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    /// Where undecodable or rejected events go, with the reason in headers.
+    #[serde(default = "default_dead_letter_topic")]
+    pub dead_letter_topic: String,
+    /// When a batch is written.
+    #[serde(default)]
+    pub batch: BatchConfig,
+}
+
+/// `[router.batch]`: a batch is written when any limit is reached.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Row changes per batch.
+    #[serde(default = "default_batch_max_rows")]
+    pub max_rows: usize,
+    /// Bytes of Avro payload per batch.
+    #[serde(default = "default_batch_max_bytes")]
+    pub max_bytes: usize,
+    /// Milliseconds from a batch's first event to its write.
+    #[serde(default = "default_batch_max_delay_ms")]
+    pub max_delay_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_rows: DEFAULT_BATCH_MAX_ROWS,
+            max_bytes: DEFAULT_BATCH_MAX_BYTES,
+            max_delay_ms: DEFAULT_BATCH_MAX_DELAY_MS,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[observability]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObservabilityConfig {
+    /// Address serving `/metrics` (Prometheus), `/healthz` and `/readyz`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// `pretty` or `json`.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// A `tracing` filter (`info`, `sluice_capture=debug,info`); `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        ObservabilityConfig {
+            listen: default_listen(),
+            log_format: LogFormat::Pretty,
+            log_level: default_log_level(),
+        }
+    }
+}
+
+fn default_topic_prefix() -> String {
+    DEFAULT_TOPIC_PREFIX.into()
+}
+fn default_schema_topic() -> String {
+    DEFAULT_SCHEMA_TOPIC.into()
+}
+fn default_dead_letter_topic() -> String {
+    DEFAULT_DEAD_LETTER_TOPIC.into()
+}
+fn default_partitions() -> i32 {
+    DEFAULT_PARTITIONS
+}
+fn default_replication_factor() -> i32 {
+    DEFAULT_REPLICATION_FACTOR
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_in_flight() -> usize {
+    DEFAULT_MAX_IN_FLIGHT
+}
+fn default_group_id() -> String {
+    DEFAULT_GROUP_ID.into()
+}
+fn default_batch_max_rows() -> usize {
+    DEFAULT_BATCH_MAX_ROWS
+}
+fn default_batch_max_bytes() -> usize {
+    DEFAULT_BATCH_MAX_BYTES
+}
+fn default_batch_max_delay_ms() -> u64 {
+    DEFAULT_BATCH_MAX_DELAY_MS
+}
+fn default_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let mut config =
+            Config::parse(&text).map_err(|(path_in_file, message)| ConfigError::Parse {
+                file: path.to_path_buf(),
+                path: path_in_file,
+                message,
+            })?;
+        config.apply_env();
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses TOML; on error returns the dotted path of the offending key and the message.
+    pub fn parse(text: &str) -> Result<Config, (String, String)> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.message().to_string();
+            let location = inner
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            (
+                if path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
+                format!("{message}{location}"),
+            )
+        })
+    }
+
+    fn apply_env(&mut self) {
+        if let Ok(v) = std::env::var("SLUICE_KAFKA_BOOTSTRAP_SERVERS") {
+            self.kafka.bootstrap_servers = v;
+        }
+    }
+
+    /// The password for a source or sink from the environment, if set.
+    pub fn env_password(section: &str, name: &str) -> Option<String> {
+        let var = format!(
+            "SLUICE_{}_{}_PASSWORD",
+            section.to_uppercase(),
+            name.to_uppercase().replace('-', "_")
+        );
+        std::env::var(var).ok()
+    }
+
+    /// Checks values serde cannot; every problem names its field and the fix.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        let k = &self.kafka;
+        if k.bootstrap_servers.trim().is_empty() {
+            problems
+                .push("kafka.bootstrap_servers must not be empty (e.g. \"127.0.0.1:9092\")".into());
+        }
+        if k.topic_prefix.is_empty()
+            || !k
+                .topic_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            problems.push("kafka.topic_prefix must be non-empty and use only letters, digits, '.', '_' and '-'".into());
+        }
+        if k.partitions < 1 {
+            problems.push("kafka.partitions must be >= 1".into());
+        }
+        if k.replication_factor < 1 {
+            problems.push("kafka.replication_factor must be >= 1".into());
+        }
+        if k.max_in_flight == 0 {
+            problems.push("kafka.max_in_flight must be > 0".into());
+        }
+        for (name, source) in &self.sources {
+            match source {
+                SourceConfig::Postgres(pg) => {
+                    if pg.tables.is_empty() {
+                        problems.push(format!(
+                            "sources.{name}.tables must list at least one \"schema.table\""
+                        ));
+                    }
+                    if let Err(e) = pg.table_ids() {
+                        problems.push(format!("sources.{name}.tables: {e}"));
+                    }
+                    for (field, value) in [("slot", &pg.slot), ("publication", &pg.publication)] {
+                        if value.is_empty()
+                            || value.len() > 63
+                            || !value
+                                .chars()
+                                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                        {
+                            problems.push(format!(
+                                "sources.{name}.{field} must be 1-63 characters of a-z, 0-9 and '_' (got \"{value}\")"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(router) = &self.router {
+            if !self.sinks.contains_key(&router.sink) {
+                let known: Vec<&str> = self.sinks.keys().map(String::as_str).collect();
+                problems.push(format!(
+                    "router.sink = \"{}\" names no sink; define [sinks.{}] or use one of {known:?}",
+                    router.sink, router.sink
+                ));
+            }
+            if router.group_id.is_empty() {
+                problems.push("router.group_id must not be empty".into());
+            }
+            if router.batch.max_rows == 0 {
+                problems.push("router.batch.max_rows must be > 0".into());
+            }
+            if router.batch.max_bytes == 0 {
+                problems.push("router.batch.max_bytes must be > 0".into());
+            }
+            if router.batch.max_delay_ms == 0 {
+                problems.push("router.batch.max_delay_ms must be > 0".into());
+            }
+            if router.topics.is_empty() && self.sources.is_empty() {
+                problems.push("router.topics is empty and there are no [sources] to derive topics from; list the topics to consume".into());
+            }
+        }
+        if self
+            .observability
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            problems.push(format!(
+                "observability.listen must be an address like \"127.0.0.1:9464\" (got \"{}\")",
+                self.observability.listen
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The librdkafka client config shared by every component.
+    pub fn kafka_client(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", &self.kafka.bootstrap_servers);
+        for (k, v) in &self.kafka.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The router's static membership id: configured, else `sluice-<hostname>`.
+    pub fn router_instance_id(&self) -> Option<String> {
+        let router = self.router.as_ref()?;
+        if let Some(id) = &router.instance_id {
+            return Some(id.clone());
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())?;
+        Some(format!("sluice-{host}"))
+    }
+
+    /// The topics the router consumes: configured, or every source table's topic.
+    pub fn router_topics(&self) -> Vec<String> {
+        if let Some(r) = &self.router {
+            if !r.topics.is_empty() {
+                return r.topics.clone();
+            }
+        }
+        let mut topics: Vec<String> = self
+            .sources
+            .values()
+            .flat_map(|s| match s {
+                SourceConfig::Postgres(pg) => pg.table_ids().unwrap_or_default(),
+            })
+            .map(|t| t.topic(&self.kafka.topic_prefix))
+            .collect();
+        topics.sort();
+        topics.dedup();
+        topics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+
+[sources.pg_main]
+kind = "postgres"
+url = "postgresql://sluice@127.0.0.1/shop"
+tables = ["public.orders"]
+slot = "sluice_pg_main"
+publication = "sluice_pg_main"
+
+[sinks.warehouse]
+kind = "postgres"
+url = "postgresql://sluice@127.0.0.1/warehouse"
+
+[router]
+sink = "warehouse"
+"#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.kafka.topic_prefix, "sluice");
+        assert_eq!(
+            c.router.as_ref().unwrap().batch.max_rows,
+            DEFAULT_BATCH_MAX_ROWS
+        );
+        assert_eq!(c.router_topics(), vec!["sluice.public.orders".to_string()]);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_path() {
+        let text = MINIMAL.replace("[router]\n", "[router]\nbatch = { max_rowz = 5 }\n");
+        let (path, message) = Config::parse(&text).unwrap_err();
+        assert_eq!(path, "router.batch.max_rowz");
+        assert!(message.contains("unknown field `max_rowz`"), "{message}");
+    }
+
+    #[test]
+    fn unknown_key_inside_a_source_is_rejected_with_its_path() {
+        let text = MINIMAL.replace("slot = ", "slott = \"x\"\nslot = ");
+        let (path, message) = Config::parse(&text).unwrap_err();
+        assert!(path.starts_with("sources.pg_main"), "{path}");
+        assert!(message.contains("slott"), "{message}");
+    }
+
+    #[test]
+    fn unknown_kind_names_the_choices() {
+        let text = MINIMAL.replace(
+            "kind = \"postgres\"\nurl = \"postgresql://sluice@127.0.0.1/shop\"",
+            "kind = \"oracle\"\nurl = \"x\"",
+        );
+        let (path, message) = Config::parse(&text).unwrap_err();
+        assert!(path.starts_with("sources.pg_main"), "{path}");
+        assert!(
+            message.contains("oracle") && message.contains("postgres"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn validation_names_field_and_fix() {
+        let text = MINIMAL
+            .replace(
+                "sink = \"warehouse\"",
+                "sink = \"nowhere\"\nbatch = { max_rows = 0 }",
+            )
+            .replace("slot = \"sluice_pg_main\"", "slot = \"Bad-Slot\"");
+        let problems = Config::parse(&text).unwrap().validate().unwrap_err();
+        let all = problems.join("\n");
+        assert!(
+            all.contains("router.sink = \"nowhere\" names no sink"),
+            "{all}"
+        );
+        assert!(all.contains("router.batch.max_rows must be > 0"), "{all}");
+        assert!(all.contains("sources.pg_main.slot must be"), "{all}");
+    }
+}

@@ -1,0 +1,6 @@
+//! The `sluice` binary's library: configuration, telemetry and the commands that wire the
+//! crates together. See ARCHITECTURE.md for the flow.
+
+pub mod commands;
+pub mod config;
+pub mod telemetry;

@@ -1,0 +1,119 @@
+//! Logs, metrics and the HTTP endpoints every Sluice process serves:
+//! `/metrics` (Prometheus text), `/healthz` (alive) and `/readyz` (every component started and
+//! none has failed).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{LogFormat, ObservabilityConfig};
+
+/// Readiness shared by the components of one process.
+#[derive(Debug, Default)]
+pub struct Health {
+    expected: AtomicUsize,
+    started: AtomicUsize,
+    failed: AtomicBool,
+}
+
+impl Health {
+    pub fn expect(&self, n: usize) {
+        self.expected.fetch_add(n, Ordering::SeqCst);
+    }
+    pub fn started(&self) {
+        self.started.fetch_add(1, Ordering::SeqCst);
+    }
+    pub fn failed(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+    }
+    pub fn ready(&self) -> bool {
+        !self.failed.load(Ordering::SeqCst)
+            && self.started.load(Ordering::SeqCst) >= self.expected.load(Ordering::SeqCst)
+    }
+}
+
+/// Installs the `tracing` subscriber.
+pub fn init_logging(config: &ObservabilityConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log_level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+/// Installs the Prometheus recorder and describes every metric.
+pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])?
+        .install_recorder()?;
+    sluice_capture::metrics::describe();
+    sluice_router::metrics::describe();
+    sluice_sinks::metrics::describe();
+    Ok(handle)
+}
+
+/// Serves the endpoints until `shutdown`.
+pub async fn serve(
+    listen: &str,
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    loop {
+        let (mut socket, _) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { warn!(error = %e, "accept failed"); continue; }
+            },
+        };
+        let handle = handle.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n = match tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                socket.read(&mut buf),
+            )
+            .await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, content_type, body) = match path {
+                "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                "/readyz" if health.ready() => ("200 OK", "text/plain", "ready\n".to_string()),
+                "/readyz" => (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready\n".to_string(),
+                ),
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(response.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}

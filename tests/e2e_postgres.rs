@@ -1,0 +1,310 @@
+//! End to end: PostgreSQL → capture → Tansu (Kafka protocol) → router → PostgreSQL sink.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sluice_harness::compare::{compare_rows, pg_rows};
+use sluice_harness::{free_port, metric_value, Postgres, SluiceProcess, Tansu, TansuStorage};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+const ORDERS_DDL: &str = "CREATE TABLE public.orders (
+    id bigint PRIMARY KEY,
+    customer text NOT NULL,
+    qty integer,
+    price numeric(12,2),
+    weight real,
+    ratio double precision,
+    paid boolean,
+    placed_on date,
+    placed_at timestamptz,
+    local_at timestamp,
+    ref uuid,
+    doc jsonb,
+    blob bytea,
+    note text
+)";
+
+const ORDERS_ROWS: &str = "SELECT * FROM public.orders ORDER BY id";
+
+fn write_config(
+    dir: &Path,
+    pg: &Postgres,
+    kafka: &Tansu,
+    metrics_port: u16,
+    slot: &str,
+) -> std::path::PathBuf {
+    let config = format!(
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "e2e"
+
+[sources.pg_main]
+kind = "postgres"
+url = "{source}"
+tables = ["public.orders"]
+slot = "{slot}"
+publication = "{slot}"
+
+[sinks.warehouse]
+kind = "postgres"
+url = "{sink}"
+
+[router]
+sink = "warehouse"
+group_id = "e2e-router"
+
+[router.batch]
+max_rows = 500
+max_delay_ms = 50
+
+[observability]
+listen = "127.0.0.1:{metrics_port}"
+"#,
+        bootstrap = kafka.bootstrap(),
+        source = pg.url("source"),
+        sink = pg.url("sink"),
+    );
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Waits until the sink table equals the source table, row by row; fails with the first
+/// difference when it does not within `timeout`.
+fn wait_for_sink_to_match(pg: &Postgres, sluice: &SluiceProcess, timeout: Duration) {
+    let start = Instant::now();
+    let mut last_err = String::new();
+    while start.elapsed() < timeout {
+        let source = pg_rows(pg, "source", ORDERS_ROWS).unwrap();
+        match pg_rows(pg, "sink", ORDERS_ROWS) {
+            Ok(sink) => match compare_rows(&source, &sink) {
+                Ok(()) => return,
+                Err(e) => last_err = e,
+            },
+            Err(e) => last_err = e,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("sink did not converge to the source within {timeout:?}: {last_err}\n--- sluice log ---\n{}", sluice.log());
+}
+
+#[test]
+fn inserts_updates_and_deletes_reach_the_postgres_sink_row_for_row() {
+    // Given a source table, an empty sink database and a broker,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.create_database("sink").unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    pg.psql("source", ORDERS_DDL).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let config = write_config(dir.path(), &pg, &kafka, metrics_port, "sluice_e2e");
+
+    // and sluice running,
+    let sluice = SluiceProcess::start(
+        Path::new(SLUICE),
+        "run",
+        &config,
+        &dir.path().join("sluice.log"),
+        metrics_port,
+    )
+    .unwrap();
+
+    // when a few thousand rows are inserted, updated and deleted in many transactions,
+    for chunk in 0..6 {
+        let lo = chunk * 500 + 1;
+        let hi = lo + 499;
+        pg.psql(
+            "source",
+            &format!(
+                "INSERT INTO public.orders
+                 SELECT i, 'customer ' || i, i % 17, (i * 1.25)::numeric(12,2), i / 3.0, i / 7.0, i % 2 = 0,
+                        DATE '2020-01-01' + i, TIMESTAMPTZ '2024-03-01 12:00:00+02' + i * INTERVAL '37 minutes',
+                        TIMESTAMP '1999-12-31 23:59:59.123456' - i * INTERVAL '1 day',
+                        md5(i::text)::uuid, jsonb_build_object('i', i, 'tags', jsonb_build_array('a', i)),
+                        decode(md5(i::text), 'hex'), CASE WHEN i % 5 = 0 THEN NULL ELSE 'note ' || i END
+                 FROM generate_series({lo}, {hi}) AS i"
+            ),
+        )
+        .unwrap();
+    }
+    pg.psql(
+        "source",
+        "UPDATE public.orders SET qty = qty + 100, paid = NOT paid WHERE id % 3 = 0",
+    )
+    .unwrap();
+    pg.psql("source", "DELETE FROM public.orders WHERE id % 7 = 0")
+        .unwrap();
+    // Toasted values, then an update that leaves them unchanged (pgoutput does not resend them).
+    pg.psql(
+        "source",
+        "UPDATE public.orders SET note = repeat(md5(id::text), 400) WHERE id % 11 = 0",
+    )
+    .unwrap();
+    pg.psql(
+        "source",
+        "UPDATE public.orders SET qty = -1 WHERE id % 11 = 0",
+    )
+    .unwrap();
+    // Primary-key changes, and one transaction that touches the same rows several times.
+    pg.psql(
+        "source",
+        "UPDATE public.orders SET id = id + 100000 WHERE id BETWEEN 10 AND 30",
+    )
+    .unwrap();
+    pg.psql(
+        "source",
+        "BEGIN;
+         UPDATE public.orders SET qty = 1 WHERE id BETWEEN 40 AND 60;
+         DELETE FROM public.orders WHERE id BETWEEN 50 AND 55;
+         INSERT INTO public.orders (id, customer, ratio, weight, price) VALUES (50, 'reborn', 'NaN', '-Infinity', 0.01);
+         UPDATE public.orders SET qty = 2 WHERE id BETWEEN 40 AND 60;
+         COMMIT;",
+    )
+    .unwrap();
+
+    // then the sink holds exactly the source's rows,
+    wait_for_sink_to_match(&pg, &sluice, Duration::from_secs(180));
+    let rows = pg_rows(&pg, "sink", ORDERS_ROWS).unwrap();
+    assert!(
+        rows.len() > 2500,
+        "expected thousands of rows, got {}",
+        rows.len()
+    );
+    assert!(
+        pg.psql(
+            "sink",
+            "SELECT count(*) FROM public.orders WHERE length(note) > 10000"
+        )
+        .unwrap()
+        .trim()
+            != "0",
+        "toasted notes must survive an update that did not resend them"
+    );
+
+    // and the counters say what happened, per table.
+    let metrics = sluice.metrics().expect("metrics endpoint answers");
+    let captured = metric_value(
+        &metrics,
+        "sluice_capture_events_total",
+        &[("table", "public.orders")],
+    )
+    .unwrap_or(0.0);
+    let applied = metric_value(
+        &metrics,
+        "sluice_sink_events_applied_total",
+        &[("table", "public.orders")],
+    )
+    .unwrap_or(0.0);
+    assert!(captured >= 3000.0, "captured {captured} events\n{metrics}");
+    assert!(applied >= 3000.0, "applied {applied} events\n{metrics}");
+
+    // The comparison is not vacuous: one corrupted sink row is reported.
+    pg.psql(
+        "sink",
+        "UPDATE public.orders SET qty = 424242 WHERE id = (SELECT min(id) FROM public.orders)",
+    )
+    .unwrap();
+    let source = pg_rows(&pg, "source", ORDERS_ROWS).unwrap();
+    let sink = pg_rows(&pg, "sink", ORDERS_ROWS).unwrap();
+    let err = compare_rows(&source, &sink).expect_err("a corrupted row must be detected");
+    assert!(err.contains("424242"), "{err}");
+}
+
+fn confirmed_flush_lsn(pg: &Postgres, slot: &str) -> String {
+    pg.psql(
+        "source",
+        &format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+    )
+    .unwrap()
+    .trim()
+    .to_string()
+}
+
+fn lsn_at_least(pg: &Postgres, a: &str, b: &str) -> bool {
+    pg.psql("source", &format!("SELECT '{a}'::pg_lsn >= '{b}'::pg_lsn"))
+        .unwrap()
+        .trim()
+        == "t"
+}
+
+#[test]
+fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
+    // Given a running pipeline over a broker whose storage survives restarts,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.create_database("sink").unwrap();
+    let mut kafka = Tansu::start(TansuStorage::Sqlite).unwrap();
+    pg.psql("source", ORDERS_DDL).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let slot = "sluice_restart";
+    let config = write_config(dir.path(), &pg, &kafka, metrics_port, slot);
+    let log = dir.path().join("sluice.log");
+    let mut sluice =
+        SluiceProcess::start(Path::new(SLUICE), "run", &config, &log, metrics_port).unwrap();
+
+    // when changes are captured and acknowledged, the slot moves past them;
+    let before_first = pg
+        .psql("source", "SELECT pg_current_wal_lsn()")
+        .unwrap()
+        .trim()
+        .to_string();
+    pg.psql("source", "INSERT INTO public.orders (id, customer) SELECT i, 'c' || i FROM generate_series(1, 1000) i")
+        .unwrap();
+    wait_for_sink_to_match(&pg, &sluice, Duration::from_secs(120));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lsn_at_least(&pg, &confirmed_flush_lsn(&pg, slot), &before_first) {
+        assert!(
+            Instant::now() < deadline,
+            "slot never advanced past acknowledged changes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_ne!(confirmed_flush_lsn(&pg, slot), before_first);
+
+    // when the broker is down, changes are read but not acknowledged: the slot stays behind them;
+    kafka.kill();
+    let before_outage = pg
+        .psql("source", "SELECT pg_current_wal_lsn()")
+        .unwrap()
+        .trim()
+        .to_string();
+    pg.psql("source", "INSERT INTO public.orders (id, customer) SELECT i, 'c' || i FROM generate_series(1001, 2000) i")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let during_outage = confirmed_flush_lsn(&pg, slot);
+    assert!(
+        lsn_at_least(&pg, &before_outage, &during_outage),
+        "slot confirmed {during_outage}, past {before_outage}, while Kafka could not acknowledge"
+    );
+
+    // and when sluice is then killed outright, the broker comes back and more changes arrive,
+    sluice.kill9();
+    kafka.restart().unwrap();
+    pg.psql(
+        "source",
+        "UPDATE public.orders SET qty = 7 WHERE id % 2 = 0",
+    )
+    .unwrap();
+    pg.psql("source", "DELETE FROM public.orders WHERE id % 10 = 0")
+        .unwrap();
+
+    // a restarted sluice brings the sink to exactly the source's rows.
+    let sluice =
+        SluiceProcess::start(Path::new(SLUICE), "run", &config, &log, metrics_port).unwrap();
+    wait_for_sink_to_match(&pg, &sluice, Duration::from_secs(180));
+    let offsets = pg
+        .psql(
+            "sink",
+            "SELECT count(*) FROM public.sluice_offsets WHERE kafka_offset >= 0",
+        )
+        .unwrap();
+    assert_eq!(
+        offsets.trim(),
+        "1",
+        "one topic-partition's progress is recorded in the sink"
+    );
+}

@@ -1,0 +1,109 @@
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::ChildGuard;
+use crate::{wait_until, Result};
+
+/// A `sluice` process started with a config file; killed when dropped.
+pub struct SluiceProcess {
+    guard: ChildGuard,
+    log: PathBuf,
+    pub metrics_port: u16,
+}
+
+impl SluiceProcess {
+    /// Starts `bin <subcommand> --config <config>` with logs in `log`, and waits for `/healthz`.
+    pub fn start(
+        bin: &Path,
+        subcommand: &str,
+        config: &Path,
+        log: &Path,
+        metrics_port: u16,
+    ) -> Result<SluiceProcess> {
+        let mut cmd = Command::new(bin);
+        cmd.arg(subcommand).arg("--config").arg(config).env(
+            "RUST_LOG",
+            std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let guard = ChildGuard::spawn("sluice", cmd, log, None, libc::SIGTERM)?;
+        let mut p = SluiceProcess {
+            guard,
+            log: log.to_path_buf(),
+            metrics_port,
+        };
+        let port = metrics_port;
+        let started = wait_until("sluice /healthz", Duration::from_secs(60), || {
+            http_get(port, "/healthz").is_some_and(|(status, _)| status == 200)
+        });
+        if let Err(e) = started {
+            let exited = p.guard.has_exited();
+            return Err(format!("{e} (exited: {exited}); log:\n{}", p.log()));
+        }
+        Ok(p)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The Prometheus text from `/metrics`.
+    pub fn metrics(&self) -> Option<String> {
+        http_get(self.metrics_port, "/metrics").map(|(_, body)| body)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        self.guard.kill9();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        self.guard.stop(grace)
+    }
+
+    pub fn has_exited(&mut self) -> bool {
+        self.guard.has_exited()
+    }
+}
+
+/// A minimal HTTP GET on 127.0.0.1; `(status, body)`.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// The value of a Prometheus sample whose name and labels all match, summed over the rest.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, label_text) = series.split_once('{').unwrap_or((series, ""));
+        if metric != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")))
+        {
+            *total.get_or_insert(0.0) += value.parse::<f64>().ok()?;
+        }
+    }
+    total
+}
