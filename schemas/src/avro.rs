@@ -375,10 +375,14 @@ impl EnvelopeCodec {
             Datum::Null | Datum::Unchanged if column.key => {
                 return Err(err("a key column cannot be null or unchanged".into()))
             }
-            Datum::Null => return Ok(write_long(out, 0)),
+            Datum::Null => {
+                write_long(out, 0);
+                return Ok(());
+            }
             Datum::Unchanged => {
                 unchanged.push(&column.name);
-                return Ok(write_long(out, 0));
+                write_long(out, 0);
+                return Ok(());
             }
             _ if !column.key => write_long(out, 1),
             _ => {}

@@ -73,7 +73,7 @@ impl Position {
 
     /// Parses the hex form; `None` when it is not even-length hex.
     pub fn from_hex(hex: &str) -> Option<Position> {
-        if hex.len() % 2 != 0 {
+        if !hex.len().is_multiple_of(2) {
             return None;
         }
         (0..hex.len())

@@ -134,7 +134,7 @@ fn parse_float(text: &str) -> Option<f64> {
 
 fn parse_bytea(text: &str) -> Option<Vec<u8>> {
     let hex = text.strip_prefix("\\x")?;
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())

@@ -108,7 +108,7 @@ impl PostgresSink {
         if let Some(pw) = password {
             pg.password(pw);
         }
-        pg.application_name(&format!("sluice-sink-{name}"));
+        pg.application_name(format!("sluice-sink-{name}"));
         let (client, connection) = pg.connect(NoTls).await?;
         let sink_name = name.to_string();
         let conn_task = tokio::spawn(async move {

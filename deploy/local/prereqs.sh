@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what Sluice's quickstart and tests need on a Debian machine with a Rust toolchain:
+# PostgreSQL 15, MariaDB, the C toolchain bits librdkafka builds with, and Tansu (a
+# Kafka-protocol broker) at the pinned version. Each step is skipped when already satisfied.
+set -euo pipefail
+
+TANSU_VERSION=0.6.0
+
+log() { printf '\033[1m[prereqs]\033[0m %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root to run: $*"; exit 1
+  fi
+}
+
+missing=()
+[ -x /usr/lib/postgresql/15/bin/initdb ] || missing+=(postgresql-15 postgresql-client-15)
+command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v make >/dev/null 2>&1 || missing+=(make)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+[ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  log "Debian packages: present"
+fi
+
+export PATH="$HOME/.cargo/bin:$PATH"
+if command -v tansu >/dev/null 2>&1 && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+  log "tansu $TANSU_VERSION: present"
+else
+  # --locked: without it the build does not compile; dynostore gives memory storage,
+  # libsql gives sqlite storage (survives restarts). About 10 minutes on 2 cores.
+  log "installing tansu $TANSU_VERSION (about 10 minutes on 2 cores)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql,postgres
+fi
