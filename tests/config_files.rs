@@ -22,8 +22,14 @@ fn shipped_configs(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn every_example_config_in_the_repo_parses_and_validates() {
     let mut files = Vec::new();
-    shipped_configs(&Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy"), &mut files);
-    assert!(!files.is_empty(), "deploy/ ships at least one example config");
+    shipped_configs(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy"),
+        &mut files,
+    );
+    assert!(
+        !files.is_empty(),
+        "deploy/ ships at least one example config"
+    );
     for file in files {
         Config::load(&file).unwrap_or_else(|e| panic!("{e}"));
     }
@@ -33,8 +39,15 @@ fn check(config: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, config).unwrap();
-    let out = Command::new(SLUICE).args(["check-config", "--config"]).arg(&path).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(SLUICE)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 const GOOD: &str = r#"
@@ -63,7 +76,10 @@ fn a_good_config_checks_ok() {
 fn a_misspelled_key_is_reported_with_file_path_and_line() {
     let (code, stderr) = check(&GOOD.replace("[router]\nsink", "[router]\nbatch_size = 5\nsink"));
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("bad.toml: router.batch_size: unknown field `batch_size`"), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml: router.batch_size: unknown field `batch_size`"),
+        "{stderr}"
+    );
     assert!(stderr.contains("expected one of"), "{stderr}");
     assert!(stderr.contains("line"), "{stderr}");
 }
@@ -72,12 +88,18 @@ fn a_misspelled_key_is_reported_with_file_path_and_line() {
 fn an_invalid_value_names_the_field_and_the_fix() {
     let (code, stderr) = check(&GOOD.replace("tables = [\"public.t\"]", "tables = [\"t\"]"));
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("sources.pg.tables: `t` is not of the form schema.table"), "{stderr}");
+    assert!(
+        stderr.contains("sources.pg.tables: `t` is not of the form schema.table"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn a_missing_file_is_reported() {
-    let out = Command::new(SLUICE).args(["check-config", "--config", "/nonexistent/sluice.toml"]).output().unwrap();
+    let out = Command::new(SLUICE)
+        .args(["check-config", "--config", "/nonexistent/sluice.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sluice.toml: cannot read"));
 }
