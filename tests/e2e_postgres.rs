@@ -308,3 +308,67 @@ fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
         "one topic-partition's progress is recorded in the sink"
     );
 }
+
+#[test]
+fn a_value_avro_cannot_carry_is_sent_as_null_and_the_stream_goes_on() {
+    // Given a running pipeline,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.create_database("sink").unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    pg.psql("source", ORDERS_DDL).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let config = write_config(dir.path(), &pg, &kafka, metrics_port, "sluice_nan");
+    let sluice = SluiceProcess::start(
+        Path::new(SLUICE),
+        "run",
+        &config,
+        &dir.path().join("sluice.log"),
+        metrics_port,
+    )
+    .unwrap();
+
+    // when a numeric(12,2) NaN (no Avro decimal can hold it) is followed by ordinary rows,
+    pg.psql(
+        "source",
+        "INSERT INTO public.orders (id, customer, price) VALUES (1, 'nan', 'NaN')",
+    )
+    .unwrap();
+    pg.psql(
+        "source",
+        "INSERT INTO public.orders (id, customer, price) VALUES (2, 'after', 2.50)",
+    )
+    .unwrap();
+
+    // then the later rows arrive, the NaN row arrives with a NULL price, and the error is counted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = pg_rows(
+            &pg,
+            "sink",
+            "SELECT id, customer, price FROM public.orders ORDER BY id",
+        )
+        .unwrap_or_default();
+        if rows == ["1|nan|", "2|after|2.50"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sink has {rows:?}\n{}",
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let metrics = sluice.metrics().unwrap();
+    let value_errors = metric_value(
+        &metrics,
+        "sluice_capture_errors_total",
+        &[("kind", "value")],
+    )
+    .unwrap_or(0.0);
+    assert_eq!(value_errors, 1.0, "{metrics}");
+    assert!(sluice
+        .log()
+        .contains("value could not be converted; sent as NULL"));
+}

@@ -41,7 +41,11 @@ pub fn parse(ty: &SqlType, text: &str) -> Result<Datum, ParseError> {
         SqlType::Int64 => Datum::Long(text.parse().map_err(|_| err())?),
         SqlType::Float32 => Datum::Float(parse_float(text).ok_or_else(err)? as f32),
         SqlType::Float64 => Datum::Double(parse_float(text).ok_or_else(err)?),
-        SqlType::Decimal { .. } => Datum::Decimal(text.to_string()),
+        SqlType::Decimal { scale, .. } => {
+            // Avro's decimal has no NaN or infinity: reject here, where the caller decides.
+            crate::decimal::text_to_unscaled(text, *scale).map_err(|_| err())?;
+            Datum::Decimal(text.to_string())
+        }
         SqlType::Numeric | SqlType::Text | SqlType::Json | SqlType::Other(_) => {
             Datum::String(text.to_string())
         }
@@ -324,6 +328,22 @@ mod tests {
     #[test]
     fn garbage_is_a_parse_error_not_a_panic() {
         assert!(parse(&SqlType::Int32, "12x").is_err());
+        assert!(parse(
+            &SqlType::Decimal {
+                precision: 10,
+                scale: 2
+            },
+            "NaN"
+        )
+        .is_err());
+        assert!(parse(
+            &SqlType::Decimal {
+                precision: 10,
+                scale: 2
+            },
+            "1.234"
+        )
+        .is_err());
         assert!(parse(&SqlType::Bool, "yes").is_err());
         assert!(parse(&SqlType::Bytes, "\\x0").is_err());
         assert!(parse(&SqlType::Date, "2026-13-01").is_err());

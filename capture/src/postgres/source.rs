@@ -203,6 +203,7 @@ impl PostgresCapture {
                 last_received: start,
                 server_wal_end: start,
                 last_committed: start,
+                dbname: params.dbname.clone(),
             };
             stream.run(shutdown).await
         }
@@ -225,6 +226,7 @@ struct Stream<'a> {
     last_received: u64,
     server_wal_end: u64,
     last_committed: u64,
+    dbname: String,
 }
 
 impl Stream<'_> {
