@@ -490,11 +490,7 @@ impl Stream<'_> {
             after,
             source: SourceInfo {
                 name: self.capture.name.clone(),
-                db: self
-                    .capture
-                    .connect_params()
-                    .map(|(_, p)| p.dbname)
-                    .unwrap_or_default(),
+                db: self.dbname.clone(),
                 ts_ms: tx.commit_time_ms,
                 snapshot: false,
                 tx_id: Some(i64::from(tx.xid)),
