@@ -90,27 +90,60 @@ fn wait_for_sink_to_match(pg: &Postgres, sluice: &SluiceProcess, timeout: Durati
     panic!("sink did not converge to the source within {timeout:?}: {last_err}\n--- sluice log ---\n{}", sluice.log());
 }
 
+/// A running pipeline over fresh services: source and sink databases with the orders table
+/// at the source, a broker, and `sluice run`.
+struct Pipeline {
+    pg: Postgres,
+    kafka: Tansu,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    metrics_port: u16,
+    sluice: SluiceProcess,
+}
+
+impl Pipeline {
+    fn start(storage: TansuStorage, slot: &str) -> Pipeline {
+        let pg = Postgres::start().unwrap();
+        pg.create_database("source").unwrap();
+        pg.create_database("sink").unwrap();
+        let kafka = Tansu::start(storage).unwrap();
+        pg.psql("source", ORDERS_DDL).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let metrics_port = free_port();
+        let config = write_config(dir.path(), &pg, &kafka, metrics_port, slot);
+        let sluice = Pipeline::spawn(&dir, &config, metrics_port);
+        Pipeline {
+            pg,
+            kafka,
+            dir,
+            config,
+            metrics_port,
+            sluice,
+        }
+    }
+
+    fn spawn(dir: &tempfile::TempDir, config: &Path, metrics_port: u16) -> SluiceProcess {
+        SluiceProcess::start(
+            Path::new(SLUICE),
+            "run",
+            config,
+            &dir.path().join("sluice.log"),
+            metrics_port,
+        )
+        .unwrap()
+    }
+
+    /// Starts sluice again with the same config (after a kill).
+    fn restart_sluice(&mut self) {
+        self.sluice = Pipeline::spawn(&self.dir, &self.config, self.metrics_port);
+    }
+}
+
 #[test]
 fn inserts_updates_and_deletes_reach_the_postgres_sink_row_for_row() {
-    // Given a source table, an empty sink database and a broker,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
-    pg.psql("source", ORDERS_DDL).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let metrics_port = free_port();
-    let config = write_config(dir.path(), &pg, &kafka, metrics_port, "sluice_e2e");
-
-    // and sluice running,
-    let sluice = SluiceProcess::start(
-        Path::new(SLUICE),
-        "run",
-        &config,
-        &dir.path().join("sluice.log"),
-        metrics_port,
-    )
-    .unwrap();
+    // Given a source table, an empty sink database, a broker and sluice running,
+    let p = Pipeline::start(TansuStorage::Memory, "sluice_e2e");
+    let (pg, sluice) = (&p.pg, &p.sluice);
 
     // when a few thousand rows are inserted, updated and deleted in many transactions,
     for chunk in 0..6 {
@@ -166,8 +199,8 @@ fn inserts_updates_and_deletes_reach_the_postgres_sink_row_for_row() {
     .unwrap();
 
     // then the sink holds exactly the source's rows,
-    wait_for_sink_to_match(&pg, &sluice, Duration::from_secs(180));
-    let rows = pg_rows(&pg, "sink", ORDERS_ROWS).unwrap();
+    wait_for_sink_to_match(pg, sluice, Duration::from_secs(180));
+    let rows = pg_rows(pg, "sink", ORDERS_ROWS).unwrap();
     assert!(
         rows.len() > 2500,
         "expected thousands of rows, got {}",
@@ -207,8 +240,8 @@ fn inserts_updates_and_deletes_reach_the_postgres_sink_row_for_row() {
         "UPDATE public.orders SET qty = 424242 WHERE id = (SELECT min(id) FROM public.orders)",
     )
     .unwrap();
-    let source = pg_rows(&pg, "source", ORDERS_ROWS).unwrap();
-    let sink = pg_rows(&pg, "sink", ORDERS_ROWS).unwrap();
+    let source = pg_rows(pg, "source", ORDERS_ROWS).unwrap();
+    let sink = pg_rows(pg, "sink", ORDERS_ROWS).unwrap();
     let err = compare_rows(&source, &sink).expect_err("a corrupted row must be detected");
     assert!(err.contains("424242"), "{err}");
 }
@@ -233,18 +266,9 @@ fn lsn_at_least(pg: &Postgres, a: &str, b: &str) -> bool {
 #[test]
 fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
     // Given a running pipeline over a broker whose storage survives restarts,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
-    let mut kafka = Tansu::start(TansuStorage::Sqlite).unwrap();
-    pg.psql("source", ORDERS_DDL).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let metrics_port = free_port();
     let slot = "sluice_restart";
-    let config = write_config(dir.path(), &pg, &kafka, metrics_port, slot);
-    let log = dir.path().join("sluice.log");
-    let mut sluice =
-        SluiceProcess::start(Path::new(SLUICE), "run", &config, &log, metrics_port).unwrap();
+    let mut p = Pipeline::start(TansuStorage::Sqlite, slot);
+    let pg = &p.pg;
 
     // when changes are captured and acknowledged, the slot moves past them;
     let before_first = pg
@@ -254,19 +278,19 @@ fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
         .to_string();
     pg.psql("source", "INSERT INTO public.orders (id, customer) SELECT i, 'c' || i FROM generate_series(1, 1000) i")
         .unwrap();
-    wait_for_sink_to_match(&pg, &sluice, Duration::from_secs(120));
+    wait_for_sink_to_match(pg, &p.sluice, Duration::from_secs(120));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !lsn_at_least(&pg, &confirmed_flush_lsn(&pg, slot), &before_first) {
+    while !lsn_at_least(pg, &confirmed_flush_lsn(pg, slot), &before_first) {
         assert!(
             Instant::now() < deadline,
             "slot never advanced past acknowledged changes"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_ne!(confirmed_flush_lsn(&pg, slot), before_first);
+    assert_ne!(confirmed_flush_lsn(pg, slot), before_first);
 
     // when the broker is down, changes are read but not acknowledged: the slot stays behind them;
-    kafka.kill();
+    p.kafka.kill();
     let before_outage = pg
         .psql("source", "SELECT pg_current_wal_lsn()")
         .unwrap()
@@ -275,15 +299,16 @@ fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
     pg.psql("source", "INSERT INTO public.orders (id, customer) SELECT i, 'c' || i FROM generate_series(1001, 2000) i")
         .unwrap();
     std::thread::sleep(Duration::from_secs(4));
-    let during_outage = confirmed_flush_lsn(&pg, slot);
+    let during_outage = confirmed_flush_lsn(pg, slot);
     assert!(
-        lsn_at_least(&pg, &before_outage, &during_outage),
+        lsn_at_least(pg, &before_outage, &during_outage),
         "slot confirmed {during_outage}, past {before_outage}, while Kafka could not acknowledge"
     );
 
     // and when sluice is then killed outright, the broker comes back and more changes arrive,
-    sluice.kill9();
-    kafka.restart().unwrap();
+    p.sluice.kill9();
+    p.kafka.restart().unwrap();
+    let pg = &p.pg;
     pg.psql(
         "source",
         "UPDATE public.orders SET qty = 7 WHERE id % 2 = 0",
@@ -293,9 +318,9 @@ fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
         .unwrap();
 
     // a restarted sluice brings the sink to exactly the source's rows.
-    let sluice =
-        SluiceProcess::start(Path::new(SLUICE), "run", &config, &log, metrics_port).unwrap();
-    wait_for_sink_to_match(&pg, &sluice, Duration::from_secs(180));
+    p.restart_sluice();
+    let pg = &p.pg;
+    wait_for_sink_to_match(pg, &p.sluice, Duration::from_secs(180));
     let offsets = pg
         .psql(
             "sink",
@@ -312,22 +337,8 @@ fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
 #[test]
 fn a_value_avro_cannot_carry_is_sent_as_null_and_the_stream_goes_on() {
     // Given a running pipeline,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
-    pg.psql("source", ORDERS_DDL).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let metrics_port = free_port();
-    let config = write_config(dir.path(), &pg, &kafka, metrics_port, "sluice_nan");
-    let sluice = SluiceProcess::start(
-        Path::new(SLUICE),
-        "run",
-        &config,
-        &dir.path().join("sluice.log"),
-        metrics_port,
-    )
-    .unwrap();
+    let p = Pipeline::start(TansuStorage::Memory, "sluice_nan");
+    let (pg, sluice) = (&p.pg, &p.sluice);
 
     // when a numeric(12,2) NaN (no Avro decimal can hold it) is followed by ordinary rows,
     pg.psql(
@@ -345,7 +356,7 @@ fn a_value_avro_cannot_carry_is_sent_as_null_and_the_stream_goes_on() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let rows = pg_rows(
-            &pg,
+            pg,
             "sink",
             "SELECT id, customer, price FROM public.orders ORDER BY id",
         )
