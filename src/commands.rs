@@ -46,6 +46,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             let settings = PublisherSettings {
                 topic_prefix: config.kafka.topic_prefix.clone(),
                 schema_topic: config.kafka.schema_topic.clone(),
+                state_topic: config.kafka.state_topic.clone(),
                 partitions: config.kafka.partitions,
                 replication_factor: config.kafka.replication_factor,
                 tombstones: config.kafka.tombstones,

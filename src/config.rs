@@ -13,6 +13,7 @@ use sluice_sinks::postgres::PostgresSinkConfig;
 
 const DEFAULT_TOPIC_PREFIX: &str = "sluice";
 const DEFAULT_SCHEMA_TOPIC: &str = "_sluice_schemas";
+const DEFAULT_STATE_TOPIC: &str = "_sluice_capture_state";
 const DEFAULT_DEAD_LETTER_TOPIC: &str = "_sluice_dead_letter";
 const DEFAULT_PARTITIONS: i32 = 1;
 const DEFAULT_REPLICATION_FACTOR: i32 = 1;
@@ -77,6 +78,9 @@ pub struct KafkaConfig {
     /// Compacted topic holding every Avro schema, keyed by its fingerprint (registry-less mode).
     #[serde(default = "default_schema_topic")]
     pub schema_topic: String,
+    /// Compacted topic holding each source's snapshot progress, keyed by source name.
+    #[serde(default = "default_state_topic")]
+    pub state_topic: String,
     /// Partitions of the table topics Sluice creates. Events are keyed by primary key, so
     /// order per row holds with any number.
     #[serde(default = "default_partitions")]
@@ -203,6 +207,9 @@ fn default_topic_prefix() -> String {
 }
 fn default_schema_topic() -> String {
     DEFAULT_SCHEMA_TOPIC.into()
+}
+fn default_state_topic() -> String {
+    DEFAULT_STATE_TOPIC.into()
 }
 fn default_dead_letter_topic() -> String {
     DEFAULT_DEAD_LETTER_TOPIC.into()
@@ -332,6 +339,9 @@ impl Config {
                         problems.push(format!(
                             "sources.{name}.tables must list at least one \"schema.table\""
                         ));
+                    }
+                    if pg.snapshot_parallelism == 0 {
+                        problems.push(format!("sources.{name}.snapshot_parallelism must be > 0"));
                     }
                     if let Err(e) = pg.table_ids() {
                         problems.push(format!("sources.{name}.tables: {e}"));

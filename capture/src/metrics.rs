@@ -19,6 +19,13 @@ pub const ERRORS_TOTAL: &str = "sluice_capture_errors_total";
 /// Schema versions published to the schema topic, label `source`.
 pub const SCHEMAS_PUBLISHED_TOTAL: &str = "sluice_capture_schemas_published_total";
 
+/// Rows read by the initial snapshot, labels `source`, `table`.
+pub const SNAPSHOT_ROWS_TOTAL: &str = "sluice_capture_snapshot_rows_total";
+/// Tables whose snapshot has not finished yet, label `source`.
+pub const SNAPSHOT_TABLES_REMAINING: &str = "sluice_capture_snapshot_tables_remaining";
+/// Changes the stream skipped because the table's snapshot already contains them, label `source`.
+pub const SNAPSHOT_SKIPPED_CHANGES_TOTAL: &str = "sluice_capture_snapshot_skipped_changes_total";
+
 /// Registers descriptions; call once per process.
 pub fn describe() {
     describe_counter!(

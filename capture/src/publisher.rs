@@ -31,6 +31,8 @@ pub struct PublisherSettings {
     pub topic_prefix: String,
     /// Compacted topic that carries every schema, keyed by fingerprint.
     pub schema_topic: String,
+    /// Compacted topic that carries capture state (snapshot progress), keyed by source.
+    pub state_topic: String,
     /// Partitions of topics Sluice creates.
     pub partitions: i32,
     /// Replication factor of topics Sluice creates.
@@ -46,6 +48,7 @@ pub struct PublisherSettings {
 enum Pending {
     Delivery(DeliveryFuture),
     Checkpoint(u64),
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Publishes events and checkpoints; see the module docs.
@@ -114,10 +117,35 @@ impl Publisher {
         self.last_checkpoint
     }
 
-    /// Creates the schema topic (compacted) if missing.
+    /// Creates the schema and state topics (compacted) if missing.
     pub async fn prepare(&mut self) -> Result<(), CaptureError> {
         let topic = self.settings.schema_topic.clone();
+        self.ensure_topic(&topic, 1, true).await?;
+        let topic = self.settings.state_topic.clone();
         self.ensure_topic(&topic, 1, true).await
+    }
+
+    /// Waits until every event published so far is acknowledged by Kafka.
+    pub async fn barrier(&mut self) -> Result<(), CaptureError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending
+            .send(Pending::Barrier(tx))
+            .await
+            .map_err(|_| CaptureError::Kafka("the acknowledgement task stopped".into()))?;
+        rx.await
+            .map_err(|_| CaptureError::Kafka("the acknowledgement task stopped".into()))
+    }
+
+    /// Writes this source's state record and waits for Kafka to acknowledge it.
+    pub async fn write_state(&mut self, json: &str) -> Result<(), CaptureError> {
+        let record = FutureRecord::to(&self.settings.state_topic)
+            .key(&self.settings.source)
+            .payload(json);
+        self.producer
+            .send(record, Duration::from_secs(60))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| CaptureError::Kafka(format!("write capture state: {e}")))
     }
 
     async fn ensure_topic(
@@ -288,6 +316,9 @@ async fn ack_loop(
             },
             Pending::Checkpoint(lsn) => {
                 acked.send_replace(lsn);
+            }
+            Pending::Barrier(done) => {
+                let _ = done.send(());
             }
         }
     }

@@ -257,10 +257,23 @@ impl<S: Sink> Router<S> {
                 )
             })?;
             let (fp, datum) = unframe(payload).map_err(|e| ("undecodable", e.to_string()))?;
-            let decoder = schemas
-                .get(fp)
-                .await
-                .map_err(|e| ("schema_unavailable", e.to_string()))?
+            // Failing to read the schema topic is transient: wait and retry, holding the
+            // message (and so the partition). Only a schema absent from a complete read of
+            // the topic makes the message undecodable.
+            let mut backoff = Duration::from_millis(500);
+            let found = loop {
+                match schemas.get(fp).await {
+                    Ok(found) => break found,
+                    Err(e) => {
+                        metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient")
+                            .increment(1);
+                        warn!(error = %e, retry_in = ?backoff, "cannot read the schema topic; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            };
+            let decoder = found
                 .ok_or_else(|| {
                     (
                         "unknown_schema",

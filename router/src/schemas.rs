@@ -2,13 +2,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
 use sluice_schemas::avro::EnvelopeDecoder;
+use sluice_schemas::transport::read_to_end;
 use sluice_schemas::SchemaFingerprint;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::metrics as m;
 use crate::RouterError;
@@ -40,10 +40,16 @@ impl SchemaStore {
         }
         let config = self.client_config.clone();
         let topic = self.topic.clone();
-        let schemas = tokio::task::spawn_blocking(move || read_topic(&config, &topic))
-            .await
-            .map_err(|e| RouterError::Kafka(format!("schema loader panicked: {e}")))??;
-        for (key, json) in schemas {
+        let records = tokio::task::spawn_blocking(move || {
+            read_to_end(&config, &topic, Duration::from_secs(60))
+        })
+        .await
+        .map_err(|e| RouterError::Kafka(format!("schema loader panicked: {e}")))?
+        .map_err(RouterError::Kafka)?;
+        for (key, value) in records {
+            let Some(json) = value.map(|v| String::from_utf8_lossy(&v).into_owned()) else {
+                continue;
+            };
             let Some(fp) = SchemaFingerprint::from_hex(&key) else {
                 continue;
             };
@@ -62,46 +68,4 @@ impl SchemaStore {
         }
         Ok(self.decoders.get(&fp).cloned())
     }
-}
-
-/// Reads every record of the (single-partition) schema topic up to its current end.
-fn read_topic(config: &ClientConfig, topic: &str) -> Result<Vec<(String, String)>, RouterError> {
-    let mut config = config.clone();
-    config
-        .set("group.id", "sluice-schema-loader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    let consumer: BaseConsumer = config.create()?;
-    let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(30))?;
-    let mut out = Vec::new();
-    if high <= low {
-        return Ok(out);
-    }
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
-    consumer.assign(&tpl)?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut next = low;
-    while next < high {
-        if Instant::now() > deadline {
-            warn!(topic, next, high, "schema topic read timed out");
-            return Err(RouterError::Kafka(format!(
-                "timed out reading schema topic {topic}"
-            )));
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(msg)) => {
-                next = msg.offset() + 1;
-                if let (Some(k), Some(v)) = (msg.key(), msg.payload()) {
-                    out.push((
-                        String::from_utf8_lossy(k).into_owned(),
-                        String::from_utf8_lossy(v).into_owned(),
-                    ));
-                }
-            }
-            Some(Err(e)) => return Err(e.into()),
-            None => {}
-        }
-    }
-    Ok(out)
 }

@@ -15,6 +15,7 @@ pub mod decimal;
 pub mod event;
 pub mod pgtext;
 pub mod table;
+pub mod transport;
 
 pub use avro::{AvroError, EnvelopeCodec, SchemaFingerprint};
 pub use event::{ChangeEvent, Datum, Op, Position, SourceInfo, TxInfo};

@@ -1,9 +1,12 @@
 //! PostgreSQL capture through logical replication with `pgoutput`.
 
+pub mod catalog;
 pub mod decoder;
 pub mod replication;
 pub mod slot;
+pub mod snapshot;
 pub mod source;
+pub mod state;
 pub mod types;
 
-pub use source::{PostgresCapture, PostgresSourceConfig};
+pub use source::{PostgresCapture, PostgresSourceConfig, SnapshotMode};

@@ -109,10 +109,49 @@ pub async fn ensure_publication(
     Ok(())
 }
 
-/// The state of an existing slot.
+/// The state of the slot.
 #[derive(Debug)]
 pub struct SlotState {
     pub confirmed_flush_lsn: Option<u64>,
+    /// Set when the slot was just created: its consistent point and exported snapshot, valid
+    /// until the next command on the replication connection that created it.
+    pub created: Option<ExportedSnapshot>,
+}
+
+/// A snapshot exported by `CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT`.
+#[derive(Debug, Clone)]
+pub struct ExportedSnapshot {
+    pub consistent_lsn: u64,
+    pub name: String,
+}
+
+/// Creates a slot exporting its snapshot; `temporary` slots vanish with the connection.
+pub async fn create_slot_with_snapshot(
+    repl: &mut ReplicationConnection,
+    slot: &str,
+    temporary: bool,
+) -> Result<ExportedSnapshot, CaptureError> {
+    let rows = repl
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput EXPORT_SNAPSHOT",
+            quote_ident(slot),
+            if temporary { "TEMPORARY " } else { "" }
+        ))
+        .await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| CaptureError::Definite("CREATE_REPLICATION_SLOT returned nothing".into()))?;
+    let lsn = row.get(1).cloned().flatten().as_deref().and_then(parse_lsn);
+    let name = row.get(2).cloned().flatten();
+    match (lsn, name) {
+        (Some(consistent_lsn), Some(name)) => Ok(ExportedSnapshot {
+            consistent_lsn,
+            name,
+        }),
+        _ => Err(CaptureError::Definite(format!(
+            "CREATE_REPLICATION_SLOT {slot} returned no snapshot"
+        ))),
+    }
 }
 
 /// Returns the slot's state, creating it when missing. A slot whose WAL is lost is a definite
@@ -149,17 +188,13 @@ pub async fn ensure_slot(
         let confirmed: Option<String> = row.get(2);
         return Ok(SlotState {
             confirmed_flush_lsn: confirmed.as_deref().and_then(parse_lsn),
+            created: None,
         });
     }
     info!(slot, "creating replication slot");
-    let rows = repl
-        .simple_query(&format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
-            quote_ident(slot)
-        ))
-        .await?;
-    let consistent = rows.first().and_then(|r| r.get(1).cloned().flatten());
+    let exported = create_slot_with_snapshot(repl, slot, false).await?;
     Ok(SlotState {
-        confirmed_flush_lsn: consistent.as_deref().and_then(parse_lsn),
+        confirmed_flush_lsn: Some(exported.consistent_lsn),
+        created: Some(exported),
     })
 }

@@ -8,27 +8,46 @@ use rdkafka::ClientConfig;
 use serde::Deserialize;
 use sluice_schemas::avro::Connector;
 use sluice_schemas::{
-    pgtext, ChangeEvent, Column, Datum, EnvelopeCodec, Op, Position, SourceInfo, SqlType, TableId,
-    TableSchema, TxInfo,
+    pgtext, ChangeEvent, Datum, EnvelopeCodec, Op, Position, SourceInfo, TableId, TxInfo,
 };
 use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use super::decoder::{self, PgOutput, RelationColumn, TupleValue};
+use super::catalog::Catalog;
+use super::decoder::{self, PgOutput, TupleValue};
 use super::replication::{
     format_lsn, pg_time_to_unix_ms, quote_ident, ConnectParams, ReplicationConnection,
     ReplicationMessage,
 };
-use super::{slot, types};
+use super::slot::{self, ExportedSnapshot};
+use super::snapshot::{self, SnapshotJob, SnapshotMessage};
+use super::state::{CaptureState, TableState};
 use crate::metrics as m;
 use crate::publisher::{AckHandle, Publisher, PublisherSettings};
 use crate::CaptureError;
 
 const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
+const DEFAULT_SNAPSHOT_PARALLELISM: usize = 2;
 
 fn default_status_interval_ms() -> u64 {
     DEFAULT_STATUS_INTERVAL_MS
+}
+
+fn default_snapshot_parallelism() -> usize {
+    DEFAULT_SNAPSHOT_PARALLELISM
+}
+
+/// Whether existing rows are captured before streaming.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotMode {
+    /// Read every table once (`op = r`) in a snapshot consistent with the slot, then stream.
+    /// Tables added to `tables` later are snapshotted when they first appear.
+    #[default]
+    Initial,
+    /// Stream changes only, from the slot's creation on.
+    Never,
 }
 
 /// A PostgreSQL source (`[sources.<name>]` with `kind = "postgres"`).
@@ -48,6 +67,12 @@ pub struct PostgresSourceConfig {
     /// How often to send a standby status update to the server, in milliseconds.
     #[serde(default = "default_status_interval_ms")]
     pub status_interval_ms: u64,
+    /// `initial` (default) or `never`.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// Tables read at the same time during a snapshot (one connection each).
+    #[serde(default = "default_snapshot_parallelism")]
+    pub snapshot_parallelism: usize,
 }
 
 impl PostgresSourceConfig {
@@ -166,6 +191,184 @@ impl PostgresCapture {
         Ok((pg, params))
     }
 
+    /// Snapshots the tables that need it; returns the state to stream with, or `None` when
+    /// shut down meanwhile. A fresh slot's exported snapshot is used when there is one (the
+    /// replication connection that created it must stay idle until this returns); otherwise
+    /// unfinished tables are read in the snapshot of a temporary slot, and the stream skips
+    /// their changes committed before it.
+    async fn snapshot_if_needed(
+        &self,
+        pg: &tokio_postgres::Config,
+        params: &ConnectParams,
+        tables: &[TableId],
+        created: Option<ExportedSnapshot>,
+        publisher: &mut Publisher,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<CaptureState>, CaptureError> {
+        if self.config.snapshot == SnapshotMode::Never {
+            return Ok(Some(CaptureState::default()));
+        }
+        let mut state =
+            CaptureState::load(&self.kafka, &self.settings.state_topic, &self.name).await?;
+        if state.slot != self.config.slot {
+            state = CaptureState {
+                slot: self.config.slot.clone(),
+                tables: Default::default(),
+            };
+        }
+        let fresh_slot = created.is_some();
+        let jobs: Vec<SnapshotJob> = tables
+            .iter()
+            .filter_map(|t| {
+                let known = state.tables.get(&t.to_string());
+                let needed = fresh_slot || !matches!(known, Some(TableState::Done { .. }));
+                // Rows from an earlier (interrupted, or pre-slot-loss) snapshot may be stale.
+                needed.then(|| SnapshotJob {
+                    table: t.clone(),
+                    truncate_first: known.is_some(),
+                })
+            })
+            .collect();
+        if jobs.is_empty() {
+            return Ok(Some(state));
+        }
+        // Keep the temporary slot's connection open until the snapshot is read.
+        let mut temporary = None;
+        let exported = match created {
+            Some(e) => e,
+            None => {
+                let mut conn = ReplicationConnection::connect(params).await?;
+                let name = format!("{}_snap_{}", self.config.slot, std::process::id());
+                let e = slot::create_slot_with_snapshot(&mut conn, &name, true).await?;
+                temporary = Some(conn);
+                e
+            }
+        };
+        info!(
+            tables = jobs.len(),
+            snapshot_lsn = %format_lsn(exported.consistent_lsn),
+            "starting snapshot"
+        );
+        let done = self
+            .run_snapshot(pg, params, &exported, jobs, &mut state, publisher, shutdown)
+            .await;
+        if let Some(conn) = temporary {
+            conn.close().await;
+        }
+        Ok(done?.then_some(state))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_snapshot(
+        &self,
+        pg: &tokio_postgres::Config,
+        params: &ConnectParams,
+        exported: &ExportedSnapshot,
+        jobs: Vec<SnapshotJob>,
+        state: &mut CaptureState,
+        publisher: &mut Publisher,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, CaptureError> {
+        let remaining =
+            metrics::gauge!(m::SNAPSHOT_TABLES_REMAINING, "source" => self.name.clone());
+        remaining.set(jobs.len() as f64);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<SnapshotMessage>(1024);
+        let source = SourceInfo {
+            name: self.name.clone(),
+            db: params.dbname.clone(),
+            ts_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as i64,
+            snapshot: true,
+            tx_id: None,
+            lsn: Some(exported.consistent_lsn as i64),
+            sequence: None,
+        };
+        let mut queue = jobs.into_iter();
+        let mut readers = tokio::task::JoinSet::new();
+        let spawn_next = |readers: &mut tokio::task::JoinSet<()>,
+                          queue: &mut std::vec::IntoIter<SnapshotJob>| {
+            if let Some(job) = queue.next() {
+                readers.spawn(snapshot::read_table(
+                    pg.clone(),
+                    exported.name.clone(),
+                    exported.consistent_lsn,
+                    source.clone(),
+                    job,
+                    tx.clone(),
+                ));
+                true
+            } else {
+                false
+            }
+        };
+        let mut active = 0usize;
+        for _ in 0..self.config.snapshot_parallelism.max(1) {
+            if spawn_next(&mut readers, &mut queue) {
+                active += 1;
+            }
+        }
+        let mut codecs: HashMap<TableId, Arc<EnvelopeCodec>> = HashMap::new();
+        while active > 0 {
+            let msg = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    readers.abort_all();
+                    info!("shut down during the snapshot; finished tables are kept, the rest resume on restart");
+                    return Ok(false);
+                }
+                msg = rx.recv() => msg,
+            };
+            let Some(msg) = msg else { break };
+            match msg {
+                SnapshotMessage::Started(table) => {
+                    state.tables.insert(table.to_string(), TableState::Started);
+                    publisher.write_state(&state_json(state)?).await?;
+                }
+                SnapshotMessage::Event(event) => {
+                    let codec = match codecs.get(&event.table.id) {
+                        Some(c) if *c.table == *event.table => c.clone(),
+                        _ => {
+                            let c = Arc::new(EnvelopeCodec::new(
+                                &self.settings.topic_prefix,
+                                &self.name,
+                                Connector::Postgres,
+                                event.table.clone(),
+                            )?);
+                            codecs.insert(event.table.id.clone(), c.clone());
+                            c
+                        }
+                    };
+                    publisher.publish(&codec, &event).await?;
+                }
+                SnapshotMessage::Finished { table, rows } => {
+                    // The table is done only once Kafka holds every one of its rows.
+                    publisher.barrier().await?;
+                    state.tables.insert(
+                        table.to_string(),
+                        TableState::Done {
+                            snapshot_lsn: exported.consistent_lsn,
+                        },
+                    );
+                    publisher.write_state(&state_json(state)?).await?;
+                    remaining.decrement(1.0);
+                    info!(%table, rows, "table snapshot finished");
+                    active -= 1;
+                    if spawn_next(&mut readers, &mut queue) {
+                        active += 1;
+                    }
+                }
+                SnapshotMessage::Failed(e) => {
+                    readers.abort_all();
+                    return Err(e);
+                }
+            }
+        }
+        info!("snapshot finished");
+        Ok(true)
+    }
+
     async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), CaptureError> {
         let tables = self
             .config
@@ -178,11 +381,32 @@ impl PostgresCapture {
             slot::preflight(&client, &tables).await?;
             slot::ensure_publication(&client, &self.config.publication, &tables).await?;
             let mut repl = ReplicationConnection::connect(&params).await?;
-            let state = slot::ensure_slot(&client, &mut repl, &self.config.slot).await?;
-            let start = state.confirmed_flush_lsn.unwrap_or(0);
-            info!(slot = %self.config.slot, start = %format_lsn(start), "starting replication");
+            let slot_state = slot::ensure_slot(&client, &mut repl, &self.config.slot).await?;
+            let start = slot_state.confirmed_flush_lsn.unwrap_or(0);
             let (mut publisher, acks) = Publisher::new(&self.kafka, self.settings.clone(), start)?;
             publisher.prepare().await?;
+            let state = self
+                .snapshot_if_needed(
+                    &pg,
+                    &params,
+                    &tables,
+                    slot_state.created,
+                    &mut publisher,
+                    shutdown,
+                )
+                .await?;
+            let Some(state) = state else {
+                return Ok(()); // shut down during the snapshot
+            };
+            let snapshot_lsn: HashMap<TableId, u64> = state
+                .tables
+                .iter()
+                .filter_map(|(t, s)| match s {
+                    TableState::Done { snapshot_lsn } => Some((TableId::parse(t)?, *snapshot_lsn)),
+                    TableState::Started => None,
+                })
+                .collect();
+            info!(slot = %self.config.slot, start = %format_lsn(start), "starting replication");
             let publication = quote_ident(&self.config.publication);
             repl.start_logical(
                 &self.config.slot,
@@ -198,7 +422,8 @@ impl PostgresCapture {
                 acks,
                 wanted: tables.into_iter().collect(),
                 relations: HashMap::new(),
-                type_names: HashMap::new(),
+                catalog: Catalog::default(),
+                snapshot_lsn,
                 tx: None,
                 last_received: start,
                 server_wal_end: start,
@@ -221,7 +446,9 @@ struct Stream<'a> {
     acks: AckHandle,
     wanted: HashSet<TableId>,
     relations: HashMap<u32, Relation>,
-    type_names: HashMap<(u32, i32), String>,
+    catalog: Catalog,
+    /// Per table: changes committed before this LSN are already in its snapshot.
+    snapshot_lsn: HashMap<TableId, u64>,
     tx: Option<Tx>,
     last_received: u64,
     server_wal_end: u64,
@@ -328,7 +555,11 @@ impl Stream<'_> {
             } => {
                 let table = TableId::new(namespace, name);
                 let codec = if self.wanted.contains(&table) {
-                    let schema = Arc::new(self.table_schema(table, &columns).await?);
+                    let schema = Arc::new(
+                        self.catalog
+                            .table_schema(self.client, table, &columns)
+                            .await?,
+                    );
                     debug!(table = %schema.id, columns = schema.columns.len(), "relation");
                     Some(Arc::new(EnvelopeCodec::new(
                         &self.capture.settings.topic_prefix,
@@ -404,38 +635,6 @@ impl Stream<'_> {
         }
     }
 
-    async fn table_schema(
-        &mut self,
-        id: TableId,
-        columns: &[RelationColumn],
-    ) -> Result<TableSchema, CaptureError> {
-        let mut out = Vec::with_capacity(columns.len());
-        for c in columns {
-            let sql_type = match types::sql_type(c.type_oid, c.type_modifier) {
-                Some(t) => t,
-                None => {
-                    let key = (c.type_oid, c.type_modifier);
-                    if !self.type_names.contains_key(&key) {
-                        let row = self
-                            .client
-                            .query_one("SELECT format_type($1::oid, NULL)", &[&c.type_oid])
-                            .await?;
-                        let name: String = row.get(0);
-                        warn!(table = %id, column = %c.name, r#type = %name, "type has no Avro mapping yet; carried as its text form");
-                        self.type_names.insert(key, name);
-                    }
-                    SqlType::Other(self.type_names[&key].clone())
-                }
-            };
-            out.push(Column {
-                name: c.name.clone(),
-                sql_type,
-                key: c.key,
-            });
-        }
-        Ok(TableSchema { id, columns: out })
-    }
-
     fn row(&self, codec: &EnvelopeCodec, tuple: &[TupleValue]) -> Result<Vec<Datum>, CaptureError> {
         let table = &codec.table;
         if tuple.len() != table.columns.len() {
@@ -479,6 +678,15 @@ impl Stream<'_> {
                 "change outside a transaction".into(),
             )));
         };
+        if self
+            .snapshot_lsn
+            .get(&codec.table.id)
+            .is_some_and(|lsn| tx.commit_lsn < *lsn)
+        {
+            // Already in the table's snapshot.
+            metrics::counter!(m::SNAPSHOT_SKIPPED_CHANGES_TOTAL, "source" => self.capture.name.clone()).increment(1);
+            return Ok(());
+        }
         let index = tx.index;
         tx.index += 1;
         let per_table = tx.per_table.entry(relation).or_insert(0);
@@ -506,6 +714,11 @@ impl Stream<'_> {
         };
         self.publisher.publish(codec, &event).await
     }
+}
+
+fn state_json(state: &CaptureState) -> Result<String, CaptureError> {
+    serde_json::to_string(state)
+        .map_err(|e| CaptureError::Definite(format!("capture state does not serialize: {e}")))
 }
 
 fn key_of<'a>(codec: &'a EnvelopeCodec, row: &'a [Datum]) -> Vec<&'a Datum> {
