@@ -73,6 +73,19 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
+    // Without the exporter's own HTTP listener, histograms must be drained periodically or
+    // their samples accumulate without bound.
+    let upkeep = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        }
+    });
+    let _upkeep = AbortOnDrop(upkeep);
     info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     loop {
         let (mut socket, _) = tokio::select! {
@@ -115,5 +128,13 @@ pub async fn serve(
             let _ = socket.write_all(response.as_bytes()).await;
             let _ = socket.shutdown().await;
         });
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

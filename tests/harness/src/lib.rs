@@ -19,7 +19,7 @@ mod tansu;
 pub use mariadb::MariaDb;
 pub use postgres::Postgres;
 pub use process::{free_port, wait_until, ChildGuard};
-pub use sluice::{http_get, metric_value, SluiceProcess};
+pub use sluice::{http_get, metric_value, try_http_get, SluiceProcess};
 pub use tansu::{Tansu, TansuStorage};
 
 /// Result type of the harness: failures to start a service are reported with what was run.

@@ -49,7 +49,13 @@ impl SluiceProcess {
 
     /// The Prometheus text from `/metrics`.
     pub fn metrics(&self) -> Option<String> {
-        http_get(self.metrics_port, "/metrics").map(|(_, body)| body)
+        match try_http_get(self.metrics_port, "/metrics") {
+            Ok((_, body)) => Some(body),
+            Err(e) => {
+                eprintln!("GET /metrics failed: {e}");
+                None
+            }
+        }
     }
 
     /// SIGKILL, as a crash would.
@@ -69,22 +75,40 @@ impl SluiceProcess {
 
 /// A minimal HTTP GET on 127.0.0.1; `(status, body)`.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    try_http_get(port, path).ok()
+}
+
+/// [`http_get`], saying why it failed.
+pub fn try_http_get(port: u16, path: &str) -> std::result::Result<(u16, String), String> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )
-    .ok()?;
-    let mut response = String::new();
-    s.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    .map_err(|e| format!("write: {e}"))?;
+    let mut response = Vec::new();
+    s.read_to_end(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    let response = String::from_utf8_lossy(&response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "no status line in {:?}",
+                response.chars().take(200).collect::<String>()
+            )
+        })?;
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    Some((status, body))
+    Ok((status, body))
 }
 
 /// The value of a Prometheus sample whose name and labels all match, summed over the rest.
