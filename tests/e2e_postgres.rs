@@ -599,3 +599,86 @@ fn a_crash_mid_snapshot_resumes_without_redoing_finished_tables() {
         147_000.0
     );
 }
+
+#[test]
+fn schema_changes_truncate_and_full_identity_flow_through_without_a_restart() {
+    // Given a running pipeline over a table with REPLICA IDENTITY FULL,
+    let p = Pipeline::start(TansuStorage::Memory, "sluice_ddl");
+    let (pg, sluice) = (&p.pg, &p.sluice);
+    pg.psql("source", "ALTER TABLE public.orders REPLICA IDENTITY FULL")
+        .unwrap();
+    pg.psql("source", "INSERT INTO public.orders (id, customer, qty) SELECT i, 'c' || i, i FROM generate_series(1, 100) i")
+        .unwrap();
+    pg.psql(
+        "source",
+        "UPDATE public.orders SET qty = qty * 10 WHERE id <= 10",
+    )
+    .unwrap();
+    wait_for_sink_to_match(pg, sluice, Duration::from_secs(60));
+
+    // when the table is truncated and refilled,
+    pg.psql("source", "TRUNCATE public.orders").unwrap();
+    pg.psql("source", "INSERT INTO public.orders (id, customer, qty) SELECT i, 'again ' || i, i FROM generate_series(50, 80) i")
+        .unwrap();
+    wait_for_sink_to_match(pg, sluice, Duration::from_secs(60));
+
+    // and its columns are added, retyped, renamed and dropped between changes,
+    pg.psql(
+        "source",
+        "ALTER TABLE public.orders ADD COLUMN region text DEFAULT 'eu'",
+    )
+    .unwrap();
+    pg.psql(
+        "source",
+        "INSERT INTO public.orders (id, customer, region) VALUES (200, 'added', 'us')",
+    )
+    .unwrap();
+    pg.psql(
+        "source",
+        "ALTER TABLE public.orders ALTER COLUMN qty TYPE bigint",
+    )
+    .unwrap();
+    pg.psql(
+        "source",
+        "UPDATE public.orders SET qty = 123456 WHERE id = 51",
+    )
+    .unwrap();
+    pg.psql(
+        "source",
+        "ALTER TABLE public.orders RENAME COLUMN note TO remark",
+    )
+    .unwrap();
+    pg.psql(
+        "source",
+        "UPDATE public.orders SET remark = 'renamed' WHERE id = 52",
+    )
+    .unwrap();
+    pg.psql("source", "ALTER TABLE public.orders DROP COLUMN blob")
+        .unwrap();
+    pg.psql("source", "INSERT INTO public.orders (id, customer, remark, region) VALUES (201, 'after drop', 'r', 'apac')").unwrap();
+
+    // then every change arrives in order, with the columns each version had.
+    let query = "SELECT id, customer, qty, region, remark FROM public.orders ORDER BY id";
+    let sink_query = "SELECT id, customer, qty, region, remark FROM public.orders ORDER BY id";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let source = pg_rows(pg, "source", query).unwrap();
+        let sink = pg_rows(pg, "sink", sink_query);
+        match sink.map(|sink| compare_rows(&source, &sink)) {
+            Ok(Ok(())) => break,
+            other => assert!(Instant::now() < deadline, "{other:?}\n{}", sluice.log()),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let metrics = sluice.metrics().unwrap();
+    assert_eq!(
+        metric_value(&metrics, "sluice_capture_events_total", &[("op", "t")]),
+        Some(1.0)
+    );
+    // One key schema, and a value schema per version: initial, +region, qty bigint,
+    // note→remark, -blob.
+    assert_eq!(
+        metric_value(&metrics, "sluice_capture_schemas_published_total", &[]),
+        Some(6.0)
+    );
+}

@@ -174,6 +174,9 @@ fn column_field(column: &Column, field_name: &str) -> Json {
     if field_name != column.name {
         obj.insert("sluice.column".into(), json!(column.name));
     }
+    if let Some(missing) = &column.missing {
+        obj.insert("sluice.missing".into(), json!(missing));
+    }
     field
 }
 
@@ -524,6 +527,9 @@ impl EnvelopeDecoder {
                 key: attr("sluice.key")
                     .and_then(|v| v.as_bool())
                     .unwrap_or(false),
+                missing: attr("sluice.missing")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
             });
         }
         // The table id is the record namespace's last two parts.
@@ -658,6 +664,7 @@ mod tests {
             name: name.into(),
             sql_type,
             key,
+            missing: (name == "note").then(|| "n/a".to_string()),
         };
         Arc::new(TableSchema {
             id: TableId::new("public", "orders"),

@@ -179,6 +179,10 @@ pub struct Column {
     pub sql_type: SqlType,
     /// Part of the primary key (or replica identity).
     pub key: bool,
+    /// The value rows that existed before this column was added read for it (PostgreSQL's
+    /// `attmissingval`), as SQL text: those rows never travel as changes, so a sink that adds
+    /// the column must fill them with this.
+    pub missing: Option<String>,
 }
 
 /// A table's columns as declared by the source catalog.

@@ -66,6 +66,10 @@ impl Drop for PostgresSink {
     }
 }
 
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
@@ -201,12 +205,20 @@ impl State {
         } else if self.config.create_tables {
             for c in &schema.columns {
                 if !types.contains_key(&c.name) {
-                    txn.batch_execute(&format!(
-                        "ALTER TABLE {qualified} ADD COLUMN IF NOT EXISTS {} {}",
-                        quote(&c.name),
-                        ddl_type(&c.sql_type)
-                    ))
-                    .await?;
+                    let ty = ddl_type(&c.sql_type);
+                    let column = quote(&c.name);
+                    let ddl = match &c.missing {
+                        // Rows that predate the column read this value at the source without
+                        // any change being streamed: give them the same, then drop the
+                        // default (later rows are always written explicitly).
+                        Some(v) => format!(
+                            "ALTER TABLE {qualified} ADD COLUMN IF NOT EXISTS {column} {ty} DEFAULT {}::{ty}; \
+                             ALTER TABLE {qualified} ALTER COLUMN {column} DROP DEFAULT",
+                            quote_literal(v)
+                        ),
+                        None => format!("ALTER TABLE {qualified} ADD COLUMN IF NOT EXISTS {column} {ty}"),
+                    };
+                    txn.batch_execute(&ddl).await?;
                     info!(sink = %self.name, table = %id, column = %c.name, "added column");
                     metrics::counter!(m::DDL_TOTAL, "sink" => self.name.clone(), "table" => id.to_string(), "ddl" => "add_column").increment(1);
                 }

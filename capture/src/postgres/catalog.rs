@@ -40,6 +40,29 @@ impl Catalog {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// Values that rows older than a column read for it (`ADD COLUMN … DEFAULT` without a
+    /// rewrite), by column. Best effort: where the catalog column is not readable, none.
+    pub async fn missing_values(client: &Client, table: &TableId) -> HashMap<String, String> {
+        let rows = client
+            .query(
+                "SELECT a.attname::text, array_to_json(a.attmissingval) ->> 0 FROM pg_attribute a \
+                 WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass \
+                   AND a.atthasmissing AND NOT a.attisdropped",
+                &[&table.namespace, &table.name],
+            )
+            .await;
+        match rows {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, Option<String>>(1)?)))
+                .collect(),
+            Err(e) => {
+                warn!(%table, error = %e, "cannot read defaults of added columns; sinks will see NULL in rows older than them");
+                HashMap::new()
+            }
+        }
+    }
+
     /// The published columns of a table from the catalog (as pgoutput would describe them).
     pub async fn relation_columns(
         client: &Client,
@@ -74,6 +97,7 @@ impl Catalog {
         columns: &[RelationColumn],
     ) -> Result<TableSchema, CaptureError> {
         let key = Catalog::key_columns(client, &id).await?;
+        let missing = Catalog::missing_values(client, &id).await;
         let mut out = Vec::with_capacity(columns.len());
         for c in columns {
             let sql_type = match types::sql_type(c.type_oid, c.type_modifier) {
@@ -100,6 +124,7 @@ impl Catalog {
                 name: c.name.clone(),
                 sql_type,
                 key: is_key,
+                missing: missing.get(&c.name).cloned(),
             });
         }
         Ok(TableSchema { id, columns: out })
