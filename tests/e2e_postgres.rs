@@ -682,3 +682,77 @@ fn schema_changes_truncate_and_full_identity_flow_through_without_a_restart() {
         Some(6.0)
     );
 }
+
+#[test]
+fn an_idle_source_does_not_hold_back_wal_while_other_databases_write() {
+    // Given capture of an idle database with frequent heartbeats,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.create_database("sink").unwrap();
+    pg.create_database("busy").unwrap();
+    pg.psql("source", ORDERS_DDL).unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let slot = "sluice_idle";
+    let config = write_config_with(
+        dir.path(),
+        &pg,
+        &kafka,
+        metrics_port,
+        slot,
+        &["public.orders"],
+        "heartbeat_interval_ms = 200",
+    );
+    let sluice = SluiceProcess::start(
+        Path::new(SLUICE),
+        "run",
+        &config,
+        &dir.path().join("sluice.log"),
+        metrics_port,
+    )
+    .unwrap();
+
+    // when another database on the same server writes a lot of WAL,
+    pg.psql(
+        "busy",
+        "CREATE TABLE churn (id int, payload text);
+         INSERT INTO churn SELECT i, repeat(md5(i::text), 10) FROM generate_series(1, 50000) i;",
+    )
+    .unwrap();
+    let lag = |pg: &Postgres| -> i64 {
+        pg.psql(
+            "source",
+            &format!(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint \
+                 FROM pg_replication_slots WHERE slot_name = '{slot}'"
+            ),
+        )
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let written = pg
+        .psql(
+            "busy",
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint",
+        )
+        .unwrap();
+    assert!(
+        lag(&pg) > 1_000_000,
+        "the churn wrote WAL the slot has not confirmed yet (wrote {written})"
+    );
+
+    // then the slot's confirmed position follows the server's WAL within seconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lag(&pg) > 256 * 1024 {
+        assert!(
+            Instant::now() < deadline,
+            "slot still {} bytes behind\n{}",
+            lag(&pg),
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

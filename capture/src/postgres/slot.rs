@@ -30,6 +30,14 @@ pub async fn preflight(client: &Client, tables: &[TableId]) -> Result<(), Captur
             "the source user lacks the REPLICATION privilege; run ALTER ROLE <user> WITH REPLICATION".into(),
         ));
     }
+    ensure_free(
+        client,
+        "max_wal_senders",
+        "SELECT count(*) FROM pg_stat_replication",
+        "WAL senders",
+        "raise max_wal_senders (restart needed) or stop unused replication clients",
+    )
+    .await?;
     for table in tables {
         let row = client
             .query_opt(
@@ -54,6 +62,28 @@ pub async fn preflight(client: &Client, tables: &[TableId]) -> Result<(), Captur
                  captured; add a primary key or run ALTER TABLE {table} REPLICA IDENTITY FULL"
             );
         }
+    }
+    Ok(())
+}
+
+/// Fails with the fix when every unit of a server limit is in use.
+async fn ensure_free(
+    client: &Client,
+    setting: &str,
+    used_sql: &str,
+    what: &str,
+    fix: &str,
+) -> Result<(), CaptureError> {
+    let max: String = client
+        .query_one(&format!("SHOW {setting}"), &[])
+        .await?
+        .get(0);
+    let used: i64 = client.query_one(used_sql, &[]).await?.get(0);
+    let max: i64 = max.parse().unwrap_or(i64::MAX);
+    if used >= max {
+        return Err(CaptureError::Definite(format!(
+            "the source has no free {what}: {used} of {setting}={max} are in use; {fix}"
+        )));
     }
     Ok(())
 }
@@ -191,6 +221,8 @@ pub async fn ensure_slot(
             created: None,
         });
     }
+    ensure_free(client, "max_replication_slots", "SELECT count(*) FROM pg_replication_slots", "replication slots",
+        "drop unused ones (SELECT slot_name FROM pg_replication_slots WHERE NOT active) or raise max_replication_slots").await?;
     info!(slot, "creating replication slot");
     let exported = create_slot_with_snapshot(repl, slot, false).await?;
     Ok(SlotState {

@@ -29,9 +29,16 @@ use crate::CaptureError;
 
 const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
 const DEFAULT_SNAPSHOT_PARALLELISM: usize = 2;
+const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 10_000;
+/// Prefix of the logical messages capture writes as heartbeats.
+pub const HEARTBEAT_PREFIX: &str = "sluice.heartbeat";
 
 fn default_status_interval_ms() -> u64 {
     DEFAULT_STATUS_INTERVAL_MS
+}
+
+fn default_heartbeat_interval_ms() -> u64 {
+    DEFAULT_HEARTBEAT_INTERVAL_MS
 }
 
 fn default_snapshot_parallelism() -> usize {
@@ -67,6 +74,11 @@ pub struct PostgresSourceConfig {
     /// How often to send a standby status update to the server, in milliseconds.
     #[serde(default = "default_status_interval_ms")]
     pub status_interval_ms: u64,
+    /// How often to write a heartbeat (`pg_logical_emit_message`) into the source database, in
+    /// milliseconds, so the slot advances even when the captured tables are idle while other
+    /// databases on the server write WAL. 0 disables heartbeats.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
     /// `initial` (default) or `never`.
     #[serde(default)]
     pub snapshot: SnapshotMode,
@@ -411,7 +423,11 @@ impl PostgresCapture {
             repl.start_logical(
                 &self.config.slot,
                 0,
-                &[("proto_version", "1"), ("publication_names", &publication)],
+                &[
+                    ("proto_version", "1"),
+                    ("publication_names", &publication),
+                    ("messages", "true"),
+                ],
             )
             .await?;
             let mut stream = Stream {
@@ -465,6 +481,10 @@ impl Stream<'_> {
             self.capture.config.status_interval_ms.max(50),
         ));
         status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeat_ms = self.capture.config.heartbeat_interval_ms;
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(1)));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeats_on = heartbeat_ms > 0;
         loop {
             tokio::select! {
                 biased;
@@ -475,6 +495,13 @@ impl Stream<'_> {
                         Ok(Ok(())) => CaptureError::Kafka("acknowledgement task ended".into()),
                         Err(e) => CaptureError::Kafka(format!("acknowledgement task panicked: {e}")),
                     });
+                }
+                _ = heartbeat.tick(), if heartbeats_on => {
+                    let sql = format!("SELECT pg_logical_emit_message(false, '{HEARTBEAT_PREFIX}', '')");
+                    if let Err(e) = self.client.simple_query(&sql).await {
+                        warn!(error = %e, "cannot write heartbeats (needs EXECUTE on pg_logical_emit_message); an idle source database may hold back WAL");
+                        heartbeats_on = false;
+                    }
                 }
                 _ = status.tick() => {
                     let acked = *self.acks.acked.borrow();
@@ -572,7 +599,13 @@ impl Stream<'_> {
                 };
                 self.relations.insert(id, Relation { codec });
             }
-            PgOutput::Type { .. } | PgOutput::Origin | PgOutput::Message { .. } => {}
+            PgOutput::Message { prefix, .. } => {
+                // Our heartbeat, outside any transaction: everything before it has been read.
+                if prefix == HEARTBEAT_PREFIX && self.tx.is_none() {
+                    self.publisher.checkpoint(lsn).await?;
+                }
+            }
+            PgOutput::Type { .. } | PgOutput::Origin => {}
             PgOutput::Insert { relation, new } => {
                 if let Some(codec) = self.codec(relation)? {
                     let after = self.row(&codec, &new)?;
