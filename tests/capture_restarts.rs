@@ -1,0 +1,198 @@
+//! Capture alone, killed with SIGKILL again and again while the source keeps writing: every
+//! change reaches Kafka at least once, in order per key, and the position each event carries
+//! lets a consumer drop the repeats.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use sluice_harness::{free_port, Postgres, SluiceProcess, Tansu, TansuStorage};
+use sluice_schemas::avro::{unframe, EnvelopeDecoder};
+use sluice_schemas::event::POSITION_HEADER;
+use sluice_schemas::{Datum, Position, SchemaFingerprint};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+const KEYS: i64 = 20;
+
+#[test]
+fn kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_position() {
+    // Given a counter table and capture running on its own,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.psql(
+        "source",
+        &format!(
+            "CREATE TABLE public.counters (id bigint PRIMARY KEY, v bigint NOT NULL);
+                  INSERT INTO public.counters SELECT i, 0 FROM generate_series(1, {KEYS}) i;"
+        ),
+    )
+    .unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+bootstrap_servers = "{}"
+topic_prefix = "restarts"
+[sources.pg_main]
+kind = "postgres"
+url = "{}"
+tables = ["public.counters"]
+slot = "sluice_restarts"
+publication = "sluice_restarts"
+snapshot = "never"
+[observability]
+listen = "127.0.0.1:{metrics_port}"
+"#,
+            kafka.bootstrap(),
+            pg.url("source")
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("sluice.log");
+    let mut capture =
+        SluiceProcess::start(Path::new(SLUICE), "capture", &config, &log, metrics_port).unwrap();
+
+    // when each key is incremented one transaction at a time while capture is killed -9 and
+    // restarted every few dozen transactions,
+    let mut expected: HashMap<i64, i64> = HashMap::new();
+    let transactions = 300;
+    for t in 0..transactions {
+        let id = 1 + (t * 7) % KEYS;
+        pg.psql(
+            "source",
+            &format!("UPDATE public.counters SET v = v + 1 WHERE id = {id}"),
+        )
+        .unwrap();
+        *expected.entry(id).or_insert(0) += 1;
+        if t % 60 == 30 {
+            capture.kill9();
+            capture =
+                SluiceProcess::start(Path::new(SLUICE), "capture", &config, &log, metrics_port)
+                    .unwrap();
+        }
+    }
+
+    // then reading the topic, every value of every key is there,
+    let events = read_until_complete(
+        &kafka.bootstrap(),
+        "restarts.public.counters",
+        &expected,
+        Duration::from_secs(90),
+    );
+    let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
+    for (_, id, v) in &events {
+        seen.entry(*id).or_default().push(*v);
+    }
+    for (id, last) in &expected {
+        let values = &seen[id];
+        for v in 1..=*last {
+            assert!(
+                values.contains(&v),
+                "key {id}: value {v} never reached Kafka ({values:?})"
+            );
+        }
+    }
+    // and dropping every event whose position is not above the last one kept leaves each
+    // key's values exactly 1, 2, 3, … in order.
+    let mut high_water: Option<Position> = None;
+    let mut kept: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    let mut dropped = 0;
+    for (position, id, v) in &events {
+        if high_water.as_ref().is_some_and(|hw| position <= hw) {
+            dropped += 1;
+            continue;
+        }
+        high_water = Some(position.clone());
+        kept.entry(*id).or_default().push(*v);
+    }
+    for (id, values) in &kept {
+        let want: Vec<i64> = (1..=expected[id]).collect();
+        assert_eq!(values, &want, "key {id} after dropping repeats by position");
+    }
+    eprintln!(
+        "{} events read, {dropped} repeats dropped by position",
+        events.len()
+    );
+}
+
+/// Reads `(position, id, v)` of every event on partition 0 until each key's expected final
+/// value has been seen.
+fn read_until_complete(
+    bootstrap: &str,
+    topic: &str,
+    expected: &HashMap<i64, i64>,
+    timeout: Duration,
+) -> Vec<(Position, i64, i64)> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    let mut decoders: HashMap<SchemaFingerprint, EnvelopeDecoder> = HashMap::new();
+    let load_schemas = |decoders: &mut HashMap<SchemaFingerprint, EnvelopeDecoder>| {
+        for (key, value) in sluice_schemas::transport::read_to_end(
+            &config,
+            "_sluice_schemas",
+            Duration::from_secs(30),
+        )
+        .unwrap()
+        {
+            if let (Some(fp), Some(json)) = (SchemaFingerprint::from_hex(&key), value) {
+                if let Ok(d) = EnvelopeDecoder::from_schema_json(&String::from_utf8_lossy(&json)) {
+                    decoders.insert(fp, d);
+                }
+            }
+        }
+    };
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("group.id", "restart-test-reader")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut events = Vec::new();
+    let mut latest: HashMap<i64, i64> = HashMap::new();
+    let deadline = Instant::now() + timeout;
+    while expected.iter().any(|(id, v)| latest.get(id) != Some(v)) {
+        assert!(
+            Instant::now() < deadline,
+            "not every change arrived: {latest:?} vs {expected:?}"
+        );
+        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let msg = msg.unwrap();
+        let Some(payload) = msg.payload() else {
+            continue;
+        };
+        let position = msg
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == POSITION_HEADER)
+                    .and_then(|h| h.value)
+            })
+            .and_then(|v| Position::from_hex(std::str::from_utf8(v).ok()?))
+            .expect("every event carries its position");
+        let (fp, datum) = unframe(payload).unwrap();
+        if !decoders.contains_key(&fp) {
+            load_schemas(&mut decoders);
+        }
+        let event = decoders[&fp].decode(datum).unwrap();
+        let after = event.after.expect("updates carry the after image");
+        let (Datum::Long(id), Datum::Long(v)) = (&after[0], &after[1]) else {
+            panic!("{after:?}")
+        };
+        latest.insert(*id, (*latest.get(id).unwrap_or(&0)).max(*v));
+        events.push((position, *id, *v));
+    }
+    events
+}
