@@ -756,3 +756,75 @@ fn an_idle_source_does_not_hold_back_wal_while_other_databases_write() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn capture_authenticates_with_scram_and_a_password_from_the_environment_never_logged() {
+    // Given a source user that must authenticate with SCRAM-SHA-256, its password known only
+    // to the environment,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.create_database("sink").unwrap();
+    pg.psql("source", ORDERS_DDL).unwrap();
+    pg.psql(
+        "source",
+        "SET password_encryption = 'scram-sha-256';
+         CREATE ROLE cdc LOGIN REPLICATION PASSWORD 'scram-secret-42';
+         GRANT SELECT ON public.orders TO cdc;
+         CREATE PUBLICATION sluice_scram FOR TABLE public.orders;",
+    )
+    .unwrap();
+    pg.require_scram_for("cdc").unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = free_port();
+    let config = write_config(dir.path(), &pg, &kafka, metrics_port, "sluice_scram");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &pg.url("source"),
+        &format!("postgresql://cdc@127.0.0.1:{}/source", pg.port),
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("sluice.log");
+
+    // when sluice runs with the wrong password, it stops with the server's reason;
+    let mut wrong = SluiceProcess::start_with_env(
+        Path::new(SLUICE),
+        "run",
+        &config,
+        &log,
+        metrics_port,
+        &[("SLUICE_SOURCES_PG_MAIN_PASSWORD", "not-the-password")],
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !wrong.has_exited() {
+        assert!(
+            Instant::now() < deadline,
+            "a wrong password must stop capture\n{}",
+            wrong.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        wrong.log().contains("password authentication failed"),
+        "{}",
+        wrong.log()
+    );
+
+    // and with the right one, changes flow and the password appears in no log line.
+    let sluice = SluiceProcess::start_with_env(
+        Path::new(SLUICE),
+        "run",
+        &config,
+        &log,
+        metrics_port,
+        &[("SLUICE_SOURCES_PG_MAIN_PASSWORD", "scram-secret-42")],
+    )
+    .unwrap();
+    pg.psql(
+        "source",
+        "INSERT INTO public.orders (id, customer) SELECT i, 'c' || i FROM generate_series(1, 50) i",
+    )
+    .unwrap();
+    wait_for_sink_to_match(&pg, &sluice, Duration::from_secs(60));
+    assert!(!sluice.log().contains("scram-secret-42"));
+}

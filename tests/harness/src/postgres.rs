@@ -146,6 +146,15 @@ impl Postgres {
         )
     }
 
+    /// Makes `user` authenticate with SCRAM-SHA-256 over TCP (everyone else stays on trust).
+    pub fn require_scram_for(&self, user: &str) -> Result<()> {
+        let hba = self.data_dir().join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
+        let line = format!("host all {user} 127.0.0.1/32 scram-sha-256\nhost replication {user} 127.0.0.1/32 scram-sha-256\n");
+        std::fs::write(&hba, format!("{line}{old}")).map_err(|e| e.to_string())?;
+        self.psql("postgres", "SELECT pg_reload_conf()").map(|_| ())
+    }
+
     /// Stops the server (fast shutdown).
     pub fn stop(&mut self) {
         if let Some(mut s) = self.server.take() {

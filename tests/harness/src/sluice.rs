@@ -21,7 +21,20 @@ impl SluiceProcess {
         log: &Path,
         metrics_port: u16,
     ) -> Result<SluiceProcess> {
+        SluiceProcess::start_with_env(bin, subcommand, config, log, metrics_port, &[])
+    }
+
+    /// [`SluiceProcess::start`] with extra environment variables.
+    pub fn start_with_env(
+        bin: &Path,
+        subcommand: &str,
+        config: &Path,
+        log: &Path,
+        metrics_port: u16,
+        env: &[(&str, &str)],
+    ) -> Result<SluiceProcess> {
         let mut cmd = Command::new(bin);
+        cmd.envs(env.iter().copied());
         cmd.arg(subcommand).arg("--config").arg(config).env(
             "RUST_LOG",
             std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
