@@ -27,16 +27,6 @@ const ORDERS_DDL: &str = "CREATE TABLE public.orders (
 
 const ORDERS_ROWS: &str = "SELECT * FROM public.orders ORDER BY id";
 
-fn write_config(
-    dir: &Path,
-    pg: &Postgres,
-    kafka: &Tansu,
-    metrics_port: u16,
-    slot: &str,
-) -> std::path::PathBuf {
-    write_config_with(dir, pg, kafka, metrics_port, slot, &["public.orders"], "")
-}
-
 fn write_config_with(
     dir: &Path,
     pg: &Postgres,
@@ -95,6 +85,58 @@ fn wait_for_sink_to_match(pg: &Postgres, sluice: &SluiceProcess, timeout: Durati
     wait_for_tables_to_match(pg, sluice, &["public.orders"], timeout);
 }
 
+/// Fresh services: a PostgreSQL cluster with a `source` database (running `ddl`) and an
+/// empty `sink` database, a broker, a working directory and a free metrics port.
+struct Services {
+    pg: Postgres,
+    kafka: Tansu,
+    dir: tempfile::TempDir,
+    metrics_port: u16,
+}
+
+impl Services {
+    fn start(storage: TansuStorage, ddl: &str) -> Services {
+        let pg = Postgres::start().unwrap();
+        pg.create_database("source").unwrap();
+        pg.create_database("sink").unwrap();
+        pg.psql("source", ddl).unwrap();
+        Services {
+            pg,
+            kafka: Tansu::start(storage).unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+            metrics_port: free_port(),
+        }
+    }
+
+    fn config(&self, slot: &str, tables: &[&str], source_extra: &str) -> std::path::PathBuf {
+        write_config_with(
+            self.dir.path(),
+            &self.pg,
+            &self.kafka,
+            self.metrics_port,
+            slot,
+            tables,
+            source_extra,
+        )
+    }
+
+    fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("sluice.log")
+    }
+
+    fn sluice(&self, config: &Path, env: &[(&str, &str)]) -> SluiceProcess {
+        SluiceProcess::start_with_env(
+            Path::new(SLUICE),
+            "run",
+            config,
+            &self.log(),
+            self.metrics_port,
+            env,
+        )
+        .unwrap()
+    }
+}
+
 /// A running pipeline over fresh services: source and sink databases with the orders table
 /// at the source, a broker, and `sluice run`.
 struct Pipeline {
@@ -108,15 +150,15 @@ struct Pipeline {
 
 impl Pipeline {
     fn start(storage: TansuStorage, slot: &str) -> Pipeline {
-        let pg = Postgres::start().unwrap();
-        pg.create_database("source").unwrap();
-        pg.create_database("sink").unwrap();
-        let kafka = Tansu::start(storage).unwrap();
-        pg.psql("source", ORDERS_DDL).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let metrics_port = free_port();
-        let config = write_config(dir.path(), &pg, &kafka, metrics_port, slot);
-        let sluice = Pipeline::spawn(&dir, &config, metrics_port);
+        let services = Services::start(storage, ORDERS_DDL);
+        let config = services.config(slot, &["public.orders"], "");
+        let sluice = services.sluice(&config, &[]);
+        let Services {
+            pg,
+            kafka,
+            dir,
+            metrics_port,
+        } = services;
         Pipeline {
             pg,
             kafka,
@@ -397,29 +439,16 @@ const SNAPSHOT_DDL: &str = "
     INSERT INTO public.big SELECT i, i % 1000, md5(i::text), TIMESTAMPTZ '2026-01-01 00:00:00+00' + i * INTERVAL '1 second'
       FROM generate_series(1, 150000) i;";
 
-fn snapshot_pipeline(
-    slot: &str,
-    parallelism: usize,
-) -> (Postgres, Tansu, tempfile::TempDir, std::path::PathBuf, u16) {
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
-    pg.psql("source", SNAPSHOT_DDL).unwrap();
+fn snapshot_pipeline(slot: &str, parallelism: usize) -> (Services, std::path::PathBuf) {
     // Memory storage: these tests restart sluice, not the broker (and Tansu 0.6's sqlite
     // engine stalls under concurrent produce, fetch and commit load).
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let metrics_port = free_port();
-    let config = write_config_with(
-        dir.path(),
-        &pg,
-        &kafka,
-        metrics_port,
+    let services = Services::start(TansuStorage::Memory, SNAPSHOT_DDL);
+    let config = services.config(
         slot,
         &["public.small", "public.big"],
         &format!("snapshot_parallelism = {parallelism}"),
     );
-    (pg, kafka, dir, config, metrics_port)
+    (services, config)
 }
 
 fn wait_for_tables_to_match(
@@ -458,7 +487,8 @@ fn metric(sluice: &SluiceProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[test]
 fn existing_rows_and_writes_during_the_snapshot_reach_the_sink_exactly_once() {
     // Given tables with rows, and a writer changing them from before sluice starts,
-    let (pg, _kafka, dir, config, metrics_port) = snapshot_pipeline("sluice_snap", 2);
+    let (services, config) = snapshot_pipeline("sluice_snap", 2);
+    let pg = &services.pg;
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
@@ -486,14 +516,7 @@ fn existing_rows_and_writes_during_the_snapshot_reach_the_sink_exactly_once() {
         });
         // when sluice starts and snapshots while the writer keeps going until well after the
         // snapshot has finished,
-        let sluice = SluiceProcess::start(
-            Path::new(SLUICE),
-            "run",
-            &config,
-            &dir.path().join("sluice.log"),
-            metrics_port,
-        )
-        .unwrap();
+        let sluice = services.sluice(&config, &[]);
         let deadline = Instant::now() + Duration::from_secs(180);
         while !sluice.log().contains("snapshot finished") {
             assert!(
@@ -509,7 +532,7 @@ fn existing_rows_and_writes_during_the_snapshot_reach_the_sink_exactly_once() {
 
         // then both tables match row for row,
         wait_for_tables_to_match(
-            &pg,
+            pg,
             &sluice,
             &["public.small", "public.big"],
             Duration::from_secs(180),
@@ -539,10 +562,9 @@ fn existing_rows_and_writes_during_the_snapshot_reach_the_sink_exactly_once() {
 #[test]
 fn a_crash_mid_snapshot_resumes_without_redoing_finished_tables() {
     // Given a snapshot reading one table at a time (small first, then big),
-    let (pg, _kafka, dir, config, metrics_port) = snapshot_pipeline("sluice_snap_crash", 1);
-    let log = dir.path().join("sluice.log");
-    let mut sluice =
-        SluiceProcess::start(Path::new(SLUICE), "run", &config, &log, metrics_port).unwrap();
+    let (services, config) = snapshot_pipeline("sluice_snap_crash", 1);
+    let pg = &services.pg;
+    let mut sluice = services.sluice(&config, &[]);
 
     // when it is killed while reading the second table,
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -573,10 +595,9 @@ fn a_crash_mid_snapshot_resumes_without_redoing_finished_tables() {
         .unwrap();
 
     // then a restart snapshots only the unfinished table, and both tables match the source.
-    let sluice =
-        SluiceProcess::start(Path::new(SLUICE), "run", &config, &log, metrics_port).unwrap();
+    let sluice = services.sluice(&config, &[]);
     wait_for_tables_to_match(
-        &pg,
+        pg,
         &sluice,
         &["public.small", "public.big"],
         Duration::from_secs(240),
@@ -686,32 +707,12 @@ fn schema_changes_truncate_and_full_identity_flow_through_without_a_restart() {
 #[test]
 fn an_idle_source_does_not_hold_back_wal_while_other_databases_write() {
     // Given capture of an idle database with frequent heartbeats,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
+    let services = Services::start(TansuStorage::Memory, ORDERS_DDL);
+    let pg = &services.pg;
     pg.create_database("busy").unwrap();
-    pg.psql("source", ORDERS_DDL).unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let metrics_port = free_port();
     let slot = "sluice_idle";
-    let config = write_config_with(
-        dir.path(),
-        &pg,
-        &kafka,
-        metrics_port,
-        slot,
-        &["public.orders"],
-        "heartbeat_interval_ms = 200",
-    );
-    let sluice = SluiceProcess::start(
-        Path::new(SLUICE),
-        "run",
-        &config,
-        &dir.path().join("sluice.log"),
-        metrics_port,
-    )
-    .unwrap();
+    let config = services.config(slot, &["public.orders"], "heartbeat_interval_ms = 200");
+    let sluice = services.sluice(&config, &[]);
 
     // when another database on the same server writes a lot of WAL,
     pg.psql(
@@ -740,17 +741,17 @@ fn an_idle_source_does_not_hold_back_wal_while_other_databases_write() {
         )
         .unwrap();
     assert!(
-        lag(&pg) > 1_000_000,
+        lag(pg) > 1_000_000,
         "the churn wrote WAL the slot has not confirmed yet (wrote {written})"
     );
 
     // then the slot's confirmed position follows the server's WAL within seconds.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while lag(&pg) > 256 * 1024 {
+    while lag(pg) > 256 * 1024 {
         assert!(
             Instant::now() < deadline,
             "slot still {} bytes behind\n{}",
-            lag(&pg),
+            lag(pg),
             sluice.log()
         );
         std::thread::sleep(Duration::from_millis(200));
@@ -761,10 +762,8 @@ fn an_idle_source_does_not_hold_back_wal_while_other_databases_write() {
 fn capture_authenticates_with_scram_and_a_password_from_the_environment_never_logged() {
     // Given a source user that must authenticate with SCRAM-SHA-256, its password known only
     // to the environment,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
-    pg.psql("source", ORDERS_DDL).unwrap();
+    let services = Services::start(TansuStorage::Memory, ORDERS_DDL);
+    let pg = &services.pg;
     pg.psql(
         "source",
         "SET password_encryption = 'scram-sha-256';
@@ -774,27 +773,18 @@ fn capture_authenticates_with_scram_and_a_password_from_the_environment_never_lo
     )
     .unwrap();
     pg.require_scram_for("cdc").unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let metrics_port = free_port();
-    let config = write_config(dir.path(), &pg, &kafka, metrics_port, "sluice_scram");
+    let config = services.config("sluice_scram", &["public.orders"], "");
     let text = std::fs::read_to_string(&config).unwrap().replace(
         &pg.url("source"),
         &format!("postgresql://cdc@127.0.0.1:{}/source", pg.port),
     );
     std::fs::write(&config, text).unwrap();
-    let log = dir.path().join("sluice.log");
 
     // when sluice runs with the wrong password, it stops with the server's reason;
-    let mut wrong = SluiceProcess::start_with_env(
-        Path::new(SLUICE),
-        "run",
+    let mut wrong = services.sluice(
         &config,
-        &log,
-        metrics_port,
         &[("SLUICE_SOURCES_PG_MAIN_PASSWORD", "not-the-password")],
-    )
-    .unwrap();
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !wrong.has_exited() {
         assert!(
@@ -811,20 +801,15 @@ fn capture_authenticates_with_scram_and_a_password_from_the_environment_never_lo
     );
 
     // and with the right one, changes flow and the password appears in no log line.
-    let sluice = SluiceProcess::start_with_env(
-        Path::new(SLUICE),
-        "run",
+    let sluice = services.sluice(
         &config,
-        &log,
-        metrics_port,
         &[("SLUICE_SOURCES_PG_MAIN_PASSWORD", "scram-secret-42")],
-    )
-    .unwrap();
+    );
     pg.psql(
         "source",
         "INSERT INTO public.orders (id, customer) SELECT i, 'c' || i FROM generate_series(1, 50) i",
     )
     .unwrap();
-    wait_for_sink_to_match(&pg, &sluice, Duration::from_secs(60));
+    wait_for_sink_to_match(pg, &sluice, Duration::from_secs(60));
     assert!(!sluice.log().contains("scram-secret-42"));
 }
