@@ -2,7 +2,8 @@
 # Sluice on one machine: installs what is missing, starts PostgreSQL (wal_level=logical),
 # MariaDB (binlog ROW) and Tansu (Kafka protocol) under .sluice-local/ on non-default ports,
 # creates a demo table, runs `sluice run`, makes changes at the source and shows them
-# arriving in the sink. Everything stops at the end; pass --keep to leave it running.
+# arriving in the sink. Everything stops at the end; pass --keep to leave it running, and
+# --stop later to stop what --keep left running.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -17,12 +18,6 @@ PG_BIN=/usr/lib/postgresql/15/bin
 
 say() { printf '\n\033[1;34m==>\033[0m \033[1m%s\033[0m\n' "$*"; }
 
-deploy/local/prereqs.sh
-export PATH="$HOME/.cargo/bin:$PATH"
-
-say "building sluice (release)"
-cargo build --release --locked --bin sluice
-SLUICE=$ROOT/target/release/sluice
 
 as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 psql_() { "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"; }
@@ -35,8 +30,21 @@ stop_all() {
   rm -f "$STATE"/*.pid
 }
 
+if [ "$KEEP" = "--stop" ]; then
+  stop_all
+  echo "stopped sluice, Tansu, MariaDB and PostgreSQL under .sluice-local/"
+  exit 0
+fi
+
 mkdir -p "$STATE"
 stop_all
+
+deploy/local/prereqs.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+
+say "building sluice (release)"
+cargo build --release --locked --bin sluice
+SLUICE=$ROOT/target/release/sluice
 
 say "PostgreSQL 15 on port $PG_PORT (wal_level=logical)"
 if [ ! -d "$STATE/pg/data" ]; then
@@ -123,7 +131,7 @@ echo "metrics (http://127.0.0.1:$METRICS_PORT/metrics):"
 curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^sluice_(capture_events_total|sink_events_applied_total)' || true
 
 if [ "$KEEP" = "--keep" ]; then
-  say "left running: make changes in 'shop' and watch 'warehouse'; stop with: kill \$(cat .sluice-local/*.pid)"
+  say "left running: make changes in 'shop' and watch 'warehouse'; stop everything with: deploy/local/quickstart.sh --stop"
   echo "  psql -h 127.0.0.1 -p $PG_PORT -U postgres shop"
 else
   say "stopping (run with --keep to leave everything running)"
