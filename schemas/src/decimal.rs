@@ -15,9 +15,20 @@ impl fmt::Display for DecimalError {
 
 impl std::error::Error for DecimalError {}
 
-/// Encodes decimal text (`-12.3`) at `scale` as the unscaled two's-complement big-endian bytes.
-/// Fails when the text is not a finite decimal or has more fractional digits than `scale`.
-pub fn text_to_unscaled(text: &str, scale: u32) -> Result<Vec<u8>, DecimalError> {
+/// A decimal text split into sign, integer digits and fractional digits.
+struct Parts<'a> {
+    negative: bool,
+    int_part: &'a str,
+    frac_part: &'a str,
+}
+
+/// Checks that `text` is a finite decimal with at most `scale` significant fractional digits,
+/// without converting it (capture validates every value; only the encoder converts).
+pub fn check(text: &str, scale: u32) -> Result<(), DecimalError> {
+    split(text, scale).map(|_| ())
+}
+
+fn split(text: &str, scale: u32) -> Result<Parts<'_>, DecimalError> {
     let (negative, digits) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, text.strip_prefix('+').unwrap_or(text)),
@@ -39,6 +50,21 @@ pub fn text_to_unscaled(text: &str, scale: u32) -> Result<Vec<u8>, DecimalError>
             "`{text}` has more than {scale} fractional digits"
         )));
     }
+    Ok(Parts {
+        negative,
+        int_part,
+        frac_part,
+    })
+}
+
+/// Encodes decimal text (`-12.3`) at `scale` as the unscaled two's-complement big-endian bytes.
+/// Fails when the text is not a finite decimal or has more fractional digits than `scale`.
+pub fn text_to_unscaled(text: &str, scale: u32) -> Result<Vec<u8>, DecimalError> {
+    let Parts {
+        negative,
+        int_part,
+        frac_part,
+    } = split(text, scale)?;
     // Magnitude as little-endian base-256 limbs, built by multiply-by-10-and-add.
     let mut mag: Vec<u8> = Vec::new();
     let padded = frac_part
@@ -164,6 +190,9 @@ mod tests {
         assert!(text_to_unscaled("1.234", 2).is_err());
         assert!(text_to_unscaled("", 2).is_err());
         assert!(text_to_unscaled("1e5", 2).is_err());
+        assert!(
+            check("1e5", 2).is_err() && check("1.234", 2).is_err() && check("-1.230", 2).is_ok()
+        );
         assert_eq!(
             text_to_unscaled("1.230", 2).unwrap(),
             text_to_unscaled("1.23", 2).unwrap()

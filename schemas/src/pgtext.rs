@@ -43,7 +43,7 @@ pub fn parse(ty: &SqlType, text: &str) -> Result<Datum, ParseError> {
         SqlType::Float64 => Datum::Double(parse_float(text).ok_or_else(err)?),
         SqlType::Decimal { scale, .. } => {
             // Avro's decimal has no NaN or infinity: reject here, where the caller decides.
-            crate::decimal::text_to_unscaled(text, *scale).map_err(|_| err())?;
+            crate::decimal::check(text, *scale).map_err(|_| err())?;
             Datum::Decimal(text.to_string())
         }
         SqlType::Numeric | SqlType::Text | SqlType::Json | SqlType::Other(_) => {
