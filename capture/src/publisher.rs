@@ -6,7 +6,7 @@
 //! The bound is the backpressure: when Kafka is slow, `publish` waits and capture stops
 //! reading the replication stream.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -51,6 +51,25 @@ enum Pending {
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
+/// What publishing a table version needs, worked out once: its topic exists, its schemas are in
+/// the schema topic, and its metric handles are registered.
+struct TableOut {
+    topic: String,
+    /// By [`Op`] in the order c, u, d, r, t.
+    events: [metrics::Counter; 5],
+    bytes: metrics::Counter,
+}
+
+fn op_index(op: Op) -> usize {
+    match op {
+        Op::Create => 0,
+        Op::Update => 1,
+        Op::Delete => 2,
+        Op::Read => 3,
+        Op::Truncate => 4,
+    }
+}
+
 /// Publishes events and checkpoints; see the module docs.
 pub struct Publisher {
     producer: FutureProducer,
@@ -58,6 +77,8 @@ pub struct Publisher {
     settings: PublisherSettings,
     known_topics: HashSet<String>,
     published_schemas: HashSet<SchemaFingerprint>,
+    /// By value-schema fingerprint.
+    tables: HashMap<SchemaFingerprint, TableOut>,
     pending: mpsc::Sender<Pending>,
     last_checkpoint: u64,
 }
@@ -102,6 +123,7 @@ impl Publisher {
                 settings,
                 known_topics: HashSet::new(),
                 published_schemas: HashSet::new(),
+                tables: HashMap::new(),
                 pending: tx,
                 last_checkpoint: start,
             },
@@ -209,19 +231,41 @@ impl Publisher {
         Ok(())
     }
 
-    /// Publishes one event (and its tombstone, for deletes). Waits while too many are in flight.
-    pub async fn publish(
-        &mut self,
-        codec: &EnvelopeCodec,
-        event: &ChangeEvent,
-    ) -> Result<(), CaptureError> {
-        let topic = event.table.id.topic(&self.settings.topic_prefix);
+    /// Creates the topic and publishes the schemas of a table version seen for the first time.
+    async fn prepare_table(&mut self, codec: &EnvelopeCodec) -> Result<(), CaptureError> {
+        if self.tables.contains_key(&codec.value_fingerprint) {
+            return Ok(());
+        }
+        let topic = codec.table.id.topic(&self.settings.topic_prefix);
         self.ensure_topic(&topic, self.settings.partitions, false)
             .await?;
         self.ensure_schema(codec.key_fingerprint, &codec.key_schema_json)
             .await?;
         self.ensure_schema(codec.value_fingerprint, &codec.value_schema_json)
             .await?;
+        let (source, table) = (self.settings.source.clone(), codec.table.id.to_string());
+        let events = [Op::Create, Op::Update, Op::Delete, Op::Read, Op::Truncate].map(|op| {
+            metrics::counter!(m::EVENTS_TOTAL, "source" => source.clone(), "table" => table.clone(), "op" => op.code())
+        });
+        let bytes = metrics::counter!(m::BYTES_TOTAL, "source" => source, "table" => table);
+        self.tables.insert(
+            codec.value_fingerprint,
+            TableOut {
+                topic,
+                events,
+                bytes,
+            },
+        );
+        Ok(())
+    }
+
+    /// Publishes one event (and its tombstone, for deletes). Waits while too many are in flight.
+    pub async fn publish(
+        &mut self,
+        codec: &EnvelopeCodec,
+        event: &ChangeEvent,
+    ) -> Result<(), CaptureError> {
+        self.prepare_table(codec).await?;
         let key = codec.encode_key(event)?;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -229,22 +273,21 @@ impl Publisher {
             .as_millis() as i64;
         let value = codec.encode_value(event, now_ms)?;
         let position = event.position.to_hex();
-        let table = event.table.id.to_string();
-        let bytes = value.len() + key.as_ref().map_or(0, Vec::len);
-        self.send(&topic, key.as_deref(), Some(&value), &position)
+        let out = &self.tables[&codec.value_fingerprint];
+        self.send(&out.topic, key.as_deref(), Some(&value), &position)
             .await?;
         if event.op == Op::Delete && self.settings.tombstones {
-            self.send(&topic, key.as_deref(), None, &position).await?;
+            self.send(&out.topic, key.as_deref(), None, &position)
+                .await?;
         }
-        metrics::counter!(m::EVENTS_TOTAL, "source" => self.settings.source.clone(), "table" => table.clone(), "op" => event.op.code())
-            .increment(1);
-        metrics::counter!(m::BYTES_TOTAL, "source" => self.settings.source.clone(), "table" => table)
-            .increment(bytes as u64);
+        out.events[op_index(event.op)].increment(1);
+        out.bytes
+            .increment((value.len() + key.as_ref().map_or(0, Vec::len)) as u64);
         Ok(())
     }
 
     async fn send(
-        &mut self,
+        &self,
         topic: &str,
         key: Option<&[u8]>,
         value: Option<&[u8]>,

@@ -1,6 +1,6 @@
 //! The routing loop: consume, decode, batch, apply, record.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -157,9 +157,9 @@ impl<S: Sink> Router<S> {
             self.client_config.clone(),
             self.settings.schema_topic.clone(),
         );
-        let mut resumed: HashMap<(Arc<str>, i32), ()> = HashMap::new();
-        let mut topic_names: HashMap<String, Arc<str>> = HashMap::new();
-        let consumed_counter = |topic: &str| metrics::counter!(m::MESSAGES_CONSUMED_TOTAL, "topic" => topic.to_string());
+        let mut resumed: HashSet<(Arc<str>, i32)> = HashSet::new();
+        // Per topic, looked up once: the shared name and the consumed counter.
+        let mut topics: HashMap<String, (Arc<str>, metrics::Counter)> = HashMap::new();
 
         let mut stopping = false;
         while !stopping {
@@ -189,15 +189,16 @@ impl<S: Sink> Router<S> {
                                 continue;
                             }
                         };
-                        let topic = topic_names
-                            .entry(msg.topic().to_string())
-                            .or_insert_with(|| Arc::from(msg.topic()))
-                            .clone();
-                        let key = (topic.clone(), msg.partition());
-                        if !resumed.contains_key(&key) {
+                        if !topics.contains_key(msg.topic()) {
+                            let counter = metrics::counter!(m::MESSAGES_CONSUMED_TOTAL, "topic" => msg.topic().to_string());
+                            topics.insert(msg.topic().to_string(), (Arc::from(msg.topic()), counter));
+                        }
+                        let (topic, consumed) = &topics[msg.topic()];
+                        let topic = topic.clone();
+                        if !resumed.contains(&(topic.clone(), msg.partition())) {
                             // First message of a newly assigned partition: skip straight to
                             // what the sink has not recorded yet.
-                            resumed.insert(key.clone(), ());
+                            resumed.insert((topic.clone(), msg.partition()));
                             if let Some(p) = self.sink.progress(&topic, msg.partition()).await? {
                                 if msg.offset() <= p.offset {
                                     info!(topic = %topic, partition = msg.partition(), resume_at = p.offset + 1, "resuming from the offset stored in the sink");
@@ -206,7 +207,7 @@ impl<S: Sink> Router<S> {
                                 }
                             }
                         }
-                        consumed_counter(&topic).increment(1);
+                        consumed.increment(1);
                         self.handle(&msg, topic, &mut pending, &mut schemas, &dlq).await?;
                         if deadline.is_none() {
                             deadline = Some(Instant::now() + self.settings.batch.max_delay);
