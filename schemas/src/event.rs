@@ -165,22 +165,6 @@ pub struct ChangeEvent {
     pub position: Position,
 }
 
-impl ChangeEvent {
-    /// The key columns' values of the row this event is about (after-image, else before-image).
-    pub fn key(&self) -> Option<Vec<Datum>> {
-        let image = self.after.as_ref().or(self.before.as_ref())?;
-        Some(
-            self.table
-                .columns
-                .iter()
-                .zip(image)
-                .filter(|(c, _)| c.key)
-                .map(|(_, d)| d.clone())
-                .collect(),
-        )
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,7 +65,7 @@ impl MariaDb {
             ]);
         let log = dir.path().join("mariadb.log");
         let server = ChildGuard::spawn("mariadbd", cmd, &log, None, libc::SIGTERM)?;
-        let mut db = MariaDb {
+        let db = MariaDb {
             port,
             dir,
             client,
@@ -79,17 +79,11 @@ impl MariaDb {
             "CREATE USER 'sluice'@'%' IDENTIFIED BY 'sluice'; \
              GRANT ALL PRIVILEGES ON *.* TO 'sluice'@'%' WITH GRANT OPTION;",
         )?;
-        let _ = db.server.as_mut().map(|s| s.has_exited());
         Ok(db)
     }
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mariadb.log")).unwrap_or_default()
-    }
-
-    /// A `mysql://` URL for `db` as the `sluice` user.
-    pub fn url(&self, db: &str) -> String {
-        format!("mysql://sluice:sluice@127.0.0.1:{}/{db}", self.port)
     }
 
     /// Runs SQL as root over the server's socket; returns tab-separated rows without headers.

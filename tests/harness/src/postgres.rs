@@ -1,4 +1,4 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
@@ -162,18 +162,8 @@ impl Postgres {
         }
     }
 
-    /// Restarts the server on the same port and data directory.
-    pub fn restart(&mut self) -> Result<()> {
-        self.stop();
-        self.start_server()
-    }
-
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 

@@ -63,25 +63,11 @@ impl ChildGuard {
         })
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
     /// Whether the process has exited.
     pub fn has_exited(&mut self) -> bool {
         match self.child.as_mut() {
             None => true,
             Some(c) => !matches!(c.try_wait(), Ok(None)),
-        }
-    }
-
-    /// Sends `signal` to the process.
-    pub fn signal(&self, signal: i32) {
-        if let Some(pid) = self.pid() {
-            // SAFETY: kill(2) on a pid we spawned and have not reaped.
-            unsafe {
-                libc::kill(pid as i32, signal);
-            }
         }
     }
 
@@ -116,20 +102,6 @@ impl ChildGuard {
         );
         let _ = child.kill();
         child.wait().ok()
-    }
-
-    /// Waits for the process to exit by itself.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let child = self.child.as_mut()?;
-        let start = Instant::now();
-        while start.elapsed() < timeout {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
     }
 }
 

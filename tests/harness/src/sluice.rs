@@ -76,11 +76,6 @@ impl SluiceProcess {
         self.guard.kill9();
     }
 
-    /// SIGTERM, then wait for the exit status.
-    pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
-        self.guard.stop(grace)
-    }
-
     pub fn has_exited(&mut self) -> bool {
         self.guard.has_exited()
     }
