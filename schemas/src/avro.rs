@@ -698,8 +698,8 @@ mod tests {
             before,
             after,
             source: SourceInfo {
-                name: "pg_main".into(),
-                db: "shop".into(),
+                name: Arc::from("pg_main"),
+                db: Arc::from("shop"),
                 ts_ms: 1_700_000_000_000,
                 snapshot: false,
                 tx_id: Some(42),
@@ -707,7 +707,7 @@ mod tests {
                 sequence: Some("[\"4096\",\"4096\"]".into()),
             },
             transaction: Some(TxInfo {
-                id: "42:4096".into(),
+                id: Arc::from("42:4096"),
                 total_order: 1,
                 data_collection_order: 1,
             }),

@@ -126,9 +126,9 @@ pub enum Datum {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceInfo {
     /// The logical source name from the config (`pg_main`).
-    pub name: String,
+    pub name: Arc<str>,
     /// The database the change was read from.
-    pub db: String,
+    pub db: Arc<str>,
     /// Commit timestamp at the source, in milliseconds since the epoch.
     pub ts_ms: i64,
     /// Whether the event was read by a snapshot.
@@ -144,7 +144,8 @@ pub struct SourceInfo {
 /// The transaction an event belongs to, for the envelope's `transaction` block.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TxInfo {
-    pub id: String,
+    /// Shared by every event of the transaction.
+    pub id: Arc<str>,
     /// 1-based order of the event within its transaction.
     pub total_order: i64,
     /// 1-based order of the event among the transaction's events for the same table.

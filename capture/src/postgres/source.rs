@@ -105,6 +105,8 @@ struct Relation {
 
 struct Tx {
     xid: u32,
+    /// `xid:commit_lsn`, the envelope's transaction id, formatted once per transaction.
+    id: Arc<str>,
     commit_lsn: u64,
     commit_time_ms: i64,
     index: u64,
@@ -286,8 +288,8 @@ impl PostgresCapture {
         remaining.set(jobs.len() as f64);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<SnapshotMessage>(1024);
         let source = SourceInfo {
-            name: self.name.clone(),
-            db: params.dbname.clone(),
+            name: Arc::from(self.name.as_str()),
+            db: Arc::from(params.dbname.as_str()),
             ts_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
@@ -444,7 +446,8 @@ impl PostgresCapture {
                 last_received: start,
                 server_wal_end: start,
                 last_committed: start,
-                dbname: params.dbname.clone(),
+                source_name: Arc::from(self.name.as_str()),
+                dbname: Arc::from(params.dbname.as_str()),
             };
             stream.run(shutdown).await
         }
@@ -469,7 +472,8 @@ struct Stream<'a> {
     last_received: u64,
     server_wal_end: u64,
     last_committed: u64,
-    dbname: String,
+    source_name: Arc<str>,
+    dbname: Arc<str>,
 }
 
 impl Stream<'_> {
@@ -556,6 +560,7 @@ impl Stream<'_> {
             } => {
                 self.tx = Some(Tx {
                     xid,
+                    id: Arc::from(format!("{xid}:{final_lsn}")),
                     commit_lsn: final_lsn,
                     commit_time_ms: pg_time_to_unix_ms(commit_time),
                     index: 0,
@@ -730,7 +735,7 @@ impl Stream<'_> {
             before,
             after,
             source: SourceInfo {
-                name: self.capture.name.clone(),
+                name: self.source_name.clone(),
                 db: self.dbname.clone(),
                 ts_ms: tx.commit_time_ms,
                 snapshot: false,
@@ -739,7 +744,7 @@ impl Stream<'_> {
                 sequence: Some(format!("[\"{}\",\"{}\"]", self.last_committed, lsn)),
             },
             transaction: Some(TxInfo {
-                id: format!("{}:{}", tx.xid, tx.commit_lsn),
+                id: tx.id.clone(),
                 total_order: index as i64 + 1,
                 data_collection_order: *per_table,
             }),
