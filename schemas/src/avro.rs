@@ -390,36 +390,61 @@ impl EnvelopeCodec {
             _ if !column.key => write_long(out, 1),
             _ => {}
         }
-        match (&column.sql_type, datum) {
-            (SqlType::Bool, Datum::Bool(b)) => out.push(u8::from(*b)),
-            (SqlType::Int16 | SqlType::Int32, Datum::Int(i)) => write_long(out, i64::from(*i)),
-            (SqlType::Int64, Datum::Long(i)) => write_long(out, *i),
-            (SqlType::Float32, Datum::Float(f)) => out.extend_from_slice(&f.to_le_bytes()),
-            (SqlType::Float64, Datum::Double(f)) => out.extend_from_slice(&f.to_le_bytes()),
-            (SqlType::Decimal { scale, .. }, Datum::Decimal(text)) => {
-                let bytes = text_to_unscaled(text, *scale).map_err(|e| err(e.0))?;
-                write_bytes(out, &bytes);
-            }
-            (
-                SqlType::Numeric | SqlType::Text | SqlType::Json | SqlType::Other(_),
-                Datum::String(s),
-            ) => write_str(out, s),
-            (SqlType::Uuid, Datum::Uuid(s)) => write_str(out, s),
-            (SqlType::Bytes, Datum::Bytes(b)) => write_bytes(out, b),
-            (SqlType::Date, Datum::Date(d)) => write_long(out, i64::from(*d)),
-            (SqlType::Time, Datum::TimeMicros(t)) => write_long(out, *t),
-            (SqlType::Timestamp | SqlType::TimestampTz, Datum::TimestampMicros(t)) => {
-                write_long(out, *t)
-            }
-            (ty, d) => {
-                return Err(err(format!(
-                    "value {d:?} does not fit type {}",
-                    ty.canonical()
-                )))
-            }
-        }
-        Ok(())
+        write_value(out, &column.sql_type, datum).map_err(err)
     }
+}
+
+/// Writes a non-null value of type `ty` (no union index).
+fn write_value(out: &mut Vec<u8>, ty: &SqlType, datum: &Datum) -> Result<(), String> {
+    match (ty, datum) {
+        (SqlType::Bool, Datum::Bool(b)) => out.push(u8::from(*b)),
+        (SqlType::Int16 | SqlType::Int32, Datum::Int(i)) => write_long(out, i64::from(*i)),
+        (SqlType::Int64, Datum::Long(i)) => write_long(out, *i),
+        (SqlType::Float32, Datum::Float(f)) => out.extend_from_slice(&f.to_le_bytes()),
+        (SqlType::Float64, Datum::Double(f)) => out.extend_from_slice(&f.to_le_bytes()),
+        (SqlType::Decimal { scale, .. }, Datum::Decimal(text)) => {
+            write_bytes(out, &text_to_unscaled(text, *scale).map_err(|e| e.0)?);
+        }
+        (SqlType::Money, Datum::Decimal(text)) => {
+            write_bytes(out, &text_to_unscaled(text, 2).map_err(|e| e.0)?);
+        }
+        (
+            SqlType::Numeric
+            | SqlType::Text
+            | SqlType::Json
+            | SqlType::Jsonb
+            | SqlType::Interval
+            | SqlType::TimeTz
+            | SqlType::Enum(_)
+            | SqlType::Other(_),
+            Datum::String(s),
+        ) => write_str(out, s),
+        (SqlType::Uuid, Datum::Uuid(s)) => write_str(out, s),
+        (SqlType::Bytes, Datum::Bytes(b)) => write_bytes(out, b),
+        (SqlType::Date, Datum::Date(d)) => write_long(out, i64::from(*d)),
+        (SqlType::Time, Datum::TimeMicros(t)) => write_long(out, *t),
+        (SqlType::Timestamp | SqlType::TimestampTz, Datum::TimestampMicros(t)) => {
+            write_long(out, *t)
+        }
+        (SqlType::Array(elem), Datum::Array(items)) => {
+            // One block with all items, then the empty block that ends the array.
+            if !items.is_empty() {
+                write_long(out, items.len() as i64);
+                for item in items {
+                    match item {
+                        Datum::Null => write_long(out, 0),
+                        item => {
+                            write_long(out, 1);
+                            write_value(out, elem, item)?;
+                        }
+                    }
+                }
+            }
+            write_long(out, 0);
+        }
+        (ty, d) => return Err(format!("value {d:?} does not fit type {}", ty.canonical())),
+    }
+    Ok(())
 }
 
 fn write_long(out: &mut Vec<u8>, v: i64) {
@@ -634,13 +659,28 @@ fn to_datum(v: AvroValue, ty: &SqlType) -> Result<Datum, AvroError> {
         AvroValue::String(s) => Datum::String(s),
         AvroValue::Bytes(b) => Datum::Bytes(b),
         AvroValue::Decimal(d) => {
-            let SqlType::Decimal { scale, .. } = ty else {
-                return Err(AvroError::Shape(
-                    "decimal value in a non-decimal column".into(),
-                ));
+            let scale = match ty {
+                SqlType::Decimal { scale, .. } => *scale,
+                SqlType::Money => 2,
+                _ => {
+                    return Err(AvroError::Shape(
+                        "decimal value in a non-decimal column".into(),
+                    ))
+                }
             };
             let bytes = Vec::<u8>::try_from(&d).map_err(AvroError::Datum)?;
-            Datum::Decimal(unscaled_to_text(&bytes, *scale))
+            Datum::Decimal(unscaled_to_text(&bytes, scale))
+        }
+        AvroValue::Array(items) => {
+            let SqlType::Array(elem) = ty else {
+                return Err(AvroError::Shape("array value in a non-array column".into()));
+            };
+            Datum::Array(
+                items
+                    .into_iter()
+                    .map(|v| to_datum(v, elem))
+                    .collect::<Result<_, _>>()?,
+            )
         }
         AvroValue::Date(d) => Datum::Date(d),
         AvroValue::TimeMicros(t) => Datum::TimeMicros(t),
@@ -687,6 +727,21 @@ mod tests {
                 col("ratio", SqlType::Float64, false),
                 col("blob", SqlType::Bytes, false),
                 col("doc", SqlType::Json, false),
+                col("cost", SqlType::Money, false),
+                col("wait", SqlType::Interval, false),
+                col("opens", SqlType::TimeTz, false),
+                col("mood", SqlType::Enum("public.mood".into()), false),
+                col("tags", SqlType::Array(Box::new(SqlType::Text)), false),
+                col(
+                    "weights",
+                    SqlType::Array(Box::new(SqlType::Decimal {
+                        precision: 6,
+                        scale: 3,
+                    })),
+                    false,
+                ),
+                col("days", SqlType::Array(Box::new(SqlType::Date)), false),
+                col("span", SqlType::Other("int4range".into()), false),
             ],
         })
     }
@@ -728,6 +783,18 @@ mod tests {
             Datum::Double(f64::NAN),
             Datum::Bytes(vec![0, 1, 255]),
             Datum::Null,
+            Datum::Decimal("-92233720368547758.08".into()),
+            Datum::String("P1Y2M-3DT4H5M6.789S".into()),
+            Datum::String("12:34:56.5+05:30".into()),
+            Datum::String("happy".into()),
+            Datum::Array(vec![
+                Datum::String("a".into()),
+                Datum::Null,
+                Datum::String(String::new()),
+            ]),
+            Datum::Array(vec![Datum::Decimal("-1.500".into()), Datum::Null]),
+            Datum::Array(vec![]),
+            Datum::String("[1,10)".into()),
         ]
     }
 

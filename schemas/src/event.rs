@@ -117,6 +117,8 @@ pub enum Datum {
     /// Microseconds since 1970-01-01T00:00:00 (UTC for `timestamptz`).
     TimestampMicros(i64),
     Uuid(String),
+    /// A one-dimensional array, elements in order (each may be [`Datum::Null`]).
+    Array(Vec<Datum>),
     /// The value did not change and the source did not send it (PostgreSQL unchanged TOAST).
     /// Sinks must leave the column as it is.
     Unchanged,

@@ -1,7 +1,7 @@
 //! PostgreSQL's text format for each [`SqlType`], both ways: capture parses what pgoutput sends,
 //! the PostgreSQL sink renders values back for `text::<type>` casts. Both sides assume the
 //! session settings Sluice sets: `DateStyle=ISO`, `TimeZone=UTC`, `extra_float_digits=3`,
-//! `bytea_output=hex`.
+//! `bytea_output=hex`, `IntervalStyle=iso_8601`, `lc_monetary=C`.
 //!
 //! Calendar arithmetic is done here (proleptic Gregorian, days from civil) rather than with a
 //! date library, because PostgreSQL's range (dates to year 5874897, BC years) exceeds theirs.
@@ -46,9 +46,19 @@ pub fn parse(ty: &SqlType, text: &str) -> Result<Datum, ParseError> {
             crate::decimal::check(text, *scale).map_err(|_| err())?;
             Datum::Decimal(text.to_string())
         }
-        SqlType::Numeric | SqlType::Text | SqlType::Json | SqlType::Other(_) => {
-            Datum::String(text.to_string())
-        }
+        SqlType::Numeric
+        | SqlType::Text
+        | SqlType::Json
+        | SqlType::Jsonb
+        | SqlType::Interval
+        | SqlType::TimeTz
+        | SqlType::Enum(_)
+        | SqlType::Other(_) => Datum::String(text.to_string()),
+        SqlType::Money => Datum::Decimal(parse_money(text).ok_or_else(err)?),
+        SqlType::Array(elem) => Datum::Array(parse_array(elem, text).map_err(|e| ParseError {
+            text: err().text,
+            ty: format!("{} ({e})", ty.canonical()),
+        })?),
         SqlType::Uuid => Datum::Uuid(text.to_string()),
         SqlType::Bytes => Datum::Bytes(parse_bytea(text).ok_or_else(err)?),
         SqlType::Date => Datum::Date(match text {
@@ -68,11 +78,39 @@ pub fn parse(ty: &SqlType, text: &str) -> Result<Datum, ParseError> {
     })
 }
 
-/// Renders a value as PostgreSQL text input for a cast; `None` for SQL NULL.
+/// Renders a value of type `ty` as PostgreSQL text input for a cast; `None` for SQL NULL.
 /// [`Datum::Unchanged`] renders as `None` too: callers must not write such columns.
-pub fn render(datum: &Datum) -> Option<String> {
+pub fn render(ty: &SqlType, datum: &Datum) -> Option<String> {
     Some(match datum {
         Datum::Null | Datum::Unchanged => return None,
+        Datum::Array(items) => {
+            let elem = match ty {
+                SqlType::Array(elem) => elem,
+                other => other,
+            };
+            let mut s = String::from("{");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    s.push(delimiter(elem));
+                }
+                match render(elem, item) {
+                    None => s.push_str("NULL"),
+                    Some(text) => {
+                        // Always quoted: valid input for every element type.
+                        s.push('"');
+                        for c in text.chars() {
+                            if c == '"' || c == '\\' {
+                                s.push('\\');
+                            }
+                            s.push(c);
+                        }
+                        s.push('"');
+                    }
+                }
+            }
+            s.push('}');
+            s
+        }
         Datum::Bool(b) => if *b { "t" } else { "f" }.to_string(),
         Datum::Int(i) => i.to_string(),
         Datum::Long(i) => i.to_string(),
@@ -113,6 +151,124 @@ pub fn render(datum: &Datum) -> Option<String> {
             }
         },
     })
+}
+
+/// The array element delimiter of a type: `;` for `box` (whose values contain commas), else `,`.
+fn delimiter(elem: &SqlType) -> char {
+    match elem {
+        SqlType::Other(name) if name == "box" => ';',
+        _ => ',',
+    }
+}
+
+/// Why an array's text form cannot be carried as an Avro array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ArrayError {
+    Syntax,
+    MultiDimensional,
+    LowerBound,
+    Element(String),
+}
+
+impl std::fmt::Display for ArrayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ArrayError::Syntax => f.write_str("malformed array"),
+            ArrayError::MultiDimensional => {
+                f.write_str("a multi-dimensional array does not fit an Avro array")
+            }
+            ArrayError::LowerBound => {
+                f.write_str("an array whose lower bound is not 1 does not fit an Avro array")
+            }
+            ArrayError::Element(e) => write!(f, "element: {e}"),
+        }
+    }
+}
+
+/// Parses a one-dimensional array's text form (`{1,NULL,"a \\"b"}`), each element as `elem`.
+fn parse_array(elem: &SqlType, text: &str) -> Result<Vec<Datum>, ArrayError> {
+    let body = if text.starts_with('[') {
+        // Dimension decoration, only printed when a lower bound is not 1.
+        let (dims, rest) = text.split_once('=').ok_or(ArrayError::Syntax)?;
+        if dims.matches('[').count() > 1 {
+            return Err(ArrayError::MultiDimensional);
+        }
+        if !dims.starts_with("[1:") {
+            return Err(ArrayError::LowerBound);
+        }
+        rest
+    } else {
+        text
+    };
+    let inner = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .ok_or(ArrayError::Syntax)?;
+    let mut out = Vec::new();
+    if inner.is_empty() {
+        return Ok(out);
+    }
+    let delim = delimiter(elem);
+    let mut chars = inner.chars().peekable();
+    loop {
+        let mut item = String::new();
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
+            chars.next();
+            loop {
+                match chars.next().ok_or(ArrayError::Syntax)? {
+                    '"' => break,
+                    '\\' => item.push(chars.next().ok_or(ArrayError::Syntax)?),
+                    c => item.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == delim {
+                    break;
+                }
+                match c {
+                    '{' => return Err(ArrayError::MultiDimensional),
+                    '"' | '}' => return Err(ArrayError::Syntax),
+                    '\\' => {
+                        chars.next();
+                        item.push(chars.next().ok_or(ArrayError::Syntax)?);
+                        continue;
+                    }
+                    _ => item.push(c),
+                }
+                chars.next();
+            }
+        }
+        out.push(if !quoted && item.eq_ignore_ascii_case("NULL") {
+            Datum::Null
+        } else {
+            parse(elem, &item).map_err(|e| ArrayError::Element(e.to_string()))?
+        });
+        match chars.next() {
+            None => return Ok(out),
+            Some(c) if c == delim => {}
+            Some(_) => return Err(ArrayError::Syntax),
+        }
+    }
+}
+
+/// `money` as printed under `lc_monetary = C` (`-$1,234.56`) → decimal text (`-1234.56`).
+fn parse_money(text: &str) -> Option<String> {
+    let (negative, body) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => match text.strip_prefix('(').and_then(|t| t.strip_suffix(')')) {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        },
+    };
+    let mut out = String::with_capacity(body.len() + 1);
+    if negative {
+        out.push('-');
+    }
+    out.extend(body.chars().filter(|c| *c != '$' && *c != ','));
+    crate::decimal::check(&out, 2).ok()?;
+    Some(out)
 }
 
 fn render_float(f: f64, shortest: String) -> String {
@@ -278,7 +434,7 @@ mod tests {
 
     fn round_trip(ty: SqlType, text: &str) {
         let datum = parse(&ty, text).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(render(&datum).as_deref(), Some(text), "{ty:?}");
+        assert_eq!(render(&ty, &datum).as_deref(), Some(text), "{ty:?}");
     }
 
     #[test]
@@ -317,12 +473,116 @@ mod tests {
         round_trip(SqlType::Uuid, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11");
     }
 
+    fn array(elem: SqlType) -> SqlType {
+        SqlType::Array(Box::new(elem))
+    }
+
+    #[test]
+    fn arrays_parse_elements_by_type_and_render_back_quoted() {
+        let ints = parse(&array(SqlType::Int32), "{1,NULL,-3}").unwrap();
+        assert_eq!(
+            ints,
+            Datum::Array(vec![Datum::Int(1), Datum::Null, Datum::Int(-3)])
+        );
+        assert_eq!(
+            render(&array(SqlType::Int32), &ints).unwrap(),
+            r#"{"1",NULL,"-3"}"#
+        );
+        let texts = parse(
+            &array(SqlType::Text),
+            r#"{"a b",NULL,"q\"x","NULL","",plain,"back\\slash"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            texts,
+            Datum::Array(vec![
+                Datum::String("a b".into()),
+                Datum::Null,
+                Datum::String("q\"x".into()),
+                Datum::String("NULL".into()),
+                Datum::String(String::new()),
+                Datum::String("plain".into()),
+                Datum::String("back\\slash".into()),
+            ])
+        );
+        let rendered = render(&array(SqlType::Text), &texts).unwrap();
+        assert_eq!(parse(&array(SqlType::Text), &rendered).unwrap(), texts);
+        assert_eq!(
+            parse(&array(SqlType::Date), "{}").unwrap(),
+            Datum::Array(vec![])
+        );
+        let ts = parse(
+            &array(SqlType::Timestamp),
+            r#"{"2026-11-23 05:36:19.5",infinity}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            render(&array(SqlType::Timestamp), &ts).unwrap(),
+            r#"{"2026-11-23 05:36:19.500000","infinity"}"#
+        );
+        let boxes = array(SqlType::Other("box".into()));
+        let b = parse(&boxes, "{(1,1),(0,0);(3,3),(2,2)}").unwrap();
+        assert_eq!(
+            b,
+            Datum::Array(vec![
+                Datum::String("(1,1),(0,0)".into()),
+                Datum::String("(3,3),(2,2)".into())
+            ])
+        );
+        assert_eq!(
+            render(&boxes, &b).unwrap(),
+            r#"{"(1,1),(0,0)";"(3,3),(2,2)"}"#
+        );
+        assert_eq!(
+            parse(&array(SqlType::Int32), "[1:2]={7,8}").unwrap(),
+            Datum::Array(vec![Datum::Int(7), Datum::Int(8)])
+        );
+    }
+
+    #[test]
+    fn arrays_avro_cannot_carry_are_errors_that_say_why() {
+        let e = parse(&array(SqlType::Int32), "{{1,2},{3,4}}").unwrap_err();
+        assert!(e.ty.contains("multi-dimensional"), "{e}");
+        let e = parse(&array(SqlType::Int32), "[0:1]={1,2}").unwrap_err();
+        assert!(e.ty.contains("lower bound"), "{e}");
+        let e = parse(&array(SqlType::Int32), "{1,x}").unwrap_err();
+        assert!(e.ty.contains("element"), "{e}");
+        assert!(parse(&array(SqlType::Int32), "{1,2").is_err());
+        assert!(parse(&array(SqlType::Text), r#"{"open}"#).is_err());
+    }
+
+    #[test]
+    fn money_under_the_c_locale_becomes_an_exact_decimal() {
+        for (text, decimal) in [
+            ("$0.00", "0.00"),
+            ("-$1,234,567.89", "-1234567.89"),
+            ("$92,233,720,368,547,758.07", "92233720368547758.07"),
+            ("-$92,233,720,368,547,758.08", "-92233720368547758.08"),
+        ] {
+            let d = parse(&SqlType::Money, text).unwrap();
+            assert_eq!(d, Datum::Decimal(decimal.into()));
+            assert_eq!(render(&SqlType::Money, &d).unwrap(), decimal);
+        }
+        assert!(parse(&SqlType::Money, "$1.234").is_err());
+    }
+
+    #[test]
+    fn text_form_types_travel_verbatim() {
+        round_trip(SqlType::Interval, "P1Y2M-3DT4H5M6.789S");
+        round_trip(SqlType::TimeTz, "12:34:56.5+05:30");
+        round_trip(SqlType::Enum("mood".into()), "happy");
+        round_trip(SqlType::Other("int4range".into()), "[1,10)");
+    }
+
     #[test]
     fn timestamptz_is_read_as_an_instant() {
         let utc = parse(&SqlType::TimestampTz, "2026-11-23 05:36:19.5+00").unwrap();
         let ist = parse(&SqlType::TimestampTz, "2026-11-23 11:06:19.5+05:30").unwrap();
         assert_eq!(utc, ist);
-        assert_eq!(render(&utc).unwrap(), "2026-11-23 05:36:19.500000");
+        assert_eq!(
+            render(&SqlType::TimestampTz, &utc).unwrap(),
+            "2026-11-23 05:36:19.500000"
+        );
     }
 
     #[test]

@@ -67,8 +67,24 @@ pub enum SqlType {
     /// Timestamp with time zone: an instant, carried in UTC.
     TimestampTz,
     Uuid,
+    /// JSON text, kept exactly as written (PostgreSQL `json` keeps whitespace and key order).
     Json,
-    /// Any other type, carried in its source text form; the name is the source's type name.
+    /// JSON in PostgreSQL's normalized binary form (`jsonb`), carried as its text form.
+    Jsonb,
+    /// PostgreSQL `money`: a decimal with two fraction digits (capture reads it with
+    /// `lc_monetary = C`), carried as Avro `decimal(19,2)`.
+    Money,
+    /// A time span as ISO 8601 duration text (`P1Y2M-3DT4H5M6.5S`): months, days and time stay
+    /// apart, exactly as PostgreSQL keeps them (Avro's `duration` has only milliseconds).
+    Interval,
+    /// Time of day with its UTC offset, as text (`12:34:56.5+05:30`), offset kept.
+    TimeTz,
+    /// A label of the named enum type.
+    Enum(String),
+    /// A one-dimensional array whose elements (each nullable) have the inner type.
+    Array(Box<SqlType>),
+    /// Any other type, carried in its exact source text form; the name is the source's type
+    /// name with its modifiers (`bit(8)`, `int4range`, `public.address`).
     Other(String),
 }
 
@@ -93,6 +109,12 @@ impl SqlType {
             SqlType::TimestampTz => "timestamptz".into(),
             SqlType::Uuid => "uuid".into(),
             SqlType::Json => "json".into(),
+            SqlType::Jsonb => "jsonb".into(),
+            SqlType::Money => "money".into(),
+            SqlType::Interval => "interval".into(),
+            SqlType::TimeTz => "timetz".into(),
+            SqlType::Enum(name) => format!("enum:{name}"),
+            SqlType::Array(elem) => format!("array:{}", elem.canonical()),
             SqlType::Other(name) => format!("other:{name}"),
         }
     }
@@ -115,9 +137,20 @@ impl SqlType {
             "timestamptz" => SqlType::TimestampTz,
             "uuid" => SqlType::Uuid,
             "json" => SqlType::Json,
+            "jsonb" => SqlType::Jsonb,
+            "money" => SqlType::Money,
+            "interval" => SqlType::Interval,
+            "timetz" => SqlType::TimeTz,
             other => {
                 if let Some(name) = other.strip_prefix("other:") {
                     SqlType::Other(name.to_string())
+                } else if let Some(name) = other.strip_prefix("enum:") {
+                    SqlType::Enum(name.to_string())
+                } else if let Some(elem) = other.strip_prefix("array:") {
+                    match SqlType::parse(elem)? {
+                        SqlType::Array(_) => return None,
+                        elem => SqlType::Array(Box::new(elem)),
+                    }
                 } else {
                     let inner = other.strip_prefix("decimal(")?.strip_suffix(')')?;
                     let (p, s) = inner.split_once(',')?;
@@ -165,7 +198,25 @@ impl SqlType {
             SqlType::Uuid => json!({
                 "type": "string", "logicalType": "uuid", "connect.name": "io.debezium.data.Uuid"
             }),
-            SqlType::Json => json!({"type": "string", "connect.name": "io.debezium.data.Json"}),
+            SqlType::Json | SqlType::Jsonb => {
+                json!({"type": "string", "connect.name": "io.debezium.data.Json"})
+            }
+            SqlType::Money => SqlType::Decimal {
+                precision: 19,
+                scale: 2,
+            }
+            .avro_type(),
+            SqlType::Interval => {
+                json!({"type": "string", "connect.name": "io.debezium.time.Interval"})
+            }
+            SqlType::TimeTz => {
+                json!({"type": "string", "connect.name": "io.debezium.time.ZonedTime"})
+            }
+            SqlType::Enum(_) => json!({"type": "string", "connect.name": "io.debezium.data.Enum"}),
+            SqlType::Array(elem) => json!({"type": "array", "items": ["null", elem.avro_type()]}),
+            SqlType::Other(name) if name == "xml" => {
+                json!({"type": "string", "connect.name": "io.debezium.data.Xml"})
+            }
             SqlType::Other(_) => json!("string"),
         }
     }
@@ -242,12 +293,24 @@ mod tests {
             SqlType::TimestampTz,
             SqlType::Uuid,
             SqlType::Json,
+            SqlType::Jsonb,
+            SqlType::Money,
+            SqlType::Interval,
+            SqlType::TimeTz,
+            SqlType::Enum("public.mood".into()),
+            SqlType::Array(Box::new(SqlType::Decimal {
+                precision: 5,
+                scale: 1,
+            })),
+            SqlType::Array(Box::new(SqlType::Other("bit(8)".into()))),
             SqlType::Other("tsvector".into()),
         ] {
             assert_eq!(SqlType::parse(&t.canonical()), Some(t));
         }
         assert_eq!(SqlType::parse("decimal(x,2)"), None);
         assert_eq!(SqlType::parse("varchar"), None);
+        assert_eq!(SqlType::parse("array:array:int32"), None);
+        assert_eq!(SqlType::parse("array:varchar"), None);
     }
 
     #[test]

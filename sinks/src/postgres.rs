@@ -74,9 +74,11 @@ fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// The PostgreSQL type a new target column gets for a source type.
-fn ddl_type(t: &SqlType) -> String {
-    match t {
+/// The PostgreSQL type a new target column gets for a source type. Types known only by name
+/// (enums, composites, extension types) keep their name where the sink has such a type, and
+/// become `text` where it has not: their values travel in text form, which `text` keeps exactly.
+async fn ddl_type(txn: &Transaction<'_>, t: &SqlType) -> Result<String, SinkError> {
+    Ok(match t {
         SqlType::Bool => "boolean".into(),
         SqlType::Int16 => "smallint".into(),
         SqlType::Int32 => "integer".into(),
@@ -85,14 +87,51 @@ fn ddl_type(t: &SqlType) -> String {
         SqlType::Float64 => "double precision".into(),
         SqlType::Decimal { precision, scale } => format!("numeric({precision},{scale})"),
         SqlType::Numeric => "numeric".into(),
-        SqlType::Text | SqlType::Other(_) => "text".into(),
+        SqlType::Text => "text".into(),
         SqlType::Bytes => "bytea".into(),
         SqlType::Date => "date".into(),
         SqlType::Time => "time".into(),
         SqlType::Timestamp => "timestamp".into(),
         SqlType::TimestampTz => "timestamptz".into(),
         SqlType::Uuid => "uuid".into(),
-        SqlType::Json => "jsonb".into(),
+        SqlType::Json => "json".into(),
+        SqlType::Jsonb => "jsonb".into(),
+        SqlType::Money => "money".into(),
+        SqlType::Interval => "interval".into(),
+        SqlType::TimeTz => "time with time zone".into(),
+        SqlType::Array(elem) => format!("{}[]", Box::pin(ddl_type(txn, elem)).await?),
+        SqlType::Enum(name) | SqlType::Other(name) => {
+            if type_exists(txn, name).await? {
+                name.clone()
+            } else {
+                info!(r#type = %name, "the sink has no such type; the column is created as text");
+                "text".into()
+            }
+        }
+    })
+}
+
+/// Whether `name` parses as a type name that exists in the sink. The name comes from an Avro
+/// schema, so it is checked this way before it is ever written into DDL: a string that
+/// `to_regtype` accepts whole is a type name and nothing else. A syntax error is rolled back
+/// to a savepoint so the batch's transaction goes on.
+async fn type_exists(txn: &Transaction<'_>, name: &str) -> Result<bool, SinkError> {
+    txn.batch_execute("SAVEPOINT sluice_type_check").await?;
+    match txn
+        .query_one("SELECT to_regtype($1) IS NOT NULL", &[&name])
+        .await
+    {
+        Ok(row) => {
+            txn.batch_execute("RELEASE SAVEPOINT sluice_type_check")
+                .await?;
+            Ok(row.get(0))
+        }
+        Err(e) if e.as_db_error().is_some() => {
+            txn.batch_execute("ROLLBACK TO SAVEPOINT sluice_type_check")
+                .await?;
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -123,6 +162,7 @@ impl PostgresSink {
         client
             .batch_execute(&format!(
                 "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3; \
+                 SET lc_monetary = 'C'; SET IntervalStyle = 'iso_8601'; \
                  CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (\
                    consumer_group text NOT NULL, topic text NOT NULL, kafka_partition integer NOT NULL, \
                    kafka_offset bigint NOT NULL, position bytea, updated_at timestamptz NOT NULL DEFAULT now(), \
@@ -175,18 +215,15 @@ impl State {
                     self.name, self.name
                 )));
             }
-            let cols: Vec<String> = schema
-                .columns
-                .iter()
-                .map(|c| {
-                    format!(
-                        "{} {}{}",
-                        quote(&c.name),
-                        ddl_type(&c.sql_type),
-                        if c.key { " NOT NULL" } else { "" }
-                    )
-                })
-                .collect();
+            let mut cols = Vec::with_capacity(schema.columns.len());
+            for c in &schema.columns {
+                cols.push(format!(
+                    "{} {}{}",
+                    quote(&c.name),
+                    ddl_type(txn, &c.sql_type).await?,
+                    if c.key { " NOT NULL" } else { "" }
+                ));
+            }
             let key: Vec<String> = schema.key_columns().map(|c| quote(&c.name)).collect();
             let pk = if key.is_empty() {
                 String::new()
@@ -205,7 +242,7 @@ impl State {
         } else if self.config.create_tables {
             for c in &schema.columns {
                 if !types.contains_key(&c.name) {
-                    let ty = ddl_type(&c.sql_type);
+                    let ty = ddl_type(txn, &c.sql_type).await?;
                     let column = quote(&c.name);
                     let ddl = match &c.missing {
                         // Rows that predate the column read this value at the source without
@@ -287,7 +324,7 @@ impl Plan {
             .iter()
             .zip(row)
             .filter(|(c, _)| c.key)
-            .map(|(_, d)| pgtext::render(d))
+            .map(|(c, d)| pgtext::render(&c.sql_type, d))
             .collect()
     }
 
@@ -392,7 +429,7 @@ impl State {
         };
         if !deletes.is_empty() {
             let cols: Vec<usize> = key_idx.clone();
-            let arrays = columns_as_arrays(&deletes, &cols);
+            let arrays = columns_as_arrays(schema, &deletes, &cols);
             let sql = format!(
                 "DELETE FROM {} AS t USING unnest({}) AS v({}) WHERE {}",
                 target.qualified,
@@ -404,7 +441,7 @@ impl State {
         }
         if !full.is_empty() {
             let cols: Vec<usize> = (0..schema.columns.len()).collect();
-            let arrays = columns_as_arrays(&full, &cols);
+            let arrays = columns_as_arrays(schema, &full, &cols);
             let names: Vec<String> = schema.columns.iter().map(|c| quote(&c.name)).collect();
             let selects: Vec<String> = schema
                 .columns
@@ -440,7 +477,7 @@ impl State {
         }
         for (mask, rows) in partial {
             let cols: Vec<usize> = (0..schema.columns.len()).filter(|&i| mask[i]).collect();
-            let arrays = columns_as_arrays(&rows, &cols);
+            let arrays = columns_as_arrays(schema, &rows, &cols);
             let alias_of =
                 |i: usize| format!("v.c{}", cols.iter().position(|c| *c == i).unwrap_or(0));
             let sets: Vec<String> = cols
@@ -489,11 +526,16 @@ fn aliases(n: usize) -> String {
         .join(", ")
 }
 
-fn columns_as_arrays(rows: &[&Vec<Datum>], cols: &[usize]) -> Vec<Vec<Option<String>>> {
+fn columns_as_arrays(
+    schema: &TableSchema,
+    rows: &[&Vec<Datum>],
+    cols: &[usize],
+) -> Vec<Vec<Option<String>>> {
     cols.iter()
         .map(|&i| {
+            let ty = &schema.columns[i].sql_type;
             rows.iter()
-                .map(|r| r.get(i).and_then(pgtext::render))
+                .map(|r| r.get(i).and_then(|d| pgtext::render(ty, d)))
                 .collect()
         })
         .collect()

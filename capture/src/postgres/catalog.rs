@@ -12,10 +12,27 @@ use super::decoder::RelationColumn;
 use super::types;
 use crate::CaptureError;
 
-/// Caches type names of types without an Avro mapping.
+/// What the catalog says about a type that [`types::sql_type`] does not know by OID.
+#[derive(Debug, Clone)]
+struct TypeInfo {
+    /// `pg_type.typtype`: `b` base, `c` composite, `d` domain, `e` enum, `r` range, `m` multirange.
+    kind: u8,
+    /// For a domain: the type it is based on, and its modifier.
+    base: u32,
+    base_typmod: i32,
+    /// For an array type: its element type.
+    elem: u32,
+    is_array: bool,
+    /// Defined in `pg_catalog`: a built-in type whose text form is its documented mapping.
+    builtin: bool,
+    /// `format_type(oid, NULL)`.
+    name: String,
+}
+
+/// Caches what the catalog says about types without a fixed OID mapping.
 #[derive(Default)]
 pub struct Catalog {
-    type_names: HashMap<u32, String>,
+    types: HashMap<u32, TypeInfo>,
 }
 
 impl Catalog {
@@ -45,7 +62,7 @@ impl Catalog {
     pub async fn missing_values(client: &Client, table: &TableId) -> HashMap<String, String> {
         let rows = client
             .query(
-                "SELECT a.attname::text, array_to_json(a.attmissingval) ->> 0 FROM pg_attribute a \
+                "SELECT a.attname::text, (a.attmissingval::text::text[])[1] FROM pg_attribute a \
                  WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass \
                    AND a.atthasmissing AND NOT a.attisdropped",
                 &[&table.namespace, &table.name],
@@ -100,21 +117,9 @@ impl Catalog {
         let missing = Catalog::missing_values(client, &id).await;
         let mut out = Vec::with_capacity(columns.len());
         for c in columns {
-            let sql_type = match types::sql_type(c.type_oid, c.type_modifier) {
-                Some(t) => t,
-                None => match self.type_names.get(&c.type_oid) {
-                    Some(name) => SqlType::Other(name.clone()),
-                    None => {
-                        let row = client
-                            .query_one("SELECT format_type($1::oid, NULL)", &[&c.type_oid])
-                            .await?;
-                        let name: String = row.get(0);
-                        warn!(table = %id, column = %c.name, r#type = %name, "type has no Avro mapping yet; carried as its text form");
-                        self.type_names.insert(c.type_oid, name.clone());
-                        SqlType::Other(name)
-                    }
-                },
-            };
+            let sql_type = self
+                .resolve(client, &id, &c.name, c.type_oid, c.type_modifier)
+                .await?;
             let is_key = if key.is_empty() {
                 c.key
             } else {
@@ -128,5 +133,113 @@ impl Catalog {
             });
         }
         Ok(TableSchema { id, columns: out })
+    }
+
+    async fn info(&mut self, client: &Client, oid: u32) -> Result<TypeInfo, CaptureError> {
+        if let Some(info) = self.types.get(&oid) {
+            return Ok(info.clone());
+        }
+        let row = client
+            .query_one(
+                "SELECT t.typtype::text, t.typbasetype::oid, t.typtypmod, t.typelem::oid, \
+                        EXISTS (SELECT 1 FROM pg_type e WHERE e.typarray = t.oid), \
+                        n.nspname = 'pg_catalog', format_type(t.oid, NULL) \
+                 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE t.oid = $1::oid",
+                &[&oid],
+            )
+            .await?;
+        let kind: String = row.get(0);
+        let info = TypeInfo {
+            kind: kind.bytes().next().unwrap_or(b'b'),
+            base: row.get(1),
+            base_typmod: row.get(2),
+            elem: row.get(3),
+            is_array: row.get(4),
+            builtin: row.get(5),
+            name: row.get(6),
+        };
+        self.types.insert(oid, info.clone());
+        Ok(info)
+    }
+
+    /// Follows domains to the type they are based on (a domain travels as its base type,
+    /// as Debezium does); a column's own modifier wins over the domain's.
+    async fn strip_domains(
+        &mut self,
+        client: &Client,
+        mut oid: u32,
+        mut typmod: i32,
+    ) -> Result<(u32, i32, Option<TypeInfo>), CaptureError> {
+        loop {
+            if types::sql_type(oid, typmod).is_some() {
+                return Ok((oid, typmod, None));
+            }
+            let info = self.info(client, oid).await?;
+            if info.kind != b'd' {
+                return Ok((oid, typmod, Some(info)));
+            }
+            if typmod < 0 {
+                typmod = info.base_typmod;
+            }
+            oid = info.base;
+        }
+    }
+
+    /// The [`SqlType`] of a column's type: built-ins by OID, domains as their base type,
+    /// arrays of any element type, enums, and everything else in its text form (with a
+    /// warning for types that are not built in, such as extension types).
+    async fn resolve(
+        &mut self,
+        client: &Client,
+        table: &TableId,
+        column: &str,
+        oid: u32,
+        typmod: i32,
+    ) -> Result<SqlType, CaptureError> {
+        let (oid, typmod, info) = self.strip_domains(client, oid, typmod).await?;
+        let Some(info) = info else {
+            return Ok(types::sql_type(oid, typmod).expect("known by strip_domains"));
+        };
+        if info.is_array {
+            // An array column's modifier is its element's (`numeric(10,2)[]`).
+            let (elem_oid, elem_typmod, elem_info) =
+                self.strip_domains(client, info.elem, typmod).await?;
+            let elem = match elem_info {
+                None => types::sql_type(elem_oid, elem_typmod).expect("known by strip_domains"),
+                Some(elem_info) => {
+                    self.scalar(client, table, column, elem_oid, elem_typmod, &elem_info)
+                        .await?
+                }
+            };
+            return Ok(SqlType::Array(Box::new(elem)));
+        }
+        self.scalar(client, table, column, oid, typmod, &info).await
+    }
+
+    async fn scalar(
+        &mut self,
+        client: &Client,
+        table: &TableId,
+        column: &str,
+        oid: u32,
+        typmod: i32,
+        info: &TypeInfo,
+    ) -> Result<SqlType, CaptureError> {
+        if info.kind == b'e' {
+            return Ok(SqlType::Enum(info.name.clone()));
+        }
+        // The name with the column's modifier (`bit(8)`), so a sink can recreate the type.
+        let name = if typmod >= 0 {
+            let row = client
+                .query_one("SELECT format_type($1::oid, $2)", &[&oid, &typmod])
+                .await?;
+            row.get(0)
+        } else {
+            info.name.clone()
+        };
+        if !info.builtin && info.kind == b'b' {
+            warn!(%table, column, r#type = %name, "type is not built in; carried in its text form");
+        }
+        Ok(SqlType::Other(name))
     }
 }

@@ -2,8 +2,8 @@
 
 use sluice_schemas::SqlType;
 
-/// Maps a built-in type by OID and type modifier; `None` for anything else (the caller asks
-/// the catalog for its name and carries it as text).
+/// Maps a built-in scalar type by OID and type modifier; `None` for anything else (arrays,
+/// domains, enums and types without a fixed OID, which the catalog resolves).
 pub fn sql_type(oid: u32, typmod: i32) -> Option<SqlType> {
     Some(match oid {
         16 => SqlType::Bool,
@@ -17,10 +17,14 @@ pub fn sql_type(oid: u32, typmod: i32) -> Option<SqlType> {
         17 => SqlType::Bytes,
         1082 => SqlType::Date,
         1083 => SqlType::Time,
+        1266 => SqlType::TimeTz,
+        1186 => SqlType::Interval,
+        790 => SqlType::Money,
         1114 => SqlType::Timestamp,
         1184 => SqlType::TimestampTz,
         2950 => SqlType::Uuid,
-        114 | 3802 => SqlType::Json,
+        114 => SqlType::Json,
+        3802 => SqlType::Jsonb,
         _ => return None,
     })
 }
