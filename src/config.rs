@@ -346,6 +346,9 @@ impl Config {
                     if let Err(e) = pg.table_ids() {
                         problems.push(format!("sources.{name}.tables: {e}"));
                     }
+                    if let Err(e) = pg.tls.client_config(&format!("sources.{name}.tls")) {
+                        problems.push(e);
+                    }
                     for (field, value) in [("slot", &pg.slot), ("publication", &pg.publication)] {
                         if value.is_empty()
                             || value.len() > 63

@@ -9,7 +9,7 @@ use crate::postgres::replication::ReplicationError;
 pub enum CaptureError {
     #[error(transparent)]
     Replication(#[from] ReplicationError),
-    #[error("source query failed: {0}")]
+    #[error("source query failed: {0}{tls}", tls = tls_reason(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -20,6 +20,18 @@ pub enum CaptureError {
     /// A precondition or configuration problem an operator must fix; the message says how.
     #[error("{0}")]
     Definite(String),
+}
+
+/// Why TLS failed, and what to check when it refused the server's certificate.
+fn tls_reason(e: &tokio_postgres::Error) -> String {
+    match crate::tls::tls_failure(e) {
+        Some(tls @ rustls::Error::InvalidCertificate(_)) => format!(
+            ": {tls} (the server's certificate was refused: check tls.ca_file, and that the url's \
+             host is a name the certificate carries, or use tls.mode = \"verify-ca\")"
+        ),
+        Some(tls) => format!(": {tls}"),
+        None => String::new(),
+    }
 }
 
 impl CaptureError {
@@ -33,8 +45,8 @@ impl CaptureError {
             CaptureError::Replication(_) => false,
             CaptureError::Postgres(e) => match e.code() {
                 Some(code) => is_transient_sqlstate(code.code()),
-                // No SQLSTATE: the connection broke.
-                None => true,
+                // No SQLSTATE: the connection broke, unless TLS refused the server.
+                None => crate::tls::tls_failure(e).is_none(),
             },
             CaptureError::Kafka(_) => true,
             CaptureError::Decode(_) | CaptureError::Avro(_) | CaptureError::Definite(_) => false,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod metrics;
 pub mod postgres;
 pub mod publisher;
+pub mod tls;
 
 pub use error::CaptureError;
 pub use publisher::{Publisher, PublisherSettings};

@@ -12,8 +12,61 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+
+/// The connection's byte stream: plain TCP, or TLS over it after PostgreSQL's SSLRequest.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// PostgreSQL's SSLRequest code.
+const SSL_REQUEST_CODE: i32 = 80_877_103;
 
 /// Microseconds between the Unix epoch and PostgreSQL's epoch (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -33,6 +86,8 @@ pub enum ReplicationError {
     Protocol(String),
     #[error("authentication: {0}")]
     Auth(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ReplicationError {
@@ -54,6 +109,9 @@ pub struct ConnectParams {
     pub password: Option<String>,
     pub dbname: String,
     pub application_name: String,
+    /// TLS, when configured: the client configuration and the name the server's
+    /// certificate must carry.
+    pub tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 impl std::fmt::Debug for ConnectParams {
@@ -64,6 +122,7 @@ impl std::fmt::Debug for ConnectParams {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("dbname", &self.dbname)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -92,7 +151,7 @@ struct Frame {
 
 /// A replication connection, before and during streaming.
 pub struct ReplicationConnection {
-    stream: TcpStream,
+    stream: Stream,
     read_buf: BytesMut,
     write_buf: BytesMut,
     streaming: bool,
@@ -104,8 +163,39 @@ impl ReplicationConnection {
     pub async fn connect(
         params: &ConnectParams,
     ) -> Result<ReplicationConnection, ReplicationError> {
-        let stream = TcpStream::connect((params.host.as_str(), params.port)).await?;
-        stream.set_nodelay(true)?;
+        let mut tcp = TcpStream::connect((params.host.as_str(), params.port)).await?;
+        tcp.set_nodelay(true)?;
+        let stream = match &params.tls {
+            None => Stream::Plain(tcp),
+            Some((config, name)) => {
+                let mut request = BytesMut::with_capacity(8);
+                request.put_i32(8);
+                request.put_i32(SSL_REQUEST_CODE);
+                tcp.write_all(&request).await?;
+                match tcp.read_u8().await? {
+                    b'S' => {}
+                    b'N' => {
+                        return Err(ReplicationError::Tls(
+                            "the server does not accept TLS connections (ssl = off); turn ssl on or set tls.mode = \"disable\"".into(),
+                        ))
+                    }
+                    other => {
+                        return Err(ReplicationError::Protocol(format!(
+                            "unexpected answer {other:#x} to SSLRequest"
+                        )))
+                    }
+                }
+                let tls = crate::tls::handshake(config.clone(), name.clone(), tcp)
+                    .await
+                    .map_err(|e| match crate::tls::tls_failure(&e) {
+                        Some(tls) => ReplicationError::Tls(format!(
+                            "{tls} (check tls.ca_file, and that the url's host is a name the certificate carries)"
+                        )),
+                        None => ReplicationError::Io(e),
+                    })?;
+                Stream::Tls(Box::new(tls))
+            }
+        };
         let mut conn = ReplicationConnection {
             stream,
             read_buf: BytesMut::with_capacity(64 * 1024),
@@ -123,6 +213,7 @@ impl ReplicationConnection {
             ("extra_float_digits", "3"),
             ("bytea_output", "hex"),
             ("IntervalStyle", "iso_8601"),
+            ("lc_monetary", "C"),
         ];
         frontend::startup_message(startup.iter().copied(), &mut conn.write_buf)?;
         conn.flush().await?;

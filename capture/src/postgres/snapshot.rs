@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
+use crate::tls::PgConnector;
 use bytes::{Buf, BytesMut};
 use futures::StreamExt;
 use sluice_schemas::{pgtext, ChangeEvent, Datum, Op, Position, SourceInfo, TableId, TableSchema};
 use tokio::sync::mpsc;
-use tokio_postgres::NoTls;
 use tracing::{error, info};
 
 use super::catalog::Catalog;
@@ -39,7 +39,7 @@ pub enum SnapshotMessage {
 
 /// Reads one table in the exported snapshot and sends its rows.
 pub async fn read_table(
-    pg: tokio_postgres::Config,
+    pg: PgConnector,
     snapshot_name: String,
     snapshot_lsn: u64,
     source: SourceInfo,
@@ -54,21 +54,21 @@ pub async fn read_table(
 }
 
 async fn read_table_inner(
-    pg: tokio_postgres::Config,
+    pg: PgConnector,
     snapshot_name: &str,
     snapshot_lsn: u64,
     source: SourceInfo,
     job: SnapshotJob,
     tx: &mpsc::Sender<SnapshotMessage>,
 ) -> Result<(), CaptureError> {
-    let (client, connection) = pg.connect(NoTls).await?;
-    let conn = tokio::spawn(connection);
+    let (client, conn) = pg.connect().await?;
     let result = async {
         client
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT '{}'; \
                  SET LOCAL DateStyle = 'ISO'; SET LOCAL TimeZone = 'UTC'; SET LOCAL extra_float_digits = 3; \
-                 SET LOCAL bytea_output = 'hex'; SET LOCAL IntervalStyle = 'iso_8601'",
+                 SET LOCAL bytea_output = 'hex'; SET LOCAL IntervalStyle = 'iso_8601'; \
+                 SET LOCAL lc_monetary = 'C'",
                 snapshot_name.replace('\'', "''")
             ))
             .await?;

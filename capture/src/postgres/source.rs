@@ -10,7 +10,6 @@ use sluice_schemas::avro::Connector;
 use sluice_schemas::{
     pgtext, ChangeEvent, Datum, EnvelopeCodec, Op, Position, SourceInfo, TableId, TxInfo,
 };
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
@@ -25,6 +24,7 @@ use super::snapshot::{self, SnapshotJob, SnapshotMessage};
 use super::state::{CaptureState, TableState};
 use crate::metrics as m;
 use crate::publisher::{AckHandle, Publisher, PublisherSettings};
+use crate::tls::{PgConnector, TlsConfig};
 use crate::CaptureError;
 
 const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
@@ -85,6 +85,10 @@ pub struct PostgresSourceConfig {
     /// Tables read at the same time during a snapshot (one connection each).
     #[serde(default = "default_snapshot_parallelism")]
     pub snapshot_parallelism: usize,
+    /// TLS to the source, for every connection capture makes (`mode`, `ca_file`,
+    /// `cert_file`, `key_file`); off by default.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 impl PostgresSourceConfig {
@@ -169,7 +173,7 @@ impl PostgresCapture {
         .await
     }
 
-    fn connect_params(&self) -> Result<(tokio_postgres::Config, ConnectParams), CaptureError> {
+    fn connect_params(&self) -> Result<(PgConnector, ConnectParams), CaptureError> {
         let mut pg: tokio_postgres::Config = self.config.url.parse().map_err(|e| {
             CaptureError::Definite(format!(
                 "sources.{}.url is not a valid connection string: {e}",
@@ -188,7 +192,26 @@ impl PostgresCapture {
                 )))
             }
         };
+        let tls = self
+            .config
+            .tls
+            .client_config(&format!("sources.{}.tls", self.name))
+            .map_err(CaptureError::Definite)?;
+        if tls.is_none() && pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(CaptureError::Definite(format!(
+                "sources.{0}.url asks for sslmode=require; configure TLS in [sources.{0}.tls] instead                  (mode = \"verify-full\" and ca_file), which applies to every connection capture makes",
+                self.name
+            )));
+        }
+        let tls_name =
+            match &tls {
+                Some(_) => Some(crate::tls::server_name(&host).map_err(|e| {
+                    CaptureError::Definite(format!("sources.{}.url: {e}", self.name))
+                })?),
+                None => None,
+            };
         let params = ConnectParams {
+            tls: tls.clone().zip(tls_name),
             host,
             port: pg.get_ports().first().copied().unwrap_or(5432),
             user: pg.get_user().unwrap_or("postgres").to_string(),
@@ -202,7 +225,7 @@ impl PostgresCapture {
                 .to_string(),
             application_name: format!("sluice-{}", self.name),
         };
-        Ok((pg, params))
+        Ok((PgConnector { config: pg, tls }, params))
     }
 
     /// Snapshots the tables that need it; returns the state to stream with, or `None` when
@@ -212,7 +235,7 @@ impl PostgresCapture {
     /// their changes committed before it.
     async fn snapshot_if_needed(
         &self,
-        pg: &tokio_postgres::Config,
+        pg: &PgConnector,
         params: &ConnectParams,
         tables: &[TableId],
         created: Option<ExportedSnapshot>,
@@ -275,7 +298,7 @@ impl PostgresCapture {
     #[allow(clippy::too_many_arguments)]
     async fn run_snapshot(
         &self,
-        pg: &tokio_postgres::Config,
+        pg: &PgConnector,
         params: &ConnectParams,
         exported: &ExportedSnapshot,
         jobs: Vec<SnapshotJob>,
@@ -389,8 +412,7 @@ impl PostgresCapture {
             .table_ids()
             .map_err(|e| CaptureError::Definite(format!("sources.{}.tables: {e}", self.name)))?;
         let (pg, params) = self.connect_params()?;
-        let (client, connection) = pg.connect(NoTls).await?;
-        let conn_task = tokio::spawn(connection);
+        let (client, conn_task) = pg.connect().await?;
         let result = async {
             slot::preflight(&client, &tables).await?;
             slot::ensure_publication(&client, &self.config.publication, &tables).await?;

@@ -9,6 +9,7 @@
 // Spawning children with a parent-death signal and as another user needs `pre_exec`/libc.
 #![allow(unsafe_code)]
 
+mod certs;
 pub mod compare;
 mod mariadb;
 mod postgres;
@@ -16,6 +17,7 @@ mod process;
 mod sluice;
 mod tansu;
 
+pub use certs::TestCerts;
 pub use mariadb::MariaDb;
 pub use postgres::Postgres;
 pub use process::{free_port, wait_until, ChildGuard};

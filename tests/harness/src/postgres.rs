@@ -155,6 +155,48 @@ impl Postgres {
         self.psql("postgres", "SELECT pg_reload_conf()").map(|_| ())
     }
 
+    /// Turns TLS on with the given certificate and key, and refuses connections without TLS
+    /// to `databases` (and to replication): the rest stay as they were.
+    pub fn enable_tls(
+        &self,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        databases: &[&str],
+    ) -> Result<()> {
+        let data = self.data_dir();
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            std::fs::copy(from, data.join(to)).map_err(|e| format!("copy {from:?}: {e}"))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(data.join(to), std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
+        }
+        chown_recursive(&data, self.run_as)?;
+        let hba = data.join("pg_hba.conf");
+        let old = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
+        let mut lines = String::new();
+        for db in databases.iter().copied().chain(["replication"]) {
+            lines.push_str(&format!("hostnossl {db} all 127.0.0.1/32 reject\n"));
+        }
+        std::fs::write(&hba, format!("{lines}{old}")).map_err(|e| e.to_string())?;
+        // ALTER SYSTEM refuses to run in a (multi-statement) transaction: one each.
+        for setting in [
+            "ssl = on",
+            "ssl_cert_file = 'server.crt'",
+            "ssl_key_file = 'server.key'",
+        ] {
+            self.psql("postgres", &format!("ALTER SYSTEM SET {setting}"))?;
+        }
+        self.psql("postgres", "SELECT pg_reload_conf()")?;
+        wait_until("postgres TLS", Duration::from_secs(30), || {
+            self.psql(
+                "postgres",
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            )
+            .is_ok_and(|out| out.trim() == "t")
+        })
+        .map_err(|e| format!("{e}; log:\n{}", self.log()))
+    }
+
     /// Stops the server (fast shutdown).
     pub fn stop(&mut self) {
         if let Some(mut s) = self.server.take() {

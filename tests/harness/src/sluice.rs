@@ -46,12 +46,17 @@ impl SluiceProcess {
             metrics_port,
         };
         let port = metrics_port;
+        let mut exited = false;
         let started = wait_until("sluice /healthz", Duration::from_secs(60), || {
-            http_get(port, "/healthz").is_some_and(|(status, _)| status == 200)
+            // A process that already stopped will never be healthy: stop waiting.
+            exited = p.guard.has_exited();
+            exited || http_get(port, "/healthz").is_some_and(|(status, _)| status == 200)
         });
-        if let Err(e) = started {
-            let exited = p.guard.has_exited();
-            return Err(format!("{e} (exited: {exited}); log:\n{}", p.log()));
+        if exited || started.is_err() {
+            let why = started
+                .err()
+                .unwrap_or_else(|| "sluice exited before /healthz".into());
+            return Err(format!("{why} (exited: {exited}); log:\n{}", p.log()));
         }
         Ok(p)
     }
