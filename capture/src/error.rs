@@ -9,7 +9,7 @@ use crate::postgres::replication::ReplicationError;
 pub enum CaptureError {
     #[error(transparent)]
     Replication(#[from] ReplicationError),
-    #[error("source query failed: {0}{tls}", tls = tls_reason(.0))]
+    #[error("source query failed: {0}{detail}", detail = detail(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Decode(#[from] DecodeError),
@@ -22,8 +22,12 @@ pub enum CaptureError {
     Definite(String),
 }
 
-/// Why TLS failed, and what to check when it refused the server's certificate.
-fn tls_reason(e: &tokio_postgres::Error) -> String {
+/// What `tokio_postgres::Error`'s own message leaves to its source: the server's message,
+/// or why TLS failed (and what to check when it refused the server's certificate).
+fn detail(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!(": {}: {}", db.severity(), db.message());
+    }
     match crate::tls::tls_failure(e) {
         Some(tls @ rustls::Error::InvalidCertificate(_)) => format!(
             ": {tls} (the server's certificate was refused: check tls.ca_file, and that the url's \
