@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use sluice_capture::mysql::MysqlCapture;
 use sluice_capture::postgres::PostgresCapture;
 use sluice_capture::PublisherSettings;
 use sluice_router::{BatchSettings, Router, RouterSettings};
@@ -42,7 +43,6 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         }
         for (name, source) in &config.sources {
             health.expect(1);
-            let SourceConfig::Postgres(pg) = source.clone();
             let settings = PublisherSettings {
                 topic_prefix: config.kafka.topic_prefix.clone(),
                 schema_topic: config.kafka.schema_topic.clone(),
@@ -54,13 +54,30 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 source: name.clone(),
             };
             let password = Config::env_password("sources", name);
-            let capture = PostgresCapture::new(name, pg, config.kafka_client(), settings, password);
-            let (name, shutdown, health) = (name.clone(), shutdown.clone(), health.clone());
-            tasks.spawn(async move {
-                health.started();
-                let result = capture.run(shutdown).await.map_err(anyhow::Error::from);
-                (format!("capture {name}"), result)
-            });
+            let (kafka, label) = (config.kafka_client(), format!("capture {name}"));
+            let (shutdown, health) = (shutdown.clone(), health.clone());
+            match source.clone() {
+                SourceConfig::Postgres(pg) => {
+                    let capture = PostgresCapture::new(name, pg, kafka, settings, password);
+                    tasks.spawn(async move {
+                        health.started();
+                        (
+                            label,
+                            capture.run(shutdown).await.map_err(anyhow::Error::from),
+                        )
+                    });
+                }
+                SourceConfig::Mysql(my) => {
+                    let capture = MysqlCapture::new(name, my, kafka, settings, password);
+                    tasks.spawn(async move {
+                        health.started();
+                        (
+                            label,
+                            capture.run(shutdown).await.map_err(anyhow::Error::from),
+                        )
+                    });
+                }
+            }
         }
     }
 

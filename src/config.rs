@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use sluice_capture::mysql::MysqlSourceConfig;
 use sluice_capture::postgres::PostgresSourceConfig;
 use sluice_sinks::postgres::PostgresSinkConfig;
 
@@ -105,6 +106,8 @@ pub struct KafkaConfig {
 pub enum SourceConfig {
     /// PostgreSQL through logical replication (pgoutput).
     Postgres(PostgresSourceConfig),
+    /// MySQL/MariaDB through the binlog, as a replica.
+    Mysql(MysqlSourceConfig),
 }
 
 /// `[sinks.<name>]`, by `kind`.
@@ -362,6 +365,21 @@ impl Config {
                         }
                     }
                 }
+                SourceConfig::Mysql(my) => {
+                    if my.tables.is_empty() {
+                        problems.push(format!(
+                            "sources.{name}.tables must list at least one \"database.table\""
+                        ));
+                    }
+                    if let Err(e) = my.table_ids() {
+                        problems.push(format!("sources.{name}.tables: {e}"));
+                    }
+                    if my.server_id == 0 {
+                        problems.push(format!(
+                            "sources.{name}.server_id must be > 0 and differ from every server_id of the source's replication topology"
+                        ));
+                    }
+                }
             }
         }
         if let Some(router) = &self.router {
@@ -441,6 +459,7 @@ impl Config {
             .values()
             .flat_map(|s| match s {
                 SourceConfig::Postgres(pg) => pg.table_ids().unwrap_or_default(),
+                SourceConfig::Mysql(my) => my.table_ids().unwrap_or_default(),
             })
             .map(|t| t.topic(&self.kafka.topic_prefix))
             .collect();

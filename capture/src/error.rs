@@ -17,9 +17,19 @@ pub enum CaptureError {
     Avro(#[from] AvroError),
     #[error("kafka: {0}")]
     Kafka(String),
+    /// (Not marked as the source error: its message already says everything, and error
+    /// chains would print it twice.)
+    #[error("source: {0}")]
+    Mysql(mysql_async::Error),
     /// A precondition or configuration problem an operator must fix; the message says how.
     #[error("{0}")]
     Definite(String),
+}
+
+impl From<mysql_async::Error> for CaptureError {
+    fn from(e: mysql_async::Error) -> CaptureError {
+        CaptureError::Mysql(e)
+    }
 }
 
 /// What `tokio_postgres::Error`'s own message leaves to its source: the server's message,
@@ -53,6 +63,14 @@ impl CaptureError {
                 None => crate::tls::tls_failure(e).is_none(),
             },
             CaptureError::Kafka(_) => true,
+            CaptureError::Mysql(e) => match e {
+                // Too many connections, shutdown in progress, lock wait, deadlock, server gone.
+                mysql_async::Error::Server(s) => {
+                    matches!(s.code, 1040 | 1053 | 1205 | 1213 | 2006 | 2013)
+                }
+                mysql_async::Error::Io(_) => true,
+                _ => false,
+            },
             CaptureError::Decode(_) | CaptureError::Avro(_) | CaptureError::Definite(_) => false,
         }
     }

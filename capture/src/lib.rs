@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod metrics;
+pub mod mysql;
 pub mod postgres;
 pub mod publisher;
 pub mod tls;

@@ -19,6 +19,12 @@ pub const ERRORS_TOTAL: &str = "sluice_capture_errors_total";
 /// Schema versions published to the schema topic, label `source`.
 pub const SCHEMAS_PUBLISHED_TOTAL: &str = "sluice_capture_schemas_published_total";
 
+/// Seconds between now and the timestamp of the last binlog event read, label `source`.
+pub const BINLOG_LAG_SECONDS: &str = "sluice_capture_binlog_lag_seconds";
+/// Offset within its file of the binlog checkpoint written (everything before it is
+/// acknowledged by Kafka), label `source`.
+pub const BINLOG_CONFIRMED_POSITION: &str = "sluice_capture_binlog_confirmed_position";
+
 /// Rows read by the initial snapshot, labels `source`, `table`.
 pub const SNAPSHOT_ROWS_TOTAL: &str = "sluice_capture_snapshot_rows_total";
 /// Tables whose snapshot has not finished yet, label `source`.
@@ -49,6 +55,15 @@ pub fn describe() {
         INFLIGHT_EVENTS,
         Unit::Count,
         "Events awaiting Kafka acknowledgement"
+    );
+    describe_gauge!(
+        BINLOG_LAG_SECONDS,
+        Unit::Seconds,
+        "Age of the last binlog event read"
+    );
+    describe_gauge!(
+        BINLOG_CONFIRMED_POSITION,
+        "Binlog offset of the checkpoint written to the state topic"
     );
     describe_counter!(ERRORS_TOTAL, Unit::Count, "Capture errors by kind");
     describe_counter!(

@@ -103,12 +103,14 @@ pub fn unframe(message: &[u8]) -> Result<(SchemaFingerprint, &[u8]), AvroError> 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Connector {
     Postgres,
+    Mysql,
 }
 
 impl Connector {
     pub fn name(self) -> &'static str {
         match self {
             Connector::Postgres => "postgresql",
+            Connector::Mysql => "mysql",
         }
     }
 
@@ -136,6 +138,32 @@ impl Connector {
                     {"name": "xmin", "type": ["null", "long"], "default": null}
                 ],
                 "connect.name": "io.debezium.connector.postgresql.Source"
+            }),
+            Connector::Mysql => json!({
+                "type": "record",
+                "name": "Source",
+                "namespace": "io.debezium.connector.mysql",
+                "fields": [
+                    {"name": "version", "type": "string"},
+                    {"name": "connector", "type": "string"},
+                    {"name": "name", "type": "string"},
+                    {"name": "ts_ms", "type": "long"},
+                    {"name": "snapshot", "type": [{"type": "string", "connect.version": 1,
+                        "connect.parameters": {"allowed": "true,last,false,incremental"},
+                        "connect.default": "false", "connect.name": "io.debezium.data.Enum"}, "null"],
+                     "default": "false"},
+                    {"name": "db", "type": "string"},
+                    {"name": "sequence", "type": ["null", "string"], "default": null},
+                    {"name": "table", "type": ["null", "string"], "default": null},
+                    {"name": "server_id", "type": "long"},
+                    {"name": "gtid", "type": ["null", "string"], "default": null},
+                    {"name": "file", "type": "string"},
+                    {"name": "pos", "type": "long"},
+                    {"name": "row", "type": "int"},
+                    {"name": "thread", "type": ["null", "long"], "default": null},
+                    {"name": "query", "type": ["null", "string"], "default": null}
+                ],
+                "connect.name": "io.debezium.connector.mysql.Source"
             }),
         }
     }
@@ -336,11 +364,31 @@ impl EnvelopeCodec {
         write_str(&mut out, if s.snapshot { "true" } else { "false" });
         write_str(&mut out, &s.db);
         write_opt_str(&mut out, s.sequence.as_deref());
-        write_str(&mut out, &self.table.id.namespace);
-        write_str(&mut out, &self.table.id.name);
-        write_opt_long(&mut out, s.tx_id);
-        write_opt_long(&mut out, s.lsn);
-        write_opt_long(&mut out, None); // xmin
+        match self.connector {
+            Connector::Postgres => {
+                write_str(&mut out, &self.table.id.namespace);
+                write_str(&mut out, &self.table.id.name);
+                write_opt_long(&mut out, s.tx_id);
+                write_opt_long(&mut out, s.lsn);
+                write_opt_long(&mut out, None); // xmin
+            }
+            Connector::Mysql => {
+                let b = s.binlog.as_ref().ok_or_else(|| {
+                    AvroError::Shape(format!(
+                        "a MySQL event of {} has no binlog position",
+                        self.table.id
+                    ))
+                })?;
+                write_opt_str(&mut out, Some(&self.table.id.name));
+                write_long(&mut out, b.server_id);
+                write_opt_str(&mut out, b.gtid.as_deref());
+                write_str(&mut out, &b.file);
+                write_long(&mut out, b.pos);
+                write_long(&mut out, i64::from(b.row));
+                write_opt_long(&mut out, None); // thread
+                write_opt_str(&mut out, None); // query
+            }
+        }
         write_str(&mut out, event.op.code());
         write_opt_long(&mut out, Some(ts_ms));
         match &event.transaction {
@@ -760,6 +808,7 @@ mod tests {
                 tx_id: Some(42),
                 lsn: Some(0x1000),
                 sequence: Some("[\"4096\",\"4096\"]".into()),
+                binlog: None,
             },
             transaction: Some(TxInfo {
                 id: Arc::from("42:4096"),

@@ -58,6 +58,16 @@ pub struct Position(pub Vec<u8>);
 pub const POSITION_HEADER: &str = "sluice.position";
 
 impl Position {
+    /// The MySQL/MariaDB position: binlog file sequence number, the position of the rows event
+    /// in that file, then the row's index within the event.
+    pub fn mysql(file_seq: u32, pos: u64, row: u64) -> Position {
+        let mut bytes = Vec::with_capacity(20);
+        bytes.extend_from_slice(&file_seq.to_be_bytes());
+        bytes.extend_from_slice(&pos.to_be_bytes());
+        bytes.extend_from_slice(&row.to_be_bytes());
+        Position(bytes)
+    }
+
     /// The PostgreSQL position: the transaction's commit LSN, then the event's index within it.
     pub fn postgres(commit_lsn: u64, index: u64) -> Position {
         let mut bytes = Vec::with_capacity(16);
@@ -141,6 +151,22 @@ pub struct SourceInfo {
     pub lsn: Option<i64>,
     /// PostgreSQL: Debezium's `sequence` (`["<commit lsn>","<lsn>"]`).
     pub sequence: Option<String>,
+    /// MySQL/MariaDB: where in the binlog the event was read.
+    pub binlog: Option<BinlogSource>,
+}
+
+/// The MySQL connector's `source` fields (Debezium's names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BinlogSource {
+    /// `server_id` of the server that wrote the event.
+    pub server_id: i64,
+    /// The transaction's GTID (MariaDB `domain-server-seq`), when the server has GTIDs.
+    pub gtid: Option<Arc<str>>,
+    /// Binlog file and the position of the event in it.
+    pub file: Arc<str>,
+    pub pos: i64,
+    /// Index of the row within its rows event.
+    pub row: i32,
 }
 
 /// The transaction an event belongs to, for the envelope's `transaction` block.
@@ -179,6 +205,13 @@ mod tests {
         let c = Position::postgres(0x11, 0);
         assert!(a < b && b < c);
         assert!(Position::postgres(0x1_0000_0000, 0) > Position::postgres(0xFFFF_FFFF, 9));
+    }
+
+    #[test]
+    fn mysql_positions_order_by_file_then_offset_then_row() {
+        assert!(Position::mysql(1, 900, 7) < Position::mysql(2, 4, 0));
+        assert!(Position::mysql(2, 4, 1) < Position::mysql(2, 5, 0));
+        assert!(Position::mysql(2, 0x1_0000, 0) > Position::mysql(2, 0xFFFF, 9));
     }
 
     #[test]

@@ -321,6 +321,7 @@ impl PostgresCapture {
             tx_id: None,
             lsn: Some(exported.consistent_lsn as i64),
             sequence: None,
+            binlog: None,
         };
         let mut queue = jobs.into_iter();
         let mut readers = tokio::task::JoinSet::new();
@@ -764,6 +765,7 @@ impl Stream<'_> {
                 tx_id: Some(i64::from(tx.xid)),
                 lsn: Some(lsn as i64),
                 sequence: Some(format!("[\"{}\",\"{}\"]", self.last_committed, lsn)),
+                binlog: None,
             },
             transaction: Some(TxInfo {
                 id: tx.id.clone(),

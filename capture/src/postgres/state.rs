@@ -30,6 +30,26 @@ pub struct CaptureState {
     pub tables: BTreeMap<String, TableState>,
 }
 
+/// The latest state record of `source` in the state topic, if any.
+pub async fn read_latest_state(
+    config: &ClientConfig,
+    topic: &str,
+    source: &str,
+) -> Result<Option<Vec<u8>>, CaptureError> {
+    let (config, topic_owned) = (config.clone(), topic.to_string());
+    let records = tokio::task::spawn_blocking(move || {
+        sluice_schemas::transport::read_to_end(&config, &topic_owned, Duration::from_secs(60))
+    })
+    .await
+    .map_err(|e| CaptureError::Kafka(format!("state reader panicked: {e}")))?
+    .map_err(CaptureError::Kafka)?;
+    Ok(records
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == source)
+        .and_then(|(_, v)| v))
+}
+
 impl CaptureState {
     /// Reads the latest state of `source` from the state topic; empty when there is none.
     pub async fn load(
@@ -37,19 +57,7 @@ impl CaptureState {
         topic: &str,
         source: &str,
     ) -> Result<CaptureState, CaptureError> {
-        let (config, topic_owned) = (config.clone(), topic.to_string());
-        let records = tokio::task::spawn_blocking(move || {
-            sluice_schemas::transport::read_to_end(&config, &topic_owned, Duration::from_secs(60))
-        })
-        .await
-        .map_err(|e| CaptureError::Kafka(format!("state reader panicked: {e}")))?
-        .map_err(CaptureError::Kafka)?;
-        let latest = records
-            .into_iter()
-            .rev()
-            .find(|(k, _)| k == source)
-            .and_then(|(_, v)| v);
-        match latest {
+        match read_latest_state(config, topic, source).await? {
             None => Ok(CaptureState::default()),
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 CaptureError::Definite(format!(

@@ -82,6 +82,11 @@ impl MariaDb {
         Ok(db)
     }
 
+    /// A `mysql://` url for the `sluice` user over TCP.
+    pub fn url(&self) -> String {
+        format!("mysql://sluice:sluice@127.0.0.1:{}", self.port)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mariadb.log")).unwrap_or_default()
     }

@@ -1,0 +1,6 @@
+//! MySQL/MariaDB capture: binlog streaming as a replica, consistent snapshot, positions.
+
+pub mod source;
+pub mod types;
+
+pub use source::{MysqlCapture, MysqlSourceConfig};

@@ -1,0 +1,1019 @@
+//! The MySQL/MariaDB capture loop: preflight, a consistent snapshot without global locks
+//! (MariaDB's `START TRANSACTION WITH CONSISTENT SNAPSHOT` and `binlog_snapshot_file/position`),
+//! then the binlog as a replica from the checkpoint, which advances only past events Kafka has
+//! acknowledged.
+//!
+//! Row images are decoded with the table map that precedes them, which (with
+//! `binlog_row_metadata = FULL`) names every column, its signedness, charset, ENUM/SET members
+//! and the primary key: the binlog carries its own schema history, so rows before and after an
+//! `ALTER TABLE` decode with the columns they were written with, also when capture restarts in
+//! the middle of that history.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use mysql_async::binlog::events::{EventData, RowsEventData};
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStreamRequest, Conn, Opts, OptsBuilder, Row, Value};
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+use sluice_schemas::avro::Connector;
+use sluice_schemas::event::BinlogSource;
+use sluice_schemas::{
+    ChangeEvent, Column, Datum, EnvelopeCodec, Op, Position, SourceInfo, TableId, TableSchema,
+    TxInfo,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, info_span, warn, Instrument};
+
+use super::types::{self, BinlogColumn, Charset, Collations};
+use crate::metrics as m;
+use crate::postgres::state::{read_latest_state, TableState};
+use crate::postgres::SnapshotMode;
+use crate::publisher::{AckHandle, Publisher, PublisherSettings};
+use crate::CaptureError;
+
+const STATE_INTERVAL: Duration = Duration::from_secs(1);
+/// MariaDB's GTID event type (sent when `@mariadb_slave_capability = 4`).
+const MARIADB_GTID_EVENT: u8 = 162;
+
+/// A MySQL/MariaDB source (`[sources.<name>]` with `kind = "mysql"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSourceConfig {
+    /// `mysql://user@host:port`. The user needs REPLICATION SLAVE and REPLICATION CLIENT
+    /// (MariaDB: BINLOG MONITOR) and SELECT on the tables. The password may instead come
+    /// from `SLUICE_SOURCES_<NAME>_PASSWORD`.
+    pub url: String,
+    /// Tables to capture, as `database.table`.
+    pub tables: Vec<String>,
+    /// The replica `server_id` Sluice registers with; unique among the server's replicas.
+    pub server_id: u32,
+    /// `initial` (default) or `never`.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+}
+
+impl MysqlSourceConfig {
+    /// The configured tables, parsed; the error names the bad entry.
+    pub fn table_ids(&self) -> Result<Vec<TableId>, String> {
+        self.tables
+            .iter()
+            .map(|t| {
+                TableId::parse(t).ok_or_else(|| format!("`{t}` is not of the form database.table"))
+            })
+            .collect()
+    }
+}
+
+/// A binlog position as one totally ordered number: file sequence in the top 24 bits, offset
+/// in the lower 40 (binlog files stay far below 1 TiB). It is what the publisher's checkpoints
+/// carry.
+fn pack(file_seq: u32, pos: u64) -> u64 {
+    (u64::from(file_seq) << 40) | (pos & ((1 << 40) - 1))
+}
+
+fn unpack(packed: u64) -> (u32, u64) {
+    ((packed >> 40) as u32, packed & ((1 << 40) - 1))
+}
+
+/// `binlog.000042` → (`binlog`, 42).
+fn split_file(name: &str) -> Option<(&str, u32)> {
+    let (base, seq) = name.rsplit_once('.')?;
+    Some((base, seq.parse().ok()?))
+}
+
+fn file_name(base: &str, seq: u32) -> String {
+    format!("{base}.{seq:06}")
+}
+
+/// What survives restarts, in the compacted state topic keyed by source name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct MysqlState {
+    /// Binlog file base name (`binlog` of `binlog.000042`).
+    file_base: String,
+    /// Where streaming resumes: a transaction boundary, packed (see [`pack`]).
+    position: Option<u64>,
+    /// The GTID of the last transaction before `position`, for operators.
+    gtid: Option<String>,
+    /// Snapshot progress by `database.table`; `snapshot_lsn` is the packed snapshot position.
+    tables: BTreeMap<String, TableState>,
+}
+
+/// A running capture of one MySQL/MariaDB source.
+pub struct MysqlCapture {
+    name: String,
+    config: MysqlSourceConfig,
+    kafka: ClientConfig,
+    settings: PublisherSettings,
+    password: Option<String>,
+}
+
+impl MysqlCapture {
+    pub fn new(
+        name: &str,
+        config: MysqlSourceConfig,
+        kafka: ClientConfig,
+        settings: PublisherSettings,
+        password: Option<String>,
+    ) -> MysqlCapture {
+        MysqlCapture {
+            name: name.to_string(),
+            config,
+            kafka,
+            settings,
+            password,
+        }
+    }
+
+    /// Runs until `shutdown`, reconnecting with backoff on transient errors.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), CaptureError> {
+        let span = info_span!("capture", source = %self.name);
+        async move {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                match self.run_once(&shutdown).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
+                        metrics::counter!(m::ERRORS_TOTAL, "source" => self.name.clone(), "kind" => "transient").increment(1);
+                        warn!(error = %e, retry_in = ?backoff, "capture interrupted; reconnecting");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                    Err(e) => {
+                        metrics::counter!(m::ERRORS_TOTAL, "source" => self.name.clone(), "kind" => "definite").increment(1);
+                        error!(error = %e, "capture stopped");
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn opts(&self) -> Result<Opts, CaptureError> {
+        let opts = Opts::from_url(&self.config.url).map_err(|e| {
+            CaptureError::Definite(format!(
+                "sources.{}.url is not a valid mysql:// url: {e}",
+                self.name
+            ))
+        })?;
+        let mut builder = OptsBuilder::from_opts(opts).prefer_socket(false);
+        if let Some(pw) = &self.password {
+            builder = builder.pass(Some(pw.clone()));
+        }
+        Ok(builder.into())
+    }
+
+    async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), CaptureError> {
+        let tables = self
+            .config
+            .table_ids()
+            .map_err(|e| CaptureError::Definite(format!("sources.{}.tables: {e}", self.name)))?;
+        let opts = self.opts()?;
+        let mut conn = Conn::new(opts.clone()).await.map_err(mysql_error)?;
+        let server_id = preflight(&mut conn, &tables, self.config.server_id).await?;
+        let collations = load_collations(&mut conn).await?;
+        // The state topic must exist before it is read.
+        let (mut publisher, acks) = Publisher::new(&self.kafka, self.settings.clone(), 0)?;
+        publisher.prepare().await?;
+        let mut state = match read_latest_state(&self.kafka, &self.settings.state_topic, &self.name)
+            .await?
+        {
+            None => MysqlState::default(),
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                CaptureError::Definite(format!(
+                    "the capture state of source {} is unreadable ({e}); delete that record to re-snapshot",
+                    self.name
+                ))
+            })?,
+        };
+
+        let pending: Vec<TableId> = tables
+            .iter()
+            .filter(|t| {
+                !matches!(
+                    state.tables.get(&t.to_string()),
+                    Some(TableState::Done { .. })
+                )
+            })
+            .cloned()
+            .collect();
+        let snapshot_wanted = self.config.snapshot == SnapshotMode::Initial && !pending.is_empty();
+        if snapshot_wanted {
+            let snapshot = Snapshot {
+                capture: self,
+                server_id,
+            };
+            snapshot
+                .run(&mut conn, &pending, &mut state, &mut publisher, shutdown)
+                .await?;
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+        }
+        if state.position.is_none() {
+            // Never snapshotted (snapshot = "never"): start at the server's current position.
+            let (file, pos) = master_status(&mut conn).await?;
+            let (base, seq) = split_file(&file).ok_or_else(|| {
+                CaptureError::Definite(format!("unexpected binlog file name `{file}`"))
+            })?;
+            state.file_base = base.to_string();
+            state.position = Some(pack(seq, pos));
+            publisher
+                .write_state(&serde_json::to_string(&state).expect("state serializes"))
+                .await?;
+        }
+        drop(conn);
+        let mut stream = Stream {
+            capture: self,
+            collations,
+            state,
+            publisher,
+            acks,
+            tables: tables.iter().map(|t| t.to_string()).collect(),
+            maps: HashMap::new(),
+            codecs: HashMap::new(),
+            gtids: VecDeque::new(),
+            written: 0,
+        };
+        stream.run(opts, shutdown).await
+    }
+}
+
+fn mysql_error(e: mysql_async::Error) -> CaptureError {
+    CaptureError::Mysql(e)
+}
+
+/// Checks what binlog capture needs; returns the source's `server_id`.
+async fn preflight(
+    conn: &mut Conn,
+    tables: &[TableId],
+    replica_id: u32,
+) -> Result<u32, CaptureError> {
+    let row: Row = conn
+        .query_first(
+            "SELECT @@log_bin, @@binlog_format, @@binlog_row_image, @@binlog_row_metadata, @@server_id",
+        )
+        .await
+        .map_err(mysql_error)?
+        .ok_or_else(|| CaptureError::Definite("the server returned no settings".into()))?;
+    let get = |i: usize| -> String {
+        match row.as_ref(i) {
+            Some(Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+            Some(Value::Int(v)) => v.to_string(),
+            Some(Value::UInt(v)) => v.to_string(),
+            _ => String::new(),
+        }
+    };
+    let mut problems = Vec::new();
+    if get(0) != "1" {
+        problems.push(
+            "the binary log is off: start the server with log_bin (e.g. log-bin=mysql-bin)"
+                .to_string(),
+        );
+    }
+    for (i, name, want) in [
+        (1, "binlog_format", "ROW"),
+        (2, "binlog_row_image", "FULL"),
+        (3, "binlog_row_metadata", "FULL"),
+    ] {
+        if !get(i).eq_ignore_ascii_case(want) {
+            problems.push(format!(
+                "{name} is {} but must be {want}: SET GLOBAL {name} = '{want}' and put it in the server's config",
+                get(i)
+            ));
+        }
+    }
+    let server_id: u32 = get(4).parse().unwrap_or(0);
+    if server_id == replica_id {
+        problems.push(format!(
+            "server_id = {replica_id} is the source's own server_id; give Sluice a different one"
+        ));
+    }
+    if let Err(e) = conn.query_drop("SHOW BINARY LOGS").await {
+        problems.push(format!(
+            "cannot list binary logs ({e}): GRANT REPLICATION CLIENT (MariaDB 10.5+: BINLOG MONITOR) and REPLICATION SLAVE ON *.* TO the user"
+        ));
+    }
+    for t in tables {
+        let key: Option<(u64, u64)> = conn
+            .exec_first(
+                "SELECT COUNT(*), SUM(COLUMN_KEY = 'PRI') FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&t.namespace, &t.name),
+            )
+            .await
+            .map_err(mysql_error)?
+            .map(|(n, k): (u64, Option<u64>)| (n, k.unwrap_or(0)));
+        match key {
+            None | Some((0, _)) => problems.push(format!(
+                "table {t} does not exist (or the user cannot see it): check sources.*.tables"
+            )),
+            Some((_, 0)) => problems.push(format!(
+                "table {t} has no primary key, so its rows cannot be told apart: add one"
+            )),
+            _ => {}
+        }
+    }
+    if problems.is_empty() {
+        Ok(server_id)
+    } else {
+        Err(CaptureError::Definite(format!(
+            "the source is not ready for capture:\n  - {}",
+            problems.join("\n  - ")
+        )))
+    }
+}
+
+async fn load_collations(conn: &mut Conn) -> Result<Collations, CaptureError> {
+    // MariaDB lists some collations without an id or character set.
+    let rows: Vec<(Option<u64>, Option<String>)> = conn
+        .query("SELECT ID, CHARACTER_SET_NAME FROM information_schema.COLLATIONS")
+        .await
+        .map_err(mysql_error)?;
+    Ok(Collations(
+        rows.into_iter()
+            .filter_map(|(id, cs)| Some((u16::try_from(id?).ok()?, Charset::from_name(&cs?))))
+            .collect(),
+    ))
+}
+
+async fn master_status(conn: &mut Conn) -> Result<(String, u64), CaptureError> {
+    let row: Row = conn
+        .query_first("SHOW MASTER STATUS")
+        .await
+        .map_err(mysql_error)?
+        .ok_or_else(|| {
+            CaptureError::Definite("SHOW MASTER STATUS returned nothing: is log_bin on?".into())
+        })?;
+    let file: String = row.get(0).unwrap_or_default();
+    let pos: u64 = row.get(1).unwrap_or(4);
+    Ok((file, pos))
+}
+
+/// The table schema from `information_schema`, as the table map will describe it.
+async fn catalog_schema(
+    conn: &mut Conn,
+    id: &TableId,
+) -> Result<(TableSchema, Vec<String>), CaptureError> {
+    type ColumnRow = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<u64>,
+        Option<u64>,
+        String,
+    );
+    let rows: Vec<ColumnRow> = conn
+        .exec(
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, NUMERIC_PRECISION, NUMERIC_SCALE, COLUMN_KEY \
+             FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+            (&id.namespace, &id.name),
+        )
+        .await
+        .map_err(mysql_error)?;
+    let mut columns = Vec::with_capacity(rows.len());
+    let mut selects = Vec::with_capacity(rows.len());
+    for (name, data_type, column_type, charset, precision, scale, key) in rows {
+        let sql_type = types::schema_sql_type(
+            &data_type,
+            &column_type,
+            charset.as_deref(),
+            precision,
+            scale,
+        );
+        let quoted = format!("`{}`", name.replace('`', "``"));
+        // Text forms the converter reads back exactly.
+        selects.push(match data_type.as_str() {
+            "float" => format!("CAST({quoted} AS DOUBLE)"),
+            "bit" => {
+                let bits = column_type.trim_start_matches("bit(").trim_end_matches(')');
+                format!("LPAD(BIN({quoted}), {bits}, '0')")
+            }
+            "timestamp" => format!("DATE_FORMAT({quoted}, '%Y-%m-%d %H:%i:%s.%f')"),
+            "datetime" => format!("DATE_FORMAT({quoted}, '%Y-%m-%d %H:%i:%s.%f')"),
+            _ => quoted,
+        });
+        columns.push(Column {
+            name,
+            sql_type,
+            key: key == "PRI",
+            missing: None,
+        });
+    }
+    Ok((
+        TableSchema {
+            id: id.clone(),
+            columns,
+        },
+        selects,
+    ))
+}
+
+struct Snapshot<'a> {
+    capture: &'a MysqlCapture,
+    server_id: u32,
+}
+
+impl Snapshot<'_> {
+    /// Reads `tables` in one consistent snapshot, positioned at the binlog point it matches.
+    async fn run(
+        &self,
+        conn: &mut Conn,
+        tables: &[TableId],
+        state: &mut MysqlState,
+        publisher: &mut Publisher,
+        shutdown: &CancellationToken,
+    ) -> Result<(), CaptureError> {
+        let source = self.capture.name.clone();
+        conn.query_drop("SET SESSION time_zone = '+00:00'")
+            .await
+            .map_err(mysql_error)?;
+        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await
+            .map_err(mysql_error)?;
+        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+            .await
+            .map_err(mysql_error)?;
+        let status: Vec<(String, String)> = conn
+            .query("SHOW STATUS WHERE Variable_name IN ('binlog_snapshot_file', 'binlog_snapshot_position')")
+            .await
+            .map_err(mysql_error)?;
+        let status: HashMap<String, String> = status
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        let (file, pos) =
+            match (
+                status.get("binlog_snapshot_file"),
+                status
+                    .get("binlog_snapshot_position")
+                    .and_then(|p| p.parse::<u64>().ok()),
+            ) {
+                (Some(f), Some(p)) if !f.is_empty() => (f.clone(), p),
+                _ => return Err(CaptureError::Definite(
+                    "the server has no binlog_snapshot_file/position status (MariaDB has them): \
+                     MySQL snapshots are not supported yet; set snapshot = \"never\""
+                        .into(),
+                )),
+            };
+        let (base, seq) = split_file(&file).ok_or_else(|| {
+            CaptureError::Definite(format!("unexpected binlog file name `{file}`"))
+        })?;
+        if state.file_base.is_empty() {
+            state.file_base = base.to_string();
+        }
+        let snap = pack(seq, pos);
+        info!(tables = tables.len(), file = %file, pos, "starting snapshot");
+        let remaining = metrics::gauge!(m::SNAPSHOT_TABLES_REMAINING, "source" => source.clone());
+        remaining.set(tables.len() as f64);
+        for table in tables {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let key = table.to_string();
+            let (schema, selects) = catalog_schema(conn, table).await?;
+            let schema = Arc::new(schema);
+            let codec = EnvelopeCodec::new(
+                &self.capture.settings.topic_prefix,
+                &source,
+                Connector::Mysql,
+                schema.clone(),
+            )?;
+            if matches!(state.tables.get(&key), Some(TableState::Started)) {
+                // Rows of an unfinished earlier attempt may be in the topic: clear them first.
+                let event = ChangeEvent {
+                    table: schema.clone(),
+                    op: Op::Truncate,
+                    before: None,
+                    after: None,
+                    source: self.source_info(table, &file, pos),
+                    transaction: None,
+                    position: Position::mysql(seq, pos, 0),
+                };
+                publisher.publish(&codec, &event).await?;
+            }
+            state.tables.insert(key.clone(), TableState::Started);
+            publisher
+                .write_state(&serde_json::to_string(&*state).expect("state serializes"))
+                .await?;
+            info!(%table, "snapshotting table");
+            let rows_counter = metrics::counter!(m::SNAPSHOT_ROWS_TOTAL, "source" => source.clone(), "table" => key.clone());
+            let sql = format!(
+                "SELECT {} FROM `{}`.`{}`",
+                selects.join(", "),
+                table.namespace.replace('`', "``"),
+                table.name.replace('`', "``")
+            );
+            let mut result = conn.query_iter(sql).await.map_err(mysql_error)?;
+            let mut n: u64 = 0;
+            let mut stream = result
+                .stream::<Row>()
+                .await
+                .map_err(mysql_error)?
+                .ok_or_else(|| CaptureError::Definite(format!("no result reading {table}")))?;
+            while let Some(row) = stream.next().await {
+                let row = row.map_err(mysql_error)?;
+                let values = row.unwrap();
+                let mut after = Vec::with_capacity(values.len());
+                for (value, column) in values.into_iter().zip(&schema.columns) {
+                    after.push(
+                        types::text_datum(&column.sql_type, value).unwrap_or_else(|e| {
+                            value_error(&source, table, &column.name, &e);
+                            Datum::Null
+                        }),
+                    );
+                }
+                n += 1;
+                let event = ChangeEvent {
+                    table: schema.clone(),
+                    op: Op::Read,
+                    before: None,
+                    after: Some(after),
+                    source: self.source_info(table, &file, pos),
+                    transaction: None,
+                    // Below every streamed change (those end past `pos`), in read order.
+                    position: Position::mysql(seq, pos, n),
+                };
+                publisher.publish(&codec, &event).await?;
+                rows_counter.increment(1);
+            }
+            drop(stream);
+            publisher.barrier().await?;
+            state
+                .tables
+                .insert(key, TableState::Done { snapshot_lsn: snap });
+            if state.position.is_none() {
+                state.position = Some(snap);
+            }
+            publisher
+                .write_state(&serde_json::to_string(&*state).expect("state serializes"))
+                .await?;
+            remaining.decrement(1.0);
+            info!(%table, rows = n, "table snapshot finished");
+        }
+        conn.query_drop("COMMIT").await.map_err(mysql_error)?;
+        info!("snapshot finished");
+        Ok(())
+    }
+
+    fn source_info(&self, table: &TableId, file: &str, pos: u64) -> SourceInfo {
+        SourceInfo {
+            name: Arc::from(self.capture.name.as_str()),
+            db: Arc::from(table.namespace.as_str()),
+            ts_ms: now_ms(),
+            snapshot: true,
+            tx_id: None,
+            lsn: None,
+            sequence: None,
+            binlog: Some(BinlogSource {
+                server_id: i64::from(self.server_id),
+                gtid: None,
+                file: Arc::from(file),
+                pos: pos as i64,
+                row: 0,
+            }),
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+fn value_error(source: &str, table: &TableId, column: &str, error: &str) {
+    metrics::counter!(m::ERRORS_TOTAL, "source" => source.to_string(), "kind" => "value")
+        .increment(1);
+    error!(%table, column, error, "value could not be converted; sent as NULL");
+}
+
+/// A table seen in a table map: its columns and the codec of that version.
+struct Mapped {
+    id: TableId,
+    columns: Vec<BinlogColumn>,
+    codec: Arc<EnvelopeCodec>,
+}
+
+/// The transaction being read.
+#[derive(Default)]
+struct Tx {
+    gtid: Option<Arc<str>>,
+    id: Option<Arc<str>>,
+    index: i64,
+    per_table: HashMap<String, i64>,
+}
+
+struct Stream<'a> {
+    capture: &'a MysqlCapture,
+    collations: Collations,
+    state: MysqlState,
+    publisher: Publisher,
+    acks: AckHandle,
+    tables: HashSet<String>,
+    /// Table maps by table id (None: a table not captured).
+    maps: HashMap<u64, Option<Mapped>>,
+    /// Codecs by table and column layout, so repeated table maps reuse them.
+    codecs: HashMap<(String, String), Arc<EnvelopeCodec>>,
+    /// GTIDs of checkpoints not yet written, oldest first.
+    gtids: VecDeque<(u64, Arc<str>)>,
+    /// The last checkpoint written to the state topic.
+    written: u64,
+}
+
+impl Stream<'_> {
+    async fn run(&mut self, opts: Opts, shutdown: &CancellationToken) -> Result<(), CaptureError> {
+        let source = self.capture.name.clone();
+        let start = self
+            .state
+            .position
+            .expect("a start position is set before streaming");
+        let (mut seq, pos) = unpack(start);
+        self.written = start;
+        let mut file = file_name(&self.state.file_base, seq);
+        let mut conn = Conn::new(opts).await.map_err(mysql_error)?;
+        // Without this MariaDB replaces its GTID events by dummy queries.
+        conn.query_drop("SET @mariadb_slave_capability = 4")
+            .await
+            .map_err(mysql_error)?;
+        info!(file = %file, pos, "starting binlog stream");
+        let request = BinlogStreamRequest::new(self.capture.config.server_id)
+            .with_filename(file.as_bytes())
+            .with_pos(pos);
+        let mut binlog = conn.get_binlog_stream(request).await.map_err(|e| match e {
+            mysql_async::Error::Server(s) if s.code == 1236 => CaptureError::Definite(format!(
+                "the binlog position {file}:{pos} is no longer on the server ({}): it was purged \
+                 before capture read it. Delete this source's record in the state topic to \
+                 re-snapshot, and keep binlogs longer (binlog_expire_logs_seconds)",
+                s.message
+            )),
+            other => mysql_error(other),
+        })?;
+        let lag = metrics::gauge!(m::BINLOG_LAG_SECONDS, "source" => source.clone());
+        let transactions = metrics::counter!(m::TRANSACTIONS_TOTAL, "source" => source.clone());
+        let mut tick = tokio::time::interval(STATE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tx = Tx::default();
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                res = &mut self.acks.task => {
+                    return Err(match res {
+                        Ok(Err(e)) => e,
+                        Ok(Ok(())) => CaptureError::Kafka("the acknowledgement task ended".into()),
+                        Err(e) => CaptureError::Kafka(format!("the acknowledgement task panicked: {e}")),
+                    });
+                }
+                _ = tick.tick() => {
+                    self.write_progress().await?;
+                    continue;
+                }
+                event = binlog.next() => match event {
+                    None => return Err(CaptureError::Replication(
+                        crate::postgres::replication::ReplicationError::Io(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof, "the server ended the binlog stream")),
+                    )),
+                    Some(event) => event.map_err(mysql_error)?,
+                },
+            };
+            let header = event.header();
+            let log_pos = u64::from(header.log_pos());
+            if header.timestamp() > 0 {
+                lag.set((now_ms() / 1000 - i64::from(header.timestamp())).max(0) as f64);
+            }
+            if header.event_type_raw() == MARIADB_GTID_EVENT {
+                let data = event.data();
+                if data.len() >= 12 {
+                    let seq_no = u64::from_le_bytes(data[0..8].try_into().expect("8 bytes"));
+                    let domain = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
+                    let gtid: Arc<str> =
+                        Arc::from(format!("{domain}-{}-{seq_no}", header.server_id()));
+                    tx = Tx {
+                        id: Some(gtid.clone()),
+                        gtid: Some(gtid),
+                        ..Tx::default()
+                    };
+                }
+                continue;
+            }
+            let Some(data) = event.read_data().map_err(|e| {
+                CaptureError::Definite(format!("undecodable binlog event at {file}:{log_pos}: {e}"))
+            })?
+            else {
+                continue;
+            };
+            match data {
+                EventData::RotateEvent(r) => {
+                    let name = r.name().into_owned();
+                    if let Some((base, s)) = split_file(&name) {
+                        self.state.file_base = base.to_string();
+                        seq = s;
+                        file = name;
+                    }
+                }
+                EventData::TableMapEvent(tme) => {
+                    let id = TableId::new(
+                        tme.database_name().into_owned(),
+                        tme.table_name().into_owned(),
+                    );
+                    let mapped = if self.tables.contains(&id.to_string()) {
+                        let (columns, key) = types::table_map_columns(&tme, &self.collations)
+                            .map_err(|e| CaptureError::Definite(e.to_string()))?;
+                        let schema = types::table_schema(id.clone(), &columns, &key);
+                        let layout = format!("{:?}", schema.columns);
+                        let codec = match self.codecs.get(&(id.to_string(), layout.clone())) {
+                            Some(c) => c.clone(),
+                            None => {
+                                let c = Arc::new(EnvelopeCodec::new(
+                                    &self.capture.settings.topic_prefix,
+                                    &source,
+                                    Connector::Mysql,
+                                    Arc::new(schema),
+                                )?);
+                                self.codecs.insert((id.to_string(), layout), c.clone());
+                                c
+                            }
+                        };
+                        Some(Mapped { id, columns, codec })
+                    } else {
+                        None
+                    };
+                    self.maps.insert(tme.table_id(), mapped);
+                }
+                EventData::RowsEvent(rows) => {
+                    let at = (header.timestamp(), header.server_id());
+                    let events =
+                        self.row_events(&rows, &binlog, &file, seq, log_pos, &mut tx, at)?;
+                    for (codec, event) in events {
+                        self.publisher.publish(&codec, &event).await?;
+                    }
+                }
+                EventData::XidEvent(_) => {
+                    self.commit(&mut tx, seq, log_pos).await?;
+                    transactions.increment(1);
+                }
+                EventData::QueryEvent(q) => {
+                    let query = q.query();
+                    let trimmed = query.trim();
+                    if trimmed.eq_ignore_ascii_case("COMMIT") {
+                        self.commit(&mut tx, seq, log_pos).await?;
+                        transactions.increment(1);
+                    } else if let Some(table) = truncated_table(trimmed, &q.schema()) {
+                        if let Some(codec) = self.last_codec(&table) {
+                            let event = ChangeEvent {
+                                table: codec.table.clone(),
+                                op: Op::Truncate,
+                                before: None,
+                                after: None,
+                                source: self.source_info(
+                                    &table,
+                                    &file,
+                                    log_pos,
+                                    0,
+                                    (header.timestamp(), header.server_id()),
+                                    &tx,
+                                ),
+                                transaction: None,
+                                position: Position::mysql(seq, log_pos, 0),
+                            };
+                            self.publisher.publish(&codec, &event).await?;
+                        }
+                        // DDL commits implicitly.
+                        self.commit(&mut tx, seq, log_pos).await?;
+                    } else if !trimmed.eq_ignore_ascii_case("BEGIN") {
+                        // Other DDL commits implicitly; table maps carry the new columns.
+                        self.commit(&mut tx, seq, log_pos).await?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let _ = binlog.close().await;
+        // Shutdown: confirm what Kafka acknowledged.
+        if self
+            .publisher
+            .drain(&mut self.acks.acked, Duration::from_secs(10))
+            .await
+        {
+            self.write_progress().await?;
+        }
+        Ok(())
+    }
+
+    fn last_codec(&self, table: &TableId) -> Option<Arc<EnvelopeCodec>> {
+        self.maps
+            .values()
+            .flatten()
+            .find(|m| m.id == *table)
+            .map(|m| m.codec.clone())
+    }
+
+    /// `at` is the event's (timestamp, server_id).
+    fn source_info(
+        &self,
+        table: &TableId,
+        file: &str,
+        pos: u64,
+        row: i32,
+        at: (u32, u32),
+        tx: &Tx,
+    ) -> SourceInfo {
+        SourceInfo {
+            name: Arc::from(self.capture.name.as_str()),
+            db: Arc::from(table.namespace.as_str()),
+            ts_ms: i64::from(at.0) * 1000,
+            snapshot: false,
+            tx_id: None,
+            lsn: None,
+            sequence: None,
+            binlog: Some(BinlogSource {
+                server_id: i64::from(at.1),
+                gtid: tx.gtid.clone(),
+                file: Arc::from(file),
+                pos: pos as i64,
+                row,
+            }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn row_events(
+        &mut self,
+        rows: &RowsEventData<'_>,
+        binlog: &mysql_async::BinlogStream,
+        file: &str,
+        seq: u32,
+        log_pos: u64,
+        tx: &mut Tx,
+        at: (u32, u32),
+    ) -> Result<Vec<(Arc<EnvelopeCodec>, ChangeEvent)>, CaptureError> {
+        let table_id = rows.table_id();
+        let Some(Some(mapped)) = self.maps.get(&table_id) else {
+            return Ok(Vec::new());
+        };
+        let tme = binlog.get_tme(table_id).ok_or_else(|| {
+            CaptureError::Definite(format!(
+                "rows event at {file}:{log_pos} without its table map"
+            ))
+        })?;
+        let op = match rows {
+            RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_) => Op::Create,
+            RowsEventData::UpdateRowsEvent(_)
+            | RowsEventData::UpdateRowsEventV1(_)
+            | RowsEventData::PartialUpdateRowsEvent(_) => Op::Update,
+            RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_) => Op::Delete,
+        };
+        // Skip what the table's snapshot already holds.
+        if let Some(TableState::Done { snapshot_lsn }) =
+            self.state.tables.get(&mapped.id.to_string())
+        {
+            if pack(seq, log_pos) <= *snapshot_lsn {
+                metrics::counter!(m::SNAPSHOT_SKIPPED_CHANGES_TOTAL, "source" => self.capture.name.clone()).increment(1);
+                return Ok(Vec::new());
+            }
+        }
+        let source = self.capture.name.clone();
+        let schema = &mapped.codec.table;
+        let convert = |image: Option<mysql_async::binlog::row::BinlogRow>| -> Option<Vec<Datum>> {
+            let values = image?.unwrap();
+            Some(
+                values
+                    .into_iter()
+                    .zip(&mapped.columns)
+                    .zip(&schema.columns)
+                    .map(|((v, c), col)| {
+                        let v = match v {
+                            mysql_async::binlog::value::BinlogValue::Value(Value::NULL) => None,
+                            v => Some(v),
+                        };
+                        types::binlog_datum(c, &col.sql_type, v).unwrap_or_else(|e| {
+                            value_error(&source, &mapped.id, &c.name, &e);
+                            Datum::Null
+                        })
+                    })
+                    .collect(),
+            )
+        };
+        let mut out = Vec::new();
+        for (row_index, row) in rows.rows(tme).enumerate() {
+            let (before, after) = row.map_err(|e| {
+                CaptureError::Definite(format!("undecodable row at {file}:{log_pos}: {e}"))
+            })?;
+            let (before, after) = (convert(before), convert(after));
+            tx.index += 1;
+            let per_table = {
+                let n = tx.per_table.entry(mapped.id.to_string()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let event = ChangeEvent {
+                table: schema.clone(),
+                op,
+                before,
+                after: if op == Op::Delete { None } else { after },
+                source: self.source_info(&mapped.id, file, log_pos, row_index as i32, at, tx),
+                transaction: tx.id.clone().map(|id| TxInfo {
+                    id,
+                    total_order: tx.index,
+                    data_collection_order: per_table,
+                }),
+                position: Position::mysql(seq, log_pos, row_index as u64),
+            };
+            out.push((mapped.codec.clone(), event));
+        }
+        Ok(out)
+    }
+
+    /// A transaction ended at `log_pos`: streaming may resume there once Kafka has everything
+    /// before it.
+    async fn commit(&mut self, tx: &mut Tx, seq: u32, log_pos: u64) -> Result<(), CaptureError> {
+        let at = pack(seq, log_pos);
+        if let Some(gtid) = tx.gtid.take() {
+            self.gtids.push_back((at, gtid));
+        }
+        *tx = Tx::default();
+        self.publisher.checkpoint(at).await
+    }
+
+    /// Writes the acknowledged checkpoint to the state topic when it moved.
+    async fn write_progress(&mut self) -> Result<(), CaptureError> {
+        let acked = *self.acks.acked.borrow();
+        if acked <= self.written {
+            return Ok(());
+        }
+        while let Some((at, gtid)) = self.gtids.front() {
+            if *at > acked {
+                break;
+            }
+            self.state.gtid = Some(gtid.to_string());
+            self.gtids.pop_front();
+        }
+        self.state.position = Some(acked);
+        self.publisher
+            .write_state(&serde_json::to_string(&self.state).expect("state serializes"))
+            .await?;
+        self.written = acked;
+        let (seq, pos) = unpack(acked);
+        metrics::gauge!(m::BINLOG_CONFIRMED_POSITION, "source" => self.capture.name.clone())
+            .set(pos as f64);
+        tracing::debug!(file = %file_name(&self.state.file_base, seq), pos, "checkpoint written");
+        Ok(())
+    }
+}
+
+/// The table a `TRUNCATE [TABLE] [db.]t` statement names.
+fn truncated_table(query: &str, default_db: &str) -> Option<TableId> {
+    let mut words = query.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("TRUNCATE") {
+        return None;
+    }
+    let mut name = words.next()?;
+    if name.eq_ignore_ascii_case("TABLE") {
+        name = words.next()?;
+    }
+    let unquote = |s: &str| s.trim_matches('`').replace("``", "`");
+    match name.split_once("`.`").or_else(|| name.split_once('.')) {
+        Some((db, t)) => Some(TableId::new(unquote(db), unquote(t))),
+        None => Some(TableId::new(default_db, unquote(name))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_positions_keep_binlog_order() {
+        assert!(pack(1, 999_999) < pack(2, 4));
+        assert_eq!(unpack(pack(42, 123_456_789)), (42, 123_456_789));
+        assert_eq!(split_file("mysql-bin.000042"), Some(("mysql-bin", 42)));
+        assert_eq!(file_name("mysql-bin", 42), "mysql-bin.000042");
+    }
+
+    #[test]
+    fn truncate_statements_name_their_table() {
+        assert_eq!(
+            truncated_table("TRUNCATE TABLE `shop`.`orders`", "x"),
+            Some(TableId::new("shop", "orders"))
+        );
+        assert_eq!(
+            truncated_table("truncate orders", "shop"),
+            Some(TableId::new("shop", "orders"))
+        );
+        assert_eq!(
+            truncated_table("ALTER TABLE orders ADD c int", "shop"),
+            None
+        );
+    }
+}
