@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use sluice_harness::{free_port, Postgres, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{free_port, MariaDb, Postgres, SluiceProcess, Tansu, TansuStorage};
 use sluice_schemas::avro::{unframe, EnvelopeDecoder};
 use sluice_schemas::event::POSITION_HEADER;
 use sluice_schemas::{Datum, Position, SchemaFingerprint};
@@ -17,23 +17,8 @@ use sluice_schemas::{Datum, Position, SchemaFingerprint};
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 const KEYS: i64 = 20;
 
-#[test]
-fn kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_position() {
-    // Given a counter table and capture running on its own,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.psql(
-        "source",
-        &format!(
-            "CREATE TABLE public.counters (id bigint PRIMARY KEY, v bigint NOT NULL);
-                  INSERT INTO public.counters SELECT i, 0 FROM generate_series(1, {KEYS}) i;"
-        ),
-    )
-    .unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let metrics_port = free_port();
-    let config = dir.path().join("sluice.toml");
+fn config_file(dir: &Path, kafka: &Tansu, metrics_port: u16, source: &str) -> std::path::PathBuf {
+    let config = dir.join("sluice.toml");
     std::fs::write(
         &config,
         format!(
@@ -41,49 +26,68 @@ fn kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_position()
 [kafka]
 bootstrap_servers = "{}"
 topic_prefix = "restarts"
-[sources.pg_main]
-kind = "postgres"
-url = "{}"
-tables = ["public.counters"]
-slot = "sluice_restarts"
-publication = "sluice_restarts"
+{source}
 snapshot = "never"
 [observability]
 listen = "127.0.0.1:{metrics_port}"
 "#,
             kafka.bootstrap(),
-            pg.url("source")
         ),
     )
     .unwrap();
-    let log = dir.path().join("sluice.log");
-    let mut capture =
-        SluiceProcess::start(Path::new(SLUICE), "capture", &config, &log, metrics_port).unwrap();
+    config
+}
 
-    // when each key is incremented one transaction at a time while capture is killed -9 and
-    // restarted every few dozen transactions,
+/// Runs `sluice capture` while `increment(id)` adds one to a key's counter, 300 times, with
+/// capture killed -9 and restarted every 60 transactions; then checks the topic: every value
+/// of every key arrived, and dropping every event whose position is not above the last one
+/// kept leaves each key's values exactly 1, 2, 3, … in order.
+fn kill_9_while_counting(
+    kafka: &Tansu,
+    config: &Path,
+    topic: &str,
+    streaming_marker: &str,
+    mut increment: impl FnMut(i64),
+) {
+    let dir = config.parent().unwrap();
+    let log = dir.join("sluice.log");
+    let port = |c: &Path| -> u16 {
+        let text = std::fs::read_to_string(c).unwrap();
+        text.rsplit(':')
+            .next()
+            .unwrap()
+            .trim()
+            .trim_end_matches('"')
+            .parse()
+            .unwrap()
+    };
+    let metrics_port = port(config);
+    let start =
+        || SluiceProcess::start(Path::new(SLUICE), "capture", config, &log, metrics_port).unwrap();
+    let mut capture = start();
+    // With snapshot = "never", changes before capture first streams are not captured: wait.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !capture.log().contains(streaming_marker) {
+        assert!(
+            Instant::now() < deadline,
+            "capture never started streaming\n{}",
+            capture.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut expected: HashMap<i64, i64> = HashMap::new();
-    let transactions = 300;
-    for t in 0..transactions {
+    for t in 0..300 {
         let id = 1 + (t * 7) % KEYS;
-        pg.psql(
-            "source",
-            &format!("UPDATE public.counters SET v = v + 1 WHERE id = {id}"),
-        )
-        .unwrap();
+        increment(id);
         *expected.entry(id).or_insert(0) += 1;
         if t % 60 == 30 {
             capture.kill9();
-            capture =
-                SluiceProcess::start(Path::new(SLUICE), "capture", &config, &log, metrics_port)
-                    .unwrap();
+            capture = start();
         }
     }
-
-    // then reading the topic, every value of every key is there,
     let events = read_until_complete(
         &kafka.bootstrap(),
-        "restarts.public.counters",
+        topic,
         &expected,
         Duration::from_secs(90),
     );
@@ -100,8 +104,6 @@ listen = "127.0.0.1:{metrics_port}"
             );
         }
     }
-    // and dropping every event whose position is not above the last one kept leaves each
-    // key's values exactly 1, 2, 3, … in order.
     let mut high_water: Option<Position> = None;
     let mut kept: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     let mut dropped = 0;
@@ -118,8 +120,83 @@ listen = "127.0.0.1:{metrics_port}"
         assert_eq!(values, &want, "key {id} after dropping repeats by position");
     }
     eprintln!(
-        "{} events read, {dropped} repeats dropped by position",
+        "{topic}: {} events read, {dropped} repeats dropped by position",
         events.len()
+    );
+}
+
+#[test]
+fn kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_position() {
+    // Given a counter table and capture running on its own,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.psql(
+        "source",
+        &format!(
+            "CREATE TABLE public.counters (id bigint PRIMARY KEY, v bigint NOT NULL);
+                  INSERT INTO public.counters SELECT i, 0 FROM generate_series(1, {KEYS}) i;"
+        ),
+    )
+    .unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = format!(
+        "[sources.pg_main]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.counters\"]\n\
+         slot = \"sluice_restarts\"\npublication = \"sluice_restarts\"",
+        pg.url("source")
+    );
+    let config = config_file(dir.path(), &kafka, free_port(), &source);
+
+    // when each key is incremented one transaction at a time while capture is killed -9 and
+    // restarted, every change arrives and the repeats are droppable by position.
+    kill_9_while_counting(
+        &kafka,
+        &config,
+        "restarts.public.counters",
+        "starting replication",
+        |id| {
+            pg.psql(
+                "source",
+                &format!("UPDATE public.counters SET v = v + 1 WHERE id = {id}"),
+            )
+            .unwrap();
+        },
+    );
+}
+
+#[test]
+fn mariadb_kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_position() {
+    // Given a MariaDB counter table and capture running on its own,
+    let maria = MariaDb::start().unwrap();
+    maria.create_database("shop").unwrap();
+    maria
+        .root_sql(&format!(
+            "CREATE TABLE shop.counters (id bigint PRIMARY KEY, v bigint NOT NULL);
+             INSERT INTO shop.counters SELECT seq, 0 FROM shop.seq_1_to_{KEYS};"
+        ))
+        .unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = format!(
+        "[sources.maria]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"shop.counters\"]\nserver_id = 5402",
+        maria.url()
+    );
+    let config = config_file(dir.path(), &kafka, free_port(), &source);
+
+    // when each key is incremented one transaction at a time while capture is killed -9 and
+    // restarted, every change arrives and the repeats are droppable by position.
+    kill_9_while_counting(
+        &kafka,
+        &config,
+        "restarts.shop.counters",
+        "starting binlog stream",
+        |id| {
+            maria
+                .root_sql(&format!(
+                    "UPDATE shop.counters SET v = v + 1 WHERE id = {id}"
+                ))
+                .unwrap();
+        },
     );
 }
 
