@@ -242,6 +242,8 @@ impl MysqlCapture {
             codecs: HashMap::new(),
             gtids: VecDeque::new(),
             written: 0,
+            catalog: None,
+            opts: opts.clone(),
         };
         stream.run(opts, shutdown).await
     }
@@ -371,10 +373,11 @@ async fn catalog_schema(
         Option<u64>,
         Option<u64>,
         String,
+        Option<String>,
     );
     let rows: Vec<ColumnRow> = conn
         .exec(
-            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, NUMERIC_PRECISION, NUMERIC_SCALE, COLUMN_KEY \
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, CHARACTER_SET_NAME, NUMERIC_PRECISION, NUMERIC_SCALE, COLUMN_KEY, COLUMN_DEFAULT \
              FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
             (&id.namespace, &id.name),
         )
@@ -382,7 +385,7 @@ async fn catalog_schema(
         .map_err(mysql_error)?;
     let mut columns = Vec::with_capacity(rows.len());
     let mut selects = Vec::with_capacity(rows.len());
-    for (name, data_type, column_type, charset, precision, scale, key) in rows {
+    for (name, data_type, column_type, charset, precision, scale, key, default) in rows {
         let sql_type = types::schema_sql_type(
             &data_type,
             &column_type,
@@ -406,7 +409,7 @@ async fn catalog_schema(
             name,
             sql_type,
             key: key == "PRI",
-            missing: None,
+            missing: types::default_literal(default.as_deref()),
         });
     }
     Ok((
@@ -629,6 +632,9 @@ struct Stream<'a> {
     gtids: VecDeque<(u64, Arc<str>)>,
     /// The last checkpoint written to the state topic.
     written: u64,
+    /// For catalog lookups while the binlog connection streams (opened when first needed).
+    catalog: Option<Conn>,
+    opts: Opts,
 }
 
 impl Stream<'_> {
@@ -730,11 +736,16 @@ impl Stream<'_> {
                     let mapped = if self.tables.contains(&id.to_string()) {
                         let (columns, key) = types::table_map_columns(&tme, &self.collations)
                             .map_err(|e| CaptureError::Definite(e.to_string()))?;
-                        let schema = types::table_schema(id.clone(), &columns, &key);
-                        let layout = format!("{:?}", schema.columns);
+                        // Table maps repeat per transaction: the catalog is asked for
+                        // defaults only when the table's columns change.
+                        let bare = types::table_schema(id.clone(), &columns, &key, &HashMap::new());
+                        let layout = format!("{:?}", bare.columns);
                         let codec = match self.codecs.get(&(id.to_string(), layout.clone())) {
                             Some(c) => c.clone(),
                             None => {
+                                let defaults = self.column_defaults(&id).await?;
+                                let schema =
+                                    types::table_schema(id.clone(), &columns, &key, &defaults);
                                 let c = Arc::new(EnvelopeCodec::new(
                                     &self.capture.settings.topic_prefix,
                                     &source,
@@ -809,6 +820,30 @@ impl Stream<'_> {
             self.write_progress().await?;
         }
         Ok(())
+    }
+
+    /// Column defaults of a table as the catalog has them now: the value that rows older than
+    /// an `ADD COLUMN … DEFAULT` read, which the binlog does not carry.
+    async fn column_defaults(
+        &mut self,
+        id: &TableId,
+    ) -> Result<HashMap<String, String>, CaptureError> {
+        if self.catalog.is_none() {
+            self.catalog = Some(Conn::new(self.opts.clone()).await.map_err(mysql_error)?);
+        }
+        let conn = self.catalog.as_mut().expect("opened above");
+        let rows: Vec<(String, Option<String>)> = conn
+            .exec(
+                "SELECT COLUMN_NAME, COLUMN_DEFAULT FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (&id.namespace, &id.name),
+            )
+            .await
+            .map_err(mysql_error)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(name, d)| Some((name, types::default_literal(d.as_deref())?)))
+            .collect())
     }
 
     fn last_codec(&self, table: &TableId) -> Option<Arc<EnvelopeCodec>> {

@@ -166,8 +166,28 @@ pub fn table_map_columns(
     Ok((columns, key))
 }
 
-/// The schema of a table as a table map describes it.
-pub fn table_schema(id: TableId, columns: &[BinlogColumn], key: &[usize]) -> TableSchema {
+/// A column's `information_schema.COLUMN_DEFAULT` as the SQL text of a constant (what rows
+/// that predate an `ADD COLUMN … DEFAULT` read, which the binlog never carries), or `None` for
+/// no default, NULL, or an expression (`current_timestamp()`).
+pub fn default_literal(column_default: Option<&str>) -> Option<String> {
+    let d = column_default?.trim();
+    if d.eq_ignore_ascii_case("NULL") {
+        return None;
+    }
+    if let Some(inner) = d.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
+        return Some(inner.replace("''", "'"));
+    }
+    d.parse::<f64>().is_ok().then(|| d.to_string())
+}
+
+/// The schema of a table as a table map describes it; `defaults` by column name (see
+/// [`default_literal`]).
+pub fn table_schema(
+    id: TableId,
+    columns: &[BinlogColumn],
+    key: &[usize],
+    defaults: &HashMap<String, String>,
+) -> TableSchema {
     TableSchema {
         id,
         columns: columns
@@ -177,7 +197,7 @@ pub fn table_schema(id: TableId, columns: &[BinlogColumn], key: &[usize]) -> Tab
                 name: c.name.clone(),
                 sql_type: binlog_sql_type(c),
                 key: key.contains(&i),
-                missing: None,
+                missing: defaults.get(&c.name).cloned(),
             })
             .collect(),
     }
@@ -596,6 +616,15 @@ mod tests {
         );
         assert_eq!(bits_text(&[0b0000_0101], 3), "101");
         assert_eq!(bits_text(&[0x01, 0x00], 10), "0100000000");
+    }
+
+    #[test]
+    fn column_defaults_become_sql_constants() {
+        assert_eq!(default_literal(Some("0")), Some("0".into()));
+        assert_eq!(default_literal(Some("'it''s'")), Some("it's".into()));
+        assert_eq!(default_literal(Some("NULL")), None);
+        assert_eq!(default_literal(Some("current_timestamp()")), None);
+        assert_eq!(default_literal(None), None);
     }
 
     #[test]

@@ -104,6 +104,21 @@ impl MariaDb {
         )
     }
 
+    /// A function that runs SQL as root like [`MariaDb::root_sql`] (panicking on failure), for
+    /// writer threads that cannot borrow the server.
+    pub fn root_sql_command(&self) -> impl Fn(&str) + Send + 'static {
+        let (client, socket) = (self.client.clone(), self.dir.path().join("mysqld.sock"));
+        move |sql: &str| {
+            run(
+                Command::new(&client)
+                    .arg(format!("--socket={}", socket.display()))
+                    .args(["-uroot", "--batch", "--skip-column-names", "-e", sql]),
+                None,
+            )
+            .unwrap();
+        }
+    }
+
     pub fn create_database(&self, name: &str) -> Result<()> {
         self.root_sql(&format!("CREATE DATABASE `{name}`"))
             .map(|_| ())
