@@ -272,3 +272,91 @@ fn schema_changes_replayed_after_a_restart_decode_with_their_own_columns_and_tru
     let rows = pg_rows(&services.pg, "sink", "SELECT count(*) FROM shop.orders").unwrap();
     assert_eq!(rows, ["1"]);
 }
+
+/// Runs sluice until it exits on its own (a definite error); returns its log.
+fn run_until_it_stops(services: &Services, config: &Path) -> String {
+    let mut sluice = match SluiceProcess::start(
+        Path::new(SLUICE),
+        "run",
+        config,
+        &services.dir.path().join("sluice.log"),
+        services.metrics_port,
+    ) {
+        Ok(sluice) => sluice,
+        Err(e) => return e,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sluice.has_exited() {
+        assert!(
+            Instant::now() < deadline,
+            "capture must stop on a definite error\n{}",
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    sluice.log()
+}
+
+#[test]
+fn preflight_names_each_missing_setting_and_the_fix() {
+    // Given a server whose binlog lacks the row metadata and full images capture needs, and a
+    // table without a primary key,
+    let services = Services::start(&format!(
+        "{ORDERS_DDL}; CREATE TABLE shop.nokey (v int); \
+         SET GLOBAL binlog_row_metadata = 'MINIMAL'; SET GLOBAL binlog_row_image = 'MINIMAL';"
+    ));
+    let config = services.config(&["shop.orders", "shop.nokey", "shop.missing"]);
+
+    // then capture refuses to start and says what to change, for every problem at once.
+    let log = run_until_it_stops(&services, &config);
+    for expected in [
+        "binlog_row_image is MINIMAL but must be FULL: SET GLOBAL binlog_row_image = 'FULL'",
+        "binlog_row_metadata is MINIMAL but must be FULL: SET GLOBAL binlog_row_metadata = 'FULL'",
+        "table shop.nokey has no primary key",
+        "table shop.missing does not exist",
+    ] {
+        assert!(log.contains(expected), "missing `{expected}` in:\n{log}");
+    }
+}
+
+#[test]
+fn a_binlog_purged_past_the_checkpoint_is_a_definite_error_that_says_how_to_recover() {
+    // Given a synced table and capture stopped,
+    let services = Services::start(&format!("{ORDERS_DDL}; {}", insert_orders(1, 10)));
+    let config = services.config(&["shop.orders"]);
+    let mut sluice = services.sluice(&config);
+    services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(60));
+    sluice.kill9();
+
+    // when the binlogs it would resume from are purged,
+    let last = services
+        .maria
+        .root_sql(&format!(
+            "{}; FLUSH BINARY LOGS; FLUSH BINARY LOGS; SHOW MASTER STATUS",
+            insert_orders(11, 20)
+        ))
+        .unwrap();
+    let current = last.split('\t').next().unwrap().to_string();
+    // The server keeps logs a dump thread still reads; the killed capture's goes away when
+    // the server notices the dead connection.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        services
+            .maria
+            .root_sql(&format!("PURGE BINARY LOGS TO '{current}'"))
+            .unwrap();
+        let logs = services.maria.root_sql("SHOW BINARY LOGS").unwrap();
+        if logs.lines().count() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "binlogs were not purged: {logs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // then capture stops with the reason and the way back, instead of skipping changes.
+    let log = run_until_it_stops(&services, &config);
+    assert!(
+        log.contains("is no longer on the server") && log.contains("re-snapshot"),
+        "{log}"
+    );
+}

@@ -656,15 +656,22 @@ impl Stream<'_> {
         let request = BinlogStreamRequest::new(self.capture.config.server_id)
             .with_filename(file.as_bytes())
             .with_pos(pos);
-        let mut binlog = conn.get_binlog_stream(request).await.map_err(|e| match e {
+        // The server reports a purged start position when the dump starts or with its first
+        // event.
+        let resume_from = format!("{file}:{pos}");
+        let stream_error = |e: mysql_async::Error| match e {
             mysql_async::Error::Server(s) if s.code == 1236 => CaptureError::Definite(format!(
-                "the binlog position {file}:{pos} is no longer on the server ({}): it was purged \
+                "the binlog position {resume_from} is no longer on the server ({}): it was purged \
                  before capture read it. Delete this source's record in the state topic to \
                  re-snapshot, and keep binlogs longer (binlog_expire_logs_seconds)",
                 s.message
             )),
             other => mysql_error(other),
-        })?;
+        };
+        let mut binlog = conn
+            .get_binlog_stream(request)
+            .await
+            .map_err(stream_error)?;
         let lag = metrics::gauge!(m::BINLOG_LAG_SECONDS, "source" => source.clone());
         let transactions = metrics::counter!(m::TRANSACTIONS_TOTAL, "source" => source.clone());
         let mut tick = tokio::time::interval(STATE_INTERVAL);
@@ -690,7 +697,7 @@ impl Stream<'_> {
                         crate::postgres::replication::ReplicationError::Io(std::io::Error::new(
                             std::io::ErrorKind::UnexpectedEof, "the server ended the binlog stream")),
                     )),
-                    Some(event) => event.map_err(mysql_error)?,
+                    Some(event) => event.map_err(stream_error)?,
                 },
             };
             let header = event.header();

@@ -27,10 +27,15 @@ impl MariaDb {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let data = dir.path().join("data");
+        // Each server gets its own tmpdir: in the shared /tmp, concurrent bootstraps collide on
+        // temporary table names ("Could not remove temporary table").
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir(&tmp).map_err(|e| e.to_string())?;
         run(
             Command::new(&install)
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
                 .args([
                     "--auth-root-authentication-method=normal",
                     "--skip-test-db",
@@ -42,6 +47,7 @@ impl MariaDb {
         let mut cmd = Command::new(&mariadbd);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!(
                 "--socket={}",
                 dir.path().join("mysqld.sock").display()
