@@ -750,9 +750,9 @@ impl Stream<'_> {
                         let codec = match self.codecs.get(&(id.to_string(), layout.clone())) {
                             Some(c) => c.clone(),
                             None => {
-                                let defaults = self.column_defaults(&id).await?;
+                                let catalog = self.column_catalog(&id).await?;
                                 let schema =
-                                    types::table_schema(id.clone(), &columns, &key, &defaults);
+                                    types::table_schema(id.clone(), &columns, &key, &catalog);
                                 let c = Arc::new(EnvelopeCodec::new(
                                     &self.capture.settings.topic_prefix,
                                     &source,
@@ -829,19 +829,20 @@ impl Stream<'_> {
         Ok(())
     }
 
-    /// Column defaults of a table as the catalog has them now: the value that rows older than
-    /// an `ADD COLUMN … DEFAULT` read, which the binlog does not carry.
-    async fn column_defaults(
+    /// What the catalog says now about a table's columns that the binlog does not: data types
+    /// it shows as binary strings, and defaults (the value rows older than an
+    /// `ADD COLUMN … DEFAULT` read).
+    async fn column_catalog(
         &mut self,
         id: &TableId,
-    ) -> Result<HashMap<String, String>, CaptureError> {
+    ) -> Result<HashMap<String, types::CatalogColumn>, CaptureError> {
         if self.catalog.is_none() {
             self.catalog = Some(Conn::new(self.opts.clone()).await.map_err(mysql_error)?);
         }
         let conn = self.catalog.as_mut().expect("opened above");
-        let rows: Vec<(String, Option<String>)> = conn
+        let rows: Vec<(String, String, Option<String>)> = conn
             .exec(
-                "SELECT COLUMN_NAME, COLUMN_DEFAULT FROM information_schema.COLUMNS \
+                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_DEFAULT FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
                 (&id.namespace, &id.name),
             )
@@ -849,7 +850,10 @@ impl Stream<'_> {
             .map_err(mysql_error)?;
         Ok(rows
             .into_iter()
-            .filter_map(|(name, d)| Some((name, types::default_literal(d.as_deref())?)))
+            .map(|(name, data_type, d)| {
+                let default = types::default_literal(d.as_deref());
+                (name, types::CatalogColumn { data_type, default })
+            })
             .collect())
     }
 

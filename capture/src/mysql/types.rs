@@ -180,27 +180,80 @@ pub fn default_literal(column_default: Option<&str>) -> Option<String> {
     d.parse::<f64>().is_ok().then(|| d.to_string())
 }
 
-/// The schema of a table as a table map describes it; `defaults` by column name (see
+/// What the catalog adds to a table map about one column: its `DATA_TYPE` (MariaDB's UUID
+/// and INET types look like `BINARY(16)` in the binlog) and its default (see
 /// [`default_literal`]).
+#[derive(Debug, Clone, Default)]
+pub struct CatalogColumn {
+    pub data_type: String,
+    pub default: Option<String>,
+}
+
+/// Types the binlog cannot tell apart from binary strings.
+fn refine(sql_type: SqlType, data_type: &str) -> SqlType {
+    match (data_type, sql_type) {
+        ("uuid", SqlType::Bytes) => SqlType::Uuid,
+        ("inet6" | "inet4", SqlType::Bytes) => SqlType::Other("inet".into()),
+        (_, t) => t,
+    }
+}
+
+/// The schema of a table as a table map describes it, with what the catalog adds by column name.
 pub fn table_schema(
     id: TableId,
     columns: &[BinlogColumn],
     key: &[usize],
-    defaults: &HashMap<String, String>,
+    catalog: &HashMap<String, CatalogColumn>,
 ) -> TableSchema {
     TableSchema {
         id,
         columns: columns
             .iter()
             .enumerate()
-            .map(|(i, c)| Column {
-                name: c.name.clone(),
-                sql_type: binlog_sql_type(c),
-                key: key.contains(&i),
-                missing: defaults.get(&c.name).cloned(),
+            .map(|(i, c)| {
+                let extra = catalog.get(&c.name);
+                Column {
+                    name: c.name.clone(),
+                    sql_type: match extra {
+                        Some(x) => refine(binlog_sql_type(c), &x.data_type),
+                        None => binlog_sql_type(c),
+                    },
+                    key: key.contains(&i),
+                    missing: extra.and_then(|x| x.default.clone()),
+                }
             })
             .collect(),
     }
+}
+
+/// MariaDB stores a UUID's five groups in reverse order when it is an RFC 4122 UUID of
+/// version 1–5 (time-ordered storage), else as written.
+fn uuid_text(b: &[u8]) -> Result<String, String> {
+    let b: [u8; 16] = b
+        .try_into()
+        .map_err(|_| format!("a UUID has 16 bytes, not {}", b.len()))?;
+    let hex = |s: &[u8]| s.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    // Stored groups: [12 hex][4][4][4][8] → written 8-4-4-4-12.
+    let swapped = [
+        hex(&b[12..16]),
+        hex(&b[10..12]),
+        hex(&b[8..10]),
+        hex(&b[6..8]),
+        hex(&b[0..6]),
+    ];
+    let version = b[8] >> 4;
+    let variant = b[6] >> 6;
+    if variant == 0b10 && (1..=5).contains(&version) {
+        return Ok(swapped.join("-"));
+    }
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        hex(&b[0..4]),
+        hex(&b[4..6]),
+        hex(&b[6..8]),
+        hex(&b[8..10]),
+        hex(&b[10..16])
+    ))
 }
 
 fn quoted_list(values: &[String]) -> String {
@@ -293,6 +346,8 @@ pub fn schema_sql_type(
         "datetime" => SqlType::Timestamp,
         "timestamp" => SqlType::TimestampTz,
         "json" => SqlType::Json,
+        "uuid" => SqlType::Uuid,
+        "inet6" | "inet4" => SqlType::Other("inet".into()),
         "enum" => SqlType::Enum(format!("enum({})", inner())),
         "set" => SqlType::Other(format!("set({})", inner())),
         "bit" => SqlType::Other(format!("bit({})", inner())),
@@ -346,6 +401,20 @@ fn micros_of_day(h: u8, m: u8, s: u8, us: u32) -> i64 {
     ((i64::from(h) * 60 + i64::from(m)) * 60 + i64::from(s)) * 1_000_000 + i64::from(us)
 }
 
+/// The declared length of a fixed-length `BINARY(n)`/`CHAR(n)` column, from its table-map
+/// metadata (same encoding as the server's `Field_string`).
+fn fixed_length(c: &BinlogColumn) -> Option<usize> {
+    if c.ty != ColumnType::MYSQL_TYPE_STRING {
+        return None;
+    }
+    let (b0, b1) = (usize::from(*c.meta.first()?), usize::from(*c.meta.get(1)?));
+    Some(if b0 & 0x30 != 0x30 {
+        b1 | (((b0 & 0x30) ^ 0x30) << 4)
+    } else {
+        b1
+    })
+}
+
 /// Converts a binlog value of a column of type `ty`.
 pub fn binlog_datum(
     c: &BinlogColumn,
@@ -366,8 +435,23 @@ pub fn binlog_datum(
             return Err("partial JSON updates need binlog_row_value_options = ''".into())
         }
     };
+    // The binlog drops the trailing zero bytes of BINARY(n) values: put them back.
+    let value = match (value, fixed_length(c)) {
+        (Value::Bytes(mut b), Some(n)) if c.charset == Charset::Binary && b.len() < n => {
+            b.resize(n, 0);
+            Value::Bytes(b)
+        }
+        (v, _) => v,
+    };
     Ok(match (ty, value) {
         (_, Value::NULL) => Datum::Null,
+        // mysql_common 0.37 reads a signed MEDIUMINT without sign extension (-8388608 arrives
+        // as 8388608): extend it here.
+        (SqlType::Int32, Value::Int(i))
+            if c.ty == ColumnType::MYSQL_TYPE_INT24 && !c.unsigned && i >= 0x80_0000 =>
+        {
+            Datum::Int((i - 0x100_0000) as i32)
+        }
         (SqlType::Int16 | SqlType::Int32, Value::Int(i)) => {
             Datum::Int(i32::try_from(i).map_err(|_| format!("{i} out of range"))?)
         }
@@ -456,6 +540,18 @@ pub fn binlog_datum(
             Datum::String(bits_text(&b, bits))
         }
         (SqlType::Bytes, Value::Bytes(b)) => Datum::Bytes(b),
+        (SqlType::Uuid, Value::Bytes(b)) => Datum::Uuid(uuid_text(&b)?),
+        (SqlType::Other(name), Value::Bytes(b)) if name == "inet" => match b.len() {
+            16 => Datum::String(
+                std::net::Ipv6Addr::from(<[u8; 16]>::try_from(b.as_slice()).expect("16 bytes"))
+                    .to_string(),
+            ),
+            4 => Datum::String(
+                std::net::Ipv4Addr::from(<[u8; 4]>::try_from(b.as_slice()).expect("4 bytes"))
+                    .to_string(),
+            ),
+            n => return Err(format!("an INET value has 4 or 16 bytes, not {n}")),
+        },
         (SqlType::Text | SqlType::Json, Value::Bytes(b)) => {
             Datum::String(decode_text(b, c.charset)?)
         }
@@ -510,6 +606,7 @@ pub fn text_datum(ty: &SqlType, value: Value) -> Result<Datum, String> {
             // Selected in UTC (the snapshot session's time_zone is '+00:00').
             pgtext::parse(&SqlType::Timestamp, &text).map_err(|e| e.to_string())?
         }
+        SqlType::Uuid => Datum::Uuid(text),
         SqlType::Time => {
             let (neg, body) = match text.strip_prefix('-') {
                 Some(rest) => (true, rest),

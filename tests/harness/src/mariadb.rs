@@ -105,7 +105,14 @@ impl MariaDb {
                     "--socket={}",
                     self.dir.path().join("mysqld.sock").display()
                 ))
-                .args(["-uroot", "--batch", "--skip-column-names", "-e", sql]),
+                .args([
+                    "-uroot",
+                    "--default-character-set=utf8mb4",
+                    "--batch",
+                    "--skip-column-names",
+                    "-e",
+                    sql,
+                ]),
             None,
         )
     }
@@ -118,7 +125,14 @@ impl MariaDb {
             run(
                 Command::new(&client)
                     .arg(format!("--socket={}", socket.display()))
-                    .args(["-uroot", "--batch", "--skip-column-names", "-e", sql]),
+                    .args([
+                        "-uroot",
+                        "--default-character-set=utf8mb4",
+                        "--batch",
+                        "--skip-column-names",
+                        "-e",
+                        sql,
+                    ]),
                 None,
             )
             .unwrap();
