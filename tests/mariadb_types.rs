@@ -23,7 +23,7 @@ const DDL: &str = "CREATE TABLE shop.every_type (
     l1 varchar(20) CHARACTER SET latin1, t text CHARACTER SET utf8mb4,
     bin binary(4), vb varbinary(10), bl blob,
     dt date, tm time(6), dtm datetime(6), ts timestamp(6) NULL, y year,
-    e enum('sad','ok','happy'), s set('a','b','c'), j json, u uuid, ip inet6
+    e enum('sad','ok','happy'), s set('a','b','c'), j json, u uuid, ip inet6, g geometry
 ) CHARACTER SET utf8mb4";
 
 /// Row 1: extremes; row 2: zeroes and empties; row 3: NULLs.
@@ -34,13 +34,22 @@ const ROWS: &str = "
      3.5, -1.7976931348623157e308, b'1', b'1111111111111111111111111111111111111111111111111111111111111111', true,
      'héllo', 'ünïcödé ✓ 𝄞', 'café €', 'long text', x'00ff10ab', x'0102', x'deadbeef',
      '9999-12-31', '-838:59:59.000000', '9999-12-31 23:59:59.999999', '2038-01-19 03:14:07.999999', 2155,
-     'happy', 'a,c', '{\"k\": [1, 2]}', '123e4567-e89b-12d3-a456-426614174000', '2001:db8::1'),
+     'happy', 'a,c', '{\"k\": [1, 2]}', '123e4567-e89b-12d3-a456-426614174000', '2001:db8::1', ST_GeomFromText('POINT(1 2)', 4326)),
     (ID + 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b'0', b'0', false,
      '', '', '', '', x'00000000', x'', x'',
      '1000-01-01', '00:00:00', '1970-01-01 00:00:01', '1970-01-01 00:00:01', 1901,
-     'sad', '', '[]', '00000000-0000-0000-0000-000000000000', '::'),
+     'sad', '', '[]', '00000000-0000-0000-0000-000000000000', '::', ST_GeomFromText('POINT(0 0)')),
     (ID + 2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)";
+     NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)";
+
+/// MySQL's geometry storage: the SRID (little-endian u32), then the point as WKB.
+fn point(srid: u32, x: f64, y: f64) -> Vec<u8> {
+    let mut b = srid.to_le_bytes().to_vec();
+    b.extend_from_slice(&[1, 1, 0, 0, 0]);
+    b.extend_from_slice(&x.to_le_bytes());
+    b.extend_from_slice(&y.to_le_bytes());
+    b
+}
 
 fn expected(id: i32) -> Vec<Vec<Datum>> {
     use Datum::*;
@@ -83,6 +92,7 @@ fn expected(id: i32) -> Vec<Vec<Datum>> {
             s("{\"k\": [1, 2]}"),
             Uuid("123e4567-e89b-12d3-a456-426614174000".into()),
             s("2001:db8::1"),
+            Bytes(point(4326, 1.0, 2.0)),
         ],
         vec![
             Int(id + 1),
@@ -119,9 +129,10 @@ fn expected(id: i32) -> Vec<Vec<Datum>> {
             s("[]"),
             Uuid("00000000-0000-0000-0000-000000000000".into()),
             s("::"),
+            Bytes(point(0, 0.0, 0.0)),
         ],
         std::iter::once(Int(id + 2))
-            .chain(std::iter::repeat_n(Null, 33))
+            .chain(std::iter::repeat_n(Null, 34))
             .collect(),
     ]
 }
@@ -176,7 +187,7 @@ fn every_mariadb_type_survives_snapshot_and_binlog_exactly() {
     // then every value read back from the topic is the value written.
     let events = read_events(&kafka.bootstrap(), "types.shop.every_type", 6, &capture);
     let decoded_types: Vec<SqlType> = events[0].0.clone();
-    assert_eq!(decoded_types.len(), 34);
+    assert_eq!(decoded_types.len(), 35);
     for (first, op) in [(1, Op::Read), (11, Op::Create)] {
         for (i, want) in expected(first).into_iter().enumerate() {
             let (_, got_op, got) = events
