@@ -374,6 +374,9 @@ impl Config {
                     if let Err(e) = my.table_ids() {
                         problems.push(format!("sources.{name}.tables: {e}"));
                     }
+                    if let Err(e) = my.tls.client_config(&format!("sources.{name}.tls")) {
+                        problems.push(e);
+                    }
                     if my.server_id == 0 {
                         problems.push(format!(
                             "sources.{name}.server_id must be > 0 and differ from every server_id of the source's replication topology"

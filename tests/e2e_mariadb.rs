@@ -360,3 +360,81 @@ fn a_binlog_purged_past_the_checkpoint_is_a_definite_error_that_says_how_to_reco
         "{log}"
     );
 }
+
+#[test]
+fn capture_talks_tls_to_mariadb_and_refuses_a_certificate_it_cannot_verify() {
+    // Given a MariaDB with a certificate for `localhost` and a capture user that must use TLS,
+    let certs = sluice_harness::TestCerts::generate(&["DNS:localhost"]).unwrap();
+    let maria = MariaDb::start_with(&[
+        format!("--ssl-cert={}", certs.server_cert.display()),
+        format!("--ssl-key={}", certs.server_key.display()),
+        format!("--ssl-ca={}", certs.ca.display()),
+    ])
+    .unwrap();
+    maria.create_database("shop").unwrap();
+    maria
+        .root_sql(&format!(
+            "USE shop; {ORDERS_DDL}; {}; CREATE USER 'cdc'@'%' IDENTIFIED BY 'cdc-secret' REQUIRE SSL; \
+             GRANT SELECT, RELOAD, REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'cdc'@'%';",
+            insert_orders(1, 50)
+        ))
+        .unwrap();
+    let pg = Postgres::start().unwrap();
+    pg.create_database("sink").unwrap();
+    let services = Services {
+        maria,
+        pg,
+        kafka: Tansu::start(TansuStorage::Memory).unwrap(),
+        dir: tempfile::tempdir().unwrap(),
+        metrics_port: free_port(),
+    };
+    let base = std::fs::read_to_string(services.config(&["shop.orders"])).unwrap();
+    let with_tls = |host: &str, tls: String| {
+        let text = base.replace(
+            &services.maria.url(),
+            &format!("mysql://cdc:cdc-secret@{host}:{}", services.maria.port),
+        );
+        let path = services
+            .dir
+            .path()
+            .join(format!("tls-{}.toml", free_port()));
+        std::fs::write(&path, format!("{text}\n[sources.maria.tls]\n{tls}\n")).unwrap();
+        path
+    };
+
+    // when capture trusts another CA, it stops and says why;
+    let log = run_until_it_stops(
+        &services,
+        &with_tls(
+            "localhost",
+            format!(
+                "mode = \"verify-full\"\nca_file = \"{}\"",
+                certs.other_ca.display()
+            ),
+        ),
+    );
+    assert!(
+        log.contains(
+            "capture stopped error=source: TLS refused the server's certificate: invalid peer certificate: UnknownIssuer (check tls.ca_file"
+        ),
+        "{log}"
+    );
+
+    // and with the right CA and name, the snapshot and the binlog arrive over TLS (the user
+    // cannot connect without it).
+    let mut sluice = services.sluice(&with_tls(
+        "localhost",
+        format!(
+            "mode = \"verify-full\"\nca_file = \"{}\"",
+            certs.ca.display()
+        ),
+    ));
+    services
+        .maria
+        .root_sql(&format!(
+            "{}; UPDATE shop.orders SET qty = 5 WHERE id < 10",
+            insert_orders(51, 80)
+        ))
+        .unwrap();
+    services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(60));
+}

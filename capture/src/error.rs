@@ -19,11 +19,23 @@ pub enum CaptureError {
     Kafka(String),
     /// (Not marked as the source error: its message already says everything, and error
     /// chains would print it twice.)
-    #[error("source: {0}")]
+    #[error("source: {}", mysql_detail(.0))]
     Mysql(mysql_async::Error),
     /// A precondition or configuration problem an operator must fix; the message says how.
     #[error("{0}")]
     Definite(String),
+}
+
+/// A MySQL error's message; for a refused certificate, rustls' reason and what to check.
+fn mysql_detail(e: &mysql_async::Error) -> String {
+    match crate::tls::tls_failure(e) {
+        Some(tls @ rustls::Error::InvalidCertificate(_)) => format!(
+            "TLS refused the server's certificate: {tls} (check tls.ca_file, and that the url's \
+             host is a name the certificate carries, or use tls.mode = \"verify-ca\")"
+        ),
+        Some(tls) => format!("TLS failed: {tls}"),
+        None => e.to_string(),
+    }
 }
 
 impl From<mysql_async::Error> for CaptureError {
@@ -68,7 +80,10 @@ impl CaptureError {
                 mysql_async::Error::Server(s) => {
                     matches!(s.code, 1040 | 1053 | 1205 | 1213 | 2006 | 2013)
                 }
-                mysql_async::Error::Io(_) => true,
+                // A connection cut is worth retrying; a refused certificate is not.
+                mysql_async::Error::Io(mysql_async::IoError::Io(_)) => {
+                    crate::tls::tls_failure(e).is_none()
+                }
                 _ => false,
             },
             CaptureError::Decode(_) | CaptureError::Avro(_) | CaptureError::Definite(_) => false,

@@ -33,6 +33,7 @@ use crate::metrics as m;
 use crate::postgres::state::{read_latest_state, TableState};
 use crate::postgres::SnapshotMode;
 use crate::publisher::{AckHandle, Publisher, PublisherSettings};
+use crate::tls::{TlsConfig, TlsMode};
 use crate::CaptureError;
 
 const STATE_INTERVAL: Duration = Duration::from_secs(1);
@@ -54,6 +55,9 @@ pub struct MysqlSourceConfig {
     /// `initial` (default) or `never`.
     #[serde(default)]
     pub snapshot: SnapshotMode,
+    /// TLS to the source (`mode`, `ca_file`, `cert_file`, `key_file`), as for PostgreSQL.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 impl MysqlSourceConfig {
@@ -168,7 +172,12 @@ impl MysqlCapture {
         if let Some(pw) = &self.password {
             builder = builder.pass(Some(pw.clone()));
         }
-        Ok(builder.into())
+        // Checks the files (and fails with the field's name) before any connection.
+        self.config
+            .tls
+            .client_config(&format!("sources.{}.tls", self.name))
+            .map_err(CaptureError::Definite)?;
+        Ok(builder.ssl_opts(ssl_opts(&self.config.tls)).into())
     }
 
     async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), CaptureError> {
@@ -247,6 +256,31 @@ impl MysqlCapture {
         };
         stream.run(opts, shutdown).await
     }
+}
+
+/// The same TLS modes as for PostgreSQL, in `mysql_async`'s terms (rustls underneath).
+fn ssl_opts(tls: &TlsConfig) -> Option<mysql_async::SslOpts> {
+    use mysql_async::{ClientIdentity, SslOpts};
+    let with_ca = || {
+        SslOpts::default()
+            .with_root_certs(tls.ca_file.iter().map(|p| p.clone().into()).collect())
+            .with_disable_built_in_roots(true)
+    };
+    let opts = match tls.mode {
+        TlsMode::Disable => return None,
+        TlsMode::Require => SslOpts::default()
+            .with_danger_accept_invalid_certs(true)
+            .with_danger_skip_domain_validation(true),
+        TlsMode::VerifyCa => with_ca().with_danger_skip_domain_validation(true),
+        TlsMode::VerifyFull => with_ca(),
+    };
+    Some(match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => opts.with_client_identity(Some(ClientIdentity::new(
+            cert.clone().into(),
+            key.clone().into(),
+        ))),
+        _ => opts,
+    })
 }
 
 fn mysql_error(e: mysql_async::Error) -> CaptureError {

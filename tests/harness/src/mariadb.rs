@@ -19,6 +19,11 @@ pub struct MariaDb {
 
 impl MariaDb {
     pub fn start() -> Result<MariaDb> {
+        MariaDb::start_with(&[])
+    }
+
+    /// Starts with extra server options (`--ssl-cert=…`).
+    pub fn start_with(extra: &[String]) -> Result<MariaDb> {
         let mariadbd = find_binary("mariadbd", "SLUICE_MARIADB_BIN", MARIADB_BIN_DIRS)?;
         let install = find_binary("mariadb-install-db", "SLUICE_MARIADB_BIN", MARIADB_BIN_DIRS)?;
         let client = find_binary("mariadb", "SLUICE_MARIADB_BIN", MARIADB_BIN_DIRS)?;
@@ -69,6 +74,7 @@ impl MariaDb {
                 "--innodb-buffer-pool-size=64M",
                 "--skip-name-resolve",
             ]);
+        cmd.args(extra);
         let log = dir.path().join("mariadb.log");
         let server = ChildGuard::spawn("mariadbd", cmd, &log, None, libc::SIGTERM)?;
         let db = MariaDb {
