@@ -438,3 +438,37 @@ fn capture_talks_tls_to_mariadb_and_refuses_a_certificate_it_cannot_verify() {
         .unwrap();
     services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(60));
 }
+
+#[test]
+fn the_source_server_restarting_mid_stream_loses_nothing() {
+    // Given a synced pipeline,
+    let mut services = Services::start(&format!("{ORDERS_DDL}; {}", insert_orders(1, 500)));
+    let config = services.config(&["shop.orders"]);
+    let mut sluice = services.sluice(&config);
+    services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(60));
+
+    // when MariaDB restarts between two batches of writes,
+    services
+        .maria
+        .root_sql(&format!(
+            "{}; UPDATE shop.orders SET qty = 42 WHERE id <= 100",
+            insert_orders(501, 800)
+        ))
+        .unwrap();
+    services.maria.restart().unwrap();
+    services
+        .maria
+        .root_sql(&format!(
+            "{}; DELETE FROM shop.orders WHERE id BETWEEN 200 AND 260",
+            insert_orders(801, 1000)
+        ))
+        .unwrap();
+
+    // then capture reconnects on its own and the sink matches the source row for row.
+    services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(90));
+    assert!(
+        sluice.log().contains("capture interrupted; reconnecting"),
+        "{}",
+        sluice.log()
+    );
+}

@@ -811,6 +811,15 @@ impl Stream<'_> {
                         self.publisher.publish(&codec, &event).await?;
                     }
                 }
+                EventData::GtidEvent(g) => {
+                    // MySQL: `source_uuid:transaction_number`.
+                    let gtid: Arc<str> = Arc::from(mysql_gtid(&g.sid(), g.gno()));
+                    tx = Tx {
+                        id: Some(gtid.clone()),
+                        gtid: Some(gtid),
+                        ..Tx::default()
+                    };
+                }
                 EventData::XidEvent(_) => {
                     self.commit(&mut tx, seq, log_pos).await?;
                     transactions.increment(1);
@@ -1052,6 +1061,19 @@ impl Stream<'_> {
     }
 }
 
+/// A MySQL GTID (`3e11fa47-71ca-11e1-9e33-c80aa9429562:23`) from its server uuid and number.
+fn mysql_gtid(sid: &[u8; 16], gno: u64) -> String {
+    let hex: String = sid.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}:{gno}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 /// The table a `TRUNCATE [TABLE] [db.]t` statement names.
 fn truncated_table(query: &str, default_db: &str) -> Option<TableId> {
     let mut words = query.split_whitespace();
@@ -1079,6 +1101,18 @@ mod tests {
         assert_eq!(unpack(pack(42, 123_456_789)), (42, 123_456_789));
         assert_eq!(split_file("mysql-bin.000042"), Some(("mysql-bin", 42)));
         assert_eq!(file_name("mysql-bin", 42), "mysql-bin.000042");
+    }
+
+    #[test]
+    fn mysql_gtids_are_uuid_colon_number() {
+        let sid = [
+            0x3e, 0x11, 0xfa, 0x47, 0x71, 0xca, 0x11, 0xe1, 0x9e, 0x33, 0xc8, 0x0a, 0xa9, 0x42,
+            0x95, 0x62,
+        ];
+        assert_eq!(
+            mysql_gtid(&sid, 23),
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:23"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub struct MariaDb {
     dir: tempfile::TempDir,
     client: PathBuf,
     server: Option<ChildGuard>,
+    /// `mariadbd` and its arguments, to start it again after [`MariaDb::restart`] stops it.
+    server_cmd: (PathBuf, Vec<String>),
 }
 
 impl MariaDb {
@@ -49,21 +51,17 @@ impl MariaDb {
             None,
         )?;
         let port = free_port();
-        let mut cmd = Command::new(&mariadbd);
-        cmd.arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--tmpdir={}", tmp.display()))
-            .arg(format!(
-                "--socket={}",
-                dir.path().join("mysqld.sock").display()
-            ))
-            .arg(format!(
-                "--pid-file={}",
-                dir.path().join("mysqld.pid").display()
-            ))
-            .arg(format!("--log-bin={}", dir.path().join("binlog").display()))
-            .arg(format!("--port={port}"))
-            .args([
+        let mut args: Vec<String> = vec![
+            "--no-defaults".into(),
+            format!("--datadir={}", data.display()),
+            format!("--tmpdir={}", tmp.display()),
+            format!("--socket={}", dir.path().join("mysqld.sock").display()),
+            format!("--pid-file={}", dir.path().join("mysqld.pid").display()),
+            format!("--log-bin={}", dir.path().join("binlog").display()),
+            format!("--port={port}"),
+        ];
+        args.extend(
+            [
                 "--bind-address=127.0.0.1",
                 "--user=root",
                 "--server-id=1",
@@ -73,25 +71,48 @@ impl MariaDb {
                 "--innodb-flush-log-at-trx-commit=2",
                 "--innodb-buffer-pool-size=64M",
                 "--skip-name-resolve",
-            ]);
-        cmd.args(extra);
-        let log = dir.path().join("mariadb.log");
-        let server = ChildGuard::spawn("mariadbd", cmd, &log, None, libc::SIGTERM)?;
-        let db = MariaDb {
+            ]
+            .map(String::from),
+        );
+        args.extend(extra.iter().cloned());
+        let mut db = MariaDb {
             port,
             dir,
             client,
-            server: Some(server),
+            server: None,
+            server_cmd: (mariadbd, args),
         };
-        wait_until("mariadb", Duration::from_secs(60), || {
-            db.root_sql("SELECT 1").is_ok()
-        })
-        .map_err(|e| format!("{e}; log:\n{}", db.log()))?;
+        db.spawn_server()?;
         db.root_sql(
             "CREATE USER 'sluice'@'%' IDENTIFIED BY 'sluice'; \
              GRANT ALL PRIVILEGES ON *.* TO 'sluice'@'%' WITH GRANT OPTION;",
         )?;
         Ok(db)
+    }
+
+    fn spawn_server(&mut self) -> Result<()> {
+        let mut cmd = Command::new(&self.server_cmd.0);
+        cmd.args(&self.server_cmd.1);
+        let log = self.dir.path().join("mariadb.log");
+        self.server = Some(ChildGuard::spawn(
+            "mariadbd",
+            cmd,
+            &log,
+            None,
+            libc::SIGTERM,
+        )?);
+        wait_until("mariadb", Duration::from_secs(60), || {
+            self.root_sql("SELECT 1").is_ok()
+        })
+        .map_err(|e| format!("{e}; log:\n{}", self.log()))
+    }
+
+    /// Stops the server (clean shutdown) and starts it again on the same port and data.
+    pub fn restart(&mut self) -> Result<()> {
+        if let Some(mut s) = self.server.take() {
+            s.stop(Duration::from_secs(30));
+        }
+        self.spawn_server()
     }
 
     /// A `mysql://` url for the `sluice` user over TCP.
