@@ -25,6 +25,8 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The TLS tests make throwaway certificates with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# A workload none of us wrote, for the MariaDB end-to-end test.
+command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
 
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
