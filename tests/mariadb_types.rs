@@ -212,6 +212,33 @@ fn every_mariadb_type_survives_snapshot_and_binlog_exactly() {
         "{}",
         capture.log()
     );
+
+    // A zero date (allowed by a lax sql_mode) names no calendar day or instant: it arrives as
+    // NULL with an error saying so, and the rest of the row arrives intact.
+    maria
+        .root_sql(
+            "SET SESSION sql_mode = ''; INSERT INTO shop.every_type (id, dt, dtm, ts, y, vc) \
+             VALUES (21, '0000-00-00', '0000-00-00 00:00:00', '0000-00-00 00:00:00', 0, 'zero')",
+        )
+        .unwrap();
+    let events = read_events(&kafka.bootstrap(), "types.shop.every_type", 7, &capture);
+    let (_, _, row) = events
+        .iter()
+        .find(|(_, _, row)| row[0] == Datum::Int(21))
+        .expect("the zero-date row arrives");
+    assert_eq!(row[18], Datum::String("zero".into()));
+    assert_eq!(&row[24..27], &[Datum::Null, Datum::Null, Datum::Null]);
+    assert_eq!(
+        row[28],
+        Datum::Int(0),
+        "YEAR 0000 is a value, not a zero date"
+    );
+    assert_eq!(
+        conversion_errors(&capture).matches("zero").count(),
+        3,
+        "{}",
+        conversion_errors(&capture)
+    );
 }
 
 fn conversion_errors(capture: &SluiceProcess) -> String {

@@ -459,9 +459,13 @@ pub fn binlog_datum(
             Datum::Int(i32::try_from(u).map_err(|_| format!("{u} out of range"))?)
         }
         (SqlType::Int32, Value::Bytes(year)) => {
-            // YEAR arrives as its digits.
+            // YEAR arrives as its digits; mysql_common reads the stored 0 (year 0000) as 1900,
+            // which is not a YEAR value (1901–2155 and 0000).
             let text = String::from_utf8_lossy(&year);
-            Datum::Int(text.parse().map_err(|_| format!("year `{text}`"))?)
+            match text.parse().map_err(|_| format!("year `{text}`"))? {
+                1900 => Datum::Int(0),
+                y => Datum::Int(y),
+            }
         }
         (SqlType::Int64, Value::Int(i)) => Datum::Long(i),
         (SqlType::Int64, Value::UInt(u)) => {
