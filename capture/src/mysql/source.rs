@@ -1,5 +1,6 @@
 //! The MySQL/MariaDB capture loop: preflight, a consistent snapshot without global locks
-//! (MariaDB's `START TRANSACTION WITH CONSISTENT SNAPSHOT` and `binlog_snapshot_file/position`),
+//! on MariaDB (`START TRANSACTION WITH CONSISTENT SNAPSHOT` and
+//! `binlog_snapshot_file/position`; MySQL: a brief global read lock),
 //! then the binlog as a replica from the checkpoint, which advances only past events Kafka has
 //! acknowledged.
 //!
@@ -382,16 +383,81 @@ async fn load_collations(conn: &mut Conn) -> Result<Collations, CaptureError> {
 }
 
 async fn master_status(conn: &mut Conn) -> Result<(String, u64), CaptureError> {
-    let row: Row = conn
-        .query_first("SHOW MASTER STATUS")
-        .await
-        .map_err(mysql_error)?
-        .ok_or_else(|| {
-            CaptureError::Definite("SHOW MASTER STATUS returned nothing: is log_bin on?".into())
-        })?;
+    // MySQL 8.4 renamed it; MariaDB and older MySQL know only the first.
+    let row: Row = match conn.query_first("SHOW MASTER STATUS").await {
+        Ok(row) => row,
+        Err(mysql_async::Error::Server(_)) => conn
+            .query_first("SHOW BINARY LOG STATUS")
+            .await
+            .map_err(mysql_error)?,
+        Err(e) => return Err(mysql_error(e)),
+    }
+    .ok_or_else(|| {
+        CaptureError::Definite("SHOW MASTER STATUS returned nothing: is log_bin on?".into())
+    })?;
     let file: String = row.get(0).unwrap_or_default();
     let pos: u64 = row.get(1).unwrap_or(4);
     Ok((file, pos))
+}
+
+/// Starts the snapshot transaction and returns the binlog position it is consistent with.
+///
+/// MariaDB reports that position for a `WITH CONSISTENT SNAPSHOT` transaction in
+/// `binlog_snapshot_file/position`, taking no lock. MySQL has no such status: there the
+/// position is read under a brief `FLUSH TABLES WITH READ LOCK` (writes wait for milliseconds,
+/// while the transaction starts), which needs the RELOAD privilege. The MySQL path is not
+/// verified live (no MySQL server on our machines).
+async fn consistent_snapshot(conn: &mut Conn) -> Result<(String, u64), CaptureError> {
+    let has_snapshot_status = !conn
+        .query::<Row, _>("SHOW STATUS LIKE 'binlog_snapshot_file'")
+        .await
+        .map_err(mysql_error)?
+        .is_empty();
+    if !has_snapshot_status {
+        conn.query_drop("FLUSH TABLES WITH READ LOCK")
+            .await
+            .map_err(|e| match e {
+                mysql_async::Error::Server(s) if s.code == 1227 => CaptureError::Definite(format!(
+                    "the snapshot needs a brief global read lock on MySQL: GRANT RELOAD ON *.* to the user ({})",
+                    s.message
+                )),
+                other => mysql_error(other),
+            })?;
+        let started = async {
+            conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                .await
+                .map_err(mysql_error)?;
+            master_status(conn).await
+        }
+        .await;
+        conn.query_drop("UNLOCK TABLES")
+            .await
+            .map_err(mysql_error)?;
+        return started;
+    }
+    conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        .await
+        .map_err(mysql_error)?;
+    let status: Vec<(String, String)> = conn
+        .query("SHOW STATUS WHERE Variable_name IN ('binlog_snapshot_file', 'binlog_snapshot_position')")
+        .await
+        .map_err(mysql_error)?;
+    let status: HashMap<String, String> = status
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    match (
+        status.get("binlog_snapshot_file"),
+        status
+            .get("binlog_snapshot_position")
+            .and_then(|p| p.parse::<u64>().ok()),
+    ) {
+        (Some(f), Some(p)) if !f.is_empty() => Ok((f.clone(), p)),
+        _ => Err(CaptureError::Definite(
+            "the server reports no binlog_snapshot_file/position for the snapshot: is log_bin on?"
+                .into(),
+        )),
+    }
 }
 
 /// The table schema from `information_schema`, as the table map will describe it.
@@ -477,31 +543,7 @@ impl Snapshot<'_> {
         conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .await
             .map_err(mysql_error)?;
-        conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-            .await
-            .map_err(mysql_error)?;
-        let status: Vec<(String, String)> = conn
-            .query("SHOW STATUS WHERE Variable_name IN ('binlog_snapshot_file', 'binlog_snapshot_position')")
-            .await
-            .map_err(mysql_error)?;
-        let status: HashMap<String, String> = status
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
-        let (file, pos) =
-            match (
-                status.get("binlog_snapshot_file"),
-                status
-                    .get("binlog_snapshot_position")
-                    .and_then(|p| p.parse::<u64>().ok()),
-            ) {
-                (Some(f), Some(p)) if !f.is_empty() => (f.clone(), p),
-                _ => return Err(CaptureError::Definite(
-                    "the server has no binlog_snapshot_file/position status (MariaDB has them): \
-                     MySQL snapshots are not supported yet; set snapshot = \"never\""
-                        .into(),
-                )),
-            };
+        let (file, pos) = consistent_snapshot(conn).await?;
         let (base, seq) = split_file(&file).ok_or_else(|| {
             CaptureError::Definite(format!("unexpected binlog file name `{file}`"))
         })?;
