@@ -275,26 +275,14 @@ fn schema_changes_replayed_after_a_restart_decode_with_their_own_columns_and_tru
 
 /// Runs sluice until it exits on its own (a definite error); returns its log.
 fn run_until_it_stops(services: &Services, config: &Path) -> String {
-    let mut sluice = match SluiceProcess::start(
+    SluiceProcess::run_until_exit(
         Path::new(SLUICE),
         "run",
         config,
         &services.dir.path().join("sluice.log"),
         services.metrics_port,
-    ) {
-        Ok(sluice) => sluice,
-        Err(e) => return e,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sluice.has_exited() {
-        assert!(
-            Instant::now() < deadline,
-            "capture must stop on a definite error\n{}",
-            sluice.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    sluice.log()
+        &[],
+    )
 }
 
 #[test]

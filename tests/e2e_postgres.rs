@@ -1065,28 +1065,14 @@ fn with_source_tls(config: &Path, pg: &Postgres, host: &str, tls: &str) -> std::
 
 /// Runs sluice until it exits on its own (a definite error); returns its log.
 fn run_until_it_stops(services: &Services, config: &Path, env: &[(&str, &str)]) -> String {
-    let mut sluice = match SluiceProcess::start_with_env(
+    SluiceProcess::run_until_exit(
         Path::new(SLUICE),
         "run",
         config,
         &services.log(),
         services.metrics_port,
         env,
-    ) {
-        Ok(sluice) => sluice,
-        // It stopped before it was ever healthy; the error carries its log.
-        Err(e) => return e,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sluice.has_exited() {
-        assert!(
-            Instant::now() < deadline,
-            "capture must stop on a definite error\n{}",
-            sluice.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    sluice.log()
+    )
 }
 
 #[test]

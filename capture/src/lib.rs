@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod mysql;
 pub mod postgres;
 pub mod publisher;
+mod retry;
 pub mod tls;
 
 pub use error::CaptureError;

@@ -115,45 +115,33 @@ impl Connector {
     }
 
     fn source_schema(self) -> Json {
-        match self {
-            Connector::Postgres => json!({
-                "type": "record",
-                "name": "Source",
-                "namespace": "io.debezium.connector.postgresql",
-                "fields": [
-                    {"name": "version", "type": "string"},
-                    {"name": "connector", "type": "string"},
-                    {"name": "name", "type": "string"},
-                    {"name": "ts_ms", "type": "long"},
-                    {"name": "snapshot", "type": [{"type": "string", "connect.version": 1,
-                        "connect.parameters": {"allowed": "true,last,false,incremental"},
-                        "connect.default": "false", "connect.name": "io.debezium.data.Enum"}, "null"],
-                     "default": "false"},
-                    {"name": "db", "type": "string"},
-                    {"name": "sequence", "type": ["null", "string"], "default": null},
+        // The fields every Debezium connector's `source` block starts with.
+        let mut fields = vec![
+            json!({"name": "version", "type": "string"}),
+            json!({"name": "connector", "type": "string"}),
+            json!({"name": "name", "type": "string"}),
+            json!({"name": "ts_ms", "type": "long"}),
+            json!({"name": "snapshot", "type": [{"type": "string", "connect.version": 1,
+                "connect.parameters": {"allowed": "true,last,false,incremental"},
+                "connect.default": "false", "connect.name": "io.debezium.data.Enum"}, "null"],
+             "default": "false"}),
+            json!({"name": "db", "type": "string"}),
+            json!({"name": "sequence", "type": ["null", "string"], "default": null}),
+        ];
+        let (namespace, own) = match self {
+            Connector::Postgres => (
+                "io.debezium.connector.postgresql",
+                json!([
                     {"name": "schema", "type": "string"},
                     {"name": "table", "type": "string"},
                     {"name": "txId", "type": ["null", "long"], "default": null},
                     {"name": "lsn", "type": ["null", "long"], "default": null},
                     {"name": "xmin", "type": ["null", "long"], "default": null}
-                ],
-                "connect.name": "io.debezium.connector.postgresql.Source"
-            }),
-            Connector::Mysql => json!({
-                "type": "record",
-                "name": "Source",
-                "namespace": "io.debezium.connector.mysql",
-                "fields": [
-                    {"name": "version", "type": "string"},
-                    {"name": "connector", "type": "string"},
-                    {"name": "name", "type": "string"},
-                    {"name": "ts_ms", "type": "long"},
-                    {"name": "snapshot", "type": [{"type": "string", "connect.version": 1,
-                        "connect.parameters": {"allowed": "true,last,false,incremental"},
-                        "connect.default": "false", "connect.name": "io.debezium.data.Enum"}, "null"],
-                     "default": "false"},
-                    {"name": "db", "type": "string"},
-                    {"name": "sequence", "type": ["null", "string"], "default": null},
+                ]),
+            ),
+            Connector::Mysql => (
+                "io.debezium.connector.mysql",
+                json!([
                     {"name": "table", "type": ["null", "string"], "default": null},
                     {"name": "server_id", "type": "long"},
                     {"name": "gtid", "type": ["null", "string"], "default": null},
@@ -162,10 +150,19 @@ impl Connector {
                     {"name": "row", "type": "int"},
                     {"name": "thread", "type": ["null", "long"], "default": null},
                     {"name": "query", "type": ["null", "string"], "default": null}
-                ],
-                "connect.name": "io.debezium.connector.mysql.Source"
-            }),
+                ]),
+            ),
+        };
+        if let Json::Array(own) = own {
+            fields.extend(own);
         }
+        json!({
+            "type": "record",
+            "name": "Source",
+            "namespace": namespace,
+            "fields": fields,
+            "connect.name": format!("{namespace}.Source"),
+        })
     }
 }
 
@@ -456,17 +453,7 @@ fn write_value(out: &mut Vec<u8>, ty: &SqlType, datum: &Datum) -> Result<(), Str
         (SqlType::Money, Datum::Decimal(text)) => {
             write_bytes(out, &text_to_unscaled(text, 2).map_err(|e| e.0)?);
         }
-        (
-            SqlType::Numeric
-            | SqlType::Text
-            | SqlType::Json
-            | SqlType::Jsonb
-            | SqlType::Interval
-            | SqlType::TimeTz
-            | SqlType::Enum(_)
-            | SqlType::Other(_),
-            Datum::String(s),
-        ) => write_str(out, s),
+        (ty, Datum::String(s)) if ty.is_text_form() => write_str(out, s),
         (SqlType::Uuid, Datum::Uuid(s)) => write_str(out, s),
         (SqlType::Bytes, Datum::Bytes(b)) => write_bytes(out, b),
         (SqlType::Date, Datum::Date(d)) => write_long(out, i64::from(*d)),
@@ -864,6 +851,43 @@ mod tests {
         assert_eq!(after[..8], row()[..8]);
         assert!(matches!(after[8], Datum::Double(f) if f.is_nan()));
         assert_eq!(after[9..], row()[9..]);
+    }
+
+    #[test]
+    fn mysql_envelopes_carry_the_binlog_source_block_and_decode() {
+        let codec = EnvelopeCodec::new("sluice", "maria", Connector::Mysql, table()).unwrap();
+        let mut ev = event(Op::Create, None, Some(row()));
+        ev.source.binlog = Some(crate::event::BinlogSource {
+            server_id: 1,
+            gtid: Some(Arc::from("0-1-42")),
+            file: Arc::from("binlog.000003"),
+            pos: 1234,
+            row: 2,
+        });
+        let bytes = codec.encode_value(&ev, 5).unwrap();
+        let (_, datum) = unframe(&bytes).unwrap();
+        let schema = Schema::parse_str(&codec.value_schema_json).unwrap();
+        let AvroValue::Record(fields) =
+            apache_avro::from_avro_datum(&schema, &mut &datum[..], None).unwrap()
+        else {
+            panic!("not a record")
+        };
+        let source = fields.into_iter().find(|(k, _)| k == "source").unwrap().1;
+        let AvroValue::Record(source) = source else {
+            panic!("{source:?}")
+        };
+        let get = |name: &str| source.iter().find(|(k, _)| k == name).unwrap().1.clone();
+        assert_eq!(get("connector"), AvroValue::String("mysql".into()));
+        assert_eq!(get("file"), AvroValue::String("binlog.000003".into()));
+        assert_eq!(get("pos"), AvroValue::Long(1234));
+        assert_eq!(get("row"), AvroValue::Int(2));
+        assert_eq!(
+            get("gtid"),
+            AvroValue::Union(1, Box::new(AvroValue::String("0-1-42".into())))
+        );
+        // Without a binlog position a MySQL event cannot be encoded.
+        ev.source.binlog = None;
+        assert!(codec.encode_value(&ev, 5).is_err());
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub fn parse(ty: &SqlType, text: &str) -> Result<Datum, ParseError> {
             crate::decimal::check(text, *scale).map_err(|_| err())?;
             Datum::Decimal(text.to_string())
         }
+        // Exhaustive on purpose (a new type must be placed here): these are the types
+        // `SqlType::is_text_form` names.
         SqlType::Numeric
         | SqlType::Text
         | SqlType::Json

@@ -119,6 +119,21 @@ impl SqlType {
         }
     }
 
+    /// Whether values of this type are carried as their source text, [`crate::Datum::String`].
+    pub fn is_text_form(&self) -> bool {
+        matches!(
+            self,
+            SqlType::Numeric
+                | SqlType::Text
+                | SqlType::Json
+                | SqlType::Jsonb
+                | SqlType::Interval
+                | SqlType::TimeTz
+                | SqlType::Enum(_)
+                | SqlType::Other(_)
+        )
+    }
+
     /// Parses [`SqlType::canonical`].
     pub fn parse(s: &str) -> Option<SqlType> {
         Some(match s {

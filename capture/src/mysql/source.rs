@@ -27,7 +27,7 @@ use sluice_schemas::{
     TxInfo,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{error, info, info_span, Instrument};
 
 use super::types::{self, BinlogColumn, Charset, Collations};
 use crate::metrics as m;
@@ -133,33 +133,13 @@ impl MysqlCapture {
         }
     }
 
-    /// Runs until `shutdown`, reconnecting with backoff on transient errors.
+    /// Runs until `shutdown`, reconnecting with backoff on transient errors. Returns the
+    /// definite error that stopped it, if any.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CaptureError> {
         let span = info_span!("capture", source = %self.name);
-        async move {
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                match self.run_once(&shutdown).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
-                        metrics::counter!(m::ERRORS_TOTAL, "source" => self.name.clone(), "kind" => "transient").increment(1);
-                        warn!(error = %e, retry_in = ?backoff, "capture interrupted; reconnecting");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                    Err(e) => {
-                        metrics::counter!(m::ERRORS_TOTAL, "source" => self.name.clone(), "kind" => "definite").increment(1);
-                        error!(error = %e, "capture stopped");
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        .instrument(span)
-        .await
+        crate::retry::with_backoff(&self.name, &shutdown, || self.run_once(&shutdown))
+            .instrument(span)
+            .await
     }
 
     fn opts(&self) -> Result<Opts, CaptureError> {

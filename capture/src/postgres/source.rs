@@ -147,30 +147,9 @@ impl PostgresCapture {
     /// definite error that stopped it, if any.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CaptureError> {
         let span = info_span!("capture", source = %self.name);
-        async move {
-            let mut backoff = Duration::from_millis(500);
-            loop {
-                match self.run_once(&shutdown).await {
-                    Ok(()) => return Ok(()),
-                    Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
-                        metrics::counter!(m::ERRORS_TOTAL, "source" => self.name.clone(), "kind" => "transient").increment(1);
-                        warn!(error = %e, retry_in = ?backoff, "capture interrupted; reconnecting");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return Ok(()),
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                    Err(e) => {
-                        metrics::counter!(m::ERRORS_TOTAL, "source" => self.name.clone(), "kind" => "definite").increment(1);
-                        error!(error = %e, "capture stopped");
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        .instrument(span)
-        .await
+        crate::retry::with_backoff(&self.name, &shutdown, || self.run_once(&shutdown))
+            .instrument(span)
+            .await
     }
 
     fn connect_params(&self) -> Result<(PgConnector, ConnectParams), CaptureError> {

@@ -61,6 +61,34 @@ impl SluiceProcess {
         Ok(p)
     }
 
+    /// Runs sluice expecting it to stop on its own (a definite error) within 30 s; returns its
+    /// log. Panics when it keeps running.
+    pub fn run_until_exit(
+        bin: &Path,
+        subcommand: &str,
+        config: &Path,
+        log: &Path,
+        metrics_port: u16,
+        env: &[(&str, &str)],
+    ) -> String {
+        let mut sluice =
+            match SluiceProcess::start_with_env(bin, subcommand, config, log, metrics_port, env) {
+                Ok(sluice) => sluice,
+                // It stopped before it was ever healthy; the error carries its log.
+                Err(e) => return e,
+            };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !sluice.has_exited() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sluice must stop on a definite error\n{}",
+                sluice.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        sluice.log()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
