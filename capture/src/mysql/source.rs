@@ -234,6 +234,7 @@ impl MysqlCapture {
             written: 0,
             catalog: None,
             opts: opts.clone(),
+            name: Arc::from(self.name.as_str()),
         };
         stream.run(opts, shutdown).await
     }
@@ -572,6 +573,8 @@ impl Snapshot<'_> {
                 table.namespace.replace('`', "``"),
                 table.name.replace('`', "``")
             );
+            // One source block per table: every row of the snapshot shares it.
+            let row_source = self.source_info(table, &file, pos);
             let mut result = conn.query_iter(sql).await.map_err(mysql_error)?;
             let mut n: u64 = 0;
             let mut stream = result
@@ -597,7 +600,7 @@ impl Snapshot<'_> {
                     op: Op::Read,
                     before: None,
                     after: Some(after),
-                    source: self.source_info(table, &file, pos),
+                    source: row_source.clone(),
                     transaction: None,
                     // Below every streamed change (those end past `pos`), in read order.
                     position: Position::mysql(seq, pos, n),
@@ -660,6 +663,10 @@ fn value_error(source: &str, table: &TableId, column: &str, error: &str) {
 /// A table seen in a table map: its columns and the codec of that version.
 struct Mapped {
     id: TableId,
+    /// `database.table`, and the database as the envelope's `source.db`: made once per table
+    /// map, shared by every event.
+    key: String,
+    db: Arc<str>,
     columns: Vec<BinlogColumn>,
     codec: Arc<EnvelopeCodec>,
 }
@@ -670,11 +677,14 @@ struct Tx {
     gtid: Option<Arc<str>>,
     id: Option<Arc<str>>,
     index: i64,
-    per_table: HashMap<String, i64>,
+    /// Events per table (by table-map id) so far, for `data_collection_order`.
+    per_table: HashMap<u64, i64>,
 }
 
 struct Stream<'a> {
     capture: &'a MysqlCapture,
+    /// The source name, shared by every event.
+    name: Arc<str>,
     collations: Collations,
     state: MysqlState,
     publisher: Publisher,
@@ -702,7 +712,7 @@ impl Stream<'_> {
             .expect("a start position is set before streaming");
         let (mut seq, pos) = unpack(start);
         self.written = start;
-        let mut file = file_name(&self.state.file_base, seq);
+        let mut file: Arc<str> = Arc::from(file_name(&self.state.file_base, seq));
         let mut conn = Conn::new(opts).await.map_err(mysql_error)?;
         // Without this MariaDB replaces its GTID events by dummy queries.
         conn.query_drop("SET @mariadb_slave_capability = 4")
@@ -788,7 +798,7 @@ impl Stream<'_> {
                     if let Some((base, s)) = split_file(&name) {
                         self.state.file_base = base.to_string();
                         seq = s;
-                        file = name;
+                        file = Arc::from(name);
                     }
                 }
                 EventData::TableMapEvent(tme) => {
@@ -819,7 +829,13 @@ impl Stream<'_> {
                                 c
                             }
                         };
-                        Some(Mapped { id, columns, codec })
+                        Some(Mapped {
+                            key: id.to_string(),
+                            db: Arc::from(id.namespace.as_str()),
+                            id,
+                            columns,
+                            codec,
+                        })
                     } else {
                         None
                     };
@@ -860,7 +876,7 @@ impl Stream<'_> {
                                 before: None,
                                 after: None,
                                 source: self.source_info(
-                                    &table,
+                                    &Arc::from(table.namespace.as_str()),
                                     &file,
                                     log_pos,
                                     0,
@@ -933,16 +949,16 @@ impl Stream<'_> {
     /// `at` is the event's (timestamp, server_id).
     fn source_info(
         &self,
-        table: &TableId,
-        file: &str,
+        db: &Arc<str>,
+        file: &Arc<str>,
         pos: u64,
         row: i32,
         at: (u32, u32),
         tx: &Tx,
     ) -> SourceInfo {
         SourceInfo {
-            name: Arc::from(self.capture.name.as_str()),
-            db: Arc::from(table.namespace.as_str()),
+            name: self.name.clone(),
+            db: db.clone(),
             ts_ms: i64::from(at.0) * 1000,
             snapshot: false,
             tx_id: None,
@@ -951,7 +967,7 @@ impl Stream<'_> {
             binlog: Some(BinlogSource {
                 server_id: i64::from(at.1),
                 gtid: tx.gtid.clone(),
-                file: Arc::from(file),
+                file: file.clone(),
                 pos: pos as i64,
                 row,
             }),
@@ -963,7 +979,7 @@ impl Stream<'_> {
         &mut self,
         rows: &RowsEventData<'_>,
         binlog: &mysql_async::BinlogStream,
-        file: &str,
+        file: &Arc<str>,
         seq: u32,
         log_pos: u64,
         tx: &mut Tx,
@@ -986,9 +1002,7 @@ impl Stream<'_> {
             RowsEventData::DeleteRowsEvent(_) | RowsEventData::DeleteRowsEventV1(_) => Op::Delete,
         };
         // Skip what the table's snapshot already holds.
-        if let Some(TableState::Done { snapshot_lsn }) =
-            self.state.tables.get(&mapped.id.to_string())
-        {
+        if let Some(TableState::Done { snapshot_lsn }) = self.state.tables.get(&mapped.key) {
             if pack(seq, log_pos) <= *snapshot_lsn {
                 metrics::counter!(m::SNAPSHOT_SKIPPED_CHANGES_TOTAL, "source" => self.capture.name.clone()).increment(1);
                 return Ok(Vec::new());
@@ -1024,7 +1038,7 @@ impl Stream<'_> {
             let (before, after) = (convert(before), convert(after));
             tx.index += 1;
             let per_table = {
-                let n = tx.per_table.entry(mapped.id.to_string()).or_insert(0);
+                let n = tx.per_table.entry(table_id).or_insert(0);
                 *n += 1;
                 *n
             };
@@ -1033,7 +1047,7 @@ impl Stream<'_> {
                 op,
                 before,
                 after: if op == Op::Delete { None } else { after },
-                source: self.source_info(&mapped.id, file, log_pos, row_index as i32, at, tx),
+                source: self.source_info(&mapped.db, file, log_pos, row_index as i32, at, tx),
                 transaction: tx.id.clone().map(|id| TxInfo {
                     id,
                     total_order: tx.index,
