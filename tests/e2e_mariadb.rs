@@ -168,6 +168,31 @@ fn existing_rows_and_binlog_changes_reach_the_postgres_sink_row_for_row() {
     services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(90));
     let log = sluice.log();
     assert!(log.contains("table snapshot finished"), "{log}");
+
+    // A change stamped an hour ago makes the binlog lag an hour; once capture has read it and
+    // the server is idle, its heartbeats bring the lag back to 0.
+    services
+        .maria
+        .root_sql(&format!(
+            "SET TIMESTAMP = UNIX_TIMESTAMP() - 3600; {}",
+            insert_orders(9_000, 9_000)
+        ))
+        .unwrap();
+    services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(30));
+    let lag = |s: &SluiceProcess| {
+        s.metrics().and_then(|m| {
+            sluice_harness::metric_value(&m, "sluice_capture_binlog_lag_seconds", &[])
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while lag(&sluice) != Some(0.0) {
+        assert!(
+            Instant::now() < deadline,
+            "binlog lag stays {:?} while idle",
+            lag(&sluice)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn metric(sluice: &SluiceProcess, name: &str) -> f64 {

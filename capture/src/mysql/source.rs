@@ -718,6 +718,10 @@ impl Stream<'_> {
         conn.query_drop("SET @mariadb_slave_capability = 4")
             .await
             .map_err(mysql_error)?;
+        // A heartbeat every second while the server has nothing to send: lag then reads 0.
+        conn.query_drop("SET @master_heartbeat_period = 1000000000")
+            .await
+            .map_err(mysql_error)?;
         info!(file = %file, pos, "starting binlog stream");
         let request = BinlogStreamRequest::new(self.capture.config.server_id)
             .with_filename(file.as_bytes())
@@ -849,6 +853,7 @@ impl Stream<'_> {
                         self.publisher.publish(&codec, &event).await?;
                     }
                 }
+                EventData::HeartbeatEvent => lag.set(0.0),
                 EventData::GtidEvent(g) => {
                     // MySQL: `source_uuid:transaction_number`.
                     let gtid: Arc<str> = Arc::from(mysql_gtid(&g.sid(), g.gno()));
