@@ -479,11 +479,12 @@ fn wait_for_tables_to_match(
     }
 }
 
+/// A metric's value, 0 when the series does not exist (yet).
 fn metric(sluice: &SluiceProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
-    sluice
-        .metrics()
-        .and_then(|m| metric_value(&m, name, labels))
-        .unwrap_or(0.0)
+    let Some(text) = sluice.metrics() else {
+        panic!("cannot read /metrics\n--- sluice log ---\n{}", sluice.log());
+    };
+    metric_value(&text, name, labels).unwrap_or(0.0)
 }
 
 #[test]

@@ -93,15 +93,19 @@ impl SluiceProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The Prometheus text from `/metrics`.
+    /// The Prometheus text from `/metrics`; a failed request is tried again (up to five
+    /// times, 200 ms apart) before giving up.
     pub fn metrics(&self) -> Option<String> {
-        match try_http_get(self.metrics_port, "/metrics") {
-            Ok((_, body)) => Some(body),
-            Err(e) => {
-                eprintln!("GET /metrics failed: {e}");
-                None
+        for attempt in 1..=5 {
+            match try_http_get(self.metrics_port, "/metrics") {
+                Ok((_, body)) => return Some(body),
+                Err(e) => {
+                    eprintln!("GET /metrics failed (attempt {attempt}): {e}");
+                    std::thread::sleep(Duration::from_millis(200));
+                }
             }
         }
+        None
     }
 
     /// SIGKILL, as a crash would.
