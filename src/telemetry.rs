@@ -98,16 +98,25 @@ pub async fn serve(
         let handle = handle.clone();
         let health = health.clone();
         tokio::spawn(async move {
+            // Read the whole request head: a client may send it in several segments, and
+            // answering after the first one would cut the rest off (the client then sees a
+            // reset connection).
             let mut buf = vec![0u8; 4096];
-            let n = match tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                socket.read(&mut buf),
-            )
-            .await
-            {
-                Ok(Ok(n)) => n,
-                _ => return,
+            let mut n = 0;
+            let read_head = async {
+                while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                }
             };
+            if tokio::time::timeout(std::time::Duration::from_secs(5), read_head)
+                .await
+                .is_err()
+            {
+                return;
+            }
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, content_type, body) = match path {

@@ -130,11 +130,10 @@ pub fn try_http_get(port: u16, path: &str) -> std::result::Result<(u16, String),
         std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("write: {e}"))?;
+    // One write: `write!` would send the pieces separately.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
     let mut response = Vec::new();
     s.read_to_end(&mut response)
         .map_err(|e| format!("read: {e}"))?;
