@@ -52,6 +52,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 tombstones: config.kafka.tombstones,
                 max_in_flight: config.kafka.max_in_flight,
                 source: name.clone(),
+                drain_timeout: config.shutdown.drain_timeout(),
             };
             let password = Config::env_password("sources", name);
             let (kafka, label) = (config.kafka_client(), format!("capture {name}"));
@@ -139,8 +140,33 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         }
     });
 
+    // After a shutdown request, components get `drain_timeout` (plus a moment for their own
+    // timeouts to fire) to finish; then the process gives up on them and exits non-zero.
+    let give_up_after = config.shutdown.drain_timeout() + Duration::from_secs(5);
+    let mut deadline: Option<tokio::time::Instant> = None;
     let mut failed = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
+    loop {
+        let joined = match deadline {
+            None => tokio::select! {
+                joined = tasks.join_next() => joined,
+                _ = shutdown.cancelled() => {
+                    deadline = Some(tokio::time::Instant::now() + give_up_after);
+                    continue;
+                }
+            },
+            Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    error!(timeout = ?give_up_after, "components did not drain in time; exiting");
+                    failed.push(format!(
+                        "did not drain within {give_up_after:?} (shutdown.drain_timeout_ms)"
+                    ));
+                    tasks.abort_all();
+                    break;
+                }
+            },
+        };
+        let Some(joined) = joined else { break };
         let (name, result) = joined.context("a component panicked")?;
         if let Err(e) = result {
             error!(component = %name, error = %format!("{e:#}"), "component failed; stopping the others");

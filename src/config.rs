@@ -65,6 +65,38 @@ pub struct Config {
     /// Metrics, health endpoints and logs.
     #[serde(default)]
     pub observability: ObservabilityConfig,
+    /// What SIGTERM/SIGINT waits for.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    30_000
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long in-flight work may take to drain after SIGTERM: capture waits this long for
+    /// Kafka to acknowledge what it published (then confirms its checkpoint), the router
+    /// finishes its batch. A process that has not stopped 5 s later exits non-zero.
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            drain_timeout_ms: default_drain_timeout_ms(),
+        }
+    }
+}
+
+impl ShutdownConfig {
+    pub fn drain_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.drain_timeout_ms)
+    }
 }
 
 /// `[kafka]`
@@ -384,6 +416,9 @@ impl Config {
                     }
                 }
             }
+        }
+        if self.shutdown.drain_timeout_ms == 0 {
+            problems.push("shutdown.drain_timeout_ms must be > 0 (e.g. 30000)".into());
         }
         if let Some(router) = &self.router {
             if !self.sinks.contains_key(&router.sink) {

@@ -1154,3 +1154,48 @@ fn capture_talks_tls_to_the_source_and_refuses_a_certificate_it_cannot_verify() 
         .unwrap();
     wait_for_sink_to_match(pg, &sluice, Duration::from_secs(60));
 }
+
+#[test]
+fn sigterm_under_load_drains_exits_0_and_a_restart_loses_nothing() {
+    // Given a pipeline and a writer that keeps changing the source,
+    let mut p = Pipeline::start(TansuStorage::Memory, "sluice_sigterm");
+    let url = p.pg.url("source");
+    let psql_bin = std::path::PathBuf::from("/usr/lib/postgresql/15/bin/psql");
+    let writer = std::thread::spawn(move || {
+        for i in 1..=400 {
+            let sql = format!(
+                "INSERT INTO public.orders (id, customer, qty) VALUES ({i}, 'c{i}', {i}); \
+                 UPDATE public.orders SET qty = qty + 1 WHERE id = {};",
+                1 + i / 2
+            );
+            let status = std::process::Command::new(&psql_bin)
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c", &sql])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+    });
+
+    // when sluice gets SIGTERM in the middle of it,
+    std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
+    let status = p.sluice.terminate(Duration::from_secs(40));
+    let took = started.elapsed();
+
+    // then it drains and exits 0 well within the drain timeout, saying so,
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}\n{}",
+        p.sluice.log()
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let log = p.sluice.log();
+    assert!(log.contains("capture stopped cleanly"), "{log}");
+    assert!(log.contains("router stopped cleanly"), "{log}");
+
+    // and once restarted, the sink ends up equal to the source.
+    p.restart_sluice();
+    writer.join().unwrap();
+    wait_for_sink_to_match(&p.pg, &p.sluice, Duration::from_secs(90));
+    eprintln!("SIGTERM to exit: {took:?}");
+}

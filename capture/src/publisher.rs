@@ -43,6 +43,9 @@ pub struct PublisherSettings {
     pub max_in_flight: usize,
     /// Source name, for metric labels.
     pub source: String,
+    /// On shutdown, how long to wait for Kafka to acknowledge what was published before
+    /// confirming the checkpoint anyway (what is unacknowledged is re-sent after a restart).
+    pub drain_timeout: std::time::Duration,
 }
 
 enum Pending {

@@ -905,13 +905,19 @@ impl Stream<'_> {
         }
         let _ = binlog.close().await;
         // Shutdown: confirm what Kafka acknowledged.
-        if self
+        info!("draining: waiting for Kafka to acknowledge published events");
+        let drained = self
             .publisher
-            .drain(&mut self.acks.acked, Duration::from_secs(10))
-            .await
-        {
-            self.write_progress().await?;
+            .drain(&mut self.acks.acked, self.capture.settings.drain_timeout)
+            .await;
+        if !drained {
+            tracing::warn!(
+                "not every event was acknowledged before shutdown; they will be re-sent"
+            );
         }
+        // What was acknowledged becomes the checkpoint either way.
+        self.write_progress().await?;
+        info!("capture stopped cleanly");
         Ok(())
     }
 

@@ -540,7 +540,7 @@ impl Stream<'_> {
         info!("draining: waiting for Kafka to acknowledge published events");
         let drained = self
             .publisher
-            .drain(&mut self.acks.acked, Duration::from_secs(30))
+            .drain(&mut self.acks.acked, self.capture.settings.drain_timeout)
             .await;
         let acked = *self.acks.acked.borrow();
         if !drained {

@@ -108,6 +108,12 @@ impl SluiceProcess {
         None
     }
 
+    /// SIGTERM, as an orchestrator stopping a pod would; waits up to `grace` for the exit
+    /// status (then kills it, and the status says so).
+    pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        self.guard.stop(grace)
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill9(&mut self) {
         self.guard.kill9();
