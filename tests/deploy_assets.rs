@@ -1,0 +1,175 @@
+//! The Grafana dashboard and the Prometheus alert rules in `deploy/` name only metrics Sluice
+//! defines, and a running pipeline (a PostgreSQL and a MariaDB source into a PostgreSQL sink)
+//! exports them.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sluice_harness::{free_port, MariaDb, Postgres, SluiceProcess, Tansu, TansuStorage};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const ASSETS: &[&str] = &[
+    "deploy/grafana/sluice-dashboard.json",
+    "deploy/prometheus/alerts.yml",
+];
+
+/// Metric names the code defines (the `pub const` names of each crate's metrics module).
+fn defined() -> BTreeSet<String> {
+    ["capture", "router", "sinks"]
+        .iter()
+        .flat_map(|c| {
+            std::fs::read_to_string(format!("{ROOT}/{c}/src/metrics.rs"))
+                .unwrap()
+                .lines()
+                .filter(|l| l.trim_start().starts_with("pub const"))
+                .filter_map(|l| l.split('"').nth(1).map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The `sluice_*` metric names an asset mentions, histogram suffixes removed.
+fn named_in(asset: &str) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(format!("{ROOT}/{asset}")).unwrap();
+    let defined = defined();
+    let mut names = BTreeSet::new();
+    for (i, _) in text.match_indices("sluice_") {
+        // A name, not the tail of one (`_sluice_dead_letter` is a topic).
+        if text[..i]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            continue;
+        }
+        let name: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| defined.contains(*b)))
+            .map_or(name.clone(), str::to_string);
+        names.insert(base);
+    }
+    names
+}
+
+#[test]
+fn dashboard_and_alerts_name_only_metrics_sluice_defines() {
+    let defined = defined();
+    for asset in ASSETS {
+        let named = named_in(asset);
+        assert!(named.len() >= 5, "{asset} names only {named:?}");
+        let unknown: Vec<_> = named.difference(&defined).collect();
+        assert!(
+            unknown.is_empty(),
+            "{asset} names metrics Sluice does not define: {unknown:?}"
+        );
+    }
+}
+
+/// Metrics that appear with their first occurrence (a dead-lettered event, a router error);
+/// the test above still checks that they are defined.
+const ON_FIRST_OCCURRENCE: &[&str] = &["sluice_router_dlq_total", "sluice_router_errors_total"];
+
+#[test]
+fn a_running_pipeline_exports_every_metric_the_dashboard_and_alerts_use() {
+    // Given a PostgreSQL and a MariaDB source flowing into a PostgreSQL sink,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.create_database("sink").unwrap();
+    pg.psql(
+        "source",
+        "CREATE TABLE public.t (id int PRIMARY KEY, v text)",
+    )
+    .unwrap();
+    let maria = MariaDb::start().unwrap();
+    maria.create_database("shop").unwrap();
+    maria
+        .root_sql("CREATE TABLE shop.m (id int PRIMARY KEY, d date)")
+        .unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+bootstrap_servers = "{}"
+[sources.pg]
+kind = "postgres"
+url = "{}"
+tables = ["public.t"]
+slot = "assets"
+publication = "assets"
+[sources.maria]
+kind = "mysql"
+url = "{}"
+tables = ["shop.m"]
+server_id = 5404
+[sinks.warehouse]
+kind = "postgres"
+url = "{}"
+[router]
+sink = "warehouse"
+group_id = "assets"
+[observability]
+listen = "127.0.0.1:{port}"
+"#,
+            kafka.bootstrap(),
+            pg.url("source"),
+            maria.url(),
+            pg.url("sink")
+        ),
+    )
+    .unwrap();
+    let sluice = SluiceProcess::start(
+        Path::new(env!("CARGO_BIN_EXE_sluice")),
+        "run",
+        &config,
+        &dir.path().join("log"),
+        port,
+    )
+    .unwrap();
+
+    // when rows flow (and one MariaDB zero date makes a conversion error),
+    pg.psql(
+        "source",
+        "INSERT INTO public.t SELECT i, 'v' FROM generate_series(1, 100) i",
+    )
+    .unwrap();
+    maria
+        .root_sql(
+            "INSERT INTO shop.m SELECT seq, '2026-01-01' FROM shop.seq_1_to_100; \
+             SET SESSION sql_mode = ''; INSERT INTO shop.m VALUES (101, '0000-00-00')",
+        )
+        .unwrap();
+
+    // then every metric the dashboard and the alerts use is exported.
+    let wanted: BTreeSet<String> = ASSETS
+        .iter()
+        .flat_map(|a| named_in(a))
+        .filter(|n| !ON_FIRST_OCCURRENCE.contains(&n.as_str()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let text = sluice.metrics().unwrap_or_default();
+        let missing: Vec<&String> = wanted
+            .iter()
+            .filter(|n| !text.lines().any(|l| l.starts_with(n.as_str())))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not exported: {missing:?}\n--- /metrics ---\n{text}\n--- log ---\n{}",
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
