@@ -806,6 +806,21 @@ impl Stream<'_> {
                     }
                 }
                 EventData::TableMapEvent(tme) => {
+                    // A table map repeats before every transaction touching the table; the
+                    // server gives a table a new id when its definition changes, so the same
+                    // id (and name, and width) means the columns are already known.
+                    let known = self.maps.get(&tme.table_id()).is_some_and(|m| match m {
+                        Some(m) => {
+                            m.id.namespace == tme.database_name()
+                                && m.id.name == tme.table_name()
+                                && m.columns.len() as u64 == tme.columns_count()
+                        }
+                        // Ids are not reused for another table while the server runs.
+                        None => true,
+                    });
+                    if known {
+                        continue;
+                    }
                     let id = TableId::new(
                         tme.database_name().into_owned(),
                         tme.table_name().into_owned(),
@@ -813,8 +828,9 @@ impl Stream<'_> {
                     let mapped = if self.tables.contains(&id.to_string()) {
                         let (columns, key) = types::table_map_columns(&tme, &self.collations)
                             .map_err(|e| CaptureError::Definite(e.to_string()))?;
-                        // Table maps repeat per transaction: the catalog is asked for
-                        // defaults only when the table's columns change.
+                        // After a definition change that kept the columns (FLUSH, a new
+                        // index), the codec is reused: the catalog is asked only when the
+                        // columns change.
                         let bare = types::table_schema(id.clone(), &columns, &key, &HashMap::new());
                         let layout = format!("{:?}", bare.columns);
                         let codec = match self.codecs.get(&(id.to_string(), layout.clone())) {
