@@ -6,13 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sluice_harness::{free_port, MariaDb, Postgres, SluiceProcess, Tansu, TansuStorage};
-use sluice_schemas::avro::{unframe, EnvelopeDecoder};
-use sluice_schemas::event::POSITION_HEADER;
-use sluice_schemas::{Datum, Position, SchemaFingerprint};
+use sluice_schemas::{Datum, Position};
+
+mod common;
+use common::TopicReader;
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 const KEYS: i64 = 20;
@@ -208,33 +206,7 @@ fn read_until_complete(
     expected: &HashMap<i64, i64>,
     timeout: Duration,
 ) -> Vec<(Position, i64, i64)> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    let mut decoders: HashMap<SchemaFingerprint, EnvelopeDecoder> = HashMap::new();
-    let load_schemas = |decoders: &mut HashMap<SchemaFingerprint, EnvelopeDecoder>| {
-        for (key, value) in sluice_schemas::transport::read_to_end(
-            &config,
-            "_sluice_schemas",
-            Duration::from_secs(30),
-        )
-        .unwrap()
-        {
-            if let (Some(fp), Some(json)) = (SchemaFingerprint::from_hex(&key), value) {
-                if let Ok(d) = EnvelopeDecoder::from_schema_json(&String::from_utf8_lossy(&json)) {
-                    decoders.insert(fp, d);
-                }
-            }
-        }
-    };
-    let consumer: BaseConsumer = config
-        .clone()
-        .set("group.id", "restart-test-reader")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
+    let mut reader = TopicReader::new(bootstrap, topic);
     let mut events = Vec::new();
     let mut latest: HashMap<i64, i64> = HashMap::new();
     let deadline = Instant::now() + timeout;
@@ -243,33 +215,15 @@ fn read_until_complete(
             Instant::now() < deadline,
             "not every change arrived: {latest:?} vs {expected:?}"
         );
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+        let Some(read) = reader.next(Duration::from_millis(200)) else {
             continue;
         };
-        let msg = msg.unwrap();
-        let Some(payload) = msg.payload() else {
-            continue;
-        };
-        let position = msg
-            .headers()
-            .and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == POSITION_HEADER)
-                    .and_then(|h| h.value)
-            })
-            .and_then(|v| Position::from_hex(std::str::from_utf8(v).ok()?))
-            .expect("every event carries its position");
-        let (fp, datum) = unframe(payload).unwrap();
-        if !decoders.contains_key(&fp) {
-            load_schemas(&mut decoders);
-        }
-        let event = decoders[&fp].decode(datum).unwrap();
-        let after = event.after.expect("updates carry the after image");
+        let after = read.event.after.expect("updates carry the after image");
         let (Datum::Long(id), Datum::Long(v)) = (&after[0], &after[1]) else {
             panic!("{after:?}")
         };
         latest.insert(*id, (*latest.get(id).unwrap_or(&0)).max(*v));
-        events.push((position, *id, *v));
+        events.push((read.position, *id, *v));
     }
     events
 }

@@ -2,15 +2,14 @@
 //! equals what was written — for rows read by the snapshot and for rows streamed from the
 //! binlog alike.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sluice_harness::{free_port, MariaDb, SluiceProcess, Tansu, TansuStorage};
-use sluice_schemas::avro::{unframe, EnvelopeDecoder};
-use sluice_schemas::{Datum, Op, SchemaFingerprint, SqlType};
+use sluice_schemas::{Datum, Op, SqlType};
+
+mod common;
+use common::TopicReader;
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -257,18 +256,7 @@ fn read_events(
     n: usize,
     capture: &SluiceProcess,
 ) -> Vec<(Vec<SqlType>, Op, Vec<Datum>)> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    let consumer: BaseConsumer = config
-        .clone()
-        .set("group.id", "types-reader")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&tpl).unwrap();
-    let mut decoders: HashMap<SchemaFingerprint, EnvelopeDecoder> = HashMap::new();
+    let mut reader = TopicReader::new(bootstrap, topic);
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while out.len() < n {
@@ -278,35 +266,10 @@ fn read_events(
             out.len(),
             capture.log()
         );
-        let Some(msg) = consumer.poll(Duration::from_millis(200)) else {
+        let Some(read) = reader.next(Duration::from_millis(200)) else {
             continue;
         };
-        let msg = msg.unwrap();
-        let Some(payload) = msg.payload() else {
-            continue;
-        };
-        let (fp, datum) = unframe(payload).unwrap();
-        if !decoders.contains_key(&fp) {
-            for (key, value) in sluice_schemas::transport::read_to_end(
-                &config,
-                "_sluice_schemas",
-                Duration::from_secs(30),
-            )
-            .unwrap()
-            {
-                if let (Some(fp), Some(json)) = (SchemaFingerprint::from_hex(&key), value) {
-                    // Key schemas share the topic; only envelopes decode as such.
-                    if let Ok(d) =
-                        EnvelopeDecoder::from_schema_json(&String::from_utf8_lossy(&json))
-                    {
-                        decoders.insert(fp, d);
-                    }
-                }
-            }
-        }
-        let decoder = &decoders[&fp];
-        let event = decoder.decode(datum).unwrap();
-        let types = decoder
+        let types = read
             .table
             .columns
             .iter()
@@ -314,8 +277,8 @@ fn read_events(
             .collect();
         out.push((
             types,
-            event.op,
-            event.after.expect("inserts carry the after image"),
+            read.event.op,
+            read.event.after.expect("inserts carry the after image"),
         ));
     }
     out

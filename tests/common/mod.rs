@@ -1,0 +1,79 @@
+//! Reading a change topic the way a consumer would, for tests that check what reached Kafka:
+//! partition 0 from the beginning, each event decoded with the router's own [`SchemaStore`].
+
+// Each test crate that includes this module uses a different part of it.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use sluice_router::schemas::SchemaStore;
+use sluice_schemas::avro::{unframe, DecodedEvent};
+use sluice_schemas::event::POSITION_HEADER;
+use sluice_schemas::{Position, TableSchema};
+
+/// One decoded event with its position header and the table version it was written with.
+pub struct ReadEvent {
+    pub position: Position,
+    pub table: Arc<TableSchema>,
+    pub event: DecodedEvent,
+}
+
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    schemas: SchemaStore,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl TopicReader {
+    pub fn new(bootstrap: &str, topic: &str) -> TopicReader {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap);
+        let consumer: BaseConsumer = config
+            .clone()
+            .set("group.id", format!("test-reader-{topic}"))
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        TopicReader {
+            consumer,
+            schemas: SchemaStore::new(config, "_sluice_schemas".into()),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// The next event, or `None` when nothing arrives within `wait` (tombstones are skipped).
+    pub fn next(&mut self, wait: Duration) -> Option<ReadEvent> {
+        let msg = self.consumer.poll(wait)?.unwrap();
+        let payload = msg.payload()?;
+        let position = msg
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == POSITION_HEADER)
+                    .and_then(|h| h.value)
+            })
+            .and_then(|v| Position::from_hex(std::str::from_utf8(v).ok()?))
+            .expect("every event carries its position");
+        let (fp, datum) = unframe(payload).unwrap();
+        let decoder = self
+            .runtime
+            .block_on(self.schemas.get(fp))
+            .unwrap()
+            .expect("the schema is in the schema topic before its first event");
+        Some(ReadEvent {
+            position,
+            table: decoder.table.clone(),
+            event: decoder.decode(datum).unwrap(),
+        })
+    }
+}
