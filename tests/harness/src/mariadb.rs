@@ -126,22 +126,7 @@ impl MariaDb {
 
     /// Runs SQL as root over the server's socket; returns tab-separated rows without headers.
     pub fn root_sql(&self, sql: &str) -> Result<String> {
-        run(
-            Command::new(&self.client)
-                .arg(format!(
-                    "--socket={}",
-                    self.dir.path().join("mysqld.sock").display()
-                ))
-                .args([
-                    "-uroot",
-                    "--default-character-set=utf8mb4",
-                    "--batch",
-                    "--skip-column-names",
-                    "-e",
-                    sql,
-                ]),
-            None,
-        )
+        root_sql_via(&self.client, &self.dir.path().join("mysqld.sock"), sql)
     }
 
     /// A function that runs SQL as root like [`MariaDb::root_sql`] (panicking on failure), for
@@ -149,20 +134,7 @@ impl MariaDb {
     pub fn root_sql_command(&self) -> impl Fn(&str) + Send + 'static {
         let (client, socket) = (self.client.clone(), self.dir.path().join("mysqld.sock"));
         move |sql: &str| {
-            run(
-                Command::new(&client)
-                    .arg(format!("--socket={}", socket.display()))
-                    .args([
-                        "-uroot",
-                        "--default-character-set=utf8mb4",
-                        "--batch",
-                        "--skip-column-names",
-                        "-e",
-                        sql,
-                    ]),
-                None,
-            )
-            .unwrap();
+            root_sql_via(&client, &socket, sql).unwrap();
         }
     }
 
@@ -178,4 +150,21 @@ impl Drop for MariaDb {
             s.stop(Duration::from_secs(30));
         }
     }
+}
+
+/// Runs SQL as root through `client` over the server's socket.
+fn root_sql_via(client: &std::path::Path, socket: &std::path::Path, sql: &str) -> Result<String> {
+    run(
+        Command::new(client)
+            .arg(format!("--socket={}", socket.display()))
+            .args([
+                "-uroot",
+                "--default-character-set=utf8mb4",
+                "--batch",
+                "--skip-column-names",
+                "-e",
+                sql,
+            ]),
+        None,
+    )
 }
