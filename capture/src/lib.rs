@@ -17,3 +17,31 @@ pub mod tls;
 
 pub use error::CaptureError;
 pub use publisher::{Publisher, PublisherSettings};
+
+/// What every capture starts from, whatever its source kind (`C` is the source's config);
+/// each engine adds `run` for its own config type.
+pub struct Capture<C> {
+    name: String,
+    config: C,
+    kafka: rdkafka::ClientConfig,
+    settings: PublisherSettings,
+    password: Option<String>,
+}
+
+impl<C> Capture<C> {
+    pub fn new(
+        name: &str,
+        config: C,
+        kafka: rdkafka::ClientConfig,
+        settings: PublisherSettings,
+        password: Option<String>,
+    ) -> Capture<C> {
+        Capture {
+            name: name.to_string(),
+            config,
+            kafka,
+            settings,
+            password,
+        }
+    }
+}

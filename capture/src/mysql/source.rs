@@ -18,7 +18,6 @@ use futures::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn, Opts, OptsBuilder, Row, Value};
-use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 use sluice_schemas::avro::Connector;
 use sluice_schemas::event::BinlogSource;
@@ -33,7 +32,7 @@ use super::types::{self, BinlogColumn, Charset, Collations};
 use crate::metrics as m;
 use crate::postgres::state::{read_latest_state, TableState};
 use crate::postgres::SnapshotMode;
-use crate::publisher::{AckHandle, Publisher, PublisherSettings};
+use crate::publisher::{AckHandle, Publisher};
 use crate::tls::{TlsConfig, TlsMode};
 use crate::CaptureError;
 
@@ -107,32 +106,10 @@ struct MysqlState {
     tables: BTreeMap<String, TableState>,
 }
 
-/// A running capture of one MySQL/MariaDB source.
-pub struct MysqlCapture {
-    name: String,
-    config: MysqlSourceConfig,
-    kafka: ClientConfig,
-    settings: PublisherSettings,
-    password: Option<String>,
-}
+/// A running capture of one source of this kind.
+pub type MysqlCapture = crate::Capture<MysqlSourceConfig>;
 
 impl MysqlCapture {
-    pub fn new(
-        name: &str,
-        config: MysqlSourceConfig,
-        kafka: ClientConfig,
-        settings: PublisherSettings,
-        password: Option<String>,
-    ) -> MysqlCapture {
-        MysqlCapture {
-            name: name.to_string(),
-            config,
-            kafka,
-            settings,
-            password,
-        }
-    }
-
     /// Runs until `shutdown`, reconnecting with backoff on transient errors. Returns the
     /// definite error that stopped it, if any.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CaptureError> {

@@ -4,7 +4,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use serde::Deserialize;
 use sluice_schemas::avro::Connector;
 use sluice_schemas::{
@@ -23,7 +22,7 @@ use super::slot::{self, ExportedSnapshot};
 use super::snapshot::{self, SnapshotJob, SnapshotMessage};
 use super::state::{CaptureState, TableState};
 use crate::metrics as m;
-use crate::publisher::{AckHandle, Publisher, PublisherSettings};
+use crate::publisher::{AckHandle, Publisher};
 use crate::tls::{PgConnector, TlsConfig};
 use crate::CaptureError;
 
@@ -117,32 +116,10 @@ struct Tx {
     per_table: HashMap<u32, i64>,
 }
 
-/// A running capture of one PostgreSQL source.
-pub struct PostgresCapture {
-    name: String,
-    config: PostgresSourceConfig,
-    kafka: ClientConfig,
-    settings: PublisherSettings,
-    password: Option<String>,
-}
+/// A running capture of one source of this kind.
+pub type PostgresCapture = crate::Capture<PostgresSourceConfig>;
 
 impl PostgresCapture {
-    pub fn new(
-        name: &str,
-        config: PostgresSourceConfig,
-        kafka: ClientConfig,
-        settings: PublisherSettings,
-        password: Option<String>,
-    ) -> PostgresCapture {
-        PostgresCapture {
-            name: name.to_string(),
-            config,
-            kafka,
-            settings,
-            password,
-        }
-    }
-
     /// Runs until `shutdown`, reconnecting with backoff on transient errors. Returns the
     /// definite error that stopped it, if any.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CaptureError> {
