@@ -657,9 +657,12 @@ fn schema_changes_truncate_and_full_identity_flow_through_without_a_restart() {
         "INSERT INTO public.orders (id, customer, region) VALUES (200, 'added', 'us')",
     )
     .unwrap();
+    // (a column added right before a rewrite: the rewrite clears `attmissingval` before
+    // capture ever reads the catalog for the new column)
     pg.psql(
         "source",
-        "ALTER TABLE public.orders ALTER COLUMN qty TYPE bigint",
+        "ALTER TABLE public.orders ADD COLUMN channel text DEFAULT 'web'; \
+         ALTER TABLE public.orders ALTER COLUMN qty TYPE bigint",
     )
     .unwrap();
     pg.psql(
@@ -682,8 +685,8 @@ fn schema_changes_truncate_and_full_identity_flow_through_without_a_restart() {
     pg.psql("source", "INSERT INTO public.orders (id, customer, remark, region) VALUES (201, 'after drop', 'r', 'apac')").unwrap();
 
     // then every change arrives in order, with the columns each version had.
-    let query = "SELECT id, customer, qty, region, remark FROM public.orders ORDER BY id";
-    let sink_query = "SELECT id, customer, qty, region, remark FROM public.orders ORDER BY id";
+    let query = "SELECT id, customer, qty, region, channel, remark FROM public.orders ORDER BY id";
+    let sink_query = query;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let source = pg_rows(pg, "source", query).unwrap();
@@ -699,8 +702,8 @@ fn schema_changes_truncate_and_full_identity_flow_through_without_a_restart() {
         metric_value(&metrics, "sluice_capture_events_total", &[("op", "t")]),
         Some(1.0)
     );
-    // One key schema, and a value schema per version: initial, +region, qty bigint,
-    // note→remark, -blob.
+    // One key schema, and a value schema per version: initial, +region, +channel with qty
+    // bigint, note→remark, -blob.
     assert_eq!(
         metric_value(&metrics, "sluice_capture_schemas_published_total", &[]),
         Some(6.0)

@@ -57,21 +57,35 @@ impl Catalog {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    /// Values that rows older than a column read for it (`ADD COLUMN … DEFAULT` without a
-    /// rewrite), by column. Best effort: where the catalog column is not readable, none.
+    /// Values that rows older than a column read for it, by column: `attmissingval` after
+    /// `ADD COLUMN … DEFAULT` without a rewrite. A later rewrite (`ALTER … TYPE`) clears
+    /// `attmissingval` — having written the value into those rows, whose changes never
+    /// stream — so then the column's constant default stands in for it (which differs only if
+    /// the default was changed in between). Best effort: where the catalog is not readable,
+    /// none.
     pub async fn missing_values(client: &Client, table: &TableId) -> HashMap<String, String> {
         let rows = client
             .query(
-                "SELECT a.attname::text, (a.attmissingval::text::text[])[1] FROM pg_attribute a \
+                "SELECT a.attname::text, \
+                        CASE WHEN a.atthasmissing THEN (a.attmissingval::text::text[])[1] END, \
+                        pg_get_expr(d.adbin, d.adrelid) \
+                 FROM pg_attribute a \
+                 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
                  WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass \
-                   AND a.atthasmissing AND NOT a.attisdropped",
+                   AND a.attnum > 0 AND NOT a.attisdropped \
+                   AND (a.atthasmissing OR d.adbin IS NOT NULL)",
                 &[&table.namespace, &table.name],
             )
             .await;
         match rows {
             Ok(rows) => rows
                 .iter()
-                .filter_map(|r| Some((r.get::<_, String>(0), r.get::<_, Option<String>>(1)?)))
+                .filter_map(|r| {
+                    let missing: Option<String> = r.get(1);
+                    let default: Option<String> = r.get(2);
+                    let value = missing.or_else(|| constant_default(default.as_deref()?))?;
+                    Some((r.get::<_, String>(0), value))
+                })
                 .collect(),
             Err(e) => {
                 warn!(%table, error = %e, "cannot read defaults of added columns; sinks will see NULL in rows older than them");
@@ -241,5 +255,58 @@ impl Catalog {
             warn!(%table, column, r#type = %name, "type is not built in; carried in its text form");
         }
         Ok(SqlType::Other(name))
+    }
+}
+
+/// The value of a default expression that is a constant, as `pg_get_expr` prints it
+/// (`'eu'::text`, `42`, `'-1'::integer`, `true`); `None` for anything computed (`now()`,
+/// `nextval(…)`).
+fn constant_default(expr: &str) -> Option<String> {
+    let expr = expr.trim();
+    if let Some(rest) = expr.strip_prefix('\'') {
+        let mut value = String::new();
+        let mut chars = rest.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c != '\'' {
+                value.push(c);
+                continue;
+            }
+            if rest[i + 1..].starts_with('\'') {
+                value.push('\'');
+                chars.next();
+                continue;
+            }
+            // After the literal: nothing, or a plain cast (`::character varying`).
+            let tail = &rest[i + 1..];
+            let cast_only = tail.is_empty()
+                || tail.strip_prefix("::").is_some_and(|t| {
+                    t.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || " _\"[]".contains(c))
+                });
+            return cast_only.then_some(value);
+        }
+        return None;
+    }
+    (expr.parse::<f64>().is_ok() || expr == "true" || expr == "false").then(|| expr.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_default;
+
+    #[test]
+    fn only_constant_defaults_stand_in_for_missing_values() {
+        assert_eq!(constant_default("'eu'::text"), Some("eu".into()));
+        assert_eq!(
+            constant_default("'it''s'::character varying"),
+            Some("it's".into())
+        );
+        assert_eq!(constant_default("'-1'::integer"), Some("-1".into()));
+        assert_eq!(constant_default("42"), Some("42".into()));
+        assert_eq!(constant_default("true"), Some("true".into()));
+        assert_eq!(constant_default("now()"), None);
+        assert_eq!(constant_default("nextval('orders_id_seq'::regclass)"), None);
+        assert_eq!(constant_default("('a'::text || 'b'::text)"), None);
+        assert_eq!(constant_default("'a'::text || 'b'::text"), None);
     }
 }
