@@ -49,6 +49,8 @@ pub struct PostgresSink {
     client: Client,
     conn_task: tokio::task::JoinHandle<()>,
     state: State,
+    /// Kept to reconnect after the sink restarts.
+    password: Option<String>,
 }
 
 /// Everything but the client, so a transaction can borrow the client while planning mutates
@@ -148,7 +150,7 @@ impl PostgresSink {
                 "sinks.{name}.url is not a valid connection string: {e}"
             ))
         })?;
-        if let Some(pw) = password {
+        if let Some(pw) = &password {
             pg.password(pw);
         }
         pg.application_name(format!("sluice-sink-{name}"));
@@ -178,7 +180,31 @@ impl PostgresSink {
                 config,
                 targets: HashMap::new(),
             },
+            password,
         })
+    }
+
+    /// After the connection was lost (the sink restarted, a network cut), opens a new one; the
+    /// router retries the failed batch on it. The table cache stays: it describes the sink's
+    /// tables, not the connection.
+    async fn ensure_connected(&mut self) -> Result<(), SinkError> {
+        if !self.client.is_closed() {
+            return Ok(());
+        }
+        info!(sink = %self.state.name, "reconnecting to the sink");
+        let fresh = PostgresSink::connect(
+            &self.state.name,
+            &self.state.group,
+            self.state.config.clone(),
+            self.password.clone(),
+        )
+        .await?;
+        // `fresh` is dropped below, which aborts its connection task: swap the live client and
+        // task into `self` first, leaving the dead ones to be dropped.
+        let mut fresh = fresh;
+        std::mem::swap(&mut self.client, &mut fresh.client);
+        std::mem::swap(&mut self.conn_task, &mut fresh.conn_task);
+        Ok(())
     }
 }
 
@@ -555,6 +581,7 @@ async fn run(
 
 impl Sink for PostgresSink {
     async fn apply(&mut self, batch: &Batch) -> Result<ApplyOutcome, SinkError> {
+        self.ensure_connected().await?;
         let started = Instant::now();
         let txn = self.client.transaction().await?;
         let outcome = self.state.apply_in(&txn, batch).await?;
@@ -576,6 +603,7 @@ impl Sink for PostgresSink {
         topic: &str,
         partition: i32,
     ) -> Result<Option<StoredProgress>, SinkError> {
+        self.ensure_connected().await?;
         let row = self
             .client
             .query_opt(

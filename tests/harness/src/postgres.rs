@@ -204,6 +204,11 @@ impl Postgres {
         }
     }
 
+    /// Starts the server again after [`Postgres::stop`], on the same port with the same data.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.start_server()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
