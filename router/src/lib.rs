@@ -7,6 +7,7 @@
 //! `sluice_sinks::Sink`); Kafka's own committed offsets are only a hint for where to resume.
 
 pub mod error;
+mod lag;
 pub mod metrics;
 pub mod router;
 pub mod schemas;

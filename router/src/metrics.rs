@@ -12,6 +12,9 @@ pub const BATCHES_TOTAL: &str = "sluice_router_batches_total";
 pub const ERRORS_TOTAL: &str = "sluice_router_errors_total";
 /// Schemas loaded from the schema topic.
 pub const SCHEMAS_LOADED_TOTAL: &str = "sluice_router_schemas_loaded_total";
+/// Messages in the topic not yet committed by this router (summed over its partitions),
+/// label `topic`; from librdkafka's statistics every 5 s.
+pub const CONSUMER_LAG: &str = "sluice_router_consumer_lag_messages";
 /// Commit time of the last applied event at the source, as Unix seconds, label `sink`.
 pub const LAST_SOURCE_TS_SECONDS: &str = "sluice_router_last_applied_source_timestamp_seconds";
 
@@ -32,6 +35,11 @@ pub fn describe() {
         SCHEMAS_LOADED_TOTAL,
         Unit::Count,
         "Schemas loaded from the schema topic"
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        Unit::Count,
+        "Messages behind the end of each topic, over this router's partitions"
     );
     describe_gauge!(
         LAST_SOURCE_TS_SECONDS,

@@ -13,12 +13,14 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sluice_schemas::avro::unframe;
 use sluice_schemas::event::POSITION_HEADER;
+use sluice_schemas::liveness::Liveness;
 use sluice_schemas::Position;
 use sluice_sinks::{Batch, Consumed, Origin, Sink, SinkChange};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
+use crate::lag::LagContext;
 use crate::metrics as m;
 use crate::schemas::SchemaStore;
 use crate::RouterError;
@@ -46,6 +48,9 @@ pub struct RouterSettings {
     pub batch: BatchSettings,
     /// Sink name, for logs and metric labels.
     pub sink_name: String,
+    /// Reported to `/readyz`: connected while the broker and sink answer; pending while a
+    /// batch waits to be committed.
+    pub liveness: Arc<Liveness>,
 }
 
 /// A router feeding one sink.
@@ -141,13 +146,22 @@ impl<S: Sink> Router<S> {
         if let Some(id) = &self.settings.instance_id {
             config.set("group.instance.id", id);
         }
-        if config.get("topic.metadata.refresh.interval.ms").is_none() {
-            config.set("topic.metadata.refresh.interval.ms", "5000");
+        for (key, value) in [
+            ("topic.metadata.refresh.interval.ms", "5000"),
+            // The consumer-lag gauge is read from librdkafka's statistics.
+            ("statistics.interval.ms", "5000"),
+        ] {
+            if config.get(key).is_none() {
+                config.set(key, value);
+            }
         }
-        let consumer: StreamConsumer = config.create()?;
+        let consumer: StreamConsumer<LagContext> =
+            config.create_with_context(LagContext::default())?;
         let topics: Vec<&str> = self.settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         info!(topics = ?self.settings.topics, "subscribed");
+        // The sink connected before the router started, and the broker answered topic creation.
+        self.settings.liveness.set_connected(true);
         let dlq: FutureProducer = self
             .client_config
             .clone()
@@ -211,14 +225,15 @@ impl<S: Sink> Router<S> {
                         self.handle(&msg, topic, &mut pending, &mut schemas, &dlq).await?;
                         if deadline.is_none() {
                             deadline = Some(Instant::now() + self.settings.batch.max_delay);
+                            self.settings.liveness.set_pending(true);
                         }
                     }
                 }
             }
-            if pending.is_empty() {
-                continue;
+            if !pending.is_empty() {
+                self.flush(&consumer, pending, shutdown).await?;
             }
-            self.flush(&consumer, pending, shutdown).await?;
+            self.settings.liveness.set_pending(false);
         }
         info!("router stopped cleanly");
         Ok(())
@@ -364,11 +379,11 @@ impl<S: Sink> Router<S> {
             .map_err(|(e, _)| RouterError::Kafka(format!("write to dead-letter topic: {e}")))
     }
 
-    /// Applies a batch, retrying transient sink errors with backoff, then commits the offsets
-    /// to Kafka as a resume hint.
+    /// Applies a batch, retrying transient sink errors with backoff (consumption paused
+    /// meanwhile), then commits the offsets to Kafka as a resume hint.
     async fn flush(
         &mut self,
-        consumer: &StreamConsumer,
+        consumer: &StreamConsumer<LagContext>,
         mut pending: Pending,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
@@ -382,9 +397,16 @@ impl<S: Sink> Router<S> {
             })
             .collect();
         let mut backoff = Duration::from_millis(200);
+        let mut paused = false;
         loop {
             match self.sink.apply(&pending.batch).await {
                 Ok(outcome) => {
+                    if paused {
+                        consumer.resume(&consumer.assignment()?)?;
+                        info!("sink writes succeed again; consumption resumed");
+                    }
+                    self.settings.liveness.set_connected(true);
+                    self.settings.liveness.progressed();
                     metrics::counter!(m::BATCHES_TOTAL, "sink" => self.settings.sink_name.clone())
                         .increment(1);
                     if pending.last_source_ts_ms > 0 {
@@ -399,9 +421,17 @@ impl<S: Sink> Router<S> {
                     break;
                 }
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
+                    self.settings.liveness.set_connected(false);
                     metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient").increment(1);
                     warn!(error = %e, retry_in = ?backoff, "sink write failed; retrying the batch");
-                    tokio::time::sleep(backoff).await;
+                    if !paused {
+                        // Hold memory at this one batch while the sink is away, but keep
+                        // polling: that keeps the group membership, rebalances and statistics
+                        // (the consumer-lag gauge) going.
+                        consumer.pause(&consumer.assignment()?)?;
+                        paused = true;
+                    }
+                    poll_paused(consumer, backoff).await?;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
                 Err(e) => return Err(e.into()),
@@ -416,5 +446,32 @@ impl<S: Sink> Router<S> {
             warn!(error = %e, "could not commit offsets to Kafka");
         }
         Ok(())
+    }
+}
+
+/// Polls a paused consumer for `how_long`, serving its events. Paused partitions deliver
+/// nothing; a partition assigned meanwhile is not paused, so a message from it is rewound
+/// (sought back to) and its partition paused too: it is read again after the resume.
+async fn poll_paused(
+    consumer: &StreamConsumer<LagContext>,
+    how_long: Duration,
+) -> Result<(), RouterError> {
+    let until = Instant::now() + how_long;
+    loop {
+        match tokio::time::timeout_at(until, consumer.recv()).await {
+            Err(_) => return Ok(()),
+            Ok(Err(e)) => warn!(error = %e, "consumer error"),
+            Ok(Ok(msg)) => {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(msg.topic(), msg.partition());
+                consumer.pause(&tpl)?;
+                consumer.seek(
+                    msg.topic(),
+                    msg.partition(),
+                    Offset::Offset(msg.offset()),
+                    Duration::from_secs(10),
+                )?;
+            }
+        }
     }
 }
