@@ -27,7 +27,7 @@ pub struct Components {
 /// stops the others). Returns an error when any component failed.
 pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
     let handle = telemetry::init_metrics()?;
-    let health = Arc::new(Health::default());
+    let health = Arc::new(Health::new(config.observability.stall_timeout()));
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
 
@@ -42,7 +42,6 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             anyhow::bail!("`capture` needs at least one [sources.<name>] section");
         }
         for (name, source) in &config.sources {
-            health.expect(1);
             let settings = PublisherSettings {
                 topic_prefix: config.kafka.topic_prefix.clone(),
                 schema_topic: config.kafka.schema_topic.clone(),
@@ -53,15 +52,15 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 max_in_flight: config.kafka.max_in_flight,
                 source: name.clone(),
                 drain_timeout: config.shutdown.drain_timeout(),
+                liveness: health.component(&format!("capture {name}")),
             };
             let password = Config::env_password("sources", name);
             let (kafka, label) = (config.kafka_client(), format!("capture {name}"));
-            let (shutdown, health) = (shutdown.clone(), health.clone());
+            let shutdown = shutdown.clone();
             match source.clone() {
                 SourceConfig::Postgres(pg) => {
                     let capture = PostgresCapture::new(name, pg, kafka, settings, password);
                     tasks.spawn(async move {
-                        health.started();
                         (
                             label,
                             capture.run(shutdown).await.map_err(anyhow::Error::from),
@@ -71,7 +70,6 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 SourceConfig::Mysql(my) => {
                     let capture = MysqlCapture::new(name, my, kafka, settings, password);
                     tasks.spawn(async move {
-                        health.started();
                         (
                             label,
                             capture.run(shutdown).await.map_err(anyhow::Error::from),
@@ -92,7 +90,6 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             .get(&router.sink)
             .cloned()
             .with_context(|| format!("router.sink = \"{}\" names no sink", router.sink))?;
-        health.expect(1);
         let settings = RouterSettings {
             group_id: router.group_id.clone(),
             instance_id: config.router_instance_id(),
@@ -107,9 +104,10 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 max_delay: Duration::from_millis(router.batch.max_delay_ms),
             },
             sink_name: router.sink.clone(),
+            liveness: health.component("router"),
         };
         let client = config.kafka_client();
-        let (shutdown, health) = (shutdown.clone(), health.clone());
+        let shutdown = shutdown.clone();
         tasks.spawn(async move {
             let SinkConfig::Postgres(pg) = sink_config;
             let password = Config::env_password("sinks", &router.sink);
@@ -122,7 +120,6 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                     &shutdown,
                 )
                 .await?;
-                health.started();
                 Router::new(client, settings, sink).run(shutdown).await?;
                 Ok(())
             }

@@ -225,6 +225,20 @@ pub struct ObservabilityConfig {
     /// A `tracing` filter (`info`, `sluice_capture=debug,info`); `RUST_LOG` overrides it.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// `/readyz` fails for a component that has had work pending (events awaiting Kafka, a
+    /// batch awaiting the sink) this long without finishing any of it.
+    #[serde(default = "default_stall_timeout_ms")]
+    pub stall_timeout_ms: u64,
+}
+
+fn default_stall_timeout_ms() -> u64 {
+    60_000
+}
+
+impl ObservabilityConfig {
+    pub fn stall_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.stall_timeout_ms)
+    }
 }
 
 impl Default for ObservabilityConfig {
@@ -233,6 +247,7 @@ impl Default for ObservabilityConfig {
             listen: default_listen(),
             log_format: LogFormat::Pretty,
             log_level: default_log_level(),
+            stall_timeout_ms: default_stall_timeout_ms(),
         }
     }
 }
@@ -416,6 +431,9 @@ impl Config {
                     }
                 }
             }
+        }
+        if self.observability.stall_timeout_ms == 0 {
+            problems.push("observability.stall_timeout_ms must be > 0 (e.g. 60000)".into());
         }
         if self.shutdown.drain_timeout_ms == 0 {
             problems.push("shutdown.drain_timeout_ms must be > 0 (e.g. 30000)".into());

@@ -1,11 +1,13 @@
 //! Logs, metrics and the HTTP endpoints every Sluice process serves:
-//! `/metrics` (Prometheus text), `/healthz` (alive) and `/readyz` (every component started and
-//! none has failed).
+//! `/metrics` (Prometheus text), `/healthz` (alive) and `/readyz` (every component connected,
+//! none stalled, none failed; the body says which is which).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sluice_schemas::liveness::Liveness;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -13,27 +15,60 @@ use tracing::{info, warn};
 
 use crate::config::{LogFormat, ObservabilityConfig};
 
-/// Readiness shared by the components of one process.
-#[derive(Debug, Default)]
+/// Readiness of one process: every component it runs is connected and none is stalled (see
+/// [`Liveness`]), and none has failed.
+#[derive(Debug)]
 pub struct Health {
-    expected: AtomicUsize,
-    started: AtomicUsize,
+    components: Mutex<Vec<Arc<Liveness>>>,
+    stall_after: Duration,
     failed: AtomicBool,
 }
 
 impl Health {
-    pub fn expect(&self, n: usize) {
-        self.expected.fetch_add(n, Ordering::SeqCst);
+    pub fn new(stall_after: Duration) -> Health {
+        Health {
+            components: Mutex::new(Vec::new()),
+            stall_after,
+            failed: AtomicBool::new(false),
+        }
     }
-    pub fn started(&self) {
-        self.started.fetch_add(1, Ordering::SeqCst);
+
+    /// A component this process runs; it is not ready until it reports itself connected.
+    pub fn component(&self, name: &str) -> Arc<Liveness> {
+        let liveness = Arc::new(Liveness::new(name));
+        self.components
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(liveness.clone());
+        liveness
     }
+
     pub fn failed(&self) {
         self.failed.store(true, Ordering::SeqCst);
     }
-    pub fn ready(&self) -> bool {
-        !self.failed.load(Ordering::SeqCst)
-            && self.started.load(Ordering::SeqCst) >= self.expected.load(Ordering::SeqCst)
+
+    /// Whether the process is ready, and a line per component saying why or why not.
+    pub fn report(&self) -> (bool, String) {
+        let mut ready = !self.failed.load(Ordering::SeqCst);
+        let mut body = String::new();
+        if !ready {
+            body.push_str("a component failed\n");
+        }
+        for c in self
+            .components
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            match c.check(self.stall_after) {
+                Ok(()) => body.push_str(&format!("{}: ready\n", c.name())),
+                Err(why) => {
+                    ready = false;
+                    body.push_str(&format!("{}: {why}\n", c.name()));
+                }
+            }
+        }
+        (ready, body)
     }
 }
 
@@ -122,12 +157,10 @@ pub async fn serve(
             let (status, content_type, body) = match path {
                 "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                "/readyz" if health.ready() => ("200 OK", "text/plain", "ready\n".to_string()),
-                "/readyz" => (
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "not ready\n".to_string(),
-                ),
+                "/readyz" => match health.report() {
+                    (true, body) => ("200 OK", "text/plain", body),
+                    (false, body) => ("503 Service Unavailable", "text/plain", body),
+                },
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };
             let response = format!(

@@ -27,10 +27,34 @@ pub const BINLOG_CONFIRMED_POSITION: &str = "sluice_capture_binlog_confirmed_pos
 
 /// Rows read by the initial snapshot, labels `source`, `table`.
 pub const SNAPSHOT_ROWS_TOTAL: &str = "sluice_capture_snapshot_rows_total";
+/// Rows a table's snapshot expects to read: the catalog's estimate when it starts, the rows
+/// read once it finishes; labels `source`, `table`.
+pub const SNAPSHOT_ROWS_EXPECTED: &str = "sluice_capture_snapshot_rows_expected";
+/// 1 once a table's snapshot finished in this process, 0 while it runs; labels `source`, `table`.
+pub const SNAPSHOT_TABLE_DONE: &str = "sluice_capture_snapshot_table_done";
+/// Binlog file sequence number (`mysql-bin.000042` → 42) of the checkpoint written, label
+/// `source`.
+pub const BINLOG_CONFIRMED_FILE: &str = "sluice_capture_binlog_confirmed_file";
 /// Tables whose snapshot has not finished yet, label `source`.
 pub const SNAPSHOT_TABLES_REMAINING: &str = "sluice_capture_snapshot_tables_remaining";
 /// Changes the stream skipped because the table's snapshot already contains them, label `source`.
 pub const SNAPSHOT_SKIPPED_CHANGES_TOTAL: &str = "sluice_capture_snapshot_skipped_changes_total";
+
+/// A table's snapshot starts; `estimate` is the catalog's row count, when it has one.
+pub fn snapshot_started(source: &str, table: &str, estimate: Option<f64>) {
+    let labels = [("source", source.to_string()), ("table", table.to_string())];
+    metrics::gauge!(SNAPSHOT_TABLE_DONE, &labels).set(0.0);
+    if let Some(rows) = estimate.filter(|r| *r >= 0.0) {
+        metrics::gauge!(SNAPSHOT_ROWS_EXPECTED, &labels).set(rows);
+    }
+}
+
+/// A table's snapshot finished after reading `rows`.
+pub fn snapshot_finished(source: &str, table: &str, rows: u64) {
+    let labels = [("source", source.to_string()), ("table", table.to_string())];
+    metrics::gauge!(SNAPSHOT_ROWS_EXPECTED, &labels).set(rows as f64);
+    metrics::gauge!(SNAPSHOT_TABLE_DONE, &labels).set(1.0);
+}
 
 /// Registers descriptions; call once per process.
 pub fn describe() {
@@ -64,6 +88,34 @@ pub fn describe() {
     describe_gauge!(
         BINLOG_CONFIRMED_POSITION,
         "Binlog offset of the checkpoint written to the state topic"
+    );
+    describe_gauge!(
+        BINLOG_CONFIRMED_FILE,
+        "Binlog file sequence number of the checkpoint written to the state topic"
+    );
+    describe_counter!(
+        SNAPSHOT_ROWS_TOTAL,
+        Unit::Count,
+        "Rows read by the initial snapshot"
+    );
+    describe_gauge!(
+        SNAPSHOT_ROWS_EXPECTED,
+        Unit::Count,
+        "Rows a table's snapshot expects: the catalog's estimate, then the rows read"
+    );
+    describe_gauge!(
+        SNAPSHOT_TABLE_DONE,
+        "1 once the table's snapshot finished in this process"
+    );
+    describe_gauge!(
+        SNAPSHOT_TABLES_REMAINING,
+        Unit::Count,
+        "Tables whose snapshot has not finished"
+    );
+    describe_counter!(
+        SNAPSHOT_SKIPPED_CHANGES_TOTAL,
+        Unit::Count,
+        "Streamed changes already in the table's snapshot"
     );
     describe_counter!(ERRORS_TOTAL, Unit::Count, "Capture errors by kind");
     describe_counter!(

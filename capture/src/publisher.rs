@@ -7,6 +7,7 @@
 //! reading the replication stream.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -16,6 +17,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use sluice_schemas::event::POSITION_HEADER;
+use sluice_schemas::liveness::Liveness;
 use sluice_schemas::{ChangeEvent, EnvelopeCodec, Op, SchemaFingerprint};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -46,6 +48,9 @@ pub struct PublisherSettings {
     /// On shutdown, how long to wait for Kafka to acknowledge what was published before
     /// confirming the checkpoint anyway (what is unacknowledged is re-sent after a restart).
     pub drain_timeout: std::time::Duration,
+    /// Reported to `/readyz`: connected once the broker answers; pending while events await
+    /// acknowledgement.
+    pub liveness: Arc<Liveness>,
 }
 
 enum Pending {
@@ -118,7 +123,12 @@ impl Publisher {
             .map_err(|e| CaptureError::Kafka(e.to_string()))?;
         let (tx, rx) = mpsc::channel(settings.max_in_flight.max(1));
         let (acked_tx, acked_rx) = watch::channel(start);
-        let task = tokio::spawn(ack_loop(rx, acked_tx, settings.source.clone()));
+        let task = tokio::spawn(ack_loop(
+            rx,
+            acked_tx,
+            settings.source.clone(),
+            settings.liveness.clone(),
+        ));
         Ok((
             Publisher {
                 producer,
@@ -147,7 +157,10 @@ impl Publisher {
         let topic = self.settings.schema_topic.clone();
         self.ensure_topic(&topic, 1, true).await?;
         let topic = self.settings.state_topic.clone();
-        self.ensure_topic(&topic, 1, true).await
+        self.ensure_topic(&topic, 1, true).await?;
+        // Every engine connects to its source before it prepares the publisher.
+        self.settings.liveness.set_connected(true);
+        Ok(())
     }
 
     /// Waits until every event published so far is acknowledged by Kafka.
@@ -348,10 +361,12 @@ async fn ack_loop(
     mut rx: mpsc::Receiver<Pending>,
     acked: watch::Sender<u64>,
     source: String,
+    liveness: Arc<Liveness>,
 ) -> Result<(), CaptureError> {
     let inflight = metrics::gauge!(m::INFLIGHT_EVENTS, "source" => source);
     while let Some(p) = rx.recv().await {
         inflight.set(rx.len() as f64);
+        liveness.set_pending(true);
         match p {
             Pending::Delivery(f) => match f.await {
                 Ok(Ok(_)) => {}
@@ -366,6 +381,10 @@ async fn ack_loop(
             Pending::Barrier(done) => {
                 let _ = done.send(());
             }
+        }
+        liveness.progressed();
+        if rx.is_empty() {
+            liveness.set_pending(false);
         }
     }
     Ok(())

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use sluice_schemas::liveness::Liveness;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
@@ -14,6 +15,7 @@ use crate::CaptureError;
 /// error, waits (500 ms doubling to 30 s) and runs it again, unless `shutdown` comes first.
 pub async fn with_backoff<F, Fut>(
     source: &str,
+    liveness: &Liveness,
     shutdown: &CancellationToken,
     mut once: F,
 ) -> Result<(), CaptureError>
@@ -26,6 +28,7 @@ where
         match once().await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
+                liveness.set_connected(false);
                 metrics::counter!(m::ERRORS_TOTAL, "source" => source.to_string(), "kind" => "transient")
                     .increment(1);
                 warn!(error = %e, retry_in = ?backoff, "capture interrupted; reconnecting");
@@ -36,6 +39,7 @@ where
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err(e) => {
+                liveness.set_connected(false);
                 metrics::counter!(m::ERRORS_TOTAL, "source" => source.to_string(), "kind" => "definite")
                     .increment(1);
                 error!(error = %e, "capture stopped");

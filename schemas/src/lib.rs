@@ -5,7 +5,9 @@
 //! - [`table`]: table schemas as declared by the source catalog ([`TableSchema`], [`Column`],
 //!   [`SqlType`]) and their mapping onto Avro types;
 //! - [`avro`]: the Debezium-compatible Avro envelope, its encoding with Avro single-object
-//!   framing, and decoding back into rows.
+//!   framing, and decoding back into rows;
+//! - [`liveness`]: what every component reports to its process's `/readyz` (connected, and
+//!   whether pending work moves).
 //!
 //! It does not talk to any database or broker: capture publishes the schemas it builds here and
 //! the router loads them (see `sluice-capture` and `sluice-router`).
@@ -13,6 +15,7 @@
 pub mod avro;
 pub mod decimal;
 pub mod event;
+pub mod liveness;
 pub mod pgtext;
 pub mod table;
 pub mod transport;

@@ -114,9 +114,11 @@ impl MysqlCapture {
     /// definite error that stopped it, if any.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CaptureError> {
         let span = info_span!("capture", source = %self.name);
-        crate::retry::with_backoff(&self.name, &shutdown, || self.run_once(&shutdown))
-            .instrument(span)
-            .await
+        crate::retry::with_backoff(&self.name, &self.settings.liveness, &shutdown, || {
+            self.run_once(&shutdown)
+        })
+        .instrument(span)
+        .await
     }
 
     fn opts(&self) -> Result<Opts, CaptureError> {
@@ -543,6 +545,15 @@ impl Snapshot<'_> {
                 .write_state(&serde_json::to_string(&*state).expect("state serializes"))
                 .await?;
             info!(%table, "snapshotting table");
+            // InnoDB's estimate; NULL for views and some engines.
+            let estimate: Option<Option<u64>> = conn
+                .exec_first(
+                    "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                    (table.namespace.as_str(), table.name.as_str()),
+                )
+                .await
+                .map_err(mysql_error)?;
+            m::snapshot_started(&source, &key, estimate.flatten().map(|r| r as f64));
             let rows_counter = metrics::counter!(m::SNAPSHOT_ROWS_TOTAL, "source" => source.clone(), "table" => key.clone());
             let sql = format!(
                 "SELECT {} FROM `{}`.`{}`",
@@ -589,7 +600,7 @@ impl Snapshot<'_> {
             publisher.barrier().await?;
             state
                 .tables
-                .insert(key, TableState::Done { snapshot_lsn: snap });
+                .insert(key.clone(), TableState::Done { snapshot_lsn: snap });
             if state.position.is_none() {
                 state.position = Some(snap);
             }
@@ -597,6 +608,7 @@ impl Snapshot<'_> {
                 .write_state(&serde_json::to_string(&*state).expect("state serializes"))
                 .await?;
             remaining.decrement(1.0);
+            m::snapshot_finished(&source, &key, n);
             info!(%table, rows = n, "table snapshot finished");
         }
         conn.query_drop("COMMIT").await.map_err(mysql_error)?;
@@ -1096,6 +1108,8 @@ impl Stream<'_> {
         let (seq, pos) = unpack(acked);
         metrics::gauge!(m::BINLOG_CONFIRMED_POSITION, "source" => self.capture.name.clone())
             .set(pos as f64);
+        metrics::gauge!(m::BINLOG_CONFIRMED_FILE, "source" => self.capture.name.clone())
+            .set(f64::from(seq));
         tracing::debug!(file = %file_name(&self.state.file_base, seq), pos, "checkpoint written");
         Ok(())
     }

@@ -76,6 +76,16 @@ async fn read_table_inner(
         let schema = Arc::new(Catalog::default().table_schema(&client, job.table.clone(), &columns).await?);
         let send = |m: SnapshotMessage| async { tx.send(m).await.map_err(|_| CaptureError::Kafka("snapshot publisher stopped".into())) };
         send(SnapshotMessage::Started(job.table.clone())).await?;
+        // reltuples is -1 until the table was first vacuumed or analyzed.
+        let estimate: Option<f64> = client
+            .query_opt(
+                "SELECT c.reltuples::float8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&job.table.namespace, &job.table.name],
+            )
+            .await?
+            .map(|r| r.get(0));
+        m::snapshot_started(&source.name, &job.table.to_string(), estimate);
         info!(table = %job.table, "snapshotting table");
         let mut n: u64 = 0;
         let mut source = source.clone();

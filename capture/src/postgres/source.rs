@@ -124,9 +124,11 @@ impl PostgresCapture {
     /// definite error that stopped it, if any.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CaptureError> {
         let span = info_span!("capture", source = %self.name);
-        crate::retry::with_backoff(&self.name, &shutdown, || self.run_once(&shutdown))
-            .instrument(span)
-            .await
+        crate::retry::with_backoff(&self.name, &self.settings.liveness, &shutdown, || {
+            self.run_once(&shutdown)
+        })
+        .instrument(span)
+        .await
     }
 
     fn connect_params(&self) -> Result<(PgConnector, ConnectParams), CaptureError> {
@@ -347,6 +349,7 @@ impl PostgresCapture {
                     );
                     publisher.write_state(&state_json(state)?).await?;
                     remaining.decrement(1.0);
+                    m::snapshot_finished(&self.name, &table.to_string(), rows);
                     info!(%table, rows, "table snapshot finished");
                     active -= 1;
                     if spawn_next(&mut readers, &mut queue) {

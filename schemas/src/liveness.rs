@@ -1,0 +1,130 @@
+//! What each component tells the process's `/readyz`: whether it is connected to what it
+//! reads and writes, and whether work it holds is moving.
+//!
+//! A component is *stalled* when it has had work pending (events awaiting Kafka's
+//! acknowledgement, a batch not yet committed to the sink) for longer than the stall timeout
+//! without finishing any of it. An idle component is never stalled: with nothing to do there is
+//! no progress to expect.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Shared between a component (which reports) and the HTTP endpoint (which reads).
+#[derive(Debug)]
+pub struct Liveness {
+    name: String,
+    connected: AtomicBool,
+    pending: AtomicBool,
+    /// Unix milliseconds of the last finished work, or of the moment work became pending.
+    last_progress_ms: AtomicI64,
+}
+
+/// Why a component is not ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    Disconnected,
+    Stalled { for_ms: i64 },
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Liveness {
+    /// A component that has not connected yet.
+    pub fn new(name: impl Into<String>) -> Liveness {
+        Liveness {
+            name: name.into(),
+            connected: AtomicBool::new(false),
+            pending: AtomicBool::new(false),
+            last_progress_ms: AtomicI64::new(now_ms()),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Connected to everything the component needs (false while it reconnects).
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    /// Work is (or is no longer) waiting. Becoming pending starts the stall clock.
+    pub fn set_pending(&self, pending: bool) {
+        if pending && !self.pending.swap(true, Ordering::Relaxed) {
+            self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+        } else if !pending {
+            self.pending.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Some pending work finished.
+    pub fn progressed(&self) {
+        self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// `Ok` when connected and not stalled for longer than `stall_after`.
+    pub fn check(&self, stall_after: Duration) -> Result<(), NotReady> {
+        if !self.connected.load(Ordering::Relaxed) {
+            return Err(NotReady::Disconnected);
+        }
+        if self.pending.load(Ordering::Relaxed) {
+            let idle = now_ms() - self.last_progress_ms.load(Ordering::Relaxed);
+            if idle > stall_after.as_millis() as i64 {
+                return Err(NotReady::Stalled { for_ms: idle });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::Disconnected => f.write_str("not connected"),
+            NotReady::Stalled { for_ms } => {
+                write!(f, "work pending without progress for {} s", for_ms / 1000)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_is_ready_pending_without_progress_is_stalled() {
+        let l = Liveness::new("capture x");
+        assert_eq!(l.check(Duration::ZERO), Err(NotReady::Disconnected));
+        l.set_connected(true);
+        assert_eq!(l.check(Duration::ZERO), Ok(()));
+        // Pending since long ago: stalled once past the timeout, not before.
+        l.set_pending(true);
+        l.last_progress_ms
+            .store(now_ms() - 5_000, Ordering::Relaxed);
+        assert!(matches!(
+            l.check(Duration::from_secs(1)),
+            Err(NotReady::Stalled { for_ms }) if for_ms >= 5_000
+        ));
+        assert_eq!(l.check(Duration::from_secs(60)), Ok(()));
+        l.progressed();
+        assert_eq!(l.check(Duration::from_secs(1)), Ok(()));
+        // Becoming pending again after idling restarts the clock rather than inheriting the
+        // idle time.
+        l.set_pending(false);
+        l.last_progress_ms
+            .store(now_ms() - 5_000, Ordering::Relaxed);
+        l.set_pending(true);
+        assert_eq!(l.check(Duration::from_secs(1)), Ok(()));
+        l.set_connected(false);
+        assert_eq!(
+            l.check(Duration::from_secs(60)),
+            Err(NotReady::Disconnected)
+        );
+    }
+}
