@@ -29,6 +29,28 @@ enum Command {
     Route(ConfigArg),
     /// Parse and validate a config file, then exit.
     CheckConfig(ConfigArg),
+    /// Show pipelines, tables, positions and lag of running Sluice processes.
+    ///
+    /// Reads each process's /readyz and /metrics. Exits 0 when every process answered and is
+    /// ready, 1 otherwise.
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// A config file; its observability.listen is the endpoint when none is given.
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// A process's observability address (host:port or http://host:port). Repeat it for a
+    /// deployment that runs capture and router apart.
+    #[arg(long = "endpoint", short = 'e')]
+    endpoints: Vec<String>,
+    /// Keep reporting: redrawn with progress bars on a terminal, as log lines otherwise.
+    #[arg(long)]
+    watch: bool,
+    /// Seconds between reports with --watch.
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
 }
 
 #[derive(clap::Args)]
@@ -62,6 +84,7 @@ fn main() -> ExitCode {
                 router: true,
             },
         ),
+        Command::Status(a) => return status(a),
         Command::CheckConfig(a) => {
             return match Config::load(&a.config) {
                 Ok(_) => {
@@ -99,5 +122,54 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn status(args: &StatusArgs) -> ExitCode {
+    use sluice::status;
+    use std::io::IsTerminal;
+    let mut endpoints = args.endpoints.clone();
+    if endpoints.is_empty() {
+        let Some(path) = &args.config else {
+            eprintln!("error: give --endpoint HOST:PORT (repeatable) or --config FILE");
+            return ExitCode::from(2);
+        };
+        match Config::load(path) {
+            // A wildcard listen address is reached on loopback.
+            Ok(c) => endpoints.push(
+                c.observability
+                    .listen
+                    .replace("0.0.0.0:", "127.0.0.1:")
+                    .replace("[::]:", "[::1]:"),
+            ),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let tty = std::io::stdout().is_terminal();
+    if !args.watch {
+        let report = status::collect(&endpoints);
+        print!("{}", status::render(&report, tty));
+        return if report.all_ready() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let interval = std::time::Duration::from_secs_f64(args.interval.max(0.2));
+    loop {
+        let report = status::collect(&endpoints);
+        let at = status::rfc3339(status::now_secs());
+        if tty {
+            // Home the cursor and clear the screen, then redraw.
+            print!("\x1b[H\x1b[2J{at}\n\n{}", status::render(&report, true));
+        } else {
+            for line in status::render_log_lines(&report).lines() {
+                println!("{at} {line}");
+            }
+        }
+        std::thread::sleep(interval);
     }
 }

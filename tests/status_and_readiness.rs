@@ -1,0 +1,250 @@
+//! What an operator sees of a running pipeline: `sluice status` (tables, snapshot progress,
+//! positions, consumer lag), `/readyz` through a sink outage, and the consumer-lag metric.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_harness::compare::{compare_rows, pg_rows};
+use sluice_harness::{
+    free_port, http_get, metric_value, Postgres, SluiceProcess, Tansu, TansuStorage,
+};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// Polls `check` every 500 ms until it returns `Some`, or panics with `what` and `context()`.
+fn eventually<T>(
+    what: &str,
+    timeout: Duration,
+    context: impl Fn() -> String,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn status(config: &Path) -> (i32, String) {
+    let out = Command::new(SLUICE)
+        .args(["status", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn count(pg: &Postgres, db: &str, sql: &str) -> Option<i64> {
+    pg.psql(db, sql).ok().and_then(|s| s.trim().parse().ok())
+}
+
+#[test]
+fn status_shows_each_table_and_readyz_follows_a_sink_outage() {
+    // Given a source table of 2,000 rows (analyzed, so the snapshot has an estimate), a sink
+    // on its own server, and a pipeline over them,
+    let source = Postgres::start().unwrap();
+    source.create_database("shop").unwrap();
+    source
+        .psql(
+            "shop",
+            "CREATE TABLE public.t (id int PRIMARY KEY, v text); \
+             INSERT INTO public.t SELECT i, 'v' || i FROM generate_series(1, 2000) i; ANALYZE public.t",
+        )
+        .unwrap();
+    let mut sink = Postgres::start().unwrap();
+    sink.create_database("wh").unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+bootstrap_servers = "{}"
+[sources.pg]
+kind = "postgres"
+url = "{}"
+tables = ["public.t"]
+slot = "status"
+publication = "status"
+[sinks.wh]
+kind = "postgres"
+url = "{}"
+[router]
+sink = "wh"
+group_id = "status"
+[observability]
+listen = "127.0.0.1:{port}"
+"#,
+            kafka.bootstrap(),
+            source.url("shop"),
+            sink.url("wh")
+        ),
+    )
+    .unwrap();
+    let sluice = SluiceProcess::start(
+        Path::new(SLUICE),
+        "run",
+        &config,
+        &dir.path().join("log"),
+        port,
+    )
+    .unwrap();
+    let log = || sluice.log();
+
+    // when the snapshot has been applied,
+    eventually(
+        "the snapshot in the sink",
+        Duration::from_secs(60),
+        log,
+        || (count(&sink, "wh", "SELECT count(*) FROM public.t") == Some(2000)).then_some(()),
+    );
+
+    // then status reports the table done, captured and applied, with no consumer lag (the lag
+    // comes from librdkafka statistics every 5 s), and exits 0 because all is ready.
+    let report = eventually(
+        "a settled status report",
+        Duration::from_secs(30),
+        log,
+        || {
+            let (code, out) = status(&config);
+            let line = out
+                .lines()
+                .find(|l| l.starts_with("pg ") && l.contains("public.t"))?;
+            let cells: Vec<&str> = line
+                .split("  ")
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect();
+            (code == 0 && cells == ["pg", "public.t", "done 2,000", "2,000", "2,000", "0"])
+                .then_some(out)
+        },
+    );
+    assert!(report.contains("capture pg: ready"), "{report}");
+    assert!(report.contains("router: ready"), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("pg ") && l.contains("streaming") && l.contains("lsn ")),
+        "{report}"
+    );
+    let (code, body) = http_get(port, "/readyz").unwrap();
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "capture pg: ready\nrouter: ready\n")
+    );
+
+    // When the sink goes away and changes keep coming,
+    sink.stop();
+    source
+        .psql(
+            "shop",
+            "INSERT INTO public.t SELECT i, 'late' FROM generate_series(2001, 2010) i",
+        )
+        .unwrap();
+
+    // then /readyz says the router lost its sink (capture stays ready), status exits 1, and
+    // the consumer lag shows the ten waiting changes.
+    let body = eventually("/readyz to fail", Duration::from_secs(30), log, || {
+        http_get(port, "/readyz")
+            .filter(|(code, _)| *code == 503)
+            .map(|(_, b)| b)
+    });
+    assert_eq!(body, "capture pg: ready\nrouter: not connected\n");
+    let (code, out) = status(&config);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("NOT READY") && out.contains("router: not connected"),
+        "{out}"
+    );
+    eventually(
+        "the consumer lag to show the waiting changes",
+        Duration::from_secs(30),
+        log,
+        || {
+            let text = sluice.metrics()?;
+            let lag = metric_value(
+                &text,
+                "sluice_router_consumer_lag_messages",
+                &[("topic", "sluice.public.t")],
+            )?;
+            (lag >= 10.0).then_some(())
+        },
+    );
+
+    // When the sink comes back, the router reconnects, applies what waited, and is ready again
+    // with no lag; the sink equals the source.
+    sink.start_again().unwrap();
+    eventually(
+        "the late rows in the sink",
+        Duration::from_secs(90),
+        log,
+        || (count(&sink, "wh", "SELECT count(*) FROM public.t") == Some(2010)).then_some(()),
+    );
+    eventually(
+        "readiness and zero lag",
+        Duration::from_secs(30),
+        log,
+        || {
+            let ready = http_get(port, "/readyz").is_some_and(|(code, _)| code == 200);
+            let lag = metric_value(
+                &sluice.metrics()?,
+                "sluice_router_consumer_lag_messages",
+                &[("topic", "sluice.public.t")],
+            )?;
+            (ready && lag == 0.0).then_some(())
+        },
+    );
+    let q = "SELECT * FROM public.t ORDER BY id";
+    compare_rows(
+        &pg_rows(&source, "shop", q).unwrap(),
+        &pg_rows(&sink, "wh", q).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        sluice.log().contains("reconnecting to the sink"),
+        "{}",
+        sluice.log()
+    );
+
+    // And --watch without a terminal prints timestamped log lines per source and table.
+    let mut watch = Command::new(SLUICE)
+        .args(["status", "--watch", "--interval", "0.3", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    watch.kill().unwrap();
+    let out = String::from_utf8(watch.wait_with_output().unwrap().stdout).unwrap();
+    let table_lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("source=pg table=public.t "))
+        .collect();
+    assert!(table_lines.len() >= 2, "{out}");
+    for line in table_lines {
+        // 2026-11-23T09:41:07Z source=pg table=public.t snapshot="done 2000" ...
+        let (ts, rest) = line.split_once(' ').unwrap();
+        assert!(
+            ts.len() == 20 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "{line}"
+        );
+        assert!(
+            rest.contains("captured=2010 applied=2010 consumer_lag=0"),
+            "{line}"
+        );
+    }
+}
