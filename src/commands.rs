@@ -52,7 +52,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 max_in_flight: config.kafka.max_in_flight,
                 source: name.clone(),
                 drain_timeout: config.shutdown.drain_timeout(),
-                liveness: health.component(&format!("capture {name}")),
+                liveness: health.component(&format!("capture {name}"), &["source", "broker"]),
             };
             let password = Config::env_password("sources", name);
             let (kafka, label) = (config.kafka_client(), format!("capture {name}"));
@@ -104,7 +104,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 max_delay: Duration::from_millis(router.batch.max_delay_ms),
             },
             sink_name: router.sink.clone(),
-            liveness: health.component("router"),
+            liveness: health.component("router", &["sink", "broker"]),
         };
         let client = config.kafka_client();
         let shutdown = shutdown.clone();

@@ -33,9 +33,10 @@ impl Health {
         }
     }
 
-    /// A component this process runs; it is not ready until it reports itself connected.
-    pub fn component(&self, name: &str) -> Arc<Liveness> {
-        let liveness = Arc::new(Liveness::new(name));
+    /// A component this process runs, depending on `needs`; it is not ready until it reports
+    /// each of them connected.
+    pub fn component(&self, name: &str, needs: &[&'static str]) -> Arc<Liveness> {
+        let liveness = Arc::new(Liveness::new(name, needs));
         self.components
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
 use sluice_harness::{
-    free_port, metric_value, Postgres, SluiceProcess, Tansu, TansuStorage, TestCerts,
+    free_port, http_get, metric_value, Postgres, SluiceProcess, Tansu, TansuStorage, TestCerts,
 };
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -71,6 +71,7 @@ max_delay_ms = 50
 
 [observability]
 listen = "127.0.0.1:{metrics_port}"
+stall_timeout_ms = 3000
 "#,
         bootstrap = kafka.bootstrap(),
         source = pg.url("source"),
@@ -353,6 +354,24 @@ fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
         lsn_at_least(pg, &before_outage, &during_outage),
         "slot confirmed {during_outage}, past {before_outage}, while Kafka could not acknowledge"
     );
+    // /readyz says so: capture's events wait for acknowledgement past the stall timeout (3 s),
+    // and the router sees no broker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = http_get(p.sluice.metrics_port, "/readyz").unwrap_or_default();
+        if code == 503
+            && body.contains("capture pg_main: work pending without progress for")
+            && body.contains("router: not connected to broker")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz during the broker outage: {code} {body}\n{}",
+            p.sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // and when sluice is then killed outright, the broker comes back and more changes arrive,
     p.sluice.kill9();

@@ -163,11 +163,11 @@ listen = "127.0.0.1:{port}"
             .filter(|(code, _)| *code == 503)
             .map(|(_, b)| b)
     });
-    assert_eq!(body, "capture pg: ready\nrouter: not connected\n");
+    assert_eq!(body, "capture pg: ready\nrouter: not connected to sink\n");
     let (code, out) = status(&config);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("NOT READY") && out.contains("router: not connected"),
+        out.contains("NOT READY") && out.contains("router: not connected to sink"),
         "{out}"
     );
     eventually(

@@ -26,6 +26,16 @@ pub enum CaptureError {
     Definite(String),
 }
 
+impl CaptureError {
+    /// What the error is about, as `/readyz` names it: `broker` or `source`.
+    pub fn dependency(&self) -> &'static str {
+        match self {
+            CaptureError::Kafka(_) => "broker",
+            _ => "source",
+        }
+    }
+}
+
 /// A MySQL error's message; for a refused certificate, rustls' reason and what to check.
 fn mysql_detail(e: &mysql_async::Error) -> String {
     match crate::tls::tls_failure(e) {

@@ -159,7 +159,8 @@ impl Publisher {
         let topic = self.settings.state_topic.clone();
         self.ensure_topic(&topic, 1, true).await?;
         // Every engine connects to its source before it prepares the publisher.
-        self.settings.liveness.set_connected(true);
+        self.settings.liveness.set_connected("source", true);
+        self.settings.liveness.set_connected("broker", true);
         Ok(())
     }
 

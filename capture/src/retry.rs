@@ -28,7 +28,7 @@ where
         match once().await {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
-                liveness.set_connected(false);
+                liveness.set_connected(e.dependency(), false);
                 metrics::counter!(m::ERRORS_TOTAL, "source" => source.to_string(), "kind" => "transient")
                     .increment(1);
                 warn!(error = %e, retry_in = ?backoff, "capture interrupted; reconnecting");
@@ -39,7 +39,7 @@ where
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err(e) => {
-                liveness.set_connected(false);
+                liveness.set_connected(e.dependency(), false);
                 metrics::counter!(m::ERRORS_TOTAL, "source" => source.to_string(), "kind" => "definite")
                     .increment(1);
                 error!(error = %e, "capture stopped");

@@ -156,12 +156,14 @@ impl<S: Sink> Router<S> {
             }
         }
         let consumer: StreamConsumer<LagContext> =
-            config.create_with_context(LagContext::default())?;
+            config.create_with_context(LagContext::new(self.settings.liveness.clone()))?;
         let topics: Vec<&str> = self.settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         info!(topics = ?self.settings.topics, "subscribed");
-        // The sink connected before the router started, and the broker answered topic creation.
-        self.settings.liveness.set_connected(true);
+        // The sink connected before the router started, and the broker answered topic creation;
+        // from here on librdkafka's statistics say whether a broker is up.
+        self.settings.liveness.set_connected("sink", true);
+        self.settings.liveness.set_connected("broker", true);
         let dlq: FutureProducer = self
             .client_config
             .clone()
@@ -405,7 +407,7 @@ impl<S: Sink> Router<S> {
                         consumer.resume(&consumer.assignment()?)?;
                         info!("sink writes succeed again; consumption resumed");
                     }
-                    self.settings.liveness.set_connected(true);
+                    self.settings.liveness.set_connected("sink", true);
                     self.settings.liveness.progressed();
                     metrics::counter!(m::BATCHES_TOTAL, "sink" => self.settings.sink_name.clone())
                         .increment(1);
@@ -421,7 +423,7 @@ impl<S: Sink> Router<S> {
                     break;
                 }
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
-                    self.settings.liveness.set_connected(false);
+                    self.settings.liveness.set_connected("sink", false);
                     metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient").increment(1);
                     warn!(error = %e, retry_in = ?backoff, "sink write failed; retrying the batch");
                     if !paused {

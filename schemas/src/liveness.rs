@@ -7,13 +7,15 @@
 //! no progress to expect.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Shared between a component (which reports) and the HTTP endpoint (which reads).
 #[derive(Debug)]
 pub struct Liveness {
     name: String,
-    connected: AtomicBool,
+    /// What the component depends on (`source`, `broker`, `sink`) and whether it is reached.
+    connected: Mutex<Vec<(&'static str, bool)>>,
     pending: AtomicBool,
     /// Unix milliseconds of the last finished work, or of the moment work became pending.
     last_progress_ms: AtomicI64,
@@ -22,8 +24,11 @@ pub struct Liveness {
 /// Why a component is not ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NotReady {
-    Disconnected,
-    Stalled { for_ms: i64 },
+    /// Not connected to these.
+    Disconnected(Vec<&'static str>),
+    Stalled {
+        for_ms: i64,
+    },
 }
 
 fn now_ms() -> i64 {
@@ -34,11 +39,11 @@ fn now_ms() -> i64 {
 }
 
 impl Liveness {
-    /// A component that has not connected yet.
-    pub fn new(name: impl Into<String>) -> Liveness {
+    /// A component that depends on `needs` and has reached none of them yet.
+    pub fn new(name: impl Into<String>, needs: &[&'static str]) -> Liveness {
         Liveness {
             name: name.into(),
-            connected: AtomicBool::new(false),
+            connected: Mutex::new(needs.iter().map(|n| (*n, false)).collect()),
             pending: AtomicBool::new(false),
             last_progress_ms: AtomicI64::new(now_ms()),
         }
@@ -48,9 +53,13 @@ impl Liveness {
         &self.name
     }
 
-    /// Connected to everything the component needs (false while it reconnects).
-    pub fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Relaxed);
+    /// Whether `what` (one of the needs given to [`Liveness::new`]) is reached.
+    pub fn set_connected(&self, what: &'static str, connected: bool) {
+        let mut all = self.connected.lock().unwrap_or_else(|e| e.into_inner());
+        match all.iter_mut().find(|(n, _)| *n == what) {
+            Some(entry) => entry.1 = connected,
+            None => all.push((what, connected)),
+        }
     }
 
     /// Work is (or is no longer) waiting. Becoming pending starts the stall clock.
@@ -69,8 +78,16 @@ impl Liveness {
 
     /// `Ok` when connected and not stalled for longer than `stall_after`.
     pub fn check(&self, stall_after: Duration) -> Result<(), NotReady> {
-        if !self.connected.load(Ordering::Relaxed) {
-            return Err(NotReady::Disconnected);
+        let missing: Vec<&'static str> = self
+            .connected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, up)| !up)
+            .map(|(n, _)| *n)
+            .collect();
+        if !missing.is_empty() {
+            return Err(NotReady::Disconnected(missing));
         }
         if self.pending.load(Ordering::Relaxed) {
             let idle = now_ms() - self.last_progress_ms.load(Ordering::Relaxed);
@@ -85,7 +102,7 @@ impl Liveness {
 impl std::fmt::Display for NotReady {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NotReady::Disconnected => f.write_str("not connected"),
+            NotReady::Disconnected(to) => write!(f, "not connected to {}", to.join(", ")),
             NotReady::Stalled { for_ms } => {
                 write!(f, "work pending without progress for {} s", for_ms / 1000)
             }
@@ -99,9 +116,17 @@ mod tests {
 
     #[test]
     fn idle_is_ready_pending_without_progress_is_stalled() {
-        let l = Liveness::new("capture x");
-        assert_eq!(l.check(Duration::ZERO), Err(NotReady::Disconnected));
-        l.set_connected(true);
+        let l = Liveness::new("capture x", &["source", "broker"]);
+        assert_eq!(
+            l.check(Duration::ZERO),
+            Err(NotReady::Disconnected(vec!["source", "broker"]))
+        );
+        l.set_connected("source", true);
+        assert_eq!(
+            l.check(Duration::ZERO).unwrap_err().to_string(),
+            "not connected to broker"
+        );
+        l.set_connected("broker", true);
         assert_eq!(l.check(Duration::ZERO), Ok(()));
         // Pending since long ago: stalled once past the timeout, not before.
         l.set_pending(true);
@@ -121,10 +146,10 @@ mod tests {
             .store(now_ms() - 5_000, Ordering::Relaxed);
         l.set_pending(true);
         assert_eq!(l.check(Duration::from_secs(1)), Ok(()));
-        l.set_connected(false);
+        l.set_connected("source", false);
         assert_eq!(
             l.check(Duration::from_secs(60)),
-            Err(NotReady::Disconnected)
+            Err(NotReady::Disconnected(vec!["source"]))
         );
     }
 }
