@@ -49,20 +49,31 @@ fn count(pg: &Postgres, db: &str, sql: &str) -> Option<i64> {
     pg.psql(db, sql).ok().and_then(|s| s.trim().parse().ok())
 }
 
-#[test]
-fn status_shows_each_table_and_readyz_follows_a_sink_outage() {
-    // Given a source table of 2,000 rows (analyzed, so the snapshot has an estimate), a sink
-    // on its own server, and a pipeline over them,
+/// A source table with `rows` rows (analyzed, so a snapshot has an estimate), a sink on its own
+/// server, and `sluice run` over them.
+struct Setup {
+    source: Postgres,
+    sink: Postgres,
+    _kafka: Tansu,
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    port: u16,
+    sluice: SluiceProcess,
+}
+
+fn setup(rows: i32) -> Setup {
     let source = Postgres::start().unwrap();
     source.create_database("shop").unwrap();
     source
         .psql(
             "shop",
-            "CREATE TABLE public.t (id int PRIMARY KEY, v text); \
-             INSERT INTO public.t SELECT i, 'v' || i FROM generate_series(1, 2000) i; ANALYZE public.t",
+            &format!(
+                "CREATE TABLE public.t (id int PRIMARY KEY, v text); \
+                 INSERT INTO public.t SELECT i, 'v' || i FROM generate_series(1, {rows}) i; ANALYZE public.t"
+            ),
         )
         .unwrap();
-    let mut sink = Postgres::start().unwrap();
+    let sink = Postgres::start().unwrap();
     sink.create_database("wh").unwrap();
     let kafka = Tansu::start(TansuStorage::Memory).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -103,6 +114,30 @@ listen = "127.0.0.1:{port}"
         port,
     )
     .unwrap();
+    Setup {
+        source,
+        sink,
+        _kafka: kafka,
+        _dir: dir,
+        config,
+        port,
+        sluice,
+    }
+}
+
+#[test]
+fn status_shows_each_table_and_readyz_follows_a_sink_outage() {
+    // Given a source table of 2,000 rows, a sink on its own server, and a pipeline over them,
+    // (`_kafka` and `_dir` are bound so they live to the end of the test.)
+    let Setup {
+        source,
+        mut sink,
+        _kafka,
+        _dir,
+        config,
+        port,
+        sluice,
+    } = setup(2000);
     let log = || sluice.log();
 
     // when the snapshot has been applied,
@@ -247,4 +282,64 @@ listen = "127.0.0.1:{port}"
             "{line}"
         );
     }
+}
+
+#[test]
+fn a_sink_down_before_a_partition_s_first_message_holds_it_until_the_sink_returns() {
+    // Given a pipeline over an empty table, so the router has read nothing yet,
+    let mut p = setup(0);
+    let log = || p.sluice.log();
+    eventually(
+        "the router to be ready",
+        Duration::from_secs(30),
+        log,
+        || {
+            http_get(p.port, "/readyz")
+                .is_some_and(|(code, _)| code == 200)
+                .then_some(())
+        },
+    );
+    // when the sink goes down before the first change arrives (the router then has to read
+    // the partition's stored offset from a sink that is not there),
+    // (One row: Tansu 0.6 returns nothing to a fetch that starts inside a record batch, and
+    // resuming after the pause fetches from the next offset; see README, Known limits.)
+    p.sink.stop();
+    p.source
+        .psql("shop", "INSERT INTO public.t VALUES (1, 'first')")
+        .unwrap();
+    let log = || p.sluice.log();
+    eventually(
+        "the router to report the sink down",
+        Duration::from_secs(30),
+        log,
+        || {
+            http_get(p.port, "/readyz")
+                .is_some_and(|(_, body)| body.contains("router: not connected to sink"))
+                .then_some(())
+        },
+    );
+    // then the router keeps retrying rather than stopping; once the sink is back that change
+    // and every later one arrive.
+    p.sink.start_again().unwrap();
+    p.source
+        .psql(
+            "shop",
+            "INSERT INTO public.t SELECT i, 'x' FROM generate_series(2, 50) i",
+        )
+        .unwrap();
+    let (sink, source) = (&p.sink, &p.source);
+    eventually("the rows in the sink", Duration::from_secs(90), log, || {
+        (count(sink, "wh", "SELECT count(*) FROM public.t") == Some(50)).then_some(())
+    });
+    let q = "SELECT * FROM public.t ORDER BY id";
+    compare_rows(
+        &pg_rows(source, "shop", q).unwrap(),
+        &pg_rows(sink, "wh", q).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        !p.sluice.log().contains("router stopped"),
+        "{}",
+        p.sluice.log()
+    );
 }

@@ -215,7 +215,7 @@ impl<S: Sink> Router<S> {
                             // First message of a newly assigned partition: skip straight to
                             // what the sink has not recorded yet.
                             resumed.insert((topic.clone(), msg.partition()));
-                            if let Some(p) = self.sink.progress(&topic, msg.partition()).await? {
+                            if let Some(p) = self.stored_progress(&consumer, &topic, msg.partition(), shutdown).await? {
                                 if msg.offset() <= p.offset {
                                     info!(topic = %topic, partition = msg.partition(), resume_at = p.offset + 1, "resuming from the offset stored in the sink");
                                     consumer.seek(&topic, msg.partition(), Offset::Offset(p.offset + 1), Duration::from_secs(10))?;
@@ -239,6 +239,42 @@ impl<S: Sink> Router<S> {
         }
         info!("router stopped cleanly");
         Ok(())
+    }
+
+    /// The offset and position the sink stored for a partition, retrying while the sink is
+    /// unreachable (consumption paused meanwhile, as in [`Router::flush`]).
+    async fn stored_progress(
+        &mut self,
+        consumer: &StreamConsumer<LagContext>,
+        topic: &str,
+        partition: i32,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<sluice_sinks::StoredProgress>, RouterError> {
+        let mut backoff = Duration::from_millis(200);
+        let mut paused = false;
+        loop {
+            match self.sink.progress(topic, partition).await {
+                Ok(p) => {
+                    if paused {
+                        consumer.resume(&consumer.assignment()?)?;
+                    }
+                    self.settings.liveness.set_connected("sink", true);
+                    return Ok(p);
+                }
+                Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
+                    self.settings.liveness.set_connected("sink", false);
+                    metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient").increment(1);
+                    warn!(error = %e, retry_in = ?backoff, "cannot read the offsets stored in the sink; retrying");
+                    if !paused {
+                        consumer.pause(&consumer.assignment()?)?;
+                        paused = true;
+                    }
+                    poll_paused(consumer, backoff).await?;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Decodes one message into the batch, or dead-letters it.
