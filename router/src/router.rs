@@ -250,27 +250,22 @@ impl<S: Sink> Router<S> {
         partition: i32,
         shutdown: &CancellationToken,
     ) -> Result<Option<sluice_sinks::StoredProgress>, RouterError> {
-        let mut backoff = Duration::from_millis(200);
-        let mut paused = false;
+        let mut outage = SinkOutage::default();
         loop {
             match self.sink.progress(topic, partition).await {
                 Ok(p) => {
-                    if paused {
-                        consumer.resume(&consumer.assignment()?)?;
-                    }
-                    self.settings.liveness.set_connected("sink", true);
+                    outage.over(&self.settings, consumer)?;
                     return Ok(p);
                 }
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
-                    self.settings.liveness.set_connected("sink", false);
-                    metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient").increment(1);
-                    warn!(error = %e, retry_in = ?backoff, "cannot read the offsets stored in the sink; retrying");
-                    if !paused {
-                        consumer.pause(&consumer.assignment()?)?;
-                        paused = true;
-                    }
-                    poll_paused(consumer, backoff).await?;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    outage
+                        .wait(
+                            &self.settings,
+                            consumer,
+                            &e,
+                            "reading the offsets stored in the sink",
+                        )
+                        .await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -434,16 +429,11 @@ impl<S: Sink> Router<S> {
                 offset: *offset,
             })
             .collect();
-        let mut backoff = Duration::from_millis(200);
-        let mut paused = false;
+        let mut outage = SinkOutage::default();
         loop {
             match self.sink.apply(&pending.batch).await {
                 Ok(outcome) => {
-                    if paused {
-                        consumer.resume(&consumer.assignment()?)?;
-                        info!("sink writes succeed again; consumption resumed");
-                    }
-                    self.settings.liveness.set_connected("sink", true);
+                    outage.over(&self.settings, consumer)?;
                     self.settings.liveness.progressed();
                     metrics::counter!(m::BATCHES_TOTAL, "sink" => self.settings.sink_name.clone())
                         .increment(1);
@@ -459,18 +449,9 @@ impl<S: Sink> Router<S> {
                     break;
                 }
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
-                    self.settings.liveness.set_connected("sink", false);
-                    metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient").increment(1);
-                    warn!(error = %e, retry_in = ?backoff, "sink write failed; retrying the batch");
-                    if !paused {
-                        // Hold memory at this one batch while the sink is away, but keep
-                        // polling: that keeps the group membership, rebalances and statistics
-                        // (the consumer-lag gauge) going.
-                        consumer.pause(&consumer.assignment()?)?;
-                        paused = true;
-                    }
-                    poll_paused(consumer, backoff).await?;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    outage
+                        .wait(&self.settings, consumer, &e, "writing the batch")
+                        .await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -483,6 +464,60 @@ impl<S: Sink> Router<S> {
             // Only a hint: the sink holds the authoritative offsets.
             warn!(error = %e, "could not commit offsets to Kafka");
         }
+        Ok(())
+    }
+}
+
+/// Retrying through a sink outage: consumption is paused from the first failure (memory stays
+/// at what the router holds) while the consumer goes on being polled, which keeps the group
+/// membership, rebalances and statistics (the consumer-lag gauge) going.
+struct SinkOutage {
+    backoff: Duration,
+    paused: bool,
+}
+
+impl Default for SinkOutage {
+    fn default() -> Self {
+        SinkOutage {
+            backoff: Duration::from_millis(200),
+            paused: false,
+        }
+    }
+}
+
+impl SinkOutage {
+    /// After a transient sink error: reports it, pauses, and waits out the backoff.
+    async fn wait(
+        &mut self,
+        settings: &RouterSettings,
+        consumer: &StreamConsumer<LagContext>,
+        error: &sluice_sinks::SinkError,
+        doing: &str,
+    ) -> Result<(), RouterError> {
+        settings.liveness.set_connected("sink", false);
+        metrics::counter!(m::ERRORS_TOTAL, "sink" => settings.sink_name.clone(), "kind" => "transient")
+            .increment(1);
+        warn!(%error, retry_in = ?self.backoff, "sink unavailable while {doing}; retrying");
+        if !self.paused {
+            consumer.pause(&consumer.assignment()?)?;
+            self.paused = true;
+        }
+        poll_paused(consumer, self.backoff).await?;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+        Ok(())
+    }
+
+    /// The sink answered: resumes consumption if it was paused.
+    fn over(
+        &self,
+        settings: &RouterSettings,
+        consumer: &StreamConsumer<LagContext>,
+    ) -> Result<(), RouterError> {
+        if self.paused {
+            consumer.resume(&consumer.assignment()?)?;
+            info!("the sink answers again; consumption resumed");
+        }
+        settings.liveness.set_connected("sink", true);
         Ok(())
     }
 }
