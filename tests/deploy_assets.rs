@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_harness::{free_port, MariaDb, Postgres, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{MariaDb, Postgres, SluiceProcess, Tansu, TansuStorage};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const ASSETS: &[&str] = &[
@@ -92,11 +92,11 @@ fn a_running_pipeline_exports_every_metric_the_dashboard_and_alerts_use() {
         .unwrap();
     let kafka = Tansu::start(TansuStorage::Memory).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let (sluice, _) = SluiceProcess::start_in(
+        Path::new(env!("CARGO_BIN_EXE_sluice")),
+        "run",
+        dir.path(),
+        &format!(
             r#"
 [kafka]
 bootstrap_servers = "{}"
@@ -117,22 +117,12 @@ url = "{}"
 [router]
 sink = "warehouse"
 group_id = "assets"
-[observability]
-listen = "127.0.0.1:{port}"
 "#,
             kafka.bootstrap(),
             pg.url("source"),
             maria.url(),
             pg.url("sink")
         ),
-    )
-    .unwrap();
-    let sluice = SluiceProcess::start(
-        Path::new(env!("CARGO_BIN_EXE_sluice")),
-        "run",
-        &config,
-        &dir.path().join("log"),
-        port,
     )
     .unwrap();
 

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_harness::{free_port, MariaDb, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{MariaDb, SluiceProcess, Tansu, TansuStorage};
 use sluice_schemas::{Datum, Op, SqlType};
 
 mod common;
@@ -149,25 +149,16 @@ fn every_mariadb_type_survives_snapshot_and_binlog_exactly() {
         .unwrap();
     let kafka = Tansu::start(TansuStorage::Memory).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let (capture, _) = SluiceProcess::start_in(
+        Path::new(SLUICE),
+        "capture",
+        dir.path(),
+        &format!(
             "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"types\"\n\
-             [sources.maria]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"shop.every_type\"]\nserver_id = 5403\n\
-             [observability]\nlisten = \"127.0.0.1:{port}\"\n",
+             [sources.maria]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"shop.every_type\"]\nserver_id = 5403\n",
             kafka.bootstrap(),
             maria.url()
         ),
-    )
-    .unwrap();
-    let capture = SluiceProcess::start(
-        Path::new(SLUICE),
-        "capture",
-        &config,
-        &dir.path().join("log"),
-        port,
     )
     .unwrap();
     // (rows written once capture streams, so that they travel through the binlog)

@@ -6,9 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{
-    free_port, http_get, metric_value, Postgres, SluiceProcess, Tansu, TansuStorage,
-};
+use sluice_harness::{http_get, metric_value, Postgres, SluiceProcess, Tansu, TansuStorage};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -57,7 +55,6 @@ struct Setup {
     _kafka: Tansu,
     _dir: tempfile::TempDir,
     config: std::path::PathBuf,
-    port: u16,
     sluice: SluiceProcess,
 }
 
@@ -77,11 +74,11 @@ fn setup(rows: i32) -> Setup {
     sink.create_database("wh").unwrap();
     let kafka = Tansu::start(TansuStorage::Memory).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let (sluice, config) = SluiceProcess::start_in(
+        Path::new(SLUICE),
+        "run",
+        dir.path(),
+        &format!(
             r#"
 [kafka]
 bootstrap_servers = "{}"
@@ -97,21 +94,11 @@ url = "{}"
 [router]
 sink = "wh"
 group_id = "status"
-[observability]
-listen = "127.0.0.1:{port}"
 "#,
             kafka.bootstrap(),
             source.url("shop"),
             sink.url("wh")
         ),
-    )
-    .unwrap();
-    let sluice = SluiceProcess::start(
-        Path::new(SLUICE),
-        "run",
-        &config,
-        &dir.path().join("log"),
-        port,
     )
     .unwrap();
     Setup {
@@ -120,7 +107,6 @@ listen = "127.0.0.1:{port}"
         _kafka: kafka,
         _dir: dir,
         config,
-        port,
         sluice,
     }
 }
@@ -135,9 +121,9 @@ fn status_shows_each_table_and_readyz_follows_a_sink_outage() {
         _kafka,
         _dir,
         config,
-        port,
         sluice,
     } = setup(2000);
+    let port = sluice.metrics_port;
     let log = || sluice.log();
 
     // when the snapshot has been applied,
@@ -294,7 +280,7 @@ fn a_sink_down_before_a_partition_s_first_message_holds_it_until_the_sink_return
         Duration::from_secs(30),
         log,
         || {
-            http_get(p.port, "/readyz")
+            http_get(p.sluice.metrics_port, "/readyz")
                 .is_some_and(|(code, _)| code == 200)
                 .then_some(())
         },
@@ -313,7 +299,7 @@ fn a_sink_down_before_a_partition_s_first_message_holds_it_until_the_sink_return
         Duration::from_secs(30),
         log,
         || {
-            http_get(p.port, "/readyz")
+            http_get(p.sluice.metrics_port, "/readyz")
                 .is_some_and(|(_, body)| body.contains("router: not connected to sink"))
                 .then_some(())
         },

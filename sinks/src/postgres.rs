@@ -192,16 +192,15 @@ impl PostgresSink {
             return Ok(());
         }
         info!(sink = %self.state.name, "reconnecting to the sink");
-        let fresh = PostgresSink::connect(
+        let mut fresh = PostgresSink::connect(
             &self.state.name,
             &self.state.group,
             self.state.config.clone(),
             self.password.clone(),
         )
         .await?;
-        // `fresh` is dropped below, which aborts its connection task: swap the live client and
-        // task into `self` first, leaving the dead ones to be dropped.
-        let mut fresh = fresh;
+        // Dropping `fresh` aborts its connection task: swap the live client and task into
+        // `self` first, so the dead ones are what is dropped.
         std::mem::swap(&mut self.client, &mut fresh.client);
         std::mem::swap(&mut self.conn_task, &mut fresh.conn_task);
         Ok(())

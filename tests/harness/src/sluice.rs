@@ -61,6 +61,26 @@ impl SluiceProcess {
         Ok(p)
     }
 
+    /// Writes `config` (a sluice.toml without an `[observability]` table) to `dir/sluice.toml`
+    /// with a free metrics port, and starts `bin <subcommand>` on it, logging to `dir/log`.
+    /// Returns the process and the config's path.
+    pub fn start_in(
+        bin: &Path,
+        subcommand: &str,
+        dir: &Path,
+        config: &str,
+    ) -> Result<(SluiceProcess, PathBuf)> {
+        let port = crate::free_port();
+        let path = dir.join("sluice.toml");
+        std::fs::write(
+            &path,
+            format!("{config}\n[observability]\nlisten = \"127.0.0.1:{port}\"\n"),
+        )
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
+        let process = SluiceProcess::start(bin, subcommand, &path, &dir.join("log"), port)?;
+        Ok((process, path))
+    }
+
     /// Runs sluice expecting it to stop on its own (a definite error) within 30 s; returns its
     /// log. Panics when it keeps running.
     pub fn run_until_exit(
