@@ -284,11 +284,7 @@ impl Publisher {
     ) -> Result<(), CaptureError> {
         self.prepare_table(codec).await?;
         let key = codec.encode_key(event)?;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as i64;
-        let value = codec.encode_value(event, now_ms)?;
+        let value = codec.encode_value(event, sluice_schemas::event::unix_now_us())?;
         let position = event.position.to_hex();
         let out = &self.tables[&codec.value_fingerprint];
         self.send(&out.topic, key.as_deref(), Some(&value), &position)

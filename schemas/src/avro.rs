@@ -114,56 +114,23 @@ impl Connector {
         }
     }
 
-    fn source_schema(self) -> Json {
-        // The fields every Debezium connector's `source` block starts with.
-        let mut fields = vec![
-            json!({"name": "version", "type": "string"}),
-            json!({"name": "connector", "type": "string"}),
-            json!({"name": "name", "type": "string"}),
-            json!({"name": "ts_ms", "type": "long"}),
-            json!({"name": "snapshot", "type": [{"type": "string", "connect.version": 1,
-                "connect.parameters": {"allowed": "true,last,false,incremental"},
-                "connect.default": "false", "connect.name": "io.debezium.data.Enum"}, "null"],
-             "default": "false"}),
-            json!({"name": "db", "type": "string"}),
-            json!({"name": "sequence", "type": ["null", "string"], "default": null}),
-        ];
-        let (namespace, own) = match self {
-            Connector::Postgres => (
-                "io.debezium.connector.postgresql",
-                json!([
-                    {"name": "schema", "type": "string"},
-                    {"name": "table", "type": "string"},
-                    {"name": "txId", "type": ["null", "long"], "default": null},
-                    {"name": "lsn", "type": ["null", "long"], "default": null},
-                    {"name": "xmin", "type": ["null", "long"], "default": null}
-                ]),
-            ),
-            Connector::Mysql => (
-                "io.debezium.connector.mysql",
-                json!([
-                    {"name": "table", "type": ["null", "string"], "default": null},
-                    {"name": "server_id", "type": "long"},
-                    {"name": "gtid", "type": ["null", "string"], "default": null},
-                    {"name": "file", "type": "string"},
-                    {"name": "pos", "type": "long"},
-                    {"name": "row", "type": "int"},
-                    {"name": "thread", "type": ["null", "long"], "default": null},
-                    {"name": "query", "type": ["null", "string"], "default": null}
-                ]),
-            ),
+    /// The `source` block's schema, as `schemas/avro/` defines it (the contract file is the
+    /// single source of truth).
+    pub fn source_schema(self) -> Json {
+        let text = match self {
+            Connector::Postgres => {
+                include_str!("../avro/io.debezium.connector.postgresql.Source.avsc")
+            }
+            Connector::Mysql => include_str!("../avro/io.debezium.connector.mysql.Source.avsc"),
         };
-        if let Json::Array(own) = own {
-            fields.extend(own);
-        }
-        json!({
-            "type": "record",
-            "name": "Source",
-            "namespace": namespace,
-            "fields": fields,
-            "connect.name": format!("{namespace}.Source"),
-        })
+        serde_json::from_str(text).expect("the source .avsc in schemas/avro is valid JSON")
     }
+}
+
+/// Debezium's `transaction` block (`event.block`), as `schemas/avro/event.block.avsc` defines it.
+pub fn transaction_block_schema() -> Json {
+    serde_json::from_str(include_str!("../avro/event.block.avsc"))
+        .expect("schemas/avro/event.block.avsc is valid JSON")
 }
 
 /// The Avro field names of a table's columns: sanitized and made unique.
@@ -269,15 +236,9 @@ impl EnvelopeCodec {
                 {"name": "source", "type": connector.source_schema()},
                 {"name": "op", "type": "string"},
                 {"name": "ts_ms", "type": ["null", "long"], "default": null},
-                {"name": "transaction", "type": ["null", {
-                    "type": "record", "name": "block", "namespace": "event",
-                    "fields": [
-                        {"name": "id", "type": "string"},
-                        {"name": "total_order", "type": "long"},
-                        {"name": "data_collection_order", "type": "long"}
-                    ],
-                    "connect.name": "event.block"
-                }], "default": null},
+                {"name": "ts_us", "type": ["null", "long"], "default": null},
+                {"name": "ts_ns", "type": ["null", "long"], "default": null},
+                {"name": "transaction", "type": ["null", transaction_block_schema()], "default": null},
                 {"name": "sluice_unchanged", "type": {"type": "array", "items": "string"}, "default": []}
             ],
             "connect.name": format!("{ns}.Envelope"),
@@ -319,8 +280,9 @@ impl EnvelopeCodec {
         Ok(Some(out))
     }
 
-    /// Encodes `event` as the envelope, single-object framed.
-    pub fn encode_value(&self, event: &ChangeEvent, ts_ms: i64) -> Result<Vec<u8>, AvroError> {
+    /// Encodes `event` as the envelope, single-object framed; `now_us` is when capture
+    /// processed it (the envelope's `ts_ms`/`ts_us`/`ts_ns`), µs since the epoch.
+    pub fn encode_value(&self, event: &ChangeEvent, now_us: i64) -> Result<Vec<u8>, AvroError> {
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
         out.extend_from_slice(&self.value_fingerprint.0);
@@ -356,11 +318,13 @@ impl EnvelopeCodec {
         write_str(&mut out, SLUICE_VERSION);
         write_str(&mut out, self.connector.name());
         write_str(&mut out, &self.source_name);
-        write_long(&mut out, s.ts_ms);
+        write_long(&mut out, s.ts_us.div_euclid(1000));
         write_long(&mut out, 0); // snapshot: string branch
         write_str(&mut out, if s.snapshot { "true" } else { "false" });
         write_str(&mut out, &s.db);
         write_opt_str(&mut out, s.sequence.as_deref());
+        write_opt_long(&mut out, Some(s.ts_us));
+        write_opt_long(&mut out, s.ts_us.checked_mul(1000));
         match self.connector {
             Connector::Postgres => {
                 write_str(&mut out, &self.table.id.namespace);
@@ -387,7 +351,9 @@ impl EnvelopeCodec {
             }
         }
         write_str(&mut out, event.op.code());
-        write_opt_long(&mut out, Some(ts_ms));
+        write_opt_long(&mut out, Some(now_us.div_euclid(1000)));
+        write_opt_long(&mut out, Some(now_us));
+        write_opt_long(&mut out, now_us.checked_mul(1000));
         match &event.transaction {
             None => write_long(&mut out, 0),
             Some(tx) => {
@@ -790,7 +756,7 @@ mod tests {
             source: SourceInfo {
                 name: Arc::from("pg_main"),
                 db: Arc::from("shop"),
-                ts_ms: 1_700_000_000_000,
+                ts_us: 1_700_000_000_000_123,
                 snapshot: false,
                 tx_id: Some(42),
                 lsn: Some(0x1000),

@@ -134,6 +134,14 @@ pub enum Datum {
     Unchanged,
 }
 
+/// Now, in microseconds since the Unix epoch.
+pub fn unix_now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as i64
+}
+
 /// Where an event came from, for the envelope's `source` block.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceInfo {
@@ -141,8 +149,9 @@ pub struct SourceInfo {
     pub name: Arc<str>,
     /// The database the change was read from.
     pub db: Arc<str>,
-    /// Commit timestamp at the source, in milliseconds since the epoch.
-    pub ts_ms: i64,
+    /// Commit timestamp at the source, in microseconds since the epoch (the envelope's
+    /// `source.ts_ms`, `ts_us` and `ts_ns` all derive from it).
+    pub ts_us: i64,
     /// Whether the event was read by a snapshot.
     pub snapshot: bool,
     /// The transaction id at the source, when it has one.

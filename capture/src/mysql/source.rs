@@ -20,7 +20,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn, Opts, OptsBuilder, Row, Value};
 use serde::{Deserialize, Serialize};
 use sluice_schemas::avro::Connector;
-use sluice_schemas::event::BinlogSource;
+use sluice_schemas::event::{unix_now_us, BinlogSource};
 use sluice_schemas::{
     ChangeEvent, Column, Datum, EnvelopeCodec, Op, Position, SourceInfo, TableId, TableSchema,
     TxInfo,
@@ -620,7 +620,7 @@ impl Snapshot<'_> {
         SourceInfo {
             name: Arc::from(self.capture.name.as_str()),
             db: Arc::from(table.namespace.as_str()),
-            ts_ms: now_ms(),
+            ts_us: unix_now_us(),
             snapshot: true,
             tx_id: None,
             lsn: None,
@@ -634,13 +634,6 @@ impl Snapshot<'_> {
             }),
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as i64
 }
 
 fn value_error(source: &str, table: &TableId, column: &str, error: &str) {
@@ -762,7 +755,7 @@ impl Stream<'_> {
             let header = event.header();
             let log_pos = u64::from(header.log_pos());
             if header.timestamp() > 0 {
-                lag.set((now_ms() / 1000 - i64::from(header.timestamp())).max(0) as f64);
+                lag.set((unix_now_us() / 1_000_000 - i64::from(header.timestamp())).max(0) as f64);
             }
             if header.event_type_raw() == MARIADB_GTID_EVENT {
                 let data = event.data();
@@ -975,7 +968,7 @@ impl Stream<'_> {
         SourceInfo {
             name: self.name.clone(),
             db: db.clone(),
-            ts_ms: i64::from(at.0) * 1000,
+            ts_us: i64::from(at.0) * 1_000_000,
             snapshot: false,
             tx_id: None,
             lsn: None,

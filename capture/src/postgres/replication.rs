@@ -540,9 +540,9 @@ fn pg_now_micros() -> i64 {
     now.as_micros() as i64 - PG_EPOCH_OFFSET_MICROS
 }
 
-/// Converts a PostgreSQL timestamp (microseconds since 2000-01-01) to Unix milliseconds.
-pub fn pg_time_to_unix_ms(pg_micros: i64) -> i64 {
-    (pg_micros + PG_EPOCH_OFFSET_MICROS) / 1000
+/// Converts a PostgreSQL timestamp (microseconds since 2000-01-01) to Unix microseconds.
+pub fn pg_time_to_unix_us(pg_micros: i64) -> i64 {
+    pg_micros + PG_EPOCH_OFFSET_MICROS
 }
 
 /// `X/Y` hex form of an LSN.

@@ -15,7 +15,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use super::catalog::Catalog;
 use super::decoder::{self, PgOutput, TupleValue};
 use super::replication::{
-    format_lsn, pg_time_to_unix_ms, quote_ident, ConnectParams, ReplicationConnection,
+    format_lsn, pg_time_to_unix_us, quote_ident, ConnectParams, ReplicationConnection,
     ReplicationMessage,
 };
 use super::slot::{self, ExportedSnapshot};
@@ -111,7 +111,7 @@ struct Tx {
     /// `xid:commit_lsn`, the envelope's transaction id, formatted once per transaction.
     id: Arc<str>,
     commit_lsn: u64,
-    commit_time_ms: i64,
+    commit_time_us: i64,
     index: u64,
     per_table: HashMap<u32, i64>,
 }
@@ -271,10 +271,7 @@ impl PostgresCapture {
         let source = SourceInfo {
             name: Arc::from(self.name.as_str()),
             db: Arc::from(params.dbname.as_str()),
-            ts_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as i64,
+            ts_us: sluice_schemas::event::unix_now_us(),
             snapshot: true,
             tx_id: None,
             lsn: Some(exported.consistent_lsn as i64),
@@ -544,7 +541,7 @@ impl Stream<'_> {
                     xid,
                     id: Arc::from(format!("{xid}:{final_lsn}")),
                     commit_lsn: final_lsn,
-                    commit_time_ms: pg_time_to_unix_ms(commit_time),
+                    commit_time_us: pg_time_to_unix_us(commit_time),
                     index: 0,
                     per_table: HashMap::new(),
                 });
@@ -719,7 +716,7 @@ impl Stream<'_> {
             source: SourceInfo {
                 name: self.source_name.clone(),
                 db: self.dbname.clone(),
-                ts_ms: tx.commit_time_ms,
+                ts_us: tx.commit_time_us,
                 snapshot: false,
                 tx_id: Some(i64::from(tx.xid)),
                 lsn: Some(lsn as i64),
