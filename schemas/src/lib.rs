@@ -6,6 +6,9 @@
 //!   [`SqlType`]) and their mapping onto Avro types;
 //! - [`avro`]: the Debezium-compatible Avro envelope, its encoding with Avro single-object
 //!   framing, and decoding back into rows;
+//! - [`compat`]: the compatibility policy between versions of a table's schema;
+//! - [`resolve`]: Avro schema resolution with reasons in words, for the compatibility policy
+//!   and mapping schemes;
 //! - [`liveness`]: what every component reports to its process's `/readyz` (connected, and
 //!   whether pending work moves).
 //!
@@ -13,10 +16,12 @@
 //! the router loads them (see `sluice-capture` and `sluice-router`).
 
 pub mod avro;
+pub mod compat;
 pub mod decimal;
 pub mod event;
 pub mod liveness;
 pub mod pgtext;
+pub mod resolve;
 pub mod table;
 pub mod transport;
 
