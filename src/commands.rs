@@ -29,6 +29,10 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
     let handle = telemetry::init_metrics()?;
     let health = Arc::new(Health::new(config.observability.stall_timeout()));
     let shutdown = CancellationToken::new();
+    let registry = config
+        .schemas
+        .registry()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
 
     let http = tokio::spawn({
@@ -53,6 +57,8 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 source: name.clone(),
                 drain_timeout: config.shutdown.drain_timeout(),
                 liveness: health.component(&format!("capture {name}"), &["source", "broker"]),
+                policy: config.schemas.policy(),
+                registry: registry.clone(),
             };
             let password = Config::env_password("sources", name);
             let (kafka, label) = (config.kafka_client(), format!("capture {name}"));
@@ -95,6 +101,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             instance_id: config.router_instance_id(),
             topics: config.router_topics(),
             schema_topic: config.kafka.schema_topic.clone(),
+            registry: registry.clone(),
             dead_letter_topic: router.dead_letter_topic.clone(),
             partitions: config.kafka.partitions,
             replication_factor: config.kafka.replication_factor,

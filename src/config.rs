@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sluice_capture::mysql::MysqlSourceConfig;
 use sluice_capture::postgres::PostgresSourceConfig;
+use sluice_schemas::registry::{Registry, RegistrySettings};
+use sluice_schemas::TableId;
 use sluice_sinks::postgres::PostgresSinkConfig;
 
 const DEFAULT_TOPIC_PREFIX: &str = "sluice";
@@ -68,6 +70,123 @@ pub struct Config {
     /// What SIGTERM/SIGINT waits for.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// How schemas travel (schema topic or Schema Registry) and how they may evolve.
+    #[serde(default)]
+    pub schemas: SchemasConfig,
+}
+
+/// `[schemas]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemasConfig {
+    /// What each new version of a table's schema must stay compatible with, by Confluent's
+    /// levels: `backward` (default: consumers with the new schema read older events),
+    /// `forward`, `full`, their `_transitive` forms (against every earlier version, not only
+    /// the latest), or `none`. A column added or dropped is compatible under all of them; a
+    /// retype is compatible when Avro can read the old type as the new one (`int` → `bigint`,
+    /// `numeric(10,2)` → `numeric(12,2)` under backward). A change that breaks the policy stops
+    /// capture before the change is published, with what changed and how to proceed.
+    #[serde(default)]
+    pub compatibility: Option<String>,
+    /// Per-table levels, by `schema.table` (PostgreSQL) or `database.table` (MySQL):
+    /// `{ "public.orders" = "none" }`.
+    #[serde(default)]
+    pub compatibility_overrides: BTreeMap<String, String>,
+    /// A Confluent Schema Registry (or Apicurio, Karapace, Redpanda: anything serving its REST
+    /// API). With it, messages use Confluent's framing (magic byte 0 and the schema id) and
+    /// subjects follow TopicNameStrategy (`<topic>-key`, `<topic>-value`); without it, Avro
+    /// single-object encoding with every schema in `kafka.schema_topic`.
+    #[serde(default)]
+    pub registry: Option<RegistryConfig>,
+}
+
+/// `[schemas.registry]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `http://host:8081` or `https://…` (a path prefix is kept).
+    pub url: String,
+    /// HTTP basic authentication user (Confluent Cloud: the API key); the password comes from
+    /// `SLUICE_SCHEMAS_REGISTRY_PASSWORD`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// PEM file of the CA certificates to trust for `https` (default: the public web roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for registries that require mutual TLS (both or neither).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Milliseconds a request may take.
+    #[serde(default = "default_registry_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_registry_timeout_ms() -> u64 {
+    10_000
+}
+
+impl SchemasConfig {
+    /// The policy for every table; the names were checked by [`Config::validate`].
+    pub fn policy(&self) -> sluice_schemas::compat::SchemaPolicy {
+        sluice_schemas::compat::SchemaPolicy {
+            default: self
+                .compatibility
+                .as_deref()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or_default(),
+            overrides: self
+                .compatibility_overrides
+                .iter()
+                .filter_map(|(t, c)| Some((TableId::parse(t)?, c.parse().ok()?)))
+                .collect(),
+        }
+    }
+
+    /// The registry client, when one is configured.
+    pub fn registry(&self) -> Result<Option<std::sync::Arc<Registry>>, String> {
+        let Some(r) = &self.registry else {
+            return Ok(None);
+        };
+        Registry::new(&RegistrySettings {
+            url: r.url.clone(),
+            username: r.username.clone(),
+            password: std::env::var("SLUICE_SCHEMAS_REGISTRY_PASSWORD").ok(),
+            ca_file: r.ca_file.clone(),
+            cert_file: r.cert_file.clone(),
+            key_file: r.key_file.clone(),
+            timeout: std::time::Duration::from_millis(r.timeout_ms),
+            attempts: 3,
+        })
+        .map(|r| Some(std::sync::Arc::new(r)))
+    }
+
+    fn validate(&self, problems: &mut Vec<String>) {
+        if let Some(c) = &self.compatibility {
+            if let Err(e) = c.parse::<sluice_schemas::compat::Compatibility>() {
+                problems.push(format!("schemas.compatibility: {e}"));
+            }
+        }
+        for (table, c) in &self.compatibility_overrides {
+            if TableId::parse(table).is_none() {
+                problems.push(format!(
+                    "schemas.compatibility_overrides: \"{table}\" is not a \"schema.table\" name"
+                ));
+            }
+            if let Err(e) = c.parse::<sluice_schemas::compat::Compatibility>() {
+                problems.push(format!("schemas.compatibility_overrides.\"{table}\": {e}"));
+            }
+        }
+        if let Some(r) = &self.registry {
+            if r.timeout_ms == 0 {
+                problems.push("schemas.registry.timeout_ms must be > 0".into());
+            }
+            if let Err(e) = self.registry() {
+                problems.push(e);
+            }
+        }
+    }
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -432,6 +551,7 @@ impl Config {
                 }
             }
         }
+        self.schemas.validate(&mut problems);
         if self.observability.stall_timeout_ms == 0 {
             problems.push("observability.stall_timeout_ms must be > 0 (e.g. 60000)".into());
         }

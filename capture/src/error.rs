@@ -17,6 +17,8 @@ pub enum CaptureError {
     Avro(#[from] AvroError),
     #[error("kafka: {0}")]
     Kafka(String),
+    #[error(transparent)]
+    Registry(#[from] sluice_schemas::registry::RegistryError),
     /// (Not marked as the source error: its message already says everything, and error
     /// chains would print it twice.)
     #[error("source: {}", mysql_detail(.0))]
@@ -30,7 +32,8 @@ impl CaptureError {
     /// What the error is about, as `/readyz` names it: `broker` or `source`.
     pub fn dependency(&self) -> &'static str {
         match self {
-            CaptureError::Kafka(_) => "broker",
+            // The registry is part of how events reach consumers, as the broker is.
+            CaptureError::Kafka(_) | CaptureError::Registry(_) => "broker",
             _ => "source",
         }
     }
@@ -85,6 +88,7 @@ impl CaptureError {
                 None => crate::tls::tls_failure(e).is_none(),
             },
             CaptureError::Kafka(_) => true,
+            CaptureError::Registry(e) => e.is_transient(),
             CaptureError::Mysql(e) => match e {
                 // Too many connections, shutdown in progress, lock wait, deadlock, server gone.
                 mysql_async::Error::Server(s) => {

@@ -16,8 +16,10 @@ pub const SLOT_LAG_BYTES: &str = "sluice_capture_slot_lag_bytes";
 pub const INFLIGHT_EVENTS: &str = "sluice_capture_inflight_events";
 /// Errors by kind (`transient`, `definite`, `value`), label `source`.
 pub const ERRORS_TOTAL: &str = "sluice_capture_errors_total";
-/// Schema versions published to the schema topic, label `source`.
+/// Table schema versions registered (schema topic or registry), label `source`.
 pub const SCHEMAS_PUBLISHED_TOTAL: &str = "sluice_capture_schemas_published_total";
+/// New table schema versions refused by the compatibility policy, labels `source`, `table`.
+pub const SCHEMA_INCOMPATIBLE_TOTAL: &str = "sluice_capture_schema_incompatible_total";
 
 /// Seconds between now and the timestamp of the last binlog event read, label `source`.
 pub const BINLOG_LAG_SECONDS: &str = "sluice_capture_binlog_lag_seconds";
@@ -121,6 +123,11 @@ pub fn describe() {
     describe_counter!(
         SCHEMAS_PUBLISHED_TOTAL,
         Unit::Count,
-        "Schema versions published"
+        "Table schema versions registered"
+    );
+    describe_counter!(
+        SCHEMA_INCOMPATIBLE_TOTAL,
+        Unit::Count,
+        "New table schema versions refused by the compatibility policy"
     );
 }

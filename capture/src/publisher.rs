@@ -16,9 +16,13 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
+use sluice_schemas::avro::EnvelopeDecoder;
+use sluice_schemas::compat::SchemaPolicy;
 use sluice_schemas::event::POSITION_HEADER;
 use sluice_schemas::liveness::Liveness;
-use sluice_schemas::{ChangeEvent, EnvelopeCodec, Op, SchemaFingerprint};
+use sluice_schemas::registry::{confluent_header, Registry, RegistryError};
+use sluice_schemas::transport::read_to_end;
+use sluice_schemas::{ChangeEvent, EnvelopeCodec, Op, SchemaFingerprint, TableSchema};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
@@ -51,6 +55,11 @@ pub struct PublisherSettings {
     /// Reported to `/readyz`: connected once the broker answers; pending while events await
     /// acknowledgement.
     pub liveness: Arc<Liveness>,
+    /// The compatibility each new version of a table's schema must keep with earlier ones.
+    pub policy: SchemaPolicy,
+    /// Where schemas are registered: a Confluent Schema Registry (Confluent framing), or
+    /// without one the schema topic (single-object framing).
+    pub registry: Option<Arc<Registry>>,
 }
 
 enum Pending {
@@ -59,10 +68,13 @@ enum Pending {
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
-/// What publishing a table version needs, worked out once: its topic exists, its schemas are in
-/// the schema topic, and its metric handles are registered.
+/// What publishing a table version needs, worked out once: its topic exists, its schemas are
+/// registered, and its metric handles are made.
 struct TableOut {
     topic: String,
+    /// The framing of keys and values: single-object (fingerprint) or Confluent (schema id).
+    key_header: Vec<u8>,
+    value_header: Vec<u8>,
     /// By [`Op`] in the order c, u, d, r, t.
     events: [metrics::Counter; 5],
     bytes: metrics::Counter,
@@ -81,6 +93,8 @@ fn op_index(op: Op) -> usize {
 /// Publishes events and checkpoints; see the module docs.
 pub struct Publisher {
     producer: FutureProducer,
+    /// For reading the schema topic.
+    client_config: ClientConfig,
     admin: AdminClient<DefaultClientContext>,
     settings: PublisherSettings,
     known_topics: HashSet<String>,
@@ -89,7 +103,28 @@ pub struct Publisher {
     tables: HashMap<SchemaFingerprint, TableOut>,
     pending: mpsc::Sender<Pending>,
     last_checkpoint: u64,
+    /// The versions of each value subject (`<topic>-value`), oldest first, as the schema
+    /// transport holds them; loaded when a subject is first needed.
+    subjects: HashMap<String, Vec<Arc<TableSchema>>>,
+    /// Schema-topic mode: what the topic held when capture started.
+    topic_schemas: Option<TopicSchemas>,
 }
+
+/// The schema topic's contents: schemas by fingerprint, and each subject's versions as the
+/// fingerprints of its value schemas (records keyed `subject:<subject>`).
+#[derive(Default)]
+struct TopicSchemas {
+    schemas: HashMap<SchemaFingerprint, String>,
+    subjects: HashMap<String, Vec<SchemaFingerprint>>,
+}
+
+/// The key of a subject's record in the schema topic.
+fn subject_record_key(subject: &str) -> String {
+    format!("{SUBJECT_KEY_PREFIX}{subject}")
+}
+
+/// Schema-topic records keyed with this prefix list a subject's versions.
+pub const SUBJECT_KEY_PREFIX: &str = "subject:";
 
 /// Follows acknowledgements: `acked` is the highest checkpoint whose events Kafka acknowledged.
 pub struct AckHandle {
@@ -132,6 +167,7 @@ impl Publisher {
         Ok((
             Publisher {
                 producer,
+                client_config: client_config.clone(),
                 admin,
                 settings,
                 known_topics: HashSet::new(),
@@ -139,6 +175,8 @@ impl Publisher {
                 tables: HashMap::new(),
                 pending: tx,
                 last_checkpoint: start,
+                subjects: HashMap::new(),
+                topic_schemas: None,
             },
             AckHandle {
                 acked: acked_rx,
@@ -248,7 +286,8 @@ impl Publisher {
         Ok(())
     }
 
-    /// Creates the topic and publishes the schemas of a table version seen for the first time.
+    /// Creates the topic and registers the schemas of a table version seen for the first time,
+    /// after checking the new version against the policy.
     async fn prepare_table(&mut self, codec: &EnvelopeCodec) -> Result<(), CaptureError> {
         if self.tables.contains_key(&codec.value_fingerprint) {
             return Ok(());
@@ -256,10 +295,10 @@ impl Publisher {
         let topic = codec.table.id.topic(&self.settings.topic_prefix);
         self.ensure_topic(&topic, self.settings.partitions, false)
             .await?;
-        self.ensure_schema(codec.key_fingerprint, &codec.key_schema_json)
-            .await?;
-        self.ensure_schema(codec.value_fingerprint, &codec.value_schema_json)
-            .await?;
+        let (key_header, value_header) = match self.settings.registry.clone() {
+            Some(registry) => self.register_in_registry(&registry, &topic, codec).await?,
+            None => self.register_in_topic(&topic, codec).await?,
+        };
         let (source, table) = (self.settings.source.clone(), codec.table.id.to_string());
         let events = [Op::Create, Op::Update, Op::Delete, Op::Read, Op::Truncate].map(|op| {
             metrics::counter!(m::EVENTS_TOTAL, "source" => source.clone(), "table" => table.clone(), "op" => op.code())
@@ -269,11 +308,211 @@ impl Publisher {
             codec.value_fingerprint,
             TableOut {
                 topic,
+                key_header,
+                value_header,
                 events,
                 bytes,
             },
         );
         Ok(())
+    }
+
+    /// Checks a table version that is new to its subject against the policy; the error says
+    /// what changed, which policy it breaks, and what the operator can do.
+    fn check_compatibility(&self, subject: &str, table: &TableSchema) -> Result<(), CaptureError> {
+        let history: Vec<&TableSchema> = self
+            .subjects
+            .get(subject)
+            .map(|v| v.iter().map(|t| t.as_ref()).collect())
+            .unwrap_or_default();
+        let policy = self.settings.policy.for_table(&table.id);
+        policy.check(&history, table).map_err(|incompatible| {
+            metrics::counter!(m::SCHEMA_INCOMPATIBLE_TOTAL, "source" => self.settings.source.clone(), "table" => table.id.to_string())
+                .increment(1);
+            CaptureError::Definite(format!(
+                "{incompatible}. Capture stopped before publishing the change, so nothing after it \
+                 is lost. If every consumer of {subject} can cope, accept it by weakening the \
+                 policy for this table (schemas.compatibility_overrides.\"{}\" = \"none\") and \
+                 restart; otherwise revert the change at the source",
+                table.id
+            ))
+        })
+    }
+
+    /// Schema-topic mode: publishes the schemas (by fingerprint) and appends the version to
+    /// the subject's record, after the compatibility check.
+    async fn register_in_topic(
+        &mut self,
+        topic: &str,
+        codec: &EnvelopeCodec,
+    ) -> Result<(Vec<u8>, Vec<u8>), CaptureError> {
+        let subject = format!("{topic}-value");
+        if self.topic_schemas.is_none() {
+            self.topic_schemas = Some(self.load_schema_topic().await?);
+        }
+        let stored = self.topic_schemas.as_ref().expect("loaded above");
+        let versions = stored.subjects.get(&subject).cloned().unwrap_or_default();
+        if !self.subjects.contains_key(&subject) {
+            let mut history = Vec::with_capacity(versions.len());
+            for fp in &versions {
+                if let Some(json) = stored.schemas.get(fp) {
+                    history.push(EnvelopeDecoder::from_schema_json(json)?.table);
+                }
+            }
+            self.subjects.insert(subject.clone(), history);
+        }
+        self.ensure_schema(codec.key_fingerprint, &codec.key_schema_json)
+            .await?;
+        if !versions.contains(&codec.value_fingerprint) {
+            self.check_compatibility(&subject, &codec.table)?;
+            self.ensure_schema(codec.value_fingerprint, &codec.value_schema_json)
+                .await?;
+            let stored = self.topic_schemas.as_mut().expect("loaded above");
+            let versions = stored.subjects.entry(subject.clone()).or_default();
+            versions.push(codec.value_fingerprint);
+            let record = serde_json::json!({
+                "subject": subject,
+                "versions": versions.iter().map(SchemaFingerprint::to_hex).collect::<Vec<_>>(),
+            })
+            .to_string();
+            let key = subject_record_key(&subject);
+            self.producer
+                .send(
+                    FutureRecord::to(&self.settings.schema_topic)
+                        .key(&key)
+                        .payload(&record),
+                    Duration::from_secs(60),
+                )
+                .await
+                .map_err(|(e, _)| CaptureError::Kafka(format!("publish {key}: {e}")))?;
+            info!(%subject, version = versions.len(), "registered a new schema version");
+            self.subjects
+                .entry(subject)
+                .or_default()
+                .push(codec.table.clone());
+        } else {
+            self.ensure_schema(codec.value_fingerprint, &codec.value_schema_json)
+                .await?;
+        }
+        Ok(codec.single_object_headers())
+    }
+
+    /// Reads the schema topic to its end: what is already published, and each subject's
+    /// versions.
+    async fn load_schema_topic(&mut self) -> Result<TopicSchemas, CaptureError> {
+        let (config, topic) = (
+            self.client_config.clone(),
+            self.settings.schema_topic.clone(),
+        );
+        let records = tokio::task::spawn_blocking(move || {
+            read_to_end(&config, &topic, Duration::from_secs(60))
+        })
+        .await
+        .map_err(|e| CaptureError::Kafka(format!("schema topic reader panicked: {e}")))?
+        .map_err(CaptureError::Kafka)?;
+        let mut out = TopicSchemas::default();
+        for (key, value) in records {
+            let Some(value) = value else { continue };
+            if let Some(subject) = key.strip_prefix(SUBJECT_KEY_PREFIX) {
+                let versions = serde_json::from_slice::<serde_json::Value>(&value)
+                    .ok()
+                    .and_then(|v| {
+                        v["versions"].as_array().map(|a| {
+                            a.iter()
+                                .filter_map(|fp| fp.as_str().and_then(SchemaFingerprint::from_hex))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .unwrap_or_default();
+                out.subjects.insert(subject.to_string(), versions);
+            } else if let Some(fp) = SchemaFingerprint::from_hex(&key) {
+                self.published_schemas.insert(fp);
+                out.schemas
+                    .insert(fp, String::from_utf8_lossy(&value).into_owned());
+            }
+        }
+        debug!(
+            schemas = out.schemas.len(),
+            subjects = out.subjects.len(),
+            "read the schema topic"
+        );
+        Ok(out)
+    }
+
+    /// Registry mode: checks against the subject's versions in the registry, then registers
+    /// the key and value schemas (idempotent) and frames with their ids.
+    async fn register_in_registry(
+        &mut self,
+        registry: &Arc<Registry>,
+        topic: &str,
+        codec: &EnvelopeCodec,
+    ) -> Result<(Vec<u8>, Vec<u8>), CaptureError> {
+        let subject = format!("{topic}-value");
+        if !self.subjects.contains_key(&subject) {
+            let transitive = self.settings.policy.for_table(&codec.table.id).transitive();
+            let (r, s) = (registry.clone(), subject.clone());
+            let schemas = blocking(move || -> Result<Vec<String>, RegistryError> {
+                let versions = r.versions(&s)?;
+                let wanted: Vec<i64> = if transitive {
+                    versions
+                } else {
+                    versions.last().copied().into_iter().collect()
+                };
+                wanted
+                    .into_iter()
+                    .map(|v| r.version(&s, Some(v)).map(|sv| sv.schema))
+                    .collect()
+            })
+            .await?;
+            let mut history = Vec::with_capacity(schemas.len());
+            for json in schemas {
+                history.push(EnvelopeDecoder::from_schema_json(&json)?.table);
+            }
+            self.subjects.insert(subject.clone(), history);
+        }
+        let known = self
+            .subjects
+            .get(&subject)
+            .is_some_and(|h| h.iter().any(|t| **t == *codec.table));
+        if !known {
+            self.check_compatibility(&subject, &codec.table)?;
+        }
+        let (r, key_subject, key_json, value_subject, value_json) = (
+            registry.clone(),
+            format!("{topic}-key"),
+            codec.key_schema_json.clone(),
+            subject.clone(),
+            codec.value_schema_json.clone(),
+        );
+        let (key_id, value_id) = blocking(move || -> Result<(u32, u32), RegistryError> {
+            Ok((
+                r.register(&key_subject, &key_json)?,
+                r.register(&value_subject, &value_json)?,
+            ))
+        })
+        .await
+        .map_err(|e| match e {
+            RegistryError::Incompatible { .. } => CaptureError::Definite(format!(
+                "{e}. Sluice's own policy ({}) allowed the change, but the registry's \
+                 compatibility level for the subject does not; align them (PUT /config/<subject>) \
+                 or revert the change at the source. Capture stopped before publishing it",
+                self.settings.policy.for_table(&codec.table.id)
+            )),
+            e => e.into(),
+        })?;
+        if !known {
+            info!(%subject, id = value_id, "registered a new schema version");
+            self.subjects
+                .entry(subject)
+                .or_default()
+                .push(codec.table.clone());
+        }
+        metrics::counter!(m::SCHEMAS_PUBLISHED_TOTAL, "source" => self.settings.source.clone())
+            .increment(1);
+        Ok((
+            confluent_header(key_id).to_vec(),
+            confluent_header(value_id).to_vec(),
+        ))
     }
 
     /// Publishes one event (and its tombstone, for deletes). Waits while too many are in flight.
@@ -283,10 +522,14 @@ impl Publisher {
         event: &ChangeEvent,
     ) -> Result<(), CaptureError> {
         self.prepare_table(codec).await?;
-        let key = codec.encode_key(event)?;
-        let value = codec.encode_value(event, sluice_schemas::event::unix_now_us())?;
-        let position = event.position.to_hex();
         let out = &self.tables[&codec.value_fingerprint];
+        let key = codec.encode_key(event, &out.key_header)?;
+        let value = codec.encode_value(
+            event,
+            sluice_schemas::event::unix_now_us(),
+            &out.value_header,
+        )?;
+        let position = event.position.to_hex();
         self.send(&out.topic, key.as_deref(), Some(&value), &position)
             .await?;
         if event.op == Op::Delete && self.settings.tombstones {
@@ -385,4 +628,16 @@ async fn ack_loop(
         }
     }
     Ok(())
+}
+
+/// Runs a blocking registry call off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, RegistryError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(RegistryError::Unavailable {
+            url: String::new(),
+            detail: format!("the registry call panicked: {e}"),
+        })
+    })
 }

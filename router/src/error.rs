@@ -5,10 +5,24 @@ use sluice_sinks::SinkError;
 pub enum RouterError {
     #[error("kafka: {0}")]
     Kafka(String),
+    /// The schema registry is unavailable (worth retrying).
+    #[error("{0}")]
+    Registry(String),
     #[error(transparent)]
     Sink(#[from] SinkError),
     #[error("{0}")]
     Definite(String),
+}
+
+impl RouterError {
+    /// Whether waiting and retrying may succeed without anyone changing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RouterError::Kafka(_) | RouterError::Registry(_) => true,
+            RouterError::Sink(e) => e.is_transient(),
+            RouterError::Definite(_) => false,
+        }
+    }
 }
 
 impl From<rdkafka::error::KafkaError> for RouterError {

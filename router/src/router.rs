@@ -11,7 +11,6 @@ use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use sluice_schemas::avro::unframe;
 use sluice_schemas::event::POSITION_HEADER;
 use sluice_schemas::liveness::Liveness;
 use sluice_schemas::Position;
@@ -41,6 +40,9 @@ pub struct RouterSettings {
     pub instance_id: Option<String>,
     pub topics: Vec<String>,
     pub schema_topic: String,
+    /// Resolves Confluent-framed messages (schema ids); single-object framed ones are found in
+    /// `schema_topic` either way.
+    pub registry: Option<Arc<sluice_schemas::registry::Registry>>,
     pub dead_letter_topic: String,
     /// Used when the router has to create a topic that does not exist yet.
     pub partitions: i32,
@@ -172,6 +174,7 @@ impl<S: Sink> Router<S> {
         let mut schemas = SchemaStore::new(
             self.client_config.clone(),
             self.settings.schema_topic.clone(),
+            self.settings.registry.clone(),
         );
         let mut resumed: HashSet<(Arc<str>, i32)> = HashSet::new();
         // Per topic, looked up once: the shared name and the consumed counter.
@@ -305,36 +308,35 @@ impl<S: Sink> Router<S> {
                     format!("missing or invalid {POSITION_HEADER} header"),
                 )
             })?;
-            let (fp, datum) = unframe(payload).map_err(|e| ("undecodable", e.to_string()))?;
-            // Failing to read the schema topic is transient: wait and retry, holding the
-            // message (and so the partition). Only a schema absent from a complete read of
-            // the topic makes the message undecodable.
+            // Failing to reach the schema topic or the registry is transient: wait and retry,
+            // holding the message (and so the partition). Only a schema the transport does
+            // not have makes the message undecodable.
             let mut backoff = Duration::from_millis(500);
             let found = loop {
-                match schemas.get(fp).await {
+                match schemas.resolve(payload).await {
                     Ok(found) => break found,
-                    Err(e) => {
+                    Err(e) if e.is_transient() => {
                         metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient")
                             .increment(1);
-                        warn!(error = %e, retry_in = ?backoff, "cannot read the schema topic; retrying");
+                        warn!(error = %e, retry_in = ?backoff, "cannot read the writer schema; retrying");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }
+                    Err(e) => return Ok(Err(e)),
                 }
             };
-            let decoder = found
-                .ok_or_else(|| {
-                    (
-                        "unknown_schema",
-                        format!("schema {} is not in the schema topic", fp.to_hex()),
-                    )
-                })?;
+            let (decoder, datum) = found.map_err(|u| (u.reason, u.detail))?;
             let event = decoder
                 .decode(datum)
                 .map_err(|e| ("undecodable", e.to_string()))?;
-            Ok::<_, (&str, String)>((decoder.table.clone(), event, position))
+            Ok::<_, (&str, String)>(Ok((decoder.table.clone(), event, position)))
         }
         .await;
+        let decoded = match decoded {
+            Ok(Err(fatal)) => return Err(fatal),
+            Ok(Ok(ok)) => Ok(ok),
+            Err(e) => Err(e),
+        };
         match decoded {
             Ok((table, event, position)) => {
                 pending.bytes += payload.len();

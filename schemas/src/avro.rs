@@ -264,14 +264,28 @@ impl EnvelopeCodec {
         })
     }
 
-    /// Encodes the key record of `event` (its key columns), single-object framed.
-    pub fn encode_key(&self, event: &ChangeEvent) -> Result<Option<Vec<u8>>, AvroError> {
+    /// The single-object framing of keys and values: magic and schema fingerprint.
+    pub fn single_object_headers(&self) -> (Vec<u8>, Vec<u8>) {
+        let header = |fp: SchemaFingerprint| {
+            let mut h = SINGLE_OBJECT_MAGIC.to_vec();
+            h.extend_from_slice(&fp.0);
+            h
+        };
+        (header(self.key_fingerprint), header(self.value_fingerprint))
+    }
+
+    /// Encodes the key record of `event` (its key columns) after `header` (the framing: see
+    /// [`EnvelopeCodec::single_object_headers`], or Confluent's).
+    pub fn encode_key(
+        &self,
+        event: &ChangeEvent,
+        header: &[u8],
+    ) -> Result<Option<Vec<u8>>, AvroError> {
         let Some(image) = event.after.as_ref().or(event.before.as_ref()) else {
             return Ok(None);
         };
         let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
-        out.extend_from_slice(&self.key_fingerprint.0);
+        out.extend_from_slice(header);
         for (column, datum) in self.table.columns.iter().zip(image) {
             if column.key {
                 self.write_datum(&mut out, column, datum, &mut Vec::new())?;
@@ -280,12 +294,16 @@ impl EnvelopeCodec {
         Ok(Some(out))
     }
 
-    /// Encodes `event` as the envelope, single-object framed; `now_us` is when capture
+    /// Encodes `event` as the envelope after `header` (the framing); `now_us` is when capture
     /// processed it (the envelope's `ts_ms`/`ts_us`/`ts_ns`), µs since the epoch.
-    pub fn encode_value(&self, event: &ChangeEvent, now_us: i64) -> Result<Vec<u8>, AvroError> {
+    pub fn encode_value(
+        &self,
+        event: &ChangeEvent,
+        now_us: i64,
+        header: &[u8],
+    ) -> Result<Vec<u8>, AvroError> {
         let mut out = Vec::with_capacity(256);
-        out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
-        out.extend_from_slice(&self.value_fingerprint.0);
+        out.extend_from_slice(header);
         let mut unchanged: Vec<&str> = Vec::new();
         for image in [&event.before, &event.after] {
             match image {
@@ -804,7 +822,9 @@ mod tests {
     fn encoded_envelope_decodes_with_apache_avro_to_the_same_row() {
         let codec = EnvelopeCodec::new("sluice", "pg_main", Connector::Postgres, table()).unwrap();
         let ev = event(Op::Update, Some(row()), Some(row()));
-        let bytes = codec.encode_value(&ev, 5).unwrap();
+        let bytes = codec
+            .encode_value(&ev, 5, &codec.single_object_headers().1)
+            .unwrap();
         let (fp, datum) = unframe(&bytes).unwrap();
         assert_eq!(fp, codec.value_fingerprint);
         let decoder = EnvelopeDecoder::from_schema_json(&codec.value_schema_json).unwrap();
@@ -830,7 +850,9 @@ mod tests {
             pos: 1234,
             row: 2,
         });
-        let bytes = codec.encode_value(&ev, 5).unwrap();
+        let bytes = codec
+            .encode_value(&ev, 5, &codec.single_object_headers().1)
+            .unwrap();
         let (_, datum) = unframe(&bytes).unwrap();
         let schema = Schema::parse_str(&codec.value_schema_json).unwrap();
         let AvroValue::Record(fields) =
@@ -853,7 +875,9 @@ mod tests {
         );
         // Without a binlog position a MySQL event cannot be encoded.
         ev.source.binlog = None;
-        assert!(codec.encode_value(&ev, 5).is_err());
+        assert!(codec
+            .encode_value(&ev, 5, &codec.single_object_headers().1)
+            .is_err());
     }
 
     #[test]
@@ -862,7 +886,11 @@ mod tests {
         let mut after = row();
         after[3] = Datum::Unchanged;
         let bytes = codec
-            .encode_value(&event(Op::Update, None, Some(after)), 5)
+            .encode_value(
+                &event(Op::Update, None, Some(after)),
+                5,
+                &codec.single_object_headers().1,
+            )
             .unwrap();
         let decoder = EnvelopeDecoder::from_schema_json(&codec.value_schema_json).unwrap();
         let decoded = decoder.decode(unframe(&bytes).unwrap().1).unwrap();
@@ -874,7 +902,11 @@ mod tests {
     fn delete_carries_before_image_and_no_after() {
         let codec = EnvelopeCodec::new("sluice", "pg_main", Connector::Postgres, table()).unwrap();
         let bytes = codec
-            .encode_value(&event(Op::Delete, Some(row()), None), 5)
+            .encode_value(
+                &event(Op::Delete, Some(row()), None),
+                5,
+                &codec.single_object_headers().1,
+            )
             .unwrap();
         let decoder = EnvelopeDecoder::from_schema_json(&codec.value_schema_json).unwrap();
         let decoded = decoder.decode(unframe(&bytes).unwrap().1).unwrap();
@@ -887,7 +919,10 @@ mod tests {
     fn key_encodes_only_key_columns() {
         let codec = EnvelopeCodec::new("sluice", "pg_main", Connector::Postgres, table()).unwrap();
         let key = codec
-            .encode_key(&event(Op::Create, None, Some(row())))
+            .encode_key(
+                &event(Op::Create, None, Some(row())),
+                &codec.single_object_headers().0,
+            )
             .unwrap()
             .unwrap();
         let key_schema = Schema::parse_str(&codec.key_schema_json).unwrap();
@@ -906,7 +941,11 @@ mod tests {
         let mut bad = row();
         bad[1] = Datum::String("x".into());
         let err = codec
-            .encode_value(&event(Op::Create, None, Some(bad)), 5)
+            .encode_value(
+                &event(Op::Create, None, Some(bad)),
+                5,
+                &codec.single_object_headers().1,
+            )
             .unwrap_err();
         assert!(
             err.to_string().contains("column qty of public.orders"),

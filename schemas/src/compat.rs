@@ -41,7 +41,8 @@ impl Compatibility {
         }
     }
 
-    fn transitive(self) -> bool {
+    /// Whether every earlier version counts, not only the latest.
+    pub fn transitive(self) -> bool {
         matches!(
             self,
             Compatibility::BackwardTransitive
@@ -88,16 +89,16 @@ impl Compatibility {
             let mut problems = Vec::new();
             if self.backward() {
                 problems.extend(
-                    can_read(old, new)
-                        .into_iter()
-                        .map(|p| format!("consumers of the new schema cannot read older events: {p}")),
+                    can_read(old, new).into_iter().map(|p| {
+                        format!("consumers of the new schema cannot read older events: {p}")
+                    }),
                 );
             }
             if self.forward() {
                 problems.extend(
-                    can_read(new, old)
-                        .into_iter()
-                        .map(|p| format!("consumers of the older schema cannot read new events: {p}")),
+                    can_read(new, old).into_iter().map(|p| {
+                        format!("consumers of the older schema cannot read new events: {p}")
+                    }),
                 );
             }
             if !problems.is_empty() {
@@ -138,6 +139,19 @@ impl FromStr for Compatibility {
                 ))
             }
         })
+    }
+}
+
+/// The compatibility level for each table: one default, and overrides by table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemaPolicy {
+    pub default: Compatibility,
+    pub overrides: std::collections::HashMap<crate::table::TableId, Compatibility>,
+}
+
+impl SchemaPolicy {
+    pub fn for_table(&self, table: &crate::table::TableId) -> Compatibility {
+        self.overrides.get(table).copied().unwrap_or(self.default)
     }
 }
 

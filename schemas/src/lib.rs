@@ -6,13 +6,14 @@
 //!   [`SqlType`]) and their mapping onto Avro types;
 //! - [`avro`]: the Debezium-compatible Avro envelope, its encoding with Avro single-object
 //!   framing, and decoding back into rows;
+//! - [`registry`]: a Confluent Schema Registry client and Confluent's wire format;
 //! - [`compat`]: the compatibility policy between versions of a table's schema;
 //! - [`resolve`]: Avro schema resolution with reasons in words, for the compatibility policy
 //!   and mapping schemes;
 //! - [`liveness`]: what every component reports to its process's `/readyz` (connected, and
 //!   whether pending work moves).
 //!
-//! It does not talk to any database or broker: capture publishes the schemas it builds here and
+//! It talks to no database: capture publishes the schemas it builds here and
 //! the router loads them (see `sluice-capture` and `sluice-router`).
 
 pub mod avro;
@@ -21,6 +22,7 @@ pub mod decimal;
 pub mod event;
 pub mod liveness;
 pub mod pgtext;
+pub mod registry;
 pub mod resolve;
 pub mod table;
 pub mod transport;

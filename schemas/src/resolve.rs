@@ -35,7 +35,10 @@ pub enum AvroType {
     Double,
     Bytes,
     String,
-    Decimal { precision: u32, scale: u32 },
+    Decimal {
+        precision: u32,
+        scale: u32,
+    },
     Date,
     TimeMillis,
     TimeMicros,
@@ -59,7 +62,9 @@ impl AvroType {
                 "record" | "enum" | "fixed" | "map" | "array" => {
                     format!("\"{name}\" must be written as an object with its attributes")
                 }
-                other => format!("unknown type \"{other}\" (a reference to a named type is not supported here)"),
+                other => format!(
+                    "unknown type \"{other}\" (a reference to a named type is not supported here)"
+                ),
             }),
             Json::Array(branches) => {
                 let mut out = Vec::with_capacity(branches.len());
@@ -85,7 +90,9 @@ impl AvroType {
                         let items = obj.get("items").ok_or("an array type needs \"items\"")?;
                         return Ok(AvroType::Array(Box::new(AvroType::from_json(items)?)));
                     }
-                    Json::String(t) if matches!(t.as_str(), "record" | "enum" | "fixed" | "map") => {
+                    Json::String(t)
+                        if matches!(t.as_str(), "record" | "enum" | "fixed" | "map") =>
+                    {
                         return Ok(AvroType::Unsupported(t.clone()));
                     }
                     other => AvroType::from_json(other)?,
@@ -298,8 +305,11 @@ fn non_union_conversion(w: &AvroType, r: &AvroType) -> Result<Conversion, String
         }
         (Decimal { .. }, Bytes)
         | (Date | TimeMillis, Int)
-        | (TimeMicros | TimestampMillis | TimestampMicros | LocalTimestampMillis
-        | LocalTimestampMicros, Long)
+        | (
+            TimeMicros | TimestampMillis | TimestampMicros | LocalTimestampMillis
+            | LocalTimestampMicros,
+            Long,
+        )
         | (Uuid, String) => Conversion::Underlying,
         (Array(wi), Array(ri)) => {
             let inner = resolve(wi, ri).map_err(|e| format!("array elements: {e}"))?;
@@ -346,7 +356,11 @@ pub fn resolve(writer: &AvroType, reader: &AvroType) -> Result<Resolution, Strin
             })
         }
         [w] => *w,
-        _ => return Err(format!("{writer}: unions of several non-null types are not supported")),
+        _ => {
+            return Err(format!(
+                "{writer}: unions of several non-null types are not supported"
+            ))
+        }
     };
     let candidates = reader.non_null();
     if candidates.is_empty() {

@@ -373,6 +373,7 @@ fn a_consumer_built_on_debeziums_schema_reads_sluice_events() {
         .encode_value(
             &event(orders("public"), Connector::Postgres),
             1_700_000_001_000_000,
+            &codec.single_object_headers().1,
         )
         .unwrap();
     let (_, mut datum) = unframe(&bytes).unwrap();
@@ -495,7 +496,11 @@ fn mysql_events_fill_debeziums_binlog_fields() {
     let table = orders("shop");
     let codec = EnvelopeCodec::new("sluice", "maria", Connector::Mysql, table.clone()).unwrap();
     let bytes = codec
-        .encode_value(&event(table, Connector::Mysql), 1_700_000_001_000_000)
+        .encode_value(
+            &event(table, Connector::Mysql),
+            1_700_000_001_000_000,
+            &codec.single_object_headers().1,
+        )
         .unwrap();
     let (_, mut datum) = unframe(&bytes).unwrap();
     let writer = Schema::parse_str(&codec.value_schema_json).unwrap();

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sluice_router::schemas::SchemaStore;
-use sluice_schemas::avro::{unframe, DecodedEvent};
+use sluice_schemas::avro::DecodedEvent;
 use sluice_schemas::event::POSITION_HEADER;
 use sluice_schemas::{Position, TableSchema};
 
@@ -30,6 +30,15 @@ pub struct TopicReader {
 
 impl TopicReader {
     pub fn new(bootstrap: &str, topic: &str) -> TopicReader {
+        TopicReader::with_registry(bootstrap, topic, None)
+    }
+
+    /// A reader that also resolves Confluent-framed messages through `registry`.
+    pub fn with_registry(
+        bootstrap: &str,
+        topic: &str,
+        registry: Option<Arc<sluice_schemas::registry::Registry>>,
+    ) -> TopicReader {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap);
         let consumer: BaseConsumer = config
@@ -43,7 +52,7 @@ impl TopicReader {
         consumer.assign(&tpl).unwrap();
         TopicReader {
             consumer,
-            schemas: SchemaStore::new(config, "_sluice_schemas".into()),
+            schemas: SchemaStore::new(config, "_sluice_schemas".into(), registry),
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -64,12 +73,11 @@ impl TopicReader {
             })
             .and_then(|v| Position::from_hex(std::str::from_utf8(v).ok()?))
             .expect("every event carries its position");
-        let (fp, datum) = unframe(payload).unwrap();
-        let decoder = self
+        let (decoder, datum) = self
             .runtime
-            .block_on(self.schemas.get(fp))
+            .block_on(self.schemas.resolve(payload))
             .unwrap()
-            .expect("the schema is in the schema topic before its first event");
+            .expect("the schema is registered before its first event");
         Some(ReadEvent {
             position,
             table: decoder.table.clone(),

@@ -3,6 +3,9 @@
 //! stopped when its guard drops — also when a test panics. Children get `PR_SET_PDEATHSIG`, so a
 //! killed test process does not leave servers behind.
 //!
+//! It also serves a Schema Registry that follows Confluent's documented REST API
+//! ([`SchemaRegistry`]): no real one can be installed on our machines.
+//!
 //! Binaries are found on `PATH` or in the usual Debian locations; override with
 //! `SLUICE_PG_BIN` (directory of `initdb`/`postgres`), `SLUICE_MARIADB_BIN` and `SLUICE_TANSU`.
 
@@ -14,6 +17,7 @@ pub mod compare;
 mod mariadb;
 mod postgres;
 mod process;
+mod registry;
 mod sluice;
 mod tansu;
 
@@ -21,6 +25,7 @@ pub use certs::TestCerts;
 pub use mariadb::MariaDb;
 pub use postgres::Postgres;
 pub use process::{free_port, wait_until, ChildGuard};
+pub use registry::{RegistryTls, SchemaRegistry};
 pub use sluice::{http_get, metric_value, try_http_get, SluiceProcess};
 pub use tansu::{Tansu, TansuStorage};
 
