@@ -45,3 +45,16 @@ else
   log "installing tansu $TANSU_VERSION (about 10 minutes on 2 cores)"
   cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql,postgres
 fi
+
+# A consumer built the way Debezium users build theirs (confluent-kafka's Avro deserializer and
+# Schema Registry client), for the test that reads Sluice topics with it.
+PY_VENV="${SLUICE_PY_VENV:-$HOME/.cache/sluice/py}"
+CONFLUENT_KAFKA_VERSION=2.16.1
+if "$PY_VENV/bin/python" -c "import confluent_kafka, fastavro, sys; sys.exit(confluent_kafka.__version__ != '$CONFLUENT_KAFKA_VERSION')" 2>/dev/null; then
+  log "confluent-kafka $CONFLUENT_KAFKA_VERSION (python): present"
+else
+  log "installing confluent-kafka $CONFLUENT_KAFKA_VERSION with its Avro and Schema Registry extras into $PY_VENV"
+  command -v python3 >/dev/null || { as_root apt-get install -y -qq python3 python3-venv; }
+  python3 -m venv "$PY_VENV" || { as_root apt-get install -y -qq python3-venv && python3 -m venv "$PY_VENV"; }
+  "$PY_VENV/bin/pip" install -q "confluent-kafka[avro,schemaregistry]==$CONFLUENT_KAFKA_VERSION"
+fi

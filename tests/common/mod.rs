@@ -18,6 +18,8 @@ use sluice_schemas::{Position, TableSchema};
 /// One decoded event with its position header and the table version it was written with.
 pub struct ReadEvent {
     pub position: Position,
+    /// The schema id of a Confluent-framed message (`None` for single-object framing).
+    pub framing_id: Option<u32>,
     pub table: Arc<TableSchema>,
     pub event: DecodedEvent,
 }
@@ -62,7 +64,12 @@ impl TopicReader {
 
     /// The next event, or `None` when nothing arrives within `wait` (tombstones are skipped).
     pub fn next(&mut self, wait: Duration) -> Option<ReadEvent> {
-        let msg = self.consumer.poll(wait)?.unwrap();
+        let msg = loop {
+            let msg = self.consumer.poll(wait)?.unwrap();
+            if msg.payload().is_some() {
+                break msg;
+            }
+        };
         let payload = msg.payload()?;
         let position = msg
             .headers()
@@ -80,6 +87,7 @@ impl TopicReader {
             .expect("the schema is registered before its first event");
         Some(ReadEvent {
             position,
+            framing_id: sluice_schemas::registry::parse_confluent(payload).map(|(id, _)| id),
             table: decoder.table.clone(),
             event: decoder.decode(datum).unwrap(),
         })
