@@ -711,6 +711,35 @@ sink = "warehouse"
     }
 
     #[test]
+    fn schemas_section_is_validated_with_the_field_and_the_choices() {
+        let text = format!(
+            "{MINIMAL}\n[schemas]\ncompatibility = \"sideways\"\n\
+             [schemas.compatibility_overrides]\n\"orders\" = \"none\"\n\"public.x\" = \"fully\"\n\
+             [schemas.registry]\nurl = \"registry:8081\"\n"
+        );
+        let problems = Config::parse(&text).unwrap().validate().unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "schemas.compatibility: unknown compatibility \"sideways\"; expected one of backward, \
+                 backward_transitive, forward, forward_transitive, full, full_transitive, none",
+                "schemas.compatibility_overrides: \"orders\" is not a \"schema.table\" name",
+                "schemas.compatibility_overrides.\"public.x\": unknown compatibility \"fully\"; \
+                 expected one of backward, backward_transitive, forward, forward_transitive, full, \
+                 full_transitive, none",
+                "schemas.registry.url must start with http:// or https:// (got \"registry:8081\")",
+            ]
+        );
+        let ok = format!("{MINIMAL}\n[schemas]\ncompatibility = \"FULL_TRANSITIVE\"\n");
+        let config = Config::parse(&ok).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.schemas.policy().default,
+            sluice_schemas::compat::Compatibility::FullTransitive
+        );
+    }
+
+    #[test]
     fn validation_names_field_and_fix() {
         let text = MINIMAL
             .replace(
