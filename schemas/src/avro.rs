@@ -134,7 +134,7 @@ pub fn transaction_block_schema() -> Json {
 }
 
 /// The Avro field names of a table's columns: sanitized and made unique.
-fn field_names(columns: &[Column]) -> Vec<String> {
+pub fn field_names(columns: &[Column]) -> Vec<String> {
     let mut seen = HashSet::new();
     columns
         .iter()

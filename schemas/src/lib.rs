@@ -10,6 +10,8 @@
 //! - [`compat`]: the compatibility policy between versions of a table's schema;
 //! - [`resolve`]: Avro schema resolution with reasons in words, for the compatibility policy
 //!   and mapping schemes;
+//! - [`scheme`]: mapping schemes (reader schemas with `sluice.` attributes): parse, check
+//!   against a writer schema, apply to changes;
 //! - [`liveness`]: what every component reports to its process's `/readyz` (connected, and
 //!   whether pending work moves).
 //!
@@ -24,6 +26,7 @@ pub mod liveness;
 pub mod pgtext;
 pub mod registry;
 pub mod resolve;
+pub mod scheme;
 pub mod table;
 pub mod transport;
 
