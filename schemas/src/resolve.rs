@@ -147,6 +147,28 @@ impl AvroType {
         })
     }
 
+    /// The type's JSON form, without any attribute but the logical type's.
+    pub fn to_json(&self) -> Json {
+        use serde_json::json;
+        let logical = |base: &str, logical: &str| json!({"type": base, "logicalType": logical});
+        match self {
+            AvroType::Decimal { precision, scale } => json!({
+                "type": "bytes", "logicalType": "decimal", "precision": precision, "scale": scale
+            }),
+            AvroType::Date => logical("int", "date"),
+            AvroType::TimeMillis => logical("int", "time-millis"),
+            AvroType::TimeMicros => logical("long", "time-micros"),
+            AvroType::TimestampMillis => logical("long", "timestamp-millis"),
+            AvroType::TimestampMicros => logical("long", "timestamp-micros"),
+            AvroType::LocalTimestampMillis => logical("long", "local-timestamp-millis"),
+            AvroType::LocalTimestampMicros => logical("long", "local-timestamp-micros"),
+            AvroType::Uuid => logical("string", "uuid"),
+            AvroType::Array(items) => json!({"type": "array", "items": items.to_json()}),
+            AvroType::Union(b) => Json::Array(b.iter().map(AvroType::to_json).collect()),
+            other => Json::String(other.to_string()),
+        }
+    }
+
     /// The Avro type values of `sql` travel as (not null).
     pub fn of_sql(sql: &SqlType) -> AvroType {
         AvroType::from_json(&sql.avro_type())
@@ -235,7 +257,7 @@ impl fmt::Display for AvroType {
             AvroType::Uuid => f.write_str("uuid"),
             AvroType::Array(items) => write!(f, "array of {items}"),
             AvroType::Union(b) => {
-                let names: Vec<String> = b.iter().map(ToString::to_string).collect();
+                let names: Vec<String> = b.iter().map(|t| format!("\"{t}\"")).collect();
                 write!(f, "[{}]", names.join(", "))
             }
             AvroType::Unsupported(kind) => write!(f, "{kind}"),
@@ -345,7 +367,7 @@ pub fn resolve(writer: &AvroType, reader: &AvroType) -> Result<Resolution, Strin
     let w_branches = writer.non_null();
     if writer.accepts_null() && !reader.accepts_null() {
         return Err(format!(
-            "{writer} may be null, which {reader} cannot hold (make it a union with \"null\")"
+            "its values may be null, and {reader} cannot hold null"
         ));
     }
     let w = match w_branches.as_slice() {
@@ -544,7 +566,7 @@ mod tests {
         assert_eq!(r.conversion, Conversion::Promote(AvroType::Long));
         // A nullable writer needs a reader that can hold null.
         let e = resolve(&nullable_int, &t(json!("long"))).unwrap_err();
-        assert!(e.contains("may be null"), "{e}");
+        assert_eq!(e, "its values may be null, and long cannot hold null");
         // A non-union writer into a union reader: the first branch that resolves.
         let r = resolve(&t(json!("int")), &t(json!(["null", "string", "double"]))).unwrap();
         assert_eq!(r.reader, AvroType::Double);
@@ -638,6 +660,17 @@ mod tests {
             Datum::Decimal("1.23".into())
         );
         assert!(default_datum(&json!(1.5), &AvroType::Int).is_err());
+    }
+
+    #[test]
+    fn json_forms_read_back() {
+        for j in [
+            json!(["null", {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}]),
+            json!({"type": "array", "items": ["null", {"type": "int", "logicalType": "date"}]}),
+            json!("string"),
+        ] {
+            assert_eq!(t(j.clone()).to_json(), j);
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use super::expr::{from_cel, Reads, RowContext};
 use super::mask::{Mask, HMAC_KEY_ENV};
-use super::{did_you_mean, Errors, Expr, Scheme, SchemeErrors};
+use super::{did_you_mean, Errors, Expr, Scheme, SchemeError, SchemeErrors};
 use crate::avro::field_names;
 use crate::event::{Datum, Op};
 use crate::pgtext;
@@ -41,6 +41,8 @@ pub struct Mapping {
     pub target: Arc<TableSchema>,
     /// The writer schema this mapping reads.
     pub writer: Arc<TableSchema>,
+    /// What is allowed but probably not meant (a field named like a column it does not read).
+    pub warnings: Vec<SchemeError>,
     file: String,
     fields: Vec<FieldPlan>,
     filter: Option<Arc<Expr>>,
@@ -82,6 +84,7 @@ impl Scheme {
         let find = |name: &str| avro_names.iter().position(|n| n == name);
         let mut fields = Vec::with_capacity(self.fields.len());
         let mut columns = Vec::with_capacity(self.fields.len());
+        let mut warnings = Vec::new();
         for f in &self.fields {
             let at = format!("field `{}`", f.name);
             let (from, value_type, missing) = if let Some(expr) = &f.expr {
@@ -148,9 +151,9 @@ impl Scheme {
                                     )
                                 } else {
                                     format!(
-                                        "make the field's type {}, or compute it with \"sluice.expr\" (e.g. \"string(row.{})\")",
+                                        "make the field's type {}, or compute it with \"sluice.expr\": \"{}\"",
                                         quoted(&AvroType::of_sql(&col.sql_type)),
-                                        col.name
+                                        expr_hint(&f.ty, &col.name)
                                     )
                                 };
                                 errors.push(
@@ -167,6 +170,22 @@ impl Scheme {
                         }
                     }
                     (None, Some(default)) => {
+                        if let Some(k) =
+                            did_you_mean(&f.name, writer.columns.iter().map(|c| c.name.as_str()))
+                        {
+                            warnings.push(SchemeError {
+                                file: self.file_name(),
+                                at: at.clone(),
+                                message: format!(
+                                    "no column of {} is called `{}`, so every row gets the default {default}",
+                                    writer.id, f.name
+                                ),
+                                fix: format!(
+                                    "did you mean \"{k}\"? To rename `{k}`, keep \"name\": \"{}\" and add \"aliases\": [\"{k}\"]",
+                                    f.name
+                                ),
+                            });
+                        }
                         let Some(sql) = f.sql.clone().or_else(|| f.ty.sql_type()) else {
                             errors.push(
                                 at.clone(),
@@ -283,7 +302,7 @@ impl Scheme {
                         None => errors.push(
                             "record",
                             format!(
-                                "the scheme drops `{}`, part of {}'s primary key, so rows could not be updated or deleted",
+                                "the scheme drops `{}`, which is part of the primary key of {}, so rows could not be updated or deleted",
                                 writer.columns[i].name, writer.id
                             ),
                             format!(
@@ -325,6 +344,7 @@ impl Scheme {
                 columns,
             }),
             writer: writer.clone(),
+            warnings,
             file: self.file_name(),
             fields,
             filter: self.filter.clone(),
@@ -333,11 +353,23 @@ impl Scheme {
     }
 }
 
-fn quoted(t: &AvroType) -> String {
-    match t {
-        AvroType::Union(_) | AvroType::Array(_) | AvroType::Decimal { .. } => format!("{t}"),
-        t => format!("\"{t}\""),
+/// An expression that converts a column into a field of type `ty`.
+fn expr_hint(ty: &AvroType, column: &str) -> String {
+    let function = match ty.non_null().first() {
+        Some(AvroType::String) => "string",
+        Some(AvroType::Int | AvroType::Long) => "int",
+        Some(AvroType::Float | AvroType::Double) => "double",
+        _ => "",
+    };
+    if function.is_empty() {
+        format!("row.{column}")
+    } else {
+        format!("{function}(row.{column})")
     }
+}
+
+fn quoted(t: &AvroType) -> String {
+    t.to_json().to_string()
 }
 
 impl Mapping {

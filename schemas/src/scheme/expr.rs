@@ -64,9 +64,14 @@ impl Expr {
     /// Parses `source`; the error is the parser's message or the unknown name.
     pub fn compile(source: &str) -> Result<Expr, String> {
         let program = env().compile(source).map_err(|e| {
-            e.to_string()
-                .replace("<input>", "expression")
-                .replace("\n", "\n    ")
+            let text = e.to_string().replace("<input>", "expression");
+            // The parser lists every token it would have accepted: noise to a reader.
+            let text = text
+                .lines()
+                .map(|l| l.split(" expecting {").next().unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n    ");
+            text
         })?;
         let mut walk = Walk::default();
         walk.visit(program.expression(), &mut Vec::new());

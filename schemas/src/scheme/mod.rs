@@ -118,6 +118,20 @@ const RECORD_ATTRIBUTES: [&str; 5] = [
     "sluice.filter",
 ];
 const FIELD_ATTRIBUTES: [&str; 4] = ["sluice.expr", "sluice.mask", "sluice.column", "sluice.type"];
+const PRIMITIVES: [&str; 8] = [
+    "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+];
+
+/// The type names a type's JSON mentions (`["null", "strin"]` → null, strin).
+fn type_names(json: &Json) -> Vec<String> {
+    match json {
+        Json::String(s) => vec![s.clone()],
+        Json::Array(items) => items.iter().flat_map(type_names).collect(),
+        Json::Object(o) => o.get("type").map(type_names).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 const AVRO_TYPES: &str = "null, boolean, int, long, float, double, bytes, string, an array, a \
     union with \"null\", or a logical type (decimal, date, time-micros, timestamp-micros, uuid)";
 
@@ -204,9 +218,15 @@ impl Scheme {
         let json: Json = match serde_json::from_str(text) {
             Ok(j) => j,
             Err(e) => {
+                let what = e.to_string();
+                let what = what
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
                 errors.push(
                     format!("line {} column {}", e.line(), e.column()),
-                    format!("not valid JSON: {e}"),
+                    format!("not valid JSON: {what}"),
                     "a scheme is an Avro schema in JSON; fix the syntax at that place",
                 );
                 return Err(SchemeErrors(errors.list));
@@ -412,7 +432,14 @@ fn parse_record(record: &Map<String, Json>, path: &Path, errors: &mut Errors) ->
                     None => {
                         let fix = match did_you_mean(n, fields.iter().map(|f| f.name.as_str())) {
                             Some(k) => format!("did you mean \"{k}\"?"),
-                            None => "name fields of this scheme".to_string(),
+                            None => format!(
+                                "name fields of this scheme: {}",
+                                fields
+                                    .iter()
+                                    .map(|f| f.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
                         };
                         errors.push(
                             "\"sluice.key\"",
@@ -526,14 +553,10 @@ fn parse_field(index: usize, json: &Json, errors: &mut Errors) -> Option<Field> 
             }
             Ok(t) => t,
             Err(e) => {
-                let fix = match obj.get("type").and_then(Json::as_str).and_then(|s| {
-                    did_you_mean(
-                        s,
-                        [
-                            "null", "boolean", "int", "long", "float", "double", "bytes", "string",
-                        ],
-                    )
-                }) {
+                let fix = match type_names(obj.get("type").unwrap_or(&Json::Null))
+                    .into_iter()
+                    .find_map(|s| did_you_mean(&s, PRIMITIVES).filter(|k| *k != s))
+                {
                     Some(k) => format!("did you mean \"{k}\"?"),
                     None => format!("use {AVRO_TYPES}"),
                 };
@@ -557,14 +580,22 @@ fn parse_field(index: usize, json: &Json, errors: &mut Errors) -> Option<Field> 
     let default = obj.get("default").cloned();
     if let Some(d) = &default {
         if let Err(e) = default_datum(d, &ty) {
-            let fix = if matches!(&ty, AvroType::Union(b) if b.len() > 1 && b[0] == AvroType::Null)
+            if matches!(&ty, AvroType::Union(b) if b.len() > 1 && b[0] == AvroType::Null)
                 && !d.is_null()
             {
-                "a union's default must be a value of its first branch: put that branch first (e.g. [\"string\", \"null\"]) or make the default null".to_string()
+                errors.push(
+                    at.clone(),
+                    format!("the default {d} is not a value of the union's first type, null"),
+                    "a union's default must be a value of its first type: put that type first \
+                     (e.g. [\"string\", \"null\"]) or make the default null",
+                );
             } else {
-                format!("give a default that is a {ty}")
-            };
-            errors.push(at.clone(), format!("invalid default: {e}"), fix);
+                errors.push(
+                    at.clone(),
+                    format!("invalid default: {e}"),
+                    format!("give a default that is a {ty}"),
+                );
+            }
         }
     }
     let aliases = match obj.get("aliases") {
@@ -631,7 +662,9 @@ fn parse_field(index: usize, json: &Json, errors: &mut Errors) -> Option<Field> 
                 errors.push(
                     at.clone(),
                     format!("\"sluice.type\": \"{t}\" holds {carried} values, and the field's type is {ty}"),
-                    format!("make the field's type {carried}, or choose a sluice.type that holds {ty}"),
+                    format!(
+                        "make the field's type \"{carried}\" (or [\"null\", \"{carried}\"]), or choose a sluice.type for its values"
+                    ),
                 );
                 None
             }
