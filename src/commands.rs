@@ -7,7 +7,7 @@ use anyhow::Context;
 use sluice_capture::mysql::MysqlCapture;
 use sluice_capture::postgres::PostgresCapture;
 use sluice_capture::PublisherSettings;
-use sluice_router::{BatchSettings, Router, RouterSettings};
+use sluice_router::{BatchSettings, Mapper, Router, RouterSettings};
 use sluice_sinks::postgres::PostgresSink;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -115,6 +115,18 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         };
         let client = config.kafka_client();
         let shutdown = shutdown.clone();
+        // Invalid schemes stop the start with every problem listed: nothing runs yet to fall
+        // back on.
+        let mapper = match config.schemes_dir() {
+            None => Mapper::identity(&router.sink),
+            Some(dir) => Mapper::load(
+                &dir,
+                &router.sink,
+                Config::hmac_key().map_err(|e| anyhow::anyhow!(e))?,
+                Duration::from_millis(router.schemes_reload_ms),
+            )
+            .map_err(|e| anyhow::anyhow!("mapping schemes in {}:\n{e}", dir.display()))?,
+        };
         tasks.spawn(async move {
             let SinkConfig::Postgres(pg) = sink_config;
             let password = Config::env_password("sinks", &router.sink);
@@ -127,7 +139,10 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                     &shutdown,
                 )
                 .await?;
-                Router::new(client, settings, sink).run(shutdown).await?;
+                Router::new(client, settings, sink)
+                    .with_schemes(mapper)
+                    .run(shutdown)
+                    .await?;
                 Ok(())
             }
             .await;

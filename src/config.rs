@@ -73,6 +73,9 @@ pub struct Config {
     /// How schemas travel (schema topic or Schema Registry) and how they may evolve.
     #[serde(default)]
     pub schemas: SchemasConfig,
+    /// The directory of the config file (relative paths in it are relative to this).
+    #[serde(skip)]
+    pub dir: PathBuf,
 }
 
 /// `[schemas]`
@@ -293,6 +296,18 @@ pub struct RouterConfig {
     /// When a batch is written.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// A directory of mapping schemes (`*.avsc`, see SCHEMES.md), relative to this file. A
+    /// table without a scheme for this router's sink is written as it is. Changed files are
+    /// picked up while running; an invalid one is reported and the running scheme kept.
+    #[serde(default)]
+    pub schemes: Option<PathBuf>,
+    /// Milliseconds between checks of the scheme directory for changed files.
+    #[serde(default = "default_schemes_reload_ms")]
+    pub schemes_reload_ms: u64,
+}
+
+fn default_schemes_reload_ms() -> u64 {
+    2_000
 }
 
 /// `[router.batch]`: a batch is written when any limit is reached.
@@ -427,6 +442,7 @@ impl Config {
                 path: path_in_file,
                 message,
             })?;
+        config.dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.apply_env();
         config.validate().map_err(|problems| ConfigError::Invalid {
             file: path.to_path_buf(),
@@ -578,6 +594,18 @@ impl Config {
             if router.batch.max_delay_ms == 0 {
                 problems.push("router.batch.max_delay_ms must be > 0".into());
             }
+            if router.schemes_reload_ms == 0 {
+                problems.push("router.schemes_reload_ms must be > 0 (e.g. 2000)".into());
+            }
+            if let Some(dir) = self.schemes_dir() {
+                if !dir.is_dir() {
+                    problems.push(format!(
+                        "router.schemes = \"{}\" is not a directory ({}); create it (`sluice schemes generate` fills it) or remove the setting",
+                        router.schemes.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                        dir.display()
+                    ));
+                }
+            }
             if router.topics.is_empty() && self.sources.is_empty() {
                 problems.push("router.topics is empty and there are no [sources] to derive topics from; list the topics to consume".into());
             }
@@ -597,6 +625,29 @@ impl Config {
             Ok(())
         } else {
             Err(problems)
+        }
+    }
+
+    /// The router's scheme directory, resolved against the config file's directory.
+    pub fn schemes_dir(&self) -> Option<PathBuf> {
+        let dir = self.router.as_ref()?.schemes.as_ref()?;
+        Some(if dir.is_absolute() {
+            dir.clone()
+        } else {
+            self.dir.join(dir)
+        })
+    }
+
+    /// The key for `hmac-sha256` masks, from `SLUICE_SCHEMES_HMAC_KEY`.
+    pub fn hmac_key() -> Result<Option<Vec<u8>>, String> {
+        match std::env::var(sluice_schemas::scheme::HMAC_KEY_ENV) {
+            Err(_) => Ok(None),
+            Ok(k) if k.len() < 32 => Err(format!(
+                "{} is {} bytes long; use at least 32 random bytes (e.g. `openssl rand -hex 32`)",
+                sluice_schemas::scheme::HMAC_KEY_ENV,
+                k.len()
+            )),
+            Ok(k) => Ok(Some(k.into_bytes())),
         }
     }
 

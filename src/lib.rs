@@ -3,5 +3,6 @@
 
 pub mod commands;
 pub mod config;
+pub mod schemes;
 pub mod status;
 pub mod telemetry;

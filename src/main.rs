@@ -29,11 +29,37 @@ enum Command {
     Route(ConfigArg),
     /// Parse and validate a config file, then exit.
     CheckConfig(ConfigArg),
+    /// Mapping schemes: generate identity schemes from the live sources, or check schemes.
+    #[command(subcommand)]
+    Schemes(SchemesCommand),
     /// Show pipelines, tables, positions and lag of running Sluice processes.
     ///
     /// Reads each process's /readyz and /metrics. Exits 0 when every process answered and is
     /// ready, 1 otherwise.
     Status(StatusArgs),
+}
+
+#[derive(Subcommand)]
+enum SchemesCommand {
+    /// Write the identity scheme of every captured table (from the live sources' catalogs)
+    /// into the scheme directory, ready to edit. Existing files are kept.
+    Generate(SchemesArgs),
+    /// Check every scheme: on its own, against its source table as it is now, and against the
+    /// sink table it writes. Exits 1 when any scheme has an error.
+    Check(SchemesArgs),
+}
+
+#[derive(clap::Args)]
+struct SchemesArgs {
+    /// The TOML config file (sources, sinks, router.schemes).
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    config: PathBuf,
+    /// The scheme directory; default: router.schemes.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// generate: overwrite schemes that exist.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -85,6 +111,7 @@ fn main() -> ExitCode {
             },
         ),
         Command::Status(a) => return status(a),
+        Command::Schemes(c) => return schemes(c),
         Command::CheckConfig(a) => {
             return match Config::load(&a.config) {
                 Ok(_) => {
@@ -118,6 +145,55 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::run(config, components)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn schemes(command: &SchemesCommand) -> ExitCode {
+    let (SchemesCommand::Generate(args) | SchemesCommand::Check(args)) = command;
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            SchemesCommand::Generate(_) => {
+                sluice::schemes::generate(&config, args.dir.as_deref(), args.force)
+                    .await
+                    .map(|lines| (lines, true))
+            }
+            SchemesCommand::Check(_) => sluice::schemes::check(&config, args.dir.as_deref())
+                .await
+                .map(|r| (r.lines, r.ok)),
+        }
+    });
+    match result {
+        Ok((lines, ok)) => {
+            for line in lines {
+                println!("{line}");
+            }
+            if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -10,6 +10,11 @@ pub const DLQ_TOTAL: &str = "sluice_router_dlq_total";
 pub const BATCHES_TOTAL: &str = "sluice_router_batches_total";
 /// Errors by kind (`transient`, `definite`), label `sink`.
 pub const ERRORS_TOTAL: &str = "sluice_router_errors_total";
+/// Mapping schemes in use.
+pub const SCHEMES_ACTIVE: &str = "sluice_router_schemes_active";
+/// Scheme files reloaded after a change, label `result` (`applied`, `rejected`: invalid, the
+/// running scheme kept).
+pub const SCHEME_RELOADS_TOTAL: &str = "sluice_router_scheme_reloads_total";
 /// Schemas loaded from the schema topic.
 pub const SCHEMAS_LOADED_TOTAL: &str = "sluice_router_schemas_loaded_total";
 /// Messages in the topic not yet committed by this router (summed over its partitions),
@@ -19,6 +24,12 @@ pub const CONSUMER_LAG: &str = "sluice_router_consumer_lag_messages";
 pub const LAST_SOURCE_TS_SECONDS: &str = "sluice_router_last_applied_source_timestamp_seconds";
 
 pub fn describe() {
+    describe_gauge!(SCHEMES_ACTIVE, Unit::Count, "Mapping schemes in use");
+    describe_counter!(
+        SCHEME_RELOADS_TOTAL,
+        Unit::Count,
+        "Scheme files reloaded after a change, by result"
+    );
     describe_counter!(
         MESSAGES_CONSUMED_TOTAL,
         Unit::Count,

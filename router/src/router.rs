@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::lag::LagContext;
+use crate::mapper::Mapper;
 use crate::metrics as m;
 use crate::schemas::SchemaStore;
 use crate::RouterError;
@@ -60,6 +61,7 @@ pub struct Router<S: Sink> {
     client_config: ClientConfig,
     settings: RouterSettings,
     sink: S,
+    mapper: Mapper,
 }
 
 struct Pending {
@@ -85,12 +87,21 @@ impl Pending {
 }
 
 impl<S: Sink> Router<S> {
+    /// A router writing every table as it is; see [`Router::with_schemes`].
     pub fn new(client_config: ClientConfig, settings: RouterSettings, sink: S) -> Router<S> {
+        let mapper = Mapper::identity(&settings.sink_name);
         Router {
             client_config,
             settings,
             sink,
+            mapper,
         }
+    }
+
+    /// Applies these mapping schemes (reloading them as their files change).
+    pub fn with_schemes(mut self, mapper: Mapper) -> Router<S> {
+        self.mapper = mapper;
+        self
     }
 
     /// Runs until `shutdown`; the batch in progress is applied before returning.
@@ -180,6 +191,9 @@ impl<S: Sink> Router<S> {
         // Per topic, looked up once: the shared name and the consumed counter.
         let mut topics: HashMap<String, (Arc<str>, metrics::Counter)> = HashMap::new();
 
+        // Scheme files are rescanned on this tick (the mapper applies its own interval).
+        let mut reload = tokio::time::interval(Duration::from_secs(1));
+        reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = false;
         while !stopping {
             let mut pending = Pending::new();
@@ -200,6 +214,7 @@ impl<S: Sink> Router<S> {
                     biased;
                     _ = shutdown.cancelled() => { stopping = true; break; }
                     _ = timer => break,
+                    _ = reload.tick() => self.mapper.maybe_reload(),
                     msg = consumer.recv() => {
                         let msg = match msg {
                             Ok(msg) => msg,
@@ -341,19 +356,25 @@ impl<S: Sink> Router<S> {
             Ok((table, event, position)) => {
                 pending.bytes += payload.len();
                 pending.last_source_ts_ms = pending.last_source_ts_ms.max(event.source_ts_ms);
-                pending.batch.changes.push(SinkChange {
-                    table,
-                    op: event.op,
-                    before: event.before,
-                    after: event.after,
-                    position,
-                    origin: Origin {
-                        topic,
-                        partition,
-                        offset,
-                    },
-                });
-                Ok(())
+                let (routed, rejected) = self.mapper.map(&table, event);
+                for r in routed {
+                    pending.batch.changes.push(SinkChange {
+                        table: r.table,
+                        op: r.op,
+                        before: r.before,
+                        after: r.after,
+                        position: position.clone(),
+                        origin: Origin {
+                            topic: topic.clone(),
+                            partition,
+                            offset,
+                        },
+                    });
+                }
+                match rejected {
+                    Some(r) => self.dead_letter(dlq, msg, r.reason, &r.detail).await,
+                    None => Ok(()),
+                }
             }
             Err((reason, detail)) => self.dead_letter(dlq, msg, reason, &detail).await,
         }

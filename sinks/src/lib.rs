@@ -81,7 +81,8 @@ pub struct StoredProgress {
 /// - Batches may be replayed (router crash after commit, capture replays after its own crash):
 ///   a change whose offset is at or below the stored offset of its topic-partition, or whose
 ///   source position is not above the highest position applied for it, is skipped. So a
-///   change takes effect once.
+///   change takes effect once. Changes of one message (a mapping scheme may route one source
+///   change into several tables) share its offset and position and are all applied.
 /// - Within a batch, changes take effect in order per key; the final state of each row is what
 ///   the last change says. Columns marked [`Datum::Unchanged`] keep their stored value.
 pub trait Sink: Send {

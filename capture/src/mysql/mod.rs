@@ -3,4 +3,4 @@
 pub mod source;
 pub mod types;
 
-pub use source::{MysqlCapture, MysqlSourceConfig};
+pub use source::{describe, MysqlCapture, MysqlSourceConfig};

@@ -122,22 +122,7 @@ impl MysqlCapture {
     }
 
     fn opts(&self) -> Result<Opts, CaptureError> {
-        let opts = Opts::from_url(&self.config.url).map_err(|e| {
-            CaptureError::Definite(format!(
-                "sources.{}.url is not a valid mysql:// url: {e}",
-                self.name
-            ))
-        })?;
-        let mut builder = OptsBuilder::from_opts(opts).prefer_socket(false);
-        if let Some(pw) = &self.password {
-            builder = builder.pass(Some(pw.clone()));
-        }
-        // Checks the files (and fails with the field's name) before any connection.
-        self.config
-            .tls
-            .client_config(&format!("sources.{}.tls", self.name))
-            .map_err(CaptureError::Definite)?;
-        Ok(builder.ssl_opts(ssl_opts(&self.config.tls)).into())
+        opts(&self.name, &self.config, self.password.as_deref())
     }
 
     async fn run_once(&self, shutdown: &CancellationToken) -> Result<(), CaptureError> {
@@ -1136,6 +1121,57 @@ fn truncated_table(query: &str, default_db: &str) -> Option<TableId> {
         Some((db, t)) => Some(TableId::new(unquote(db), unquote(t))),
         None => Some(TableId::new(default_db, unquote(name))),
     }
+}
+
+/// Connection options for a source, TLS included.
+fn opts(
+    name: &str,
+    config: &MysqlSourceConfig,
+    password: Option<&str>,
+) -> Result<Opts, CaptureError> {
+    let opts = Opts::from_url(&config.url).map_err(|e| {
+        CaptureError::Definite(format!(
+            "sources.{}.url is not a valid mysql:// url: {e}",
+            name
+        ))
+    })?;
+    let mut builder = OptsBuilder::from_opts(opts).prefer_socket(false);
+    if let Some(pw) = &password {
+        builder = builder.pass(Some(pw.to_string()));
+    }
+    // Checks the files (and fails with the field's name) before any connection.
+    config
+        .tls
+        .client_config(&format!("sources.{name}.tls"))
+        .map_err(CaptureError::Definite)?;
+    Ok(builder.ssl_opts(ssl_opts(&config.tls)).into())
+}
+
+/// The current schema of each configured table, read from the source's catalog (for
+/// `sluice schemes generate` and `check`).
+pub async fn describe(
+    name: &str,
+    config: &MysqlSourceConfig,
+    password: Option<&str>,
+) -> Result<Vec<TableSchema>, CaptureError> {
+    let tables = config
+        .table_ids()
+        .map_err(|e| CaptureError::Definite(format!("sources.{name}.tables: {e}")))?;
+    let mut conn = Conn::new(opts(name, config, password)?)
+        .await
+        .map_err(mysql_error)?;
+    let mut out = Vec::with_capacity(tables.len());
+    for id in &tables {
+        let (schema, _) = catalog_schema(&mut conn, id).await?;
+        if schema.columns.is_empty() {
+            return Err(CaptureError::Definite(format!(
+                "sources.{name}.tables: {id} does not exist at the source"
+            )));
+        }
+        out.push(schema);
+    }
+    let _ = conn.disconnect().await;
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -9,4 +9,4 @@ pub mod source;
 pub mod state;
 pub mod types;
 
-pub use source::{PostgresCapture, PostgresSourceConfig, SnapshotMode};
+pub use source::{describe, PostgresCapture, PostgresSourceConfig, SnapshotMode};

@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use sluice_schemas::avro::Connector;
 use sluice_schemas::{
-    pgtext, ChangeEvent, Datum, EnvelopeCodec, Op, Position, SourceInfo, TableId, TxInfo,
+    pgtext, ChangeEvent, Datum, EnvelopeCodec, Op, Position, SourceInfo, TableId, TableSchema,
+    TxInfo,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
@@ -132,58 +133,7 @@ impl PostgresCapture {
     }
 
     fn connect_params(&self) -> Result<(PgConnector, ConnectParams), CaptureError> {
-        let mut pg: tokio_postgres::Config = self.config.url.parse().map_err(|e| {
-            CaptureError::Definite(format!(
-                "sources.{}.url is not a valid connection string: {e}",
-                self.name
-            ))
-        })?;
-        if let Some(pw) = &self.password {
-            pg.password(pw.as_str());
-        }
-        let host = match pg.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            _ => {
-                return Err(CaptureError::Definite(format!(
-                    "sources.{}.url must name a TCP host (unix sockets are not supported yet)",
-                    self.name
-                )))
-            }
-        };
-        let tls = self
-            .config
-            .tls
-            .client_config(&format!("sources.{}.tls", self.name))
-            .map_err(CaptureError::Definite)?;
-        if tls.is_none() && pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-            return Err(CaptureError::Definite(format!(
-                "sources.{0}.url asks for sslmode=require; configure TLS in [sources.{0}.tls] instead                  (mode = \"verify-full\" and ca_file), which applies to every connection capture makes",
-                self.name
-            )));
-        }
-        let tls_name =
-            match &tls {
-                Some(_) => Some(crate::tls::server_name(&host).map_err(|e| {
-                    CaptureError::Definite(format!("sources.{}.url: {e}", self.name))
-                })?),
-                None => None,
-            };
-        let params = ConnectParams {
-            tls: tls.clone().zip(tls_name),
-            host,
-            port: pg.get_ports().first().copied().unwrap_or(5432),
-            user: pg.get_user().unwrap_or("postgres").to_string(),
-            password: pg
-                .get_password()
-                .map(|p| String::from_utf8_lossy(p).into_owned()),
-            dbname: pg
-                .get_dbname()
-                .or(pg.get_user())
-                .unwrap_or("postgres")
-                .to_string(),
-            application_name: format!("sluice-{}", self.name),
-        };
-        Ok((PgConnector { config: pg, tls }, params))
+        connect_params(&self.name, &self.config, self.password.as_deref())
     }
 
     /// Snapshots the tables that need it; returns the state to stream with, or `None` when
@@ -748,4 +698,85 @@ fn key_of<'a>(codec: &'a EnvelopeCodec, row: &'a [Datum]) -> Vec<&'a Datum> {
         .filter(|(c, _)| c.key)
         .map(|(_, d)| d)
         .collect()
+}
+
+/// How to connect to a source: the `tokio-postgres` config (with TLS) and our walsender's.
+fn connect_params(
+    name: &str,
+    config: &PostgresSourceConfig,
+    password: Option<&str>,
+) -> Result<(PgConnector, ConnectParams), CaptureError> {
+    let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e| {
+        CaptureError::Definite(format!(
+            "sources.{}.url is not a valid connection string: {e}",
+            name
+        ))
+    })?;
+    if let Some(pw) = &password {
+        pg.password(pw);
+    }
+    let host = match pg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => {
+            return Err(CaptureError::Definite(format!(
+                "sources.{}.url must name a TCP host (unix sockets are not supported yet)",
+                name
+            )))
+        }
+    };
+    let tls = config
+        .tls
+        .client_config(&format!("sources.{name}.tls"))
+        .map_err(CaptureError::Definite)?;
+    if tls.is_none() && pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(CaptureError::Definite(format!(
+            "sources.{0}.url asks for sslmode=require; configure TLS in [sources.{0}.tls] instead                  (mode = \"verify-full\" and ca_file), which applies to every connection capture makes",
+            name
+        )));
+    }
+    let tls_name = match &tls {
+        Some(_) => Some(
+            crate::tls::server_name(&host)
+                .map_err(|e| CaptureError::Definite(format!("sources.{}.url: {e}", name)))?,
+        ),
+        None => None,
+    };
+    let params = ConnectParams {
+        tls: tls.clone().zip(tls_name),
+        host,
+        port: pg.get_ports().first().copied().unwrap_or(5432),
+        user: pg.get_user().unwrap_or("postgres").to_string(),
+        password: pg
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        dbname: pg
+            .get_dbname()
+            .or(pg.get_user())
+            .unwrap_or("postgres")
+            .to_string(),
+        application_name: format!("sluice-{}", name),
+    };
+    Ok((PgConnector { config: pg, tls }, params))
+}
+
+/// The current schema of each configured table, read from the source's catalog as capture
+/// will describe them (for `sluice schemes generate` and `check`).
+pub async fn describe(
+    name: &str,
+    config: &PostgresSourceConfig,
+    password: Option<&str>,
+) -> Result<Vec<TableSchema>, CaptureError> {
+    let tables = config
+        .table_ids()
+        .map_err(|e| CaptureError::Definite(format!("sources.{name}.tables: {e}")))?;
+    let (pg, _) = connect_params(name, config, password)?;
+    let (client, conn_task) = pg.connect().await?;
+    let mut catalog = Catalog::default();
+    let mut out = Vec::with_capacity(tables.len());
+    for id in tables {
+        let columns = Catalog::relation_columns(&client, &id).await?;
+        out.push(catalog.table_schema(&client, id, &columns).await?);
+    }
+    conn_task.abort();
+    Ok(out)
 }

@@ -9,7 +9,7 @@ use crate::avro::field_names;
 use crate::event::{Datum, Op};
 use crate::pgtext;
 use crate::resolve::{default_datum, resolve, AvroType, Conversion};
-use crate::table::{Column, SqlType, TableId, TableSchema};
+use crate::table::{Column, SqlType, TableSchema};
 
 /// Where a target field's value comes from.
 #[derive(Debug, Clone)]
@@ -170,9 +170,22 @@ impl Scheme {
                         }
                     }
                     (None, Some(default)) => {
-                        if let Some(k) =
-                            did_you_mean(&f.name, writer.columns.iter().map(|c| c.name.as_str()))
-                        {
+                        let columns = || writer.columns.iter().map(|c| c.name.as_str());
+                        let alias_typo = f
+                            .aliases
+                            .iter()
+                            .find_map(|a| did_you_mean(a, columns()).map(|k| (a, k)));
+                        if let Some((alias, k)) = alias_typo {
+                            warnings.push(SchemeError {
+                                file: self.file_name(),
+                                at: at.clone(),
+                                message: format!(
+                                    "no column of {} is called `{}` or any of its aliases, so every row gets the default {default}",
+                                    writer.id, f.name
+                                ),
+                                fix: format!("did you mean \"{k}\" instead of the alias \"{alias}\"?"),
+                            });
+                        } else if let Some(k) = did_you_mean(&f.name, columns()) {
                             warnings.push(SchemeError {
                                 file: self.file_name(),
                                 at: at.clone(),
@@ -330,14 +343,7 @@ impl Scheme {
         if !errors.list.is_empty() {
             return Err(SchemeErrors(errors.list));
         }
-        let target_id = match self.table.as_deref().map(|t| t.split_once('.')) {
-            None => writer.id.clone(),
-            Some(Some((ns, name))) => TableId::new(ns, name),
-            Some(None) => TableId::new(
-                writer.id.namespace.clone(),
-                self.table.clone().unwrap_or_default(),
-            ),
-        };
+        let target_id = self.target_of(&writer.id);
         Ok(Mapping {
             target: Arc::new(TableSchema {
                 id: target_id,

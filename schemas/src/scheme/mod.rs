@@ -35,7 +35,7 @@ use serde_json::{Map, Value as Json};
 
 pub use compile::{Mapped, Mapping};
 pub use expr::Expr;
-pub use mask::Mask;
+pub use mask::{Mask, HMAC_KEY_ENV};
 
 use crate::resolve::{default_datum, AvroType};
 use crate::table::{SqlType, TableId};
@@ -154,10 +154,7 @@ fn distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest of `known` to `name`, when it is close enough to be a typo.
-pub(crate) fn did_you_mean<'a>(
-    name: &str,
-    known: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn did_you_mean<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     known
         .into_iter()
         .map(|k| (distance(name, k), k))
@@ -688,4 +685,109 @@ fn parse_field(index: usize, json: &Json, errors: &mut Errors) -> Option<Field> 
         mask,
         sql,
     })
+}
+
+/// The identity scheme of a table: every column, as it is, into a table of the same name — the
+/// starting point `sluice schemes generate` writes for engineers to edit.
+pub fn identity(table: &crate::table::TableSchema, source_name: &str, sink: Option<&str>) -> Json {
+    use serde_json::json;
+    let names = crate::avro::field_names(&table.columns);
+    let fields: Vec<Json> = table
+        .columns
+        .iter()
+        .zip(&names)
+        .map(|(c, name)| {
+            let mut field = Map::new();
+            field.insert("name".into(), json!(name));
+            field.insert(
+                "type".into(),
+                AvroType::of_column(&c.sql_type, c.key).to_json(),
+            );
+            if !c.key {
+                field.insert("default".into(), Json::Null);
+            }
+            if *name != c.name {
+                field.insert("sluice.column".into(), json!(c.name));
+            }
+            Json::Object(field)
+        })
+        .collect();
+    let mut record = Map::new();
+    record.insert("type".into(), json!("record"));
+    record.insert(
+        "name".into(),
+        json!(crate::table::avro_name(&table.id.name)),
+    );
+    record.insert(
+        "doc".into(),
+        json!(format!(
+            "{} from source {source_name}, as it is. Rename a field (keeping the column's name in \
+             \"aliases\"), drop one, add one with a \"default\", compute one with \"sluice.expr\", mask one \
+             with \"sluice.mask\", keep rows with \"sluice.filter\"; then run `sluice schemes check`.",
+            table.id
+        )),
+    );
+    record.insert("sluice.source".into(), json!(table.id.to_string()));
+    if let Some(sink) = sink {
+        record.insert("sluice.sink".into(), json!(sink));
+    }
+    record.insert("sluice.table".into(), json!(table.id.to_string()));
+    record.insert("fields".into(), Json::Array(fields));
+    Json::Object(record)
+}
+
+/// The `.avsc` files of a scheme directory, sorted by name.
+pub fn scheme_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read the scheme directory {}: {e}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "avsc") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+impl Scheme {
+    /// The target table this scheme writes for a source table `source` (its `sluice.table`,
+    /// else the source's own name).
+    pub fn target_of(&self, source: &TableId) -> TableId {
+        match self.table.as_deref().map(|t| t.split_once('.')) {
+            None => source.clone(),
+            Some(Some((ns, name))) => TableId::new(ns, name),
+            Some(None) => TableId::new(
+                source.namespace.clone(),
+                self.table.clone().unwrap_or_default(),
+            ),
+        }
+    }
+
+    /// Whether the scheme is meant for `sink`.
+    pub fn is_for(&self, sink: &str) -> bool {
+        self.sink.as_deref().is_none_or(|s| s == sink)
+    }
+
+    /// Checks that `self` and the schemes already accepted do not write one target table from
+    /// one source for one sink twice.
+    pub fn conflicts_with(&self, accepted: &[Arc<Scheme>]) -> Option<SchemeError> {
+        let target = self.target_of(&self.source);
+        accepted
+            .iter()
+            .find(|other| {
+                other.file != self.file
+                    && other.source == self.source
+                    && other.target_of(&other.source) == target
+                    && (other.sink.is_none() || self.sink.is_none() || other.sink == self.sink)
+            })
+            .map(|other| SchemeError {
+                file: self.file_name(),
+                at: "record".into(),
+                message: format!(
+                    "{} already maps {} into {target}",
+                    other.file_name(),
+                    self.source
+                ),
+                fix: "keep one scheme per source and target table (fan a table out into several targets with different \"sluice.table\")".into(),
+            })
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::{json, Value as Json};
 
 use super::*;
-use crate::table::Column;
+use crate::table::{Column, TableId};
 
 fn orders() -> Arc<TableSchema> {
     let col = |name: &str, sql_type, key| Column {
@@ -320,4 +320,26 @@ fn a_named_key_replaces_the_source_key() {
     )
     .unwrap();
     assert!(m.target.columns[0].key && !m.target.columns[1].key);
+}
+
+#[test]
+fn the_generated_identity_scheme_maps_every_column_as_it_is() {
+    let mut table = (*orders()).clone();
+    table.columns.push(Column {
+        name: "order date".into(),
+        sql_type: SqlType::Array(Box::new(SqlType::Interval)),
+        key: false,
+        missing: Some("{}".into()),
+    });
+    let table = Arc::new(table);
+    let json = super::super::identity(&table, "pg_main", Some("warehouse"));
+    let text = serde_json::to_string_pretty(&json).unwrap();
+    let scheme = Scheme::parse(Path::new("public.orders.avsc"), &text).unwrap();
+    let m = scheme.compile(&table, None).unwrap();
+    assert!(m.warnings.is_empty());
+    // Same table, same columns, same types, same key, same fill for older rows.
+    assert_eq!(*m.target, *table);
+    let mut r = row(1, 2, "x");
+    r.push(Datum::Array(vec![Datum::String("P1D".into())]));
+    assert_eq!(insert(&m, r.clone())[0].after, Some(r));
 }

@@ -11,6 +11,9 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Transaction};
 use tracing::{debug, info};
 
+mod check;
+pub use check::{pg_type_name, TargetProblem};
+
 use crate::metrics as m;
 use crate::{ApplyOutcome, Batch, Sink, SinkChange, SinkError, StoredProgress};
 
@@ -81,26 +84,6 @@ fn quote(ident: &str) -> String {
 /// become `text` where it has not: their values travel in text form, which `text` keeps exactly.
 async fn ddl_type(txn: &Transaction<'_>, t: &SqlType) -> Result<String, SinkError> {
     Ok(match t {
-        SqlType::Bool => "boolean".into(),
-        SqlType::Int16 => "smallint".into(),
-        SqlType::Int32 => "integer".into(),
-        SqlType::Int64 => "bigint".into(),
-        SqlType::Float32 => "real".into(),
-        SqlType::Float64 => "double precision".into(),
-        SqlType::Decimal { precision, scale } => format!("numeric({precision},{scale})"),
-        SqlType::Numeric => "numeric".into(),
-        SqlType::Text => "text".into(),
-        SqlType::Bytes => "bytea".into(),
-        SqlType::Date => "date".into(),
-        SqlType::Time => "time".into(),
-        SqlType::Timestamp => "timestamp".into(),
-        SqlType::TimestampTz => "timestamptz".into(),
-        SqlType::Uuid => "uuid".into(),
-        SqlType::Json => "json".into(),
-        SqlType::Jsonb => "jsonb".into(),
-        SqlType::Money => "money".into(),
-        SqlType::Interval => "interval".into(),
-        SqlType::TimeTz => "time with time zone".into(),
         SqlType::Array(elem) => format!("{}[]", Box::pin(ddl_type(txn, elem)).await?),
         SqlType::Enum(name) | SqlType::Other(name) => {
             if type_exists(txn, name).await? {
@@ -110,6 +93,7 @@ async fn ddl_type(txn: &Transaction<'_>, t: &SqlType) -> Result<String, SinkErro
                 "text".into()
             }
         }
+        t => check::pg_type_name(t).unwrap_or_else(|| "text".into()),
     })
 }
 
@@ -625,6 +609,9 @@ struct PartitionState {
     stored_offset: i64,
     /// Highest position applied so far (stored, then raised by this batch's changes).
     high_water: Option<Position>,
+    /// The offset of the message that set `high_water` in this batch: a message mapped into
+    /// several target tables gives several changes with one position, all of them fresh.
+    high_water_offset: Option<i64>,
     last_offset: i64,
     changed: bool,
 }
@@ -674,6 +661,7 @@ impl State {
                 PartitionState {
                     stored_offset,
                     high_water: row.get::<_, Option<Vec<u8>>>(1).map(Position),
+                    high_water_offset: None,
                     last_offset: stored_offset,
                     changed: false,
                 },
@@ -699,12 +687,17 @@ impl State {
                 p.changed = true;
             }
             let fresh = change.origin.offset > p.stored_offset
-                && p.high_water.as_ref().is_none_or(|hw| change.position > *hw);
+                && p.high_water.as_ref().is_none_or(|hw| {
+                    change.position > *hw
+                        || (change.position == *hw
+                            && p.high_water_offset == Some(change.origin.offset))
+                });
             if !fresh {
                 outcome.skipped += 1;
                 continue;
             }
             p.high_water = Some(change.position.clone());
+            p.high_water_offset = Some(change.origin.offset);
             p.changed = true;
             let id = change.table.id.clone();
             // A new schema version of a table: write what was planned under the old one first.

@@ -1,0 +1,317 @@
+//! Mapping schemes as an engineer uses them: `sluice schemes generate` writes identity schemes
+//! from the live source, the engineer edits one (rename, drop, default, computed field, mask,
+//! filter, another target table), `sluice schemes check` validates it against the source and
+//! the sink, the pipeline runs it, and the router reloads it when the file changes — keeping
+//! the running scheme when the new one is invalid.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sluice_harness::compare::{compare_rows, pg_rows};
+use sluice_harness::{free_port, metric_value, Postgres, SluiceProcess, Tansu, TansuStorage};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+const CUSTOMERS: &str = "CREATE TABLE public.customers (
+    id int PRIMARY KEY, name text NOT NULL, email text, status text, qty int, price numeric(10,2)
+)";
+
+/// The edited scheme: renamed, dropped, defaulted, computed, masked and filtered fields, into
+/// another table.
+const EDITED: &str = r#"{
+  "type": "record",
+  "name": "customers",
+  "sluice.source": "public.customers",
+  "sluice.table": "crm.customers",
+  "sluice.filter": "row.status != 'test'",
+  "fields": [
+    {"name": "id", "type": "int"},
+    {"name": "full_name", "type": ["null", "string"], "default": null, "aliases": ["name"]},
+    {"name": "email", "type": ["null", "string"], "default": null, "sluice.mask": "sha256"},
+    {"name": "email_domain", "type": ["null", "string"], "default": null,
+     "sluice.expr": "row.email == null ? null : row.email.split('@')[1].lowerAscii()"},
+    {"name": "qty", "type": ["null", "long"], "default": null},
+    {"name": "total", "type": ["null", {"type": "bytes", "logicalType": "decimal", "precision": 14, "scale": 2}], "default": null,
+     "sluice.expr": "row.qty == null || row.price == null ? null : double(row.qty) * row.price"},
+    {"name": "region", "type": "string", "default": "eu"}
+  ]
+}"#;
+
+/// What the sink must hold for the edited scheme, computed by PostgreSQL from the source.
+const EXPECTED: &str = "SELECT id, name, encode(sha256(convert_to(email, 'UTF8')), 'hex'), \
+    lower(split_part(email, '@', 2)), qty, (qty * price)::numeric(14,2), 'eu' \
+    FROM public.customers WHERE status IS DISTINCT FROM 'test' ORDER BY id";
+const SINK: &str =
+    "SELECT id, full_name, email, email_domain, qty, total, region FROM crm.customers ORDER BY id";
+
+fn sluice(args: &[&str], config: &Path) -> (i32, String) {
+    let out = Command::new(SLUICE)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn wait_for(pg: &Postgres, source_query: &str, sink_query: &str, sluice: &SluiceProcess) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let source = pg_rows(pg, "source", source_query).unwrap();
+        match pg_rows(pg, "sink", sink_query).map(|sink| compare_rows(&source, &sink)) {
+            Ok(Ok(())) => return,
+            other => assert!(
+                Instant::now() < deadline,
+                "sink did not converge: {other:?}\n--- log ---\n{}",
+                sluice.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn metric(sluice: &SluiceProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_value(&sluice.metrics().unwrap_or_default(), name, labels).unwrap_or(0.0)
+}
+
+#[test]
+fn generate_edit_check_run_and_reload_a_scheme() {
+    // Given a source table, an empty sink and a config whose router reads schemes/,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.create_database("sink").unwrap();
+    pg.psql("source", CUSTOMERS).unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let schemes = dir.path().join("schemes");
+    std::fs::create_dir(&schemes).unwrap();
+    let port = free_port();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[kafka]
+bootstrap_servers = "{}"
+[sources.crm]
+kind = "postgres"
+url = "{}"
+tables = ["public.customers"]
+slot = "schemes"
+publication = "schemes"
+[sinks.wh]
+kind = "postgres"
+url = "{}"
+[router]
+sink = "wh"
+group_id = "schemes"
+schemes = "schemes"
+schemes_reload_ms = 500
+[router.batch]
+max_delay_ms = 50
+[observability]
+listen = "127.0.0.1:{port}"
+"#,
+            kafka.bootstrap(),
+            pg.url("source"),
+            pg.url("sink")
+        ),
+    )
+    .unwrap();
+
+    // when the engineer generates the identity schemes,
+    let (code, out) = sluice(&["schemes", "generate"], &config);
+    assert_eq!(code, 0, "{out}");
+    let file = schemes.join("public.customers.avsc");
+    assert!(
+        out.contains(&format!(
+            "wrote {} (public.customers from source crm: 6 columns)",
+            file.display()
+        )),
+        "{out}"
+    );
+    let generated: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(generated["sluice.source"], "public.customers");
+    assert_eq!(
+        generated["fields"][0],
+        serde_json::json!({"name": "id", "type": "int"})
+    );
+    // (Sluice's schemas do not carry NOT NULL: every non-key column may be null.)
+    assert_eq!(
+        generated["fields"][1],
+        serde_json::json!({"name": "name", "type": ["null", "string"], "default": null})
+    );
+    // (running it again keeps the file the engineer may have edited)
+    let (_, out) = sluice(&["schemes", "generate"], &config);
+    assert!(out.contains("kept"), "{out}");
+    let (code, out) = sluice(&["schemes", "check"], &config);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ok: public.customers → public.customers in sink wh (6 columns, key id)"),
+        "{out}"
+    );
+
+    // and edits it; check accepts the edit,
+    std::fs::write(&file, EDITED).unwrap();
+    let (code, out) = sluice(&["schemes", "check"], &config);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ok: public.customers → crm.customers in sink wh (7 columns, key id)"),
+        "{out}"
+    );
+
+    // while a broken edit is refused with the file, the field and the fix, exit 1,
+    let broken_dir = dir.path().join("broken");
+    std::fs::create_dir(&broken_dir).unwrap();
+    let broken = broken_dir.join("customers.avsc");
+    std::fs::write(
+        &broken,
+        EDITED.replace(
+            r#"{"name": "qty", "type": ["null", "long"], "default": null}"#,
+            r#"{"name": "qty", "type": ["null", "string"], "default": null}"#,
+        ),
+    )
+    .unwrap();
+    let (code, out) = sluice(
+        &["schemes", "check", "--dir", broken_dir.to_str().unwrap()],
+        &config,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}: field `qty`: reads column `qty` (int32): int cannot be read as string (Avro converts no value to text)\n  \
+             fix: make the field's type \"int\", or compute it with \"sluice.expr\": \"string(row.qty)\"",
+            broken.display()
+        )),
+        "{out}"
+    );
+    // and a misspelt alias, which Avro allows (the field then always takes its default), is
+    // warned about;
+    std::fs::write(
+        &broken,
+        EDITED.replace(r#""aliases": ["name"]"#, r#""aliases": ["nmae"]"#),
+    )
+    .unwrap();
+    let (code, out) = sluice(
+        &["schemes", "check", "--dir", broken_dir.to_str().unwrap()],
+        &config,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("warning: ")
+            && out.contains("did you mean \"name\" instead of the alias \"nmae\"?"),
+        "{out}"
+    );
+    // and a sink table that cannot take the rows is found before anything runs.
+    pg.psql(
+        "sink",
+        "CREATE SCHEMA legacy; CREATE TABLE legacy.customers (id int PRIMARY KEY, full_name varchar(20), audit text NOT NULL)",
+    )
+    .unwrap();
+    std::fs::write(&broken, EDITED.replace("crm.customers", "legacy.customers")).unwrap();
+    let (code, out) = sluice(
+        &["schemes", "check", "--dir", broken_dir.to_str().unwrap()],
+        &config,
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("sink wh, column `full_name`: the sink column is character varying(20), and the scheme writes text (text) values into it"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sink wh, column `audit`: legacy.customers.audit is NOT NULL without a default, and no field of the scheme writes it"),
+        "{out}"
+    );
+
+    // Then the pipeline writes rows as the scheme says, leaving out filtered rows,
+    pg.psql(
+        "source",
+        "INSERT INTO public.customers SELECT i, 'name ' || i, 'user' || i || '@Example.COM', \
+         CASE WHEN i % 10 = 0 THEN 'test' ELSE 'live' END, i, 1.25 FROM generate_series(1, 100) i;
+         INSERT INTO public.customers (id, name) VALUES (101, 'no email')",
+    )
+    .unwrap();
+    let sluice_run = SluiceProcess::start(
+        Path::new(SLUICE),
+        "run",
+        &config,
+        &dir.path().join("sluice.log"),
+        port,
+    )
+    .unwrap();
+    wait_for(&pg, EXPECTED, SINK, &sluice_run);
+    // and an update that moves a row out of the filter deletes it in the target.
+    pg.psql(
+        "source",
+        "UPDATE public.customers SET status = 'test' WHERE id IN (1, 2); UPDATE public.customers SET qty = 7 WHERE id = 3",
+    )
+    .unwrap();
+    wait_for(&pg, EXPECTED, SINK, &sluice_run);
+
+    // When the file is changed into something invalid, the running scheme is kept,
+    std::fs::write(&file, EDITED.replace("\"int\"", "\"itn\"")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(
+        &sluice_run,
+        "sluice_router_scheme_reloads_total",
+        &[("result", "rejected")],
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "{}", sluice_run.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(sluice_run
+        .log()
+        .contains("a changed mapping scheme is invalid; the running one is kept"));
+    assert!(
+        sluice_run.log().contains("did you mean \\\"int\\\"?")
+            || sluice_run.log().contains("did you mean \"int\"?"),
+        "{}",
+        sluice_run.log()
+    );
+    pg.psql(
+        "source",
+        "INSERT INTO public.customers VALUES (200, 'after a bad edit', 'x@y.org', 'live', 2, 3.00)",
+    )
+    .unwrap();
+    wait_for(&pg, EXPECTED, SINK, &sluice_run);
+
+    // and when it is changed into something valid, new changes follow the new scheme.
+    std::fs::write(
+        &file,
+        EDITED.replace(
+            r#"{"name": "region", "type": "string", "default": "eu"}"#,
+            r#"{"name": "region", "type": "string", "default": "eu"},
+               {"name": "double_qty", "type": ["null", "long"], "default": null, "sluice.expr": "row.qty * 2"}"#,
+        ),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(
+        &sluice_run,
+        "sluice_router_scheme_reloads_total",
+        &[("result", "applied")],
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "{}", sluice_run.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pg.psql(
+        "source",
+        "UPDATE public.customers SET qty = qty + 1 WHERE id BETWEEN 3 AND 9",
+    )
+    .unwrap();
+    wait_for(
+        &pg,
+        "SELECT id, qty * 2 FROM public.customers WHERE id BETWEEN 3 AND 9 ORDER BY id",
+        "SELECT id, double_qty FROM crm.customers WHERE id BETWEEN 3 AND 9 ORDER BY id",
+        &sluice_run,
+    );
+    wait_for(&pg, EXPECTED, SINK, &sluice_run);
+    assert_eq!(metric(&sluice_run, "sluice_router_dlq_total", &[]), 0.0);
+}
