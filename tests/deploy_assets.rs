@@ -72,7 +72,12 @@ fn dashboard_and_alerts_name_only_metrics_sluice_defines() {
 
 /// Metrics that appear with their first occurrence (a dead-lettered event, a router error);
 /// the test above still checks that they are defined.
-const ON_FIRST_OCCURRENCE: &[&str] = &["sluice_router_dlq_total", "sluice_router_errors_total"];
+const ON_FIRST_OCCURRENCE: &[&str] = &[
+    "sluice_router_dlq_total",
+    "sluice_router_errors_total",
+    "sluice_router_scheme_reloads_total",
+    "sluice_capture_schema_incompatible_total",
+];
 
 #[test]
 fn a_running_pipeline_exports_every_metric_the_dashboard_and_alerts_use() {

@@ -4,7 +4,7 @@
 //! the sink, the pipeline runs it, and the router reloads it when the file changes — keeping
 //! the running scheme when the new one is invalid.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,56 @@ fn sluice(args: &[&str], config: &Path) -> (i32, String) {
     )
 }
 
+/// A broker, a directory with `schemes/`, and a config with the given source, a PostgreSQL
+/// sink and a router that reads `schemes/` (checked every 500 ms).
+struct Setup {
+    _kafka: Tansu,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    schemes: PathBuf,
+    port: u16,
+}
+
+impl Setup {
+    fn new(source: &str, sink_url: &str, sink: &str) -> Setup {
+        let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let schemes = dir.path().join("schemes");
+        std::fs::create_dir(&schemes).unwrap();
+        let port = free_port();
+        let config = dir.path().join("sluice.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[kafka]\nbootstrap_servers = \"{}\"\n{source}\n[sinks.{sink}]\nkind = \"postgres\"\n\
+                 url = \"{sink_url}\"\n[router]\nsink = \"{sink}\"\ngroup_id = \"schemes\"\n\
+                 schemes = \"schemes\"\nschemes_reload_ms = 500\n[router.batch]\nmax_delay_ms = 50\n\
+                 [observability]\nlisten = \"127.0.0.1:{port}\"\n",
+                kafka.bootstrap()
+            ),
+        )
+        .unwrap();
+        Setup {
+            _kafka: kafka,
+            dir,
+            config,
+            schemes,
+            port,
+        }
+    }
+
+    fn run(&self) -> SluiceProcess {
+        SluiceProcess::start(
+            Path::new(SLUICE),
+            "run",
+            &self.config,
+            &self.dir.path().join("sluice.log"),
+            self.port,
+        )
+        .unwrap()
+    }
+}
+
 fn wait_for(pg: &Postgres, source_query: &str, sink_query: &str, sluice: &SluiceProcess) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -85,43 +135,12 @@ fn generate_edit_check_run_and_reload_a_scheme() {
     pg.create_database("source").unwrap();
     pg.create_database("sink").unwrap();
     pg.psql("source", CUSTOMERS).unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let schemes = dir.path().join("schemes");
-    std::fs::create_dir(&schemes).unwrap();
-    let port = free_port();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[kafka]
-bootstrap_servers = "{}"
-[sources.crm]
-kind = "postgres"
-url = "{}"
-tables = ["public.customers"]
-slot = "schemes"
-publication = "schemes"
-[sinks.wh]
-kind = "postgres"
-url = "{}"
-[router]
-sink = "wh"
-group_id = "schemes"
-schemes = "schemes"
-schemes_reload_ms = 500
-[router.batch]
-max_delay_ms = 50
-[observability]
-listen = "127.0.0.1:{port}"
-"#,
-            kafka.bootstrap(),
-            pg.url("source"),
-            pg.url("sink")
-        ),
-    )
-    .unwrap();
+    let source = format!(
+        "[sources.crm]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.customers\"]\nslot = \"schemes\"\npublication = \"schemes\"",
+        pg.url("source")
+    );
+    let setup = Setup::new(&source, &pg.url("sink"), "wh");
+    let (config, schemes) = (setup.config.clone(), setup.schemes.clone());
 
     // when the engineer generates the identity schemes,
     let (code, out) = sluice(&["schemes", "generate"], &config);
@@ -166,7 +185,7 @@ listen = "127.0.0.1:{port}"
     );
 
     // while a broken edit is refused with the file, the field and the fix, exit 1,
-    let broken_dir = dir.path().join("broken");
+    let broken_dir = setup.dir.path().join("broken");
     std::fs::create_dir(&broken_dir).unwrap();
     let broken = broken_dir.join("customers.avsc");
     std::fs::write(
@@ -236,14 +255,7 @@ listen = "127.0.0.1:{port}"
          INSERT INTO public.customers (id, name) VALUES (101, 'no email')",
     )
     .unwrap();
-    let sluice_run = SluiceProcess::start(
-        Path::new(SLUICE),
-        "run",
-        &config,
-        &dir.path().join("sluice.log"),
-        port,
-    )
-    .unwrap();
+    let sluice_run = setup.run();
     wait_for(&pg, EXPECTED, SINK, &sluice_run);
     // and an update that moves a row out of the filter deletes it in the target.
     pg.psql(
@@ -314,4 +326,72 @@ listen = "127.0.0.1:{port}"
     );
     wait_for(&pg, EXPECTED, SINK, &sluice_run);
     assert_eq!(metric(&sluice_run, "sluice_router_dlq_total", &[]), 0.0);
+}
+
+#[test]
+fn a_mysql_table_maps_into_postgres_with_the_example_scheme() {
+    // Given a MariaDB table whose column names are not Avro names, and the example scheme for it,
+    let maria = sluice_harness::MariaDb::start().unwrap();
+    maria.create_database("shop").unwrap();
+    maria
+        .root_sql(
+            "CREATE TABLE shop.items (sku varchar(32) PRIMARY KEY, `Display Name` varchar(200), \
+             stock int unsigned, attrs json)",
+        )
+        .unwrap();
+    let pg = Postgres::start().unwrap();
+    pg.create_database("sink").unwrap();
+    let source = format!(
+        "[sources.shop]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"shop.items\"]\nserver_id = 5402",
+        maria.url()
+    );
+    let setup = Setup::new(&source, &pg.url("sink"), "warehouse");
+    let (config, schemes) = (setup.config.clone(), setup.schemes.clone());
+
+    // generate reads the table from MariaDB's catalog (the exact column name kept aside),
+    let (code, out) = sluice(&["schemes", "generate"], &config);
+    assert_eq!(code, 0, "{out}");
+    let generated: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(schemes.join("shop.items.avsc")).unwrap())
+            .unwrap();
+    assert_eq!(
+        generated["fields"][1],
+        serde_json::json!({"name": "Display_Name", "type": ["null", "string"], "default": null,
+                           "sluice.column": "Display Name"})
+    );
+    // the example scheme checks against it,
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/examples/shop.items.avsc"),
+        schemes.join("shop.items.avsc"),
+    )
+    .unwrap();
+    let (code, out) = sluice(&["schemes", "check"], &config);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ok: shop.items → shop.items in sink warehouse (5 columns, key sku)"),
+        "{out}"
+    );
+
+    // and rows arrive in PostgreSQL as it says.
+    maria
+        .root_sql(
+            "INSERT INTO shop.items VALUES ('A-1', 'Lamp', 0, '{\"w\": 1}'), ('B-2', 'Desk', 4294967295, NULL); \
+             UPDATE shop.items SET stock = 3 WHERE sku = 'A-1'",
+        )
+        .unwrap();
+    let sluice_run = setup.run();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let query = "SELECT sku, \"Display Name\", stock, in_stock, attrs->>'w', pg_typeof(attrs) FROM shop.items ORDER BY sku";
+    let expected = ["A-1|Lamp|3|t|1|jsonb", "B-2|Desk|4294967295|t||jsonb"];
+    loop {
+        match pg_rows(&pg, "sink", query) {
+            Ok(rows) if rows == expected => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "{other:?}\n--- log ---\n{}",
+                sluice_run.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

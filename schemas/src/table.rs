@@ -262,6 +262,16 @@ impl TableSchema {
     pub fn key_columns(&self) -> impl Iterator<Item = &Column> {
         self.columns.iter().filter(|c| c.key)
     }
+
+    /// The positions of the key columns.
+    pub fn key_indices(&self) -> Vec<usize> {
+        self.columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.key)
+            .map(|(i, _)| i)
+            .collect()
+    }
 }
 
 /// Makes `name` a valid Avro name: `[A-Za-z_][A-Za-z0-9_]*`, other characters replaced by `_`.

@@ -3,39 +3,11 @@
 //! to fix it. See `tests/malformed/README.md`.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use sluice_schemas::scheme::Scheme;
-use sluice_schemas::{Column, SqlType, TableId, TableSchema};
 
-/// `public.orders` as the malformed schemes' README declares it.
-fn orders() -> Arc<TableSchema> {
-    let col = |name: &str, sql_type, key| Column {
-        name: name.into(),
-        sql_type,
-        key,
-        missing: None,
-    };
-    Arc::new(TableSchema {
-        id: TableId::new("public", "orders"),
-        columns: vec![
-            col("id", SqlType::Int64, true),
-            col("qty", SqlType::Int32, false),
-            col(
-                "price",
-                SqlType::Decimal {
-                    precision: 10,
-                    scale: 2,
-                },
-                false,
-            ),
-            col("email", SqlType::Text, false),
-            col("status", SqlType::Enum("public.status_enum".into()), false),
-            col("placed", SqlType::Date, false),
-            col("doc", SqlType::Jsonb, false),
-        ],
-    })
-}
+mod common;
+use common::orders;
 
 /// What a user sees for a scheme: the parse errors, else the errors against the table (no
 /// HMAC key set), else its warnings, else "ok".

@@ -291,13 +291,7 @@ impl Scheme {
                 .filter_map(|i| fields.iter().position(|p| p.name == self.fields[i].name))
                 .collect(),
             None => {
-                let source_key: Vec<usize> = writer
-                    .columns
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, c)| c.key)
-                    .map(|(i, _)| i)
-                    .collect();
+                let source_key = writer.key_indices();
                 if source_key.is_empty() {
                     errors.push(
                         "record",
@@ -559,6 +553,3 @@ impl Mapping {
         Ok(out)
     }
 }
-
-#[cfg(test)]
-mod tests;

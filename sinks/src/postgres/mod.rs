@@ -399,13 +399,7 @@ impl State {
                 .cloned()
                 .unwrap_or_else(|| "text".into())
         };
-        let key_idx: Vec<usize> = schema
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.key)
-            .map(|(i, _)| i)
-            .collect();
+        let key_idx = schema.key_indices();
         if key_idx.is_empty() && !plan.actions.is_empty() {
             return Err(SinkError::Definite(format!(
                 "sink {}: table {} has no key columns at the source, so its rows cannot be upserted or deleted; \

@@ -1,40 +1,16 @@
-//! Schemes against a writer schema: Avro resolution cases, expressions, filters, masks.
+//! Schemes against a writer schema: Avro resolution cases (alias rename, dropped field,
+//! default, promotion), expressions, filters, masks, unchanged TOAST, keys, and the identity
+//! scheme `sluice schemes generate` writes.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
+use sluice_schemas::scheme::{identity, Mapped, Mapping, Scheme, SchemeErrors};
+use sluice_schemas::{Column, Datum, Op, SqlType, TableId};
 
-use super::*;
-use crate::table::{Column, TableId};
-
-fn orders() -> Arc<TableSchema> {
-    let col = |name: &str, sql_type, key| Column {
-        name: name.into(),
-        sql_type,
-        key,
-        missing: None,
-    };
-    Arc::new(TableSchema {
-        id: TableId::new("public", "orders"),
-        columns: vec![
-            col("id", SqlType::Int64, true),
-            col("qty", SqlType::Int32, false),
-            col(
-                "price",
-                SqlType::Decimal {
-                    precision: 10,
-                    scale: 2,
-                },
-                false,
-            ),
-            col("email", SqlType::Text, false),
-            col("status", SqlType::Enum("public.status".into()), false),
-            col("placed", SqlType::Date, false),
-            col("doc", SqlType::Jsonb, false),
-        ],
-    })
-}
+mod common;
+use common::orders;
 
 fn row(id: i64, qty: i32, status: &str) -> Vec<Datum> {
     vec![
@@ -84,7 +60,7 @@ fn identity_fields_keep_the_source_types_exactly() {
         .iter()
         .map(|c| c.sql_type.canonical())
         .collect();
-    assert_eq!(types, ["int64", "enum:public.status", "jsonb"]);
+    assert_eq!(types, ["int64", "enum:public.status_enum", "jsonb"]);
     assert_eq!(m.target.id, TableId::new("public", "orders"));
     assert!(m.target.columns[0].key);
     assert_eq!(
@@ -332,7 +308,7 @@ fn the_generated_identity_scheme_maps_every_column_as_it_is() {
         missing: Some("{}".into()),
     });
     let table = Arc::new(table);
-    let json = super::super::identity(&table, "pg_main", Some("warehouse"));
+    let json = identity(&table, "pg_main", Some("warehouse"));
     let text = serde_json::to_string_pretty(&json).unwrap();
     let scheme = Scheme::parse(Path::new("public.orders.avsc"), &text).unwrap();
     let m = scheme.compile(&table, None).unwrap();
