@@ -598,6 +598,14 @@ impl Config {
                 problems.push("router.schemes_reload_ms must be > 0 (e.g. 2000)".into());
             }
             if let Some(dir) = self.schemes_dir() {
+                // Each scheme on its own (against its table needs the source: `schemes check`).
+                if let Ok(files) = sluice_schemas::scheme::scheme_files(&dir) {
+                    for file in files {
+                        if let Err(e) = sluice_schemas::scheme::Scheme::load(&file) {
+                            problems.extend(e.0.iter().map(ToString::to_string));
+                        }
+                    }
+                }
                 if !dir.is_dir() {
                     problems.push(format!(
                         "router.schemes = \"{}\" is not a directory ({}); create it (`sluice schemes generate` fills it) or remove the setting",

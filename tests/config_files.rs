@@ -110,3 +110,57 @@ fn a_missing_file_is_reported() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/sluice.toml: cannot read"));
 }
+
+#[test]
+fn check_config_reads_every_scheme_in_router_schemes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("schemes")).unwrap();
+    std::fs::write(
+        dir.path().join("schemes/orders.avsc"),
+        r#"{"type": "record", "name": "orders", "sluice.source": "public.orders", "sluice.fliter": "true",
+            "fields": [{"name": "id", "type": "long"}]}"#,
+    )
+    .unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(
+        &path,
+        GOOD.replace(
+            "[router]\nsink = \"w\"",
+            "[router]\nsink = \"w\"\nschemes = \"schemes\"",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(SLUICE)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: record: unknown attribute \"sluice.fliter\"\n  fix: did you mean \"sluice.filter\"?",
+            dir.path().join("schemes/orders.avsc").display()
+        )),
+        "{stderr}"
+    );
+    // A missing directory is named with the fix.
+    std::fs::write(
+        &path,
+        GOOD.replace(
+            "[router]\nsink = \"w\"",
+            "[router]\nsink = \"w\"\nschemes = \"nowhere\"",
+        ),
+    )
+    .unwrap();
+    let out = Command::new(SLUICE)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("router.schemes = \"nowhere\" is not a directory"),
+        "{stderr}"
+    );
+}
