@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use sluice_schemas::avro::EnvelopeDecoder;
 use sluice_schemas::scheme::{identity, scheme_files, Scheme, SchemeError};
+use sluice_schemas::transport::{read_to_end, TopicSchemas};
 use sluice_schemas::{TableId, TableSchema};
 use sluice_sinks::postgres::PostgresSink;
 
@@ -31,6 +33,79 @@ async fn describe_sources(
         for t in tables {
             out.insert(t.id.clone(), (name.clone(), Arc::new(t)));
         }
+    }
+    Ok(out)
+}
+
+/// The versions of each table's value schema that the schema transport holds (the registry,
+/// or the schema topic), oldest first: events written with them may still be in Kafka, and
+/// the router must map them too.
+async fn registered_versions(
+    config: &Config,
+    tables: Vec<TableId>,
+) -> Result<BTreeMap<TableId, Vec<Arc<TableSchema>>>, String> {
+    let prefix = config.kafka.topic_prefix.clone();
+    let registry = config.schemas.registry()?;
+    let (kafka, schema_topic) = (config.kafka_client(), config.kafka.schema_topic.clone());
+    let schemas =
+        tokio::task::spawn_blocking(move || -> Result<Vec<(TableId, Vec<String>)>, String> {
+            let subject = |t: &TableId| format!("{}-value", t.topic(&prefix));
+            match registry {
+                Some(r) => tables
+                    .into_iter()
+                    .map(|t| {
+                        let s = subject(&t);
+                        let versions = r.versions(&s).map_err(|e| e.to_string())?;
+                        let schemas = versions
+                            .into_iter()
+                            .map(|v| r.version(&s, Some(v)).map(|sv| sv.schema))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| e.to_string())?;
+                        Ok((t, schemas))
+                    })
+                    .collect(),
+                None => {
+                    let records = match read_to_end(
+                        &kafka,
+                        &schema_topic,
+                        std::time::Duration::from_secs(10),
+                    ) {
+                        Ok(r) => r,
+                        // Nothing captured yet: no versions.
+                        Err(e)
+                            if ["UnknownTopic", "Unknown topic", "UnknownPartition"]
+                                .iter()
+                                .any(|m| e.contains(m)) =>
+                        {
+                            Vec::new()
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let topic = TopicSchemas::from_records(records);
+                    Ok(tables
+                        .into_iter()
+                        .map(|t| {
+                            let v = topic
+                                .versions(&subject(&t))
+                                .into_iter()
+                                .map(str::to_string)
+                                .collect();
+                            (t, v)
+                        })
+                        .collect())
+                }
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+    let mut out = BTreeMap::new();
+    for (table, jsons) in schemas {
+        let versions = jsons
+            .iter()
+            .filter_map(|j| EnvelopeDecoder::from_schema_json(j).ok())
+            .map(|d| d.table)
+            .collect();
+        out.insert(table, versions);
     }
     Ok(out)
 }
@@ -88,8 +163,18 @@ pub async fn check(config: &Config, dir: Option<&Path>) -> anyhow::Result<CheckR
     let files = scheme_files(&dir).map_err(|e| anyhow::anyhow!(e))?;
     let tables = describe_sources(config).await?;
     let hmac_key = Config::hmac_key().map_err(|e| anyhow::anyhow!(e))?;
-    let mut sinks: BTreeMap<String, PostgresSink> = BTreeMap::new();
     let mut lines = Vec::new();
+    let registered = match registered_versions(config, tables.keys().cloned().collect()).await {
+        Ok(r) => r,
+        Err(e) => {
+            lines.push(format!(
+                "warning: cannot read the tables' schema versions from Kafka ({e}); schemes are \
+                 checked against the source tables as they are now only"
+            ));
+            BTreeMap::new()
+        }
+    };
+    let mut sinks: BTreeMap<String, PostgresSink> = BTreeMap::new();
     let mut failed = 0;
     let mut accepted: Vec<Arc<Scheme>> = Vec::new();
     let mut mapped_sources: Vec<TableId> = Vec::new();
@@ -161,6 +246,58 @@ pub async fn check(config: &Config, dir: Option<&Path>) -> anyhow::Result<CheckR
             }
         };
         lines.extend(mapping.warnings.iter().map(|w| format!("warning: {w}")));
+        // Events written with earlier versions of the table may still be in Kafka.
+        let versions = registered.get(&scheme.source).cloned().unwrap_or_default();
+        for (n, version) in versions.iter().enumerate() {
+            if **version == **table {
+                continue;
+            }
+            let at = |at: &str| {
+                format!(
+                    "{at} (against version {} of {}, whose events may still be in Kafka)",
+                    n + 1,
+                    scheme.source
+                )
+            };
+            match scheme.compile(version, hmac_key.as_deref()) {
+                Err(e) => errors.extend(e.0.into_iter().map(|mut err| {
+                    err.at = at(&err.at);
+                    err
+                })),
+                Ok(old) => {
+                    // Allowed by Avro, and probably not meant: a field that reads a column now
+                    // but only its default in events of that version.
+                    let now = mapping.defaulted_fields();
+                    let gone: Vec<&str> = version
+                        .columns
+                        .iter()
+                        .filter(|c| !table.columns.iter().any(|t| t.name == c.name))
+                        .map(|c| c.name.as_str())
+                        .collect();
+                    for f in old
+                        .defaulted_fields()
+                        .into_iter()
+                        .filter(|f| !now.contains(f))
+                    {
+                        lines.push(format!(
+                            "warning: {}",
+                            problem(
+                                &at(&format!("field `{f}`")),
+                                "that version has no column for the field, so its events write the field's default".into(),
+                                if gone.is_empty() {
+                                    "give the field an alias for the column's name in that version".into()
+                                } else {
+                                    format!(
+                                        "if the column had another name then, add it to \"aliases\" (columns only that version has: {})",
+                                        gone.join(", ")
+                                    )
+                                },
+                            )
+                        ));
+                    }
+                }
+            }
+        }
         // The sink table: the scheme's sink, or the router's when the scheme names none.
         let sink_name = scheme
             .sink
@@ -205,7 +342,7 @@ pub async fn check(config: &Config, dir: Option<&Path>) -> anyhow::Result<CheckR
                 .map(|c| c.name.as_str())
                 .collect();
             lines.push(format!(
-                "{}: ok: {} → {}{} ({} columns, key {})",
+                "{}: ok: {} → {}{} ({} columns, key {}; {} schema version{} in Kafka)",
                 path.display(),
                 scheme.source,
                 mapping.target.id,
@@ -213,7 +350,9 @@ pub async fn check(config: &Config, dir: Option<&Path>) -> anyhow::Result<CheckR
                     .map(|s| format!(" in sink {s}"))
                     .unwrap_or_default(),
                 mapping.target.columns.len(),
-                key.join(", ")
+                key.join(", "),
+                versions.len(),
+                if versions.len() == 1 { "" } else { "s" }
             ));
             accepted.push(scheme);
         } else {

@@ -171,7 +171,7 @@ fn generate_edit_check_run_and_reload_a_scheme() {
     let (code, out) = sluice(&["schemes", "check"], &config);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("ok: public.customers → public.customers in sink wh (6 columns, key id)"),
+        out.contains("ok: public.customers → public.customers in sink wh (6 columns, key id; 0 schema versions in Kafka)"),
         "{out}"
     );
 
@@ -180,7 +180,7 @@ fn generate_edit_check_run_and_reload_a_scheme() {
     let (code, out) = sluice(&["schemes", "check"], &config);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("ok: public.customers → crm.customers in sink wh (7 columns, key id)"),
+        out.contains("ok: public.customers → crm.customers in sink wh (7 columns, key id; 0 schema versions in Kafka)"),
         "{out}"
     );
 
@@ -326,6 +326,73 @@ fn generate_edit_check_run_and_reload_a_scheme() {
     );
     wait_for(&pg, EXPECTED, SINK, &sluice_run);
     assert_eq!(metric(&sluice_run, "sluice_router_dlq_total", &[]), 0.0);
+
+    // When the source renames a column, a scheme that reads only the new name fits the table
+    // as it is now, but reads nothing from the version whose events are still in Kafka: check
+    // warns,
+    pg.psql(
+        "source",
+        "ALTER TABLE public.customers RENAME COLUMN name TO display_name",
+    )
+    .unwrap();
+    let check_broken = || {
+        sluice(
+            &["schemes", "check", "--dir", broken_dir.to_str().unwrap()],
+            &config,
+        )
+    };
+    std::fs::write(
+        &broken,
+        EDITED.replace(r#""aliases": ["name"]"#, r#""aliases": ["display_name"]"#),
+    )
+    .unwrap();
+    let (code, out) = check_broken();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "warning: ${FILE}: field `full_name` (against version 1 of public.customers, whose \
+             events may still be in Kafka): that version has no column for the field, so its \
+             events write the field's default\n  fix: if the column had another name then, add \
+             it to \"aliases\" (columns only that version has: name)"
+                .replace("${FILE}", &broken.display().to_string())
+                .as_str()
+        ),
+        "{out}"
+    );
+    // errs when the field cannot do without the column,
+    std::fs::write(
+        &broken,
+        EDITED.replace(
+            r#"{"name": "full_name", "type": ["null", "string"], "default": null, "aliases": ["name"]}"#,
+            r#"{"name": "full_name", "type": ["null", "string"], "aliases": ["display_name"]}"#,
+        ),
+    )
+    .unwrap();
+    let (code, out) = check_broken();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "field `full_name` (against version 1 of public.customers, whose events may still be \
+             in Kafka): no column of public.customers is called `full_name` and the field has no default"
+        ),
+        "{out}"
+    );
+    // and is content once the field has both names.
+    std::fs::write(
+        &broken,
+        EDITED.replace(
+            r#""aliases": ["name"]"#,
+            r#""aliases": ["display_name", "name"]"#,
+        ),
+    )
+    .unwrap();
+    let (code, out) = check_broken();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("(7 columns, key id; 1 schema version in Kafka)"),
+        "{out}"
+    );
+    assert!(!out.contains("warning"), "{out}");
 }
 
 #[test]
@@ -368,7 +435,7 @@ fn a_mysql_table_maps_into_postgres_with_the_example_scheme() {
     let (code, out) = sluice(&["schemes", "check"], &config);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("ok: shop.items → shop.items in sink warehouse (5 columns, key sku)"),
+        out.contains("ok: shop.items → shop.items in sink warehouse (5 columns, key sku; 0 schema versions in Kafka)"),
         "{out}"
     );
 

@@ -21,7 +21,7 @@ use sluice_schemas::compat::SchemaPolicy;
 use sluice_schemas::event::POSITION_HEADER;
 use sluice_schemas::liveness::Liveness;
 use sluice_schemas::registry::{confluent_header, Registry, RegistryError};
-use sluice_schemas::transport::read_to_end;
+use sluice_schemas::transport::{read_to_end, TopicSchemas};
 use sluice_schemas::{ChangeEvent, EnvelopeCodec, Op, SchemaFingerprint, TableSchema};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -109,22 +109,6 @@ pub struct Publisher {
     /// Schema-topic mode: what the topic held when capture started.
     topic_schemas: Option<TopicSchemas>,
 }
-
-/// The schema topic's contents: schemas by fingerprint, and each subject's versions as the
-/// fingerprints of its value schemas (records keyed `subject:<subject>`).
-#[derive(Default)]
-struct TopicSchemas {
-    schemas: HashMap<SchemaFingerprint, String>,
-    subjects: HashMap<String, Vec<SchemaFingerprint>>,
-}
-
-/// The key of a subject's record in the schema topic.
-fn subject_record_key(subject: &str) -> String {
-    format!("{SUBJECT_KEY_PREFIX}{subject}")
-}
-
-/// Schema-topic records keyed with this prefix list a subject's versions.
-pub const SUBJECT_KEY_PREFIX: &str = "subject:";
 
 /// Follows acknowledgements: `acked` is the highest checkpoint whose events Kafka acknowledged.
 pub struct AckHandle {
@@ -353,12 +337,11 @@ impl Publisher {
         let stored = self.topic_schemas.as_ref().expect("loaded above");
         let versions = stored.subjects.get(&subject).cloned().unwrap_or_default();
         if !self.subjects.contains_key(&subject) {
-            let mut history = Vec::with_capacity(versions.len());
-            for fp in &versions {
-                if let Some(json) = stored.schemas.get(fp) {
-                    history.push(EnvelopeDecoder::from_schema_json(json)?.table);
-                }
-            }
+            let history = stored
+                .versions(&subject)
+                .into_iter()
+                .map(|json| EnvelopeDecoder::from_schema_json(json).map(|d| d.table))
+                .collect::<Result<Vec<_>, _>>()?;
             self.subjects.insert(subject.clone(), history);
         }
         self.ensure_schema(codec.key_fingerprint, &codec.key_schema_json)
@@ -370,12 +353,7 @@ impl Publisher {
             let stored = self.topic_schemas.as_mut().expect("loaded above");
             let versions = stored.subjects.entry(subject.clone()).or_default();
             versions.push(codec.value_fingerprint);
-            let record = serde_json::json!({
-                "subject": subject,
-                "versions": versions.iter().map(SchemaFingerprint::to_hex).collect::<Vec<_>>(),
-            })
-            .to_string();
-            let key = subject_record_key(&subject);
+            let (key, record) = TopicSchemas::subject_record(&subject, versions);
             self.producer
                 .send(
                     FutureRecord::to(&self.settings.schema_topic)
@@ -410,27 +388,8 @@ impl Publisher {
         .await
         .map_err(|e| CaptureError::Kafka(format!("schema topic reader panicked: {e}")))?
         .map_err(CaptureError::Kafka)?;
-        let mut out = TopicSchemas::default();
-        for (key, value) in records {
-            let Some(value) = value else { continue };
-            if let Some(subject) = key.strip_prefix(SUBJECT_KEY_PREFIX) {
-                let versions = serde_json::from_slice::<serde_json::Value>(&value)
-                    .ok()
-                    .and_then(|v| {
-                        v["versions"].as_array().map(|a| {
-                            a.iter()
-                                .filter_map(|fp| fp.as_str().and_then(SchemaFingerprint::from_hex))
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .unwrap_or_default();
-                out.subjects.insert(subject.to_string(), versions);
-            } else if let Some(fp) = SchemaFingerprint::from_hex(&key) {
-                self.published_schemas.insert(fp);
-                out.schemas
-                    .insert(fp, String::from_utf8_lossy(&value).into_owned());
-            }
-        }
+        let out = TopicSchemas::from_records(records);
+        self.published_schemas.extend(out.schemas.keys().copied());
         debug!(
             schemas = out.schemas.len(),
             subjects = out.subjects.len(),

@@ -1,6 +1,14 @@
-//! Reading Sluice's compacted control topics (schemas, capture state) to their end.
+//! Sluice's compacted control topics (schemas, capture state): reading them to their end, and
+//! the schema topic's layout.
+//!
+//! The schema topic holds every schema keyed by its fingerprint (hex), and per subject
+//! (`<topic>-value`) a record keyed `subject:<subject>` listing its versions' fingerprints,
+//! oldest first.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use crate::SchemaFingerprint;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -56,4 +64,88 @@ pub fn read_to_end(
         }
     }
     Ok(out)
+}
+
+/// Schema-topic records keyed with this prefix list a subject's versions.
+pub const SUBJECT_KEY_PREFIX: &str = "subject:";
+
+/// The schema topic's contents: schemas by fingerprint, and each subject's versions.
+#[derive(Debug, Default)]
+pub struct TopicSchemas {
+    pub schemas: HashMap<SchemaFingerprint, String>,
+    pub subjects: HashMap<String, Vec<SchemaFingerprint>>,
+}
+
+impl TopicSchemas {
+    /// Sorts a topic's records (as [`read_to_end`] returns them) into schemas and subjects;
+    /// later records win, as compaction keeps them.
+    pub fn from_records(records: Vec<Record>) -> TopicSchemas {
+        let mut out = TopicSchemas::default();
+        for (key, value) in records {
+            let Some(value) = value else { continue };
+            if let Some(subject) = key.strip_prefix(SUBJECT_KEY_PREFIX) {
+                let versions = serde_json::from_slice::<serde_json::Value>(&value)
+                    .ok()
+                    .and_then(|v| {
+                        v["versions"].as_array().map(|a| {
+                            a.iter()
+                                .filter_map(|fp| fp.as_str().and_then(SchemaFingerprint::from_hex))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .unwrap_or_default();
+                out.subjects.insert(subject.to_string(), versions);
+            } else if let Some(fp) = SchemaFingerprint::from_hex(&key) {
+                out.schemas
+                    .insert(fp, String::from_utf8_lossy(&value).into_owned());
+            }
+        }
+        out
+    }
+
+    /// The record that lists a subject's versions: its key and value.
+    pub fn subject_record(subject: &str, versions: &[SchemaFingerprint]) -> (String, String) {
+        (
+            format!("{SUBJECT_KEY_PREFIX}{subject}"),
+            serde_json::json!({
+                "subject": subject,
+                "versions": versions.iter().map(SchemaFingerprint::to_hex).collect::<Vec<_>>(),
+            })
+            .to_string(),
+        )
+    }
+
+    /// The schemas of a subject's versions, oldest first (versions whose schema is missing
+    /// are skipped).
+    pub fn versions(&self, subject: &str) -> Vec<&str> {
+        self.subjects
+            .get(subject)
+            .map(|fps| {
+                fps.iter()
+                    .filter_map(|fp| self.schemas.get(fp).map(String::as_str))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_records_round_trip_and_later_records_win() {
+        let (a, b) = (SchemaFingerprint([1; 8]), SchemaFingerprint([2; 8]));
+        let (key, v1) = TopicSchemas::subject_record("t-value", &[a]);
+        let (_, v2) = TopicSchemas::subject_record("t-value", &[a, b]);
+        let topic = TopicSchemas::from_records(vec![
+            (a.to_hex(), Some(b"A".to_vec())),
+            (key.clone(), Some(v1.into_bytes())),
+            (b.to_hex(), Some(b"B".to_vec())),
+            (key, Some(v2.into_bytes())),
+            ("other".into(), Some(b"ignored".to_vec())),
+        ]);
+        assert_eq!(topic.versions("t-value"), ["A", "B"]);
+        assert!(topic.versions("u-value").is_empty());
+    }
 }

@@ -373,6 +373,15 @@ fn quoted(t: &AvroType) -> String {
 }
 
 impl Mapping {
+    /// The fields that take their default because the writer schema has no column for them.
+    pub fn defaulted_fields(&self) -> Vec<&str> {
+        self.fields
+            .iter()
+            .filter(|f| matches!(f.from, Input::Default(_)))
+            .map(|f| f.name.as_str())
+            .collect()
+    }
+
     /// Applies the mapping to one change of the source table (written with this mapping's
     /// writer schema). Returns the target changes: none when the filter keeps the row out, a
     /// delete when an update moves it out. The error says which field failed and why; the
