@@ -64,8 +64,32 @@ pub struct Router<S: Sink> {
     mapper: Mapper,
 }
 
+/// A consumed message as it was, kept while its changes wait in the batch: if the sink refuses
+/// one of them, the message goes to the dead-letter topic unchanged.
+struct Raw {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+impl Raw {
+    fn of(msg: &BorrowedMessage<'_>, topic: Arc<str>) -> Raw {
+        Raw {
+            topic,
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
 struct Pending {
     batch: Batch,
+    /// The messages the batch's changes came from, by topic, partition and offset.
+    raw: HashMap<(Arc<str>, i32, i64), Raw>,
     consumed: HashMap<(Arc<str>, i32), i64>,
     bytes: usize,
     last_source_ts_ms: i64,
@@ -75,6 +99,7 @@ impl Pending {
     fn new() -> Pending {
         Pending {
             batch: Batch::default(),
+            raw: HashMap::new(),
             consumed: HashMap::new(),
             bytes: 0,
             last_source_ts_ms: 0,
@@ -251,7 +276,7 @@ impl<S: Sink> Router<S> {
                 }
             }
             if !pending.is_empty() {
-                self.flush(&consumer, pending, shutdown).await?;
+                self.flush(&consumer, &dlq, pending, shutdown).await?;
             }
             self.settings.liveness.set_pending(false);
         }
@@ -357,6 +382,12 @@ impl<S: Sink> Router<S> {
                 pending.bytes += payload.len();
                 pending.last_source_ts_ms = pending.last_source_ts_ms.max(event.source_ts_ms);
                 let (routed, rejected) = self.mapper.map(&table, event);
+                if !routed.is_empty() {
+                    pending.raw.insert(
+                        (topic.clone(), partition, offset),
+                        Raw::of(msg, topic.clone()),
+                    );
+                }
                 for r in routed {
                     pending.batch.changes.push(SinkChange {
                         table: r.table,
@@ -372,11 +403,17 @@ impl<S: Sink> Router<S> {
                     });
                 }
                 match rejected {
-                    Some(r) => self.dead_letter(dlq, msg, r.reason, &r.detail).await,
+                    Some(r) => {
+                        self.dead_letter(dlq, &Raw::of(msg, topic), r.reason, &r.detail)
+                            .await
+                    }
                     None => Ok(()),
                 }
             }
-            Err((reason, detail)) => self.dead_letter(dlq, msg, reason, &detail).await,
+            Err((reason, detail)) => {
+                self.dead_letter(dlq, &Raw::of(msg, topic), reason, &detail)
+                    .await
+            }
         }
     }
 
@@ -385,21 +422,21 @@ impl<S: Sink> Router<S> {
     async fn dead_letter(
         &self,
         dlq: &FutureProducer,
-        msg: &BorrowedMessage<'_>,
+        msg: &Raw,
         reason: &str,
         detail: &str,
     ) -> Result<(), RouterError> {
         warn!(
-            topic = msg.topic(),
-            partition = msg.partition(),
-            offset = msg.offset(),
+            topic = %msg.topic,
+            partition = msg.partition,
+            offset = msg.offset,
             reason,
             detail,
             "dead-lettering message"
         );
-        metrics::counter!(m::DLQ_TOTAL, "topic" => msg.topic().to_string(), "reason" => reason.to_string()).increment(1);
-        let partition = msg.partition().to_string();
-        let offset = msg.offset().to_string();
+        metrics::counter!(m::DLQ_TOTAL, "topic" => msg.topic.to_string(), "reason" => reason.to_string()).increment(1);
+        let partition = msg.partition.to_string();
+        let offset = msg.offset.to_string();
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "sluice.dlq.reason",
@@ -411,7 +448,7 @@ impl<S: Sink> Router<S> {
             })
             .insert(Header {
                 key: "sluice.dlq.topic",
-                value: Some(msg.topic()),
+                value: Some(msg.topic.as_ref()),
             })
             .insert(Header {
                 key: "sluice.dlq.partition",
@@ -423,10 +460,10 @@ impl<S: Sink> Router<S> {
             });
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&self.settings.dead_letter_topic).headers(headers);
-        if let Some(k) = msg.key() {
+        if let Some(k) = &msg.key {
             record = record.key(k);
         }
-        if let Some(p) = msg.payload() {
+        if let Some(p) = &msg.payload {
             record = record.payload(p);
         }
         dlq.send(record, Duration::from_secs(60))
@@ -440,6 +477,7 @@ impl<S: Sink> Router<S> {
     async fn flush(
         &mut self,
         consumer: &StreamConsumer<LagContext>,
+        dlq: &FutureProducer,
         mut pending: Pending,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
@@ -476,6 +514,44 @@ impl<S: Sink> Router<S> {
                         .wait(&self.settings, consumer, &e, "writing the batch")
                         .await?;
                 }
+                // A change whose data the sink refuses is poison: find it, dead-letter its
+                // message (acknowledged before the rest commits, so it is never lost), and
+                // apply the others.
+                Err(e) if e.rejects_a_row() => {
+                    match self.sink.find_rejected(&pending.batch).await {
+                        Ok(Some((i, reason))) => {
+                            let change = pending.batch.changes.remove(i);
+                            let origin = &change.origin;
+                            let raw = pending.raw.get(&(
+                                origin.topic.clone(),
+                                origin.partition,
+                                origin.offset,
+                            ));
+                            if let Some(raw) = raw {
+                                let detail = format!(
+                                    "{} refused the {} of a row of {}: {reason}",
+                                    self.settings.sink_name,
+                                    op_name(change.op),
+                                    change.table.id
+                                );
+                                self.dead_letter(dlq, raw, "rejected_by_sink", &detail)
+                                    .await?;
+                            }
+                        }
+                        Ok(None) => return Err(e.into()),
+                        Err(find) if find.is_transient() && !shutdown.is_cancelled() => {
+                            outage
+                                .wait(
+                                    &self.settings,
+                                    consumer,
+                                    &find,
+                                    "finding the refused change",
+                                )
+                                .await?;
+                        }
+                        Err(find) => return Err(find.into()),
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -488,6 +564,15 @@ impl<S: Sink> Router<S> {
             warn!(error = %e, "could not commit offsets to Kafka");
         }
         Ok(())
+    }
+}
+
+fn op_name(op: sluice_schemas::Op) -> &'static str {
+    match op {
+        sluice_schemas::Op::Create | sluice_schemas::Op::Read => "insert",
+        sluice_schemas::Op::Update => "update",
+        sluice_schemas::Op::Delete => "delete",
+        sluice_schemas::Op::Truncate => "truncate",
     }
 }
 

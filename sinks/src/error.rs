@@ -26,6 +26,38 @@ impl SinkError {
         }
     }
 
+    /// Whether the database refused a row's data (SQLSTATE class 22, data exception: a value
+    /// out of range or of the wrong form; class 23, integrity: a constraint the row breaks).
+    /// Such a change is poison: retrying cannot help, other changes may still apply.
+    pub fn rejects_a_row(&self) -> bool {
+        self.sqlstate()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+    }
+
+    /// What the database said, with the table, column and constraint it named.
+    pub fn detail(&self) -> String {
+        match self {
+            SinkError::Postgres(e) => match e.as_db_error() {
+                Some(db) => {
+                    let mut out = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+                    for (what, value) in [
+                        ("table", db.table()),
+                        ("column", db.column()),
+                        ("constraint", db.constraint()),
+                        ("detail", db.detail()),
+                    ] {
+                        if let Some(v) = value {
+                            out.push_str(&format!("; {what}: {v}"));
+                        }
+                    }
+                    out
+                }
+                None => e.to_string(),
+            },
+            SinkError::Definite(m) => m.clone(),
+        }
+    }
+
     /// The SQLSTATE, when the database reported one.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {

@@ -85,12 +85,24 @@ pub struct StoredProgress {
 ///   change into several tables) share its offset and position and are all applied.
 /// - Within a batch, changes take effect in order per key; the final state of each row is what
 ///   the last change says. Columns marked [`Datum::Unchanged`] keep their stored value.
+/// - A change whose data the database refuses (a constraint, a value out of range) fails the
+///   whole batch; [`Sink::find_rejected`] then names it, so the router can dead-letter it and
+///   apply the rest.
 pub trait Sink: Send {
     /// Applies a batch; see the trait's contract.
     fn apply(
         &mut self,
         batch: &Batch,
     ) -> impl Future<Output = Result<ApplyOutcome, SinkError>> + Send;
+
+    /// After `apply` failed with an error that [`SinkError::rejects_a_row`]: the first change
+    /// of the batch the sink refuses on its own (by its position in `batch.changes`) and why,
+    /// found by applying the changes one at a time in a transaction that is rolled back.
+    /// `None` when no single change is refused (the failure is the batch's as a whole).
+    fn find_rejected(
+        &mut self,
+        batch: &Batch,
+    ) -> impl Future<Output = Result<Option<(usize, String)>, SinkError>> + Send;
 
     /// The progress stored for a topic-partition, to resume consumption from.
     fn progress(

@@ -93,3 +93,46 @@ impl TopicReader {
         })
     }
 }
+
+/// One message as it is: its headers (name → UTF-8 text) and payload.
+pub struct RawMessage {
+    pub offset: i64,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Every message of partition 0 of `topic` that arrives until none comes for `quiet`.
+pub fn read_raw(bootstrap: &str, topic: &str, quiet: Duration) -> Vec<RawMessage> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("raw-reader-{topic}"))
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    while let Some(msg) = consumer.poll(quiet) {
+        let msg = msg.unwrap();
+        let headers = msg
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(RawMessage {
+            offset: msg.offset(),
+            headers,
+            payload: msg.payload().map(<[u8]>::to_vec),
+        });
+    }
+    out
+}

@@ -43,7 +43,8 @@ pub struct PostgresSinkConfig {
 struct Target {
     /// `"schema"."table"`.
     qualified: String,
-    /// Column name → SQL type text (`format_type`).
+    /// Column name → the type values are cast to: the column's type without its modifier,
+    /// schema-qualified (`pg_catalog.varchar`, `public.mood`).
     types: HashMap<String, String>,
 }
 
@@ -292,7 +293,12 @@ async fn load_columns(
 ) -> Result<HashMap<String, String>, SinkError> {
     let rows = txn
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+            // The type without its modifier, by its catalog name: values are cast to it, and
+            // the column's own assignment coercion then refuses what does not fit. An
+            // explicit cast to varchar(5) silently truncates, and so does one to `character`,
+            // which is what format_type calls bpchar without a length (`char(1)`).
+            "SELECT a.attname::text, format('%I.%I', n.nspname, t.typname) FROM pg_attribute a \
+             JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace n ON n.oid = t.typnamespace \
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
             &[&qualified],
         )
@@ -561,8 +567,23 @@ impl Sink for PostgresSink {
         self.ensure_connected().await?;
         let started = Instant::now();
         let txn = self.client.transaction().await?;
-        let outcome = self.state.apply_in(&txn, batch).await?;
-        txn.commit().await?;
+        let applied = match self.state.apply_in(&txn, batch).await {
+            Ok(outcome) => txn
+                .commit()
+                .await
+                .map(|()| outcome)
+                .map_err(SinkError::from),
+            Err(e) => Err(e),
+        };
+        let outcome = match applied {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // Tables created or altered in the failed transaction are gone again: forget
+                // what the cache learnt in it.
+                self.state.targets.clear();
+                return Err(e);
+            }
+        };
         let name = self.state.name.clone();
         metrics::histogram!(m::BATCH_DURATION_SECONDS, "sink" => name.clone())
             .record(started.elapsed().as_secs_f64());
@@ -573,6 +594,37 @@ impl Sink for PostgresSink {
                 .increment(outcome.skipped as u64);
         }
         Ok(outcome)
+    }
+
+    async fn find_rejected(&mut self, batch: &Batch) -> Result<Option<(usize, String)>, SinkError> {
+        self.ensure_connected().await?;
+        let txn = self.client.transaction().await?;
+        let mut found = Ok(None);
+        for (i, change) in batch.changes.iter().enumerate() {
+            let one = Batch {
+                changes: vec![change.clone()],
+                consumed: Vec::new(),
+            };
+            if let Err(e) = txn.batch_execute("SAVEPOINT sluice_one").await {
+                found = Err(e.into());
+                break;
+            }
+            match self.state.apply_in(&txn, &one).await {
+                Ok(_) => {}
+                Err(e) if e.rejects_a_row() => {
+                    found = Ok(Some((i, e.detail())));
+                    break;
+                }
+                Err(e) => {
+                    found = Err(e);
+                    break;
+                }
+            }
+        }
+        // Nothing of this is kept: the router applies the batch again without the change.
+        drop(txn);
+        self.state.targets.clear();
+        found
     }
 
     async fn progress(
