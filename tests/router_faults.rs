@@ -154,3 +154,196 @@ fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
     );
     assert_eq!(dlq, Some(2.0));
 }
+
+/// Writes `sluice.toml`-style configs for a capture process and a router process that share
+/// everything but their metrics port.
+fn split_configs(dir: &Path, common: &str) -> (std::path::PathBuf, u16, std::path::PathBuf, u16) {
+    let write = |name: &str| {
+        let port = sluice_harness::free_port();
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!("{common}\n[observability]\nlisten = \"127.0.0.1:{port}\"\n"),
+        )
+        .unwrap();
+        (path, port)
+    };
+    let (capture, capture_port) = write("capture.toml");
+    let (router, router_port) = write("router.toml");
+    (capture, capture_port, router, router_port)
+}
+
+#[test]
+fn a_router_killed_mid_batch_again_and_again_applies_every_change_exactly_once() {
+    // Given a sink table with a trigger that records every write the router makes to it,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.create_database("sink").unwrap();
+    pg.psql(
+        "source",
+        "CREATE TABLE public.acct (id int PRIMARY KEY, n int NOT NULL, note text);
+         INSERT INTO public.acct SELECT i, 0, 'start' FROM generate_series(1, 50) i;",
+    )
+    .unwrap();
+    pg.psql(
+        "sink",
+        "CREATE TABLE public.acct (id int PRIMARY KEY, n int NOT NULL, note text);
+         CREATE TABLE public.applied (seq bigserial PRIMARY KEY, id int, n int);
+         CREATE FUNCTION record_write() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO public.applied (id, n) VALUES (NEW.id, NEW.n); RETURN NEW; END $$;
+         CREATE TRIGGER record_write AFTER INSERT OR UPDATE ON public.acct
+           FOR EACH ROW EXECUTE FUNCTION record_write();",
+    )
+    .unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let common = format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+         tables = [\"public.acct\"]\nslot = \"kill9\"\npublication = \"kill9\"\n\
+         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"kill9\"\n\
+         [router.batch]\nmax_rows = 200\nmax_delay_ms = 100\n",
+        kafka.bootstrap(),
+        pg.url("source"),
+        pg.url("sink")
+    );
+    let (capture_config, capture_port, router_config, router_port) =
+        split_configs(dir.path(), &common);
+    let start_capture = || {
+        SluiceProcess::start(
+            Path::new(SLUICE),
+            "capture",
+            &capture_config,
+            &dir.path().join("capture.log"),
+            capture_port,
+        )
+        .unwrap()
+    };
+    let mut capture = start_capture();
+    let start_router = || {
+        SluiceProcess::start(
+            Path::new(SLUICE),
+            "route",
+            &router_config,
+            &dir.path().join("router.log"),
+            router_port,
+        )
+        .unwrap()
+    };
+    let mut router = start_router();
+
+    // when a writer makes thousands of single-row and multi-row transactions, each of which
+    // raises n by one on the rows it touches,
+    let url = pg.url("source");
+    let script = dir.path().join("writes.sql");
+    let writer = std::thread::spawn(move || {
+        // 40 chunks of 100 statements, spread over at least twelve seconds.
+        for chunk in 0..40 {
+            let mut sql = String::new();
+            for i in chunk * 100..(chunk + 1) * 100 {
+                if i % 10 == 9 {
+                    sql.push_str(&format!(
+                        "UPDATE public.acct SET n = n + 1, note = 'many {i}' WHERE id % 7 = {};\n",
+                        i % 7
+                    ));
+                } else {
+                    sql.push_str(&format!(
+                        "UPDATE public.acct SET n = n + 1, note = 'one {i}' WHERE id = {};\n",
+                        i % 50 + 1
+                    ));
+                }
+            }
+            // Run from a file: every statement is its own transaction.
+            std::fs::write(&script, sql).unwrap();
+            let out = std::process::Command::new("/usr/lib/postgresql/15/bin/psql")
+                .args(["-q", "-v", "ON_ERROR_STOP=1", &url, "-f"])
+                .arg(&script)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    // and the router and the capture are each killed -9 four times while they work (capture
+    // then publishes again what it had not confirmed: the same changes at new offsets),
+    let (mut router_kills, mut capture_kills) = (0, 0);
+    for round in 0..8 {
+        std::thread::sleep(Duration::from_millis(1100));
+        if writer.is_finished() {
+            break;
+        }
+        if round % 2 == 0 {
+            router.kill9();
+            router_kills += 1;
+            router = start_router();
+        } else {
+            capture.kill9();
+            capture_kills += 1;
+            capture = start_capture();
+        }
+    }
+    assert!(
+        router_kills + capture_kills >= 6,
+        "only {router_kills} + {capture_kills} kills happened while the writer wrote"
+    );
+    writer.join().unwrap();
+
+    // then the sink ends up equal to the source,
+    let query = "SELECT id, n, note FROM public.acct ORDER BY id";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let source = pg_rows(&pg, "source", query).unwrap();
+        match pg_rows(&pg, "sink", query).map(|sink| compare_rows(&source, &sink)) {
+            Ok(Ok(())) => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "{other:?}\n--- router log ---\n{}",
+                router.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // and no write was ever applied twice: every row's n only ever went up, one write at a
+    // time (a replayed batch would have written an n again, or an older one).
+    let regressions = pg
+        .psql(
+            "sink",
+            "SELECT count(*) FROM (SELECT n, lag(n) OVER (PARTITION BY id ORDER BY seq) AS prev \
+             FROM public.applied) w WHERE prev IS NOT NULL AND n <= prev",
+        )
+        .unwrap();
+    assert_eq!(
+        regressions.trim(),
+        "0",
+        "writes applied twice or out of order"
+    );
+    let writes: i64 = pg
+        .psql("sink", "SELECT count(*) FROM public.applied")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let total_n: i64 = pg
+        .psql("source", "SELECT sum(n) FROM public.acct")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // (Each batch writes a row once with its latest value, so there are fewer writes than
+    // changes; every change raised some row's n by one.)
+    assert!(
+        writes > 50 && writes <= total_n + 50,
+        "{writes} writes for {total_n} changes"
+    );
+    let metrics = router.metrics().unwrap_or_default();
+    let by_position = metric_value(&metrics, "sluice_sink_events_skipped_total", &[]);
+    let by_offset = metric_value(&metrics, "sluice_router_messages_skipped_total", &[]);
+    eprintln!(
+        "kills: router {router_kills}, capture {capture_kills}; changes: {total_n}, sink writes: \
+         {writes}; skipped by the last router: {by_offset:?} already-applied messages, \
+         {by_position:?} republished changes"
+    );
+}

@@ -4,6 +4,9 @@ use metrics::{describe_counter, describe_gauge, Unit};
 
 /// Kafka messages consumed, label `topic`.
 pub const MESSAGES_CONSUMED_TOTAL: &str = "sluice_router_messages_consumed_total";
+/// Messages at or below the offset the sink had stored when their partition was assigned
+/// (already applied; read again after a restart or rebalance), skipped, label `topic`.
+pub const MESSAGES_SKIPPED_TOTAL: &str = "sluice_router_messages_skipped_total";
 /// Messages sent to the dead-letter topic, labels `topic`, `reason`.
 pub const DLQ_TOTAL: &str = "sluice_router_dlq_total";
 /// Batches committed to the sink, label `sink`.
@@ -34,6 +37,11 @@ pub fn describe() {
         MESSAGES_CONSUMED_TOTAL,
         Unit::Count,
         "Kafka messages consumed"
+    );
+    describe_counter!(
+        MESSAGES_SKIPPED_TOTAL,
+        Unit::Count,
+        "Messages already applied, skipped on resume"
     );
     describe_counter!(
         DLQ_TOTAL,

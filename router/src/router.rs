@@ -1,6 +1,6 @@
 //! The routing loop: consume, decode, batch, apply, record.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -212,7 +212,8 @@ impl<S: Sink> Router<S> {
             self.settings.schema_topic.clone(),
             self.settings.registry.clone(),
         );
-        let mut resumed: HashSet<(Arc<str>, i32)> = HashSet::new();
+        // Per partition, the offset the sink had applied up to when the partition came to us.
+        let mut resumed: HashMap<(Arc<str>, i32), i64> = HashMap::new();
         // Per topic, looked up once: the shared name and the consumed counter.
         let mut topics: HashMap<String, (Arc<str>, metrics::Counter)> = HashMap::new();
 
@@ -254,17 +255,31 @@ impl<S: Sink> Router<S> {
                         }
                         let (topic, consumed) = &topics[msg.topic()];
                         let topic = topic.clone();
-                        if !resumed.contains(&(topic.clone(), msg.partition())) {
-                            // First message of a newly assigned partition: skip straight to
-                            // what the sink has not recorded yet.
-                            resumed.insert((topic.clone(), msg.partition()));
-                            if let Some(p) = self.stored_progress(&consumer, &topic, msg.partition(), shutdown).await? {
-                                if msg.offset() <= p.offset {
-                                    info!(topic = %topic, partition = msg.partition(), resume_at = p.offset + 1, "resuming from the offset stored in the sink");
-                                    consumer.seek(&topic, msg.partition(), Offset::Offset(p.offset + 1), Duration::from_secs(10))?;
+                        let key = (topic.clone(), msg.partition());
+                        if !resumed.contains_key(&key) {
+                            // First message of a newly assigned partition: what the sink has
+                            // already recorded is skipped as it arrives. (Seeking forward
+                            // instead could land inside a record batch, where Tansu 0.6
+                            // answers fetches with nothing.)
+                            let stored = self
+                                .stored_progress(&consumer, &topic, msg.partition(), shutdown)
+                                .await?
+                                .map(|p| p.offset);
+                            resumed.insert(key.clone(), stored.unwrap_or(-1));
+                            if let Some(stored) = stored {
+                                info!(topic = %topic, partition = msg.partition(), stored, first = msg.offset(), "resuming after the offset stored in the sink");
+                                if msg.offset() > stored + 1 {
+                                    // Kafka's committed offset is ahead of the sink (the sink
+                                    // was restored from a backup): read what it lacks again.
+                                    warn!(topic = %topic, partition = msg.partition(), from = stored + 1, "the sink is behind the group's committed offset; reading again from the sink's");
+                                    consumer.seek(&topic, msg.partition(), Offset::Offset(stored + 1), Duration::from_secs(10))?;
                                     continue;
                                 }
                             }
+                        }
+                        if msg.offset() <= resumed[&key] {
+                            metrics::counter!(m::MESSAGES_SKIPPED_TOTAL, "topic" => topic.to_string()).increment(1);
+                            continue;
                         }
                         consumed.increment(1);
                         self.handle(&msg, topic, &mut pending, &mut schemas, &dlq).await?;
