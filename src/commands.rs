@@ -110,6 +110,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 max_bytes: router.batch.max_bytes,
                 max_delay: Duration::from_millis(router.batch.max_delay_ms),
             },
+            blocked_retry: Duration::from_millis(router.blocked_retry_ms),
             sink_name: router.sink.clone(),
             liveness: health.component("router", &["sink", "broker"]),
         };

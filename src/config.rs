@@ -304,6 +304,16 @@ pub struct RouterConfig {
     /// Milliseconds between checks of the scheme directory for changed files.
     #[serde(default = "default_schemes_reload_ms")]
     pub schemes_reload_ms: u64,
+    /// When the sink cannot take a table (its DDL fails, it is missing and may not be
+    /// created, it has no key), that table's partitions are paused with their changes held
+    /// while the other tables go on; every this many milliseconds the held changes are tried
+    /// again, and the table resumes once the sink takes them.
+    #[serde(default = "default_blocked_retry_ms")]
+    pub blocked_retry_ms: u64,
+}
+
+fn default_blocked_retry_ms() -> u64 {
+    30_000
 }
 
 fn default_schemes_reload_ms() -> u64 {
@@ -593,6 +603,9 @@ impl Config {
             }
             if router.batch.max_delay_ms == 0 {
                 problems.push("router.batch.max_delay_ms must be > 0".into());
+            }
+            if router.blocked_retry_ms == 0 {
+                problems.push("router.blocked_retry_ms must be > 0 (e.g. 30000)".into());
             }
             if router.schemes_reload_ms == 0 {
                 problems.push("router.schemes_reload_ms must be > 0 (e.g. 2000)".into());

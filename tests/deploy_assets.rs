@@ -78,6 +78,7 @@ const ON_FIRST_OCCURRENCE: &[&str] = &[
     "sluice_router_scheme_reloads_total",
     "sluice_capture_schema_incompatible_total",
     "sluice_router_messages_skipped_total",
+    "sluice_router_table_blocked",
 ];
 
 #[test]

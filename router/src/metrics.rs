@@ -13,6 +13,9 @@ pub const DLQ_TOTAL: &str = "sluice_router_dlq_total";
 pub const BATCHES_TOTAL: &str = "sluice_router_batches_total";
 /// Errors by kind (`transient`, `definite`), label `sink`.
 pub const ERRORS_TOTAL: &str = "sluice_router_errors_total";
+/// 1 while the sink cannot take a table (its changes held, its partitions paused), label
+/// `table`; 0 once it takes it again.
+pub const TABLE_BLOCKED: &str = "sluice_router_table_blocked";
 /// Mapping schemes in use.
 pub const SCHEMES_ACTIVE: &str = "sluice_router_schemes_active";
 /// Scheme files reloaded after a change, label `result` (`applied`, `rejected`: invalid, the
@@ -28,6 +31,11 @@ pub const LAST_SOURCE_TS_SECONDS: &str = "sluice_router_last_applied_source_time
 
 pub fn describe() {
     describe_gauge!(SCHEMES_ACTIVE, Unit::Count, "Mapping schemes in use");
+    describe_gauge!(
+        TABLE_BLOCKED,
+        Unit::Count,
+        "1 while the sink cannot take a table and its changes are held"
+    );
     describe_counter!(
         SCHEME_RELOADS_TOTAL,
         Unit::Count,

@@ -1,6 +1,6 @@
 //! The routing loop: consume, decode, batch, apply, record.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,8 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sluice_schemas::event::POSITION_HEADER;
 use sluice_schemas::liveness::Liveness;
 use sluice_schemas::Position;
-use sluice_sinks::{Batch, Consumed, Origin, Sink, SinkChange};
+use sluice_schemas::TableId;
+use sluice_sinks::{Batch, Consumed, Origin, Sink, SinkChange, SinkError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
@@ -49,6 +50,8 @@ pub struct RouterSettings {
     pub partitions: i32,
     pub replication_factor: i32,
     pub batch: BatchSettings,
+    /// How often the changes held for a table the sink could not take are tried again.
+    pub blocked_retry: Duration,
     /// Sink name, for logs and metric labels.
     pub sink_name: String,
     /// Reported to `/readyz`: connected while the broker and sink answer; pending while a
@@ -62,6 +65,28 @@ pub struct Router<S: Sink> {
     settings: RouterSettings,
     sink: S,
     mapper: Mapper,
+    /// Tables the sink cannot take now (their DDL failed, they are missing, …): their
+    /// partitions are paused and their changes held, tried again every `blocked_retry`.
+    blocked: HashMap<TableId, Held>,
+    /// The partitions of the blocked tables, and which table holds each.
+    blocked_partitions: HashMap<(Arc<str>, i32), TableId>,
+}
+
+/// The changes of a blocked table's partitions, waiting.
+struct Held {
+    pending: Pending,
+    reason: String,
+    since: std::time::Instant,
+}
+
+/// What applying a batch came to.
+enum Applied {
+    Done(sluice_sinks::ApplyOutcome),
+    /// One table's own problem: nothing was applied.
+    Blocked {
+        table: TableId,
+        reason: String,
+    },
 }
 
 /// A consumed message as it was, kept while its changes wait in the batch: if the sink refuses
@@ -120,6 +145,8 @@ impl<S: Sink> Router<S> {
             settings,
             sink,
             mapper,
+            blocked: HashMap::new(),
+            blocked_partitions: HashMap::new(),
         }
     }
 
@@ -220,6 +247,8 @@ impl<S: Sink> Router<S> {
         // Scheme files are rescanned on this tick (the mapper applies its own interval).
         let mut reload = tokio::time::interval(Duration::from_secs(1));
         reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry_blocked = tokio::time::interval(self.settings.blocked_retry);
+        retry_blocked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = false;
         while !stopping {
             let mut pending = Pending::new();
@@ -241,6 +270,9 @@ impl<S: Sink> Router<S> {
                     _ = shutdown.cancelled() => { stopping = true; break; }
                     _ = timer => break,
                     _ = reload.tick() => self.mapper.maybe_reload(),
+                    _ = retry_blocked.tick(), if !self.blocked.is_empty() => {
+                        self.retry_blocked(&consumer, &dlq, shutdown).await?;
+                    }
                     msg = consumer.recv() => {
                         let msg = match msg {
                             Ok(msg) => msg,
@@ -282,6 +314,16 @@ impl<S: Sink> Router<S> {
                             continue;
                         }
                         consumed.increment(1);
+                        if let Some(table) = self.blocked_partitions.get(&key).cloned() {
+                            // A message of a blocked table's partition fetched before the
+                            // pause: it joins what is held, in order.
+                            if let Some(mut held) = self.blocked.remove(&table) {
+                                let result = self.handle(&msg, topic, &mut held.pending, &mut schemas, &dlq).await;
+                                self.blocked.insert(table, held);
+                                result?;
+                            }
+                            continue;
+                        }
                         self.handle(&msg, topic, &mut pending, &mut schemas, &dlq).await?;
                         if deadline.is_none() {
                             deadline = Some(Instant::now() + self.settings.batch.max_delay);
@@ -312,7 +354,7 @@ impl<S: Sink> Router<S> {
         loop {
             match self.sink.progress(topic, partition).await {
                 Ok(p) => {
-                    outage.over(&self.settings, consumer)?;
+                    outage.over(&self.settings, consumer, &self.blocked_partitions)?;
                     return Ok(p);
                 }
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
@@ -487,8 +529,8 @@ impl<S: Sink> Router<S> {
             .map_err(|(e, _)| RouterError::Kafka(format!("write to dead-letter topic: {e}")))
     }
 
-    /// Applies a batch, retrying transient sink errors with backoff (consumption paused
-    /// meanwhile), then commits the offsets to Kafka as a resume hint.
+    /// Applies a batch, holding back the changes of a table the sink cannot take now, then
+    /// commits the offsets to Kafka as a resume hint.
     async fn flush(
         &mut self,
         consumer: &StreamConsumer<LagContext>,
@@ -496,20 +538,13 @@ impl<S: Sink> Router<S> {
         mut pending: Pending,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
-        pending.batch.consumed = pending
-            .consumed
-            .iter()
-            .map(|((topic, partition), offset)| Consumed {
-                topic: topic.clone(),
-                partition: *partition,
-                offset: *offset,
-            })
-            .collect();
-        let mut outage = SinkOutage::default();
+        pending.batch.consumed = consumed_list(&pending.consumed);
         loop {
-            match self.sink.apply(&pending.batch).await {
-                Ok(outcome) => {
-                    outage.over(&self.settings, consumer)?;
+            let applied = self
+                .apply_batch(consumer, dlq, &mut pending.batch, &pending.raw, shutdown)
+                .await?;
+            match applied {
+                Applied::Done(outcome) => {
                     self.settings.liveness.progressed();
                     metrics::counter!(m::BATCHES_TOTAL, "sink" => self.settings.sink_name.clone())
                         .increment(1);
@@ -524,61 +559,225 @@ impl<S: Sink> Router<S> {
                     );
                     break;
                 }
-                Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
-                    outage
-                        .wait(&self.settings, consumer, &e, "writing the batch")
-                        .await?;
+                Applied::Blocked { table, reason } => {
+                    self.block(consumer, &mut pending, table, reason)?;
+                    if pending.is_empty() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        commit_hint(consumer, &pending.batch.consumed);
+        Ok(())
+    }
+
+    /// Applies `batch`: transient sink errors are retried with backoff (consumption paused
+    /// meanwhile); a change whose data the sink refuses is dead-lettered and the rest applied;
+    /// a problem of one table is returned, with nothing applied.
+    async fn apply_batch(
+        &mut self,
+        consumer: &StreamConsumer<LagContext>,
+        dlq: &FutureProducer,
+        batch: &mut Batch,
+        raw: &HashMap<(Arc<str>, i32, i64), Raw>,
+        shutdown: &CancellationToken,
+    ) -> Result<Applied, RouterError> {
+        let mut outage = SinkOutage::default();
+        loop {
+            let error = match self.sink.apply(batch).await {
+                Ok(outcome) => {
+                    outage.over(&self.settings, consumer, &self.blocked_partitions)?;
+                    return Ok(Applied::Done(outcome));
+                }
+                Err(e) => e,
+            };
+            let error = match error {
+                SinkError::Table { table, message } => {
+                    outage.over(&self.settings, consumer, &self.blocked_partitions)?;
+                    return Ok(Applied::Blocked {
+                        table,
+                        reason: message,
+                    });
                 }
                 // A change whose data the sink refuses is poison: find it, dead-letter its
                 // message (acknowledged before the rest commits, so it is never lost), and
                 // apply the others.
-                Err(e) if e.rejects_a_row() => {
-                    match self.sink.find_rejected(&pending.batch).await {
-                        Ok(Some((i, reason))) => {
-                            let change = pending.batch.changes.remove(i);
-                            let origin = &change.origin;
-                            let raw = pending.raw.get(&(
-                                origin.topic.clone(),
-                                origin.partition,
-                                origin.offset,
-                            ));
-                            if let Some(raw) = raw {
-                                let detail = format!(
-                                    "{} refused the {} of a row of {}: {reason}",
-                                    self.settings.sink_name,
-                                    op_name(change.op),
-                                    change.table.id
-                                );
-                                self.dead_letter(dlq, raw, "rejected_by_sink", &detail)
-                                    .await?;
-                            }
-                        }
-                        Ok(None) => return Err(e.into()),
-                        Err(find) if find.is_transient() && !shutdown.is_cancelled() => {
-                            outage
-                                .wait(
-                                    &self.settings,
-                                    consumer,
-                                    &find,
-                                    "finding the refused change",
-                                )
+                e if e.rejects_a_row() => match self.sink.find_rejected(batch).await {
+                    Ok(Some((i, reason))) => {
+                        let change = batch.changes.remove(i);
+                        let origin = &change.origin;
+                        if let Some(raw) =
+                            raw.get(&(origin.topic.clone(), origin.partition, origin.offset))
+                        {
+                            let detail = format!(
+                                "{} refused the {} of a row of {}: {reason}",
+                                self.settings.sink_name,
+                                op_name(change.op),
+                                change.table.id
+                            );
+                            self.dead_letter(dlq, raw, "rejected_by_sink", &detail)
                                 .await?;
                         }
-                        Err(find) => return Err(find.into()),
+                        continue;
                     }
+                    Ok(None) => e,
+                    Err(SinkError::Table { table, message }) => {
+                        return Ok(Applied::Blocked {
+                            table,
+                            reason: message,
+                        })
+                    }
+                    Err(find) => find,
+                },
+                e => e,
+            };
+            if error.is_transient() && !shutdown.is_cancelled() {
+                outage
+                    .wait(&self.settings, consumer, &error, "writing the batch")
+                    .await?;
+                continue;
+            }
+            return Err(error.into());
+        }
+    }
+
+    /// Holds back the changes of `table`'s partitions (every change of those partitions, so
+    /// offsets stay in order) and pauses them; the rest of `pending` goes on.
+    fn block(
+        &mut self,
+        consumer: &StreamConsumer<LagContext>,
+        pending: &mut Pending,
+        table: TableId,
+        reason: String,
+    ) -> Result<(), RouterError> {
+        let partitions: HashSet<(Arc<str>, i32)> = pending
+            .batch
+            .changes
+            .iter()
+            .filter(|c| c.table.id == table)
+            .map(|c| (c.origin.topic.clone(), c.origin.partition))
+            .collect();
+        if partitions.is_empty() {
+            // Nothing in the batch is that table's: the problem cannot be set aside.
+            return Err(RouterError::Definite(reason));
+        }
+        error!(%table, reason = %reason, "the sink cannot take this table now; its changes wait and the other tables go on");
+        metrics::gauge!(m::TABLE_BLOCKED, "table" => table.to_string()).set(1.0);
+        let held = self.blocked.entry(table.clone()).or_insert_with(|| Held {
+            pending: Pending::new(),
+            reason: reason.clone(),
+            since: std::time::Instant::now(),
+        });
+        held.reason = reason;
+        let (moved, kept): (Vec<SinkChange>, Vec<SinkChange>) =
+            std::mem::take(&mut pending.batch.changes)
+                .into_iter()
+                .partition(|c| partitions.contains(&(c.origin.topic.clone(), c.origin.partition)));
+        pending.batch.changes = kept;
+        held.pending.batch.changes.extend(moved);
+        for p in &partitions {
+            if let Some(offset) = pending.consumed.remove(p) {
+                let entry = held.pending.consumed.entry(p.clone()).or_insert(offset);
+                *entry = (*entry).max(offset);
+            }
+            let raws: Vec<_> = pending
+                .raw
+                .keys()
+                .filter(|(t, part, _)| *t == p.0 && *part == p.1)
+                .cloned()
+                .collect();
+            for k in raws {
+                if let Some(r) = pending.raw.remove(&k) {
+                    held.pending.raw.insert(k, r);
                 }
-                Err(e) => return Err(e.into()),
             }
         }
+        pending.batch.consumed = consumed_list(&pending.consumed);
         let mut tpl = TopicPartitionList::new();
-        for c in &pending.batch.consumed {
-            tpl.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.offset + 1))?;
+        for (topic, partition) in &partitions {
+            tpl.add_partition(topic, *partition);
+            self.blocked_partitions
+                .insert((topic.clone(), *partition), table.clone());
         }
-        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            // Only a hint: the sink holds the authoritative offsets.
-            warn!(error = %e, "could not commit offsets to Kafka");
+        consumer.pause(&tpl)?;
+        Ok(())
+    }
+
+    /// Tries the held changes of each blocked table again; a table the sink takes now is
+    /// unblocked and its partitions resumed.
+    async fn retry_blocked(
+        &mut self,
+        consumer: &StreamConsumer<LagContext>,
+        dlq: &FutureProducer,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RouterError> {
+        let tables: Vec<TableId> = self.blocked.keys().cloned().collect();
+        for table in tables {
+            let Some(mut held) = self.blocked.remove(&table) else {
+                continue;
+            };
+            held.pending.batch.consumed = consumed_list(&held.pending.consumed);
+            match self
+                .apply_batch(
+                    consumer,
+                    dlq,
+                    &mut held.pending.batch,
+                    &held.pending.raw,
+                    shutdown,
+                )
+                .await?
+            {
+                Applied::Done(_) => {
+                    let mut tpl = TopicPartitionList::new();
+                    self.blocked_partitions.retain(|(topic, partition), t| {
+                        if *t == table {
+                            tpl.add_partition(topic, *partition);
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                    consumer.resume(&tpl)?;
+                    commit_hint(consumer, &held.pending.batch.consumed);
+                    metrics::gauge!(m::TABLE_BLOCKED, "table" => table.to_string()).set(0.0);
+                    info!(%table, waited = ?held.since.elapsed(), "the sink takes the table again; its held changes are applied and its partitions resumed");
+                }
+                Applied::Blocked { reason, .. } => {
+                    tracing::debug!(%table, %reason, "still blocked");
+                    held.reason = reason;
+                    self.blocked.insert(table, held);
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// The consumed offsets of a batch, as the sink records them.
+fn consumed_list(consumed: &HashMap<(Arc<str>, i32), i64>) -> Vec<Consumed> {
+    consumed
+        .iter()
+        .map(|((topic, partition), offset)| Consumed {
+            topic: topic.clone(),
+            partition: *partition,
+            offset: *offset,
+        })
+        .collect()
+}
+
+/// Commits consumed offsets to Kafka: only a hint, the sink holds the authoritative ones.
+fn commit_hint(consumer: &StreamConsumer<LagContext>, consumed: &[Consumed]) {
+    let mut tpl = TopicPartitionList::new();
+    for c in consumed {
+        if tpl
+            .add_partition_offset(&c.topic, c.partition, Offset::Offset(c.offset + 1))
+            .is_err()
+        {
+            return;
+        }
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        warn!(error = %e, "could not commit offsets to Kafka");
     }
 }
 
@@ -630,14 +829,22 @@ impl SinkOutage {
         Ok(())
     }
 
-    /// The sink answered: resumes consumption if it was paused.
+    /// The sink answered: resumes consumption if it was paused (but not of the partitions
+    /// of blocked tables).
     fn over(
         &self,
         settings: &RouterSettings,
         consumer: &StreamConsumer<LagContext>,
+        blocked: &HashMap<(Arc<str>, i32), TableId>,
     ) -> Result<(), RouterError> {
         if self.paused {
-            consumer.resume(&consumer.assignment()?)?;
+            let mut tpl = TopicPartitionList::new();
+            for e in consumer.assignment()?.elements() {
+                if !blocked.contains_key(&(Arc::from(e.topic()), e.partition())) {
+                    tpl.add_partition(e.topic(), e.partition());
+                }
+            }
+            consumer.resume(&tpl)?;
             info!("the sink answers again; consumption resumed");
         }
         settings.liveness.set_connected("sink", true);

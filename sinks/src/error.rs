@@ -3,9 +3,17 @@
 pub enum SinkError {
     #[error("sink database: {0}")]
     Postgres(#[from] tokio_postgres::Error),
-    /// A problem an operator must fix (incompatible target table, bad config); says how.
+    /// A problem an operator must fix (bad config, no access); says how.
     #[error("{0}")]
     Definite(String),
+    /// A problem with one target table (its DDL failed, it is missing and may not be
+    /// created, it has no key): only that table's changes wait, the others go on. `table` is
+    /// the id of the changes' table ([`crate::SinkChange::table`]).
+    #[error("{message}")]
+    Table {
+        table: sluice_schemas::TableId,
+        message: String,
+    },
 }
 
 impl SinkError {
@@ -22,7 +30,7 @@ impl SinkError {
                 }
                 None => true,
             },
-            SinkError::Definite(_) => false,
+            SinkError::Definite(_) | SinkError::Table { .. } => false,
         }
     }
 
@@ -54,7 +62,7 @@ impl SinkError {
                 }
                 None => e.to_string(),
             },
-            SinkError::Definite(m) => m.clone(),
+            SinkError::Definite(m) | SinkError::Table { message: m, .. } => m.clone(),
         }
     }
 
@@ -62,7 +70,7 @@ impl SinkError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             SinkError::Postgres(e) => e.code().map(|c| c.code()),
-            SinkError::Definite(_) => None,
+            SinkError::Definite(_) | SinkError::Table { .. } => None,
         }
     }
 }

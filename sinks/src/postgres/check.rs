@@ -44,8 +44,38 @@ pub fn pg_type_name(t: &SqlType) -> Option<String> {
     })
 }
 
+/// Whether altering a column of PostgreSQL type `existing` to the type of `t` keeps every
+/// value it holds exactly (so the sink may follow a source column that widened).
+pub(super) fn widens(existing: &str, t: &SqlType) -> bool {
+    let numeric = |s: &str| -> Option<(u32, u32)> {
+        let inner = s.strip_prefix("numeric(")?.strip_suffix(')')?;
+        let (p, s) = inner.split_once(',')?;
+        Some((p.trim().parse().ok()?, s.trim().parse().ok()?))
+    };
+    // Integer digits each integer type needs.
+    let digits = match existing {
+        "smallint" => Some((5, 0)),
+        "integer" => Some((10, 0)),
+        "bigint" => Some((19, 0)),
+        e => numeric(e).map(|(p, s)| (p - s, s)),
+    };
+    match t {
+        // Text holds the text form of anything, exactly.
+        SqlType::Text => true,
+        SqlType::Int32 => existing == "smallint",
+        SqlType::Int64 => matches!(existing, "smallint" | "integer"),
+        SqlType::Float64 => matches!(existing, "real" | "smallint" | "integer"),
+        SqlType::Numeric => digits.is_some(),
+        SqlType::Decimal { precision, scale } => {
+            digits.is_some_and(|(int, frac)| *scale >= frac && precision - scale >= int)
+        }
+        SqlType::Timestamp | SqlType::TimestampTz => existing == "date",
+        _ => false,
+    }
+}
+
 /// Whether a column of PostgreSQL type `existing` holds every value of `t` unchanged.
-fn holds(existing: &str, t: &SqlType) -> bool {
+pub(super) fn holds(existing: &str, t: &SqlType) -> bool {
     let Some(wanted) = pg_type_name(t) else {
         // Named types travel as text: text holds them, and so does the type itself.
         return existing == "text"
@@ -200,6 +230,42 @@ impl PostgresSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn widening_keeps_every_value() {
+        assert!(widens("integer", &SqlType::Int64));
+        assert!(widens("integer", &SqlType::Text));
+        assert!(widens(
+            "numeric(10,2)",
+            &SqlType::Decimal {
+                precision: 12,
+                scale: 2
+            }
+        ));
+        assert!(!widens(
+            "numeric(10,2)",
+            &SqlType::Decimal {
+                precision: 10,
+                scale: 1
+            }
+        ));
+        assert!(widens(
+            "integer",
+            &SqlType::Decimal {
+                precision: 12,
+                scale: 2
+            }
+        ));
+        assert!(!widens(
+            "bigint",
+            &SqlType::Decimal {
+                precision: 12,
+                scale: 2
+            }
+        ));
+        assert!(!widens("text", &SqlType::Int32));
+        assert!(!widens("bigint", &SqlType::Int32));
+    }
 
     #[test]
     fn wider_columns_hold_narrower_values() {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sluice_schemas::{pgtext, Datum, Op, Position, SqlType, TableId, TableSchema};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Transaction};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 mod check;
 pub use check::{pg_type_name, TargetProblem};
@@ -36,6 +36,49 @@ pub struct PostgresSinkConfig {
     /// Create missing target tables (and add missing columns) from the source schema.
     #[serde(default = "default_true")]
     pub create_tables: bool,
+    /// When a source column's type changes so the sink column can no longer hold its values:
+    /// `widen` (default) alters the sink column when the new type holds every old value
+    /// (`integer` → `bigint`, `numeric(10,2)` → `numeric(12,2)`, anything → `text`) and keeps it
+    /// otherwise; `alter` always alters it (existing values converted by PostgreSQL's cast; a
+    /// value that does not convert stops that table, with the reason); `keep` never alters. A
+    /// kept column takes the values that fit; the others go to the dead-letter topic.
+    #[serde(default)]
+    pub column_types: ColumnTypes,
+    /// When a column disappears at the source (dropped, or renamed): `keep` (default) leaves
+    /// the sink column and its data, and new rows leave it null; `drop` drops it from the sink
+    /// too. (Keep a renamed column's data with a mapping scheme whose field has the old name in
+    /// `aliases`.)
+    #[serde(default)]
+    pub dropped_columns: DroppedColumns,
+}
+
+/// `sinks.<name>.column_types`; see [`PostgresSinkConfig::column_types`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnTypes {
+    #[default]
+    Widen,
+    Alter,
+    Keep,
+}
+
+/// `sinks.<name>.dropped_columns`; see [`PostgresSinkConfig::dropped_columns`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DroppedColumns {
+    #[default]
+    Keep,
+    Drop,
+}
+
+/// A column of a target table as the sink database declares it.
+#[derive(Debug, Clone)]
+struct SinkColumn {
+    /// The type values are cast to: the column's type without its modifier, schema-qualified
+    /// (`pg_catalog.varchar`, `public.mood`).
+    cast: String,
+    /// `format_type` with the modifier (`character varying(20)`).
+    full: String,
 }
 
 /// A target table as the sink database declares it.
@@ -43,9 +86,8 @@ pub struct PostgresSinkConfig {
 struct Target {
     /// `"schema"."table"`.
     qualified: String,
-    /// Column name → the type values are cast to: the column's type without its modifier,
-    /// schema-qualified (`pg_catalog.varchar`, `public.mood`).
-    types: HashMap<String, String>,
+    /// By column name.
+    types: HashMap<String, SinkColumn>,
 }
 
 /// A connected PostgreSQL sink.
@@ -64,6 +106,13 @@ struct State {
     group: String,
     config: PostgresSinkConfig,
     targets: HashMap<TableId, (Arc<TableSchema>, Target)>,
+    /// The last version of each table a committed batch wrote with: what a drop is seen
+    /// against.
+    committed: HashMap<TableId, Arc<TableSchema>>,
+    /// The versions the transaction in progress writes with.
+    touched: Vec<Arc<TableSchema>>,
+    /// Type changes already reported as kept.
+    kept_types: std::collections::HashSet<(TableId, String, String)>,
 }
 
 impl Drop for PostgresSink {
@@ -164,6 +213,9 @@ impl PostgresSink {
                 group: group.to_string(),
                 config,
                 targets: HashMap::new(),
+                committed: HashMap::new(),
+                touched: Vec::new(),
+                kept_types: std::collections::HashSet::new(),
             },
             password,
         })
@@ -203,8 +255,9 @@ impl State {
         )
     }
 
-    /// Looks the target table up (creating or extending it when allowed); cached per source
-    /// schema version.
+    /// Looks the target table up (creating it, adding columns and following type changes and
+    /// drops as the config allows); cached per source schema version. A failure that concerns
+    /// only this table is [`SinkError::Table`].
     async fn target(
         &mut self,
         txn: &Transaction<'_>,
@@ -217,12 +270,17 @@ impl State {
         }
         let id = self.target_id(&schema.id);
         let qualified = format!("{}.{}", quote(&id.namespace), quote(&id.name));
+        let sink_name = self.name.clone();
+        let table_error = |message: String| SinkError::Table {
+            table: schema.id.clone(),
+            message: format!("sink {sink_name}: {message}"),
+        };
         let mut types = load_columns(txn, &qualified).await?;
         if types.is_empty() {
             if !self.config.create_tables {
-                return Err(SinkError::Definite(format!(
-                    "sink {}: target table {id} does not exist; create it or set sinks.{}.create_tables = true",
-                    self.name, self.name
+                return Err(table_error(format!(
+                    "target table {id} does not exist; create it, or set sinks.{}.create_tables = true",
+                    self.name
                 )));
             }
             let mut cols = Vec::with_capacity(schema.columns.len());
@@ -240,14 +298,19 @@ impl State {
             } else {
                 format!(", PRIMARY KEY ({})", key.join(", "))
             };
-            txn.batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {qualified} ({}{pk})",
-                quote(&id.namespace),
-                cols.join(", ")
-            ))
+            self.ddl(
+                txn,
+                schema,
+                "create",
+                &format!(
+                    "CREATE SCHEMA IF NOT EXISTS {}; CREATE TABLE IF NOT EXISTS {qualified} ({}{pk})",
+                    quote(&id.namespace),
+                    cols.join(", ")
+                ),
+                "check the sink user's CREATE privilege on the database and the schema",
+            )
             .await?;
             info!(sink = %self.name, table = %id, "created target table");
-            metrics::counter!(m::DDL_TOTAL, "sink" => self.name.clone(), "table" => id.to_string(), "ddl" => "create").increment(1);
             types = load_columns(txn, &qualified).await?;
         } else if self.config.create_tables {
             for c in &schema.columns {
@@ -265,18 +328,27 @@ impl State {
                         ),
                         None => format!("ALTER TABLE {qualified} ADD COLUMN IF NOT EXISTS {column} {ty}"),
                     };
-                    txn.batch_execute(&ddl).await?;
+                    self.ddl(
+                        txn,
+                        schema,
+                        "add_column",
+                        &ddl,
+                        "check the sink user owns the table",
+                    )
+                    .await?;
                     info!(sink = %self.name, table = %id, column = %c.name, "added column");
-                    metrics::counter!(m::DDL_TOTAL, "sink" => self.name.clone(), "table" => id.to_string(), "ddl" => "add_column").increment(1);
                 }
             }
+            self.follow_type_changes(txn, schema, &qualified, &types)
+                .await?;
+            self.follow_drops(txn, schema, &qualified, &types).await?;
             types = load_columns(txn, &qualified).await?;
         }
         for c in &schema.columns {
             if !types.contains_key(&c.name) {
-                return Err(SinkError::Definite(format!(
-                    "sink {}: target table {id} has no column \"{}\"; add it or set sinks.{}.create_tables = true",
-                    self.name, c.name, self.name
+                return Err(table_error(format!(
+                    "target table {id} has no column \"{}\"; add it, or set sinks.{}.create_tables = true",
+                    c.name, self.name
                 )));
             }
         }
@@ -285,25 +357,157 @@ impl State {
             .insert(schema.id.clone(), (schema.clone(), target.clone()));
         Ok(target)
     }
+
+    /// Runs DDL for a table; a failure that retrying cannot fix is that table's.
+    async fn ddl(
+        &self,
+        txn: &Transaction<'_>,
+        schema: &TableSchema,
+        what: &'static str,
+        sql: &str,
+        fix: &str,
+    ) -> Result<(), SinkError> {
+        match txn.batch_execute(sql).await {
+            Ok(()) => {
+                metrics::counter!(m::DDL_TOTAL, "sink" => self.name.clone(), "table" => schema.id.to_string(), "ddl" => what).increment(1);
+                Ok(())
+            }
+            Err(e) => {
+                let e = SinkError::from(e);
+                if e.is_transient() {
+                    return Err(e);
+                }
+                Err(SinkError::Table {
+                    table: schema.id.clone(),
+                    message: format!(
+                        "sink {}: {} of {} failed: {}; {fix}. Its changes wait; the other tables go on",
+                        self.name,
+                        what.replace('_', " "),
+                        self.target_id(&schema.id),
+                        e.detail()
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Alters sink columns whose type can no longer hold the source's values, as
+    /// `column_types` allows.
+    async fn follow_type_changes(
+        &mut self,
+        txn: &Transaction<'_>,
+        schema: &TableSchema,
+        qualified: &str,
+        types: &HashMap<String, SinkColumn>,
+    ) -> Result<(), SinkError> {
+        for c in &schema.columns {
+            let Some(existing) = types.get(&c.name) else {
+                continue;
+            };
+            if check::holds(&existing.full, &c.sql_type) {
+                continue;
+            }
+            let alter = match self.config.column_types {
+                ColumnTypes::Keep => false,
+                ColumnTypes::Widen => check::widens(&existing.full, &c.sql_type),
+                ColumnTypes::Alter => true,
+            };
+            if !alter {
+                if self.kept_types.insert((
+                    schema.id.clone(),
+                    c.name.clone(),
+                    c.sql_type.canonical(),
+                )) {
+                    warn!(sink = %self.name, table = %schema.id, column = %c.name, sink_type = %existing.full,
+                        source_type = %c.sql_type.canonical(),
+                        "the source column's type changed and the sink keeps its own (column_types = {:?}); values that do not fit go to the dead-letter topic",
+                        self.config.column_types);
+                }
+                continue;
+            }
+            let wanted = ddl_type(txn, &c.sql_type).await?;
+            let column = quote(&c.name);
+            self.ddl(
+                txn,
+                schema,
+                "alter_type",
+                &format!("ALTER TABLE {qualified} ALTER COLUMN {column} TYPE {wanted} USING {column}::{wanted}"),
+                &format!(
+                    "convert or remove the values that do not convert, or set sinks.{}.column_types = \"keep\"",
+                    self.name
+                ),
+            )
+            .await?;
+            info!(sink = %self.name, table = %schema.id, column = %c.name, from = %existing.full, to = %wanted, "altered column type");
+        }
+        Ok(())
+    }
+
+    /// Drops sink columns the source dropped since the last committed version of the table,
+    /// when `dropped_columns = "drop"`.
+    async fn follow_drops(
+        &mut self,
+        txn: &Transaction<'_>,
+        schema: &TableSchema,
+        qualified: &str,
+        types: &HashMap<String, SinkColumn>,
+    ) -> Result<(), SinkError> {
+        if self.config.dropped_columns != DroppedColumns::Drop {
+            return Ok(());
+        }
+        let Some(previous) = self.committed.get(&schema.id).cloned() else {
+            return Ok(());
+        };
+        for old in previous.columns.iter().filter(|c| !c.key) {
+            if schema.columns.iter().any(|c| c.name == old.name) || !types.contains_key(&old.name) {
+                continue;
+            }
+            self.ddl(
+                txn,
+                schema,
+                "drop_column",
+                &format!(
+                    "ALTER TABLE {qualified} DROP COLUMN IF EXISTS {}",
+                    quote(&old.name)
+                ),
+                "check the sink user owns the table",
+            )
+            .await?;
+            info!(sink = %self.name, table = %schema.id, column = %old.name, "dropped column");
+        }
+        Ok(())
+    }
 }
 
 async fn load_columns(
     txn: &Transaction<'_>,
     qualified: &str,
-) -> Result<HashMap<String, String>, SinkError> {
+) -> Result<HashMap<String, SinkColumn>, SinkError> {
     let rows = txn
         .query(
             // The type without its modifier, by its catalog name: values are cast to it, and
             // the column's own assignment coercion then refuses what does not fit. An
             // explicit cast to varchar(5) silently truncates, and so does one to `character`,
             // which is what format_type calls bpchar without a length (`char(1)`).
-            "SELECT a.attname::text, format('%I.%I', n.nspname, t.typname) FROM pg_attribute a \
+            "SELECT a.attname::text, format('%I.%I', n.nspname, t.typname), \
+                    format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
              JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace n ON n.oid = t.typnamespace \
              WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
             &[&qualified],
         )
         .await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                SinkColumn {
+                    cast: r.get(1),
+                    full: r.get(2),
+                },
+            )
+        })
+        .collect())
 }
 
 /// What a batch does to one key of one table, after collapsing.
@@ -392,6 +596,7 @@ impl Plan {
 impl State {
     async fn execute(&mut self, txn: &Transaction<'_>, plan: Plan) -> Result<usize, SinkError> {
         let target = self.target(txn, &plan.schema).await?;
+        self.touched.push(plan.schema.clone());
         let schema = &plan.schema;
         let table_label = schema.id.to_string();
         if plan.truncate {
@@ -402,16 +607,19 @@ impl State {
             target
                 .types
                 .get(name)
-                .cloned()
+                .map(|c| c.cast.clone())
                 .unwrap_or_else(|| "text".into())
         };
         let key_idx = schema.key_indices();
         if key_idx.is_empty() && !plan.actions.is_empty() {
-            return Err(SinkError::Definite(format!(
-                "sink {}: table {} has no key columns at the source, so its rows cannot be upserted or deleted; \
-                 give it a primary key",
-                self.name, schema.id
-            )));
+            return Err(SinkError::Table {
+                table: schema.id.clone(),
+                message: format!(
+                    "sink {}: table {} has no key columns at the source, so its rows cannot be upserted or deleted; \
+                     give it a primary key, or name one with a mapping scheme's \"sluice.key\"",
+                    self.name, schema.id
+                ),
+            });
         }
         let mut deletes: Vec<&Vec<Datum>> = Vec::new();
         let mut full: Vec<&Vec<Datum>> = Vec::new();
@@ -576,11 +784,17 @@ impl Sink for PostgresSink {
             Err(e) => Err(e),
         };
         let outcome = match applied {
-            Ok(outcome) => outcome,
+            Ok(outcome) => {
+                for schema in self.state.touched.drain(..) {
+                    self.state.committed.insert(schema.id.clone(), schema);
+                }
+                outcome
+            }
             Err(e) => {
                 // Tables created or altered in the failed transaction are gone again: forget
                 // what the cache learnt in it.
                 self.state.targets.clear();
+                self.state.touched.clear();
                 return Err(e);
             }
         };
@@ -624,6 +838,7 @@ impl Sink for PostgresSink {
         // Nothing of this is kept: the router applies the batch again without the change.
         drop(txn);
         self.state.targets.clear();
+        self.state.touched.clear();
         found
     }
 
