@@ -8,7 +8,9 @@ use sluice_capture::mysql::MysqlCapture;
 use sluice_capture::postgres::PostgresCapture;
 use sluice_capture::PublisherSettings;
 use sluice_router::{BatchSettings, Mapper, Router, RouterSettings};
+use sluice_sinks::mysql::MysqlSink;
 use sluice_sinks::postgres::PostgresSink;
+use sluice_sinks::AnySink;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -129,13 +131,12 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("mapping schemes in {}:\n{e}", dir.display()))?,
         };
         tasks.spawn(async move {
-            let SinkConfig::Postgres(pg) = sink_config;
             let password = Config::env_password("sinks", &router.sink);
             let result = async {
                 let sink = connect_sink_with_retry(
                     &router.sink,
                     &router.group_id,
-                    pg,
+                    &sink_config,
                     password,
                     &shutdown,
                 )
@@ -208,13 +209,23 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
 async fn connect_sink_with_retry(
     name: &str,
     group: &str,
-    config: sluice_sinks::postgres::PostgresSinkConfig,
+    config: &SinkConfig,
     password: Option<String>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<PostgresSink> {
+) -> anyhow::Result<AnySink> {
     let mut backoff = Duration::from_millis(500);
     loop {
-        match PostgresSink::connect(name, group, config.clone(), password.clone()).await {
+        let connected = match config {
+            SinkConfig::Postgres(pg) => {
+                PostgresSink::connect(name, group, pg.clone(), password.clone())
+                    .await
+                    .map(AnySink::Postgres)
+            }
+            SinkConfig::Mysql(my) => MysqlSink::connect(name, group, my.clone(), password.clone())
+                .await
+                .map(AnySink::Mysql),
+        };
+        match connected {
             Ok(sink) => return Ok(sink),
             Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
                 tracing::warn!(sink = name, error = %e, retry_in = ?backoff, "sink unavailable; retrying");

@@ -270,6 +270,8 @@ pub enum SourceConfig {
 pub enum SinkConfig {
     /// PostgreSQL with batched, idempotent upserts.
     Postgres(PostgresSinkConfig),
+    /// MySQL/MariaDB with batched `INSERT … ON DUPLICATE KEY UPDATE`.
+    Mysql(sluice_sinks::mysql::MysqlSinkConfig),
 }
 
 /// `[router]`

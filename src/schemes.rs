@@ -334,6 +334,23 @@ pub async fn check(config: &Config, dir: Option<&Path>) -> anyhow::Result<CheckR
                     p.fix,
                 ));
             }
+        } else if let Some(SinkConfig::Mysql(_)) =
+            sink_name.as_ref().and_then(|n| config.sinks.get(n))
+        {
+            // (The MySQL sink's existing tables are not compared yet: only what it would
+            // create.)
+            let name = sink_name.clone().unwrap_or_default();
+            for c in &mapping.target.columns {
+                if let Err(why) = sluice_sinks::mysql::mysql_type(&c.sql_type, c.key) {
+                    errors.push(problem(
+                        &format!("sink {name}, column `{}`", c.name),
+                        format!("MySQL cannot hold these values exactly: {why}"),
+                        "give the field a \"sluice.type\" of text (exact), or a decimal(p,s) that fits \
+                         (values that do not fit are then dead-lettered)"
+                            .into(),
+                    ));
+                }
+            }
         }
         if errors.is_empty() {
             let key: Vec<&str> = mapping

@@ -3,6 +3,13 @@
 pub enum SinkError {
     #[error("sink database: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// (Not marked as the source error: its message says everything, and error chains would
+    /// print it twice.)
+    #[error("sink database: {0}")]
+    Mysql(mysql_async::Error),
+    /// A value no column of its type in the sink database can hold (the row is refused).
+    #[error("{0}")]
+    Value(String),
     /// A problem an operator must fix (bad config, no access); says how.
     #[error("{0}")]
     Definite(String),
@@ -14,6 +21,12 @@ pub enum SinkError {
         table: sluice_schemas::TableId,
         message: String,
     },
+}
+
+impl From<mysql_async::Error> for SinkError {
+    fn from(e: mysql_async::Error) -> SinkError {
+        SinkError::Mysql(e)
+    }
 }
 
 impl SinkError {
@@ -30,7 +43,17 @@ impl SinkError {
                 }
                 None => true,
             },
-            SinkError::Definite(_) | SinkError::Table { .. } => false,
+            SinkError::Mysql(e) => match e {
+                mysql_async::Error::Io(_) => true,
+                mysql_async::Error::Driver(_) => true,
+                // Too many connections, shutdown, lock wait, deadlock, gone away, lost,
+                // connection killed.
+                mysql_async::Error::Server(s) => {
+                    matches!(s.code, 1040 | 1053 | 1205 | 1213 | 2006 | 2013 | 1927)
+                }
+                _ => false,
+            },
+            SinkError::Definite(_) | SinkError::Table { .. } | SinkError::Value(_) => false,
         }
     }
 
@@ -38,8 +61,30 @@ impl SinkError {
     /// out of range or of the wrong form; class 23, integrity: a constraint the row breaks).
     /// Such a change is poison: retrying cannot help, other changes may still apply.
     pub fn rejects_a_row(&self) -> bool {
-        self.sqlstate()
-            .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+        match self {
+            SinkError::Value(_) => true,
+            // MySQL reports many of these as HY000: by error code.
+            SinkError::Mysql(mysql_async::Error::Server(s)) => matches!(
+                s.code,
+                1048 | 1062
+                    | 1264
+                    | 1265
+                    | 1292
+                    | 1366
+                    | 1367
+                    | 1406
+                    | 1411
+                    | 1451
+                    | 1452
+                    | 1690
+                    | 3140
+                    | 3819
+                    | 4025
+            ),
+            _ => self
+                .sqlstate()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        }
     }
 
     /// What the database said, with the table, column and constraint it named.
@@ -62,7 +107,13 @@ impl SinkError {
                 }
                 None => e.to_string(),
             },
-            SinkError::Definite(m) | SinkError::Table { message: m, .. } => m.clone(),
+            SinkError::Mysql(mysql_async::Error::Server(s)) => {
+                format!("{} (error {}, SQLSTATE {})", s.message, s.code, s.state)
+            }
+            SinkError::Mysql(e) => e.to_string(),
+            SinkError::Definite(m) | SinkError::Table { message: m, .. } | SinkError::Value(m) => {
+                m.clone()
+            }
         }
     }
 
@@ -70,7 +121,8 @@ impl SinkError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             SinkError::Postgres(e) => e.code().map(|c| c.code()),
-            SinkError::Definite(_) | SinkError::Table { .. } => None,
+            SinkError::Mysql(mysql_async::Error::Server(s)) => Some(s.state.as_str()),
+            _ => None,
         }
     }
 }

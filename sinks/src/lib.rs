@@ -1,6 +1,7 @@
 //! `sluice-sinks` writes row changes into sink databases, exactly once in effect.
 //!
-//! It owns the [`Sink`] trait and its implementations ([`postgres::PostgresSink`]). A sink
+//! It owns the [`Sink`] trait and its implementations ([`postgres::PostgresSink`],
+//! [`mysql::MysqlSink`]), and what both do with a batch before writing it (`plan`). A sink
 //! receives batches from the router, applies them in one transaction together with the
 //! consumed Kafka offsets and the highest applied source position per topic-partition (table
 //! `sluice_offsets`), and skips changes it has already applied. It does not consume Kafka or
@@ -9,13 +10,35 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use serde::Deserialize;
 use sluice_schemas::{Datum, Op, Position, TableSchema};
 
 pub mod error;
 pub mod metrics;
+pub mod mysql;
+mod plan;
 pub mod postgres;
 
 pub use error::SinkError;
+
+/// `sinks.<name>.column_types`; how a sink follows a source column whose type changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColumnTypes {
+    #[default]
+    Widen,
+    Alter,
+    Keep,
+}
+
+/// `sinks.<name>.dropped_columns`; what a sink does with a column the source dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DroppedColumns {
+    #[default]
+    Keep,
+    Drop,
+}
 
 /// Where a change was read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,4 +133,37 @@ pub trait Sink: Send {
         topic: &str,
         partition: i32,
     ) -> impl Future<Output = Result<Option<StoredProgress>, SinkError>> + Send;
+}
+
+/// Any configured sink, for a router that does not know its kind at compile time.
+pub enum AnySink {
+    Postgres(postgres::PostgresSink),
+    Mysql(mysql::MysqlSink),
+}
+
+impl Sink for AnySink {
+    async fn apply(&mut self, batch: &Batch) -> Result<ApplyOutcome, SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.apply(batch).await,
+            AnySink::Mysql(s) => s.apply(batch).await,
+        }
+    }
+
+    async fn find_rejected(&mut self, batch: &Batch) -> Result<Option<(usize, String)>, SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.find_rejected(batch).await,
+            AnySink::Mysql(s) => s.find_rejected(batch).await,
+        }
+    }
+
+    async fn progress(
+        &mut self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<StoredProgress>, SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.progress(topic, partition).await,
+            AnySink::Mysql(s) => s.progress(topic, partition).await,
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Deserialize;
-use sluice_schemas::{pgtext, Datum, Op, Position, SqlType, TableId, TableSchema};
+use sluice_schemas::{pgtext, Datum, Position, SqlType, TableId, TableSchema};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Transaction};
 use tracing::{debug, info, warn};
@@ -15,10 +15,16 @@ mod check;
 pub use check::{pg_type_name, TargetProblem};
 
 use crate::metrics as m;
-use crate::{ApplyOutcome, Batch, Sink, SinkChange, SinkError, StoredProgress};
+use crate::plan::{self, Action, Plan};
+use crate::{ApplyOutcome, Batch, ColumnTypes, DroppedColumns, Sink, SinkError, StoredProgress};
 
 /// Table holding consumed offsets and applied positions, written in every batch transaction.
 pub const OFFSETS_TABLE: &str = "public.sluice_offsets";
+
+/// The source type (`sluice.type`) of every column the sink created or altered, by sink table:
+/// the columns Sluice owns. Only those follow a source type change or drop; a column someone
+/// else made (a table created by hand, a column added to it) is never altered or dropped.
+pub const COLUMNS_TABLE: &str = "public.sluice_columns";
 
 fn default_true() -> bool {
     true
@@ -50,25 +56,6 @@ pub struct PostgresSinkConfig {
     /// `aliases`.)
     #[serde(default)]
     pub dropped_columns: DroppedColumns,
-}
-
-/// `sinks.<name>.column_types`; see [`PostgresSinkConfig::column_types`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ColumnTypes {
-    #[default]
-    Widen,
-    Alter,
-    Keep,
-}
-
-/// `sinks.<name>.dropped_columns`; see [`PostgresSinkConfig::dropped_columns`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DroppedColumns {
-    #[default]
-    Keep,
-    Drop,
 }
 
 /// A column of a target table as the sink database declares it.
@@ -106,11 +93,6 @@ struct State {
     group: String,
     config: PostgresSinkConfig,
     targets: HashMap<TableId, (Arc<TableSchema>, Target)>,
-    /// The last version of each table a committed batch wrote with: what a drop is seen
-    /// against.
-    committed: HashMap<TableId, Arc<TableSchema>>,
-    /// The versions the transaction in progress writes with.
-    touched: Vec<Arc<TableSchema>>,
     /// Type changes already reported as kept.
     kept_types: std::collections::HashSet<(TableId, String, String)>,
 }
@@ -202,7 +184,10 @@ impl PostgresSink {
                  CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (\
                    consumer_group text NOT NULL, topic text NOT NULL, kafka_partition integer NOT NULL, \
                    kafka_offset bigint NOT NULL, position bytea, updated_at timestamptz NOT NULL DEFAULT now(), \
-                   PRIMARY KEY (consumer_group, topic, kafka_partition))"
+                   PRIMARY KEY (consumer_group, topic, kafka_partition)); \
+                 CREATE TABLE IF NOT EXISTS {COLUMNS_TABLE} (\
+                   sink_table text NOT NULL, column_name text NOT NULL, sluice_type text NOT NULL, \
+                   PRIMARY KEY (sink_table, column_name))"
             ))
             .await?;
         Ok(PostgresSink {
@@ -213,8 +198,6 @@ impl PostgresSink {
                 group: group.to_string(),
                 config,
                 targets: HashMap::new(),
-                committed: HashMap::new(),
-                touched: Vec::new(),
                 kept_types: std::collections::HashSet::new(),
             },
             password,
@@ -311,6 +294,9 @@ impl State {
             )
             .await?;
             info!(sink = %self.name, table = %id, "created target table");
+            for c in &schema.columns {
+                record(txn, &id, &c.name, &c.sql_type).await?;
+            }
             types = load_columns(txn, &qualified).await?;
         } else if self.config.create_tables {
             for c in &schema.columns {
@@ -336,12 +322,15 @@ impl State {
                         "check the sink user owns the table",
                     )
                     .await?;
+                    record(txn, &id, &c.name, &c.sql_type).await?;
                     info!(sink = %self.name, table = %id, column = %c.name, "added column");
                 }
             }
-            self.follow_type_changes(txn, schema, &qualified, &types)
+            let owned = owned_columns(txn, &id).await?;
+            self.follow_type_changes(txn, schema, &qualified, &types, &owned)
                 .await?;
-            self.follow_drops(txn, schema, &qualified, &types).await?;
+            self.follow_drops(txn, schema, &qualified, &types, &owned)
+                .await?;
             types = load_columns(txn, &qualified).await?;
         }
         for c in &schema.columns {
@@ -391,37 +380,53 @@ impl State {
         }
     }
 
-    /// Alters sink columns whose type can no longer hold the source's values, as
-    /// `column_types` allows.
+    /// Follows a source type change of the columns Sluice owns (see [`COLUMNS_TABLE`]), as
+    /// `column_types` allows. A column someone else made keeps its type: values that do not
+    /// fit it are dead-lettered.
     async fn follow_type_changes(
         &mut self,
         txn: &Transaction<'_>,
         schema: &TableSchema,
         qualified: &str,
         types: &HashMap<String, SinkColumn>,
+        owned: &HashMap<String, String>,
     ) -> Result<(), SinkError> {
+        let id = self.target_id(&schema.id);
         for c in &schema.columns {
             let Some(existing) = types.get(&c.name) else {
                 continue;
             };
-            if check::holds(&existing.full, &c.sql_type) {
+            let canonical = c.sql_type.canonical();
+            let recorded = owned.get(&c.name);
+            if recorded == Some(&canonical) {
                 continue;
             }
-            let alter = match self.config.column_types {
-                ColumnTypes::Keep => false,
-                ColumnTypes::Widen => check::widens(&existing.full, &c.sql_type),
-                ColumnTypes::Alter => true,
+            let fits = check::holds(&existing.full, &c.sql_type);
+            let alter = match (recorded, self.config.column_types) {
+                (_, _) if fits => false,
+                (None, _) | (_, ColumnTypes::Keep) => false,
+                (Some(_), ColumnTypes::Widen) => check::widens(&existing.full, &c.sql_type),
+                (Some(_), ColumnTypes::Alter) => true,
             };
+            if fits {
+                if recorded.is_some() {
+                    record(txn, &id, &c.name, &c.sql_type).await?;
+                }
+                continue;
+            }
             if !alter {
-                if self.kept_types.insert((
-                    schema.id.clone(),
-                    c.name.clone(),
-                    c.sql_type.canonical(),
-                )) {
+                if self
+                    .kept_types
+                    .insert((schema.id.clone(), c.name.clone(), canonical.clone()))
+                {
+                    let why = if recorded.is_none() {
+                        "the column was not made by Sluice"
+                    } else {
+                        "sinks.<name>.column_types does not allow this change"
+                    };
                     warn!(sink = %self.name, table = %schema.id, column = %c.name, sink_type = %existing.full,
-                        source_type = %c.sql_type.canonical(),
-                        "the source column's type changed and the sink keeps its own (column_types = {:?}); values that do not fit go to the dead-letter topic",
-                        self.config.column_types);
+                        source_type = %canonical,
+                        "the sink column cannot hold every value of the source's type, and is kept ({why}); values that do not fit go to the dead-letter topic");
                 }
                 continue;
             }
@@ -438,28 +443,33 @@ impl State {
                 ),
             )
             .await?;
+            record(txn, &id, &c.name, &c.sql_type).await?;
             info!(sink = %self.name, table = %schema.id, column = %c.name, from = %existing.full, to = %wanted, "altered column type");
         }
         Ok(())
     }
 
-    /// Drops sink columns the source dropped since the last committed version of the table,
-    /// when `dropped_columns = "drop"`.
+    /// Drops the columns Sluice owns that the table version no longer has, when
+    /// `dropped_columns = "drop"`. (Only fresh changes reach here: an old version replayed
+    /// from Kafka is skipped before it is planned, so it cannot drop a newer column.)
     async fn follow_drops(
         &mut self,
         txn: &Transaction<'_>,
         schema: &TableSchema,
         qualified: &str,
         types: &HashMap<String, SinkColumn>,
+        owned: &HashMap<String, String>,
     ) -> Result<(), SinkError> {
         if self.config.dropped_columns != DroppedColumns::Drop {
             return Ok(());
         }
-        let Some(previous) = self.committed.get(&schema.id).cloned() else {
-            return Ok(());
-        };
-        for old in previous.columns.iter().filter(|c| !c.key) {
-            if schema.columns.iter().any(|c| c.name == old.name) || !types.contains_key(&old.name) {
+        let id = self.target_id(&schema.id);
+        let key: Vec<&str> = schema.key_columns().map(|c| c.name.as_str()).collect();
+        for name in owned.keys() {
+            if schema.columns.iter().any(|c| &c.name == name)
+                || !types.contains_key(name)
+                || key.contains(&name.as_str())
+            {
                 continue;
             }
             self.ddl(
@@ -468,15 +478,52 @@ impl State {
                 "drop_column",
                 &format!(
                     "ALTER TABLE {qualified} DROP COLUMN IF EXISTS {}",
-                    quote(&old.name)
+                    quote(name)
                 ),
                 "check the sink user owns the table",
             )
             .await?;
-            info!(sink = %self.name, table = %schema.id, column = %old.name, "dropped column");
+            txn.execute(
+                &format!("DELETE FROM {COLUMNS_TABLE} WHERE sink_table = $1 AND column_name = $2"),
+                &[&id.to_string(), name],
+            )
+            .await?;
+            info!(sink = %self.name, table = %schema.id, column = %name, "dropped column");
         }
         Ok(())
     }
+}
+
+/// Records that Sluice made a column for values of `t`.
+async fn record(
+    txn: &Transaction<'_>,
+    table: &TableId,
+    column: &str,
+    t: &SqlType,
+) -> Result<(), SinkError> {
+    txn.execute(
+        &format!(
+            "INSERT INTO {COLUMNS_TABLE} (sink_table, column_name, sluice_type) VALUES ($1, $2, $3) \
+             ON CONFLICT (sink_table, column_name) DO UPDATE SET sluice_type = EXCLUDED.sluice_type"
+        ),
+        &[&table.to_string(), &column, &t.canonical()],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The columns of a sink table Sluice made, with the source type each was made for.
+async fn owned_columns(
+    txn: &Transaction<'_>,
+    table: &TableId,
+) -> Result<HashMap<String, String>, SinkError> {
+    let rows = txn
+        .query(
+            &format!("SELECT column_name, sluice_type FROM {COLUMNS_TABLE} WHERE sink_table = $1"),
+            &[&table.to_string()],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 async fn load_columns(
@@ -510,93 +557,9 @@ async fn load_columns(
         .collect())
 }
 
-/// What a batch does to one key of one table, after collapsing.
-#[derive(Debug)]
-enum Action {
-    Upsert(Vec<Datum>),
-    Delete(Vec<Datum>),
-}
-
-/// The collapsed changes of one table version.
-struct Plan {
-    schema: Arc<TableSchema>,
-    truncate: bool,
-    order: Vec<Vec<Option<String>>>,
-    actions: HashMap<Vec<Option<String>>, Action>,
-    counts: [u64; 5],
-}
-
-impl Plan {
-    fn new(schema: Arc<TableSchema>) -> Plan {
-        Plan {
-            schema,
-            truncate: false,
-            order: Vec::new(),
-            actions: HashMap::new(),
-            counts: [0; 5],
-        }
-    }
-
-    fn key(&self, row: &[Datum]) -> Vec<Option<String>> {
-        self.schema
-            .columns
-            .iter()
-            .zip(row)
-            .filter(|(c, _)| c.key)
-            .map(|(c, d)| pgtext::render(&c.sql_type, d))
-            .collect()
-    }
-
-    fn add(&mut self, change: &SinkChange) {
-        let op_index = match change.op {
-            Op::Create => 0,
-            Op::Update => 1,
-            Op::Delete => 2,
-            Op::Read => 3,
-            Op::Truncate => 4,
-        };
-        self.counts[op_index] += 1;
-        match (change.op, &change.before, &change.after) {
-            (Op::Truncate, _, _) => {
-                self.truncate = true;
-                self.order.clear();
-                self.actions.clear();
-            }
-            (Op::Delete, Some(before), _) => {
-                let key = self.key(before);
-                self.put(key, Action::Delete(before.clone()));
-            }
-            (_, _, Some(after)) => {
-                let key = self.key(after);
-                let mut row = after.clone();
-                if row.contains(&Datum::Unchanged) {
-                    // Fill unchanged columns from an earlier full image of the same key in
-                    // this batch; otherwise they stay unchanged and are not written.
-                    if let Some(Action::Upsert(prev)) = self.actions.get(&key) {
-                        for (d, p) in row.iter_mut().zip(prev) {
-                            if *d == Datum::Unchanged {
-                                *d = p.clone();
-                            }
-                        }
-                    }
-                }
-                self.put(key, Action::Upsert(row));
-            }
-            _ => {}
-        }
-    }
-
-    fn put(&mut self, key: Vec<Option<String>>, action: Action) {
-        if self.actions.insert(key.clone(), action).is_none() {
-            self.order.push(key);
-        }
-    }
-}
-
 impl State {
     async fn execute(&mut self, txn: &Transaction<'_>, plan: Plan) -> Result<usize, SinkError> {
         let target = self.target(txn, &plan.schema).await?;
-        self.touched.push(plan.schema.clone());
         let schema = &plan.schema;
         let table_label = schema.id.to_string();
         if plan.truncate {
@@ -784,17 +747,11 @@ impl Sink for PostgresSink {
             Err(e) => Err(e),
         };
         let outcome = match applied {
-            Ok(outcome) => {
-                for schema in self.state.touched.drain(..) {
-                    self.state.committed.insert(schema.id.clone(), schema);
-                }
-                outcome
-            }
+            Ok(outcome) => outcome,
             Err(e) => {
                 // Tables created or altered in the failed transaction are gone again: forget
                 // what the cache learnt in it.
                 self.state.targets.clear();
-                self.state.touched.clear();
                 return Err(e);
             }
         };
@@ -838,7 +795,6 @@ impl Sink for PostgresSink {
         // Nothing of this is kept: the router applies the batch again without the change.
         drop(txn);
         self.state.targets.clear();
-        self.state.touched.clear();
         found
     }
 
@@ -865,46 +821,23 @@ impl Sink for PostgresSink {
     }
 }
 
-/// Per topic-partition state inside one batch transaction.
-struct PartitionState {
-    stored_offset: i64,
-    /// Highest position applied so far (stored, then raised by this batch's changes).
-    high_water: Option<Position>,
-    /// The offset of the message that set `high_water` in this batch: a message mapped into
-    /// several target tables gives several changes with one position, all of them fresh.
-    high_water_offset: Option<i64>,
-    last_offset: i64,
-    changed: bool,
-}
-
 impl State {
-    /// Locks the offsets rows of the batch's partitions, filters out what is already applied
-    /// (in order, so a replay that arrives later in the same batch is caught too), collapses,
-    /// writes, and records the new offsets and positions.
+    /// Locks the offsets rows of the batch's partitions, filters out what is already applied,
+    /// collapses (see [`crate::plan`]), writes, and records the new offsets and positions.
     async fn apply_in(
         &mut self,
         txn: &Transaction<'_>,
         batch: &Batch,
     ) -> Result<ApplyOutcome, SinkError> {
-        let mut parts: HashMap<(Arc<str>, i32), PartitionState> = HashMap::new();
-        let mut partitions: Vec<(Arc<str>, i32)> = batch
-            .consumed
-            .iter()
-            .map(|c| (c.topic.clone(), c.partition))
-            .collect();
-        for c in &batch.changes {
-            partitions.push((c.origin.topic.clone(), c.origin.partition));
-        }
-        partitions.sort();
-        partitions.dedup();
+        let mut stored = HashMap::new();
         // A stable lock order avoids deadlocks between routers sharing a sink.
-        for (topic, partition) in &partitions {
+        for (topic, partition) in plan::partitions(batch) {
             txn.execute(
                 &format!(
                     "INSERT INTO {OFFSETS_TABLE} (consumer_group, topic, kafka_partition, kafka_offset) \
                      VALUES ($1, $2, $3, -1) ON CONFLICT DO NOTHING"
                 ),
-                &[&self.group, &topic.as_ref(), partition],
+                &[&self.group, &topic.as_ref(), &partition],
             )
             .await?;
             let row = txn
@@ -913,82 +846,40 @@ impl State {
                         "SELECT kafka_offset, position FROM {OFFSETS_TABLE} \
                          WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3 FOR UPDATE"
                     ),
-                    &[&self.group, &topic.as_ref(), partition],
+                    &[&self.group, &topic.as_ref(), &partition],
                 )
                 .await?;
-            let stored_offset: i64 = row.get(0);
-            parts.insert(
-                (topic.clone(), *partition),
-                PartitionState {
-                    stored_offset,
-                    high_water: row.get::<_, Option<Vec<u8>>>(1).map(Position),
-                    high_water_offset: None,
-                    last_offset: stored_offset,
-                    changed: false,
+            stored.insert(
+                (topic, partition),
+                StoredProgress {
+                    offset: row.get(0),
+                    position: row.get::<_, Option<Vec<u8>>>(1).map(Position),
                 },
             );
         }
-        for c in &batch.consumed {
-            if let Some(p) = parts.get_mut(&(c.topic.clone(), c.partition)) {
-                if c.offset > p.last_offset {
-                    p.last_offset = c.offset;
-                    p.changed = true;
-                }
-            }
+        let sorted = plan::sort(batch, stored);
+        let mut outcome = ApplyOutcome {
+            applied: 0,
+            skipped: sorted.skipped,
+        };
+        for step in sorted.steps {
+            outcome.applied += self.execute(txn, step).await?;
         }
-        let mut outcome = ApplyOutcome::default();
-        let mut plans: HashMap<TableId, Plan> = HashMap::new();
-        for change in &batch.changes {
-            let Some(p) = parts.get_mut(&(change.origin.topic.clone(), change.origin.partition))
-            else {
-                continue;
-            };
-            if change.origin.offset > p.last_offset {
-                p.last_offset = change.origin.offset;
-                p.changed = true;
-            }
-            let fresh = change.origin.offset > p.stored_offset
-                && p.high_water.as_ref().is_none_or(|hw| {
-                    change.position > *hw
-                        || (change.position == *hw
-                            && p.high_water_offset == Some(change.origin.offset))
-                });
-            if !fresh {
-                outcome.skipped += 1;
-                continue;
-            }
-            p.high_water = Some(change.position.clone());
-            p.high_water_offset = Some(change.origin.offset);
-            p.changed = true;
-            let id = change.table.id.clone();
-            // A new schema version of a table: write what was planned under the old one first.
-            if plans
-                .get(&id)
-                .is_some_and(|plan| *plan.schema != *change.table)
-            {
-                if let Some(old) = plans.remove(&id) {
-                    outcome.applied += self.execute(txn, old).await?;
-                }
-            }
-            plans
-                .entry(id)
-                .or_insert_with(|| Plan::new(change.table.clone()))
-                .add(change);
-        }
-        for (_, plan) in plans {
-            outcome.applied += self.execute(txn, plan).await?;
-        }
-        for ((topic, partition), p) in &parts {
-            if p.changed {
-                txn.execute(
-                    &format!(
-                        "UPDATE {OFFSETS_TABLE} SET kafka_offset = $4, position = $5, updated_at = now() \
-                         WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3"
-                    ),
-                    &[&self.group, &topic.as_ref(), partition, &p.last_offset, &p.high_water.as_ref().map(|h| h.0.as_slice())],
-                )
-                .await?;
-            }
+        for ((topic, partition), progress) in &sorted.progress {
+            txn.execute(
+                &format!(
+                    "UPDATE {OFFSETS_TABLE} SET kafka_offset = $4, position = $5, updated_at = now() \
+                     WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3"
+                ),
+                &[
+                    &self.group,
+                    &topic.as_ref(),
+                    partition,
+                    &progress.offset,
+                    &progress.position.as_ref().map(|h| h.0.as_slice()),
+                ],
+            )
+            .await?;
         }
         debug!(
             applied = outcome.applied,

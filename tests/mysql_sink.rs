@@ -1,0 +1,338 @@
+//! The MySQL/MariaDB sink: PostgreSQL → MariaDB with every value kept (or the table held with
+//! the reason, when MySQL cannot hold a type exactly), MariaDB → MariaDB, and exactly once
+//! across router kills.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sluice_harness::compare::pg_rows;
+use sluice_harness::{metric_value, MariaDb, Postgres, SluiceProcess, Tansu, TansuStorage};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// Rows of a MariaDB query, tab-separated fields joined with `|` (as `pg_rows` gives them).
+fn maria_rows(maria: &MariaDb, sql: &str) -> Vec<String> {
+    maria
+        .root_sql(sql)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.replace('\t', "|"))
+        .collect()
+}
+
+fn eventually(what: &str, log: impl Fn() -> String, mut check: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match check() {
+            Ok(()) => return,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "{what}: {e}\n--- log ---\n{}",
+                log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+const TYPES_DDL: &str = "CREATE TABLE public.t (
+    id int PRIMARY KEY, b boolean, i16 smallint, i64 bigint, f4 real, f8 double precision,
+    dec numeric(12,2), txt text, vc varchar(20), by bytea, d date, tm time, ts timestamp,
+    tz timestamptz, u uuid, j jsonb, arr int[], iv interval, money_col money
+)";
+
+/// The source's rows as MariaDB must show them.
+const EXPECTED: &str =
+    "SELECT id, b::int, i16, i64, f4, f8, dec, txt, vc, upper(encode(by, 'hex')), d, \
+    to_char(tm, 'HH24:MI:SS.US'), to_char(ts, 'YYYY-MM-DD HH24:MI:SS.US'), \
+    to_char(tz AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), u, j::text, \
+    array_to_json(arr)::text, iv, money_col::numeric FROM public.t ORDER BY id";
+const SINK: &str =
+    "SELECT id, b, i16, i64, f4, f8, `dec`, txt, vc, HEX(`by`), d, tm, ts, tz, u, j, \
+    arr, iv, money_col FROM wh.t ORDER BY id";
+
+#[test]
+fn a_postgres_table_reaches_mariadb_with_every_value_and_a_lossy_type_waits() {
+    // Given PostgreSQL tables, one with a column MySQL cannot hold exactly,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    // (So that psql shows intervals as capture reads them.)
+    pg.psql(
+        "source",
+        "ALTER DATABASE source SET IntervalStyle = iso_8601",
+    )
+    .unwrap();
+    pg.psql(
+        "source",
+        &format!(
+            "{TYPES_DDL}; \
+             CREATE TABLE public.wide (id int PRIMARY KEY, n numeric); \
+             INSERT INTO public.t VALUES
+               (1, true, -32768, 9223372036854775807, 1.5, 0.25, -1234567890.12, 'héllo ☃ 𝄞', 'v', '\\x00ff10', \
+                '2024-02-29', '23:59:59.999999', '1999-12-31 23:59:59.123456', '2024-06-01 12:00:00+02', \
+                'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"a\": [1, 2]}}', '{{1,NULL,3}}', 'P1Y2M3DT4H5M6S', 12.34),
+               (2, false, 0, 0, 0, 0, 0, '', '', '', '1000-01-01', '00:00:00', '1000-01-01 00:00:00', \
+                '1970-01-01 00:00:00+00', '00000000-0000-0000-0000-000000000000', '[]', '{{}}', 'PT0S', 0),
+               (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL); \
+             INSERT INTO public.wide VALUES (1, 1.5)"
+        ),
+    )
+    .unwrap();
+    let maria = MariaDb::start().unwrap();
+    maria.create_database("wh").unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sluice, _) = SluiceProcess::start_in(
+        Path::new(SLUICE),
+        "run",
+        dir.path(),
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+             tables = [\"public.t\", \"public.wide\"]\nslot = \"to_maria\"\npublication = \"to_maria\"\n\
+             [sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
+             [router]\nsink = \"maria\"\ngroup_id = \"to_maria\"\nblocked_retry_ms = 1000\n\
+             [router.batch]\nmax_delay_ms = 50\n",
+            kafka.bootstrap(),
+            pg.url("source"),
+            maria.url()
+        ),
+    )
+    .unwrap();
+
+    // when rows are changed after the snapshot too,
+    pg.psql(
+        "source",
+        "UPDATE public.t SET txt = 'updated', f8 = -0.5 WHERE id = 2; DELETE FROM public.t WHERE id = 3; \
+         INSERT INTO public.t (id, txt) VALUES (4, 'late')",
+    )
+    .unwrap();
+
+    // then MariaDB holds every value exactly,
+    eventually(
+        "public.t in MariaDB",
+        || sluice.log(),
+        || {
+            let want = pg_rows(&pg, "source", EXPECTED).unwrap();
+            let got = maria_rows(&maria, SINK);
+            // MariaDB prints NULL as the text NULL; PostgreSQL as nothing.
+            let got: Vec<String> = got
+                .iter()
+                .map(|r| {
+                    r.split('|')
+                        .map(|f| if f == "NULL" { "" } else { f })
+                        .collect::<Vec<_>>()
+                        .join("|")
+                })
+                .collect();
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("\nwant {want:#?}\n got {got:#?}"))
+            }
+        },
+    );
+    assert_eq!(
+        maria_rows(
+            &maria,
+            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'wh' \
+             AND TABLE_NAME = 't' AND COLUMN_NAME IN ('id', 'dec', 'ts', 'j', 'u') ORDER BY ORDINAL_POSITION"
+        ),
+        ["id|int(11)", "dec|decimal(12,2)", "ts|datetime(6)", "u|char(36)", "j|longtext"]
+    );
+    // and the table with a numeric of no precision waits, saying why, while t went on.
+    eventually(
+        "public.wide is held",
+        || sluice.log(),
+        || {
+            let held = metric_value(
+                &sluice.metrics().unwrap_or_default(),
+                "sluice_router_table_blocked",
+                &[("table", "public.wide")],
+            );
+            (held == Some(1.0)).then_some(()).ok_or(format!("{held:?}"))
+        },
+    );
+    assert!(
+        sluice.log().contains(
+            "column public.wide.n is numeric, and numeric without a precision can hold more digits than MySQL's DECIMAL"
+        ),
+        "{}",
+        sluice.log()
+    );
+}
+
+#[test]
+fn mariadb_to_mariadb_is_exactly_once_across_router_kills() {
+    // Given a MariaDB source and a MariaDB sink whose table records every write in a trigger,
+    let source = MariaDb::start().unwrap();
+    source.create_database("shop").unwrap();
+    source
+        .root_sql(
+            "USE shop; CREATE TABLE shop.acct (id int PRIMARY KEY, n int NOT NULL, note varchar(40)); \
+             INSERT INTO shop.acct SELECT seq, 0, 'start' FROM seq_1_to_40",
+        )
+        .unwrap();
+    let sink = MariaDb::start().unwrap();
+    sink.create_database("wh").unwrap();
+    sink.root_sql(
+        "CREATE TABLE wh.acct (id int PRIMARY KEY, n int NOT NULL, note longtext); \
+         CREATE TABLE wh.applied (seq bigint AUTO_INCREMENT PRIMARY KEY, id int, n int); \
+         CREATE TRIGGER wh.ins AFTER INSERT ON wh.acct FOR EACH ROW INSERT INTO wh.applied (id, n) VALUES (NEW.id, NEW.n); \
+         CREATE TRIGGER wh.upd AFTER UPDATE ON wh.acct FOR EACH ROW INSERT INTO wh.applied (id, n) VALUES (NEW.id, NEW.n);",
+    )
+    .unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\n[sources.shop]\nkind = \"mysql\"\nurl = \"{}\"\n\
+         tables = [\"shop.acct\"]\nserver_id = 5410\n\
+         [sinks.wh]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
+         [router]\nsink = \"wh\"\ngroup_id = \"maria_kill\"\n[router.batch]\nmax_rows = 100\nmax_delay_ms = 100\n",
+        kafka.bootstrap(),
+        source.url(),
+        sink.url()
+    );
+    let (mut sluice, config_path) =
+        SluiceProcess::start_in(Path::new(SLUICE), "run", dir.path(), &config).unwrap();
+
+    // when a writer makes 1,500 single-row transactions while the pipeline is killed -9 four
+    // times,
+    let write = source.root_sql_command();
+    let writer = std::thread::spawn(move || {
+        for chunk in 0..30 {
+            let sql: String = (0..50)
+                .map(|i| {
+                    let id = (chunk * 50 + i) % 40 + 1;
+                    format!(
+                        "UPDATE shop.acct SET n = n + 1, note = 'w{chunk}.{i}' WHERE id = {id};"
+                    )
+                })
+                .collect();
+            write(&sql);
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+    let port = sluice.metrics_port;
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(1300));
+        sluice.kill9();
+        sluice = SluiceProcess::start(
+            Path::new(SLUICE),
+            "run",
+            &config_path,
+            &dir.path().join("log"),
+            port,
+        )
+        .unwrap();
+    }
+    writer.join().unwrap();
+
+    // then the sink equals the source, and no write was applied twice or out of order.
+    let query = "SELECT id, n, note FROM {}.acct ORDER BY id";
+    eventually(
+        "wh.acct",
+        || sluice.log(),
+        || {
+            let want = maria_rows(&source, &query.replace("{}", "shop"));
+            let got = maria_rows(&sink, &query.replace("{}", "wh"));
+            (want == got).then_some(()).ok_or(format!(
+                "want {} rows, got {}",
+                want.len(),
+                got.len()
+            ))
+        },
+    );
+    let regressions = maria_rows(
+        &sink,
+        "SELECT count(*) FROM (SELECT n, LAG(n) OVER (PARTITION BY id ORDER BY seq) AS prev \
+         FROM wh.applied) w WHERE prev IS NOT NULL AND n <= prev",
+    );
+    assert_eq!(regressions, ["0"], "writes applied twice or out of order");
+    let total: i64 = maria_rows(&source, "SELECT sum(n) FROM shop.acct")[0]
+        .parse()
+        .unwrap();
+    assert_eq!(total, 1500);
+}
+
+#[test]
+fn a_change_mariadb_refuses_is_dead_lettered_and_the_rest_is_applied() {
+    // Given a MariaDB table stricter than its PostgreSQL source,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.psql(
+        "source",
+        "CREATE TABLE public.orders (id int PRIMARY KEY, qty int, note text)",
+    )
+    .unwrap();
+    let maria = MariaDb::start().unwrap();
+    maria.create_database("wh").unwrap();
+    maria
+        .root_sql(
+            "CREATE TABLE wh.orders (id int PRIMARY KEY, qty int, note varchar(5), \
+             CONSTRAINT qty_not_negative CHECK (qty >= 0))",
+        )
+        .unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sluice, _) = SluiceProcess::start_in(
+        Path::new(SLUICE),
+        "run",
+        dir.path(),
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+             tables = [\"public.orders\"]\nslot = \"maria_poison\"\npublication = \"maria_poison\"\n\
+             [sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
+             [router]\nsink = \"maria\"\ngroup_id = \"maria_poison\"\n[router.batch]\nmax_delay_ms = 200\n",
+            kafka.bootstrap(),
+            pg.url("source"),
+            maria.url()
+        ),
+    )
+    .unwrap();
+    // when, in one transaction, one row breaks the CHECK and one is too long for its column,
+    pg.psql(
+        "source",
+        "BEGIN;
+         INSERT INTO public.orders SELECT i, i, 'ok' FROM generate_series(1, 10) i;
+         UPDATE public.orders SET qty = -1 WHERE id = 3;
+         UPDATE public.orders SET note = 'far too long' WHERE id = 4;
+         COMMIT;
+         INSERT INTO public.orders VALUES (11, 11, 'later');",
+    )
+    .unwrap();
+    // then MariaDB has every row with the refused updates left out (nothing truncated),
+    let want: Vec<String> = (1..=10)
+        .map(|i| format!("{i}|{i}|ok"))
+        .chain(["11|11|later".to_string()])
+        .collect();
+    eventually(
+        "wh.orders",
+        || sluice.log(),
+        || {
+            let got = maria_rows(&maria, "SELECT id, qty, note FROM wh.orders ORDER BY id");
+            (got == want).then_some(()).ok_or(format!("{got:?}"))
+        },
+    );
+    // and the two refused changes went to the dead-letter topic with MariaDB's reasons.
+    eventually(
+        "two dead letters",
+        || sluice.log(),
+        || {
+            let dlq = metric_value(
+                &sluice.metrics().unwrap_or_default(),
+                "sluice_router_dlq_total",
+                &[("reason", "rejected_by_sink")],
+            );
+            (dlq == Some(2.0)).then_some(()).ok_or(format!("{dlq:?}"))
+        },
+    );
+    let log = sluice.log();
+    assert!(
+        log.contains("CONSTRAINT `qty_not_negative` failed") && log.contains("error 4025"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Data too long for column") && log.contains("error 1406"),
+        "{log}"
+    );
+}
