@@ -347,3 +347,123 @@ fn a_router_killed_mid_batch_again_and_again_applies_every_change_exactly_once()
          {by_position:?} republished changes"
     );
 }
+
+#[test]
+fn a_pgbench_workload_with_the_router_and_capture_killed_arrives_row_for_row() {
+    // Given pgbench's own schema and data (100,000 accounts) and a pipeline over it, capture
+    // and router in separate processes,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.create_database("sink").unwrap();
+    let pgbench = |args: &[&str]| {
+        let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-p",
+                &pg.port.to_string(),
+            ])
+            .args(args)
+            .arg("source")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pgbench {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    pgbench(&["-i", "-s", "1", "-q"]);
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tables = [
+        "public.pgbench_accounts",
+        "public.pgbench_branches",
+        "public.pgbench_tellers",
+    ];
+    let common = format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+         tables = [{}]\nslot = \"pgbench_kills\"\npublication = \"pgbench_kills\"\n\
+         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"pgbench_kills\"\n\
+         [router.batch]\nmax_rows = 1000\nmax_delay_ms = 100\n",
+        kafka.bootstrap(),
+        pg.url("source"),
+        tables.map(|t| format!("\"{t}\"")).join(", "),
+        pg.url("sink")
+    );
+    let (capture_config, capture_port, router_config, router_port) =
+        split_configs(dir.path(), &common);
+    let start = |command: &'static str, config: &Path, port: u16| {
+        SluiceProcess::start(
+            Path::new(SLUICE),
+            command,
+            config,
+            &dir.path().join(format!("{command}.log")),
+            port,
+        )
+        .unwrap()
+    };
+    let mut capture = start("capture", &capture_config, capture_port);
+    let mut router = start("route", &router_config, router_port);
+
+    // when pgbench's TPC-B-like load runs with 4 clients for 20 s while the router and the
+    // capture are killed -9 in turn every two seconds,
+    let load = {
+        let port = pg.port;
+        std::thread::spawn(move || {
+            std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
+                .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
+                .args(["-c", "4", "-j", "2", "-T", "20", "-n", "source"])
+                .output()
+                .unwrap()
+        })
+    };
+    let mut kills = 0;
+    while !load.is_finished() {
+        std::thread::sleep(Duration::from_secs(2));
+        if load.is_finished() {
+            break;
+        }
+        if kills % 2 == 0 {
+            router.kill9();
+            router = start("route", &router_config, router_port);
+        } else {
+            capture.kill9();
+            capture = start("capture", &capture_config, capture_port);
+        }
+        kills += 1;
+    }
+    let out = load.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    let tps = report.lines().find(|l| l.starts_with("tps")).unwrap_or("");
+
+    // then every keyed pgbench table matches the source row for row.
+    let started = Instant::now();
+    for table in tables {
+        let query = format!("SELECT * FROM {table} ORDER BY 1");
+        loop {
+            let source = pg_rows(&pg, "source", &query).unwrap();
+            let result = pg_rows(&pg, "sink", &query).map(|sink| compare_rows(&source, &sink));
+            if matches!(result, Ok(Ok(()))) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(240),
+                "{table}: {result:?}\n--- router log ---\n{}",
+                router.log()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    assert!(kills >= 8, "only {kills} kills during the load");
+    eprintln!("pgbench {tps}; {kills} kills; the sink matches the source");
+    drop(capture);
+}
