@@ -101,6 +101,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         let settings = RouterSettings {
             group_id: router.group_id.clone(),
             instance_id: config.router_instance_id(),
+            assignment_strategy: router.assignment_strategy.clone(),
             topics: config.router_topics(),
             schema_topic: config.kafka.schema_topic.clone(),
             registry: registry.clone(),

@@ -289,6 +289,14 @@ pub struct RouterConfig {
     /// (e.g. to the pod name) when several routers share a host.
     #[serde(default)]
     pub instance_id: Option<String>,
+    /// How the group shares partitions (librdkafka's `partition.assignment.strategy`):
+    /// `cooperative-sticky` (default: a rebalance moves only the partitions that change owner,
+    /// the others keep flowing), `range` or `roundrobin` (every rebalance stops all
+    /// partitions). Tansu 0.6 mishandles the cooperative protocol once a second router joins
+    /// (a revoked partition is assigned to no one): use `range` with more than one router on
+    /// Tansu.
+    #[serde(default = "default_assignment_strategy")]
+    pub assignment_strategy: String,
     /// Topics to consume. Default: the topics of every table of every source in this file.
     #[serde(default)]
     pub topics: Vec<String>,
@@ -312,6 +320,10 @@ pub struct RouterConfig {
     /// again, and the table resumes once the sink takes them.
     #[serde(default = "default_blocked_retry_ms")]
     pub blocked_retry_ms: u64,
+}
+
+fn default_assignment_strategy() -> String {
+    "cooperative-sticky".into()
 }
 
 fn default_blocked_retry_ms() -> u64 {
@@ -605,6 +617,14 @@ impl Config {
             }
             if router.batch.max_delay_ms == 0 {
                 problems.push("router.batch.max_delay_ms must be > 0".into());
+            }
+            if !["cooperative-sticky", "range", "roundrobin"]
+                .contains(&router.assignment_strategy.as_str())
+            {
+                problems.push(format!(
+                    "router.assignment_strategy = \"{}\" is not one of cooperative-sticky, range, roundrobin",
+                    router.assignment_strategy
+                ));
             }
             if router.blocked_retry_ms == 0 {
                 problems.push("router.blocked_retry_ms must be > 0 (e.g. 30000)".into());

@@ -79,6 +79,7 @@ const ON_FIRST_OCCURRENCE: &[&str] = &[
     "sluice_capture_schema_incompatible_total",
     "sluice_router_messages_skipped_total",
     "sluice_router_table_blocked",
+    "sluice_router_fetch_stalls_total",
 ];
 
 #[test]

@@ -467,3 +467,105 @@ fn a_pgbench_workload_with_the_router_and_capture_killed_arrives_row_for_row() {
     eprintln!("pgbench {tps}; {kills} kills; the sink matches the source");
     drop(capture);
 }
+
+#[test]
+fn two_routers_share_the_partitions_and_one_killed_takes_its_share_back() {
+    // Given a table whose topic has two partitions, a capture and two routers in one group
+    // (range assignment: Tansu 0.6 mishandles the cooperative protocol with two members; and it
+    // never expires a dead static member, so on Tansu a killed router's partitions wait for it
+    // to come back rather than move to the other, which Kafka does after session.timeout.ms),
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.create_database("sink").unwrap();
+    pg.psql(
+        "source",
+        "CREATE TABLE public.items (id int PRIMARY KEY, n int NOT NULL)",
+    )
+    .unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let common = |instance: &str| {
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\npartitions = 2\n\
+             [sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.items\"]\n\
+             slot = \"two_routers\"\npublication = \"two_routers\"\n\
+             [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n\
+             [router]\nsink = \"wh\"\ngroup_id = \"two_routers\"\ninstance_id = \"{instance}\"\n\
+             assignment_strategy = \"range\"\n[router.batch]\nmax_delay_ms = 100\n",
+            kafka.bootstrap(),
+            pg.url("source"),
+            pg.url("sink")
+        )
+    };
+    let (capture_config, capture_port, _, _) = split_configs(dir.path(), &common("unused"));
+    let _capture = SluiceProcess::start(
+        Path::new(SLUICE),
+        "capture",
+        &capture_config,
+        &dir.path().join("capture.log"),
+        capture_port,
+    )
+    .unwrap();
+    let router = |name: &str| {
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        SluiceProcess::start_in(Path::new(SLUICE), "route", &sub, &common(name))
+            .unwrap()
+            .0
+    };
+    let a = router("router-a");
+    let mut b = router("router-b");
+
+    // when rows change while both run,
+    pg.psql(
+        "source",
+        "INSERT INTO public.items SELECT i, 0 FROM generate_series(1, 400) i",
+    )
+    .unwrap();
+    for round in 1..=5 {
+        pg.psql("source", &format!("UPDATE public.items SET n = {round}"))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let query = "SELECT id, n FROM public.items ORDER BY id";
+    let converge_both = |a: &SluiceProcess, b: &SluiceProcess| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let source = pg_rows(&pg, "source", query).unwrap();
+            match pg_rows(&pg, "sink", query).map(|sink| compare_rows(&source, &sink)) {
+                Ok(Ok(())) => return,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "{other:?}\n--- router a ---\n{}\n--- router b ---\n{}",
+                    a.log(),
+                    b.log()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+    converge_both(&a, &b);
+    // then each router applied its share,
+    let consumed = |r: &SluiceProcess| {
+        metric_value(
+            &r.metrics().unwrap_or_default(),
+            "sluice_router_messages_consumed_total",
+            &[],
+        )
+        .unwrap_or(0.0)
+    };
+    let (by_a, by_b) = (consumed(&a), consumed(&b));
+    assert!(by_a > 0.0 && by_b > 0.0, "a consumed {by_a}, b {by_b}");
+    // and when one is killed -9 while rows change and comes back, it takes its share back and
+    // nothing is lost or applied twice.
+    b.kill9();
+    drop(b);
+    for round in 6..=8 {
+        pg.psql("source", &format!("UPDATE public.items SET n = {round}"))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let b = router("router-b");
+    converge_both(&a, &b);
+    eprintln!("router a consumed {by_a}, router b {by_b} before b was killed");
+}

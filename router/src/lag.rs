@@ -1,5 +1,5 @@
-//! Consumer lag and broker reachability, read from librdkafka's statistics
-//! (`statistics.interval.ms`).
+//! The consumer's context: consumer lag and broker reachability, read from librdkafka's
+//! statistics (`statistics.interval.ms`), and the partitions rebalances take away.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +17,13 @@ pub struct LagContext {
     /// than keeping its last lag.
     seen: Mutex<HashMap<String, metrics::Gauge>>,
     liveness: Arc<Liveness>,
+    /// Partitions revoked by rebalances since the router last looked.
+    revoked: Mutex<Vec<(String, i32)>>,
+    /// Per partition, the fetch position and lag of the previous statistics report.
+    last_fetch: Mutex<HashMap<(String, i32), (i64, i64)>>,
+    /// Partitions whose fetching stopped with messages after it, at this offset, since the
+    /// router last looked (see [`LagContext::take_stalled`]).
+    stalled: Mutex<Vec<(String, i32, i64, i64)>>,
 }
 
 impl LagContext {
@@ -24,7 +31,23 @@ impl LagContext {
         LagContext {
             seen: Mutex::new(HashMap::new()),
             liveness,
+            revoked: Mutex::new(Vec::new()),
+            last_fetch: Mutex::new(HashMap::new()),
+            stalled: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Partitions whose fetch position did not move between two statistics reports although
+    /// messages wait after it: `(topic, partition, position, low watermark)`. Kafka never
+    /// leaves a partition so; Tansu 0.6 does when a fetch starts inside a record batch (it
+    /// answers with nothing, and the client asks again for the same offset).
+    pub fn take_stalled(&self) -> Vec<(String, i32, i64, i64)> {
+        std::mem::take(&mut *self.stalled.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The partitions revoked since the last call.
+    pub fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 
@@ -62,7 +85,47 @@ impl ClientContext for LagContext {
                 gauge.set(0.0);
             }
         }
+        drop(seen);
+        let mut last = self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stalled = self.stalled.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, topic) in &statistics.topics {
+            for p in topic.partitions.values().filter(|p| p.partition >= 0) {
+                let key = (name.clone(), p.partition);
+                let now = (p.next_offset, p.consumer_lag);
+                // Nothing queued for the application either: the router is not just slow to
+                // take what was fetched.
+                if p.fetch_state == "active"
+                    && p.next_offset >= 0
+                    && p.consumer_lag > 0
+                    && p.fetchq_cnt == 0
+                {
+                    if last.get(&key) == Some(&now) {
+                        stalled.push((name.clone(), p.partition, p.next_offset, p.lo_offset));
+                    }
+                    last.insert(key, now);
+                } else {
+                    last.remove(&key);
+                }
+            }
+        }
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            for e in tpl.elements() {
+                revoked.push((e.topic().to_string(), e.partition()));
+            }
+            tracing::info!(
+                partitions = tpl.count(),
+                "partitions revoked by a rebalance"
+            );
+        }
+    }
+}

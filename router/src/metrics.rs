@@ -16,6 +16,9 @@ pub const ERRORS_TOTAL: &str = "sluice_router_errors_total";
 /// 1 while the sink cannot take a table (its changes held, its partitions paused), label
 /// `table`; 0 once it takes it again.
 pub const TABLE_BLOCKED: &str = "sluice_router_table_blocked";
+/// Partitions found stalled with messages after their fetch position and read again from
+/// earlier, label `topic` (a broker answering a fetch inside a record batch with nothing).
+pub const FETCH_STALLS_TOTAL: &str = "sluice_router_fetch_stalls_total";
 /// Mapping schemes in use.
 pub const SCHEMES_ACTIVE: &str = "sluice_router_schemes_active";
 /// Scheme files reloaded after a change, label `result` (`applied`, `rejected`: invalid, the
@@ -31,6 +34,11 @@ pub const LAST_SOURCE_TS_SECONDS: &str = "sluice_router_last_applied_source_time
 
 pub fn describe() {
     describe_gauge!(SCHEMES_ACTIVE, Unit::Count, "Mapping schemes in use");
+    describe_counter!(
+        FETCH_STALLS_TOTAL,
+        Unit::Count,
+        "Stalled partition fetches read again from earlier"
+    );
     describe_gauge!(
         TABLE_BLOCKED,
         Unit::Count,

@@ -40,6 +40,8 @@ pub struct RouterSettings {
     pub group_id: String,
     /// Static membership (`group.instance.id`), so a restarted router resumes at once.
     pub instance_id: Option<String>,
+    /// librdkafka's `partition.assignment.strategy` (`cooperative-sticky`, `range`, …).
+    pub assignment_strategy: String,
     pub topics: Vec<String>,
     pub schema_topic: String,
     /// Resolves Confluent-framed messages (schema ids); single-object framed ones are found in
@@ -207,7 +209,11 @@ impl<S: Sink> Router<S> {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            .set(
+                "partition.assignment.strategy",
+                &self.settings.assignment_strategy,
+            );
         if let Some(id) = &self.settings.instance_id {
             config.set("group.instance.id", id);
         }
@@ -247,6 +253,9 @@ impl<S: Sink> Router<S> {
         // Scheme files are rescanned on this tick (the mapper applies its own interval).
         let mut reload = tokio::time::interval(Duration::from_secs(1));
         reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Per partition, how far back the last stall recovery read (it grows while a stall
+        // persists).
+        let mut stall_steps: HashMap<(String, i32), (i64, i64)> = HashMap::new();
         let mut retry_blocked = tokio::time::interval(self.settings.blocked_retry);
         retry_blocked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stopping = false;
@@ -269,8 +278,14 @@ impl<S: Sink> Router<S> {
                     biased;
                     _ = shutdown.cancelled() => { stopping = true; break; }
                     _ = timer => break,
-                    _ = reload.tick() => self.mapper.maybe_reload(),
+                    _ = reload.tick() => {
+                        self.mapper.maybe_reload();
+                        self.unstall(&consumer, &mut stall_steps)?;
+                    }
                     _ = retry_blocked.tick(), if !self.blocked.is_empty() => {
+                        for (t, p) in consumer.context().take_revoked() {
+                            self.forget_partition(&mut resumed, &consumer, &t, p);
+                        }
                         self.retry_blocked(&consumer, &dlq, shutdown).await?;
                     }
                     msg = consumer.recv() => {
@@ -287,6 +302,9 @@ impl<S: Sink> Router<S> {
                         }
                         let (topic, consumed) = &topics[msg.topic()];
                         let topic = topic.clone();
+                        for (t, p) in consumer.context().take_revoked() {
+                            self.forget_partition(&mut resumed, &consumer, &t, p);
+                        }
                         let key = (topic.clone(), msg.partition());
                         if !resumed.contains_key(&key) {
                             // First message of a newly assigned partition: what the sink has
@@ -314,6 +332,9 @@ impl<S: Sink> Router<S> {
                             continue;
                         }
                         consumed.increment(1);
+                        // What this router has taken from the partition: a message at or below
+                        // it (read again after a seek back) is skipped.
+                        resumed.insert(key.clone(), msg.offset());
                         if let Some(table) = self.blocked_partitions.get(&key).cloned() {
                             // A message of a blocked table's partition fetched before the
                             // pause: it joins what is held, in order.
@@ -701,6 +722,76 @@ impl<S: Sink> Router<S> {
         }
         consumer.pause(&tpl)?;
         Ok(())
+    }
+
+    /// Reads again from a little before each partition whose fetching stalled inside a
+    /// record batch (see `LagContext::take_stalled`): what was read already is skipped as it
+    /// comes. The step grows eightfold while the stall persists at the same offset, until it
+    /// reaches the batch's start.
+    fn unstall(
+        &mut self,
+        consumer: &StreamConsumer<LagContext>,
+        steps: &mut HashMap<(String, i32), (i64, i64)>,
+    ) -> Result<(), RouterError> {
+        for (topic, partition, position, low) in consumer.context().take_stalled() {
+            if self
+                .blocked_partitions
+                .contains_key(&(Arc::from(topic.as_str()), partition))
+            {
+                continue; // paused on purpose
+            }
+            let key = (topic.clone(), partition);
+            let step = match steps.get(&key) {
+                Some((at, step)) if *at == position => step * 8,
+                _ => 1,
+            };
+            steps.insert(key, (position, step));
+            let from = (position - step).max(low.max(0));
+            if from >= position {
+                continue;
+            }
+            warn!(%topic, partition, position, from, "fetching stopped with messages after it (a fetch inside a record batch that the broker answers with nothing, as Tansu 0.6 does); reading again from earlier");
+            metrics::counter!(m::FETCH_STALLS_TOTAL, "topic" => topic.clone()).increment(1);
+            consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(from),
+                Duration::from_secs(10),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A partition this router no longer owns: what it knew of it goes (its next owner reads
+    /// the offset the sink stored), and changes held for it are dropped — the sink never
+    /// recorded them, so they are read again by whoever owns the partition.
+    fn forget_partition(
+        &mut self,
+        resumed: &mut HashMap<(Arc<str>, i32), i64>,
+        _consumer: &StreamConsumer<LagContext>,
+        topic: &str,
+        partition: i32,
+    ) {
+        let key: (Arc<str>, i32) = (Arc::from(topic), partition);
+        resumed.remove(&key);
+        let Some(table) = self.blocked_partitions.remove(&key) else {
+            return;
+        };
+        if let Some(held) = self.blocked.get_mut(&table) {
+            held.pending
+                .batch
+                .changes
+                .retain(|c| !(c.origin.topic.as_ref() == topic && c.origin.partition == partition));
+            held.pending.consumed.remove(&key);
+            held.pending
+                .raw
+                .retain(|(t, p, _), _| !(t.as_ref() == topic && *p == partition));
+            if held.pending.consumed.is_empty() {
+                self.blocked.remove(&table);
+                metrics::gauge!(m::TABLE_BLOCKED, "table" => table.to_string()).set(0.0);
+                info!(%table, "the partitions of a blocked table were revoked; its next owner takes it over");
+            }
+        }
     }
 
     /// Tries the held changes of each blocked table again; a table the sink takes now is
