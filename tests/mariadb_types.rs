@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_harness::{MariaDb, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{MariaDb, Postgres, SluiceProcess, Tansu, TansuStorage};
 use sluice_schemas::{Datum, Op, SqlType};
 
 mod common;
@@ -229,6 +229,157 @@ fn every_mariadb_type_survives_snapshot_and_binlog_exactly() {
         "{}",
         conversion_errors(&capture)
     );
+}
+
+/// Every column of `shop.every_type` as MariaDB prints it …
+const MARIADB_TEXT: &str =
+    "SET time_zone = '+00:00'; SELECT id, ti, tiu, si, siu, mi, miu, i, iu, \
+    bi, biu, dec65, f, d, LPAD(BIN(b1), 1, '0'), LPAD(BIN(b64), 64, '0'), flag, c, vc, l1, t, \
+    LOWER(HEX(bin)), LOWER(HEX(vb)), LOWER(HEX(bl)), dt, CAST(TIME_TO_SEC(tm) AS DECIMAL(20,6)), \
+    dtm, ts, y, e, s, j, u, ip, LOWER(HEX(g)) FROM shop.every_type ORDER BY id";
+
+/// … and the same columns as PostgreSQL prints them in the sink, in MariaDB's notation
+/// (`NULL` for null, the exponent without `+`, six fraction digits).
+const PG_COLUMNS: [&str; 35] = [
+    "id",
+    "ti",
+    "tiu",
+    "si",
+    "siu",
+    "mi",
+    "miu",
+    "i",
+    "iu",
+    "bi",
+    "biu",
+    "dec65",
+    "f",
+    "replace(d::text, 'e+', 'e')",
+    "b1",
+    "b64",
+    "flag",
+    "c",
+    "vc",
+    "l1",
+    "t",
+    "encode(bin, 'hex')",
+    "encode(vb, 'hex')",
+    "encode(bl, 'hex')",
+    "dt",
+    "extract(epoch FROM tm)::numeric(20,6)",
+    "to_char(dtm, 'YYYY-MM-DD HH24:MI:SS.US')",
+    "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
+    "y",
+    "e",
+    "s",
+    "j",
+    "u",
+    "host(ip)",
+    "encode(g, 'hex')",
+];
+
+#[test]
+fn every_mariadb_type_reaches_a_postgres_sink_exactly() {
+    // Given a MariaDB table of every type with rows before capture starts,
+    let maria = MariaDb::start().unwrap();
+    maria.create_database("shop").unwrap();
+    maria
+        .root_sql(&format!(
+            "{DDL}; INSERT INTO shop.every_type VALUES {}",
+            ROWS.replace("ID", "1")
+        ))
+        .unwrap();
+    let pg = Postgres::start().unwrap();
+    pg.create_database("sink").unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sluice, _) = SluiceProcess::start_in(
+        Path::new(SLUICE),
+        "run",
+        dir.path(),
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\n\
+             [sources.maria]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"shop.every_type\"]\nserver_id = 5404\n\
+             [sinks.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+             [router]\nsink = \"pg\"\ngroup_id = \"to_pg\"\n[router.batch]\nmax_delay_ms = 50\n",
+            kafka.bootstrap(),
+            maria.url(),
+            pg.url("sink")
+        ),
+    )
+    .unwrap();
+    // when more arrive through the binlog, and some change again — a TIME past 24 hours and
+    // one below zero, which PostgreSQL's time cannot hold,
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sluice.log().contains("starting binlog stream") {
+        assert!(Instant::now() < deadline, "{}", sluice.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    maria
+        .root_sql(&format!(
+            "INSERT INTO shop.every_type VALUES {}; \
+             UPDATE shop.every_type SET tm = '100:00:00.5', vc = 'changed' WHERE id = 12; \
+             UPDATE shop.every_type SET tm = '-00:00:00.25' WHERE id = 2; \
+             DELETE FROM shop.every_type WHERE id = 3",
+            ROWS.replace("ID", "11")
+        ))
+        .unwrap();
+
+    // then the PostgreSQL sink holds every value exactly, row for row.
+    let pg_text = format!(
+        "SELECT concat_ws('|', {}) FROM shop.every_type ORDER BY id",
+        PG_COLUMNS
+            .iter()
+            .map(|c| format!("coalesce(({c})::text, 'NULL')"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let want: Vec<String> = maria
+            .root_sql(MARIADB_TEXT)
+            .unwrap()
+            .lines()
+            .map(|l| l.replace('\t', "|"))
+            .collect();
+        let got: Vec<String> = pg
+            .psql("sink", &pg_text)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if got == want {
+            assert_eq!(want.len(), 5);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "want {want:#?}\n got {got:#?}\n--- log ---\n{}",
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // MySQL's TIME became an interval, the unsigned bigint a numeric that holds its maximum.
+    let types = pg
+        .psql(
+            "sink",
+            "SELECT column_name || ' ' || data_type FROM information_schema.columns \
+             WHERE table_name = 'every_type' AND column_name IN ('tm', 'biu', 'u', 'g') \
+             ORDER BY ordinal_position",
+        )
+        .unwrap();
+    assert_eq!(
+        types.lines().collect::<Vec<_>>(),
+        ["biu numeric", "tm interval", "u uuid", "g bytea"]
+    );
+    // Nothing was refused on the way.
+    let metrics = sluice.metrics().unwrap();
+    let dead_lettered: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_router_dlq_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(dead_lettered, 0.0, "{metrics}");
 }
 
 fn conversion_errors(capture: &SluiceProcess) -> String {

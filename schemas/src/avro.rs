@@ -441,7 +441,7 @@ fn write_value(out: &mut Vec<u8>, ty: &SqlType, datum: &Datum) -> Result<(), Str
         (SqlType::Uuid, Datum::Uuid(s)) => write_str(out, s),
         (SqlType::Bytes, Datum::Bytes(b)) => write_bytes(out, b),
         (SqlType::Date, Datum::Date(d)) => write_long(out, i64::from(*d)),
-        (SqlType::Time, Datum::TimeMicros(t)) => write_long(out, *t),
+        (SqlType::Time | SqlType::TimeSpan, Datum::TimeMicros(t)) => write_long(out, *t),
         (SqlType::Timestamp | SqlType::TimestampTz, Datum::TimestampMicros(t)) => {
             write_long(out, *t)
         }

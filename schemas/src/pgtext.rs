@@ -72,6 +72,7 @@ pub fn parse(ty: &SqlType, text: &str) -> Result<Datum, ParseError> {
             }
         }),
         SqlType::Time => Datum::TimeMicros(parse_time(text).ok_or_else(err)?),
+        SqlType::TimeSpan => Datum::TimeMicros(parse_time_span(text).ok_or_else(err)?),
         SqlType::Timestamp | SqlType::TimestampTz => Datum::TimestampMicros(match text {
             "infinity" => TS_INFINITY,
             "-infinity" => TS_NEG_INFINITY,
@@ -395,11 +396,31 @@ fn parse_time(text: &str) -> Option<i64> {
     (total <= MICROS_PER_DAY).then_some(total)
 }
 
+/// `[-]H+:MM:SS[.ffffff]`, MySQL's `TIME` (hours past 24, negative) → signed microseconds.
+fn parse_time_span(text: &str) -> Option<i64> {
+    let (negative, body) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (h, rest) = body.split_once(':')?;
+    let hours: i64 = h.parse().ok()?;
+    if h.starts_with('+') || hours > 838 {
+        return None;
+    }
+    let within_day = parse_time(&format!("00:{rest}"))?;
+    let total = hours * 3_600_000_000 + within_day;
+    Some(if negative { -total } else { total })
+}
+
+/// Signed microseconds as `[-]HH:MM:SS.ffffff`: a time of day for PostgreSQL's `time`, and
+/// for MySQL's `TIME` (negative, past 24 h) the same text `interval` and `TIME` both read.
 fn render_time(t: i64) -> String {
-    let secs = t / 1_000_000;
-    let micros = t % 1_000_000;
+    let sign = if t < 0 { "-" } else { "" };
+    let a = t.unsigned_abs();
+    let secs = a / 1_000_000;
+    let micros = a % 1_000_000;
     format!(
-        "{:02}:{:02}:{:02}.{micros:06}",
+        "{sign}{:02}:{:02}:{:02}.{micros:06}",
         secs / 3600,
         secs / 60 % 60,
         secs % 60
@@ -469,6 +490,10 @@ mod tests {
         assert!(parse(&SqlType::Timestamp, "294276-12-31 23:59:59.999999").is_err());
         round_trip(SqlType::Date, "2000-02-29");
         round_trip(SqlType::Time, "23:59:59.999999");
+        round_trip(SqlType::TimeSpan, "-838:59:59.000000");
+        round_trip(SqlType::TimeSpan, "838:59:59.999999");
+        round_trip(SqlType::TimeSpan, "-00:00:00.500000");
+        round_trip(SqlType::TimeSpan, "100:00:00.000000");
         round_trip(SqlType::Timestamp, "2026-11-23 05:36:19.123456");
         round_trip(SqlType::Timestamp, "-infinity");
         round_trip(SqlType::Timestamp, "4713-01-01 00:00:00.000000 BC");

@@ -62,6 +62,10 @@ pub enum SqlType {
     Date,
     /// Time of day without time zone, microsecond precision.
     Time,
+    /// MySQL/MariaDB `TIME`: elapsed time or a time of day, −838:59:59.999999 to
+    /// 838:59:59.999999 in microseconds. Travels like `Time` (Debezium's `MicroTime`, which its
+    /// MySQL connector also sends negative or past 24 h); PostgreSQL holds it as `interval`.
+    TimeSpan,
     /// Timestamp without time zone, microsecond precision.
     Timestamp,
     /// Timestamp with time zone: an instant, carried in UTC.
@@ -105,6 +109,7 @@ impl SqlType {
             SqlType::Bytes => "bytes".into(),
             SqlType::Date => "date".into(),
             SqlType::Time => "time".into(),
+            SqlType::TimeSpan => "timespan".into(),
             SqlType::Timestamp => "timestamp".into(),
             SqlType::TimestampTz => "timestamptz".into(),
             SqlType::Uuid => "uuid".into(),
@@ -148,6 +153,7 @@ impl SqlType {
             "bytes" => SqlType::Bytes,
             "date" => SqlType::Date,
             "time" => SqlType::Time,
+            "timespan" => SqlType::TimeSpan,
             "timestamp" => SqlType::Timestamp,
             "timestamptz" => SqlType::TimestampTz,
             "uuid" => SqlType::Uuid,
@@ -202,7 +208,7 @@ impl SqlType {
             SqlType::Date => {
                 json!({"type": "int", "logicalType": "date", "connect.name": "io.debezium.time.Date"})
             }
-            SqlType::Time => json!({
+            SqlType::Time | SqlType::TimeSpan => json!({
                 "type": "long", "logicalType": "time-micros", "connect.name": "io.debezium.time.MicroTime"
             }),
             SqlType::Timestamp => json!({

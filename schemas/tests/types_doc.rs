@@ -116,6 +116,7 @@ fn every_sluice_type_has_a_row() {
         SqlType::Bytes,
         SqlType::Date,
         SqlType::Time,
+        SqlType::TimeSpan,
         SqlType::Timestamp,
         SqlType::TimestampTz,
         SqlType::Uuid,
@@ -144,6 +145,7 @@ fn every_sluice_type_has_a_row() {
             | SqlType::Bytes
             | SqlType::Date
             | SqlType::Time
+            | SqlType::TimeSpan
             | SqlType::Timestamp
             | SqlType::TimestampTz
             | SqlType::Uuid

@@ -288,7 +288,7 @@ pub fn binlog_sql_type(c: &BinlogColumn) -> SqlType {
         },
         MYSQL_TYPE_YEAR => SqlType::Int32,
         MYSQL_TYPE_DATE | MYSQL_TYPE_NEWDATE => SqlType::Date,
-        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => SqlType::Time,
+        MYSQL_TYPE_TIME | MYSQL_TYPE_TIME2 => SqlType::TimeSpan,
         MYSQL_TYPE_DATETIME | MYSQL_TYPE_DATETIME2 => SqlType::Timestamp,
         MYSQL_TYPE_TIMESTAMP | MYSQL_TYPE_TIMESTAMP2 => SqlType::TimestampTz,
         MYSQL_TYPE_JSON => SqlType::Json,
@@ -342,7 +342,7 @@ pub fn schema_sql_type(
         },
         "year" => SqlType::Int32,
         "date" => SqlType::Date,
-        "time" => SqlType::Time,
+        "time" => SqlType::TimeSpan,
         "datetime" => SqlType::Timestamp,
         "timestamp" => SqlType::TimestampTz,
         "json" => SqlType::Json,
@@ -524,7 +524,7 @@ pub fn binlog_datum(
             }
             Datum::TimestampMicros(secs * 1_000_000)
         }
-        (SqlType::Time, Value::Time(neg, days, h, m, s, us)) => {
+        (SqlType::TimeSpan, Value::Time(neg, days, h, m, s, us)) => {
             let t = i64::from(days) * 86_400_000_000 + micros_of_day(h, m, s, us);
             Datum::TimeMicros(if neg { -t } else { t })
         }
@@ -611,7 +611,7 @@ pub fn text_datum(ty: &SqlType, value: Value) -> Result<Datum, String> {
             pgtext::parse(&SqlType::Timestamp, &text).map_err(|e| e.to_string())?
         }
         SqlType::Uuid => Datum::Uuid(text),
-        SqlType::Time => {
+        SqlType::TimeSpan => {
             let (neg, body) = match text.strip_prefix('-') {
                 Some(rest) => (true, rest),
                 None => (false, text.as_str()),

@@ -351,7 +351,7 @@ pub fn from_cel(v: Value, ty: &SqlType) -> Result<Datum, String> {
             i32::try_from(t.timestamp_micros().div_euclid(MICROS_PER_DAY))
                 .map_err(|_| "the date is out of range".to_string())?,
         ),
-        (SqlType::Time, Value::Duration(d)) => {
+        (SqlType::Time | SqlType::TimeSpan, Value::Duration(d)) => {
             Datum::TimeMicros(d.num_microseconds().ok_or("the duration is out of range")?)
         }
         (SqlType::Array(elem), Value::List(items)) => Datum::Array(

@@ -88,7 +88,7 @@ pub fn mysql_type(t: &SqlType, key: bool) -> Result<String, String> {
         SqlType::Bytes if key => "VARBINARY(3072)".into(),
         SqlType::Bytes => "LONGBLOB".into(),
         SqlType::Date => "DATE".into(),
-        SqlType::Time => "TIME(6)".into(),
+        SqlType::Time | SqlType::TimeSpan => "TIME(6)".into(),
         SqlType::Timestamp | SqlType::TimestampTz => "DATETIME(6)".into(),
         SqlType::Uuid => "CHAR(36)".into(),
         SqlType::Json | SqlType::Jsonb | SqlType::Array(_) => "JSON".into(),
@@ -215,7 +215,7 @@ fn holds(existing: &str, t: &SqlType) -> bool {
         SqlType::Money => existing.starts_with("decimal(19,2)"),
         SqlType::Bytes => matches!(base, "longblob" | "blob" | "mediumblob" | "varbinary"),
         SqlType::Date => base == "date",
-        SqlType::Time => existing == "time(6)",
+        SqlType::Time | SqlType::TimeSpan => existing == "time(6)",
         SqlType::Timestamp | SqlType::TimestampTz => existing == "datetime(6)",
         SqlType::Uuid => matches!(base, "char" | "varchar" | "uuid" | "text" | "longtext"),
         SqlType::Json | SqlType::Jsonb | SqlType::Array(_) => {

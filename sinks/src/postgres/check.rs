@@ -31,6 +31,7 @@ pub fn pg_type_name(t: &SqlType) -> Option<String> {
         SqlType::Bytes => "bytea".into(),
         SqlType::Date => "date".into(),
         SqlType::Time => "time without time zone".into(),
+        SqlType::TimeSpan => "interval".into(),
         SqlType::Timestamp => "timestamp without time zone".into(),
         SqlType::TimestampTz => "timestamp with time zone".into(),
         SqlType::Uuid => "uuid".into(),
@@ -70,6 +71,8 @@ pub(super) fn widens(existing: &str, t: &SqlType) -> bool {
             digits.is_some_and(|(int, frac)| *scale >= frac && precision - scale >= int)
         }
         SqlType::Timestamp | SqlType::TimestampTz => existing == "date",
+        // Every time of day is an interval.
+        SqlType::TimeSpan => existing == "time without time zone",
         _ => false,
     }
 }
