@@ -395,6 +395,133 @@ fn generate_edit_check_run_and_reload_a_scheme() {
     assert!(!out.contains("warning"), "{out}");
 }
 
+/// A scheme computing a field from `qty`.
+const DOUBLING: &str = r#"{
+  "type": "record",
+  "name": "customers",
+  "sluice.source": "public.customers",
+  "fields": [
+    {"name": "id", "type": "int"},
+    {"name": "name", "type": ["null", "string"], "default": null},
+    {"name": "double_qty", "type": ["null", "long"], "default": null,
+     "sluice.expr": "row.qty == null ? null : row.qty * 2"}
+  ]
+}"#;
+
+#[test]
+fn a_source_change_the_scheme_does_not_fit_holds_its_table_until_the_scheme_is_fixed() {
+    // Given a scheme that computes a field from a column, and a table without a scheme,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.create_database("sink").unwrap();
+    pg.psql(
+        "source",
+        &format!(
+            "{CUSTOMERS}; CREATE TABLE public.notes (id int PRIMARY KEY, body text); \
+             INSERT INTO public.customers (id, name, qty) SELECT i, 'c' || i, i FROM generate_series(1, 20) i"
+        ),
+    )
+    .unwrap();
+    let source = format!(
+        "[sources.crm]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.customers\", \"public.notes\"]\n\
+         slot = \"held\"\npublication = \"held\"",
+        pg.url("source")
+    );
+    let setup = Setup::new(&source, &pg.url("sink"), "wh");
+    let file = setup.schemes.join("public.customers.avsc");
+    std::fs::write(&file, DOUBLING).unwrap();
+    let sluice_run = setup.run();
+    let customers = "SELECT id, name, double_qty FROM public.customers ORDER BY id";
+    wait_for(
+        &pg,
+        "SELECT id, name, qty * 2 FROM public.customers ORDER BY id",
+        customers,
+        &sluice_run,
+    );
+
+    // when the source drops the column the scheme computes from and rows keep changing,
+    pg.psql(
+        "source",
+        "ALTER TABLE public.customers DROP COLUMN qty; \
+         INSERT INTO public.customers (id, name) SELECT i, 'c' || i FROM generate_series(21, 30) i; \
+         UPDATE public.customers SET name = 'renamed' WHERE id = 1",
+    )
+    .unwrap();
+    pg.psql(
+        "source",
+        "INSERT INTO public.notes SELECT i, 'note ' || i FROM generate_series(1, 5) i",
+    )
+    .unwrap();
+
+    // then the other table goes on, while that table's changes wait, nothing dead-lettered,
+    wait_for(
+        &pg,
+        "SELECT id, body FROM public.notes ORDER BY id",
+        "SELECT id, body FROM public.notes ORDER BY id",
+        &sluice_run,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(
+        &sluice_run,
+        "sluice_router_table_blocked",
+        &[("table", "public.customers")],
+    ) != 1.0
+    {
+        assert!(Instant::now() < deadline, "{}", sluice_run.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        sluice_run
+            .log()
+            .contains("a mapping scheme does not fit this change of its table; the partition waits until the scheme is fixed"),
+        "{}",
+        sluice_run.log()
+    );
+    assert!(
+        sluice_run.log().contains("qty"),
+        "the log names the missing column: {}",
+        sluice_run.log()
+    );
+    assert_eq!(
+        pg_rows(
+            &pg,
+            "sink",
+            "SELECT count(*) FROM public.customers WHERE id > 20 OR name = 'renamed'"
+        )
+        .unwrap(),
+        ["0"]
+    );
+    assert_eq!(metric(&sluice_run, "sluice_router_dlq_total", &[]), 0.0);
+
+    // and once the engineer fixes the scheme, every held change arrives, in order (the rows
+    // changed since the drop have no quantity to double).
+    std::fs::write(
+        &file,
+        DOUBLING.replace(
+            r#""sluice.expr": "row.qty == null ? null : row.qty * 2""#,
+            r#""sluice.expr": "null""#,
+        ),
+    )
+    .unwrap();
+    wait_for(
+        &pg,
+        "SELECT id, name, CASE WHEN id > 20 OR id = 1 THEN NULL ELSE id * 2 END FROM public.customers ORDER BY id",
+        customers,
+        &sluice_run,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(
+        &sluice_run,
+        "sluice_router_table_blocked",
+        &[("table", "public.customers")],
+    ) != 0.0
+    {
+        assert!(Instant::now() < deadline, "{}", sluice_run.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(metric(&sluice_run, "sluice_router_dlq_total", &[]), 0.0);
+}
+
 #[test]
 fn a_mysql_table_maps_into_postgres_with_the_example_scheme() {
     // Given a MariaDB table whose column names are not Avro names, and the example scheme for it,

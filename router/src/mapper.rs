@@ -32,6 +32,12 @@ pub struct Rejected {
     pub detail: String,
 }
 
+/// A scheme that does not fit the writer schema a change was written with: the change waits
+/// (its partition held) until the scheme is fixed, rather than being dead-lettered.
+pub struct Mismatch {
+    pub detail: String,
+}
+
 /// A scheme compiled against one writer schema (or why it does not fit it).
 type Compiled = (Arc<TableSchema>, Result<Arc<Mapping>, String>);
 
@@ -209,14 +215,15 @@ impl Mapper {
 
     /// Maps one decoded change of `table` (its writer schema). Several schemes may map one
     /// source table into several targets; a change one of them rejects is reported (to be
-    /// dead-lettered) while the others' changes stand.
+    /// dead-lettered) while the others' changes stand. A scheme that does not fit this
+    /// version of the table at all is a [`Mismatch`]: none of the change is mapped.
     pub fn map(
         &mut self,
         table: &Arc<TableSchema>,
         event: DecodedEvent,
-    ) -> (Vec<Routed>, Option<Rejected>) {
+    ) -> Result<(Vec<Routed>, Option<Rejected>), Mismatch> {
         let Some(schemes) = self.by_source.get(&table.id).cloned() else {
-            return (
+            return Ok((
                 vec![Routed {
                     table: table.clone(),
                     op: event.op,
@@ -224,7 +231,7 @@ impl Mapper {
                     after: event.after,
                 }],
                 None,
-            );
+            ));
         };
         if !self
             .latest
@@ -233,19 +240,14 @@ impl Mapper {
         {
             self.latest.insert(table.id.clone(), table.clone());
         }
+        let mappings = schemes
+            .iter()
+            .map(|scheme| self.mapping(scheme, table))
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|detail| Mismatch { detail })?;
         let mut out = Vec::new();
         let mut rejected: Option<Rejected> = None;
-        for scheme in schemes {
-            let mapping = match self.mapping(&scheme, table) {
-                Ok(m) => m,
-                Err(detail) => {
-                    rejected = Some(Rejected {
-                        reason: "scheme_mismatch",
-                        detail,
-                    });
-                    continue;
-                }
-            };
+        for mapping in mappings {
             match mapping.apply(
                 event.op,
                 event.before.as_deref(),
@@ -266,7 +268,7 @@ impl Mapper {
                 }
             }
         }
-        (out, rejected)
+        Ok((out, rejected))
     }
 
     /// The scheme compiled against this writer version (cached, errors too).
@@ -288,7 +290,7 @@ impl Mapper {
                 Arc::new(m)
             })
             .map_err(|e| {
-                error!(file = %scheme.file.display(), table = %table.id, errors = %e, "a mapping scheme does not fit this version of its table; its changes are dead-lettered");
+                error!(file = %scheme.file.display(), table = %table.id, errors = %e, "a mapping scheme does not fit this version of its table; its changes wait (their partitions paused) until the scheme is fixed");
                 format!("this version of {} does not fit the scheme:\n{e}", table.id)
             });
         cache.push((table.clone(), result.clone()));

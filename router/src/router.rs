@@ -1,13 +1,13 @@
 //! The routing loop: consume, decode, batch, apply, record.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
@@ -72,6 +72,25 @@ pub struct Router<S: Sink> {
     blocked: HashMap<TableId, Held>,
     /// The partitions of the blocked tables, and which table holds each.
     blocked_partitions: HashMap<(Arc<str>, i32), TableId>,
+    /// Partitions whose next message a mapping scheme does not fit: paused, that message and
+    /// those fetched after it held as they came, mapped again after each scheme reload.
+    scheme_held: HashMap<(Arc<str>, i32), SchemeHeld>,
+}
+
+/// The messages of a partition waiting for their table's scheme to be fixed.
+struct SchemeHeld {
+    table: TableId,
+    detail: String,
+    messages: VecDeque<OwnedMessage>,
+    since: std::time::Instant,
+}
+
+/// What became of one consumed message.
+enum Handled {
+    /// In the batch, dead-lettered, or nothing to apply: its offset counts as consumed.
+    Taken,
+    /// A mapping scheme does not fit the version of the table it was written with.
+    Mismatch { table: TableId, detail: String },
 }
 
 /// The changes of a blocked table's partitions, waiting.
@@ -102,7 +121,7 @@ struct Raw {
 }
 
 impl Raw {
-    fn of(msg: &BorrowedMessage<'_>, topic: Arc<str>) -> Raw {
+    fn of(msg: &impl Message, topic: Arc<str>) -> Raw {
         Raw {
             topic,
             partition: msg.partition(),
@@ -149,6 +168,7 @@ impl<S: Sink> Router<S> {
             mapper,
             blocked: HashMap::new(),
             blocked_partitions: HashMap::new(),
+            scheme_held: HashMap::new(),
         }
     }
 
@@ -281,6 +301,13 @@ impl<S: Sink> Router<S> {
                     _ = reload.tick() => {
                         self.mapper.maybe_reload();
                         self.unstall(&consumer, &mut stall_steps)?;
+                        if !self.scheme_held.is_empty() {
+                            self.retry_scheme_held(&consumer, &mut pending, &mut schemas, &dlq).await?;
+                            if !pending.is_empty() && deadline.is_none() {
+                                deadline = Some(Instant::now() + self.settings.batch.max_delay);
+                                self.settings.liveness.set_pending(true);
+                            }
+                        }
                     }
                     _ = retry_blocked.tick(), if !self.blocked.is_empty() => {
                         for (t, p) in consumer.context().take_revoked() {
@@ -335,17 +362,15 @@ impl<S: Sink> Router<S> {
                         // What this router has taken from the partition: a message at or below
                         // it (read again after a seek back) is skipped.
                         resumed.insert(key.clone(), msg.offset());
-                        if let Some(table) = self.blocked_partitions.get(&key).cloned() {
-                            // A message of a blocked table's partition fetched before the
-                            // pause: it joins what is held, in order.
-                            if let Some(mut held) = self.blocked.remove(&table) {
-                                let result = self.handle(&msg, topic, &mut held.pending, &mut schemas, &dlq).await;
-                                self.blocked.insert(table, held);
-                                result?;
-                            }
+                        if let Some(held) = self.scheme_held.get_mut(&key) {
+                            // Fetched before the pause, behind a message its scheme does not
+                            // fit: it waits behind that one, in order.
+                            held.messages.push_back(msg.detach());
                             continue;
                         }
-                        self.handle(&msg, topic, &mut pending, &mut schemas, &dlq).await?;
+                        if self.handle_in_order(&consumer, &msg, key, &mut pending, &mut schemas, &dlq).await? {
+                            continue;
+                        }
                         if deadline.is_none() {
                             deadline = Some(Instant::now() + self.settings.batch.max_delay);
                             self.settings.liveness.set_pending(true);
@@ -375,7 +400,7 @@ impl<S: Sink> Router<S> {
         loop {
             match self.sink.progress(topic, partition).await {
                 Ok(p) => {
-                    outage.over(&self.settings, consumer, &self.blocked_partitions)?;
+                    outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
                     return Ok(p);
                 }
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
@@ -393,24 +418,153 @@ impl<S: Sink> Router<S> {
         }
     }
 
-    /// Decodes one message into the batch, or dead-letters it.
-    async fn handle(
+    /// Handles a message of a partition nothing is held for: into the batch (or, for a
+    /// blocked table's partition, into what that table holds), or, when its scheme does not
+    /// fit it, held with its partition paused. Returns whether the batch was left untouched.
+    async fn handle_in_order(
         &mut self,
-        msg: &BorrowedMessage<'_>,
-        topic: Arc<str>,
+        consumer: &StreamConsumer<LagContext>,
+        msg: &impl Message,
+        key: (Arc<str>, i32),
+        pending: &mut Pending,
+        schemas: &mut SchemaStore,
+        dlq: &FutureProducer,
+    ) -> Result<bool, RouterError> {
+        let topic = key.0.clone();
+        let (handled, untouched) = match self.blocked_partitions.get(&key).cloned() {
+            // A message of a blocked table's partition fetched before the pause: it joins
+            // what is held, in order.
+            Some(table) => match self.blocked.remove(&table) {
+                Some(mut held) => {
+                    let result = self
+                        .handle(msg, topic, &mut held.pending, schemas, dlq)
+                        .await;
+                    self.blocked.insert(table, held);
+                    (result?, true)
+                }
+                None => (Handled::Taken, true),
+            },
+            None => (self.handle(msg, topic, pending, schemas, dlq).await?, false),
+        };
+        if let Handled::Mismatch { table, detail } = handled {
+            self.hold_for_scheme(consumer, key, table, detail, owned(msg))?;
+            return Ok(true);
+        }
+        Ok(untouched)
+    }
+
+    /// Pauses a partition whose message a mapping scheme does not fit, and holds the message.
+    fn hold_for_scheme(
+        &mut self,
+        consumer: &StreamConsumer<LagContext>,
+        key: (Arc<str>, i32),
+        table: TableId,
+        detail: String,
+        msg: OwnedMessage,
+    ) -> Result<(), RouterError> {
+        error!(%table, topic = %key.0, partition = key.1, offset = msg.offset(), detail = %detail, "a mapping scheme does not fit this change of its table; the partition waits until the scheme is fixed, the other tables go on");
+        metrics::gauge!(m::TABLE_BLOCKED, "table" => table.to_string()).set(1.0);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&key.0, key.1);
+        consumer.pause(&tpl)?;
+        self.scheme_held.insert(
+            key,
+            SchemeHeld {
+                table,
+                detail,
+                messages: VecDeque::from([msg]),
+                since: std::time::Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// After a scheme reload: maps the held messages of each partition again, in order; a
+    /// partition whose messages all fit now is resumed.
+    async fn retry_scheme_held(
+        &mut self,
+        consumer: &StreamConsumer<LagContext>,
         pending: &mut Pending,
         schemas: &mut SchemaStore,
         dlq: &FutureProducer,
     ) -> Result<(), RouterError> {
+        let keys: Vec<(Arc<str>, i32)> = self.scheme_held.keys().cloned().collect();
+        for key in keys {
+            let Some(mut held) = self.scheme_held.remove(&key) else {
+                continue;
+            };
+            while let Some(msg) = held.messages.pop_front() {
+                let handled = match self.blocked_partitions.get(&key).cloned() {
+                    Some(table) => match self.blocked.remove(&table) {
+                        Some(mut blocked) => {
+                            let result = self
+                                .handle(&msg, key.0.clone(), &mut blocked.pending, schemas, dlq)
+                                .await;
+                            self.blocked.insert(table, blocked);
+                            result?
+                        }
+                        None => Handled::Taken,
+                    },
+                    None => {
+                        self.handle(&msg, key.0.clone(), pending, schemas, dlq)
+                            .await?
+                    }
+                };
+                if let Handled::Mismatch { detail, .. } = handled {
+                    held.detail = detail;
+                    held.messages.push_front(msg);
+                    break;
+                }
+            }
+            if !held.messages.is_empty() {
+                self.scheme_held.insert(key, held);
+                continue;
+            }
+            info!(table = %held.table, topic = %key.0, partition = key.1, waited = ?held.since.elapsed(), "the mapping scheme fits again; the held changes are applied and the partition resumed");
+            if !self.blocked_partitions.contains_key(&key) {
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&key.0, key.1);
+                consumer.resume(&tpl)?;
+            }
+            if !self.scheme_held.values().any(|h| h.table == held.table) {
+                metrics::gauge!(m::TABLE_BLOCKED, "table" => held.table.to_string()).set(0.0);
+            }
+        }
+        Ok(())
+    }
+
+    /// Partitions paused on purpose (a blocked table's, or held for a scheme), which an end
+    /// of a sink outage must not resume.
+    fn paused_on_purpose(&self) -> HashSet<(Arc<str>, i32)> {
+        self.blocked_partitions
+            .keys()
+            .chain(self.scheme_held.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// Decodes one message into the batch, or dead-letters it; a message whose scheme does
+    /// not fit is left out of the batch (its offset not consumed) and reported.
+    async fn handle(
+        &mut self,
+        msg: &impl Message,
+        topic: Arc<str>,
+        pending: &mut Pending,
+        schemas: &mut SchemaStore,
+        dlq: &FutureProducer,
+    ) -> Result<Handled, RouterError> {
         let partition = msg.partition();
         let offset = msg.offset();
-        let entry = pending
-            .consumed
-            .entry((topic.clone(), partition))
-            .or_insert(offset);
-        *entry = (*entry).max(offset);
+        let consume = |pending: &mut Pending| {
+            let entry = pending
+                .consumed
+                .entry((topic.clone(), partition))
+                .or_insert(offset);
+            *entry = (*entry).max(offset);
+        };
         let Some(payload) = msg.payload() else {
-            return Ok(()); // tombstone: nothing to apply
+            consume(pending);
+            return Ok(Handled::Taken); // tombstone: nothing to apply
         };
         let position = msg.headers().and_then(|h| {
             h.iter()
@@ -457,9 +611,19 @@ impl<S: Sink> Router<S> {
         };
         match decoded {
             Ok((table, event, position)) => {
+                let source_ts_ms = event.source_ts_ms;
+                let (routed, rejected) = match self.mapper.map(&table, event) {
+                    Ok(mapped) => mapped,
+                    Err(mismatch) => {
+                        return Ok(Handled::Mismatch {
+                            table: table.id.clone(),
+                            detail: mismatch.detail,
+                        })
+                    }
+                };
+                consume(pending);
                 pending.bytes += payload.len();
-                pending.last_source_ts_ms = pending.last_source_ts_ms.max(event.source_ts_ms);
-                let (routed, rejected) = self.mapper.map(&table, event);
+                pending.last_source_ts_ms = pending.last_source_ts_ms.max(source_ts_ms);
                 if !routed.is_empty() {
                     pending.raw.insert(
                         (topic.clone(), partition, offset),
@@ -480,17 +644,17 @@ impl<S: Sink> Router<S> {
                         },
                     });
                 }
-                match rejected {
-                    Some(r) => {
-                        self.dead_letter(dlq, &Raw::of(msg, topic), r.reason, &r.detail)
-                            .await
-                    }
-                    None => Ok(()),
+                if let Some(r) = rejected {
+                    self.dead_letter(dlq, &Raw::of(msg, topic), r.reason, &r.detail)
+                        .await?;
                 }
+                Ok(Handled::Taken)
             }
             Err((reason, detail)) => {
+                consume(pending);
                 self.dead_letter(dlq, &Raw::of(msg, topic), reason, &detail)
-                    .await
+                    .await?;
+                Ok(Handled::Taken)
             }
         }
     }
@@ -607,14 +771,14 @@ impl<S: Sink> Router<S> {
         loop {
             let error = match self.sink.apply(batch).await {
                 Ok(outcome) => {
-                    outage.over(&self.settings, consumer, &self.blocked_partitions)?;
+                    outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
                     return Ok(Applied::Done(outcome));
                 }
                 Err(e) => e,
             };
             let error = match error {
                 SinkError::Table { table, message } => {
-                    outage.over(&self.settings, consumer, &self.blocked_partitions)?;
+                    outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
                     return Ok(Applied::Blocked {
                         table,
                         reason: message,
@@ -734,10 +898,8 @@ impl<S: Sink> Router<S> {
         steps: &mut HashMap<(String, i32), (i64, i64)>,
     ) -> Result<(), RouterError> {
         for (topic, partition, position, low) in consumer.context().take_stalled() {
-            if self
-                .blocked_partitions
-                .contains_key(&(Arc::from(topic.as_str()), partition))
-            {
+            let key = (Arc::from(topic.as_str()), partition);
+            if self.blocked_partitions.contains_key(&key) || self.scheme_held.contains_key(&key) {
                 continue; // paused on purpose
             }
             let key = (topic.clone(), partition);
@@ -774,6 +936,11 @@ impl<S: Sink> Router<S> {
     ) {
         let key: (Arc<str>, i32) = (Arc::from(topic), partition);
         resumed.remove(&key);
+        if let Some(held) = self.scheme_held.remove(&key) {
+            if !self.scheme_held.values().any(|h| h.table == held.table) {
+                metrics::gauge!(m::TABLE_BLOCKED, "table" => held.table.to_string()).set(0.0);
+            }
+        }
         let Some(table) = self.blocked_partitions.remove(&key) else {
             return;
         };
@@ -820,9 +987,12 @@ impl<S: Sink> Router<S> {
             {
                 Applied::Done(_) => {
                     let mut tpl = TopicPartitionList::new();
+                    let scheme_held = &self.scheme_held;
                     self.blocked_partitions.retain(|(topic, partition), t| {
                         if *t == table {
-                            tpl.add_partition(topic, *partition);
+                            if !scheme_held.contains_key(&(topic.clone(), *partition)) {
+                                tpl.add_partition(topic, *partition);
+                            }
                             false
                         } else {
                             true
@@ -842,6 +1012,27 @@ impl<S: Sink> Router<S> {
         }
         Ok(())
     }
+}
+
+/// A copy of a consumed message that outlives the consumer's buffer.
+fn owned(msg: &impl Message) -> OwnedMessage {
+    let headers = msg.headers().map(|hs| {
+        hs.iter().fold(OwnedHeaders::new(), |acc, h| {
+            acc.insert(Header {
+                key: h.key,
+                value: h.value,
+            })
+        })
+    });
+    OwnedMessage::new(
+        msg.payload().map(<[u8]>::to_vec),
+        msg.key().map(<[u8]>::to_vec),
+        msg.topic().to_string(),
+        msg.timestamp(),
+        msg.partition(),
+        msg.offset(),
+        headers,
+    )
 }
 
 /// The consumed offsets of a batch, as the sink records them.
@@ -926,12 +1117,12 @@ impl SinkOutage {
         &self,
         settings: &RouterSettings,
         consumer: &StreamConsumer<LagContext>,
-        blocked: &HashMap<(Arc<str>, i32), TableId>,
+        paused_on_purpose: &HashSet<(Arc<str>, i32)>,
     ) -> Result<(), RouterError> {
         if self.paused {
             let mut tpl = TopicPartitionList::new();
             for e in consumer.assignment()?.elements() {
-                if !blocked.contains_key(&(Arc::from(e.topic()), e.partition())) {
+                if !paused_on_purpose.contains(&(Arc::from(e.topic()), e.partition())) {
                     tpl.add_partition(e.topic(), e.partition());
                 }
             }
