@@ -591,6 +591,15 @@ impl Config {
                 }
             }
         }
+        for (name, sink) in &self.sinks {
+            let tls = match sink {
+                SinkConfig::Postgres(pg) => &pg.tls,
+                SinkConfig::Mysql(my) => &my.tls,
+            };
+            if let Err(e) = tls.client_config(&format!("sinks.{name}.tls")) {
+                problems.push(e);
+            }
+        }
         self.schemas.validate(&mut problems);
         if self.observability.stall_timeout_ms == 0 {
             problems.push("observability.stall_timeout_ms must be > 0 (e.g. 60000)".into());

@@ -13,7 +13,8 @@ pub mod mysql;
 pub mod postgres;
 pub mod publisher;
 mod retry;
-pub mod tls;
+/// TLS to the source databases (shared with the sinks).
+pub use sluice_schemas::tls;
 
 pub use error::CaptureError;
 pub use publisher::{Publisher, PublisherSettings};

@@ -13,9 +13,11 @@
 //! - [`scheme`]: mapping schemes (reader schemas with `sluice.` attributes): parse, check
 //!   against a writer schema, apply to changes;
 //! - [`liveness`]: what every component reports to its process's `/readyz` (connected, and
-//!   whether pending work moves).
+//!   whether pending work moves);
+//! - [`tls`]: TLS settings and connectors for database connections, shared by sources and
+//!   sinks.
 //!
-//! It talks to no database: capture publishes the schemas it builds here and
+//! It talks to no database itself: capture publishes the schemas it builds here and
 //! the router loads them (see `sluice-capture` and `sluice-router`).
 
 pub mod avro;
@@ -28,6 +30,7 @@ pub mod registry;
 pub mod resolve;
 pub mod scheme;
 pub mod table;
+pub mod tls;
 pub mod transport;
 
 pub use avro::{AvroError, EnvelopeCodec, SchemaFingerprint};

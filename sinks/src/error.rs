@@ -1,3 +1,5 @@
+use sluice_schemas::tls::tls_failure;
+
 /// Sink failures. [`SinkError::is_transient`] decides retry versus stop, in one place.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -23,6 +25,24 @@ pub enum SinkError {
     },
 }
 
+/// A connection error as the operator should see it: a certificate TLS refused is definite,
+/// and says which settings to check.
+pub(crate) fn connect_error(name: &str, e: SinkError) -> SinkError {
+    let tls = match &e {
+        SinkError::Postgres(pg) => tls_failure(pg),
+        SinkError::Mysql(my) => tls_failure(my),
+        _ => None,
+    };
+    match tls {
+        Some(tls @ rustls::Error::InvalidCertificate(_)) => SinkError::Definite(format!(
+            "sinks.{name}: TLS refused the sink's certificate: {tls} (check sinks.{name}.tls.ca_file, \
+             and that the url's host is a name the certificate carries, or use tls.mode = \"verify-ca\")"
+        )),
+        Some(tls) => SinkError::Definite(format!("sinks.{name}: TLS failed: {tls}")),
+        None => e,
+    }
+}
+
 impl From<mysql_async::Error> for SinkError {
     fn from(e: mysql_async::Error) -> SinkError {
         SinkError::Mysql(e)
@@ -41,10 +61,13 @@ impl SinkError {
                         || c == "40001"
                         || c == "40P01"
                 }
-                None => true,
+                // No SQLSTATE: the connection broke, unless TLS refused the server.
+                None => tls_failure(e).is_none(),
             },
             SinkError::Mysql(e) => match e {
-                mysql_async::Error::Io(_) => true,
+                // A connection cut is worth retrying; a refused certificate is not.
+                mysql_async::Error::Io(mysql_async::IoError::Io(_)) => tls_failure(e).is_none(),
+                mysql_async::Error::Io(_) => false,
                 mysql_async::Error::Driver(_) => true,
                 // Too many connections, shutdown, lock wait, deadlock, gone away, lost,
                 // connection killed.

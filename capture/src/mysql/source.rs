@@ -33,7 +33,7 @@ use crate::metrics as m;
 use crate::postgres::state::{read_latest_state, TableState};
 use crate::postgres::SnapshotMode;
 use crate::publisher::{AckHandle, Publisher};
-use crate::tls::{TlsConfig, TlsMode};
+use crate::tls::TlsConfig;
 use crate::CaptureError;
 
 const STATE_INTERVAL: Duration = Duration::from_secs(1);
@@ -202,31 +202,6 @@ impl MysqlCapture {
         };
         stream.run(opts, shutdown).await
     }
-}
-
-/// The same TLS modes as for PostgreSQL, in `mysql_async`'s terms (rustls underneath).
-fn ssl_opts(tls: &TlsConfig) -> Option<mysql_async::SslOpts> {
-    use mysql_async::{ClientIdentity, SslOpts};
-    let with_ca = || {
-        SslOpts::default()
-            .with_root_certs(tls.ca_file.iter().map(|p| p.clone().into()).collect())
-            .with_disable_built_in_roots(true)
-    };
-    let opts = match tls.mode {
-        TlsMode::Disable => return None,
-        TlsMode::Require => SslOpts::default()
-            .with_danger_accept_invalid_certs(true)
-            .with_danger_skip_domain_validation(true),
-        TlsMode::VerifyCa => with_ca().with_danger_skip_domain_validation(true),
-        TlsMode::VerifyFull => with_ca(),
-    };
-    Some(match (&tls.cert_file, &tls.key_file) {
-        (Some(cert), Some(key)) => opts.with_client_identity(Some(ClientIdentity::new(
-            cert.clone().into(),
-            key.clone().into(),
-        ))),
-        _ => opts,
-    })
 }
 
 fn mysql_error(e: mysql_async::Error) -> CaptureError {
@@ -1144,7 +1119,7 @@ fn opts(
         .tls
         .client_config(&format!("sources.{name}.tls"))
         .map_err(CaptureError::Definite)?;
-    Ok(builder.ssl_opts(ssl_opts(&config.tls)).into())
+    Ok(builder.ssl_opts(config.tls.mysql_ssl_opts()).into())
 }
 
 /// The current schema of each configured table, read from the source's catalog (for

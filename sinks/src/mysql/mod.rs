@@ -15,9 +15,11 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder, Params, Pool, Transaction, TxOpts, Value};
 use serde::Deserialize;
 use sluice_schemas::pgtext::{self, civil_from_days};
+use sluice_schemas::tls::TlsConfig;
 use sluice_schemas::{Datum, Position, SqlType, TableId, TableSchema};
 use tracing::{debug, info, warn};
 
+use crate::error::connect_error;
 use crate::metrics as m;
 use crate::plan::{self, Action, Plan};
 use crate::{ApplyOutcome, Batch, ColumnTypes, DroppedColumns, Sink, SinkError, StoredProgress};
@@ -54,6 +56,9 @@ pub struct MysqlSinkConfig {
     /// As for PostgreSQL sinks: `keep` (default) or `drop`.
     #[serde(default)]
     pub dropped_columns: DroppedColumns,
+    /// TLS to the sink, as for PostgreSQL sinks (`[sinks.<name>.tls]`).
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 fn quote(ident: &str) -> String {
@@ -280,14 +285,23 @@ impl MysqlSink {
                  it holds sluice_offsets"
             ))
         })?;
+        // (checked here so that a bad file is reported with its field, not as a handshake error)
+        config
+            .tls
+            .client_config(&format!("sinks.{name}.tls"))
+            .map_err(SinkError::Definite)?;
         let mut builder = OptsBuilder::from_opts(opts)
             .prefer_socket(false)
+            .ssl_opts(config.tls.mysql_ssl_opts())
             .init(SESSION.to_vec());
         if let Some(pw) = password {
             builder = builder.pass(Some(pw));
         }
         let pool = Pool::new(builder);
-        let mut conn = pool.get_conn().await?;
+        let mut conn = pool
+            .get_conn()
+            .await
+            .map_err(|e| connect_error(name, e.into()))?;
         conn.query_drop(format!(
             "CREATE TABLE IF NOT EXISTS {}.{OFFSETS_TABLE} (\
                consumer_group VARCHAR(255) NOT NULL, topic VARCHAR(255) NOT NULL, \

@@ -6,9 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Deserialize;
+use sluice_schemas::tls::{MakeRustls, TlsConfig};
 use sluice_schemas::{pgtext, Datum, Position, SqlType, TableId, TableSchema};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Transaction};
+
+use crate::error::connect_error;
 use tracing::{debug, info, warn};
 
 mod check;
@@ -56,6 +59,10 @@ pub struct PostgresSinkConfig {
     /// `aliases`.)
     #[serde(default)]
     pub dropped_columns: DroppedColumns,
+    /// TLS to the sink (`[sinks.<name>.tls]`): `mode` = `disable` (default), `require`,
+    /// `verify-ca` or `verify-full`, with `ca_file` and an optional `cert_file`/`key_file`.
+    #[serde(default)]
+    pub tls: TlsConfig,
 }
 
 /// A column of a target table as the sink database declares it.
@@ -170,13 +177,33 @@ impl PostgresSink {
             pg.password(pw);
         }
         pg.application_name(format!("sluice-sink-{name}"));
-        let (client, connection) = pg.connect(NoTls).await?;
+        let tls = config
+            .tls
+            .client_config(&format!("sinks.{name}.tls"))
+            .map_err(SinkError::Definite)?;
         let sink_name = name.to_string();
-        let conn_task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(sink = %sink_name, error = %e, "sink connection closed");
+        let closed = move |e: tokio_postgres::Error| {
+            tracing::warn!(sink = %sink_name, error = %e, "sink connection closed");
+        };
+        let (client, conn_task) = match tls {
+            None => {
+                let (client, connection) = pg
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| connect_error(name, e.into()))?;
+                let task = tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
+                (client, task)
             }
-        });
+            Some(tls) => {
+                pg.ssl_mode(tokio_postgres::config::SslMode::Require);
+                let (client, connection) = pg
+                    .connect(MakeRustls(tls))
+                    .await
+                    .map_err(|e| connect_error(name, e.into()))?;
+                let task = tokio::spawn(async move { connection.await.unwrap_or_else(closed) });
+                (client, task)
+            }
+        };
         client
             .batch_execute(&format!(
                 "SET TIME ZONE 'UTC'; SET DateStyle = 'ISO'; SET extra_float_digits = 3; \

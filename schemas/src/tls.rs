@@ -1,5 +1,6 @@
-//! TLS to PostgreSQL, on rustls (ring provider): the modes libpq users know, for both the
-//! `tokio-postgres` connections (catalog, snapshot) and the walsender connection.
+//! TLS to databases, on rustls (ring provider): the modes libpq users know, for PostgreSQL
+//! sources (the `tokio-postgres` connections and the walsender connection), MySQL/MariaDB
+//! sources (through `mysql_async`), and both sinks.
 //!
 //! | mode          | encrypted | certificate chain checked | host name checked |
 //! |---------------|-----------|---------------------------|-------------------|
@@ -41,7 +42,7 @@ pub enum TlsMode {
     VerifyFull,
 }
 
-/// `[sources.<name>.tls]`.
+/// `[sources.<name>.tls]`, `[sinks.<name>.tls]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -202,6 +203,33 @@ impl ServerCertVerifier for Lenient {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+impl TlsConfig {
+    /// The same modes in `mysql_async`'s terms (rustls underneath), `None` for `disable`.
+    pub fn mysql_ssl_opts(&self) -> Option<mysql_async::SslOpts> {
+        use mysql_async::{ClientIdentity, SslOpts};
+        let with_ca = || {
+            SslOpts::default()
+                .with_root_certs(self.ca_file.iter().map(|p| p.clone().into()).collect())
+                .with_disable_built_in_roots(true)
+        };
+        let opts = match self.mode {
+            TlsMode::Disable => return None,
+            TlsMode::Require => SslOpts::default()
+                .with_danger_accept_invalid_certs(true)
+                .with_danger_skip_domain_validation(true),
+            TlsMode::VerifyCa => with_ca().with_danger_skip_domain_validation(true),
+            TlsMode::VerifyFull => with_ca(),
+        };
+        Some(match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => opts.with_client_identity(Some(ClientIdentity::new(
+                cert.clone().into(),
+                key.clone().into(),
+            ))),
+            _ => opts,
+        })
     }
 }
 
