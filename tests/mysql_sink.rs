@@ -467,3 +467,90 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
     assert!(kills >= 5, "only {kills} kills during the load");
     eprintln!("sysbench {tps}; {kills} kills; the sink matches the source");
 }
+
+#[test]
+fn schemes_check_compares_a_scheme_with_the_existing_mariadb_table() {
+    // Given a PostgreSQL table and, in a MariaDB sink, an existing table for it whose name
+    // column is too narrow and which has a NOT NULL column no field writes,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.psql(
+        "source",
+        "CREATE TABLE public.t (id int PRIMARY KEY, name text, n numeric)",
+    )
+    .unwrap();
+    let maria = MariaDb::start().unwrap();
+    maria.create_database("wh").unwrap();
+    maria
+        .root_sql(
+            "CREATE TABLE wh.t (id int PRIMARY KEY, name varchar(20), n text, audit int NOT NULL)",
+        )
+        .unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("schemes")).unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+             tables = [\"public.t\"]\nslot = \"chk\"\npublication = \"chk\"\n[sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
+             [router]\nsink = \"maria\"\nschemes = \"schemes\"\n",
+            kafka.bootstrap(),
+            pg.url("source"),
+            maria.url()
+        ),
+    )
+    .unwrap();
+    let sluice = |args: &[&str]| {
+        let out = std::process::Command::new(SLUICE)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = sluice(&["schemes", "generate"]);
+    assert_eq!(code, Some(0), "{out}");
+
+    // when the identity scheme is checked, each problem names the column and the fix, exit 1;
+    let (code, out) = sluice(&["schemes", "check"]);
+    assert_eq!(code, Some(1), "{out}");
+    for expected in [
+        "sink maria, column `n`: MySQL cannot hold these values exactly: numeric without a precision",
+        "sink maria, column `name`: the sink column is varchar(20), and the scheme writes text (LONGTEXT) values into it\n  fix: ALTER TABLE `wh`.`t` MODIFY `name` LONGTEXT",
+        "sink maria, column `audit`: wh.t.audit is NOT NULL without a default, and no field of the scheme writes it",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+    }
+
+    // With the scheme asking for text, `n` is still too small (MySQL's TEXT holds 64 KB, a
+    // PostgreSQL text up to 1 GB),
+    let file = dir.path().join("schemes/public.t.avsc");
+    let mut scheme: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(scheme["fields"][2]["name"], "n");
+    scheme["fields"][2]["sluice.type"] = "text".into();
+    std::fs::write(&file, scheme.to_string()).unwrap();
+    let (code, out) = sluice(&["schemes", "check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("sink maria, column `n`: the sink column is text, and the scheme writes text (LONGTEXT) values into it"),
+        "{out}"
+    );
+    // and once the table is fixed too, the check passes.
+    maria
+        .root_sql("ALTER TABLE wh.t MODIFY name LONGTEXT, MODIFY n LONGTEXT, MODIFY audit int NOT NULL DEFAULT 0")
+        .unwrap();
+    let (code, out) = sluice(&["schemes", "check"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("ok: public.t → public.t in sink maria"),
+        "{out}"
+    );
+}

@@ -13,6 +13,16 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sluice_schemas::{Datum, Op, Position, TableSchema};
 
+/// One reason a sink table cannot take a mapping scheme's rows, with the fix
+/// (`sluice schemes check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetProblem {
+    /// `table` or the column's name.
+    pub at: String,
+    pub message: String,
+    pub fix: String,
+}
+
 pub mod error;
 pub mod metrics;
 pub mod mysql;
@@ -139,6 +149,19 @@ pub trait Sink: Send {
 pub enum AnySink {
     Postgres(postgres::PostgresSink),
     Mysql(mysql::MysqlSink),
+}
+
+impl AnySink {
+    /// What keeps the sink's table for a scheme's `target` from taking its rows.
+    pub async fn check_target(
+        &mut self,
+        target: &TableSchema,
+    ) -> Result<Vec<TargetProblem>, SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.check_target(target).await,
+            AnySink::Mysql(s) => s.check_target(target).await,
+        }
+    }
 }
 
 impl Sink for AnySink {

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::error::connect_error;
 use crate::metrics as m;
 use crate::plan::{self, Action, Plan};
+use crate::TargetProblem;
 use crate::{ApplyOutcome, Batch, ColumnTypes, DroppedColumns, Sink, SinkError, StoredProgress};
 
 /// Table holding consumed offsets and applied positions, in the url's database.
@@ -230,6 +231,28 @@ fn holds(existing: &str, t: &SqlType) -> bool {
     }
 }
 
+/// Whether a MySQL column of `existing` type takes every value of `t`, lengths included:
+/// stricter than [`holds`] (which the sink uses to leave a column be, refusing only the values
+/// that do not fit), for `sluice schemes check`.
+fn holds_every_value(existing: &str, t: &SqlType, key: bool) -> bool {
+    let length = |prefix: &str| -> Option<u32> {
+        existing
+            .strip_prefix(prefix)?
+            .split(')')
+            .next()?
+            .parse()
+            .ok()
+    };
+    let text = t.is_text_form() && !matches!(t, SqlType::Json | SqlType::Jsonb);
+    if text {
+        return existing == "longtext" || (key && length("varchar(").is_some_and(|n| n >= 768));
+    }
+    if *t == SqlType::Bytes {
+        return existing == "longblob" || (key && length("varbinary(").is_some_and(|n| n >= 3072));
+    }
+    holds(existing, t)
+}
+
 /// Whether altering a column of `existing` type to [`mysql_type`]`(t)` keeps every value.
 fn widens(existing: &str, t: &SqlType) -> bool {
     let base = existing.split('(').next().unwrap_or(existing).trim();
@@ -427,6 +450,117 @@ impl MysqlSink {
             .into_iter()
             .map(|(n, t)| (n, SinkColumn { column_type: t }))
             .collect())
+    }
+
+    /// What keeps the sink's table for `target` (a scheme's target, before the sink's own
+    /// `database` override) from taking its rows: a type MySQL cannot hold exactly, a column
+    /// that cannot hold the field's values, a NOT NULL column no field writes, another key.
+    /// Only the first for a table that does not exist and that the sink creates.
+    pub async fn check_target(
+        &mut self,
+        target: &TableSchema,
+    ) -> Result<Vec<TargetProblem>, SinkError> {
+        let id = self.target_id(&target.id);
+        let qualified = format!("{}.{}", quote(&id.namespace), quote(&id.name));
+        let mut problems = Vec::new();
+        for c in &target.columns {
+            if let Err(why) = mysql_type(&c.sql_type, c.key) {
+                problems.push(TargetProblem {
+                    at: c.name.clone(),
+                    message: format!("MySQL cannot hold these values exactly: {why}"),
+                    fix:
+                        "give the field a \"sluice.type\" of text (exact), or a decimal(p,s) that \
+                          fits (values that do not fit are then dead-lettered)"
+                            .into(),
+                });
+            }
+        }
+        let mut conn = self.pool.get_conn().await?;
+        let rows: Vec<(String, String, String, Option<String>, String, String)> = conn
+            .exec(
+                "SELECT COLUMN_NAME, LOWER(COLUMN_TYPE), IS_NULLABLE, COLUMN_DEFAULT, EXTRA, COLUMN_KEY                  FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?                  ORDER BY ORDINAL_POSITION",
+                (&id.namespace, &id.name),
+            )
+            .await?;
+        if rows.is_empty() {
+            if !self.config.create_tables {
+                problems.push(TargetProblem {
+                    at: "table".into(),
+                    message: format!("{id} does not exist in sink {}", self.name),
+                    fix: format!(
+                        "create it, or set sinks.{}.create_tables = true so Sluice creates it",
+                        self.name
+                    ),
+                });
+            }
+            return Ok(problems);
+        }
+        for c in &target.columns {
+            let Ok(wanted) = mysql_type(&c.sql_type, c.key) else {
+                continue; // reported above
+            };
+            match rows.iter().find(|r| r.0 == c.name) {
+                None if !self.config.create_tables => problems.push(TargetProblem {
+                    at: c.name.clone(),
+                    message: format!("{id} has no column `{}`", c.name),
+                    fix: format!(
+                        "add it (ALTER TABLE {qualified} ADD COLUMN {} {wanted}), or set sinks.{}.create_tables = true",
+                        quote(&c.name),
+                        self.name
+                    ),
+                }),
+                None => {}
+                Some(r) if !holds_every_value(&r.1, &c.sql_type, c.key) => problems.push(TargetProblem {
+                    at: c.name.clone(),
+                    message: format!(
+                        "the sink column is {}, and the scheme writes {} ({wanted}) values into it",
+                        r.1,
+                        c.sql_type.canonical()
+                    ),
+                    fix: format!(
+                        "ALTER TABLE {qualified} MODIFY {} {wanted}, or change the field's type to match",
+                        quote(&c.name)
+                    ),
+                }),
+                Some(_) => {}
+            }
+        }
+        for (name, _, nullable, default, extra, _) in &rows {
+            let generated = extra.contains("auto_increment") || extra.contains("generated");
+            if nullable == "NO"
+                && default.is_none()
+                && !generated
+                && !target.columns.iter().any(|c| &c.name == name)
+            {
+                problems.push(TargetProblem {
+                    at: name.clone(),
+                    message: format!(
+                        "{id}.{name} is NOT NULL without a default, and no field of the scheme writes it"
+                    ),
+                    fix: "add a field for it, or give the column a default".into(),
+                });
+            }
+        }
+        let mut sink_key: Vec<&str> = rows
+            .iter()
+            .filter(|r| r.5 == "PRI")
+            .map(|r| r.0.as_str())
+            .collect();
+        let mut scheme_key: Vec<&str> = target.key_columns().map(|c| c.name.as_str()).collect();
+        sink_key.sort_unstable();
+        scheme_key.sort_unstable();
+        if sink_key != scheme_key {
+            problems.push(TargetProblem {
+                at: "table".into(),
+                message: format!(
+                    "{id}'s primary key is ({}), and the scheme's key is ({})",
+                    sink_key.join(", "),
+                    scheme_key.join(", ")
+                ),
+                fix: "upserts match rows by the primary key: make them the same (\"sluice.key\", or the table's PRIMARY KEY)".into(),
+            });
+        }
+        Ok(problems)
     }
 
     /// Creates or evolves the target table of a table version (cached per version).

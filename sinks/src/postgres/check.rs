@@ -4,16 +4,7 @@
 use sluice_schemas::{SqlType, TableSchema};
 
 use super::{quote, PostgresSink};
-use crate::SinkError;
-
-/// One reason the sink table cannot take the scheme's rows, with the fix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetProblem {
-    /// `table` or the column's name.
-    pub at: String,
-    pub message: String,
-    pub fix: String,
-}
+use crate::{SinkError, TargetProblem};
 
 /// PostgreSQL's name (`format_type`) of the column type the sink creates for `t`; `None` for
 /// named types (enums, composites, extensions), which depend on the database.

@@ -15,7 +15,7 @@ use crate::error::connect_error;
 use tracing::{debug, info, warn};
 
 mod check;
-pub use check::{pg_type_name, TargetProblem};
+pub use check::pg_type_name;
 
 use crate::metrics as m;
 use crate::plan::{self, Action, Plan};
