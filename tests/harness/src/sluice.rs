@@ -142,6 +142,11 @@ impl SluiceProcess {
     pub fn has_exited(&mut self) -> bool {
         self.guard.has_exited()
     }
+
+    /// The process id, while it runs (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> Option<u32> {
+        self.guard.pid()
+    }
 }
 
 /// A minimal HTTP GET on 127.0.0.1; `(status, body)`.
