@@ -241,6 +241,14 @@ impl<S: Sink> Router<S> {
             ("topic.metadata.refresh.interval.ms", "5000"),
             // The consumer-lag gauge is read from librdkafka's statistics.
             ("statistics.interval.ms", "5000"),
+            // How long the broker may hold a fetch that finds nothing new. A broker that holds
+            // every fetch for part of this even when it has data (Tansu 0.6 does) adds it to
+            // each message's latency; Kafka answers at once either way.
+            ("fetch.wait.max.ms", "10"),
+            // What librdkafka prefetches per partition and in all: bounds the router's memory
+            // (the default 64 MiB queue is most of it) while keeping the sink fed.
+            ("max.partition.fetch.bytes", "4194304"),
+            ("queued.max.messages.kbytes", "16384"),
         ] {
             if config.get(key).is_none() {
                 config.set(key, value);
