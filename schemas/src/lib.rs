@@ -21,6 +21,7 @@
 //! the router loads them (see `sluice-capture` and `sluice-router`).
 
 pub mod avro;
+mod avro_read;
 pub mod compat;
 pub mod decimal;
 pub mod event;
