@@ -78,7 +78,14 @@ impl Position {
 
     /// Lower-case hex, as carried in the [`POSITION_HEADER`].
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        // Once per event in capture: no formatter machinery.
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(self.0.len() * 2);
+        for b in &self.0 {
+            out.push(DIGITS[usize::from(b >> 4)] as char);
+            out.push(DIGITS[usize::from(b & 0xf)] as char);
+        }
+        out
     }
 
     /// Parses the hex form; `None` when it is not even-length hex.
