@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData};
+use mysql_async::binlog::value::BinlogValue;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn, Opts, OptsBuilder, Row, Value};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,7 @@ use sluice_schemas::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, Instrument};
 
+use super::rows::{Image, Images, RowImages};
 use super::types::{self, BinlogColumn, Charset, Collations};
 use crate::metrics as m;
 use crate::postgres::state::{read_latest_state, TableState};
@@ -979,17 +981,16 @@ impl Stream<'_> {
         }
         let source = self.capture.name.clone();
         let schema = &mapped.codec.table;
-        let convert = |image: Option<mysql_async::binlog::row::BinlogRow>| -> Option<Vec<Datum>> {
-            let values = image?.unwrap();
+        let convert = |image: Option<Image<'_>>| -> Option<Vec<Datum>> {
             Some(
-                values
+                image?
                     .into_iter()
                     .zip(&mapped.columns)
                     .zip(&schema.columns)
                     .map(|((v, c), col)| {
                         let v = match v {
-                            mysql_async::binlog::value::BinlogValue::Value(Value::NULL) => None,
-                            v => Some(v),
+                            Some(BinlogValue::Value(Value::NULL)) => None,
+                            v => v,
                         };
                         types::binlog_datum(c, &col.sql_type, v).unwrap_or_else(|e| {
                             value_error(&source, &mapped.id, &c.name, &e);
@@ -999,8 +1000,22 @@ impl Stream<'_> {
                     .collect(),
             )
         };
+        // Row images parsed directly with the table map's column types; mysql_async's own
+        // parser for what that does not cover (MySQL 8's partial JSON updates).
+        let images: Box<dyn Iterator<Item = RowImages<'_>>> =
+            match Images::new(rows, &mapped.columns) {
+                Some(images) => Box::new(images),
+                None => Box::new(rows.rows(tme).map(|r| {
+                    r.map(|(b, a)| {
+                        let image = |row: Option<mysql_async::binlog::row::BinlogRow>| {
+                            row.map(|r| r.unwrap().into_iter().map(Some).collect::<Image<'_>>())
+                        };
+                        (image(b), image(a))
+                    })
+                })),
+            };
         let mut out = Vec::new();
-        for (row_index, row) in rows.rows(tme).enumerate() {
+        for (row_index, row) in images.enumerate() {
             let (before, after) = row.map_err(|e| {
                 CaptureError::Definite(format!("undecodable row at {file}:{log_pos}: {e}"))
             })?;
