@@ -333,6 +333,35 @@ fn preflight_names_each_missing_setting_and_the_fix() {
 }
 
 #[test]
+fn a_second_deployment_with_the_same_source_name_is_refused_instead_of_taking_the_position() {
+    // Given a capture that synced and wrote its binlog position to the state topic,
+    let services = Services::start(&format!("{ORDERS_DDL}; {}", insert_orders(1, 10)));
+    let config = services.config(&["shop.orders"]);
+    let mut sluice = services.sluice(&config);
+    services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(60));
+    sluice.terminate(Duration::from_secs(30));
+
+    // when another deployment on the same Kafka (its own topic prefix) names its source alike,
+    let other = services.dir.path().join("other.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("topic_prefix = \"e2e\""));
+    std::fs::write(
+        &other,
+        text.replace("topic_prefix = \"e2e\"", "topic_prefix = \"other\"")
+            .replace("e2e-router", "other-router"),
+    )
+    .unwrap();
+
+    // then it stops with the reason and the fix, instead of resuming from the first's position.
+    let log = run_until_it_stops(&services, &other);
+    assert!(
+        log.contains("publishes to topic prefix `e2e`, and this one publishes to `other`")
+            && log.contains("kafka.state_topic"),
+        "{log}"
+    );
+}
+
+#[test]
 fn a_binlog_purged_past_the_checkpoint_is_a_definite_error_that_says_how_to_recover() {
     // Given a synced table and capture stopped,
     let services = Services::start(&format!("{ORDERS_DDL}; {}", insert_orders(1, 10)));

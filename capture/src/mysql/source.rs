@@ -106,6 +106,24 @@ struct MysqlState {
     gtid: Option<String>,
     /// Snapshot progress by `database.table`; `snapshot_lsn` is the packed snapshot position.
     tables: BTreeMap<String, TableState>,
+    /// The `kafka.topic_prefix` of the capture that wrote the record (absent in records
+    /// written before it was kept). State is keyed by source name alone, so two deployments
+    /// sharing a Kafka cluster and a source name would otherwise take each other's position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    topic_prefix: Option<String>,
+}
+
+impl MysqlState {
+    /// Refuses a state record another deployment wrote, then claims the record as this one's.
+    fn claim(&mut self, source: &str, state_topic: &str, prefix: &str) -> Result<(), CaptureError> {
+        if let Some(theirs) = self.topic_prefix.as_deref().filter(|p| *p != prefix) {
+            return Err(CaptureError::Definite(format!(
+                "the state record of source {source} in {state_topic} belongs to a capture that                  publishes to topic prefix `{theirs}`, and this one publishes to `{prefix}`: two                  deployments share the source name on one Kafka cluster and would take each                  other's binlog position. Give this source a name of its own                  ([sources.<name>]) or a state topic of its own (kafka.state_topic); if the                  prefix was changed on purpose, delete that record to start again"
+            )));
+        }
+        self.topic_prefix = Some(prefix.to_string());
+        Ok(())
+    }
 }
 
 /// A running capture of one source of this kind.
@@ -150,6 +168,11 @@ impl MysqlCapture {
                 ))
             })?,
         };
+        state.claim(
+            &self.name,
+            &self.settings.state_topic,
+            &self.settings.topic_prefix,
+        )?;
 
         let pending: Vec<TableId> = tables
             .iter()
@@ -1167,6 +1190,30 @@ pub async fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_record_of_another_deployment_is_refused_and_an_old_one_claimed() {
+        let old: MysqlState =
+            serde_json::from_str(r#"{"file_base":"binlog","position":5,"gtid":null,"tables":{}}"#)
+                .unwrap();
+        let mut claimed = old.clone();
+        claimed.claim("maria", "sluice.state", "shop").unwrap();
+        assert_eq!(claimed.topic_prefix.as_deref(), Some("shop"));
+        assert!(serde_json::to_string(&claimed)
+            .unwrap()
+            .contains(r#""topic_prefix":"shop""#));
+        claimed.claim("maria", "sluice.state", "shop").unwrap();
+        let err = claimed
+            .claim("maria", "sluice.state", "other")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("topic prefix `shop`")
+                && err.contains("`other`")
+                && err.contains("kafka.state_topic"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn packed_positions_keep_binlog_order() {
