@@ -669,18 +669,12 @@ impl EnvelopeDecoder {
                         node = c.branch(variants).map_err(read)?;
                     }
                     match node {
-                        Node::Array(items) if matches!(**items, Node::String) => loop {
-                            let count = c.long().map_err(read)?;
-                            if count == 0 {
-                                break;
-                            }
-                            if count < 0 {
-                                c.long().map_err(read)?;
-                            }
-                            for _ in 0..count.unsigned_abs() {
-                                unchanged.push(c.string().map_err(read)?);
-                            }
-                        },
+                        Node::Array(items) if matches!(**items, Node::String) => c
+                            .blocks(|c| {
+                                unchanged.push(c.string()?);
+                                Ok(())
+                            })
+                            .map_err(read)?,
                         other => c.skip(other).map_err(read)?,
                     }
                 }

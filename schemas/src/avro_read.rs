@@ -198,7 +198,7 @@ impl<'a> Cursor<'a> {
 
     /// Calls `item` for each item of an array or map (blocks of items; a negative count is
     /// followed by the block's size in bytes).
-    fn blocks(
+    pub(crate) fn blocks(
         &mut self,
         mut item: impl FnMut(&mut Self) -> Result<(), String>,
     ) -> Result<(), String> {
@@ -333,6 +333,14 @@ impl<'a> Cursor<'a> {
 
 /// A UUID's canonical text (lower-case, hyphenated), from any of the forms Avro writers use.
 fn uuid_text(s: &str) -> Option<String> {
+    let canonical = s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_digit() || ('a'..='f').contains(&c),
+        });
+    if canonical {
+        return Some(s.to_string());
+    }
     let hex: String = s.chars().filter(|c| *c != '-').collect();
     let hex = hex
         .strip_prefix("urn:uuid:")

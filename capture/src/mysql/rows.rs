@@ -20,11 +20,25 @@ pub type Image<'a> = Vec<Option<BinlogValue<'a>>>;
 /// A row's (before, after) images.
 pub type RowImages<'a> = io::Result<(Option<Image<'a>>, Option<Image<'a>>)>;
 
+/// Which columns an image holds, and how many (the size of its null bitmap).
+struct Present {
+    columns: Vec<bool>,
+    count: usize,
+}
+
+impl Present {
+    fn new(bits: impl Iterator<Item = bool>) -> Present {
+        let columns: Vec<bool> = bits.collect();
+        let count = columns.iter().filter(|p| **p).count();
+        Present { columns, count }
+    }
+}
+
 /// Iterates the (before, after) images of each row.
 pub struct Images<'a> {
     buf: ParseBuf<'a>,
-    before: Option<Vec<bool>>,
-    after: Option<Vec<bool>>,
+    before: Option<Present>,
+    after: Option<Present>,
     columns: &'a [BinlogColumn],
 }
 
@@ -41,39 +55,38 @@ impl<'a> Images<'a> {
             buf: ParseBuf(rows.rows_data()),
             before: rows
                 .columns_before_image()
-                .map(|b| b.iter().map(|bit| *bit).collect()),
+                .map(|b| Present::new(b.iter().map(|bit| *bit))),
             after: rows
                 .columns_after_image()
-                .map(|b| b.iter().map(|bit| *bit).collect()),
+                .map(|b| Present::new(b.iter().map(|bit| *bit))),
             columns,
         })
     }
+}
 
-    fn image(&mut self, present: &[bool]) -> io::Result<Image<'a>> {
-        let count = present.iter().filter(|p| **p).count();
-        let nulls: &'a [u8] = self.buf.parse(count.div_ceil(8))?;
-        let mut out = Vec::with_capacity(self.columns.len());
-        let mut k = 0;
-        for (c, here) in self.columns.iter().zip(present) {
-            if !here {
-                out.push(None);
-                continue;
-            }
-            let null = nulls[k / 8] >> (k % 8) & 1 == 1;
-            k += 1;
-            if null {
-                out.push(None);
-            } else {
-                out.push(Some(self.buf.parse::<BinlogValue<'a>>((
-                    c.ty,
-                    &c.meta[..],
-                    c.unsigned,
-                    false,
-                ))?));
-            }
+/// Reads one image: its null bitmap, then a value per present, non-null column.
+fn image<'a>(
+    buf: &mut ParseBuf<'a>,
+    columns: &'a [BinlogColumn],
+    present: &Present,
+) -> io::Result<Image<'a>> {
+    let nulls: &'a [u8] = buf.parse(present.count.div_ceil(8))?;
+    let mut out = Vec::with_capacity(columns.len());
+    let mut k = 0;
+    for (c, here) in columns.iter().zip(&present.columns) {
+        if !here {
+            out.push(None);
+            continue;
         }
-        Ok(out)
+        let null = nulls[k / 8] >> (k % 8) & 1 == 1;
+        k += 1;
+        out.push(if null {
+            None
+        } else {
+            Some(buf.parse::<BinlogValue<'a>>((c.ty, &c.meta[..], c.unsigned, false))?)
+        });
     }
+    Ok(out)
 }
 
 impl<'a> Iterator for Images<'a> {
@@ -83,15 +96,13 @@ impl<'a> Iterator for Images<'a> {
         if self.buf.is_empty() {
             return None;
         }
-        let before = self.before.take();
-        let after = self.after.take();
-        let result = (|| {
-            let b = before.as_deref().map(|p| self.image(p)).transpose()?;
-            let a = after.as_deref().map(|p| self.image(p)).transpose()?;
-            Ok((b, a))
-        })();
-        self.before = before;
-        self.after = after;
+        let mut read = |present: &Option<Present>| {
+            present
+                .as_ref()
+                .map(|p| image(&mut self.buf, self.columns, p))
+                .transpose()
+        };
+        let result = read(&self.before).and_then(|b| Ok((b, read(&self.after)?)));
         if result.is_err() {
             // Nothing after a bad row can be trusted.
             self.buf = ParseBuf(&[]);
