@@ -128,6 +128,20 @@ fn metric(sluice: &SluiceProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_value(&sluice.metrics().unwrap_or_default(), name, labels).unwrap_or(0.0)
 }
 
+/// Waits up to 30 s until the metric's value satisfies `done`.
+fn wait_for_metric(
+    sluice: &SluiceProcess,
+    name: &str,
+    labels: &[(&str, &str)],
+    done: impl Fn(f64) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done(metric(sluice, name, labels)) {
+        assert!(Instant::now() < deadline, "{name}: {}", sluice.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn generate_edit_check_run_and_reload_a_scheme() {
     // Given a source table, an empty sink and a config whose router reads schemes/,
@@ -267,16 +281,12 @@ fn generate_edit_check_run_and_reload_a_scheme() {
 
     // When the file is changed into something invalid, the running scheme is kept,
     std::fs::write(&file, EDITED.replace("\"int\"", "\"itn\"")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(
+    wait_for_metric(
         &sluice_run,
         "sluice_router_scheme_reloads_total",
         &[("result", "rejected")],
-    ) < 1.0
-    {
-        assert!(Instant::now() < deadline, "{}", sluice_run.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        |v| v >= 1.0,
+    );
     assert!(sluice_run
         .log()
         .contains("a changed mapping scheme is invalid; the running one is kept"));
@@ -303,16 +313,12 @@ fn generate_edit_check_run_and_reload_a_scheme() {
         ),
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(
+    wait_for_metric(
         &sluice_run,
         "sluice_router_scheme_reloads_total",
         &[("result", "applied")],
-    ) < 1.0
-    {
-        assert!(Instant::now() < deadline, "{}", sluice_run.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        |v| v >= 1.0,
+    );
     pg.psql(
         "source",
         "UPDATE public.customers SET qty = qty + 1 WHERE id BETWEEN 3 AND 9",
@@ -460,16 +466,12 @@ fn a_source_change_the_scheme_does_not_fit_holds_its_table_until_the_scheme_is_f
         "SELECT id, body FROM public.notes ORDER BY id",
         &sluice_run,
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(
+    wait_for_metric(
         &sluice_run,
         "sluice_router_table_blocked",
         &[("table", "public.customers")],
-    ) != 1.0
-    {
-        assert!(Instant::now() < deadline, "{}", sluice_run.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        |v| v == 1.0,
+    );
     assert!(
         sluice_run
             .log()
@@ -509,16 +511,12 @@ fn a_source_change_the_scheme_does_not_fit_holds_its_table_until_the_scheme_is_f
         customers,
         &sluice_run,
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(
+    wait_for_metric(
         &sluice_run,
         "sluice_router_table_blocked",
         &[("table", "public.customers")],
-    ) != 0.0
-    {
-        assert!(Instant::now() < deadline, "{}", sluice_run.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        |v| v == 0.0,
+    );
     assert_eq!(metric(&sluice_run, "sluice_router_dlq_total", &[]), 0.0);
 }
 

@@ -130,6 +130,15 @@ impl Timing {
     }
 }
 
+/// A reference tool's figure: `rows` in `took`, its own startup included.
+fn reference(rows: u64, took: Duration) -> Value {
+    json!({
+        "rows": rows,
+        "seconds": took.as_secs_f64(),
+        "rows_per_s": (rows as f64 / took.as_secs_f64()).round(),
+    })
+}
+
 /// Sum of every series of a counter or gauge in Prometheus text.
 fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
@@ -397,11 +406,7 @@ fn postgres_throughput(bench: &mut Bench) {
             String::from_utf8_lossy(&out.stderr)
         );
     });
-    let recvlogical_rate = rows as f64 / recvlogical.as_secs_f64();
-    bench.record(
-        "pg_recvlogical",
-        json!({ "rows": rows, "seconds": recvlogical.as_secs_f64(), "rows_per_s": recvlogical_rate.round() }),
-    );
+    bench.record("pg_recvlogical", reference(rows, recvlogical));
 
     // (The router alone reads what this capture published.)
     let (mut capture, spawned) = bench.sluice("pg_capture", "cap", "capture", &capture_body);
@@ -435,10 +440,7 @@ fn postgres_throughput(bench: &mut Bench) {
             &format!("COPY public.copy_ref FROM '{}'", file.display()),
         );
     });
-    bench.record(
-        "copy_into_sink",
-        json!({ "rows": rows, "seconds": copy.as_secs_f64(), "rows_per_s": (rows as f64 / copy.as_secs_f64()).round() }),
-    );
+    bench.record("copy_into_sink", reference(rows, copy));
     let upsert = timed("INSERT … ON CONFLICT from a table", || {
         bench.psql(
             "sink_router",
@@ -449,10 +451,7 @@ fn postgres_throughput(bench: &mut Bench) {
              note = EXCLUDED.note",
         );
     });
-    bench.record(
-        "insert_on_conflict_from_table",
-        json!({ "rows": rows, "seconds": upsert.as_secs_f64(), "rows_per_s": (rows as f64 / upsert.as_secs_f64()).round() }),
-    );
+    bench.record("insert_on_conflict_from_table", reference(rows, upsert));
 
     if bench.settings.runs("router") {
         // The router alone: the capture's topic holds every row already.
@@ -542,10 +541,7 @@ fn mariadb_throughput(bench: &mut Bench) {
             String::from_utf8_lossy(&out.stderr)
         );
     });
-    bench.record(
-        "mariadb_binlog_decode",
-        json!({ "rows": rows, "seconds": decode.as_secs_f64(), "rows_per_s": (rows as f64 / decode.as_secs_f64()).round() }),
-    );
+    bench.record("mariadb_binlog_decode", reference(rows, decode));
 
     let (mut capture, spawned) = bench.sluice("maria_capture", "mcap", "capture", &capture_body);
     let t = bench.watch(&mut capture, spawned, "sluice_capture_events_total", rows);
