@@ -1,5 +1,6 @@
-//! The PostgreSQL sink: set-based upserts and deletes through `unnest` of text arrays, cast to
-//! each target column's type, in one transaction with the offsets.
+//! The PostgreSQL sink: set-based upserts and deletes through `unnest` of one array per column
+//! (binary where the column's type is the values' own, else text cast to the column's type;
+//! `encode`), prepared once per shape, in one transaction with the offsets.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,14 +8,17 @@ use std::time::Instant;
 
 use serde::Deserialize;
 use sluice_schemas::tls::{MakeRustls, TlsConfig};
-use sluice_schemas::{pgtext, Datum, Position, SqlType, TableId, TableSchema};
+use sluice_schemas::{Datum, Position, SqlType, TableId, TableSchema};
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Transaction};
+use tokio_postgres::{Client, NoTls, Statement, Transaction};
+
+use encode::{ColumnArray, Wire};
 
 use crate::error::connect_error;
 use tracing::{debug, info, warn};
 
 mod check;
+mod encode;
 pub use check::pg_type_name;
 
 use crate::metrics as m;
@@ -102,7 +106,14 @@ struct State {
     targets: HashMap<TableId, (Arc<TableSchema>, Target)>,
     /// Type changes already reported as kept.
     kept_types: std::collections::HashSet<(TableId, String, String)>,
+    /// The set-based statements prepared on this connection, by their text: a batch of the
+    /// same shape as an earlier one costs no prepare round trip and no new plan.
+    statements: HashMap<String, Statement>,
 }
+
+/// Prepared statements kept per connection; past this many (a table with many partial-update
+/// shapes, many tables) the cache starts over.
+const MAX_PREPARED: usize = 256;
 
 impl Drop for PostgresSink {
     fn drop(&mut self) {
@@ -226,6 +237,7 @@ impl PostgresSink {
                 config,
                 targets: HashMap::new(),
                 kept_types: std::collections::HashSet::new(),
+                statements: HashMap::new(),
             },
             password,
         })
@@ -250,11 +262,20 @@ impl PostgresSink {
         // `self` first, so the dead ones are what is dropped.
         std::mem::swap(&mut self.client, &mut fresh.client);
         std::mem::swap(&mut self.conn_task, &mut fresh.conn_task);
+        // Statements are the old connection's.
+        self.state.statements.clear();
         Ok(())
     }
 }
 
 impl State {
+    /// After a failed transaction: tables created or altered in it are gone again, so what
+    /// the caches learnt in it (targets, statements planned against them) goes too.
+    fn forget(&mut self) {
+        self.targets.clear();
+        self.statements.clear();
+    }
+
     fn target_id(&self, source: &TableId) -> TableId {
         TableId::new(
             self.config
@@ -634,21 +655,22 @@ impl State {
                 .collect::<Vec<_>>()
                 .join(" AND ")
         };
+        let arrays_of = |rows, cols: &[usize]| column_arrays(schema, rows, cols, &cast);
         if !deletes.is_empty() {
             let cols: Vec<usize> = key_idx.clone();
-            let arrays = columns_as_arrays(schema, &deletes, &cols);
+            let arrays = arrays_of(&deletes, &cols);
             let sql = format!(
                 "DELETE FROM {} AS t USING unnest({}) AS v({}) WHERE {}",
                 target.qualified,
-                placeholders(cols.len()),
+                placeholders(&arrays),
                 aliases(cols.len()),
                 key_match(&|i| format!("v.c{}", cols.iter().position(|c| *c == i).unwrap_or(0)))
             );
-            run(txn, &sql, &arrays).await?;
+            self.run(txn, sql, &arrays).await?;
         }
         if !full.is_empty() {
             let cols: Vec<usize> = (0..schema.columns.len()).collect();
-            let arrays = columns_as_arrays(schema, &full, &cols);
+            let arrays = arrays_of(&full, &cols);
             let names: Vec<String> = schema.columns.iter().map(|c| quote(&c.name)).collect();
             let selects: Vec<String> = schema
                 .columns
@@ -676,15 +698,15 @@ impl State {
                 target.qualified,
                 names.join(", "),
                 selects.join(", "),
-                placeholders(cols.len()),
+                placeholders(&arrays),
                 aliases(cols.len()),
                 keys.join(", ")
             );
-            run(txn, &sql, &arrays).await?;
+            self.run(txn, sql, &arrays).await?;
         }
-        for (mask, rows) in partial {
+        for (mask, rows) in &partial {
             let cols: Vec<usize> = (0..schema.columns.len()).filter(|&i| mask[i]).collect();
-            let arrays = columns_as_arrays(schema, &rows, &cols);
+            let arrays = arrays_of(rows, &cols);
             let alias_of =
                 |i: usize| format!("v.c{}", cols.iter().position(|c| *c == i).unwrap_or(0));
             let sets: Vec<String> = cols
@@ -702,11 +724,11 @@ impl State {
                 "UPDATE {} AS t SET {} FROM unnest({}) AS v({}) WHERE {}",
                 target.qualified,
                 sets.join(", "),
-                placeholders(cols.len()),
+                placeholders(&arrays),
                 aliases(cols.len()),
                 key_match(&alias_of)
             );
-            run(txn, &sql, &arrays).await?;
+            self.run(txn, sql, &arrays).await?;
         }
         let total: u64 = plan.counts.iter().sum();
         for (i, op) in ["c", "u", "d", "r", "t"].iter().enumerate() {
@@ -719,9 +741,12 @@ impl State {
     }
 }
 
-fn placeholders(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}::text[]"))
+/// `$1::pg_catalog.int8[], $2::text[], …`: each column array's parameter, typed as it travels.
+fn placeholders(arrays: &[ColumnArray<'_>]) -> String {
+    arrays
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("${}::{}", i + 1, a.wire.array_type().0))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -733,31 +758,52 @@ fn aliases(n: usize) -> String {
         .join(", ")
 }
 
-fn columns_as_arrays(
-    schema: &TableSchema,
-    rows: &[&Vec<Datum>],
+/// The `cols` of `rows`, one array parameter each, binary where the sink column's type is the
+/// values' own (see [`Wire::choose`]).
+fn column_arrays<'a>(
+    schema: &'a TableSchema,
+    rows: &'a [&'a Vec<Datum>],
     cols: &[usize],
-) -> Vec<Vec<Option<String>>> {
+    cast: &dyn Fn(&str) -> String,
+) -> Vec<ColumnArray<'a>> {
     cols.iter()
         .map(|&i| {
-            let ty = &schema.columns[i].sql_type;
-            rows.iter()
-                .map(|r| r.get(i).and_then(|d| pgtext::render(ty, d)))
-                .collect()
+            let column = &schema.columns[i];
+            let sql_type = &column.sql_type;
+            ColumnArray {
+                rows,
+                col: i,
+                sql_type,
+                wire: Wire::choose(sql_type, &cast(&column.name), rows, i),
+            }
         })
         .collect()
 }
 
-async fn run(
-    txn: &Transaction<'_>,
-    sql: &str,
-    arrays: &[Vec<Option<String>>],
-) -> Result<u64, SinkError> {
-    let types = vec![Type::TEXT_ARRAY; arrays.len()];
-    let stmt = txn.prepare_typed(sql, &types).await?;
-    let params: Vec<&(dyn ToSql + Sync)> =
-        arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-    Ok(txn.execute(&stmt, &params).await?)
+impl State {
+    /// Runs a set-based statement, prepared once per connection and shape.
+    async fn run(
+        &mut self,
+        txn: &Transaction<'_>,
+        sql: String,
+        arrays: &[ColumnArray<'_>],
+    ) -> Result<u64, SinkError> {
+        let stmt = match self.statements.get(&sql) {
+            Some(stmt) => stmt.clone(),
+            None => {
+                let types: Vec<Type> = arrays.iter().map(|a| a.wire.array_type().1).collect();
+                let stmt = txn.prepare_typed(&sql, &types).await?;
+                if self.statements.len() >= MAX_PREPARED {
+                    self.statements.clear();
+                }
+                self.statements.insert(sql, stmt.clone());
+                stmt
+            }
+        };
+        let params: Vec<&(dyn ToSql + Sync)> =
+            arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        Ok(txn.execute(&stmt, &params).await?)
+    }
 }
 
 impl Sink for PostgresSink {
@@ -778,7 +824,7 @@ impl Sink for PostgresSink {
             Err(e) => {
                 // Tables created or altered in the failed transaction are gone again: forget
                 // what the cache learnt in it.
-                self.state.targets.clear();
+                self.state.forget();
                 return Err(e);
             }
         };
@@ -821,7 +867,7 @@ impl Sink for PostgresSink {
         }
         // Nothing of this is kept: the router applies the batch again without the change.
         drop(txn);
-        self.state.targets.clear();
+        self.state.forget();
         found
     }
 
