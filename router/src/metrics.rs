@@ -1,6 +1,6 @@
 //! Router metric names (see METRICS.md).
 
-use metrics::{describe_counter, describe_gauge, Unit};
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
 /// Kafka messages consumed, label `topic`.
 pub const MESSAGES_CONSUMED_TOTAL: &str = "sluice_router_messages_consumed_total";
@@ -32,7 +32,17 @@ pub const CONSUMER_LAG: &str = "sluice_router_consumer_lag_messages";
 /// Commit time of the last applied event at the source, as Unix seconds, label `sink`.
 pub const LAST_SOURCE_TS_SECONDS: &str = "sluice_router_last_applied_source_timestamp_seconds";
 
+/// Seconds a collected batch waited for the batch before it to commit (the sink applies one
+/// batch while the router collects the next), label `sink`. Its rate near 1 means the sink is
+/// the bottleneck; near 0, consuming and decoding are.
+pub const SINK_WAIT_SECONDS: &str = "sluice_router_sink_wait_seconds";
+
 pub fn describe() {
+    describe_histogram!(
+        SINK_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a collected batch waited for the previous batch to commit"
+    );
     describe_gauge!(SCHEMES_ACTIVE, Unit::Count, "Mapping schemes in use");
     describe_counter!(
         FETCH_STALLS_TOTAL,

@@ -1,6 +1,8 @@
 //! The routing loop: consume, decode, batch, apply, record.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,7 +67,8 @@ pub struct RouterSettings {
 pub struct Router<S: Sink> {
     client_config: ClientConfig,
     settings: RouterSettings,
-    sink: S,
+    /// `None` while a batch is being applied: the apply in flight owns it (see [`InFlight`]).
+    sink: Option<S>,
     mapper: Mapper,
     /// Tables the sink cannot take now (their DDL failed, they are missing, …): their
     /// partitions are paused and their changes held, tried again every `blocked_retry`.
@@ -98,6 +101,29 @@ struct Held {
     pending: Pending,
     reason: String,
     since: std::time::Instant,
+}
+
+/// A batch being applied while the next one is collected (depth-1 pipelining): the future
+/// owns the sink and the batch, and gives both back with the result.
+type InFlight<S> = Pin<Box<dyn Future<Output = Finished<S>> + Send>>;
+
+/// A first apply that has finished, successfully or not.
+struct Finished<S> {
+    sink: S,
+    pending: Pending,
+    result: Result<sluice_sinks::ApplyOutcome, SinkError>,
+}
+
+/// Waits for the apply in flight, if any (else forever, for `select!`), and empties the slot.
+async fn finished<S>(slot: &mut Option<InFlight<S>>) -> Finished<S> {
+    match slot {
+        Some(apply) => {
+            let done = apply.await;
+            *slot = None;
+            done
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// What applying a batch came to.
@@ -157,14 +183,14 @@ impl Pending {
     }
 }
 
-impl<S: Sink> Router<S> {
+impl<S: Sink + 'static> Router<S> {
     /// A router writing every table as it is; see [`Router::with_schemes`].
     pub fn new(client_config: ClientConfig, settings: RouterSettings, sink: S) -> Router<S> {
         let mapper = Mapper::identity(&settings.sink_name);
         Router {
             client_config,
             settings,
-            sink,
+            sink: Some(sink),
             mapper,
             blocked: HashMap::new(),
             blocked_partitions: HashMap::new(),
@@ -286,6 +312,12 @@ impl<S: Sink> Router<S> {
         let mut stall_steps: HashMap<(String, i32), (i64, i64)> = HashMap::new();
         let mut retry_blocked = tokio::time::interval(self.settings.blocked_retry);
         retry_blocked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The batch being applied while the next is collected. Its outcome is settled before
+        // the next batch is sent, and before anything else needs the sink, so batches commit
+        // in order and a failed one still takes the retry, dead-letter or blocked-table path.
+        let mut inflight: Option<InFlight<S>> = None;
+        let sink_wait =
+            metrics::histogram!(m::SINK_WAIT_SECONDS, "sink" => self.settings.sink_name.clone());
         let mut stopping = false;
         while !stopping {
             let mut pending = Pending::new();
@@ -305,6 +337,9 @@ impl<S: Sink> Router<S> {
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => { stopping = true; break; }
+                    done = finished(&mut inflight) => {
+                        self.settle(done, &consumer, &dlq, &mut pending, shutdown).await?;
+                    }
                     _ = timer => break,
                     _ = reload.tick() => {
                         self.mapper.maybe_reload();
@@ -321,6 +356,7 @@ impl<S: Sink> Router<S> {
                         for (t, p) in consumer.context().take_revoked() {
                             self.forget_partition(&mut resumed, &consumer, &t, p);
                         }
+                        self.settle_inflight(&mut inflight, &consumer, &dlq, &mut pending, shutdown).await?;
                         self.retry_blocked(&consumer, &dlq, shutdown).await?;
                     }
                     msg = consumer.recv() => {
@@ -346,6 +382,7 @@ impl<S: Sink> Router<S> {
                             // already recorded is skipped as it arrives. (Seeking forward
                             // instead could land inside a record batch, where Tansu 0.6
                             // answers fetches with nothing.)
+                            self.settle_inflight(&mut inflight, &consumer, &dlq, &mut pending, shutdown).await?;
                             let stored = self
                                 .stored_progress(&consumer, &topic, msg.partition(), shutdown)
                                 .await?
@@ -386,10 +423,23 @@ impl<S: Sink> Router<S> {
                     }
                 }
             }
-            if !pending.is_empty() {
-                self.flush(&consumer, &dlq, pending, shutdown).await?;
+            // The next batch is ready: the one before it must be settled first.
+            if inflight.is_some() {
+                let waiting = Instant::now();
+                self.settle_inflight(&mut inflight, &consumer, &dlq, &mut pending, shutdown)
+                    .await?;
+                sink_wait.record(waiting.elapsed().as_secs_f64());
             }
-            self.settings.liveness.set_pending(false);
+            if !pending.is_empty() {
+                if stopping {
+                    self.flush(&consumer, &dlq, pending, None, shutdown).await?;
+                } else {
+                    inflight = Some(self.start_apply(pending));
+                }
+            }
+            if inflight.is_none() {
+                self.settings.liveness.set_pending(false);
+            }
         }
         info!("router stopped cleanly");
         Ok(())
@@ -406,7 +456,7 @@ impl<S: Sink> Router<S> {
     ) -> Result<Option<sluice_sinks::StoredProgress>, RouterError> {
         let mut outage = SinkOutage::default();
         loop {
-            match self.sink.progress(topic, partition).await {
+            match self.sink().progress(topic, partition).await {
                 Ok(p) => {
                     outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
                     return Ok(p);
@@ -722,19 +772,113 @@ impl<S: Sink> Router<S> {
             .map_err(|(e, _)| RouterError::Kafka(format!("write to dead-letter topic: {e}")))
     }
 
+    /// The sink, which is here whenever no apply is in flight: every use of it settles the
+    /// apply in flight first.
+    fn sink(&mut self) -> &mut S {
+        self.sink
+            .as_mut()
+            .expect("the sink is used only once the apply in flight is settled")
+    }
+
+    /// Sends a batch to the sink and returns at once; the apply goes on while the next batch
+    /// is collected, and [`Router::settle`] takes its outcome.
+    fn start_apply(&mut self, mut pending: Pending) -> InFlight<S> {
+        pending.batch.consumed = consumed_list(&pending.consumed);
+        let mut sink = self.sink.take().expect("one apply in flight at a time");
+        Box::pin(async move {
+            let result = sink.apply(&pending.batch).await;
+            Finished {
+                sink,
+                pending,
+                result,
+            }
+        })
+    }
+
+    /// Waits for the apply in flight, if any, and settles it.
+    async fn settle_inflight(
+        &mut self,
+        inflight: &mut Option<InFlight<S>>,
+        consumer: &StreamConsumer<LagContext>,
+        dlq: &FutureProducer,
+        next: &mut Pending,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RouterError> {
+        if let Some(apply) = inflight.take() {
+            let done = apply.await;
+            self.settle(done, consumer, dlq, next, shutdown).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes the outcome of a finished apply: on success the offsets are committed to Kafka;
+    /// a failure goes down the same paths as a batch applied in place (retried through an
+    /// outage, a refused change dead-lettered, a table blocked). The changes of a table
+    /// blocked now that `next` already collected join what that table holds, after the
+    /// batch's own, so they stay in order.
+    async fn settle(
+        &mut self,
+        done: Finished<S>,
+        consumer: &StreamConsumer<LagContext>,
+        dlq: &FutureProducer,
+        next: &mut Pending,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RouterError> {
+        self.sink = Some(done.sink);
+        self.flush(consumer, dlq, done.pending, Some(done.result), shutdown)
+            .await?;
+        self.divert_blocked(next);
+        if next.is_empty() {
+            // Nothing else in flight or collected: an idle router is never stalled.
+            self.settings.liveness.set_pending(false);
+        }
+        Ok(())
+    }
+
+    /// Moves the changes of blocked tables' partitions out of `pending` into what each table
+    /// holds.
+    fn divert_blocked(&mut self, pending: &mut Pending) {
+        if self.blocked_partitions.is_empty() || pending.is_empty() {
+            return;
+        }
+        let mut by_table: HashMap<TableId, HashSet<(Arc<str>, i32)>> = HashMap::new();
+        for key in pending.consumed.keys() {
+            if let Some(table) = self.blocked_partitions.get(key) {
+                by_table
+                    .entry(table.clone())
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+        for (table, partitions) in by_table {
+            if let Some(held) = self.blocked.get_mut(&table) {
+                move_partitions(pending, &mut held.pending, &partitions);
+            }
+        }
+    }
+
     /// Applies a batch, holding back the changes of a table the sink cannot take now, then
-    /// commits the offsets to Kafka as a resume hint.
+    /// commits the offsets to Kafka as a resume hint. `first` is the outcome of an apply of
+    /// this batch that already ran (pipelined), taken instead of applying it again.
     async fn flush(
         &mut self,
         consumer: &StreamConsumer<LagContext>,
         dlq: &FutureProducer,
         mut pending: Pending,
+        mut first: Option<Result<sluice_sinks::ApplyOutcome, SinkError>>,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
         pending.batch.consumed = consumed_list(&pending.consumed);
         loop {
             let applied = self
-                .apply_batch(consumer, dlq, &mut pending.batch, &pending.raw, shutdown)
+                .apply_batch(
+                    consumer,
+                    dlq,
+                    &mut pending.batch,
+                    &pending.raw,
+                    first.take(),
+                    shutdown,
+                )
                 .await?;
             match applied {
                 Applied::Done(outcome) => {
@@ -773,11 +917,16 @@ impl<S: Sink> Router<S> {
         dlq: &FutureProducer,
         batch: &mut Batch,
         raw: &HashMap<(Arc<str>, i32, i64), Raw>,
+        mut first: Option<Result<sluice_sinks::ApplyOutcome, SinkError>>,
         shutdown: &CancellationToken,
     ) -> Result<Applied, RouterError> {
         let mut outage = SinkOutage::default();
         loop {
-            let error = match self.sink.apply(batch).await {
+            let result = match first.take() {
+                Some(result) => result,
+                None => self.sink().apply(batch).await,
+            };
+            let error = match result {
                 Ok(outcome) => {
                     outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
                     return Ok(Applied::Done(outcome));
@@ -795,7 +944,7 @@ impl<S: Sink> Router<S> {
                 // A change whose data the sink refuses is poison: find it, dead-letter its
                 // message (acknowledged before the rest commits, so it is never lost), and
                 // apply the others.
-                e if e.rejects_a_row() => match self.sink.find_rejected(batch).await {
+                e if e.rejects_a_row() => match self.sink().find_rejected(batch).await {
                     Ok(Some((i, reason))) => {
                         let change = batch.changes.remove(i);
                         let origin = &change.origin;
@@ -862,29 +1011,7 @@ impl<S: Sink> Router<S> {
             since: std::time::Instant::now(),
         });
         held.reason = reason;
-        let (moved, kept): (Vec<SinkChange>, Vec<SinkChange>) =
-            std::mem::take(&mut pending.batch.changes)
-                .into_iter()
-                .partition(|c| partitions.contains(&(c.origin.topic.clone(), c.origin.partition)));
-        pending.batch.changes = kept;
-        held.pending.batch.changes.extend(moved);
-        for p in &partitions {
-            if let Some(offset) = pending.consumed.remove(p) {
-                let entry = held.pending.consumed.entry(p.clone()).or_insert(offset);
-                *entry = (*entry).max(offset);
-            }
-            let raws: Vec<_> = pending
-                .raw
-                .keys()
-                .filter(|(t, part, _)| *t == p.0 && *part == p.1)
-                .cloned()
-                .collect();
-            for k in raws {
-                if let Some(r) = pending.raw.remove(&k) {
-                    held.pending.raw.insert(k, r);
-                }
-            }
-        }
+        move_partitions(pending, &mut held.pending, &partitions);
         pending.batch.consumed = consumed_list(&pending.consumed);
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in &partitions {
@@ -989,6 +1116,7 @@ impl<S: Sink> Router<S> {
                     dlq,
                     &mut held.pending.batch,
                     &held.pending.raw,
+                    None,
                     shutdown,
                 )
                 .await?
@@ -1019,6 +1147,33 @@ impl<S: Sink> Router<S> {
             }
         }
         Ok(())
+    }
+}
+
+/// Moves every change, consumed offset and kept message of `partitions` from one pending
+/// batch to the end of another, in order.
+fn move_partitions(from: &mut Pending, to: &mut Pending, partitions: &HashSet<(Arc<str>, i32)>) {
+    let (moved, kept): (Vec<SinkChange>, Vec<SinkChange>) = std::mem::take(&mut from.batch.changes)
+        .into_iter()
+        .partition(|c| partitions.contains(&(c.origin.topic.clone(), c.origin.partition)));
+    from.batch.changes = kept;
+    to.batch.changes.extend(moved);
+    for p in partitions {
+        if let Some(offset) = from.consumed.remove(p) {
+            let entry = to.consumed.entry(p.clone()).or_insert(offset);
+            *entry = (*entry).max(offset);
+        }
+    }
+    let raws: Vec<_> = from
+        .raw
+        .keys()
+        .filter(|(t, part, _)| partitions.contains(&(t.clone(), *part)))
+        .cloned()
+        .collect();
+    for k in raws {
+        if let Some(r) = from.raw.remove(&k) {
+            to.raw.insert(k, r);
+        }
     }
 }
 
