@@ -275,6 +275,10 @@ impl<S: Sink + 'static> Router<S> {
             // (the default 64 MiB queue is most of it) while keeping the sink fed.
             ("max.partition.fetch.bytes", "4194304"),
             ("queued.max.messages.kbytes", "16384"),
+            // How long librdkafka postpones a partition's next fetch once that queue is full
+            // (default 1 s): the router drains a full queue in well under a second and would
+            // then wait, idle, for the postponed fetch.
+            ("fetch.queue.backoff.ms", "10"),
         ] {
             if config.get(key).is_none() {
                 config.set(key, value);
@@ -321,7 +325,9 @@ impl<S: Sink + 'static> Router<S> {
         let mut stopping = false;
         while !stopping {
             let mut pending = Pending::new();
-            let mut deadline: Option<Instant> = None;
+            // The batch's time limit, made once per batch: a new timer per message would
+            // register with the timer wheel (and wake its driver) for every message.
+            let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
             loop {
                 let full = pending.batch.changes.len() >= self.settings.batch.max_rows
                     || pending.bytes >= self.settings.batch.max_bytes;
@@ -329,8 +335,8 @@ impl<S: Sink + 'static> Router<S> {
                     break;
                 }
                 let timer = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(d).await,
+                    match deadline.as_mut() {
+                        Some(d) => d.as_mut().await,
                         None => std::future::pending().await,
                     }
                 };
@@ -347,7 +353,7 @@ impl<S: Sink + 'static> Router<S> {
                         if !self.scheme_held.is_empty() {
                             self.retry_scheme_held(&consumer, &mut pending, &mut schemas, &dlq).await?;
                             if !pending.is_empty() && deadline.is_none() {
-                                deadline = Some(Instant::now() + self.settings.batch.max_delay);
+                                deadline = Some(Box::pin(tokio::time::sleep(self.settings.batch.max_delay)));
                                 self.settings.liveness.set_pending(true);
                             }
                         }
@@ -417,7 +423,7 @@ impl<S: Sink + 'static> Router<S> {
                             continue;
                         }
                         if deadline.is_none() {
-                            deadline = Some(Instant::now() + self.settings.batch.max_delay);
+                            deadline = Some(Box::pin(tokio::time::sleep(self.settings.batch.max_delay)));
                             self.settings.liveness.set_pending(true);
                         }
                     }
