@@ -2,55 +2,73 @@
 //! already applied (by offset and source position, per topic-partition), and collapse each
 //! key's changes into the one action its last change says.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use sluice_schemas::{pgtext, Datum, Op, Position, TableId, TableSchema};
 
 use crate::{Batch, SinkChange, StoredProgress};
 
-/// What a batch does to one key of one table, after collapsing.
+/// The maps of the per-change path: keys are Sluice's own, so a fast hasher is safe.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// What a batch does to one key of one table, after collapsing. Rows are the batch's own,
+/// copied only when an update's unchanged columns are filled in from an earlier image.
 #[derive(Debug)]
-pub(crate) enum Action {
-    Upsert(Vec<Datum>),
-    Delete(Vec<Datum>),
+pub(crate) enum Action<'a> {
+    Upsert(Cow<'a, [Datum]>),
+    Delete(&'a [Datum]),
 }
 
 /// The collapsed changes of one table version.
-pub(crate) struct Plan {
+pub(crate) struct Plan<'a> {
     pub schema: Arc<TableSchema>,
     /// The table was truncated (before the actions).
     pub truncate: bool,
-    /// Keys in the order their first change came.
-    pub order: Vec<Vec<Option<String>>>,
-    /// Per key, what its last change says.
-    pub actions: HashMap<Vec<Option<String>>, Action>,
+    /// Per key, in the order its first change came, what its last change says.
+    pub actions: Vec<Action<'a>>,
+    /// Each key's place in `actions`.
+    slots: FastMap<String, usize>,
     /// Changes by op, in the order c, u, d, r, t (for metrics).
     pub counts: [u64; 5],
 }
 
-impl Plan {
-    pub fn new(schema: Arc<TableSchema>) -> Plan {
+impl<'a> Plan<'a> {
+    pub fn new(schema: Arc<TableSchema>) -> Plan<'a> {
         Plan {
             schema,
             truncate: false,
-            order: Vec::new(),
-            actions: HashMap::new(),
+            actions: Vec::new(),
+            slots: FastMap::default(),
             counts: [0; 5],
         }
     }
 
-    fn key(&self, row: &[Datum]) -> Vec<Option<String>> {
-        self.schema
-            .columns
-            .iter()
-            .zip(row)
-            .filter(|(c, _)| c.key)
-            .map(|(c, d)| pgtext::render(&c.sql_type, d))
-            .collect()
+    /// The row's key columns in their text form, each length-prefixed (NULL as `-`), in one
+    /// string: equal keys give equal strings and no two keys the same.
+    fn key(&self, row: &[Datum]) -> String {
+        let mut key = String::new();
+        for (c, d) in self.schema.columns.iter().zip(row).filter(|(c, _)| c.key) {
+            let text: Cow<'_, str> = match d {
+                Datum::Long(i) => Cow::Owned(i.to_string()),
+                Datum::Int(i) => Cow::Owned(i.to_string()),
+                Datum::String(s) | Datum::Decimal(s) | Datum::Uuid(s) => Cow::Borrowed(s),
+                d => match pgtext::render(&c.sql_type, d) {
+                    Some(text) => Cow::Owned(text),
+                    None => {
+                        key.push('-');
+                        continue;
+                    }
+                },
+            };
+            let _ = write!(key, "{}:{text}", text.len());
+        }
+        key
     }
 
-    pub fn add(&mut self, change: &SinkChange) {
+    pub fn add(&mut self, change: &'a SinkChange) {
         let op_index = match change.op {
             Op::Create => 0,
             Op::Update => 1,
@@ -62,25 +80,28 @@ impl Plan {
         match (change.op, &change.before, &change.after) {
             (Op::Truncate, _, _) => {
                 self.truncate = true;
-                self.order.clear();
                 self.actions.clear();
+                self.slots.clear();
             }
             (Op::Delete, Some(before), _) => {
                 let key = self.key(before);
-                self.put(key, Action::Delete(before.clone()));
+                self.put(key, Action::Delete(before.as_slice()));
             }
             (_, _, Some(after)) => {
                 let key = self.key(after);
-                let mut row = after.clone();
-                if row.contains(&Datum::Unchanged) {
+                let mut row = Cow::Borrowed(after.as_slice());
+                if after.contains(&Datum::Unchanged) {
                     // Fill unchanged columns from an earlier full image of the same key in
                     // this batch; otherwise they stay unchanged and are not written.
-                    if let Some(Action::Upsert(prev)) = self.actions.get(&key) {
-                        for (d, p) in row.iter_mut().zip(prev) {
-                            if *d == Datum::Unchanged {
-                                *d = p.clone();
-                            }
-                        }
+                    if let Some(Action::Upsert(prev)) =
+                        self.slots.get(&key).map(|&i| &self.actions[i])
+                    {
+                        let filled: Vec<Datum> = after
+                            .iter()
+                            .zip(prev.iter())
+                            .map(|(d, p)| if *d == Datum::Unchanged { p } else { d }.clone())
+                            .collect();
+                        row = Cow::Owned(filled);
                     }
                 }
                 self.put(key, Action::Upsert(row));
@@ -89,9 +110,13 @@ impl Plan {
         }
     }
 
-    fn put(&mut self, key: Vec<Option<String>>, action: Action) {
-        if self.actions.insert(key.clone(), action).is_none() {
-            self.order.push(key);
+    fn put(&mut self, key: String, action: Action<'a>) {
+        match self.slots.get(&key) {
+            Some(&i) => self.actions[i] = action,
+            None => {
+                self.slots.insert(key, self.actions.len());
+                self.actions.push(action);
+            }
         }
     }
 }
@@ -116,10 +141,10 @@ pub(crate) fn partitions(batch: &Batch) -> Vec<(Arc<str>, i32)> {
 }
 
 /// A batch sorted out against what the sink has stored.
-pub(crate) struct Sorted {
+pub(crate) struct Sorted<'a> {
     /// Plans to execute in this order (a table's plan under an older schema version before
     /// the plan under its newer one).
-    pub steps: Vec<Plan>,
+    pub steps: Vec<Plan<'a>>,
     /// Changes dropped as already applied.
     pub skipped: usize,
     /// What to store per partition that moved.
@@ -127,10 +152,10 @@ pub(crate) struct Sorted {
 }
 
 /// Per topic-partition state while sorting.
-struct PartitionState {
+struct PartitionState<'a> {
     stored_offset: i64,
     /// Highest position applied so far (stored, then raised by this batch's changes).
-    high_water: Option<Position>,
+    high_water: Option<Cow<'a, Position>>,
     /// The offset of the message that set `high_water` in this batch: a message mapped into
     /// several target tables gives several changes with one position, all of them fresh.
     high_water_offset: Option<i64>,
@@ -141,15 +166,15 @@ struct PartitionState {
 /// Drops the changes whose offset is at or below the stored offset of their partition, or
 /// whose position is not above the highest applied (in order, so a replay later in the same
 /// batch is caught too), and collapses the rest per table version and key.
-pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgress>) -> Sorted {
-    let mut parts: HashMap<(Arc<str>, i32), PartitionState> = stored
+pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgress>) -> Sorted<'_> {
+    let mut parts: FastMap<(Arc<str>, i32), PartitionState<'_>> = stored
         .into_iter()
         .map(|(k, s)| {
             (
                 k,
                 PartitionState {
                     stored_offset: s.offset,
-                    high_water: s.position,
+                    high_water: s.position.map(Cow::Owned),
                     high_water_offset: None,
                     last_offset: s.offset,
                     changed: false,
@@ -167,7 +192,7 @@ pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgres
     }
     let mut skipped = 0;
     let mut steps = Vec::new();
-    let mut plans: HashMap<TableId, Plan> = HashMap::new();
+    let mut plans: FastMap<&TableId, Plan<'_>> = FastMap::default();
     for change in &batch.changes {
         let Some(p) = parts.get_mut(&(change.origin.topic.clone(), change.origin.partition)) else {
             continue;
@@ -177,7 +202,7 @@ pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgres
             p.changed = true;
         }
         let fresh = change.origin.offset > p.stored_offset
-            && p.high_water.as_ref().is_none_or(|hw| {
+            && p.high_water.as_deref().is_none_or(|hw| {
                 change.position > *hw
                     || (change.position == *hw && p.high_water_offset == Some(change.origin.offset))
             });
@@ -185,16 +210,15 @@ pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgres
             skipped += 1;
             continue;
         }
-        p.high_water = Some(change.position.clone());
+        p.high_water = Some(Cow::Borrowed(&change.position));
         p.high_water_offset = Some(change.origin.offset);
         p.changed = true;
-        let id = change.table.id.clone();
+        let id = &change.table.id;
         // A new schema version of a table: what was planned under the old one goes first.
-        if plans
-            .get(&id)
-            .is_some_and(|plan| *plan.schema != *change.table)
-        {
-            if let Some(old) = plans.remove(&id) {
+        if plans.get(id).is_some_and(|plan| {
+            !Arc::ptr_eq(&plan.schema, &change.table) && *plan.schema != *change.table
+        }) {
+            if let Some(old) = plans.remove(id) {
                 steps.push(old);
             }
         }
@@ -212,7 +236,7 @@ pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgres
                 k,
                 StoredProgress {
                     offset: p.last_offset,
-                    position: p.high_water,
+                    position: p.high_water.map(Cow::into_owned),
                 },
             )
         })
@@ -221,5 +245,190 @@ pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgres
         steps,
         skipped,
         progress,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Consumed, Origin};
+    use sluice_schemas::{Column, SqlType};
+
+    fn table(keys: &[&str], others: &[&str]) -> Arc<TableSchema> {
+        let col = |name: &&str, key| Column {
+            name: name.to_string(),
+            sql_type: SqlType::Text,
+            key,
+            missing: None,
+        };
+        Arc::new(TableSchema {
+            id: TableId::new("public", "t"),
+            columns: keys
+                .iter()
+                .map(|k| col(k, true))
+                .chain(others.iter().map(|c| col(c, false)))
+                .collect(),
+        })
+    }
+
+    fn text(s: &str) -> Datum {
+        Datum::String(s.into())
+    }
+
+    fn change(table: &Arc<TableSchema>, offset: i64, op: Op, row: Vec<Datum>) -> SinkChange {
+        let (before, after) = match op {
+            Op::Delete => (Some(row), None),
+            _ => (None, Some(row)),
+        };
+        SinkChange {
+            table: table.clone(),
+            op,
+            before,
+            after,
+            position: Position(offset.to_be_bytes().to_vec()),
+            origin: Origin {
+                topic: Arc::from("t"),
+                partition: 0,
+                offset,
+            },
+        }
+    }
+
+    fn sorted(
+        changes: Vec<SinkChange>,
+        stored: Option<(i64, i64)>,
+    ) -> (Batch, HashMap<(Arc<str>, i32), StoredProgress>) {
+        let last = changes.iter().map(|c| c.origin.offset).max().unwrap_or(-1);
+        let batch = Batch {
+            changes,
+            consumed: vec![Consumed {
+                topic: Arc::from("t"),
+                partition: 0,
+                offset: last,
+            }],
+        };
+        let (offset, position) = stored.unwrap_or((-1, -1));
+        let stored = HashMap::from([(
+            (Arc::from("t"), 0),
+            StoredProgress {
+                offset,
+                position: (position >= 0).then(|| Position(position.to_be_bytes().to_vec())),
+            },
+        )]);
+        (batch, stored)
+    }
+
+    fn rows(plan: &Plan<'_>) -> Vec<(&'static str, Vec<Datum>)> {
+        plan.actions
+            .iter()
+            .map(|a| match a {
+                Action::Upsert(row) => ("upsert", row.to_vec()),
+                Action::Delete(row) => ("delete", row.to_vec()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_key_ends_as_its_last_change_says_in_the_order_keys_first_came() {
+        let t = table(&["id"], &["v"]);
+        let (batch, stored) = sorted(
+            vec![
+                change(&t, 0, Op::Create, vec![text("b"), text("1")]),
+                change(&t, 1, Op::Create, vec![text("a"), text("1")]),
+                change(&t, 2, Op::Update, vec![text("b"), text("2")]),
+                change(&t, 3, Op::Delete, vec![text("a"), text("1")]),
+            ],
+            None,
+        );
+        let s = sort(&batch, stored);
+        assert_eq!(s.steps.len(), 1);
+        assert_eq!(
+            rows(&s.steps[0]),
+            vec![
+                ("upsert", vec![text("b"), text("2")]),
+                ("delete", vec![text("a"), text("1")]),
+            ]
+        );
+        assert_eq!(s.steps[0].counts, [2, 1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn composite_keys_that_read_alike_run_together_stay_apart() {
+        let t = table(&["a", "b"], &[]);
+        let (batch, stored) = sorted(
+            vec![
+                change(&t, 0, Op::Create, vec![text("ab"), text("c")]),
+                change(&t, 1, Op::Create, vec![text("a"), text("bc")]),
+                change(&t, 2, Op::Create, vec![Datum::Null, text("x")]),
+                change(&t, 3, Op::Create, vec![text("-"), text("x")]),
+                change(&t, 4, Op::Create, vec![text("1:"), text("")]),
+                change(&t, 5, Op::Create, vec![text(""), text("1:")]),
+            ],
+            None,
+        );
+        assert_eq!(sort(&batch, stored).steps[0].actions.len(), 6);
+    }
+
+    #[test]
+    fn unchanged_columns_are_filled_from_an_earlier_image_of_the_key_in_the_batch() {
+        let t = table(&["id"], &["big", "v"]);
+        let (batch, stored) = sorted(
+            vec![
+                change(&t, 0, Op::Create, vec![text("k"), text("toast"), text("1")]),
+                change(
+                    &t,
+                    1,
+                    Op::Update,
+                    vec![text("k"), Datum::Unchanged, text("2")],
+                ),
+                change(
+                    &t,
+                    2,
+                    Op::Update,
+                    vec![text("other"), Datum::Unchanged, text("3")],
+                ),
+            ],
+            None,
+        );
+        let s = sort(&batch, stored);
+        assert_eq!(
+            rows(&s.steps[0]),
+            vec![
+                ("upsert", vec![text("k"), text("toast"), text("2")]),
+                // No earlier image: left unchanged, for the sink to skip.
+                ("upsert", vec![text("other"), Datum::Unchanged, text("3")]),
+            ]
+        );
+    }
+
+    #[test]
+    fn what_was_applied_before_is_skipped_and_the_new_high_water_mark_recorded() {
+        let t = table(&["id"], &["v"]);
+        let (batch, stored) = sorted(
+            vec![
+                // At or below the stored offset.
+                change(&t, 4, Op::Create, vec![text("a"), text("old")]),
+                change(&t, 5, Op::Create, vec![text("b"), text("new")]),
+                // A capture replay: a new offset, but a position already applied.
+                {
+                    let mut replay = change(&t, 6, Op::Create, vec![text("a"), text("replay")]);
+                    replay.position = Position(5i64.to_be_bytes().to_vec());
+                    replay
+                },
+            ],
+            Some((4, 4)),
+        );
+        let s = sort(&batch, stored);
+        assert_eq!(s.skipped, 2);
+        assert_eq!(
+            rows(&s.steps[0]),
+            vec![("upsert", vec![text("b"), text("new")])]
+        );
+        let (_, progress) = &s.progress[0];
+        assert_eq!(progress.offset, 6);
+        assert_eq!(
+            progress.position,
+            Some(Position(5i64.to_be_bytes().to_vec()))
+        );
     }
 }

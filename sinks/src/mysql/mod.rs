@@ -870,7 +870,7 @@ async fn execute(
     tx: &mut Transaction<'_>,
     sink: &str,
     target: &Target,
-    plan: Plan,
+    plan: Plan<'_>,
 ) -> Result<usize, SinkError> {
     let schema = &plan.schema;
     let q = &target.qualified;
@@ -879,14 +879,14 @@ async fn execute(
         tx.query_drop(format!("DELETE FROM {q}")).await?;
     }
     let key_idx = schema.key_indices();
-    let mut deletes: Vec<&Vec<Datum>> = Vec::new();
-    let mut full: Vec<&Vec<Datum>> = Vec::new();
-    let mut partial: Vec<&Vec<Datum>> = Vec::new();
-    for key in &plan.order {
-        match &plan.actions[key] {
+    let mut deletes: Vec<&[Datum]> = Vec::new();
+    let mut full: Vec<&[Datum]> = Vec::new();
+    let mut partial: Vec<&[Datum]> = Vec::new();
+    for action in &plan.actions {
+        match action {
             Action::Delete(row) => deletes.push(row),
-            Action::Upsert(row) if row.contains(&Datum::Unchanged) => partial.push(row),
-            Action::Upsert(row) => full.push(row),
+            Action::Upsert(row) if row.contains(&Datum::Unchanged) => partial.push(row.as_ref()),
+            Action::Upsert(row) => full.push(row.as_ref()),
         }
     }
     let key_names: Vec<String> = key_idx

@@ -39,7 +39,7 @@ impl Wire {
     /// How the values of a `source` column go to a sink column cast as `cast` (its catalog
     /// type, `pg_catalog.int8`): binary where `cast` is the values' own type and every value
     /// of this batch has the shape that type decodes to, text otherwise.
-    pub(crate) fn choose(source: &SqlType, cast: &str, rows: &[&Vec<Datum>], col: usize) -> Wire {
+    pub(crate) fn choose(source: &SqlType, cast: &str, rows: &[&[Datum]], col: usize) -> Wire {
         let wire = match (source, cast) {
             (SqlType::Bool, "pg_catalog.bool") => Wire::Bool,
             (SqlType::Int16, "pg_catalog.int2") => Wire::Int2,
@@ -113,7 +113,7 @@ impl Wire {
 /// One column of a batch's rows as an array parameter.
 #[derive(Debug)]
 pub(crate) struct ColumnArray<'a> {
-    pub rows: &'a [&'a Vec<Datum>],
+    pub rows: &'a [&'a [Datum]],
     pub col: usize,
     pub sql_type: &'a SqlType,
     pub wire: Wire,
@@ -199,7 +199,7 @@ mod tests {
     #[test]
     fn a_column_travels_binary_only_when_its_sink_type_is_its_own() {
         let rows = [vec![Datum::Long(1)], vec![Datum::Null]];
-        let rows: Vec<&Vec<Datum>> = rows.iter().collect();
+        let rows: Vec<&[Datum]> = rows.iter().map(Vec::as_slice).collect();
         assert_eq!(
             Wire::choose(&SqlType::Int64, "pg_catalog.int8", &rows, 0),
             Wire::Int8
@@ -215,14 +215,14 @@ mod tests {
         );
         // A value of an unexpected shape sends the whole column as text.
         let odd = [vec![Datum::Long(1)], vec![Datum::String("2".into())]];
-        let odd: Vec<&Vec<Datum>> = odd.iter().collect();
+        let odd: Vec<&[Datum]> = odd.iter().map(Vec::as_slice).collect();
         assert_eq!(
             Wire::choose(&SqlType::Int64, "pg_catalog.int8", &odd, 0),
             Wire::Text
         );
         // A smallint value beyond int2 leaves it to the server to refuse.
         let wide = [vec![Datum::Int(40_000)]];
-        let wide: Vec<&Vec<Datum>> = wide.iter().collect();
+        let wide: Vec<&[Datum]> = wide.iter().map(Vec::as_slice).collect();
         assert_eq!(
             Wire::choose(&SqlType::Int16, "pg_catalog.int2", &wide, 0),
             Wire::Text
@@ -241,7 +241,7 @@ mod tests {
                 Datum::Date(pgtext::DATE_NEG_INFINITY),
             ],
         ];
-        let rows: Vec<&Vec<Datum>> = rows.iter().collect();
+        let rows: Vec<&[Datum]> = rows.iter().map(Vec::as_slice).collect();
         let encode = |col, sql_type, wire| {
             let mut out = BytesMut::new();
             ColumnArray {
@@ -276,7 +276,7 @@ mod tests {
             vec![Datum::Null],
             vec![Datum::Unchanged],
         ];
-        let rows: Vec<&Vec<Datum>> = rows.iter().collect();
+        let rows: Vec<&[Datum]> = rows.iter().map(Vec::as_slice).collect();
         let mut out = BytesMut::new();
         ColumnArray {
             rows: &rows,

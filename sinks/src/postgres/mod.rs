@@ -606,7 +606,7 @@ async fn load_columns(
 }
 
 impl State {
-    async fn execute(&mut self, txn: &Transaction<'_>, plan: Plan) -> Result<usize, SinkError> {
+    async fn execute(&mut self, txn: &Transaction<'_>, plan: Plan<'_>) -> Result<usize, SinkError> {
         let target = self.target(txn, &plan.schema).await?;
         let schema = &plan.schema;
         let table_label = schema.id.to_string();
@@ -632,17 +632,17 @@ impl State {
                 ),
             });
         }
-        let mut deletes: Vec<&Vec<Datum>> = Vec::new();
-        let mut full: Vec<&Vec<Datum>> = Vec::new();
-        let mut partial: HashMap<Vec<bool>, Vec<&Vec<Datum>>> = HashMap::new();
-        for key in &plan.order {
-            match &plan.actions[key] {
+        let mut deletes: Vec<&[Datum]> = Vec::new();
+        let mut full: Vec<&[Datum]> = Vec::new();
+        let mut partial: HashMap<Vec<bool>, Vec<&[Datum]>> = HashMap::new();
+        for action in &plan.actions {
+            match action {
                 Action::Delete(row) => deletes.push(row),
                 Action::Upsert(row) if row.contains(&Datum::Unchanged) => {
                     let mask: Vec<bool> = row.iter().map(|d| *d != Datum::Unchanged).collect();
                     partial.entry(mask).or_default().push(row);
                 }
-                Action::Upsert(row) => full.push(row),
+                Action::Upsert(row) => full.push(row.as_ref()),
             }
         }
         let key_match = |alias_of: &dyn Fn(usize) -> String| -> String {
@@ -762,7 +762,7 @@ fn aliases(n: usize) -> String {
 /// values' own (see [`Wire::choose`]).
 fn column_arrays<'a>(
     schema: &'a TableSchema,
-    rows: &'a [&'a Vec<Datum>],
+    rows: &'a [&'a [Datum]],
     cols: &[usize],
     cast: &dyn Fn(&str) -> String,
 ) -> Vec<ColumnArray<'a>> {
