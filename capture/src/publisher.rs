@@ -1,21 +1,23 @@
 //! The Kafka side of capture: topics, schemas, events, and acknowledgement tracking.
 //!
-//! Every produced event and every checkpoint goes through one bounded FIFO to the ack task,
-//! which awaits deliveries in order. When it reaches a checkpoint, every event before it is
-//! acknowledged by Kafka, so the checkpoint's source position may be confirmed to the source.
-//! The bound is the backpressure: when Kafka is slow, `publish` waits and capture stops
-//! reading the replication stream.
+//! Events are counted per *epoch*, the events published between two checkpoints. The
+//! producer's delivery callback counts each acknowledgement off its epoch; once an epoch and
+//! every epoch before it are complete, the checkpoint that closed it is confirmed (`acked`),
+//! so its source position may be confirmed to the source. Deliveries of different partitions
+//! may come back in any order; checkpoints are still confirmed in order. The number of events
+//! awaiting acknowledgement is bounded (`max_in_flight`): when Kafka is slow, `publish` waits
+//! and capture stops reading the replication stream.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
 use sluice_schemas::avro::EnvelopeDecoder;
 use sluice_schemas::compat::SchemaPolicy;
 use sluice_schemas::event::POSITION_HEADER;
@@ -23,7 +25,7 @@ use sluice_schemas::liveness::Liveness;
 use sluice_schemas::registry::{confluent_header, Registry, RegistryError};
 use sluice_schemas::transport::{read_to_end, TopicSchemas};
 use sluice_schemas::{ChangeEvent, EnvelopeCodec, Op, SchemaFingerprint, TableSchema};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
@@ -62,10 +64,208 @@ pub struct PublisherSettings {
     pub registry: Option<Arc<Registry>>,
 }
 
-enum Pending {
-    Delivery(DeliveryFuture),
+/// A delivery opaque with this bit set is a control record (state, schema) whose sender waits
+/// for its own acknowledgement; otherwise it is an event's epoch.
+const CONTROL: usize = 1 << (usize::BITS - 1);
+
+/// What closes an epoch.
+enum Close {
+    /// Confirm this position once the epoch's events are acknowledged.
     Checkpoint(u64),
+    /// Tell the waiter.
     Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The events published since one checkpoint.
+struct Epoch {
+    outstanding: usize,
+    /// `None` while it is the open (last) epoch.
+    close: Option<Close>,
+}
+
+/// Acknowledgement state, shared by the publisher and the producer's delivery callback.
+struct Track {
+    /// The number of `epochs[0]`.
+    first: u64,
+    /// Oldest first; the last is open.
+    epochs: VecDeque<Epoch>,
+    in_flight: usize,
+    controls: HashMap<usize, tokio::sync::oneshot::Sender<Result<(), String>>>,
+    next_control: usize,
+    /// The first delivery that failed: nothing after it is confirmed.
+    failed: Option<String>,
+}
+
+/// Counts deliveries (see the module docs).
+struct Tracker {
+    track: Mutex<Track>,
+    /// One permit per event that may be in flight.
+    permits: tokio::sync::Semaphore,
+    failure: tokio::sync::Notify,
+    acked: watch::Sender<u64>,
+    liveness: Arc<Liveness>,
+    inflight_gauge: metrics::Gauge,
+}
+
+impl Tracker {
+    fn new(
+        max_in_flight: usize,
+        acked: watch::Sender<u64>,
+        liveness: Arc<Liveness>,
+        inflight_gauge: metrics::Gauge,
+    ) -> Tracker {
+        Tracker {
+            track: Mutex::new(Track {
+                first: 0,
+                epochs: VecDeque::from([Epoch {
+                    outstanding: 0,
+                    close: None,
+                }]),
+                in_flight: 0,
+                controls: HashMap::new(),
+                next_control: 0,
+                failed: None,
+            }),
+            permits: tokio::sync::Semaphore::new(max_in_flight.max(1)),
+            failure: tokio::sync::Notify::new(),
+            acked,
+            liveness,
+            inflight_gauge,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Track> {
+        // A panic while holding it cannot leave the counts half-updated in a way that matters
+        // more than stopping would: keep going with what is there.
+        self.track.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for room (one permit per event in flight: the bound that makes capture wait for
+    /// Kafka), then counts a new event into the open epoch; its delivery opaque. The permit
+    /// comes back with its delivery.
+    async fn open_event(&self) -> Result<usize, CaptureError> {
+        self.permits
+            .acquire()
+            .await
+            .map_err(|_| CaptureError::Kafka("the producer stopped".into()))?
+            .forget();
+        let mut t = self.lock();
+        let number = t.first + t.epochs.len() as u64 - 1;
+        if let Some(open) = t.epochs.back_mut() {
+            open.outstanding += 1;
+        }
+        t.in_flight += 1;
+        if t.in_flight == 1 {
+            self.liveness.set_pending(true);
+        }
+        // Epoch numbers stay far below the control bit.
+        Ok(number as usize)
+    }
+
+    /// Closes the open epoch with `close` and opens the next.
+    fn close(&self, close: Close) {
+        let mut t = self.lock();
+        if let Some(open) = t.epochs.back_mut() {
+            open.close = Some(close);
+        }
+        t.epochs.push_back(Epoch {
+            outstanding: 0,
+            close: None,
+        });
+        self.complete(&mut t);
+    }
+
+    /// Registers a control record's waiter; its delivery opaque.
+    fn open_control(&self, done: tokio::sync::oneshot::Sender<Result<(), String>>) -> usize {
+        let mut t = self.lock();
+        let id = CONTROL | t.next_control;
+        t.next_control = (t.next_control + 1) & !CONTROL;
+        t.controls.insert(id, done);
+        id
+    }
+
+    /// From the producer's delivery callback (librdkafka's thread).
+    fn delivered(&self, opaque: usize, error: Option<String>) {
+        let mut t = self.lock();
+        if opaque & CONTROL != 0 {
+            if let Some(done) = t.controls.remove(&opaque) {
+                let _ = done.send(error.map_or(Ok(()), Err));
+            }
+            return;
+        }
+        let index = (opaque as u64).wrapping_sub(t.first) as usize;
+        if let Some(epoch) = t.epochs.get_mut(index) {
+            epoch.outstanding = epoch.outstanding.saturating_sub(1);
+        }
+        t.in_flight = t.in_flight.saturating_sub(1);
+        if let Some(e) = error {
+            if t.failed.is_none() {
+                t.failed = Some(e);
+                self.failure.notify_one();
+            }
+        }
+        self.complete(&mut t);
+        self.inflight_gauge.set(t.in_flight as f64);
+        if t.in_flight == 0 {
+            self.liveness.set_pending(false);
+        }
+        drop(t);
+        self.permits.add_permits(1);
+        self.liveness.progressed();
+    }
+
+    /// Confirms every closed epoch at the front whose events are all acknowledged.
+    fn complete(&self, t: &mut Track) {
+        if t.failed.is_some() {
+            // Nothing is confirmed after a failed delivery; a barrier's waiter is told so by
+            // its sender going.
+            for epoch in &mut t.epochs {
+                if matches!(epoch.close, Some(Close::Barrier(_))) {
+                    epoch.close = None;
+                }
+            }
+            return;
+        }
+        while t
+            .epochs
+            .front()
+            .is_some_and(|e| e.outstanding == 0 && e.close.is_some())
+        {
+            let Some(epoch) = t.epochs.pop_front() else {
+                break;
+            };
+            t.first += 1;
+            match epoch.close {
+                Some(Close::Checkpoint(position)) => {
+                    self.acked.send_if_modified(|acked| {
+                        let newer = position > *acked;
+                        if newer {
+                            *acked = position;
+                        }
+                        newer
+                    });
+                }
+                Some(Close::Barrier(done)) => {
+                    let _ = done.send(());
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// The producer's context: deliveries go to the [`Tracker`].
+struct AckContext(Arc<Tracker>);
+
+impl ClientContext for AckContext {}
+
+impl ProducerContext for AckContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        let error = result.as_ref().err().map(|(e, _)| e.to_string());
+        self.0.delivered(opaque, error);
+    }
 }
 
 /// What publishing a table version needs, worked out once: its topic exists, its schemas are
@@ -92,7 +292,8 @@ fn op_index(op: Op) -> usize {
 
 /// Publishes events and checkpoints; see the module docs.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: ThreadedProducer<AckContext>,
+    tracker: Arc<Tracker>,
     /// For reading the schema topic.
     client_config: ClientConfig,
     admin: AdminClient<DefaultClientContext>,
@@ -101,7 +302,6 @@ pub struct Publisher {
     published_schemas: HashSet<SchemaFingerprint>,
     /// By value-schema fingerprint.
     tables: HashMap<SchemaFingerprint, TableOut>,
-    pending: mpsc::Sender<Pending>,
     last_checkpoint: u64,
     /// The versions of each value subject (`<topic>-value`), oldest first, as the schema
     /// transport holds them; loaded when a subject is first needed.
@@ -134,30 +334,35 @@ impl Publisher {
                 config.set(key, value);
             }
         }
-        let producer: FutureProducer = config
-            .create()
+        let (acked_tx, acked_rx) = watch::channel(start);
+        let tracker = Arc::new(Tracker::new(
+            settings.max_in_flight,
+            acked_tx,
+            settings.liveness.clone(),
+            metrics::gauge!(m::INFLIGHT_EVENTS, "source" => settings.source.clone()),
+        ));
+        let producer: ThreadedProducer<AckContext> = config
+            .create_with_context(AckContext(tracker.clone()))
             .map_err(|e| CaptureError::Kafka(e.to_string()))?;
         let admin: AdminClient<DefaultClientContext> = client_config
             .create()
             .map_err(|e| CaptureError::Kafka(e.to_string()))?;
-        let (tx, rx) = mpsc::channel(settings.max_in_flight.max(1));
-        let (acked_tx, acked_rx) = watch::channel(start);
-        let task = tokio::spawn(ack_loop(
-            rx,
-            acked_tx,
-            settings.source.clone(),
-            settings.liveness.clone(),
-        ));
+        let watching = tracker.clone();
+        let task = tokio::spawn(async move {
+            watching.failure.notified().await;
+            let failed = watching.lock().failed.clone().unwrap_or_default();
+            Err(CaptureError::Kafka(format!("delivery failed: {failed}")))
+        });
         Ok((
             Publisher {
                 producer,
+                tracker,
                 client_config: client_config.clone(),
                 admin,
                 settings,
                 known_topics: HashSet::new(),
                 published_schemas: HashSet::new(),
                 tables: HashMap::new(),
-                pending: tx,
                 last_checkpoint: start,
                 subjects: HashMap::new(),
                 topic_schemas: None,
@@ -189,24 +394,55 @@ impl Publisher {
     /// Waits until every event published so far is acknowledged by Kafka.
     pub async fn barrier(&mut self) -> Result<(), CaptureError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.pending
-            .send(Pending::Barrier(tx))
-            .await
-            .map_err(|_| CaptureError::Kafka("the acknowledgement task stopped".into()))?;
-        rx.await
-            .map_err(|_| CaptureError::Kafka("the acknowledgement task stopped".into()))
+        self.tracker.close(Close::Barrier(tx));
+        rx.await.map_err(|_| {
+            CaptureError::Kafka(
+                "a delivery failed before every event was acknowledged; capture resumes from its last checkpoint".into(),
+            )
+        })
     }
 
     /// Writes this source's state record and waits for Kafka to acknowledge it.
     pub async fn write_state(&mut self, json: &str) -> Result<(), CaptureError> {
-        let record = FutureRecord::to(&self.settings.state_topic)
-            .key(&self.settings.source)
-            .payload(json);
-        self.producer
-            .send(record, Duration::from_secs(60))
+        let (topic, key) = (
+            self.settings.state_topic.clone(),
+            self.settings.source.clone(),
+        );
+        self.send_and_wait(&topic, &key, json.as_bytes(), "write capture state")
             .await
-            .map(|_| ())
-            .map_err(|(e, _)| CaptureError::Kafka(format!("write capture state: {e}")))
+    }
+
+    /// Produces a control record (state, schema) and waits for Kafka to acknowledge it.
+    async fn send_and_wait(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        what: &str,
+    ) -> Result<(), CaptureError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = self.tracker.open_control(tx);
+        let mut record: BaseRecord<'_, str, [u8], usize> = BaseRecord::with_opaque_to(topic, id)
+            .key(key)
+            .payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => {
+                    self.tracker.lock().controls.remove(&id);
+                    return Err(CaptureError::Kafka(format!("{what}: {e}")));
+                }
+            }
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(CaptureError::Kafka(format!("{what}: {e}"))),
+            Err(_) => Err(CaptureError::Kafka(format!("{what}: the producer stopped"))),
+        }
     }
 
     async fn ensure_topic(
@@ -256,13 +492,13 @@ impl Publisher {
             return Ok(());
         }
         let key = fingerprint.to_hex();
-        let record = FutureRecord::to(&self.settings.schema_topic)
-            .key(&key)
-            .payload(json);
-        self.producer
-            .send(record, Duration::from_secs(60))
-            .await
-            .map_err(|(e, _)| CaptureError::Kafka(format!("publish schema {key}: {e}")))?;
+        self.send_and_wait(
+            &self.settings.schema_topic,
+            &key,
+            json.as_bytes(),
+            &format!("publish schema {key}"),
+        )
+        .await?;
         metrics::counter!(m::SCHEMAS_PUBLISHED_TOTAL, "source" => self.settings.source.clone())
             .increment(1);
         info!(fingerprint = %key, "published schema");
@@ -354,16 +590,15 @@ impl Publisher {
             let versions = stored.subjects.entry(subject.clone()).or_default();
             versions.push(codec.value_fingerprint);
             let (key, record) = TopicSchemas::subject_record(&subject, versions);
-            self.producer
-                .send(
-                    FutureRecord::to(&self.settings.schema_topic)
-                        .key(&key)
-                        .payload(&record),
-                    Duration::from_secs(60),
-                )
-                .await
-                .map_err(|(e, _)| CaptureError::Kafka(format!("publish {key}: {e}")))?;
-            info!(%subject, version = versions.len(), "registered a new schema version");
+            let version = versions.len();
+            self.send_and_wait(
+                &self.settings.schema_topic,
+                &key,
+                record.as_bytes(),
+                &format!("publish {key}"),
+            )
+            .await?;
+            info!(%subject, version, "registered a new schema version");
             self.subjects
                 .entry(subject)
                 .or_default()
@@ -512,27 +747,30 @@ impl Publisher {
             key: POSITION_HEADER,
             value: Some(position),
         });
-        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        let epoch = self.tracker.open_event().await?;
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(topic, epoch).headers(headers);
         if let Some(k) = key {
             record = record.key(k);
         }
         if let Some(v) = value {
             record = record.payload(v);
         }
-        let delivery = loop {
-            match self.producer.send_result(record) {
-                Ok(delivery) => break delivery,
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((e, _)) => return Err(CaptureError::Kafka(format!("produce to {topic}: {e}"))),
+                Err((e, _)) => {
+                    let message = format!("produce to {topic}: {e}");
+                    // Counted off as failed, so nothing after it is confirmed.
+                    self.tracker.delivered(epoch, Some(message.clone()));
+                    return Err(CaptureError::Kafka(message));
+                }
             }
-        };
-        self.pending
-            .send(Pending::Delivery(delivery))
-            .await
-            .map_err(|_| CaptureError::Kafka("the acknowledgement task stopped".into()))
+        }
     }
 
     /// Marks `lsn` as confirmable once every event published before it is acknowledged.
@@ -541,10 +779,8 @@ impl Publisher {
             return Ok(());
         }
         self.last_checkpoint = lsn;
-        self.pending
-            .send(Pending::Checkpoint(lsn))
-            .await
-            .map_err(|_| CaptureError::Kafka("the acknowledgement task stopped".into()))
+        self.tracker.close(Close::Checkpoint(lsn));
+        Ok(())
     }
 
     /// Waits until everything published so far is acknowledged (or `timeout` passes).
@@ -554,39 +790,6 @@ impl Publisher {
             .await
             .is_ok_and(|r| r.is_ok())
     }
-}
-
-async fn ack_loop(
-    mut rx: mpsc::Receiver<Pending>,
-    acked: watch::Sender<u64>,
-    source: String,
-    liveness: Arc<Liveness>,
-) -> Result<(), CaptureError> {
-    let inflight = metrics::gauge!(m::INFLIGHT_EVENTS, "source" => source);
-    while let Some(p) = rx.recv().await {
-        inflight.set(rx.len() as f64);
-        liveness.set_pending(true);
-        match p {
-            Pending::Delivery(f) => match f.await {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    return Err(CaptureError::Kafka(format!("delivery failed: {e}")))
-                }
-                Err(_) => return Err(CaptureError::Kafka("delivery was cancelled".into())),
-            },
-            Pending::Checkpoint(lsn) => {
-                acked.send_replace(lsn);
-            }
-            Pending::Barrier(done) => {
-                let _ = done.send(());
-            }
-        }
-        liveness.progressed();
-        if rx.is_empty() {
-            liveness.set_pending(false);
-        }
-    }
-    Ok(())
 }
 
 /// Runs a blocking registry call off the async threads.
@@ -599,4 +802,72 @@ async fn blocking<T: Send + 'static>(
             detail: format!("the registry call panicked: {e}"),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracker() -> (Tracker, watch::Receiver<u64>) {
+        let (tx, rx) = watch::channel(0);
+        let liveness = Arc::new(Liveness::new("test", &[]));
+        (Tracker::new(4, tx, liveness, metrics::gauge!("test")), rx)
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_is_confirmed_only_once_every_event_before_it_is_acknowledged() {
+        let (t, acked) = tracker();
+        let first = t.open_event().await.unwrap();
+        t.close(Close::Checkpoint(10));
+        let second = t.open_event().await.unwrap();
+        let third = t.open_event().await.unwrap();
+        assert_eq!(t.permits.available_permits(), 1);
+        t.close(Close::Checkpoint(20));
+        // Another partition's events come back first.
+        t.delivered(second, None);
+        t.delivered(third, None);
+        assert_eq!(*acked.borrow(), 0, "the first event is still in flight");
+        t.delivered(first, None);
+        assert_eq!(*acked.borrow(), 20);
+        // A checkpoint with nothing before it in flight is confirmed at once.
+        t.close(Close::Checkpoint(30));
+        assert_eq!(*acked.borrow(), 30);
+        assert_eq!(t.permits.available_permits(), 4, "every permit given back");
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_delivery_nothing_more_is_confirmed_and_a_barrier_is_told() {
+        let (t, acked) = tracker();
+        let lost = t.open_event().await.unwrap();
+        t.close(Close::Checkpoint(10));
+        let later = t.open_event().await.unwrap();
+        let (done, waiting) = tokio::sync::oneshot::channel();
+        t.close(Close::Barrier(done));
+        t.delivered(later, None);
+        t.delivered(lost, Some("Message timed out".into()));
+        assert_eq!(*acked.borrow(), 0);
+        assert!(t.lock().failed.is_some());
+        assert!(
+            waiting.await.is_err(),
+            "the barrier's waiter hears that it will not be reached"
+        );
+        t.close(Close::Checkpoint(20));
+        assert_eq!(*acked.borrow(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_control_record_hears_its_own_delivery() {
+        let (t, acked) = tracker();
+        let event = t.open_event().await.unwrap();
+        let (done, heard) = tokio::sync::oneshot::channel();
+        let control = t.open_control(done);
+        assert_ne!(control & CONTROL, 0);
+        t.delivered(control, Some("broker down".into()));
+        assert_eq!(heard.await.unwrap(), Err("broker down".to_string()));
+        // A failed control record is its sender's error, not the event stream's.
+        assert!(t.lock().failed.is_none());
+        t.close(Close::Checkpoint(5));
+        t.delivered(event, None);
+        assert_eq!(*acked.borrow(), 5);
+    }
 }
