@@ -63,15 +63,7 @@ fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
     .unwrap();
     // (The changes below must be streamed: had the snapshot started after them, it would read
     // rows 7 and 12 with the refused values already in them.)
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !sluice.log().contains("starting replication") {
-        assert!(
-            Instant::now() < deadline,
-            "capture did not start streaming:\n{}",
-            sluice.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    sluice.wait_for_log("starting replication", Duration::from_secs(60));
 
     // when rows the sink refuses arrive in one transaction with rows it takes, and other tables
     // and later changes follow,

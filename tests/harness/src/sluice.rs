@@ -115,6 +115,21 @@ impl SluiceProcess {
 
     /// The Prometheus text from `/metrics`; a failed request is tried again (up to five
     /// times, 200 ms apart) before giving up.
+    /// Waits until the log contains `needle` (for example `starting replication`: changes
+    /// written after it are streamed, not read by the snapshot); panics with the log after
+    /// `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sluice never logged {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn metrics(&self) -> Option<String> {
         for attempt in 1..=5 {
             match try_http_get(self.metrics_port, "/metrics") {

@@ -150,6 +150,21 @@ fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Where a router's time went, from its own metrics once it is done: batches, the mean time
+/// the sink took to apply one, and how long collected batches waited for the one before them.
+/// A wait share near 1 means the sink was the bottleneck.
+fn router_breakdown(process: &SluiceProcess, seconds: f64) -> Value {
+    let text = process.metrics().unwrap_or_default();
+    let batches = metric_sum(&text, "sluice_router_batches_total");
+    let apply = metric_sum(&text, "sluice_sink_batch_duration_seconds_sum");
+    let wait = metric_sum(&text, "sluice_router_sink_wait_seconds_sum");
+    json!({
+        "batches": batches,
+        "mean_apply_ms": (1000.0 * apply / batches.max(1.0) * 10.0).round() / 10.0,
+        "sink_wait_share": (wait / seconds.max(1e-9) * 100.0).round() / 100.0,
+    })
+}
+
 fn timed(what: &str, f: impl FnOnce()) -> Duration {
     eprintln!("bench: {what}");
     let start = Instant::now();
@@ -416,8 +431,10 @@ fn postgres_throughput(bench: &mut Bench) {
     if bench.settings.runs("pg") {
         let (mut e2e, spawned) = bench.sluice("pg_e2e", "e2e", "run", &e2e_body);
         let t = bench.watch(&mut e2e, spawned, "sluice_sink_events_applied_total", rows);
+        let mut figures = t.json();
+        figures["router"] = router_breakdown(&e2e, t.first_to_last.as_secs_f64());
         stop(e2e);
-        bench.record("postgres_to_postgres", t.json());
+        bench.record("postgres_to_postgres", figures);
     }
 
     // The sink's references: COPY of the same rows into an empty table of the same shape, and
@@ -464,8 +481,10 @@ fn postgres_throughput(bench: &mut Bench) {
             "sluice_sink_events_applied_total",
             rows,
         );
+        let mut figures = t.json();
+        figures["router"] = router_breakdown(&router, t.first_to_last.as_secs_f64());
         stop(router);
-        bench.record("router_to_postgres", t.json());
+        bench.record("router_to_postgres", figures);
     }
 }
 
