@@ -1,6 +1,7 @@
 //! The PostgreSQL sink: set-based upserts and deletes through `unnest` of one array per column
-//! (binary where the column's type is the values' own, else text cast to the column's type;
-//! `encode`), prepared once per shape, in one transaction with the offsets.
+//! in a select list, read in lockstep without being materialized. Arrays are binary where the
+//! column's type is the values' own, else text cast to the column's type (`encode`);
+//! statements are prepared once per shape and run in one transaction with the offsets.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -660,10 +661,9 @@ impl State {
             let cols: Vec<usize> = key_idx.clone();
             let arrays = arrays_of(&deletes, &cols);
             let sql = format!(
-                "DELETE FROM {} AS t USING unnest({}) AS v({}) WHERE {}",
+                "DELETE FROM {} AS t USING {} WHERE {}",
                 target.qualified,
-                placeholders(&arrays),
-                aliases(cols.len()),
+                unnested(&arrays),
                 key_match(&|i| format!("v.c{}", cols.iter().position(|c| *c == i).unwrap_or(0)))
             );
             self.run(txn, sql, &arrays).await?;
@@ -694,12 +694,11 @@ impl State {
                 format!("DO UPDATE SET {}", updates.join(", "))
             };
             let sql = format!(
-                "INSERT INTO {} ({}) SELECT {} FROM unnest({}) AS v({}) ON CONFLICT ({}) {conflict}",
+                "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) {conflict}",
                 target.qualified,
                 names.join(", "),
                 selects.join(", "),
-                placeholders(&arrays),
-                aliases(cols.len()),
+                unnested(&arrays),
                 keys.join(", ")
             );
             self.run(txn, sql, &arrays).await?;
@@ -721,11 +720,10 @@ impl State {
                 continue;
             }
             let sql = format!(
-                "UPDATE {} AS t SET {} FROM unnest({}) AS v({}) WHERE {}",
+                "UPDATE {} AS t SET {} FROM {} WHERE {}",
                 target.qualified,
                 sets.join(", "),
-                placeholders(&arrays),
-                aliases(cols.len()),
+                unnested(&arrays),
                 key_match(&alias_of)
             );
             self.run(txn, sql, &arrays).await?;
@@ -741,21 +739,18 @@ impl State {
     }
 }
 
-/// `$1::pg_catalog.int8[], $2::text[], …`: each column array's parameter, typed as it travels.
-fn placeholders(arrays: &[ColumnArray<'_>]) -> String {
-    arrays
+/// The column arrays as a relation `v(c0, c1, …)`:
+/// `(SELECT unnest($1::pg_catalog.int8[]) AS c0, unnest($2::text[]) AS c1, …) AS v`.
+/// Set-returning functions in a select list run in lockstep (ProjectSet), row by row; the
+/// same arrays in `FROM unnest($1, $2, …)` are first copied into one tuplestore each, which
+/// took PostgreSQL about a third longer per batch (BENCHMARKS.md).
+fn unnested(arrays: &[ColumnArray<'_>]) -> String {
+    let columns: Vec<String> = arrays
         .iter()
         .enumerate()
-        .map(|(i, a)| format!("${}::{}", i + 1, a.wire.array_type().0))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn aliases(n: usize) -> String {
-    (0..n)
-        .map(|i| format!("c{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .map(|(i, a)| format!("unnest(${}::{}) AS c{i}", i + 1, a.wire.array_type().0))
+        .collect();
+    format!("(SELECT {}) AS v", columns.join(", "))
 }
 
 /// The `cols` of `rows`, one array parameter each, binary where the sink column's type is the
