@@ -1,7 +1,6 @@
 //! The routing loop: consume, decode, batch, apply, record.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +26,9 @@ use crate::mapper::Mapper;
 use crate::metrics as m;
 use crate::schemas::SchemaStore;
 use crate::RouterError;
+
+/// Messages the routing loop takes before it yields to the runtime.
+const YIELD_EVERY: u32 = 64;
 
 /// When a batch is flushed: whichever limit is reached first.
 #[derive(Debug, Clone)]
@@ -103,9 +105,11 @@ struct Held {
     since: std::time::Instant,
 }
 
-/// A batch being applied while the next one is collected (depth-1 pipelining): the future
-/// owns the sink and the batch, and gives both back with the result.
-type InFlight<S> = Pin<Box<dyn Future<Output = Finished<S>> + Send>>;
+/// A batch being applied while the next one is collected (depth-1 pipelining): a task of its
+/// own that owns the sink and the batch, and gives both back with the result. (Polled from the
+/// routing loop instead, each of its round trips would wait until that loop yields, which it
+/// does not while messages keep coming.)
+type InFlight<S> = tokio::task::JoinHandle<Finished<S>>;
 
 /// A first apply that has finished, successfully or not.
 struct Finished<S> {
@@ -115,12 +119,12 @@ struct Finished<S> {
 }
 
 /// Waits for the apply in flight, if any (else forever, for `select!`), and empties the slot.
-async fn finished<S>(slot: &mut Option<InFlight<S>>) -> Finished<S> {
+async fn finished<S>(slot: &mut Option<InFlight<S>>) -> Result<Finished<S>, RouterError> {
     match slot {
         Some(apply) => {
             let done = apply.await;
             *slot = None;
-            done
+            done.map_err(|e| RouterError::Definite(format!("the sink's apply task failed: {e}")))
         }
         None => std::future::pending().await,
     }
@@ -323,6 +327,7 @@ impl<S: Sink + 'static> Router<S> {
         let sink_wait =
             metrics::histogram!(m::SINK_WAIT_SECONDS, "sink" => self.settings.sink_name.clone());
         let mut stopping = false;
+        let mut since_yield: u32 = 0;
         while !stopping {
             let mut pending = Pending::new();
             // The batch's time limit, made once per batch: a new timer per message would
@@ -344,7 +349,7 @@ impl<S: Sink + 'static> Router<S> {
                     biased;
                     _ = shutdown.cancelled() => { stopping = true; break; }
                     done = finished(&mut inflight) => {
-                        self.settle(done, &consumer, &dlq, &mut pending, shutdown).await?;
+                        self.settle(done?, &consumer, &dlq, &mut pending, shutdown).await?;
                     }
                     _ = timer => break,
                     _ = reload.tick() => {
@@ -410,6 +415,13 @@ impl<S: Sink + 'static> Router<S> {
                             continue;
                         }
                         consumed.increment(1);
+                        since_yield += 1;
+                        if since_yield == YIELD_EVERY {
+                            since_yield = 0;
+                            // Every consume and decode is ready at once while messages are
+                            // queued: let the other tasks of this worker run now and then.
+                            tokio::task::yield_now().await;
+                        }
                         // What this router has taken from the partition: a message at or below
                         // it (read again after a seek back) is skipped.
                         resumed.insert(key.clone(), msg.offset());
@@ -791,14 +803,18 @@ impl<S: Sink + 'static> Router<S> {
     fn start_apply(&mut self, mut pending: Pending) -> InFlight<S> {
         pending.batch.consumed = consumed_list(&pending.consumed);
         let mut sink = self.sink.take().expect("one apply in flight at a time");
-        Box::pin(async move {
-            let result = sink.apply(&pending.batch).await;
-            Finished {
-                sink,
-                pending,
-                result,
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                let result = sink.apply(&pending.batch).await;
+                Finished {
+                    sink,
+                    pending,
+                    result,
+                }
             }
-        })
+            .instrument(span),
+        )
     }
 
     /// Waits for the apply in flight, if any, and settles it.
@@ -810,8 +826,8 @@ impl<S: Sink + 'static> Router<S> {
         next: &mut Pending,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
-        if let Some(apply) = inflight.take() {
-            let done = apply.await;
+        if inflight.is_some() {
+            let done = finished(inflight).await?;
             self.settle(done, consumer, dlq, next, shutdown).await?;
         }
         Ok(())
