@@ -422,21 +422,12 @@ impl Publisher {
     ) -> Result<(), CaptureError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let id = self.tracker.open_control(tx);
-        let mut record: BaseRecord<'_, str, [u8], usize> = BaseRecord::with_opaque_to(topic, id)
+        let record = BaseRecord::with_opaque_to(topic, id)
             .key(key)
             .payload(payload);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => {
-                    self.tracker.lock().controls.remove(&id);
-                    return Err(CaptureError::Kafka(format!("{what}: {e}")));
-                }
-            }
+        if let Err(e) = self.produce(record).await {
+            self.tracker.lock().controls.remove(&id);
+            return Err(CaptureError::Kafka(format!("{what}: {e}")));
         }
         match rx.await {
             Ok(Ok(())) => Ok(()),
@@ -756,6 +747,21 @@ impl Publisher {
         if let Some(v) = value {
             record = record.payload(v);
         }
+        if let Err(e) = self.produce(record).await {
+            let message = format!("produce to {topic}: {e}");
+            // Counted off as failed, so nothing after it is confirmed.
+            self.tracker.delivered(epoch, Some(message.clone()));
+            return Err(CaptureError::Kafka(message));
+        }
+        Ok(())
+    }
+
+    /// Hands a record to the producer, waiting while its queue is full.
+    async fn produce<K, P>(&self, mut record: BaseRecord<'_, K, P, usize>) -> Result<(), KafkaError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -763,12 +769,7 @@ impl Publisher {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((e, _)) => {
-                    let message = format!("produce to {topic}: {e}");
-                    // Counted off as failed, so nothing after it is confirmed.
-                    self.tracker.delivered(epoch, Some(message.clone()));
-                    return Err(CaptureError::Kafka(message));
-                }
+                Err((e, _)) => return Err(e),
             }
         }
     }
