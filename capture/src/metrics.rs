@@ -12,6 +12,10 @@ pub const BYTES_TOTAL: &str = "sluice_capture_bytes_total";
 pub const CONFIRMED_LSN: &str = "sluice_capture_confirmed_lsn";
 /// Server WAL end minus confirmed LSN, label `source`.
 pub const SLOT_LAG_BYTES: &str = "sluice_capture_slot_lag_bytes";
+/// Records (events, and the tombstones after deletes) whose delivery Kafka acknowledged,
+/// label `source`. Unlike [`EVENTS_TOTAL`], counted when the broker has them, not when the
+/// producer takes them.
+pub const RECORDS_ACKNOWLEDGED_TOTAL: &str = "sluice_capture_records_acknowledged_total";
 /// Events handed to the producer whose delivery is not yet acknowledged, label `source`.
 pub const INFLIGHT_EVENTS: &str = "sluice_capture_inflight_events";
 /// Errors by kind (`transient`, `definite`, `value`), label `source`.
@@ -76,6 +80,11 @@ pub fn describe() {
         SLOT_LAG_BYTES,
         Unit::Bytes,
         "Server WAL end minus the confirmed LSN"
+    );
+    describe_counter!(
+        RECORDS_ACKNOWLEDGED_TOTAL,
+        Unit::Count,
+        "Records (events and tombstones) whose delivery Kafka acknowledged"
     );
     describe_gauge!(
         INFLIGHT_EVENTS,

@@ -105,14 +105,16 @@ struct Tracker {
     acked: watch::Sender<u64>,
     liveness: Arc<Liveness>,
     inflight_gauge: metrics::Gauge,
+    acknowledged: metrics::Counter,
 }
 
 impl Tracker {
+    /// `source` labels its metrics.
     fn new(
         max_in_flight: usize,
         acked: watch::Sender<u64>,
         liveness: Arc<Liveness>,
-        inflight_gauge: metrics::Gauge,
+        source: &str,
     ) -> Tracker {
         Tracker {
             track: Mutex::new(Track {
@@ -130,7 +132,8 @@ impl Tracker {
             failure: tokio::sync::Notify::new(),
             acked,
             liveness,
-            inflight_gauge,
+            inflight_gauge: metrics::gauge!(m::INFLIGHT_EVENTS, "source" => source.to_string()),
+            acknowledged: metrics::counter!(m::RECORDS_ACKNOWLEDGED_TOTAL, "source" => source.to_string()),
         }
     }
 
@@ -198,11 +201,13 @@ impl Tracker {
             epoch.outstanding = epoch.outstanding.saturating_sub(1);
         }
         t.in_flight = t.in_flight.saturating_sub(1);
-        if let Some(e) = error {
-            if t.failed.is_none() {
+        match error {
+            Some(e) if t.failed.is_none() => {
                 t.failed = Some(e);
                 self.failure.notify_one();
             }
+            Some(_) => {}
+            None => self.acknowledged.increment(1),
         }
         self.complete(&mut t);
         self.inflight_gauge.set(t.in_flight as f64);
@@ -339,7 +344,7 @@ impl Publisher {
             settings.max_in_flight,
             acked_tx,
             settings.liveness.clone(),
-            metrics::gauge!(m::INFLIGHT_EVENTS, "source" => settings.source.clone()),
+            &settings.source,
         ));
         let producer: ThreadedProducer<AckContext> = config
             .create_with_context(AckContext(tracker.clone()))
@@ -812,7 +817,7 @@ mod tests {
     fn tracker() -> (Tracker, watch::Receiver<u64>) {
         let (tx, rx) = watch::channel(0);
         let liveness = Arc::new(Liveness::new("test", &[]));
-        (Tracker::new(4, tx, liveness, metrics::gauge!("test")), rx)
+        (Tracker::new(4, tx, liveness, "test"), rx)
     }
 
     #[tokio::test]
