@@ -30,14 +30,25 @@ pub(crate) struct Plan<'a> {
     /// Per key, in the order its first change came, what its last change says.
     pub actions: Vec<Action<'a>>,
     /// Each key's place in `actions`.
-    slots: FastMap<String, usize>,
+    slots: FastMap<Key, usize>,
     /// Changes by op, in the order c, u, d, r, t (for metrics).
     pub counts: [u64; 5],
+    key_columns: Vec<usize>,
+}
+
+/// A row's identity within a plan (see [`Plan::key`]). A single integer key column's values
+/// are compared as integers; every other key by its text form. The two never meet for one
+/// table version: its key columns are the same for every row.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Int(i64),
+    Text(String),
 }
 
 impl<'a> Plan<'a> {
     pub fn new(schema: Arc<TableSchema>) -> Plan<'a> {
         Plan {
+            key_columns: schema.key_indices(),
             schema,
             truncate: false,
             actions: Vec::new(),
@@ -46,9 +57,22 @@ impl<'a> Plan<'a> {
         }
     }
 
+    /// The row's key: a single integer key column as itself (the commonest key, and no
+    /// string to build per row), any other as [`Plan::text_key`].
+    fn key(&self, row: &[Datum]) -> Key {
+        if let [i] = self.key_columns[..] {
+            match row.get(i) {
+                Some(Datum::Long(v)) => return Key::Int(*v),
+                Some(Datum::Int(v)) => return Key::Int(i64::from(*v)),
+                _ => {}
+            }
+        }
+        Key::Text(self.text_key(row))
+    }
+
     /// The row's key columns in their text form, each length-prefixed (NULL as `-`), in one
     /// string: equal keys give equal strings and no two keys the same.
-    fn key(&self, row: &[Datum]) -> String {
+    fn text_key(&self, row: &[Datum]) -> String {
         let mut key = String::new();
         for (c, d) in self.schema.columns.iter().zip(row).filter(|(c, _)| c.key) {
             let text: Cow<'_, str> = match d {
@@ -117,7 +141,7 @@ impl<'a> Plan<'a> {
         }
     }
 
-    fn put(&mut self, key: String, action: Action<'a>) {
+    fn put(&mut self, key: Key, action: Action<'a>) {
         match self.slots.get(&key) {
             Some(&i) => self.actions[i] = action,
             None => {
@@ -156,6 +180,30 @@ pub(crate) fn partitions(batch: &Batch) -> Vec<(Arc<str>, i32)> {
     out
 }
 
+/// Changes written per table version and op, counted into `sluice_sink_events_applied_total`
+/// only once their transaction commits: a batch that rolls back, and a dead-letter search
+/// (which always does), count nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Applied(Vec<(TableId, [u64; 5])>);
+
+impl Applied {
+    pub fn add(&mut self, plan: &Plan<'_>) {
+        self.0.push((plan.schema.id.clone(), plan.counts));
+    }
+
+    pub fn record(self, sink: &str) {
+        for (table, counts) in self.0 {
+            let table = table.to_string();
+            for (count, op) in counts.iter().zip(["c", "u", "d", "r", "t"]) {
+                if *count > 0 {
+                    metrics::counter!(crate::metrics::EVENTS_APPLIED_TOTAL, "sink" => sink.to_string(), "table" => table.clone(), "op" => op)
+                        .increment(*count);
+                }
+            }
+        }
+    }
+}
+
 /// A batch sorted out against what the sink has stored.
 pub(crate) struct Sorted<'a> {
     /// Plans to execute in this order (a table's plan under an older schema version before
@@ -179,11 +227,24 @@ struct PartitionState<'a> {
     changed: bool,
 }
 
+fn partition<'p, 'a>(
+    parts: &'p mut [((Arc<str>, i32), PartitionState<'a>)],
+    topic: &Arc<str>,
+    number: i32,
+) -> Option<&'p mut PartitionState<'a>> {
+    parts
+        .iter_mut()
+        .find(|((t, n), _)| *n == number && (Arc::ptr_eq(t, topic) || **t == **topic))
+        .map(|(_, state)| state)
+}
+
 /// Drops the changes whose offset is at or below the stored offset of their partition, or
 /// whose position is not above the highest applied (in order, so a replay later in the same
 /// batch is caught too), and collapses the rest per table version and key.
 pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgress>) -> Sorted<'_> {
-    let mut parts: FastMap<(Arc<str>, i32), PartitionState<'_>> = stored
+    // A batch touches a few partitions: a list, searched by pointer first, costs less per
+    // change than hashing the topic's name.
+    let mut parts: Vec<((Arc<str>, i32), PartitionState<'_>)> = stored
         .into_iter()
         .map(|(k, s)| {
             (
@@ -199,7 +260,7 @@ pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgres
         })
         .collect();
     for c in &batch.consumed {
-        if let Some(p) = parts.get_mut(&(c.topic.clone(), c.partition)) {
+        if let Some(p) = partition(&mut parts, &c.topic, c.partition) {
             if c.offset > p.last_offset {
                 p.last_offset = c.offset;
                 p.changed = true;
@@ -210,7 +271,7 @@ pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgres
     let mut steps = Vec::new();
     let mut plans: FastMap<&TableId, Plan<'_>> = FastMap::default();
     for change in &batch.changes {
-        let Some(p) = parts.get_mut(&(change.origin.topic.clone(), change.origin.partition)) else {
+        let Some(p) = partition(&mut parts, &change.origin.topic, change.origin.partition) else {
             continue;
         };
         if change.origin.offset > p.last_offset {
@@ -342,6 +403,32 @@ mod tests {
                 Action::Delete(row) => ("delete", row.to_vec()),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_single_integer_key_collapses_by_its_value() {
+        let t = table(&["id"], &["v"]);
+        let (batch, stored) = sorted(
+            vec![
+                change(&t, 0, Op::Create, vec![Datum::Long(1), text("a")]),
+                change(&t, 1, Op::Create, vec![Datum::Long(10), text("b")]),
+                change(&t, 2, Op::Update, vec![Datum::Long(1), text("c")]),
+                change(&t, 3, Op::Create, vec![Datum::Long(-1), text("d")]),
+                change(&t, 4, Op::Delete, vec![Datum::Long(10), text("b")]),
+                change(&t, 5, Op::Create, vec![Datum::Null, text("e")]),
+            ],
+            None,
+        );
+        let s = sort(&batch, stored);
+        assert_eq!(
+            rows(&s.steps[0]),
+            vec![
+                ("upsert", vec![Datum::Long(1), text("c")]),
+                ("delete", vec![Datum::Long(10), text("b")]),
+                ("upsert", vec![Datum::Long(-1), text("d")]),
+                ("upsert", vec![Datum::Null, text("e")]),
+            ]
+        );
     }
 
     #[test]

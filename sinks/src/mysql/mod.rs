@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::connect_error;
 use crate::metrics as m;
-use crate::plan::{self, Action, Plan};
+use crate::plan::{self, Action, Applied, Plan};
 use crate::TargetProblem;
 use crate::{ApplyOutcome, Batch, ColumnTypes, DroppedColumns, Sink, SinkError, StoredProgress};
 
@@ -755,7 +755,7 @@ impl MysqlSink {
         &mut self,
         tx: &mut Transaction<'_>,
         batch: &Batch,
-    ) -> Result<ApplyOutcome, SinkError> {
+    ) -> Result<(ApplyOutcome, Applied), SinkError> {
         let mut stored = HashMap::new();
         let offsets = self.offsets();
         for (topic, partition) in plan::partitions(batch) {
@@ -789,13 +789,15 @@ impl MysqlSink {
             applied: 0,
             skipped: sorted.skipped,
         };
+        let mut counts = Applied::default();
         for step in sorted.steps {
+            counts.add(&step);
             let target = self
                 .targets
                 .get(&step.schema.id)
                 .map(|(_, t)| t.clone())
                 .ok_or_else(|| SinkError::Definite(format!("no target for {}", step.schema.id)))?;
-            outcome.applied += execute(tx, &self.name, &target, step).await?;
+            outcome.applied += execute(tx, &target, step).await?;
         }
         for ((topic, partition), progress) in &sorted.progress {
             tx.exec_drop(
@@ -818,7 +820,7 @@ impl MysqlSink {
             skipped = outcome.skipped,
             "batch applied"
         );
-        Ok(outcome)
+        Ok((outcome, counts))
     }
 
     /// DDL, before the batch's transaction, for the table versions with changes not applied
@@ -868,7 +870,6 @@ const MAX_PARAMS: usize = 60_000;
 
 async fn execute(
     tx: &mut Transaction<'_>,
-    sink: &str,
     target: &Target,
     plan: Plan<'_>,
 ) -> Result<usize, SinkError> {
@@ -969,15 +970,7 @@ async fn execute(
         )
         .await?;
     }
-    let total: u64 = plan.counts.iter().sum();
-    let table_label = schema.id.to_string();
-    for (i, op) in ["c", "u", "d", "r", "t"].iter().enumerate() {
-        if plan.counts[i] > 0 {
-            metrics::counter!(m::EVENTS_APPLIED_TOTAL, "sink" => sink.to_string(), "table" => table_label.clone(), "op" => *op)
-                .increment(plan.counts[i]);
-        }
-    }
-    Ok(total as usize)
+    Ok(plan.counts.iter().sum::<u64>() as usize)
 }
 
 impl Sink for MysqlSink {
@@ -985,7 +978,7 @@ impl Sink for MysqlSink {
         let started = Instant::now();
         self.prepare(batch).await?;
         let mut tx = self.pool.start_transaction(TxOpts::default()).await?;
-        let outcome = match self.apply_in(&mut tx, batch).await {
+        let (outcome, counts) = match self.apply_in(&mut tx, batch).await {
             Ok(o) => o,
             Err(e) => {
                 let _ = tx.rollback().await;
@@ -993,6 +986,7 @@ impl Sink for MysqlSink {
             }
         };
         tx.commit().await?;
+        counts.record(&self.name);
         metrics::histogram!(m::BATCH_DURATION_SECONDS, "sink" => self.name.clone())
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!(m::BATCH_ROWS, "sink" => self.name.clone())

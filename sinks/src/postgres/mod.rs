@@ -23,7 +23,7 @@ mod encode;
 pub use check::pg_type_name;
 
 use crate::metrics as m;
-use crate::plan::{self, Action, Plan};
+use crate::plan::{self, Action, Applied, Plan};
 use crate::{ApplyOutcome, Batch, ColumnTypes, DroppedColumns, Sink, SinkError, StoredProgress};
 
 /// Table holding consumed offsets and applied positions, written in every batch transaction.
@@ -610,7 +610,6 @@ impl State {
     async fn execute(&mut self, txn: &Transaction<'_>, plan: Plan<'_>) -> Result<usize, SinkError> {
         let target = self.target(txn, &plan.schema).await?;
         let schema = &plan.schema;
-        let table_label = schema.id.to_string();
         if plan.truncate {
             txn.batch_execute(&format!("TRUNCATE {}", target.qualified))
                 .await?;
@@ -728,14 +727,7 @@ impl State {
             );
             self.run(txn, sql, &arrays).await?;
         }
-        let total: u64 = plan.counts.iter().sum();
-        for (i, op) in ["c", "u", "d", "r", "t"].iter().enumerate() {
-            if plan.counts[i] > 0 {
-                metrics::counter!(m::EVENTS_APPLIED_TOTAL, "sink" => self.name.clone(), "table" => table_label.clone(), "op" => *op)
-                    .increment(plan.counts[i]);
-            }
-        }
-        Ok(total as usize)
+        Ok(plan.counts.iter().sum::<u64>() as usize)
     }
 }
 
@@ -783,21 +775,32 @@ impl State {
         sql: String,
         arrays: &[ColumnArray<'_>],
     ) -> Result<u64, SinkError> {
-        let stmt = match self.statements.get(&sql) {
-            Some(stmt) => stmt.clone(),
-            None => {
-                let types: Vec<Type> = arrays.iter().map(|a| a.wire.array_type().1).collect();
-                let stmt = txn.prepare_typed(&sql, &types).await?;
-                if self.statements.len() >= MAX_PREPARED {
-                    self.statements.clear();
-                }
-                self.statements.insert(sql, stmt.clone());
-                stmt
-            }
-        };
+        let types: Vec<Type> = arrays.iter().map(|a| a.wire.array_type().1).collect();
+        let stmt = self.prepared(txn, sql, &types).await?;
         let params: Vec<&(dyn ToSql + Sync)> =
             arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
         Ok(txn.execute(&stmt, &params).await?)
+    }
+}
+
+impl State {
+    /// `sql` prepared on this connection (parameter types as given, or inferred where
+    /// `types` is shorter), once: later uses cost no parse round trip and no new plan.
+    async fn prepared(
+        &mut self,
+        txn: &Transaction<'_>,
+        sql: String,
+        types: &[Type],
+    ) -> Result<Statement, SinkError> {
+        if let Some(stmt) = self.statements.get(&sql) {
+            return Ok(stmt.clone());
+        }
+        let stmt = txn.prepare_typed(&sql, types).await?;
+        if self.statements.len() >= MAX_PREPARED {
+            self.statements.clear();
+        }
+        self.statements.insert(sql, stmt.clone());
+        Ok(stmt)
     }
 }
 
@@ -815,7 +818,10 @@ impl Sink for PostgresSink {
             Err(e) => Err(e),
         };
         let outcome = match applied {
-            Ok(outcome) => outcome,
+            Ok((outcome, counts)) => {
+                counts.record(&self.state.name);
+                outcome
+            }
             Err(e) => {
                 // Tables created or altered in the failed transaction are gone again: forget
                 // what the cache learnt in it.
@@ -896,27 +902,35 @@ impl State {
         &mut self,
         txn: &Transaction<'_>,
         batch: &Batch,
-    ) -> Result<ApplyOutcome, SinkError> {
+    ) -> Result<(ApplyOutcome, Applied), SinkError> {
         let mut stored = HashMap::new();
-        // A stable lock order avoids deadlocks between routers sharing a sink.
-        for (topic, partition) in plan::partitions(batch) {
-            txn.execute(
-                &format!(
+        let claim = self
+            .prepared(
+                txn,
+                format!(
                     "INSERT INTO {OFFSETS_TABLE} (consumer_group, topic, kafka_partition, kafka_offset) \
                      VALUES ($1, $2, $3, -1) ON CONFLICT DO NOTHING"
                 ),
-                &[&self.group, &topic.as_ref(), &partition],
+                &[],
             )
             .await?;
-            let row = txn
-                .query_one(
-                    &format!(
-                        "SELECT kafka_offset, position FROM {OFFSETS_TABLE} \
-                         WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3 FOR UPDATE"
-                    ),
-                    &[&self.group, &topic.as_ref(), &partition],
-                )
-                .await?;
+        let lock = self
+            .prepared(
+                txn,
+                format!(
+                    "SELECT kafka_offset, position FROM {OFFSETS_TABLE} \
+                     WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3 FOR UPDATE"
+                ),
+                &[],
+            )
+            .await?;
+        // A stable lock order avoids deadlocks between routers sharing a sink.
+        for (topic, partition) in plan::partitions(batch) {
+            let params: [&(dyn ToSql + Sync); 3] = [&self.group, &topic.as_ref(), &partition];
+            // Sent together, in one round trip (tokio-postgres pipelines requests polled
+            // concurrently): the row exists once the first has run, and the second locks it.
+            let (_, row) =
+                tokio::try_join!(txn.execute(&claim, &params), txn.query_one(&lock, &params))?;
             stored.insert(
                 (topic, partition),
                 StoredProgress {
@@ -930,15 +944,24 @@ impl State {
             applied: 0,
             skipped: sorted.skipped,
         };
+        let mut counts = Applied::default();
         for step in sorted.steps {
+            counts.add(&step);
             outcome.applied += self.execute(txn, step).await?;
         }
-        for ((topic, partition), progress) in &sorted.progress {
-            txn.execute(
-                &format!(
+        let record = self
+            .prepared(
+                txn,
+                format!(
                     "UPDATE {OFFSETS_TABLE} SET kafka_offset = $4, position = $5, updated_at = now() \
                      WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3"
                 ),
+                &[],
+            )
+            .await?;
+        for ((topic, partition), progress) in &sorted.progress {
+            txn.execute(
+                &record,
                 &[
                     &self.group,
                     &topic.as_ref(),
@@ -954,6 +977,6 @@ impl State {
             skipped = outcome.skipped,
             "batch applied"
         );
-        Ok(outcome)
+        Ok((outcome, counts))
     }
 }
