@@ -334,7 +334,15 @@ impl Publisher {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("max.in.flight.requests.per.connection", "5");
-        for (key, value) in [("linger.ms", "5"), ("message.timeout.ms", "300000")] {
+        for (key, value) in [
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "300000"),
+            // Bytes, not events, were most of what publishing cost: the copies into the
+            // socket, librdkafka's buffers, and the broker's. LZ4 record batches took MariaDB
+            // capture from ~260k to ~470k events/s on the bench (BENCHMARKS.md); every Kafka
+            // client reads them.
+            ("compression.codec", "lz4"),
+        ] {
             if config.get(key).is_none() {
                 config.set(key, value);
             }
