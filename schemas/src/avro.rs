@@ -308,7 +308,9 @@ impl EnvelopeCodec {
         now_us: i64,
         header: &[u8],
     ) -> Result<Vec<u8>, AvroError> {
-        let mut out = Vec::with_capacity(256);
+        // Room for a typical envelope (a 200-byte row plus the source and transaction blocks
+        // is about 400), so it is not grown and copied on the way.
+        let mut out = Vec::with_capacity(512);
         out.extend_from_slice(header);
         let mut unchanged: Vec<&str> = Vec::new();
         for image in [&event.before, &event.after] {

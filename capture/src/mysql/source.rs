@@ -118,7 +118,12 @@ impl MysqlState {
     fn claim(&mut self, source: &str, state_topic: &str, prefix: &str) -> Result<(), CaptureError> {
         if let Some(theirs) = self.topic_prefix.as_deref().filter(|p| *p != prefix) {
             return Err(CaptureError::Definite(format!(
-                "the state record of source {source} in {state_topic} belongs to a capture that                  publishes to topic prefix `{theirs}`, and this one publishes to `{prefix}`: two                  deployments share the source name on one Kafka cluster and would take each                  other's binlog position. Give this source a name of its own                  ([sources.<name>]) or a state topic of its own (kafka.state_topic); if the                  prefix was changed on purpose, delete that record to start again"
+                "the state record of source {source} in {state_topic} belongs to a capture that \
+                 publishes to topic prefix `{theirs}`, and this one publishes to `{prefix}`: two \
+                 deployments share the source name on one Kafka cluster and would take each \
+                 other's binlog position. Give this source a name of its own \
+                 ([sources.<name>]) or a state topic of its own (kafka.state_topic); if the \
+                 prefix was changed on purpose, delete that record to start again"
             )));
         }
         self.topic_prefix = Some(prefix.to_string());

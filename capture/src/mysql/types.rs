@@ -378,6 +378,24 @@ fn decode_text(bytes: Vec<u8>, charset: Charset) -> Result<String, String> {
     }
 }
 
+/// `seconds[.fraction]` (what mysql_common makes of a TIMESTAMP) as seconds and microseconds,
+/// without allocating: it is on every TIMESTAMP value's path.
+fn epoch_seconds_text(text: &[u8]) -> Option<(i64, i64)> {
+    let (secs, frac) = match text.iter().position(|&b| b == b'.') {
+        Some(dot) => (&text[..dot], &text[dot + 1..]),
+        None => (text, &[][..]),
+    };
+    if secs.is_empty() || frac.len() > 6 || !secs.iter().chain(frac).all(u8::is_ascii_digit) {
+        return None;
+    }
+    let digits = |d: &[u8]| d.iter().fold(0i64, |n, b| n * 10 + i64::from(b - b'0'));
+    if secs.len() > 12 {
+        return None;
+    }
+    let micros = digits(frac) * 10i64.pow(6 - frac.len() as u32);
+    Some((digits(secs), micros))
+}
+
 fn bits_text(bytes: &[u8], bits: usize) -> String {
     let all: String = bytes.iter().map(|b| format!("{b:08b}")).collect();
     all[all.len().saturating_sub(bits)..].to_string()
@@ -474,7 +492,8 @@ pub fn binlog_datum(
         (SqlType::Decimal { .. }, Value::UInt(u)) => Datum::Decimal(u.to_string()),
         (SqlType::Decimal { .. }, Value::Int(i)) => Datum::Decimal(i.to_string()),
         (SqlType::Decimal { scale, .. }, Value::Bytes(b)) => {
-            let text = String::from_utf8_lossy(&b).into_owned();
+            let text = String::from_utf8(b)
+                .map_err(|e| format!("decimal `{}`", String::from_utf8_lossy(e.as_bytes())))?;
             sluice_schemas::decimal::check(&text, *scale).map_err(|e| e.to_string())?;
             Datum::Decimal(text)
         }
@@ -507,12 +526,8 @@ pub fn binlog_datum(
         }
         (SqlType::TimestampTz, Value::Bytes(b)) => {
             // TIMESTAMP arrives as seconds since the epoch, with `.micros` when fractional.
-            let text = String::from_utf8_lossy(&b);
-            let (secs, frac) = text.split_once('.').unwrap_or((&text, "0"));
-            let secs: i64 = secs.parse().map_err(|_| format!("timestamp `{text}`"))?;
-            let micros: i64 = format!("{frac:0<6}")[..6]
-                .parse()
-                .map_err(|_| format!("timestamp `{text}`"))?;
+            let (secs, micros) = epoch_seconds_text(&b)
+                .ok_or_else(|| format!("timestamp `{}`", String::from_utf8_lossy(&b)))?;
             if secs == 0 && micros == 0 {
                 return Err("zero timestamp 0000-00-00 00:00:00 has no instant".into());
             }
@@ -640,6 +655,30 @@ pub fn text_datum(ty: &SqlType, value: Value) -> Result<Datum, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamp_text_is_read_to_the_microsecond() {
+        assert_eq!(epoch_seconds_text(b"1700000000"), Some((1_700_000_000, 0)));
+        assert_eq!(
+            epoch_seconds_text(b"1700000000.5"),
+            Some((1_700_000_000, 500_000))
+        );
+        assert_eq!(
+            epoch_seconds_text(b"1700000000.000042"),
+            Some((1_700_000_000, 42))
+        );
+        assert_eq!(epoch_seconds_text(b"0"), Some((0, 0)));
+        // An empty fraction is no fraction, as before.
+        assert_eq!(epoch_seconds_text(b"1."), Some((1, 0)));
+        for bad in [&b""[..], b".5", b"17x", b"1.1234567", b"-1"] {
+            assert_eq!(
+                epoch_seconds_text(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     fn col(ty: ColumnType, unsigned: bool) -> BinlogColumn {
         BinlogColumn {

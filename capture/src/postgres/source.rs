@@ -730,7 +730,8 @@ fn connect_params(
         .map_err(CaptureError::Definite)?;
     if tls.is_none() && pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
         return Err(CaptureError::Definite(format!(
-            "sources.{0}.url asks for sslmode=require; configure TLS in [sources.{0}.tls] instead                  (mode = \"verify-full\" and ca_file), which applies to every connection capture makes",
+            "sources.{0}.url asks for sslmode=require; configure TLS in [sources.{0}.tls] instead \
+             (mode = \"verify-full\" and ca_file), which applies to every connection capture makes",
             name
         )));
     }
