@@ -22,7 +22,7 @@ const DEFAULT_PARTITIONS: i32 = 1;
 const DEFAULT_REPLICATION_FACTOR: i32 = 1;
 const DEFAULT_MAX_IN_FLIGHT: usize = 100_000;
 const DEFAULT_GROUP_ID: &str = "sluice-router";
-const DEFAULT_BATCH_MAX_ROWS: usize = 5_000;
+const DEFAULT_BATCH_MAX_ROWS: usize = 10_000;
 const DEFAULT_BATCH_MAX_BYTES: usize = 16 * 1024 * 1024;
 const DEFAULT_BATCH_MAX_DELAY_MS: u64 = 100;
 const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
@@ -338,7 +338,8 @@ fn default_schemes_reload_ms() -> u64 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
-    /// Row changes per batch.
+    /// Row changes per batch (default 10,000: each batch is one sink transaction, and its
+    /// fixed costs, the offsets round trips and the commit, are shared by more rows).
     #[serde(default = "default_batch_max_rows")]
     pub max_rows: usize,
     /// Bytes of Avro payload per batch.
