@@ -10,7 +10,14 @@
 //!
 //! Settings (environment): `SLUICE_BENCH_ROWS` (default 1,000,000), `SLUICE_BENCH_BIG_ROWS`
 //! (5,000,000), `SLUICE_BENCH_LATENCY_RATE` (rows/s, 5,000), `SLUICE_BENCH_LATENCY_SECS`
-//! (30), `SLUICE_BENCH_ONLY` (comma-separated: pg, maria, router, latency, rss).
+//! (30), `SLUICE_BENCH_REPEATS` (3), `SLUICE_BENCH_ONLY` (comma-separated: pg, maria,
+//! router, latency, rss).
+//!
+//! On a shared VM the same binary's figures and the references' move by a quarter or more from
+//! one minute to the next. The figures whose goal is a ratio near its line (MariaDB capture,
+//! the router alone) are therefore taken `SLUICE_BENCH_REPEATS` times, each Sluice run right
+//! after a run of its reference on the same data, and judged by the median of those paired
+//! ratios.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -54,6 +61,7 @@ struct Settings {
     big_rows: u64,
     latency_rate: u64,
     latency_secs: u64,
+    repeats: u64,
     only: Vec<String>,
     out: PathBuf,
 }
@@ -82,6 +90,7 @@ impl Settings {
             big_rows: num("SLUICE_BENCH_BIG_ROWS", 5_000_000),
             latency_rate: num("SLUICE_BENCH_LATENCY_RATE", 5_000),
             latency_secs: num("SLUICE_BENCH_LATENCY_SECS", 30),
+            repeats: num("SLUICE_BENCH_REPEATS", 3).max(1),
             only: std::env::var("SLUICE_BENCH_ONLY")
                 .map(|v| v.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
@@ -137,6 +146,43 @@ fn reference(rows: u64, took: Duration) -> Value {
         "seconds": took.as_secs_f64(),
         "rows_per_s": (rows as f64 / took.as_secs_f64()).round(),
     })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => 0.0,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Paired runs of Sluice (`ours`, one JSON each) and its reference (`refs`), run one after the
+/// other: each as the median run with every run kept, and the ratio as the median of the
+/// pairs' ratios.
+fn paired(ours: Vec<Value>, refs: Vec<Value>) -> (Value, Value) {
+    let rate = |v: &Value| v["rows_per_s"].as_f64().unwrap_or(0.0);
+    let ratios: Vec<f64> = ours
+        .iter()
+        .zip(&refs)
+        .map(|(o, r)| (rate(o) / rate(r).max(1.0) * 100.0).round() / 100.0)
+        .collect();
+    let summary = |runs: Vec<Value>| {
+        let middle = median(runs.iter().map(rate).collect());
+        let mut out = runs
+            .iter()
+            .find(|r| rate(r) == middle)
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        out["rows_per_s"] = json!(middle.round());
+        out["runs"] = Value::Array(runs);
+        out
+    };
+    let mut ours = summary(ours);
+    ours["paired_ratios"] = json!(ratios);
+    ours["paired_ratio_median"] = json!(median(ratios.clone()));
+    (ours, summary(refs))
 }
 
 /// Sum of every series of a counter or gauge in Prometheus text.
@@ -254,6 +300,19 @@ impl Bench {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Runs `sluice capture` until Kafka has acknowledged every row of the backlog, and stops it.
+    fn capture_backlog(&self, name: &str, prefix: &str, body: &str) -> Timing {
+        let (mut capture, spawned) = self.sluice(name, prefix, "capture", body);
+        let t = self.watch(
+            &mut capture,
+            spawned,
+            "sluice_capture_records_acknowledged_total",
+            self.settings.rows,
+        );
+        stop(capture);
+        t
     }
 
     /// Waits until a process's log shows its source stream started, so that what is written
@@ -424,9 +483,7 @@ fn postgres_throughput(bench: &mut Bench) {
     bench.record("pg_recvlogical", reference(rows, recvlogical));
 
     // (The router alone reads what this capture published.)
-    let (mut capture, spawned) = bench.sluice("pg_capture", "cap", "capture", &capture_body);
-    let t = bench.watch(&mut capture, spawned, "sluice_capture_events_total", rows);
-    stop(capture);
+    let t = bench.capture_backlog("pg_capture", "cap", &capture_body);
     bench.record("postgres_capture_to_kafka", t.json());
     if bench.settings.runs("pg") {
         let (mut e2e, spawned) = bench.sluice("pg_e2e", "e2e", "run", &e2e_body);
@@ -449,7 +506,7 @@ fn postgres_throughput(bench: &mut Bench) {
     );
     bench.psql(
         "sink_router",
-        &format!("CREATE TABLE public.copy_ref ({PG_COLUMNS}); CREATE TABLE public.upsert_ref ({PG_COLUMNS})"),
+        &format!("CREATE TABLE public.copy_ref ({PG_COLUMNS})"),
     );
     let copy = timed("COPY into the sink", || {
         bench.psql(
@@ -458,23 +515,33 @@ fn postgres_throughput(bench: &mut Bench) {
         );
     });
     bench.record("copy_into_sink", reference(rows, copy));
-    let upsert = timed("INSERT … ON CONFLICT from a table", || {
-        bench.psql(
-            "sink_router",
-            "INSERT INTO public.upsert_ref SELECT * FROM public.copy_ref ON CONFLICT (id) DO UPDATE SET \
-             account = EXCLUDED.account, kind = EXCLUDED.kind, amount = EXCLUDED.amount, \
-             currency = EXCLUDED.currency, created_at = EXCLUDED.created_at, \
-             booked_on = EXCLUDED.booked_on, active = EXCLUDED.active, score = EXCLUDED.score, \
-             note = EXCLUDED.note",
-        );
-    });
-    bench.record("insert_on_conflict_from_table", reference(rows, upsert));
-
-    if bench.settings.runs("router") {
-        // The router alone: the capture's topic holds every row already.
+    // The router alone beside INSERT … ON CONFLICT, in pairs: each into a table or database
+    // of its own that starts empty. (The router reads what the capture above published.)
+    let (mut ours, mut refs) = (Vec::new(), Vec::new());
+    for r in 0..bench.settings.repeats {
+        let upsert = timed("INSERT … ON CONFLICT from a table", || {
+            bench.psql(
+                "sink_router",
+                &format!(
+                    "CREATE TABLE public.upsert_ref_{r} ({PG_COLUMNS}); \
+                     INSERT INTO public.upsert_ref_{r} SELECT * FROM public.copy_ref ON CONFLICT (id) DO UPDATE SET \
+                     account = EXCLUDED.account, kind = EXCLUDED.kind, amount = EXCLUDED.amount, \
+                     currency = EXCLUDED.currency, created_at = EXCLUDED.created_at, \
+                     booked_on = EXCLUDED.booked_on, active = EXCLUDED.active, score = EXCLUDED.score, \
+                     note = EXCLUDED.note"
+                ),
+            );
+        });
+        refs.push(reference(rows, upsert));
+        if !bench.settings.runs("router") {
+            continue;
+        }
+        let db = format!("sink_router_{r}");
+        bench.psql("postgres", &format!("CREATE DATABASE {db}"));
         let body = pg_source(&bench.pg, "cap", "public.bench")
-            + &pg_sink(&bench.pg, "sink_router", "router_only");
-        let (mut router, spawned) = bench.sluice("router_only", "cap", "route", &body);
+            + &pg_sink(&bench.pg, &db, &format!("router_only_{r}"));
+        let (mut router, spawned) =
+            bench.sluice(&format!("router_only_{r}"), "cap", "route", &body);
         let t = bench.watch(
             &mut router,
             spawned,
@@ -484,39 +551,59 @@ fn postgres_throughput(bench: &mut Bench) {
         let mut figures = t.json();
         figures["router"] = router_breakdown(&router, t.first_to_last.as_secs_f64());
         stop(router);
-        bench.record("router_to_postgres", figures);
+        eprintln!("bench: router run {r}: {figures}");
+        ours.push(figures);
+    }
+    let refs_only = ours.is_empty();
+    let (ours, refs) = paired(ours, refs);
+    bench.record("insert_on_conflict_from_table", refs);
+    if !refs_only {
+        bench.record("router_to_postgres", ours);
     }
 }
 
 /// MariaDB capture → Kafka beside `mariadb-binlog` decoding the same binlog; MariaDB → Kafka →
 /// PostgreSQL.
 fn mariadb_throughput(bench: &mut Bench) {
-    let rows = bench.settings.rows;
+    let (rows, repeats) = (bench.settings.rows, bench.settings.repeats);
     bench.maria.create_database("bench").unwrap();
     bench.maria_sql(&format!("CREATE TABLE bench.bench ({MARIA_COLUMNS})"));
     bench.psql("postgres", "CREATE DATABASE sink_maria");
     // Distinct source names: capture state (the binlog checkpoint) is keyed by source name in
-    // the shared state topic.
-    let source = |server_id: u32| {
+    // the shared state topic. One capture per repeat, each with its own topics.
+    let source = |server_id: u64| {
         format!(
             "[sources.maria{server_id}]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"bench.bench\"]\n\
              server_id = {server_id}\nsnapshot = \"never\"\n",
             bench.maria.url()
         )
     };
-    let capture_body = source(7001);
+    let captures: Vec<(String, String)> = (0..repeats)
+        .map(|r| (source(7101 + r), format!("mcap{r}")))
+        .collect();
     let e2e_body = source(7002) + &pg_sink(&bench.pg, "sink_maria", "maria_e2e");
-    let (mut capture, spawned) =
-        bench.sluice("maria_capture_setup", "mcap", "capture", &capture_body);
-    let (mut e2e, e2e_spawned) = bench.sluice("maria_e2e_setup", "me2e", "run", &e2e_body);
-    bench.until_streaming(&mut capture);
-    bench.until_streaming(&mut e2e);
+    // Checkpoints first (a marker row each), so that the rows written next wait in the binlog
+    // for every reader alike.
+    let mut setup = Vec::new();
+    for (r, (body, prefix)) in captures.iter().enumerate() {
+        setup.push((
+            bench.sluice(&format!("maria_capture_setup_{r}"), prefix, "capture", body),
+            "sluice_capture_events_total",
+        ));
+    }
+    setup.push((
+        bench.sluice("maria_e2e_setup", "me2e", "run", &e2e_body),
+        "sluice_sink_events_applied_total",
+    ));
+    for ((process, _), _) in &mut setup {
+        bench.until_streaming(process);
+    }
     bench.maria_sql(&maria_rows(0, 0));
-    bench.watch(&mut capture, spawned, "sluice_capture_events_total", 1);
-    bench.watch(&mut e2e, e2e_spawned, "sluice_sink_events_applied_total", 1);
-    // (The checkpoint past the marker is written on a clean stop.)
-    stop(capture);
-    stop(e2e);
+    for ((mut process, spawned), metric) in setup {
+        bench.watch(&mut process, spawned, metric, 1);
+        // (The checkpoint past the marker is written on a clean stop.)
+        stop(process);
+    }
     let status = bench.maria_sql("SHOW MASTER STATUS");
     let mut fields = status.split_whitespace();
     let (file, position) = (
@@ -538,34 +625,38 @@ fn mariadb_throughput(bench: &mut Bench) {
         json!({ "rows": rows, "seconds": fill.as_secs_f64() }),
     );
 
-    // The reference: mariadb-binlog reads the same binlog from the server, as a replica does,
-    // and decodes every row event.
-    let decode = timed("mariadb-binlog decoding the binlog", || {
-        let out = Command::new("mariadb-binlog")
-            .args(["--read-from-remote-server", "--host=127.0.0.1"])
-            .arg(format!("--port={}", bench.maria.port))
-            .args(["--user=sluice", "--password=sluice", "--to-last-log"])
-            .arg(format!("--start-position={position}"))
-            .args([
-                "--verbose",
-                "--base64-output=decode-rows",
-                "--result-file=/dev/null",
-            ])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mariadb-binlog: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-    bench.record("mariadb_binlog_decode", reference(rows, decode));
-
-    let (mut capture, spawned) = bench.sluice("maria_capture", "mcap", "capture", &capture_body);
-    let t = bench.watch(&mut capture, spawned, "sluice_capture_events_total", rows);
-    stop(capture);
-    bench.record("mariadb_capture_to_kafka", t.json());
+    // In pairs: mariadb-binlog reads the same binlog from the server, as a replica does, and
+    // decodes every row event; then a capture that has not read it yet.
+    let (mut ours, mut refs) = (Vec::new(), Vec::new());
+    for (r, (body, prefix)) in captures.iter().enumerate() {
+        let decode = timed("mariadb-binlog decoding the binlog", || {
+            let out = Command::new("mariadb-binlog")
+                .args(["--read-from-remote-server", "--host=127.0.0.1"])
+                .arg(format!("--port={}", bench.maria.port))
+                .args(["--user=sluice", "--password=sluice", "--to-last-log"])
+                .arg(format!("--start-position={position}"))
+                .args([
+                    "--verbose",
+                    "--base64-output=decode-rows",
+                    "--result-file=/dev/null",
+                ])
+                .arg(&file)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "mariadb-binlog: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        });
+        refs.push(reference(rows, decode));
+        let t = bench.capture_backlog(&format!("maria_capture_{r}"), prefix, body);
+        eprintln!("bench: MariaDB capture run {r}: {}", t.json());
+        ours.push(t.json());
+    }
+    let (ours, refs) = paired(ours, refs);
+    bench.record("mariadb_binlog_decode", refs);
+    bench.record("mariadb_capture_to_kafka", ours);
 
     let (mut e2e, spawned) = bench.sluice("maria_e2e", "me2e", "run", &e2e_body);
     let t = bench.watch(&mut e2e, spawned, "sluice_sink_events_applied_total", rows);
@@ -853,6 +944,10 @@ fn print_table(report: &Value) {
         ),
     ];
     for (label, ours, ref_label, reference, goal) in rows {
+        // Where Sluice and this reference ran in pairs, the median of the pairs' ratios.
+        let paired = find(report, ours)
+            .filter(|_| !goal.is_empty())
+            .and_then(|r| r["paired_ratio_median"].as_f64());
         println!(
             "{:<34} {:>12} {:<34} {:>12} {:>6} {:>8}",
             label,
@@ -863,7 +958,10 @@ fn print_table(report: &Value) {
             },
             ref_label,
             fmt(rate(reference)),
-            ratio(rate(ours), rate(reference)),
+            paired.map_or_else(
+                || ratio(rate(ours), rate(reference)),
+                |p| format!("{p:.2}×")
+            ),
             goal
         );
     }
@@ -880,6 +978,18 @@ fn print_table(report: &Value) {
             b["rows"], b["capture_peak_rss_mib"], b["router_peak_rss_mib"],
             b["commit_to_sink_seconds"].as_f64().unwrap_or(0.0)
         );
+    }
+    for (label, name) in [
+        ("MariaDB capture", "mariadb_capture_to_kafka"),
+        ("router alone", "router_to_postgres"),
+    ] {
+        if let Some(r) = find(report, name) {
+            println!(
+                "{label}: the median of {} paired runs (each beside its reference); their ratios {}",
+                r["runs"].as_array().map_or(0, Vec::len),
+                r["paired_ratios"]
+            );
+        }
     }
     println!("Sluice rates are steady-state (first row to last); startup is in the JSON.");
 }
