@@ -385,13 +385,15 @@ fn epoch_seconds_text(text: &[u8]) -> Option<(i64, i64)> {
         Some(dot) => (&text[..dot], &text[dot + 1..]),
         None => (text, &[][..]),
     };
-    if secs.is_empty() || frac.len() > 6 || !secs.iter().chain(frac).all(u8::is_ascii_digit) {
+    // Twelve digits of seconds are far past any TIMESTAMP, and cannot overflow.
+    if secs.is_empty()
+        || secs.len() > 12
+        || frac.len() > 6
+        || !secs.iter().chain(frac).all(u8::is_ascii_digit)
+    {
         return None;
     }
     let digits = |d: &[u8]| d.iter().fold(0i64, |n, b| n * 10 + i64::from(b - b'0'));
-    if secs.len() > 12 {
-        return None;
-    }
     let micros = digits(frac) * 10i64.pow(6 - frac.len() as u32);
     Some((digits(secs), micros))
 }
