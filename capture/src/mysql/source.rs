@@ -29,7 +29,7 @@ use sluice_schemas::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, Instrument};
 
-use super::rows::{Image, Images, RowImages};
+use super::rows::{Cell, Image, Images, RowImages};
 use super::types::{self, BinlogColumn, Charset, Collations};
 use crate::metrics as m;
 use crate::postgres::state::{read_latest_state, TableState};
@@ -1017,7 +1017,7 @@ impl Stream<'_> {
                     .zip(&schema.columns)
                     .map(|((v, c), col)| {
                         let v = match v {
-                            Some(BinlogValue::Value(Value::NULL)) => None,
+                            Some(Cell::Binlog(BinlogValue::Value(Value::NULL))) => None,
                             v => v,
                         };
                         types::binlog_datum(c, &col.sql_type, v).unwrap_or_else(|e| {
@@ -1036,24 +1036,26 @@ impl Stream<'_> {
                 None => Box::new(rows.rows(tme).map(|r| {
                     r.map(|(b, a)| {
                         let image = |row: Option<mysql_async::binlog::row::BinlogRow>| {
-                            row.map(|r| r.unwrap().into_iter().map(Some).collect::<Image<'_>>())
+                            row.map(|r| {
+                                r.unwrap()
+                                    .into_iter()
+                                    .map(|v| Some(Cell::Binlog(v)))
+                                    .collect::<Image<'_>>()
+                            })
                         };
                         (image(b), image(a))
                     })
                 })),
             };
         let mut out = Vec::new();
+        let mut per_table = tx.per_table.get(&table_id).copied().unwrap_or(0);
         for (row_index, row) in images.enumerate() {
             let (before, after) = row.map_err(|e| {
                 CaptureError::Definite(format!("undecodable row at {file}:{log_pos}: {e}"))
             })?;
             let (before, after) = (convert(before), convert(after));
             tx.index += 1;
-            let per_table = {
-                let n = tx.per_table.entry(table_id).or_insert(0);
-                *n += 1;
-                *n
-            };
+            per_table += 1;
             let event = ChangeEvent {
                 table: schema.clone(),
                 op,
@@ -1069,6 +1071,7 @@ impl Stream<'_> {
             };
             out.push((mapped.codec.clone(), event));
         }
+        tx.per_table.insert(table_id, per_table);
         Ok(out)
     }
 

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use super::rows::Cell;
 use mysql_async::binlog::events::{OptionalMetaExtractor, OptionalMetadataField, TableMapEvent};
 use mysql_async::binlog::value::BinlogValue;
 use mysql_async::consts::ColumnType;
@@ -439,19 +440,32 @@ fn fixed_length(c: &BinlogColumn) -> Option<usize> {
 pub fn binlog_datum(
     c: &BinlogColumn,
     ty: &SqlType,
-    value: Option<BinlogValue<'_>>,
+    value: Option<Cell<'_>>,
 ) -> Result<Datum, String> {
+    let value = match (value, ty) {
+        (None, _) => return Ok(Datum::Null),
+        (Some(Cell::Timestamp(secs, micros)), SqlType::TimestampTz) => {
+            if secs == 0 && micros == 0 {
+                return Err("zero timestamp 0000-00-00 00:00:00 has no instant".into());
+            }
+            return Ok(Datum::TimestampMicros(secs * 1_000_000 + micros));
+        }
+        (Some(Cell::Decimal(text)), SqlType::Decimal { scale, .. }) => {
+            sluice_schemas::decimal::check(&text, *scale).map_err(|e| e.to_string())?;
+            return Ok(Datum::Decimal(text));
+        }
+        (Some(cell), _) => cell.into_binlog(),
+    };
     let value = match value {
-        None => return Ok(Datum::Null),
-        Some(BinlogValue::Value(v)) => v,
-        Some(json @ BinlogValue::Jsonb(_)) => {
+        BinlogValue::Value(v) => v,
+        json @ BinlogValue::Jsonb(_) => {
             return match Value::try_from(json) {
                 Ok(Value::Bytes(b)) => decode_text(b, Charset::Utf8).map(Datum::String),
                 Ok(other) => Err(format!("JSON decoded to {other:?}")),
                 Err(e) => Err(e.to_string()),
             }
         }
-        Some(BinlogValue::JsonDiff(_)) => {
+        BinlogValue::JsonDiff(_) => {
             return Err("partial JSON updates need binlog_row_value_options = ''".into())
         }
     };
@@ -736,7 +750,12 @@ mod tests {
         let big = col(MYSQL_TYPE_LONGLONG, true);
         let ty = binlog_sql_type(&big);
         assert_eq!(
-            binlog_datum(&big, &ty, Some(BinlogValue::Value(Value::UInt(u64::MAX)))).unwrap(),
+            binlog_datum(
+                &big,
+                &ty,
+                Some(Cell::Binlog(BinlogValue::Value(Value::UInt(u64::MAX))))
+            )
+            .unwrap(),
             Datum::Decimal("18446744073709551615".into())
         );
         let set = col(MYSQL_TYPE_SET, false);
@@ -745,7 +764,7 @@ mod tests {
             binlog_datum(
                 &set,
                 &ty,
-                Some(BinlogValue::Value(Value::Bytes(vec![0b101])))
+                Some(Cell::Binlog(BinlogValue::Value(Value::Bytes(vec![0b101]))))
             )
             .unwrap(),
             Datum::String("a,c".into())
@@ -753,7 +772,12 @@ mod tests {
         let e = col(MYSQL_TYPE_ENUM, false);
         let ty = binlog_sql_type(&e);
         assert_eq!(
-            binlog_datum(&e, &ty, Some(BinlogValue::Value(Value::Int(2)))).unwrap(),
+            binlog_datum(
+                &e,
+                &ty,
+                Some(Cell::Binlog(BinlogValue::Value(Value::Int(2))))
+            )
+            .unwrap(),
             Datum::String("b".into())
         );
         assert_eq!(bits_text(&[0b0000_0101], 3), "101");
@@ -784,7 +808,9 @@ mod tests {
         let e = binlog_datum(
             &d,
             &SqlType::Date,
-            Some(BinlogValue::Value(Value::Date(0, 0, 0, 0, 0, 0, 0))),
+            Some(Cell::Binlog(BinlogValue::Value(Value::Date(
+                0, 0, 0, 0, 0, 0, 0,
+            )))),
         )
         .unwrap_err();
         assert!(e.contains("zero date"), "{e}");
