@@ -32,6 +32,15 @@ use tracing::{debug, info};
 use crate::metrics as m;
 use crate::CaptureError;
 
+/// Where and under which key and position an event's records go.
+struct Record<'a> {
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    /// The position header's value: the event's position in hex.
+    position: &'a [u8],
+    timestamp_ms: i64,
+}
+
 /// How events are published.
 #[derive(Debug, Clone)]
 pub struct PublisherSettings {
@@ -722,17 +731,28 @@ impl Publisher {
         self.prepare_table(codec).await?;
         let out = &self.tables[&codec.value_fingerprint];
         let key = codec.encode_key(event, &out.key_header)?;
-        let value = codec.encode_value(
-            event,
-            sluice_schemas::event::unix_now_us(),
-            &out.value_header,
-        )?;
-        let position = event.position.to_hex();
-        self.send(&out.topic, key.as_deref(), Some(&value), &position)
-            .await?;
+        // One clock reading for the envelope and the record's timestamp (librdkafka would
+        // read the clock again for a record without one).
+        let now_us = sluice_schemas::event::unix_now_us();
+        let value = codec.encode_value(event, now_us, &out.value_header)?;
+        let mut hex = [0; 64];
+        let owned;
+        let position = match event.position.write_hex(&mut hex) {
+            Some(p) => p,
+            None => {
+                owned = event.position.to_hex();
+                owned.as_bytes()
+            }
+        };
+        let at = Record {
+            topic: &out.topic,
+            key: key.as_deref(),
+            position,
+            timestamp_ms: now_us.div_euclid(1000),
+        };
+        self.send(&at, Some(&value)).await?;
         if event.op == Op::Delete && self.settings.tombstones {
-            self.send(&out.topic, key.as_deref(), None, &position)
-                .await?;
+            self.send(&at, None).await?;
         }
         out.events[op_index(event.op)].increment(1);
         out.bytes
@@ -740,21 +760,18 @@ impl Publisher {
         Ok(())
     }
 
-    async fn send(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        position: &str,
-    ) -> Result<(), CaptureError> {
-        let headers = OwnedHeaders::new().insert(Header {
+    async fn send(&self, at: &Record<'_>, value: Option<&[u8]>) -> Result<(), CaptureError> {
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
             key: POSITION_HEADER,
-            value: Some(position),
+            value: Some(at.position),
         });
         let epoch = self.tracker.open_event().await?;
+        let topic = at.topic;
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(topic, epoch).headers(headers);
-        if let Some(k) = key {
+            BaseRecord::with_opaque_to(topic, epoch)
+                .headers(headers)
+                .timestamp(at.timestamp_ms);
+        if let Some(k) = at.key {
             record = record.key(k);
         }
         if let Some(v) = value {

@@ -78,14 +78,21 @@ impl Position {
 
     /// Lower-case hex, as carried in the [`POSITION_HEADER`].
     pub fn to_hex(&self) -> String {
-        // Once per event in capture: no formatter machinery.
+        let mut out = vec![0; self.0.len() * 2];
+        self.write_hex(&mut out);
+        String::from_utf8(out).expect("hex digits are ASCII")
+    }
+
+    /// Writes the hex form into the start of `out` and returns it; `None` when `out` is
+    /// shorter than twice the position. For capture, which sends one per event.
+    pub fn write_hex<'b>(&self, out: &'b mut [u8]) -> Option<&'b [u8]> {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut out = String::with_capacity(self.0.len() * 2);
-        for b in &self.0 {
-            out.push(DIGITS[usize::from(b >> 4)] as char);
-            out.push(DIGITS[usize::from(b & 0xf)] as char);
+        let out = out.get_mut(..self.0.len() * 2)?;
+        for (pair, b) in out.chunks_exact_mut(2).zip(&self.0) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0xf)];
         }
-        out
+        Some(out)
     }
 
     /// Parses the hex form; `None` when it is not even-length hex.
@@ -234,7 +241,10 @@ mod tests {
     fn position_hex_round_trips() {
         let p = Position::postgres(0xDEAD_BEEF, 42);
         assert_eq!(p.to_hex(), "00000000deadbeef000000000000002a");
-        assert_eq!(Position::from_hex(&p.to_hex()), Some(p));
+        assert_eq!(Position::from_hex(&p.to_hex()), Some(p.clone()));
+        let mut buf = [0; 64];
+        assert_eq!(p.write_hex(&mut buf), Some(p.to_hex().as_bytes()));
+        assert_eq!(p.write_hex(&mut [0; 31]), None);
         assert_eq!(Position::from_hex("abc"), None);
         assert_eq!(Position::from_hex("zz"), None);
     }

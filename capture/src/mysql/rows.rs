@@ -42,11 +42,9 @@ impl<'a> Cell<'a> {
     }
 }
 
-/// One image: a value per column of the table (`None` for NULL or a column the image lacks).
-pub type Image<'a> = Vec<Option<Cell<'a>>>;
-
-/// A row's (before, after) images.
-pub type RowImages<'a> = io::Result<(Option<Image<'a>>, Option<Image<'a>>)>;
+/// A row's (before, after) images, each a value per column of the table (`None` for NULL or a
+/// column the image lacks), converted as read.
+pub type RowImages<T> = io::Result<(Option<Vec<T>>, Option<Vec<T>>)>;
 
 /// Which columns an image holds, and how many (the size of its null bitmap).
 struct Present {
@@ -62,18 +60,24 @@ impl Present {
     }
 }
 
-/// Iterates the (before, after) images of each row.
-pub struct Images<'a> {
+/// Iterates the (before, after) images of each row, each value converted by `convert` (given
+/// the column's index) as it is read.
+pub struct Images<'a, F> {
     buf: ParseBuf<'a>,
     before: Option<Present>,
     after: Option<Present>,
     columns: &'a [BinlogColumn],
+    convert: F,
 }
 
-impl<'a> Images<'a> {
+impl<'a, T, F: Fn(usize, Option<Cell<'a>>) -> T> Images<'a, F> {
     /// `None` for events this parser leaves to mysql_async: MySQL 8's partial JSON updates,
     /// and an event wider than the table map's columns.
-    pub fn new(rows: &'a RowsEventData<'a>, columns: &'a [BinlogColumn]) -> Option<Images<'a>> {
+    pub fn new(
+        rows: &'a RowsEventData<'a>,
+        columns: &'a [BinlogColumn],
+        convert: F,
+    ) -> Option<Images<'a, F>> {
         if matches!(rows, RowsEventData::PartialUpdateRowsEvent(_))
             || rows.num_columns() != columns.len() as u64
         {
@@ -88,27 +92,29 @@ impl<'a> Images<'a> {
                 .columns_after_image()
                 .map(|b| Present::new(b.iter().map(|bit| *bit))),
             columns,
+            convert,
         })
     }
 }
 
 /// Reads one image: its null bitmap, then a value per present, non-null column.
-fn image<'a>(
+fn image<'a, T>(
     buf: &mut ParseBuf<'a>,
     columns: &'a [BinlogColumn],
     present: &Present,
-) -> io::Result<Image<'a>> {
+    convert: &impl Fn(usize, Option<Cell<'a>>) -> T,
+) -> io::Result<Vec<T>> {
     let nulls: &'a [u8] = buf.parse(present.count.div_ceil(8))?;
     let mut out = Vec::with_capacity(columns.len());
     let mut k = 0;
-    for (c, here) in columns.iter().zip(&present.columns) {
+    for (i, (c, here)) in columns.iter().zip(&present.columns).enumerate() {
         if !here {
-            out.push(None);
+            out.push(convert(i, None));
             continue;
         }
         let null = nulls[k / 8] >> (k % 8) & 1 == 1;
         k += 1;
-        out.push(if null {
+        let cell = if null {
             None
         } else {
             Some(match (c.ty, &c.meta[..]) {
@@ -121,7 +127,8 @@ fn image<'a>(
                 }
                 _ => Cell::Binlog(buf.parse((c.ty, &c.meta[..], c.unsigned, false))?),
             })
-        });
+        };
+        out.push(convert(i, cell));
     }
     Ok(out)
 }
@@ -258,8 +265,8 @@ fn push_digits(out: &mut String, mut v: u32, width: usize) {
     out.extend(digits[start..].iter().map(|d| char::from(*d)));
 }
 
-impl<'a> Iterator for Images<'a> {
-    type Item = RowImages<'a>;
+impl<'a, T, F: Fn(usize, Option<Cell<'a>>) -> T> Iterator for Images<'a, F> {
+    type Item = RowImages<T>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.buf.is_empty() {
@@ -268,7 +275,7 @@ impl<'a> Iterator for Images<'a> {
         let mut read = |present: &Option<Present>| {
             present
                 .as_ref()
-                .map(|p| image(&mut self.buf, self.columns, p))
+                .map(|p| image(&mut self.buf, self.columns, p, &self.convert))
                 .transpose()
         };
         let result = read(&self.before).and_then(|b| Ok((b, read(&self.after)?)));

@@ -29,7 +29,7 @@ use sluice_schemas::{
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, Instrument};
 
-use super::rows::{Cell, Image, Images, RowImages};
+use super::rows::{Cell, Images, RowImages};
 use super::types::{self, BinlogColumn, Charset, Collations};
 use crate::metrics as m;
 use crate::postgres::state::{read_latest_state, TableState};
@@ -1009,29 +1009,30 @@ impl Stream<'_> {
         }
         let source = self.capture.name.clone();
         let schema = &mapped.codec.table;
-        let convert = |image: Option<Image<'_>>| -> Option<Vec<Datum>> {
-            Some(
-                image?
-                    .into_iter()
-                    .zip(&mapped.columns)
-                    .zip(&schema.columns)
-                    .map(|((v, c), col)| {
-                        let v = match v {
-                            Some(Cell::Binlog(BinlogValue::Value(Value::NULL))) => None,
-                            v => v,
-                        };
-                        types::binlog_datum(c, &col.sql_type, v).unwrap_or_else(|e| {
-                            value_error(&source, &mapped.id, &c.name, &e);
-                            Datum::Null
-                        })
-                    })
-                    .collect(),
-            )
+        if mapped.columns.len() != schema.columns.len() {
+            return Err(CaptureError::Definite(format!(
+                "table map of {} has {} columns but its schema {}",
+                mapped.id,
+                mapped.columns.len(),
+                schema.columns.len()
+            )));
+        }
+        // Each value straight to its datum, as the image is read.
+        let convert = |i: usize, v: Option<Cell<'_>>| -> Datum {
+            let v = match v {
+                Some(Cell::Binlog(BinlogValue::Value(Value::NULL))) => None,
+                v => v,
+            };
+            let c = &mapped.columns[i];
+            types::binlog_datum(c, &schema.columns[i].sql_type, v).unwrap_or_else(|e| {
+                value_error(&source, &mapped.id, &c.name, &e);
+                Datum::Null
+            })
         };
         // Row images parsed directly with the table map's column types; mysql_async's own
         // parser for what that does not cover (MySQL 8's partial JSON updates).
-        let images: Box<dyn Iterator<Item = RowImages<'_>>> =
-            match Images::new(rows, &mapped.columns) {
+        let images: Box<dyn Iterator<Item = RowImages<Datum>>> =
+            match Images::new(rows, &mapped.columns, &convert) {
                 Some(images) => Box::new(images),
                 None => Box::new(rows.rows(tme).map(|r| {
                     r.map(|(b, a)| {
@@ -1039,8 +1040,10 @@ impl Stream<'_> {
                             row.map(|r| {
                                 r.unwrap()
                                     .into_iter()
-                                    .map(|v| Some(Cell::Binlog(v)))
-                                    .collect::<Image<'_>>()
+                                    .take(mapped.columns.len())
+                                    .enumerate()
+                                    .map(|(i, v)| convert(i, Some(Cell::Binlog(v))))
+                                    .collect::<Vec<Datum>>()
                             })
                         };
                         (image(b), image(a))
@@ -1053,7 +1056,6 @@ impl Stream<'_> {
             let (before, after) = row.map_err(|e| {
                 CaptureError::Definite(format!("undecodable row at {file}:{log_pos}: {e}"))
             })?;
-            let (before, after) = (convert(before), convert(after));
             tx.index += 1;
             per_table += 1;
             let event = ChangeEvent {

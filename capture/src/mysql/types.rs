@@ -367,6 +367,10 @@ const CP1252_HIGH: [char; 32] = [
 
 fn decode_text(bytes: Vec<u8>, charset: Charset) -> Result<String, String> {
     match charset {
+        // ASCII is the same in both: the bytes are the string, with no copy.
+        Charset::Latin1 if bytes.is_ascii() => {
+            Ok(String::from_utf8(bytes).expect("ASCII is UTF-8"))
+        }
         Charset::Latin1 => Ok(bytes
             .iter()
             .map(|&b| match b {
@@ -798,6 +802,10 @@ mod tests {
         assert_eq!(
             decode_text(vec![0x80, b'a', 0xE9], Charset::Latin1).unwrap(),
             "€aé"
+        );
+        assert_eq!(
+            decode_text(b"plain".to_vec(), Charset::Latin1).unwrap(),
+            "plain"
         );
         assert!(decode_text(vec![0xFF], Charset::Utf8).is_err());
     }
