@@ -766,9 +766,8 @@ impl Publisher {
             value: Some(at.position),
         });
         let epoch = self.tracker.open_event().await?;
-        let topic = at.topic;
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(topic, epoch)
+            BaseRecord::with_opaque_to(at.topic, epoch)
                 .headers(headers)
                 .timestamp(at.timestamp_ms);
         if let Some(k) = at.key {
@@ -778,7 +777,7 @@ impl Publisher {
             record = record.payload(v);
         }
         if let Err(e) = self.produce(record).await {
-            let message = format!("produce to {topic}: {e}");
+            let message = format!("produce to {}: {e}", at.topic);
             // Counted off as failed, so nothing after it is confirmed.
             self.tracker.delivered(epoch, Some(message.clone()));
             return Err(CaptureError::Kafka(message));

@@ -441,6 +441,21 @@ fn fixed_length(c: &BinlogColumn) -> Option<usize> {
 }
 
 /// Converts a binlog value of a column of type `ty`.
+/// A TIMESTAMP as seconds and microseconds since the epoch; MySQL's zero timestamp is no
+/// instant.
+fn timestamp_datum(secs: i64, micros: i64) -> Result<Datum, String> {
+    if secs == 0 && micros == 0 {
+        return Err("zero timestamp 0000-00-00 00:00:00 has no instant".into());
+    }
+    Ok(Datum::TimestampMicros(secs * 1_000_000 + micros))
+}
+
+/// A DECIMAL's text, checked against the column's scale.
+fn decimal_datum(text: String, scale: u32) -> Result<Datum, String> {
+    sluice_schemas::decimal::check(&text, scale).map_err(|e| e.to_string())?;
+    Ok(Datum::Decimal(text))
+}
+
 pub fn binlog_datum(
     c: &BinlogColumn,
     ty: &SqlType,
@@ -449,14 +464,10 @@ pub fn binlog_datum(
     let value = match (value, ty) {
         (None, _) => return Ok(Datum::Null),
         (Some(Cell::Timestamp(secs, micros)), SqlType::TimestampTz) => {
-            if secs == 0 && micros == 0 {
-                return Err("zero timestamp 0000-00-00 00:00:00 has no instant".into());
-            }
-            return Ok(Datum::TimestampMicros(secs * 1_000_000 + micros));
+            return timestamp_datum(secs, micros)
         }
         (Some(Cell::Decimal(text)), SqlType::Decimal { scale, .. }) => {
-            sluice_schemas::decimal::check(&text, *scale).map_err(|e| e.to_string())?;
-            return Ok(Datum::Decimal(text));
+            return decimal_datum(text, *scale)
         }
         (Some(cell), _) => cell.into_binlog(),
     };
@@ -514,8 +525,7 @@ pub fn binlog_datum(
         (SqlType::Decimal { scale, .. }, Value::Bytes(b)) => {
             let text = String::from_utf8(b)
                 .map_err(|e| format!("decimal `{}`", String::from_utf8_lossy(e.as_bytes())))?;
-            sluice_schemas::decimal::check(&text, *scale).map_err(|e| e.to_string())?;
-            Datum::Decimal(text)
+            decimal_datum(text, *scale)?
         }
         (SqlType::Float32, Value::Float(f)) => Datum::Float(f),
         (SqlType::Float64, Value::Double(f)) => Datum::Double(f),
@@ -548,17 +558,9 @@ pub fn binlog_datum(
             // TIMESTAMP arrives as seconds since the epoch, with `.micros` when fractional.
             let (secs, micros) = epoch_seconds_text(&b)
                 .ok_or_else(|| format!("timestamp `{}`", String::from_utf8_lossy(&b)))?;
-            if secs == 0 && micros == 0 {
-                return Err("zero timestamp 0000-00-00 00:00:00 has no instant".into());
-            }
-            Datum::TimestampMicros(secs * 1_000_000 + micros)
+            timestamp_datum(secs, micros)?
         }
-        (SqlType::TimestampTz, Value::Int(secs)) => {
-            if secs == 0 {
-                return Err("zero timestamp 0000-00-00 00:00:00 has no instant".into());
-            }
-            Datum::TimestampMicros(secs * 1_000_000)
-        }
+        (SqlType::TimestampTz, Value::Int(secs)) => timestamp_datum(secs, 0)?,
         (SqlType::TimeSpan, Value::Time(neg, days, h, m, s, us)) => {
             let t = i64::from(days) * 86_400_000_000 + micros_of_day(h, m, s, us);
             Datum::TimeMicros(if neg { -t } else { t })
