@@ -562,3 +562,57 @@ fn a_sysbench_workload_running_through_snapshot_and_stream_arrives_row_for_row()
         services.wait_for_match(&mut sluice, &query, &query, Duration::from_secs(120));
     }
 }
+
+#[test]
+fn xa_rollbacks_savepoints_and_a_truncate_after_a_restart_reach_the_sink_as_the_source_has_them() {
+    // Given a synced table,
+    let s = Services::start(&format!("{ORDERS_DDL}; {}", insert_orders(1, 20)));
+    let config = s.config(&["shop.orders"]);
+    let mut sluice = s.sluice(&config);
+    s.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(90));
+
+    // when an XA transaction is rolled back after its prepare, another commits after
+    // transactions that began later, and one transaction sets savepoints along the way,
+    // (Each statement list runs in a session of its own; a prepared XA transaction outlives
+    // its session.)
+    for sql in [
+        format!(
+            "XA START 'gone'; {}; UPDATE shop.orders SET qty = 99 WHERE id = 1; XA END 'gone'; XA PREPARE 'gone'",
+            insert_orders(100, 110)
+        ),
+        format!(
+            "XA START 'kept'; {}; XA END 'kept'; XA PREPARE 'kept'",
+            insert_orders(200, 210)
+        ),
+        insert_orders(300, 305),
+        "XA COMMIT 'kept'; XA ROLLBACK 'gone'".to_string(),
+        "BEGIN; UPDATE shop.orders SET qty = 500 WHERE id = 2; SAVEPOINT a;
+         UPDATE shop.orders SET qty = 501 WHERE id = 3; ROLLBACK TO SAVEPOINT a;
+         UPDATE shop.orders SET qty = 502 WHERE id = 4; RELEASE SAVEPOINT a; COMMIT"
+            .to_string(),
+    ] {
+        s.maria.root_sql(&format!("USE shop; {sql}")).unwrap();
+    }
+    // then the sink has the committed changes only,
+    s.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(90));
+    assert!(
+        pg_rows(
+            &s.pg,
+            "sink",
+            "SELECT count(*) FROM shop.orders WHERE id BETWEEN 100 AND 110"
+        )
+        .unwrap()
+            == ["0"]
+    );
+
+    // and a TRUNCATE read right after a restart, before any table map of its table, reaches
+    // it too.
+    sluice.terminate(Duration::from_secs(20));
+    s.maria.root_sql("TRUNCATE TABLE shop.orders").unwrap();
+    let mut sluice = s.sluice(&config);
+    s.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(90));
+    s.maria
+        .root_sql(&format!("USE shop; {}", insert_orders(400, 402)))
+        .unwrap();
+    s.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(90));
+}

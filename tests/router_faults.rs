@@ -572,3 +572,66 @@ fn two_routers_share_the_partitions_and_one_killed_takes_its_share_back() {
     converge_both(&a, &b);
     eprintln!("router a consumed {by_a}, router b {by_b} before b was killed");
 }
+
+#[test]
+fn a_router_started_before_its_broker_waits_for_it_and_then_routes() {
+    // Given a sink and a broker that is down when the router starts,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.create_database("sink").unwrap();
+    pg.psql(
+        "source",
+        "CREATE TABLE public.t (id int PRIMARY KEY, v text)",
+    )
+    .unwrap();
+    let mut kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    kafka.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\nproperties = {{ \"socket.connection.setup.timeout.ms\" = \"2000\" }}\n\
+         [sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+         tables = [\"public.t\"]\nslot = \"early\"\npublication = \"early\"\n\
+         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"early\"\n\
+         [router.batch]\nmax_delay_ms = 100\n",
+        kafka.bootstrap(),
+        pg.url("source"),
+        pg.url("sink")
+    );
+    let route_dir = dir.path().join("route");
+    std::fs::create_dir(&route_dir).unwrap();
+    let (mut router, _) =
+        SluiceProcess::start_in(Path::new(SLUICE), "route", &route_dir, &config).unwrap();
+
+    // when topic creation fails at start-up for a while,
+    router.wait_for_log(
+        "the broker did not answer topic creation at start-up; retrying",
+        Duration::from_secs(90),
+    );
+    // then the router keeps running and says it is not ready because of the broker,
+    assert!(!router.has_exited(), "router exited:\n{}", router.log());
+    let (status, body) = sluice_harness::http_get(router.metrics_port, "/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("broker"), "{body}");
+
+    // and once the broker is back, changes flow through it to the sink.
+    kafka.restart().unwrap();
+    let capture_dir = dir.path().join("capture");
+    std::fs::create_dir(&capture_dir).unwrap();
+    let (capture, _) =
+        SluiceProcess::start_in(Path::new(SLUICE), "capture", &capture_dir, &config).unwrap();
+    capture.wait_for_log("starting replication", Duration::from_secs(60));
+    pg.psql(
+        "source",
+        "INSERT INTO public.t SELECT i, 'v' || i FROM generate_series(1, 50) i",
+    )
+    .unwrap();
+    let expected: Vec<String> = (1..=50).map(|i| format!("{i}|v{i}")).collect();
+    let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+    wait_for(
+        &pg,
+        &expected,
+        "SELECT * FROM public.t ORDER BY id",
+        &router,
+    );
+    assert!(!router.has_exited(), "router exited:\n{}", router.log());
+}

@@ -20,6 +20,12 @@ pub const RECORDS_ACKNOWLEDGED_TOTAL: &str = "sluice_capture_records_acknowledge
 pub const INFLIGHT_EVENTS: &str = "sluice_capture_inflight_events";
 /// Errors by kind (`transient`, `definite`, `value`), label `source`.
 pub const ERRORS_TOTAL: &str = "sluice_capture_errors_total";
+/// 1 while a configured table is stopped (refused at preflight, or stopped while streaming:
+/// its changes are not captured; the log says why and how to fix it), else 0; labels
+/// `source`, `table`.
+pub const TABLE_STOPPED: &str = "sluice_capture_table_stopped";
+/// Changes of stopped tables that capture read and did not publish, labels `source`, `table`.
+pub const STOPPED_TABLE_CHANGES_TOTAL: &str = "sluice_capture_stopped_table_changes_total";
 /// Table schema versions registered (schema topic or registry), label `source`.
 pub const SCHEMAS_PUBLISHED_TOTAL: &str = "sluice_capture_schemas_published_total";
 /// New table schema versions refused by the compatibility policy, labels `source`, `table`.
@@ -70,6 +76,15 @@ pub fn describe() {
         "Row change events published to Kafka"
     );
     describe_counter!(TRANSACTIONS_TOTAL, Unit::Count, "Source transactions read");
+    describe_gauge!(
+        TABLE_STOPPED,
+        "1 while a configured table is stopped: its changes are not captured"
+    );
+    describe_counter!(
+        STOPPED_TABLE_CHANGES_TOTAL,
+        Unit::Count,
+        "Changes of stopped tables that capture did not publish"
+    );
     describe_counter!(
         BYTES_TOTAL,
         Unit::Bytes,

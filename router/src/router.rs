@@ -238,11 +238,30 @@ impl<S: Sink + 'static> Router<S> {
             NewTopic::new(&self.settings.schema_topic, 1, rf()).set("cleanup.policy", "compact"),
         );
         topics.push(NewTopic::new(&self.settings.dead_letter_topic, 1, rf()));
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(Duration::from_secs(30)))
+            .request_timeout(Some(Duration::from_secs(30)));
         for r in admin.create_topics(topics.iter(), &opts).await? {
             match r {
                 Ok(t) => info!(topic = %t, "created topic"),
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                // What no retry changes: a permission, or a setting the cluster refuses.
+                Err((
+                    t,
+                    code @ (RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::ClusterAuthorizationFailed
+                    | RDKafkaErrorCode::InvalidReplicationFactor
+                    | RDKafkaErrorCode::InvalidPartitions
+                    | RDKafkaErrorCode::InvalidConfig
+                    | RDKafkaErrorCode::PolicyViolation
+                    | RDKafkaErrorCode::InvalidTopic),
+                )) => {
+                    return Err(RouterError::Definite(format!(
+                        "create topic {t}: {code}; create it yourself, or grant the router's \
+                         Kafka user CREATE on the cluster, or fix kafka.partitions / \
+                         kafka.replication_factor"
+                    )))
+                }
                 Err((t, code)) => {
                     return Err(RouterError::Kafka(format!("create topic {t}: {code}")))
                 }
@@ -251,8 +270,37 @@ impl<S: Sink + 'static> Router<S> {
         Ok(())
     }
 
+    /// [`Router::ensure_topics`], retried with backoff while the broker is unavailable (a
+    /// router may start before its broker, or during a broker restart): the broker is shown
+    /// disconnected in `/readyz` and each failure is logged and counted. `false` when shut
+    /// down meanwhile.
+    async fn ensure_topics_with_retry(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, RouterError> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.ensure_topics().await {
+                Ok(()) => return Ok(true),
+                Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
+                    self.settings.liveness.set_connected("broker", false);
+                    metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient").increment(1);
+                    let wait = backoff.next();
+                    warn!(error = %e, retry_in = ?wait, "the broker did not answer topic creation at start-up; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(false),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn run_inner(&mut self, shutdown: &CancellationToken) -> Result<(), RouterError> {
-        self.ensure_topics().await?;
+        if !self.ensure_topics_with_retry(shutdown).await? {
+            return Ok(());
+        }
         let mut config = self.client_config.clone();
         config
             .set("group.id", &self.settings.group_id)
@@ -1256,6 +1304,27 @@ fn op_name(op: sluice_schemas::Op) -> &'static str {
         sluice_schemas::Op::Update => "update",
         sluice_schemas::Op::Delete => "delete",
         sluice_schemas::Op::Truncate => "truncate",
+    }
+}
+
+/// Waits between retries: 500 ms, doubling up to 30 s.
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Backoff {
+    fn next(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (wait * 2).min(Duration::from_secs(30));
+        wait
     }
 }
 

@@ -265,6 +265,11 @@ pub struct TableSchema {
 }
 
 impl TableSchema {
+    /// Whether the table has a key: a sink can upsert and delete its rows one by one.
+    pub fn has_key(&self) -> bool {
+        self.columns.iter().any(|c| c.key)
+    }
+
     pub fn key_columns(&self) -> impl Iterator<Item = &Column> {
         self.columns.iter().filter(|c| c.key)
     }

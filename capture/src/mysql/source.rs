@@ -224,6 +224,8 @@ impl MysqlCapture {
             tables: tables.iter().map(|t| t.to_string()).collect(),
             maps: HashMap::new(),
             codecs: HashMap::new(),
+            xa: None,
+            prepared: Vec::new(),
             gtids: VecDeque::new(),
             written: 0,
             catalog: None,
@@ -517,7 +519,10 @@ impl Snapshot<'_> {
                 Connector::Mysql,
                 schema.clone(),
             )?;
-            if matches!(state.tables.get(&key), Some(TableState::Started)) {
+            if matches!(
+                state.tables.get(&key),
+                Some(TableState::Started | TableState::Stopped { .. })
+            ) {
                 // Rows of an unfinished earlier attempt may be in the topic: clear them first.
                 let event = ChangeEvent {
                     table: schema.clone(),
@@ -653,6 +658,95 @@ struct Tx {
     per_table: HashMap<u64, i64>,
 }
 
+/// The changes of an XA transaction, held from `XA START` until `XA COMMIT` (published then,
+/// at the commit's position) or `XA ROLLBACK` (dropped). Checkpoints stay at or before
+/// `start` while it is open or prepared, so a restart reads it again.
+struct XaTransaction {
+    xid: String,
+    /// The checkpoint before its `XA START`.
+    start: u64,
+    events: Vec<(Arc<EnvelopeCodec>, ChangeEvent)>,
+}
+
+/// The XA statements the binlog carries, with their xid (as the server writes it).
+#[derive(Debug, PartialEq, Eq)]
+enum XaStatement {
+    Start(String),
+    End(String),
+    Commit { xid: String, one_phase: bool },
+    Rollback(String),
+}
+
+/// The xid of a MariaDB GTID event that starts an XA transaction's prepared part
+/// (`FL_PREPARED_XA`), written as the server writes it in `XA COMMIT` / `XA ROLLBACK`
+/// queries: `X'<gtrid>',X'<bqual>',<formatID>`.
+fn mariadb_prepared_xa(data: &[u8]) -> Option<String> {
+    const FL_GROUP_COMMIT_ID: u8 = 2;
+    const FL_PREPARED_XA: u8 = 64;
+    let flags = *data.get(12)?;
+    if flags & FL_PREPARED_XA == 0 {
+        return None;
+    }
+    let mut at = 13
+        + if flags & FL_GROUP_COMMIT_ID != 0 {
+            8
+        } else {
+            0
+        };
+    let format_id = i32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?);
+    let gtrid_len = usize::from(*data.get(at + 4)?);
+    let bqual_len = usize::from(*data.get(at + 5)?);
+    at += 6;
+    let gtrid = data.get(at..at + gtrid_len)?;
+    let bqual = data.get(at + gtrid_len..at + gtrid_len + bqual_len)?;
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    Some(format!("X'{}',X'{}',{format_id}", hex(gtrid), hex(bqual)))
+}
+
+/// Parses `XA START|BEGIN|END|COMMIT|ROLLBACK xid [ONE PHASE]`.
+fn xa_statement(query: &str) -> Option<XaStatement> {
+    let rest = strip_word(query, "XA")?;
+    let verb = rest.split_whitespace().next()?;
+    let xid = rest[verb.len()..].trim();
+    Some(match verb.to_ascii_uppercase().as_str() {
+        "START" | "BEGIN" => XaStatement::Start(xid.to_string()),
+        "END" => XaStatement::End(xid.trim_end_matches(" SUSPEND").to_string()),
+        "COMMIT" => {
+            let upper = xid.to_ascii_uppercase();
+            let one_phase = upper.ends_with(" ONE PHASE");
+            let xid = if one_phase {
+                &xid[..xid.len() - " ONE PHASE".len()]
+            } else {
+                xid
+            };
+            XaStatement::Commit {
+                xid: xid.trim().to_string(),
+                one_phase,
+            }
+        }
+        "ROLLBACK" => XaStatement::Rollback(xid.to_string()),
+        _ => return None,
+    })
+}
+
+/// `query` after its first word when that word is `word` (any case).
+fn strip_word<'q>(query: &'q str, word: &str) -> Option<&'q str> {
+    let query = query.trim_start();
+    let head = query.get(..word.len())?;
+    let rest = &query[word.len()..];
+    (head.eq_ignore_ascii_case(word) && rest.starts_with(char::is_whitespace)).then(|| rest.trim())
+}
+
+/// Statements inside a transaction that do not end it.
+fn is_savepoint_statement(query: &str) -> bool {
+    strip_word(query, "SAVEPOINT").is_some()
+        || strip_word(query, "RELEASE").is_some()
+        || strip_word(query, "ROLLBACK").is_some_and(|rest| {
+            strip_word(rest, "TO").is_some()
+                || strip_word(rest, "WORK").is_some_and(|r| strip_word(r, "TO").is_some())
+        })
+}
+
 struct Stream<'a> {
     capture: &'a MysqlCapture,
     /// The source name, shared by every event.
@@ -662,8 +756,14 @@ struct Stream<'a> {
     publisher: Publisher,
     acks: AckHandle,
     tables: HashSet<String>,
-    /// Table maps by table id (None: a table not captured).
-    maps: HashMap<u64, Option<Mapped>>,
+    /// Table maps by table id: the table's name and width, and how it is captured (None: a
+    /// table not captured).
+    maps: HashMap<u64, (TableId, u64, Option<Mapped>)>,
+    /// The XA transaction being read (between `XA START` and `XA END`): its changes wait
+    /// until it commits.
+    xa: Option<XaTransaction>,
+    /// XA transactions prepared and not yet committed or rolled back, by xid.
+    prepared: Vec<XaTransaction>,
     /// Codecs by table and column layout, so repeated table maps reuse them.
     codecs: HashMap<(String, String), Arc<EnvelopeCodec>>,
     /// GTIDs of checkpoints not yet written, oldest first.
@@ -754,6 +854,15 @@ impl Stream<'_> {
                     let domain = u32::from_le_bytes(data[8..12].try_into().expect("4 bytes"));
                     let gtid: Arc<str> =
                         Arc::from(format!("{domain}-{}-{seq_no}", header.server_id()));
+                    // MariaDB starts an XA transaction's prepared part with a GTID event
+                    // carrying its xid (no `XA START` query follows).
+                    if let Some(xid) = mariadb_prepared_xa(data) {
+                        self.xa = Some(XaTransaction {
+                            xid,
+                            start: self.publisher.last_checkpoint(),
+                            events: Vec::new(),
+                        });
+                    }
                     tx = Tx {
                         id: Some(gtid.clone()),
                         gtid: Some(gtid),
@@ -781,15 +890,16 @@ impl Stream<'_> {
                     // A table map repeats before every transaction touching the table; the
                     // server gives a table a new id when its definition changes, so the same
                     // id (and name, and width) means the columns are already known.
-                    let known = self.maps.get(&tme.table_id()).is_some_and(|m| match m {
-                        Some(m) => {
-                            m.id.namespace == tme.database_name()
-                                && m.id.name == tme.table_name()
-                                && m.columns.len() as u64 == tme.columns_count()
-                        }
-                        // Ids are not reused for another table while the server runs.
-                        None => true,
-                    });
+                    // Compared by name for tables not captured too: after a server restart
+                    // (in binlog written before and after it) an id names another table.
+                    let known = self
+                        .maps
+                        .get(&tme.table_id())
+                        .is_some_and(|(id, width, _)| {
+                            id.namespace == tme.database_name()
+                                && id.name == tme.table_name()
+                                && *width == tme.columns_count()
+                        });
                     if known {
                         continue;
                     }
@@ -824,21 +934,27 @@ impl Stream<'_> {
                         Some(Mapped {
                             key: id.to_string(),
                             db: Arc::from(id.namespace.as_str()),
-                            id,
+                            id: id.clone(),
                             columns,
                             codec,
                         })
                     } else {
                         None
                     };
-                    self.maps.insert(tme.table_id(), mapped);
+                    self.maps
+                        .insert(tme.table_id(), (id, tme.columns_count(), mapped));
                 }
                 EventData::RowsEvent(rows) => {
                     let at = (header.timestamp(), header.server_id());
                     let events =
                         self.row_events(&rows, &binlog, &file, seq, log_pos, &mut tx, at)?;
-                    for (codec, event) in events {
-                        self.publisher.publish(&codec, &event).await?;
+                    match &mut self.xa {
+                        Some(xa) => xa.events.extend(events),
+                        None => {
+                            for (codec, event) in events {
+                                self.publisher.publish(&codec, &event).await?;
+                            }
+                        }
                     }
                 }
                 EventData::HeartbeatEvent => lag.set(0.0),
@@ -851,6 +967,14 @@ impl Stream<'_> {
                         ..Tx::default()
                     };
                 }
+                EventData::XaPrepareLogEvent(_) => {
+                    // The prepared part is complete (MySQL's `XA END` moved it already);
+                    // its changes wait for XA COMMIT.
+                    if let Some(xa) = self.xa.take() {
+                        self.prepared.push(xa);
+                    }
+                    self.commit(&mut tx, seq, log_pos).await?;
+                }
                 EventData::XidEvent(_) => {
                     self.commit(&mut tx, seq, log_pos).await?;
                     transactions.increment(1);
@@ -861,8 +985,24 @@ impl Stream<'_> {
                     if trimmed.eq_ignore_ascii_case("COMMIT") {
                         self.commit(&mut tx, seq, log_pos).await?;
                         transactions.increment(1);
+                    } else if is_savepoint_statement(trimmed) {
+                        // Inside the transaction; InnoDB leaves rows rolled back to a
+                        // savepoint out of the binlog.
+                    } else if let Some(xa) = xa_statement(trimmed) {
+                        self.xa_statement(xa, &mut tx, seq, log_pos).await?;
+                        transactions.increment(1);
                     } else if let Some(table) = truncated_table(trimmed, &q.schema()) {
-                        if let Some(codec) = self.last_codec(&table) {
+                        // A captured table's truncate is published even when no table map of
+                        // it was read since the stream (re)started: its current definition
+                        // stands in for the columns (a truncate carries no row).
+                        let codec = match self.last_codec(&table) {
+                            Some(c) => Some(c),
+                            None if self.tables.contains(&table.to_string()) => {
+                                self.catalog_codec(&table, &source).await?
+                            }
+                            None => None,
+                        };
+                        if let Some(codec) = codec {
                             let event = ChangeEvent {
                                 table: codec.table.clone(),
                                 op: Op::Truncate,
@@ -937,10 +1077,36 @@ impl Stream<'_> {
             .collect())
     }
 
+    /// The codec of `table` as the catalog describes it now; `None` (logged and counted)
+    /// when the table is gone from the catalog.
+    async fn catalog_codec(
+        &mut self,
+        table: &TableId,
+        source: &str,
+    ) -> Result<Option<Arc<EnvelopeCodec>>, CaptureError> {
+        if self.catalog.is_none() {
+            self.catalog = Some(Conn::new(self.opts.clone()).await.map_err(mysql_error)?);
+        }
+        let conn = self.catalog.as_mut().expect("opened above");
+        let (schema, _) = catalog_schema(conn, table).await?;
+        if schema.columns.is_empty() {
+            metrics::counter!(m::ERRORS_TOTAL, "source" => source.to_string(), "kind" => "table")
+                .increment(1);
+            tracing::error!(%table, "a TRUNCATE of the table was read, but the table no longer exists at the source and no table map of it was seen: the truncate is not published; truncate the sink's table by hand");
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(EnvelopeCodec::new(
+            &self.capture.settings.topic_prefix,
+            source,
+            Connector::Mysql,
+            Arc::new(schema),
+        )?)))
+    }
+
     fn last_codec(&self, table: &TableId) -> Option<Arc<EnvelopeCodec>> {
         self.maps
             .values()
-            .flatten()
+            .filter_map(|(_, _, m)| m.as_ref())
             .find(|m| m.id == *table)
             .map(|m| m.codec.clone())
     }
@@ -985,7 +1151,7 @@ impl Stream<'_> {
         at: (u32, u32),
     ) -> Result<Vec<(Arc<EnvelopeCodec>, ChangeEvent)>, CaptureError> {
         let table_id = rows.table_id();
-        let Some(Some(mapped)) = self.maps.get(&table_id) else {
+        let Some((_, _, Some(mapped))) = self.maps.get(&table_id) else {
             return Ok(Vec::new());
         };
         let tme = binlog.get_tme(table_id).ok_or_else(|| {
@@ -1085,7 +1251,73 @@ impl Stream<'_> {
             self.gtids.push_back((at, gtid));
         }
         *tx = Tx::default();
-        self.publisher.checkpoint(at).await
+        // Not past an XA transaction that has not committed yet: its changes are held in
+        // memory, so a restart must read them again.
+        let open = self.xa.iter().chain(&self.prepared).map(|x| x.start).min();
+        self.publisher
+            .checkpoint(open.map_or(at, |start| start.min(at)))
+            .await
+    }
+
+    /// An XA statement: `START` holds the changes that follow, `END` sets them aside as
+    /// prepared, `COMMIT` publishes them (at the commit's position, in commit order) and
+    /// `ROLLBACK` drops them.
+    async fn xa_statement(
+        &mut self,
+        statement: XaStatement,
+        tx: &mut Tx,
+        seq: u32,
+        log_pos: u64,
+    ) -> Result<(), CaptureError> {
+        match statement {
+            XaStatement::Start(xid) => {
+                self.xa = Some(XaTransaction {
+                    xid,
+                    start: self.publisher.last_checkpoint(),
+                    events: Vec::new(),
+                });
+            }
+            XaStatement::End(xid) => {
+                if let Some(xa) = self.xa.take() {
+                    if xa.xid != xid {
+                        tracing::warn!(started = %xa.xid, ended = %xid, "XA END names another transaction than XA START");
+                    }
+                    self.prepared.push(xa);
+                }
+            }
+            XaStatement::Commit { xid, one_phase } => {
+                let held = match self.prepared.iter().position(|x| x.xid == xid) {
+                    Some(i) => Some(self.prepared.remove(i)),
+                    None if one_phase => self.xa.take(),
+                    None => None,
+                };
+                match held {
+                    Some(xa) => {
+                        let n = xa.events.len();
+                        for (row, (codec, mut event)) in xa.events.into_iter().enumerate() {
+                            event.position = Position::mysql(seq, log_pos, row as u64);
+                            self.publisher.publish(&codec, &event).await?;
+                        }
+                        tracing::debug!(%xid, changes = n, "XA transaction committed");
+                    }
+                    None => {
+                        // Prepared before the position capture resumed from: its changes
+                        // were read before, and published only if it committed then.
+                        metrics::counter!(m::ERRORS_TOTAL, "source" => self.capture.name.clone(), "kind" => "definite").increment(1);
+                        tracing::error!(%xid, "XA COMMIT of a transaction whose XA START capture did not read: its changes are not published (capture's checkpoint never passes an open XA transaction, so this means the binlog was purged or the position was set by hand)");
+                    }
+                }
+            }
+            XaStatement::Rollback(xid) => {
+                if let Some(i) = self.prepared.iter().position(|x| x.xid == xid) {
+                    let xa = self.prepared.remove(i);
+                    tracing::debug!(%xid, changes = xa.events.len(), "XA transaction rolled back; its changes are dropped");
+                } else if self.xa.as_ref().is_some_and(|x| x.xid == xid) {
+                    self.xa = None;
+                }
+            }
+        }
+        self.commit(tx, seq, log_pos).await
     }
 
     /// Writes the acknowledged checkpoint to the state topic when it moved.
@@ -1243,6 +1475,48 @@ mod tests {
             mysql_gtid(&sid, 23),
             "3e11fa47-71ca-11e1-9e33-c80aa9429562:23"
         );
+    }
+
+    #[test]
+    fn xa_and_savepoint_statements_are_told_apart_from_commits() {
+        use super::{is_savepoint_statement, xa_statement, XaStatement};
+        assert_eq!(
+            xa_statement("XA START X'7831',X'',1"),
+            Some(XaStatement::Start("X'7831',X'',1".into()))
+        );
+        assert_eq!(
+            xa_statement("xa end X'7831',X'',1"),
+            Some(XaStatement::End("X'7831',X'',1".into()))
+        );
+        assert_eq!(
+            xa_statement("XA COMMIT X'7831',X'',1 ONE PHASE"),
+            Some(XaStatement::Commit {
+                xid: "X'7831',X'',1".into(),
+                one_phase: true
+            })
+        );
+        assert_eq!(
+            xa_statement("XA ROLLBACK X'7831',X'',1"),
+            Some(XaStatement::Rollback("X'7831',X'',1".into()))
+        );
+        assert_eq!(xa_statement("XACT"), None);
+        // A MariaDB GTID event of a prepared XA part: seq_no, domain, flags, then the xid.
+        let mut gtid = vec![3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 64 | 8];
+        gtid.extend_from_slice(&1i32.to_le_bytes());
+        gtid.extend_from_slice(&[4, 0]);
+        gtid.extend_from_slice(b"gone");
+        assert_eq!(
+            super::mariadb_prepared_xa(&gtid).as_deref(),
+            Some("X'676f6e65',X'',1")
+        );
+        gtid[12] = 8;
+        assert_eq!(super::mariadb_prepared_xa(&gtid), None);
+        assert!(is_savepoint_statement("SAVEPOINT `a`"));
+        assert!(is_savepoint_statement("ROLLBACK TO `a`"));
+        assert!(is_savepoint_statement("ROLLBACK WORK TO SAVEPOINT a"));
+        assert!(is_savepoint_statement("RELEASE SAVEPOINT a"));
+        assert!(!is_savepoint_statement("ROLLBACK"));
+        assert!(!is_savepoint_statement("COMMIT"));
     }
 
     #[test]

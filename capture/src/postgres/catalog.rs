@@ -36,8 +36,9 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    /// The key of a table: its primary key, else its replica identity index, else none.
-    /// (pgoutput flags every column as key under REPLICA IDENTITY FULL, which is not a key.)
+    /// The key of a table: its replica identity index when it has one (every change's old
+    /// key then carries it), else its primary key, else none. (pgoutput flags every column
+    /// as key under REPLICA IDENTITY FULL, which is not a key: see [`super::slot::key_problem`].)
     pub async fn key_columns(
         client: &Client,
         table: &TableId,
@@ -49,7 +50,7 @@ impl Catalog {
                  WHERE i.indrelid = format('%I.%I', $1::text, $2::text)::regclass \
                    AND i.indexrelid = (SELECT x.indexrelid FROM pg_index x \
                         WHERE x.indrelid = i.indrelid AND (x.indisprimary OR x.indisreplident) \
-                        ORDER BY x.indisprimary DESC LIMIT 1) \
+                        ORDER BY x.indisreplident DESC, x.indisprimary DESC LIMIT 1) \
                  ORDER BY array_position(i.indkey, a.attnum)",
                 &[&table.namespace, &table.name],
             )
@@ -119,8 +120,70 @@ impl Catalog {
             .collect())
     }
 
-    /// Builds the schema of `id` from its columns; the key comes from [`Catalog::key_columns`]
-    /// when the table has one, else from the columns' replica-identity flags.
+    /// The partitions (every level) of those of `tables` that are partitioned, each with
+    /// whether it may have held rows the partitioned table's changes never carried: it was
+    /// attached after it was created (`ATTACH PARTITION`: its `pg_inherits` row is younger
+    /// than its `pg_class` row), or, created and attached in one transaction, it holds rows
+    /// that transaction wrote. (`CREATE TABLE … PARTITION OF` on its own holds none.) The
+    /// second test reads the partition, so it runs only for those not in `known`, and not at
+    /// all without `probe`.
+    pub async fn partitions(
+        client: &Client,
+        tables: &[TableId],
+        known: &HashMap<TableId, std::collections::BTreeSet<u32>>,
+        probe: bool,
+    ) -> Result<HashMap<TableId, HashMap<u32, bool>>, CaptureError> {
+        let names: Vec<String> = tables.iter().map(ToString::to_string).collect();
+        let rows = client
+            .query(
+                "SELECT n.nspname::text, r.relname::text, t.relid::oid, i.xmin::text <> c.xmin::text, \
+                        c.xmin::text, format('%I.%I', cn.nspname, c.relname), c.relkind::text \
+                 FROM pg_class r JOIN pg_namespace n ON n.oid = r.relnamespace \
+                 CROSS JOIN LATERAL pg_partition_tree(r.oid) t \
+                 JOIN pg_class c ON c.oid = t.relid \
+                 JOIN pg_namespace cn ON cn.oid = c.relnamespace \
+                 JOIN pg_inherits i ON i.inhrelid = t.relid \
+                 WHERE r.relkind = 'p' AND t.level > 0 \
+                   AND format('%s.%s', n.nspname, r.relname) = ANY($1)",
+                &[&names],
+            )
+            .await?;
+        let mut out: HashMap<TableId, HashMap<u32, bool>> = HashMap::new();
+        for r in rows {
+            let table = TableId::new(r.get::<_, String>(0), r.get::<_, String>(1));
+            let oid: u32 = r.get(2);
+            let mut attached: bool = r.get(3);
+            let is_new = !known.get(&table).is_some_and(|k| k.contains(&oid));
+            if probe && !attached && is_new && r.get::<_, String>(6) == "r" {
+                let (xmin, qualified): (String, String) = (r.get(4), r.get(5));
+                attached = client
+                    .query_opt(
+                        &format!("SELECT 1 FROM ONLY {qualified} WHERE xmin::text = $1 LIMIT 1"),
+                        &[&xmin],
+                    )
+                    .await?
+                    .is_some();
+            }
+            out.entry(table).or_default().insert(oid, attached);
+        }
+        // A partitioned table without partitions yet is still partitioned.
+        let empty = client
+            .query(
+                "SELECT n.nspname::text, r.relname::text FROM pg_class r \
+                 JOIN pg_namespace n ON n.oid = r.relnamespace \
+                 WHERE r.relkind = 'p' AND format('%s.%s', n.nspname, r.relname) = ANY($1)",
+                &[&names],
+            )
+            .await?;
+        for r in empty {
+            out.entry(TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+                .or_default();
+        }
+        Ok(out)
+    }
+
+    /// Builds the schema of `id` from its columns, keyed by [`Catalog::key_columns`]. A table
+    /// without a key gets a schema without key columns, which capture refuses to publish.
     pub async fn table_schema(
         &mut self,
         client: &Client,
@@ -134,11 +197,7 @@ impl Catalog {
             let sql_type = self
                 .resolve(client, &id, &c.name, c.type_oid, c.type_modifier)
                 .await?;
-            let is_key = if key.is_empty() {
-                c.key
-            } else {
-                key.contains(&c.name)
-            };
+            let is_key = key.contains(&c.name);
             out.push(Column {
                 name: c.name.clone(),
                 sql_type,

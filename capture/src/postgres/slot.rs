@@ -9,9 +9,17 @@ use tracing::{info, warn};
 use super::replication::{parse_lsn, quote_ident, ReplicationConnection};
 use crate::CaptureError;
 
+/// A configured table capture cannot take, and why (with the fix).
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub table: TableId,
+    pub reason: String,
+}
+
 /// Checks what logical replication needs before anything is created, with the fix in each
-/// message.
-pub async fn preflight(client: &Client, tables: &[TableId]) -> Result<(), CaptureError> {
+/// message. A server-wide problem is an error; a table that cannot be captured correctly is
+/// returned as [`Refused`], so the source goes on with its other tables.
+pub async fn preflight(client: &Client, tables: &[TableId]) -> Result<Vec<Refused>, CaptureError> {
     let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
     if wal_level != "logical" {
         return Err(CaptureError::Definite(format!(
@@ -38,11 +46,18 @@ pub async fn preflight(client: &Client, tables: &[TableId]) -> Result<(), Captur
         "raise max_wal_senders (restart needed) or stop unused replication clients",
     )
     .await?;
+    let mut refused = Vec::new();
     for table in tables {
         let row = client
             .query_opt(
                 "SELECT c.relreplident::text, \
-                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), \
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident), \
+                        ARRAY(SELECT format('%s.%s', an.nspname, ac.relname) \
+                              FROM pg_partition_ancestors(c.oid) a \
+                              JOIN pg_class ac ON ac.oid = a.relid \
+                              JOIN pg_namespace an ON an.oid = ac.relnamespace \
+                              WHERE a.relid <> c.oid) \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
                 &[&table.namespace, &table.name],
@@ -54,16 +69,60 @@ pub async fn preflight(client: &Client, tables: &[TableId]) -> Result<(), Captur
             )));
         };
         let identity: String = row.get(0);
-        let has_pk: bool = row.get(1);
-        if identity == "n" || (identity == "d" && !has_pk) {
-            warn!(
-                %table,
-                "table has no primary key or replica identity: its updates and deletes cannot be \
-                 captured; add a primary key or run ALTER TABLE {table} REPLICA IDENTITY FULL"
-            );
+        let (has_pk, has_ident_index): (bool, bool) = (row.get(1), row.get(2));
+        let ancestors: Vec<String> = row.get(3);
+        let captured_ancestor = ancestors
+            .iter()
+            .find(|a| tables.iter().any(|t| t.to_string() == **a));
+        if let Some(reason) = key_problem(table, &identity, has_pk, has_ident_index) {
+            refused.push(Refused {
+                table: table.clone(),
+                reason,
+            });
+        } else if let Some(root) = captured_ancestor {
+            refused.push(Refused {
+                table: table.clone(),
+                reason: format!(
+                    "table {table} is a partition of {root}, which is captured too: its changes \
+                     are published as {root}'s (publish_via_partition_root); remove {table} from \
+                     sources.<name>.tables"
+                ),
+            });
         }
     }
-    Ok(())
+    Ok(refused)
+}
+
+/// Why a table's rows cannot be told apart by a key, with the fix; `None` when they can.
+/// A key is the primary key or the replica identity index: every change then carries it, and
+/// a sink can upsert and delete by it. `REPLICA IDENTITY FULL` alone is no key (a row may
+/// hold NULLs and equal another row), and `NOTHING` sends no old key at all, so an update
+/// that changes the key would leave the old row behind at the sink.
+pub fn key_problem(
+    table: &TableId,
+    identity: &str,
+    has_pk: bool,
+    has_ident_index: bool,
+) -> Option<String> {
+    match identity {
+        "n" => Some(format!(
+            "table {table} has REPLICA IDENTITY NOTHING: its deletes and key changes cannot be \
+             captured; run ALTER TABLE {table} REPLICA IDENTITY DEFAULT (it needs a primary key)"
+        )),
+        "i" if has_ident_index => None,
+        _ if has_pk => None,
+        "f" => Some(format!(
+            "table {table} has no primary key (REPLICA IDENTITY FULL is not a key: its rows may \
+             hold NULLs and repeat, so a sink cannot upsert or delete them one by one); add a \
+             primary key, or a unique index on NOT NULL columns and \
+             ALTER TABLE {table} REPLICA IDENTITY USING INDEX <index>"
+        )),
+        _ => Some(format!(
+            "table {table} has no primary key or replica identity index, so its updates and \
+             deletes cannot be captured; add a primary key, or a unique index on NOT NULL columns \
+             and ALTER TABLE {table} REPLICA IDENTITY USING INDEX <index>"
+        )),
+    }
 }
 
 /// Fails with the fix when every unit of a server limit is in use.
@@ -88,37 +147,48 @@ async fn ensure_free(
     Ok(())
 }
 
-/// Creates the publication for `tables` when missing, and adds tables it lacks.
+/// Creates the publication for `tables` when missing, and adds tables it lacks. The
+/// publication publishes a partitioned table's changes as the partitioned table's own
+/// (`publish_via_partition_root`), so rows keep one identity when they move between
+/// partitions and a partition attached later is captured with no configuration. Returns the
+/// partitioned tables whose changes an existing publication had published under their
+/// partitions' names until now: capture skipped those, so they must be snapshotted again.
 pub async fn ensure_publication(
     client: &Client,
     publication: &str,
     tables: &[TableId],
-) -> Result<(), CaptureError> {
+) -> Result<Vec<TableId>, CaptureError> {
     let quoted: Vec<String> = tables
         .iter()
         .map(|t| format!("{}.{}", quote_ident(&t.namespace), quote_ident(&t.name)))
         .collect();
-    let exists = client
+    let via_root: Option<bool> = client
         .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            "SELECT pubviaroot FROM pg_publication WHERE pubname = $1",
             &[&publication],
         )
         .await?
-        .is_some();
-    if !exists {
+        .map(|r| r.get(0));
+    let Some(via_root) = via_root else {
         info!(publication, tables = quoted.len(), "creating publication");
         client
             .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
                 quote_ident(publication),
                 quoted.join(", ")
             ))
             .await?;
-        return Ok(());
-    }
+        return Ok(Vec::new());
+    };
+    // The view lists the partitions of a partitioned table unless the publication publishes
+    // via the root, and the catalog lists no table for `FOR ALL TABLES`: ask both.
     let published: BTreeSet<(String, String)> = client
         .query(
-            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1 \
+             UNION SELECT n.nspname::text, c.relname::text FROM pg_publication_rel pr \
+               JOIN pg_publication p ON p.oid = pr.prpubid \
+               JOIN pg_class c ON c.oid = pr.prrelid \
+               JOIN pg_namespace n ON n.oid = c.relnamespace WHERE p.pubname = $1",
             &[&publication],
         )
         .await?
@@ -136,7 +206,36 @@ pub async fn ensure_publication(
                 .await?;
         }
     }
-    Ok(())
+    if via_root {
+        return Ok(Vec::new());
+    }
+    let partitioned: Vec<TableId> = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'p' AND format('%s.%s', n.nspname, c.relname) = ANY($1)",
+            &[&tables.iter().map(ToString::to_string).collect::<Vec<_>>()],
+        )
+        .await?
+        .iter()
+        .map(|r| TableId::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    if partitioned.is_empty() {
+        return Ok(Vec::new());
+    }
+    warn!(
+        publication,
+        tables = ?partitioned.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "the publication published partitioned tables under their partitions' names; \
+         switching it to publish_via_partition_root and snapshotting those tables again"
+    );
+    client
+        .batch_execute(&format!(
+            "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+            quote_ident(publication)
+        ))
+        .await?;
+    Ok(partitioned)
 }
 
 /// The state of the slot.

@@ -74,6 +74,12 @@ async fn read_table_inner(
             .await?;
         let columns = Catalog::relation_columns(&client, &job.table).await?;
         let schema = Arc::new(Catalog::default().table_schema(&client, job.table.clone(), &columns).await?);
+        if !schema.has_key() {
+            return Err(CaptureError::Definite(format!(
+                "table {} lost its key before its snapshot: add a primary key and restart capture",
+                job.table
+            )));
+        }
         let send = |m: SnapshotMessage| async { tx.send(m).await.map_err(|_| CaptureError::Kafka("snapshot publisher stopped".into())) };
         send(SnapshotMessage::Started(job.table.clone())).await?;
         // reltuples is -1 until the table was first vacuumed or analyzed.

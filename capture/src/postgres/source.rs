@@ -30,6 +30,8 @@ use crate::CaptureError;
 const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
 const DEFAULT_SNAPSHOT_PARALLELISM: usize = 2;
 const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 10_000;
+/// How often the partitions of captured partitioned tables are compared with those last seen.
+const PARTITION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Prefix of the logical messages capture writes as heartbeats.
 pub const HEARTBEAT_PREFIX: &str = "sluice.heartbeat";
 
@@ -104,7 +106,70 @@ impl PostgresSourceConfig {
 }
 
 struct Relation {
+    /// `None` for a table capture does not take (not configured, or stopped).
     codec: Option<Arc<EnvelopeCodec>>,
+    /// The table, when it is configured but stopped: its changes are counted as not captured.
+    stopped: Option<TableId>,
+}
+
+/// The configured tables capture does not take (refused at preflight or stopped while
+/// streaming), and why; the one owner of `sluice_capture_table_stopped`.
+pub(crate) struct StoppedTables {
+    source: String,
+    tables: std::sync::Mutex<std::collections::BTreeMap<TableId, String>>,
+}
+
+impl StoppedTables {
+    /// Every configured table starts as captured (its gauge at 0).
+    pub(crate) fn new(source: &str, configured: &[TableId]) -> StoppedTables {
+        for table in configured {
+            metrics::gauge!(m::TABLE_STOPPED, "source" => source.to_string(), "table" => table.to_string())
+                .set(0.0);
+        }
+        StoppedTables {
+            source: source.to_string(),
+            tables: Default::default(),
+        }
+    }
+
+    /// Marks `table` stopped: logged as an error, counted, and its gauge set to 1.
+    pub(crate) fn stop(&self, table: &TableId, reason: &str) {
+        error!(%table, reason, "table stopped: its changes are not captured until the cause is fixed and capture restarts (the table is then read again); the source's other tables go on");
+        metrics::counter!(m::ERRORS_TOTAL, "source" => self.source.clone(), "kind" => "table")
+            .increment(1);
+        metrics::gauge!(m::TABLE_STOPPED, "source" => self.source.clone(), "table" => table.to_string())
+            .set(1.0);
+        self.tables
+            .lock()
+            .expect("stopped tables lock")
+            .insert(table.clone(), reason.to_string());
+    }
+
+    pub(crate) fn contains(&self, table: &TableId) -> bool {
+        self.tables
+            .lock()
+            .expect("stopped tables lock")
+            .contains_key(table)
+    }
+
+    pub(crate) fn iter(&self) -> Vec<(TableId, String)> {
+        self.tables
+            .lock()
+            .expect("stopped tables lock")
+            .iter()
+            .map(|(t, r)| (t.clone(), r.clone()))
+            .collect()
+    }
+
+    pub(crate) fn reasons(&self) -> Vec<String> {
+        self.iter().into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Counts a change of a stopped table that capture did not publish.
+    pub(crate) fn skipped(&self, table: &TableId) {
+        metrics::counter!(m::STOPPED_TABLE_CHANGES_TOTAL, "source" => self.source.clone(), "table" => table.to_string())
+            .increment(1);
+    }
 }
 
 struct Tx {
@@ -146,6 +211,9 @@ impl PostgresCapture {
         pg: &PgConnector,
         params: &ConnectParams,
         tables: &[TableId],
+        stopped: &StoppedTables,
+        resnapshot: &[TableId],
+        partitions: &HashMap<TableId, HashMap<u32, bool>>,
         created: Option<ExportedSnapshot>,
         publisher: &mut Publisher,
         shutdown: &CancellationToken,
@@ -158,15 +226,57 @@ impl PostgresCapture {
         if state.slot != self.config.slot {
             state = CaptureState {
                 slot: self.config.slot.clone(),
-                tables: Default::default(),
+                ..CaptureState::default()
             };
         }
+        // A table refused now misses changes from here on: once it is fixed, it is read again.
+        let mut changed = false;
+        for (table, reason) in stopped.iter() {
+            let key = table.to_string();
+            if state.tables.contains_key(&key)
+                && !matches!(state.tables.get(&key), Some(TableState::Stopped { .. }))
+            {
+                state.tables.insert(
+                    key,
+                    TableState::Stopped {
+                        reason: reason.clone(),
+                    },
+                );
+                changed = true;
+            }
+        }
+        if changed {
+            publisher.write_state(&state_json(&state)?).await?;
+        }
         let fresh_slot = created.is_some();
+        let needs_snapshot = |t: &TableId| {
+            fresh_slot
+                || resnapshot.contains(t)
+                || !matches!(
+                    state.tables.get(&t.to_string()),
+                    Some(TableState::Done { .. })
+                )
+        };
+        // The partitions each partitioned table's snapshot will hold (or, for one not read
+        // now and never recorded, has now).
+        let mut recorded = false;
+        for (table, parts) in partitions {
+            let key = table.to_string();
+            if needs_snapshot(table) || !state.partitions.contains_key(&key) {
+                state
+                    .partitions
+                    .insert(key, parts.keys().copied().collect());
+                recorded = true;
+            }
+        }
+        if recorded {
+            publisher.write_state(&state_json(&state)?).await?;
+        }
         let jobs: Vec<SnapshotJob> = tables
             .iter()
             .filter_map(|t| {
                 let known = state.tables.get(&t.to_string());
-                let needed = fresh_slot || !matches!(known, Some(TableState::Done { .. }));
+                let needed = needs_snapshot(t);
                 // Rows from an earlier (interrupted, or pre-slot-loss) snapshot may be stale.
                 needed.then(|| SnapshotJob {
                     table: t.clone(),
@@ -321,8 +431,26 @@ impl PostgresCapture {
         let (pg, params) = self.connect_params()?;
         let (client, conn_task) = pg.connect().await?;
         let result = async {
-            slot::preflight(&client, &tables).await?;
-            slot::ensure_publication(&client, &self.config.publication, &tables).await?;
+            let stopped = StoppedTables::new(&self.name, &tables);
+            for refused in slot::preflight(&client, &tables).await? {
+                stopped.stop(&refused.table, &refused.reason);
+            }
+            let tables: Vec<TableId> = tables
+                .into_iter()
+                .filter(|t| !stopped.contains(t))
+                .collect();
+            if tables.is_empty() {
+                return Err(CaptureError::Definite(format!(
+                    "no table of source {} can be captured: {}",
+                    self.name,
+                    stopped.reasons().join("; ")
+                )));
+            }
+            let resnapshot =
+                slot::ensure_publication(&client, &self.config.publication, &tables).await?;
+            // Read before the slot and any snapshot: a partition attached after this is new
+            // to the stream's check, and at worst read twice, never missed.
+            let partitions = Catalog::partitions(&client, &tables, &HashMap::new(), false).await?;
             let mut repl = ReplicationConnection::connect(&params).await?;
             let slot_state = slot::ensure_slot(&client, &mut repl, &self.config.slot).await?;
             let start = slot_state.confirmed_flush_lsn.unwrap_or(0);
@@ -333,6 +461,9 @@ impl PostgresCapture {
                     &pg,
                     &params,
                     &tables,
+                    &stopped,
+                    &resnapshot,
+                    &partitions,
                     slot_state.created,
                     &mut publisher,
                     shutdown,
@@ -346,7 +477,7 @@ impl PostgresCapture {
                 .iter()
                 .filter_map(|(t, s)| match s {
                     TableState::Done { snapshot_lsn } => Some((TableId::parse(t)?, *snapshot_lsn)),
-                    TableState::Started => None,
+                    TableState::Started | TableState::Stopped { .. } => None,
                 })
                 .collect();
             info!(slot = %self.config.slot, start = %format_lsn(start), "starting replication");
@@ -371,6 +502,20 @@ impl PostgresCapture {
                 relations: HashMap::new(),
                 catalog: Catalog::default(),
                 snapshot_lsn,
+                partitions: match self.config.snapshot {
+                    SnapshotMode::Initial => state
+                        .partitions
+                        .iter()
+                        .filter_map(|(t, p)| Some((TableId::parse(t)?, p.clone())))
+                        .filter(|(t, _)| partitions.contains_key(t))
+                        .collect(),
+                    SnapshotMode::Never => partitions
+                        .iter()
+                        .map(|(t, p)| (t.clone(), p.keys().copied().collect()))
+                        .collect(),
+                },
+                stopped,
+                state: (self.config.snapshot == SnapshotMode::Initial).then_some(state),
                 tx: None,
                 last_received: start,
                 server_wal_end: start,
@@ -397,6 +542,13 @@ struct Stream<'a> {
     catalog: Catalog,
     /// Per table: changes committed before this LSN are already in its snapshot.
     snapshot_lsn: HashMap<TableId, u64>,
+    /// The partitions of each captured partitioned table, as last checked.
+    partitions: HashMap<TableId, std::collections::BTreeSet<u32>>,
+    /// Tables whose changes capture no longer takes, and why.
+    stopped: StoppedTables,
+    /// The snapshot progress record (`None` with `snapshot = "never"`): a table that stops is
+    /// marked in it, so that it is read again once fixed.
+    state: Option<CaptureState>,
     tx: Option<Tx>,
     last_received: u64,
     server_wal_end: u64,
@@ -418,6 +570,9 @@ impl Stream<'_> {
         let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(1)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeats_on = heartbeat_ms > 0;
+        let mut partition_check = tokio::time::interval(PARTITION_CHECK_INTERVAL);
+        partition_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let partitioned = !self.partitions.is_empty();
         loop {
             tokio::select! {
                 biased;
@@ -436,6 +591,7 @@ impl Stream<'_> {
                         heartbeats_on = false;
                     }
                 }
+                _ = partition_check.tick(), if partitioned => self.check_partitions().await?,
                 _ = status.tick() => {
                     let acked = *self.acks.acked.borrow();
                     confirmed_gauge.set(acked as f64);
@@ -511,27 +667,42 @@ impl Stream<'_> {
                 id,
                 namespace,
                 name,
+                replica_identity,
                 columns,
-                ..
             } => {
                 let table = TableId::new(namespace, name);
-                let codec = if self.wanted.contains(&table) {
-                    let schema = Arc::new(
-                        self.catalog
-                            .table_schema(self.client, table, &columns)
-                            .await?,
-                    );
-                    debug!(table = %schema.id, columns = schema.columns.len(), "relation");
-                    Some(Arc::new(EnvelopeCodec::new(
-                        &self.capture.settings.topic_prefix,
-                        &self.capture.name,
-                        Connector::Postgres,
-                        schema,
-                    )?))
-                } else {
-                    None
+                let mut relation = Relation {
+                    codec: None,
+                    stopped: self.stopped.contains(&table).then(|| table.clone()),
                 };
-                self.relations.insert(id, Relation { codec });
+                if self.wanted.contains(&table) {
+                    let schema = self
+                        .catalog
+                        .table_schema(self.client, table.clone(), &columns)
+                        .await?;
+                    let problem = if replica_identity == b'n' || !schema.has_key() {
+                        let identity = (replica_identity as char).to_string();
+                        slot::key_problem(&table, &identity, false, false)
+                    } else {
+                        None
+                    };
+                    match problem {
+                        Some(reason) => {
+                            self.stop_table(&table, &reason).await?;
+                            relation.stopped = Some(table);
+                        }
+                        None => {
+                            debug!(table = %schema.id, columns = schema.columns.len(), "relation");
+                            relation.codec = Some(Arc::new(EnvelopeCodec::new(
+                                &self.capture.settings.topic_prefix,
+                                &self.capture.name,
+                                Connector::Postgres,
+                                Arc::new(schema),
+                            )?));
+                        }
+                    }
+                }
+                self.relations.insert(id, relation);
             }
             PgOutput::Message { prefix, .. } => {
                 // Our heartbeat, outside any transaction: everything before it has been read.
@@ -595,7 +766,12 @@ impl Stream<'_> {
 
     fn codec(&self, relation: u32) -> Result<Option<Arc<EnvelopeCodec>>, CaptureError> {
         match self.relations.get(&relation) {
-            Some(r) => Ok(r.codec.clone()),
+            Some(r) => {
+                if let Some(table) = &r.stopped {
+                    self.stopped.skipped(table);
+                }
+                Ok(r.codec.clone())
+            }
             None => Err(CaptureError::Decode(decoder::DecodeError(format!(
                 "change for relation {relation} before its Relation message"
             )))),
@@ -640,6 +816,11 @@ impl Stream<'_> {
         after: Option<Vec<Datum>>,
         lsn: u64,
     ) -> Result<(), CaptureError> {
+        if self.stopped.contains(&codec.table.id) {
+            // Stopped by an earlier change of the same message (a key change is two events).
+            self.stopped.skipped(&codec.table.id);
+            return Ok(());
+        }
         let Some(tx) = self.tx.as_mut() else {
             return Err(CaptureError::Decode(decoder::DecodeError(
                 "change outside a transaction".into(),
@@ -680,7 +861,99 @@ impl Stream<'_> {
             }),
             position: Position::postgres(tx.commit_lsn, index),
         };
-        self.publisher.publish(codec, &event).await
+        match self.publisher.publish(codec, &event).await {
+            // A value this table's schema cannot carry concerns this table alone.
+            Err(CaptureError::Avro(e @ sluice_schemas::AvroError::Value { .. })) => {
+                let table = codec.table.id.clone();
+                self.stop_table(
+                    &table,
+                    &format!("a change of {table} could not be encoded: {e}; fix the row or the table's definition"),
+                )
+                .await
+            }
+            other => other,
+        }
+    }
+
+    /// Compares the partitions of each captured partitioned table with those last seen. A
+    /// partition created as one (`PARTITION OF`) only ever held rows the stream carries; one
+    /// attached with rows of its own did not, so the table is read again: marked in the
+    /// state record, then capture starts over (a transient error), which snapshots it.
+    async fn check_partitions(&mut self) -> Result<(), CaptureError> {
+        let tables: Vec<TableId> = self.partitions.keys().cloned().collect();
+        let current = Catalog::partitions(self.client, &tables, &self.partitions, true).await?;
+        for (table, parts) in current {
+            let known = self.partitions.entry(table.clone()).or_default();
+            if parts.keys().all(|oid| known.contains(oid)) && parts.len() == known.len() {
+                continue;
+            }
+            let attached: Vec<u32> = parts
+                .iter()
+                .filter(|(oid, attached)| **attached && !known.contains(oid))
+                .map(|(oid, _)| *oid)
+                .collect();
+            *known = parts.keys().copied().collect();
+            let known = known.clone();
+            info!(%table, partitions = known.len(), "the table's partitions changed");
+            let Some(state) = &mut self.state else {
+                if !attached.is_empty() {
+                    metrics::counter!(m::ERRORS_TOTAL, "source" => self.capture.name.clone(), "kind" => "table").increment(1);
+                    error!(%table, ?attached, "a partition was attached with rows of its own; with snapshot = \"never\" those rows are not captured (their later changes are)");
+                }
+                continue;
+            };
+            state.partitions.insert(table.to_string(), known);
+            if attached.is_empty() {
+                let json = state_json(state)?;
+                self.publisher.write_state(&json).await?;
+                continue;
+            }
+            let reason = format!(
+                "a partition (oid {attached:?}) was attached to {table} with rows of its own, \
+                 which no change of {table} carried; reading the table again"
+            );
+            warn!(%table, "{reason}");
+            state.tables.insert(
+                table.to_string(),
+                TableState::Stopped {
+                    reason: reason.clone(),
+                },
+            );
+            let json = state_json(state)?;
+            self.publisher.write_state(&json).await?;
+            return Err(CaptureError::Resnapshot(reason));
+        }
+        Ok(())
+    }
+
+    /// Stops taking `table`'s changes (see [`StoppedTables`]), and marks it in the state
+    /// record so that it is read again once capture restarts with the cause fixed.
+    async fn stop_table(&mut self, table: &TableId, reason: &str) -> Result<(), CaptureError> {
+        self.stopped.stop(table, reason);
+        self.wanted.remove(table);
+        for relation in self.relations.values_mut() {
+            if relation
+                .codec
+                .as_ref()
+                .is_some_and(|c| c.table.id == *table)
+            {
+                relation.codec = None;
+                relation.stopped = Some(table.clone());
+            }
+        }
+        if let Some(state) = &mut self.state {
+            state.tables.insert(
+                table.to_string(),
+                TableState::Stopped {
+                    reason: reason.to_string(),
+                },
+            );
+            let json = state_json(state)?;
+            self.publisher.write_state(&json).await?;
+        } else {
+            warn!(%table, "with snapshot = \"never\" the changes missed while the table is stopped are not read again");
+        }
+        Ok(())
     }
 }
 

@@ -2,7 +2,7 @@
 //! snapshotted, and as of which LSN. Kept as JSON in a compacted Kafka topic, keyed by source
 //! name, and written only after the rows it vouches for are acknowledged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -19,6 +19,9 @@ pub enum TableState {
     /// Every row as of `snapshot_lsn` is acknowledged; the stream must skip this table's
     /// transactions that committed before it.
     Done { snapshot_lsn: u64 },
+    /// Capture stopped taking this table's changes (it lost its key, a value could not be
+    /// encoded, …): once the cause is fixed, capture reads it again, after a truncate.
+    Stopped { reason: String },
 }
 
 /// The state record of one source.
@@ -28,6 +31,11 @@ pub struct CaptureState {
     pub slot: String,
     /// By `schema.table`.
     pub tables: BTreeMap<String, TableState>,
+    /// The partitions (pg_class OIDs, every level) of each captured partitioned table, by
+    /// `schema.table`, as capture last saw them: a partition attached since held rows the
+    /// stream never carried, so the table is read again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partitions: BTreeMap<String, BTreeSet<u32>>,
 }
 
 /// The latest state record of `source` in the state topic, if any.

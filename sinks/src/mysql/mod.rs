@@ -66,6 +66,11 @@ fn quote(ident: &str) -> String {
     format!("`{}`", ident.replace('`', "``"))
 }
 
+/// A string literal for the session's SQL mode (backslash escapes on).
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
 /// The column type a MySQL sink creates for a SQL type, or why none holds its values exactly.
 /// Key columns need a bounded type (MySQL indexes at most 3072 bytes).
 pub fn mysql_type(t: &SqlType, key: bool) -> Result<String, String> {
@@ -642,25 +647,25 @@ impl MysqlSink {
             for (c, (_, ty)) in schema.columns.iter().zip(&types) {
                 match existing.get(&c.name) {
                     None => {
+                        // Rows older than the column read `missing` at the source: the
+                        // default gives it to the rows there now, in the same statement, and
+                        // to an insert of the table's older version arriving later (from
+                        // another partition, or a lagging router), which names only the
+                        // older columns. Later versions write the column explicitly.
+                        let default = match &c.missing {
+                            Some(v) => format!(" DEFAULT {}", quote_literal(v)),
+                            None => String::new(),
+                        };
                         self.ddl(
                             schema,
                             "add_column",
                             &format!(
-                                "ALTER TABLE {qualified} ADD COLUMN {} {ty} NULL",
+                                "ALTER TABLE {qualified} ADD COLUMN {} {ty} NULL{default}",
                                 quote(&c.name)
                             ),
                         )
                         .await?;
                         self.record(&id, &c.name, &c.sql_type).await?;
-                        if let Some(v) = &c.missing {
-                            // Rows older than the column read this at the source.
-                            let mut conn = self.pool.get_conn().await?;
-                            conn.exec_drop(
-                                format!("UPDATE {qualified} SET {} = ?", quote(&c.name)),
-                                (v.as_str(),),
-                            )
-                            .await?;
-                        }
                         info!(sink = %self.name, table = %id, column = %c.name, "added column");
                     }
                     Some(e) if !holds(&e.column_type, &c.sql_type) => {

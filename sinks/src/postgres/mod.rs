@@ -354,11 +354,12 @@ impl State {
                     let column = quote(&c.name);
                     let ddl = match &c.missing {
                         // Rows that predate the column read this value at the source without
-                        // any change being streamed: give them the same, then drop the
-                        // default (later rows are always written explicitly).
+                        // any change being streamed: give them the same. The default stays:
+                        // an insert of the table's older version (from another partition, or
+                        // a lagging router) names only the older columns, and its row reads
+                        // this value at the source too. Later versions write it explicitly.
                         Some(v) => format!(
-                            "ALTER TABLE {qualified} ADD COLUMN IF NOT EXISTS {column} {ty} DEFAULT {}::{ty}; \
-                             ALTER TABLE {qualified} ALTER COLUMN {column} DROP DEFAULT",
+                            "ALTER TABLE {qualified} ADD COLUMN IF NOT EXISTS {column} {ty} DEFAULT {}::{ty}",
                             quote_literal(v)
                         ),
                         None => format!("ALTER TABLE {qualified} ADD COLUMN IF NOT EXISTS {column} {ty}"),

@@ -1,0 +1,382 @@
+//! PostgreSQL tables outside the plain keyed shape: tables without a key, tables that lose
+//! their key while streaming, and partitioned tables. None of them may lose a change silently:
+//! a table capture cannot take is stopped alone, named with the fix, counted and alerted on,
+//! and read again once fixed; a partitioned table is captured as itself.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sluice_harness::compare::{compare_rows, pg_rows};
+use sluice_harness::{free_port, metric_value, Postgres, SluiceProcess, Tansu, TansuStorage};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// A PostgreSQL cluster with `source` (running `ddl`) and `sink` databases, a broker, and a
+/// config capturing `tables` from `source` into `sink`.
+struct Setup {
+    pg: Postgres,
+    _kafka: Tansu,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    metrics_port: u16,
+}
+
+impl Setup {
+    fn new(slot: &str, ddl: &str, tables: &[&str]) -> Setup {
+        Setup::with(slot, ddl, tables, "")
+    }
+
+    /// [`Setup::new`] with extra `[kafka]` settings.
+    fn with(slot: &str, ddl: &str, tables: &[&str], kafka_extra: &str) -> Setup {
+        let pg = Postgres::start().unwrap();
+        pg.create_database("source").unwrap();
+        pg.create_database("sink").unwrap();
+        pg.psql("source", ddl).unwrap();
+        let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let metrics_port = free_port();
+        let tables = tables
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config = dir.path().join("sluice.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_prefix = "shapes"
+{kafka_extra}
+
+[sources.pg_main]
+kind = "postgres"
+url = "{source}"
+tables = [{tables}]
+slot = "{slot}"
+publication = "{slot}"
+
+[sinks.warehouse]
+kind = "postgres"
+url = "{sink}"
+
+[router]
+sink = "warehouse"
+group_id = "shapes-router"
+
+[router.batch]
+max_rows = 500
+max_delay_ms = 50
+
+[observability]
+listen = "127.0.0.1:{metrics_port}"
+"#,
+                bootstrap = kafka.bootstrap(),
+                source = pg.url("source"),
+                sink = pg.url("sink"),
+            ),
+        )
+        .unwrap();
+        Setup {
+            pg,
+            _kafka: kafka,
+            dir,
+            config,
+            metrics_port,
+        }
+    }
+
+    fn sluice(&self) -> SluiceProcess {
+        self.start("run", "sluice.log", self.metrics_port)
+    }
+
+    fn start(&self, subcommand: &str, log: &str, metrics_port: u16) -> SluiceProcess {
+        let config = if metrics_port == self.metrics_port {
+            self.config.clone()
+        } else {
+            // Another process: its own metrics address.
+            let path = self.dir.path().join(format!("{subcommand}.toml"));
+            let text = std::fs::read_to_string(&self.config).unwrap().replace(
+                &format!("127.0.0.1:{}", self.metrics_port),
+                &format!("127.0.0.1:{metrics_port}"),
+            );
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        SluiceProcess::start(
+            Path::new(SLUICE),
+            subcommand,
+            &config,
+            &self.dir.path().join(log),
+            metrics_port,
+        )
+        .unwrap()
+    }
+
+    fn source(&self, sql: &str) {
+        self.pg.psql("source", sql).unwrap();
+    }
+}
+
+/// Waits until `table` holds the same rows at the sink as at the source (ordered by
+/// `order_by`); fails with the first difference and the log.
+fn wait_for_match(pg: &Postgres, sluice: &SluiceProcess, table: &str, order_by: &str) {
+    let query = format!("SELECT * FROM {table} ORDER BY {order_by}");
+    let start = Instant::now();
+    loop {
+        let source = pg_rows(pg, "source", &query).unwrap();
+        let last = match pg_rows(pg, "sink", &query).map(|sink| compare_rows(&source, &sink)) {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) | Err(e) => e,
+        };
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "{table}: sink did not converge: {last}\n--- sluice log ---\n{}",
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn metric(sluice: &SluiceProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = sluice
+        .metrics()
+        .unwrap_or_else(|| panic!("no /metrics\n--- sluice log ---\n{}", sluice.log()));
+    metric_value(&text, name, labels).unwrap_or(0.0)
+}
+
+fn wait_for_metric(sluice: &SluiceProcess, name: &str, labels: &[(&str, &str)], value: f64) {
+    let start = Instant::now();
+    while metric(sluice, name, labels) != value {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{name}{labels:?} never became {value} (is {})\n--- sluice log ---\n{}",
+            metric(sluice, name, labels),
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+const STOPPED: &str = "sluice_capture_table_stopped";
+
+#[test]
+fn a_table_without_a_key_is_refused_by_name_and_the_others_go_on() {
+    // Given a keyed table and a REPLICA IDENTITY FULL table without a primary key holding NULLs,
+    let s = Setup::new(
+        "shapes_nokey",
+        "CREATE TABLE public.orders (id bigint PRIMARY KEY, note text);
+         CREATE TABLE public.history (id bigint NOT NULL, delta int, note text);
+         ALTER TABLE public.history REPLICA IDENTITY FULL;
+         INSERT INTO public.orders VALUES (1, 'before');
+         INSERT INTO public.history VALUES (1, NULL, NULL), (2, 5, 'x');",
+        &["public.orders", "public.history"],
+    );
+    let mut sluice = s.sluice();
+    let history = [("source", "pg_main"), ("table", "public.history")];
+
+    // when both take writes, NULLs included,
+    s.source(
+        "INSERT INTO public.history VALUES (3, NULL, NULL), (3, NULL, NULL);
+         UPDATE public.history SET delta = 7 WHERE id = 2;
+         DELETE FROM public.history WHERE id = 1;
+         INSERT INTO public.orders SELECT i, 'row ' || i FROM generate_series(2, 300) i;
+         UPDATE public.orders SET note = NULL WHERE id % 3 = 0;",
+    );
+
+    // then the keyed table arrives row for row and capture keeps running,
+    wait_for_match(&s.pg, &sluice, "public.orders", "id");
+    assert!(!sluice.has_exited(), "sluice stopped:\n{}", sluice.log());
+    // the keyless table is refused by name, with the fix, counted and not silently dropped,
+    let log = sluice.log();
+    assert!(
+        log.contains("table public.history has no primary key (REPLICA IDENTITY FULL is not a key")
+            && log.contains("ALTER TABLE public.history REPLICA IDENTITY USING INDEX"),
+        "no refusal naming the table and the fix:\n{log}"
+    );
+    wait_for_metric(&sluice, STOPPED, &history, 1.0);
+    assert_eq!(
+        metric(
+            &sluice,
+            STOPPED,
+            &[("source", "pg_main"), ("table", "public.orders")]
+        ),
+        0.0
+    );
+    assert!(
+        !log.contains("capture interrupted"),
+        "capture restarted:\n{log}"
+    );
+
+    // and once the table has a key and capture restarts, it is read, NULLs and all.
+    sluice.terminate(Duration::from_secs(20));
+    s.source(
+        "DELETE FROM public.history WHERE ctid NOT IN (SELECT min(ctid) FROM public.history GROUP BY id);
+         ALTER TABLE public.history ADD PRIMARY KEY (id);
+         INSERT INTO public.history VALUES (4, NULL, 'after the fix');",
+    );
+    let sluice = s.sluice();
+    wait_for_match(&s.pg, &sluice, "public.history", "id");
+    wait_for_metric(&sluice, STOPPED, &history, 0.0);
+    s.source("UPDATE public.history SET note = 'streamed' WHERE id = 3");
+    wait_for_match(&s.pg, &sluice, "public.history", "id");
+}
+
+#[test]
+fn a_table_that_loses_its_key_while_streaming_stops_alone_and_is_read_again_once_fixed() {
+    // Given two keyed tables streaming to the sink,
+    let s = Setup::new(
+        "shapes_lost_key",
+        "CREATE TABLE public.orders (id bigint PRIMARY KEY, note text);
+         CREATE TABLE public.items (id bigint PRIMARY KEY, qty int);
+         INSERT INTO public.items SELECT i, i FROM generate_series(1, 50) i;",
+        &["public.orders", "public.items"],
+    );
+    let mut sluice = s.sluice();
+    wait_for_match(&s.pg, &sluice, "public.items", "id");
+
+    // when one loses its primary key (REPLICA IDENTITY FULL) and takes a NULL, and the other
+    // goes on taking writes,
+    s.source(
+        "ALTER TABLE public.items DROP CONSTRAINT items_pkey;
+         ALTER TABLE public.items REPLICA IDENTITY FULL;
+         INSERT INTO public.items VALUES (51, NULL);
+         UPDATE public.items SET qty = NULL WHERE id <= 10;",
+    );
+    s.source("INSERT INTO public.orders SELECT i, 'row ' || i FROM generate_series(1, 200) i");
+
+    // then the other table still arrives, the lost-key table is stopped by name and counted,
+    wait_for_match(&s.pg, &sluice, "public.orders", "id");
+    let items = [("source", "pg_main"), ("table", "public.items")];
+    wait_for_metric(&sluice, STOPPED, &items, 1.0);
+    assert!(!sluice.has_exited(), "sluice stopped:\n{}", sluice.log());
+    assert!(
+        sluice
+            .log()
+            .contains("table public.items has no primary key"),
+        "{}",
+        sluice.log()
+    );
+    s.source("UPDATE public.items SET qty = 0 WHERE id = 20");
+    let start = Instant::now();
+    while metric(
+        &sluice,
+        "sluice_capture_stopped_table_changes_total",
+        &items,
+    ) < 1.0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // and once the key is back and capture restarts, the table is read again: the sink holds
+    // exactly the source's rows, those changed while it was stopped included.
+    sluice.terminate(Duration::from_secs(20));
+    s.source("ALTER TABLE public.items ADD PRIMARY KEY (id); ALTER TABLE public.items REPLICA IDENTITY DEFAULT;");
+    let sluice = s.sluice();
+    wait_for_match(&s.pg, &sluice, "public.items", "id");
+    wait_for_metric(&sluice, STOPPED, &items, 0.0);
+    s.source(
+        "DELETE FROM public.items WHERE id > 40; INSERT INTO public.orders VALUES (999, 'last')",
+    );
+    wait_for_match(&s.pg, &sluice, "public.items", "id");
+    wait_for_match(&s.pg, &sluice, "public.orders", "id");
+}
+
+#[test]
+fn a_partitioned_table_is_captured_as_itself_rows_moving_and_partitions_attached() {
+    // Given a partitioned table with rows, published by a publication made without
+    // publish_via_partition_root (as an existing deployment's would be),
+    let s = Setup::new(
+        "shapes_parts",
+        "CREATE TABLE public.measurements (id bigint, region text, v int, PRIMARY KEY (id, region))
+             PARTITION BY LIST (region);
+         CREATE TABLE public.m_eu PARTITION OF public.measurements FOR VALUES IN ('eu');
+         CREATE TABLE public.m_us PARTITION OF public.measurements FOR VALUES IN ('us');
+         INSERT INTO public.measurements SELECT i, CASE WHEN i % 2 = 0 THEN 'eu' ELSE 'us' END, i
+             FROM generate_series(1, 100) i;
+         CREATE PUBLICATION shapes_parts FOR TABLE public.measurements;",
+        &["public.measurements"],
+    );
+    let sluice = s.sluice();
+    wait_for_match(&s.pg, &sluice, "public.measurements", "id");
+    assert_eq!(
+        s.pg.psql(
+            "source",
+            "SELECT pubviaroot FROM pg_publication WHERE pubname = 'shapes_parts'"
+        )
+        .unwrap()
+        .trim(),
+        "t"
+    );
+
+    // when rows are written to each partition, move between partitions (an update of the
+    // partition key), and a partition is attached and created while streaming,
+    s.source(
+        "INSERT INTO public.measurements SELECT i, 'eu', i FROM generate_series(101, 150) i;
+         UPDATE public.measurements SET region = 'us', v = -v WHERE region = 'eu' AND id <= 20;
+         UPDATE public.measurements SET v = v + 1000 WHERE id BETWEEN 30 AND 40;
+         DELETE FROM public.measurements WHERE id BETWEEN 41 AND 45;
+         CREATE TABLE public.m_asia (id bigint NOT NULL, region text NOT NULL, v int);
+         INSERT INTO public.m_asia VALUES (1000, 'asia', 1);
+         ALTER TABLE public.measurements ATTACH PARTITION public.m_asia FOR VALUES IN ('asia');
+         INSERT INTO public.measurements VALUES (1001, 'asia', 2);
+         UPDATE public.measurements SET region = 'asia' WHERE id = 21;
+         CREATE TABLE public.m_other PARTITION OF public.measurements DEFAULT;
+         INSERT INTO public.measurements VALUES (2000, 'mars', 3);",
+    );
+
+    // then the sink's table holds exactly the source's rows.
+    wait_for_match(&s.pg, &sluice, "public.measurements", "id, region");
+    assert!(!sluice.log().contains("table stopped"), "{}", sluice.log());
+}
+
+#[test]
+fn a_row_older_than_an_added_column_gets_the_columns_default_from_any_partition() {
+    // Given a table streamed through three partitions, where rows written before
+    // `ADD COLUMN … DEFAULT` and rows written after it share the topic,
+    let s = Setup::with(
+        "shapes_default",
+        "CREATE TABLE public.accounts (id bigint PRIMARY KEY, owner text)",
+        &["public.accounts"],
+        "partitions = 3",
+    );
+    let capture = s.start("capture", "capture.log", s.metrics_port);
+    s.source("INSERT INTO public.accounts SELECT i, 'owner ' || i FROM generate_series(1, 600) i");
+    s.source(
+        "ALTER TABLE public.accounts ADD COLUMN region text DEFAULT 'eu';
+         INSERT INTO public.accounts SELECT i, 'owner ' || i, 'us' FROM generate_series(601, 1200) i;
+         INSERT INTO public.accounts (id, owner) SELECT i, 'owner ' || i FROM generate_series(1201, 1300) i;",
+    );
+    let start = Instant::now();
+    while metric(
+        &capture,
+        "sluice_capture_records_acknowledged_total",
+        &[("source", "pg_main")],
+    ) < 1300.0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            capture.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // when a router with small batches takes the partitions in whatever order it fetches them
+    // (so old-version inserts from one partition come after the column was added for another),
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("max_rows = 500", "max_rows = 25");
+    std::fs::write(&s.config, text).unwrap();
+    let router = s.start("route", "route.log", free_port());
+
+    // then every row reads at the sink what it reads at the source: the old ones the default.
+    wait_for_match(&s.pg, &router, "public.accounts", "id");
+    drop(capture);
+}
