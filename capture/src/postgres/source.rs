@@ -206,6 +206,7 @@ impl PostgresCapture {
     /// replication connection that created it must stay idle until this returns); otherwise
     /// unfinished tables are read in the snapshot of a temporary slot, and the stream skips
     /// their changes committed before it.
+    #[allow(clippy::too_many_arguments)]
     async fn snapshot_if_needed(
         &self,
         pg: &PgConnector,
