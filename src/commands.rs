@@ -214,7 +214,7 @@ async fn connect_sink_with_retry(
     password: Option<String>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<AnySink> {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = sluice_schemas::liveness::Backoff::default();
     loop {
         let connected = match config {
             SinkConfig::Postgres(pg) => {
@@ -229,9 +229,12 @@ async fn connect_sink_with_retry(
         match connected {
             Ok(sink) => return Ok(sink),
             Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
-                tracing::warn!(sink = name, error = %e, retry_in = ?backoff, "sink unavailable; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                let wait = backoff.next_wait();
+                tracing::warn!(sink = name, error = %e, retry_in = ?wait, "sink unavailable; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Err(e.into()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
             }
             Err(e) => return Err(e.into()),
         }

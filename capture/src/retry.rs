@@ -4,15 +4,20 @@
 use std::future::Future;
 use std::time::Duration;
 
-use sluice_schemas::liveness::Liveness;
+use sluice_schemas::liveness::{Backoff, Liveness};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::metrics as m;
+
+/// How long a capture must have run before its failure no longer counts as following the
+/// previous one.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
 use crate::CaptureError;
 
 /// Runs `once` until it returns `Ok` (a clean shutdown) or a definite error; after a transient
-/// error, waits (500 ms doubling to 30 s) and runs it again, unless `shutdown` comes first.
+/// error, waits ([`Backoff`]) and runs it again, unless `shutdown` comes first. A run that
+/// lasted [`HEALTHY_RUN`] counts as a success: the next failure is retried soon again.
 pub async fn with_backoff<F, Fut>(
     source: &str,
     liveness: &Liveness,
@@ -23,20 +28,25 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), CaptureError>>,
 {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::default();
     loop {
-        match once().await {
+        let started = std::time::Instant::now();
+        let result = once().await;
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff.reset();
+        }
+        match result {
             Ok(()) => return Ok(()),
             Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
                 liveness.set_connected(e.dependency(), false);
                 metrics::counter!(m::ERRORS_TOTAL, "source" => source.to_string(), "kind" => "transient")
                     .increment(1);
-                warn!(error = %e, retry_in = ?backoff, "capture interrupted; reconnecting");
+                let wait = backoff.next_wait();
+                warn!(error = %e, retry_in = ?wait, "capture interrupted; reconnecting");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(30));
             }
             Err(e) => {
                 liveness.set_connected(e.dependency(), false);

@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sluice_schemas::event::POSITION_HEADER;
-use sluice_schemas::liveness::Liveness;
+use sluice_schemas::liveness::{Backoff, Liveness};
 use sluice_schemas::Position;
 use sluice_schemas::TableId;
 use sluice_sinks::{Batch, Consumed, Origin, Sink, SinkChange, SinkError};
@@ -285,7 +285,7 @@ impl<S: Sink + 'static> Router<S> {
                 Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
                     self.settings.liveness.set_connected("broker", false);
                     metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient").increment(1);
-                    let wait = backoff.next();
+                    let wait = backoff.next_wait();
                     warn!(error = %e, retry_in = ?wait, "the broker did not answer topic creation at start-up; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(false),
@@ -709,16 +709,16 @@ impl<S: Sink + 'static> Router<S> {
             // Failing to reach the schema topic or the registry is transient: wait and retry,
             // holding the message (and so the partition). Only a schema the transport does
             // not have makes the message undecodable.
-            let mut backoff = Duration::from_millis(500);
+            let mut backoff = Backoff::default();
             let found = loop {
                 match schemas.resolve(payload).await {
                     Ok(found) => break found,
                     Err(e) if e.is_transient() => {
                         metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient")
                             .increment(1);
-                        warn!(error = %e, retry_in = ?backoff, "cannot read the writer schema; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        let wait = backoff.next_wait();
+                        warn!(error = %e, retry_in = ?wait, "cannot read the writer schema; retrying");
+                        tokio::time::sleep(wait).await;
                     }
                     Err(e) => return Ok(Err(e)),
                 }
@@ -1307,39 +1307,18 @@ fn op_name(op: sluice_schemas::Op) -> &'static str {
     }
 }
 
-/// Waits between retries: 500 ms, doubling up to 30 s.
-struct Backoff {
-    next: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            next: Duration::from_millis(500),
-        }
-    }
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (wait * 2).min(Duration::from_secs(30));
-        wait
-    }
-}
-
 /// Retrying through a sink outage: consumption is paused from the first failure (memory stays
 /// at what the router holds) while the consumer goes on being polled, which keeps the group
 /// membership, rebalances and statistics (the consumer-lag gauge) going.
 struct SinkOutage {
-    backoff: Duration,
+    backoff: Backoff,
     paused: bool,
 }
 
 impl Default for SinkOutage {
     fn default() -> Self {
         SinkOutage {
-            backoff: Duration::from_millis(200),
+            backoff: Backoff::starting_at(Duration::from_millis(200)),
             paused: false,
         }
     }
@@ -1357,13 +1336,13 @@ impl SinkOutage {
         settings.liveness.set_connected("sink", false);
         metrics::counter!(m::ERRORS_TOTAL, "sink" => settings.sink_name.clone(), "kind" => "transient")
             .increment(1);
-        warn!(%error, retry_in = ?self.backoff, "sink unavailable while {doing}; retrying");
+        let wait = self.backoff.next_wait();
+        warn!(%error, retry_in = ?wait, "sink unavailable while {doing}; retrying");
         if !self.paused {
             consumer.pause(&consumer.assignment()?)?;
             self.paused = true;
         }
-        poll_paused(consumer, self.backoff).await?;
-        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+        poll_paused(consumer, wait).await?;
         Ok(())
     }
 

@@ -153,3 +153,54 @@ mod tests {
         );
     }
 }
+
+/// How long a component waits before retrying what failed transiently (a reconnect, topic
+/// creation, a sink write): 500 ms, doubling up to 30 s, and back to 500 ms after a
+/// [`Backoff::reset`] (the retried thing worked for a while).
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(30);
+
+    /// A backoff whose first wait is `first` (still doubling up to 30 s).
+    pub fn starting_at(first: Duration) -> Backoff {
+        Backoff { next: first }
+    }
+
+    /// The wait before this retry; the next one waits twice as long.
+    pub fn next_wait(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (wait * 2).min(Self::MAX);
+        wait
+    }
+
+    /// After success: the next failure is retried soon again.
+    pub fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn doubles_to_thirty_seconds_and_starts_over_after_a_reset() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..8).map(|_| b.next_wait().as_millis() as u64).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+        b.reset();
+        assert_eq!(b.next_wait(), Duration::from_millis(500));
+    }
+}

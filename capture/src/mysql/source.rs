@@ -989,8 +989,9 @@ impl Stream<'_> {
                         // Inside the transaction; InnoDB leaves rows rolled back to a
                         // savepoint out of the binlog.
                     } else if let Some(xa) = xa_statement(trimmed) {
-                        self.xa_statement(xa, &mut tx, seq, log_pos).await?;
-                        transactions.increment(1);
+                        if self.xa_statement(xa, &mut tx, seq, log_pos).await? {
+                            transactions.increment(1);
+                        }
                     } else if let Some(table) = truncated_table(trimmed, &q.schema()) {
                         // A captured table's truncate is published even when no table map of
                         // it was read since the stream (re)started: its current definition
@@ -1090,7 +1091,7 @@ impl Stream<'_> {
         let conn = self.catalog.as_mut().expect("opened above");
         let (schema, _) = catalog_schema(conn, table).await?;
         if schema.columns.is_empty() {
-            metrics::counter!(m::ERRORS_TOTAL, "source" => source.to_string(), "kind" => "table")
+            metrics::counter!(m::ERRORS_TOTAL, "source" => source.to_string(), "kind" => "not_captured")
                 .increment(1);
             tracing::error!(%table, "a TRUNCATE of the table was read, but the table no longer exists at the source and no table map of it was seen: the truncate is not published; truncate the sink's table by hand");
             return Ok(None);
@@ -1261,14 +1262,14 @@ impl Stream<'_> {
 
     /// An XA statement: `START` holds the changes that follow, `END` sets them aside as
     /// prepared, `COMMIT` publishes them (at the commit's position, in commit order) and
-    /// `ROLLBACK` drops them.
+    /// `ROLLBACK` drops them; the last two end a transaction (`true`).
     async fn xa_statement(
         &mut self,
         statement: XaStatement,
         tx: &mut Tx,
         seq: u32,
         log_pos: u64,
-    ) -> Result<(), CaptureError> {
+    ) -> Result<bool, CaptureError> {
         match statement {
             XaStatement::Start(xid) => {
                 self.xa = Some(XaTransaction {
@@ -1276,6 +1277,7 @@ impl Stream<'_> {
                     start: self.publisher.last_checkpoint(),
                     events: Vec::new(),
                 });
+                return Ok(false);
             }
             XaStatement::End(xid) => {
                 if let Some(xa) = self.xa.take() {
@@ -1284,6 +1286,7 @@ impl Stream<'_> {
                     }
                     self.prepared.push(xa);
                 }
+                return Ok(false);
             }
             XaStatement::Commit { xid, one_phase } => {
                 let held = match self.prepared.iter().position(|x| x.xid == xid) {
@@ -1301,10 +1304,12 @@ impl Stream<'_> {
                         tracing::debug!(%xid, changes = n, "XA transaction committed");
                     }
                     None => {
-                        // Prepared before the position capture resumed from: its changes
-                        // were read before, and published only if it committed then.
-                        metrics::counter!(m::ERRORS_TOTAL, "source" => self.capture.name.clone(), "kind" => "definite").increment(1);
-                        tracing::error!(%xid, "XA COMMIT of a transaction whose XA START capture did not read: its changes are not published (capture's checkpoint never passes an open XA transaction, so this means the binlog was purged or the position was set by hand)");
+                        // Its prepared part lies before where capture started reading: it
+                        // was prepared before the initial snapshot (which could not see its
+                        // rows), or the position was set by hand. A checkpoint never passes
+                        // an open XA transaction, so a restart alone cannot cause this.
+                        metrics::counter!(m::ERRORS_TOTAL, "source" => self.capture.name.clone(), "kind" => "not_captured").increment(1);
+                        tracing::error!(%xid, "XA COMMIT of a transaction prepared before capture's start position: its changes are not published; re-snapshot the tables it wrote");
                     }
                 }
             }
@@ -1317,7 +1322,8 @@ impl Stream<'_> {
                 }
             }
         }
-        self.commit(tx, seq, log_pos).await
+        self.commit(tx, seq, log_pos).await?;
+        Ok(true)
     }
 
     /// Writes the acknowledged checkpoint to the state topic when it moved.

@@ -64,9 +64,14 @@ pub async fn preflight(client: &Client, tables: &[TableId]) -> Result<Vec<Refuse
             )
             .await?;
         let Some(row) = row else {
-            return Err(CaptureError::Definite(format!(
-                "table {table} does not exist at the source; create it or remove it from sources.<name>.tables"
-            )));
+            refused.push(Refused {
+                table: table.clone(),
+                reason: format!(
+                    "table {table} does not exist at the source; create it or remove it from \
+                     sources.<name>.tables"
+                ),
+            });
+            continue;
         };
         let identity: String = row.get(0);
         let (has_pk, has_ident_index): (bool, bool) = (row.get(1), row.get(2));

@@ -116,7 +116,7 @@ struct Relation {
 /// streaming), and why; the one owner of `sluice_capture_table_stopped`.
 pub(crate) struct StoppedTables {
     source: String,
-    tables: std::sync::Mutex<std::collections::BTreeMap<TableId, String>>,
+    tables: std::collections::BTreeMap<TableId, String>,
 }
 
 impl StoppedTables {
@@ -133,36 +133,23 @@ impl StoppedTables {
     }
 
     /// Marks `table` stopped: logged as an error, counted, and its gauge set to 1.
-    pub(crate) fn stop(&self, table: &TableId, reason: &str) {
+    pub(crate) fn stop(&mut self, table: &TableId, reason: &str) {
         error!(%table, reason, "table stopped: its changes are not captured until the cause is fixed and capture restarts (the table is then read again); the source's other tables go on");
         metrics::counter!(m::ERRORS_TOTAL, "source" => self.source.clone(), "kind" => "table")
             .increment(1);
         metrics::gauge!(m::TABLE_STOPPED, "source" => self.source.clone(), "table" => table.to_string())
             .set(1.0);
-        self.tables
-            .lock()
-            .expect("stopped tables lock")
-            .insert(table.clone(), reason.to_string());
+        self.tables.insert(table.clone(), reason.to_string());
     }
 
     pub(crate) fn contains(&self, table: &TableId) -> bool {
-        self.tables
-            .lock()
-            .expect("stopped tables lock")
-            .contains_key(table)
+        // Checked for every event of a message that stopped its table: no lookup while none is.
+        !self.tables.is_empty() && self.tables.contains_key(table)
     }
 
-    pub(crate) fn iter(&self) -> Vec<(TableId, String)> {
-        self.tables
-            .lock()
-            .expect("stopped tables lock")
-            .iter()
-            .map(|(t, r)| (t.clone(), r.clone()))
-            .collect()
-    }
-
-    pub(crate) fn reasons(&self) -> Vec<String> {
-        self.iter().into_iter().map(|(_, r)| r).collect()
+    /// The stopped tables and why.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&TableId, &String)> {
+        self.tables.iter()
     }
 
     /// Counts a change of a stopped table that capture did not publish.
@@ -432,7 +419,7 @@ impl PostgresCapture {
         let (pg, params) = self.connect_params()?;
         let (client, conn_task) = pg.connect().await?;
         let result = async {
-            let stopped = StoppedTables::new(&self.name, &tables);
+            let mut stopped = StoppedTables::new(&self.name, &tables);
             for refused in slot::preflight(&client, &tables).await? {
                 stopped.stop(&refused.table, &refused.reason);
             }
@@ -444,7 +431,11 @@ impl PostgresCapture {
                 return Err(CaptureError::Definite(format!(
                     "no table of source {} can be captured: {}",
                     self.name,
-                    stopped.reasons().join("; ")
+                    stopped
+                        .iter()
+                        .map(|(_, r)| r.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 )));
             }
             let resnapshot =
@@ -898,7 +889,7 @@ impl Stream<'_> {
             info!(%table, partitions = known.len(), "the table's partitions changed");
             let Some(state) = &mut self.state else {
                 if !attached.is_empty() {
-                    metrics::counter!(m::ERRORS_TOTAL, "source" => self.capture.name.clone(), "kind" => "table").increment(1);
+                    metrics::counter!(m::ERRORS_TOTAL, "source" => self.capture.name.clone(), "kind" => "not_captured").increment(1);
                     error!(%table, ?attached, "a partition was attached with rows of its own; with snapshot = \"never\" those rows are not captured (their later changes are)");
                 }
                 continue;
@@ -914,14 +905,7 @@ impl Stream<'_> {
                  which no change of {table} carried; reading the table again"
             );
             warn!(%table, "{reason}");
-            state.tables.insert(
-                table.to_string(),
-                TableState::Stopped {
-                    reason: reason.clone(),
-                },
-            );
-            let json = state_json(state)?;
-            self.publisher.write_state(&json).await?;
+            self.mark_for_reread(&table, &reason).await?;
             return Err(CaptureError::Resnapshot(reason));
         }
         Ok(())
@@ -942,19 +926,31 @@ impl Stream<'_> {
                 relation.stopped = Some(table.clone());
             }
         }
-        if let Some(state) = &mut self.state {
-            state.tables.insert(
-                table.to_string(),
-                TableState::Stopped {
-                    reason: reason.to_string(),
-                },
-            );
-            let json = state_json(state)?;
-            self.publisher.write_state(&json).await?;
-        } else {
+        if !self.mark_for_reread(table, reason).await? {
             warn!(%table, "with snapshot = \"never\" the changes missed while the table is stopped are not read again");
         }
         Ok(())
+    }
+
+    /// Marks `table` in the state record as to be snapshotted again (after a truncate) on the
+    /// next start; `false` when there is no state record (`snapshot = "never"`).
+    async fn mark_for_reread(
+        &mut self,
+        table: &TableId,
+        reason: &str,
+    ) -> Result<bool, CaptureError> {
+        let Some(state) = &mut self.state else {
+            return Ok(false);
+        };
+        state.tables.insert(
+            table.to_string(),
+            TableState::Stopped {
+                reason: reason.to_string(),
+            },
+        );
+        let json = state_json(state)?;
+        self.publisher.write_state(&json).await?;
+        Ok(true)
     }
 }
 
