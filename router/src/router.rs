@@ -365,9 +365,13 @@ impl<S: Sink + 'static> Router<S> {
         // Scheme files are rescanned on this tick (the mapper applies its own interval).
         let mut reload = tokio::time::interval(Duration::from_secs(1));
         reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Per partition, how far back the last stall recovery read (it grows while a stall
-        // persists).
-        let mut stall_steps: HashMap<(String, i32), (i64, i64)> = HashMap::new();
+        // Per partition, how far back the last stall recovery read (it grows while stalls
+        // recur).
+        let mut stall_steps = StallSteps::default();
+        // Per partition, the last message skipped because the sink already has it: committed
+        // to Kafka on the next tick, so the group's offset (which librdkafka's consumer lag is
+        // measured from) does not stay behind messages that will never be applied.
+        let mut skipped: HashMap<(Arc<str>, i32), i64> = HashMap::new();
         let mut retry_blocked = tokio::time::interval(self.settings.blocked_retry);
         retry_blocked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The batch being applied while the next is collected. Its outcome is settled before
@@ -405,6 +409,10 @@ impl<S: Sink + 'static> Router<S> {
                     _ = reload.tick() => {
                         self.mapper.maybe_reload();
                         self.unstall(&consumer, &mut stall_steps)?;
+                        if !skipped.is_empty() {
+                            commit_hint(&consumer, &consumed_list(&skipped));
+                            skipped.clear();
+                        }
                         if !self.scheme_held.is_empty() {
                             self.retry_scheme_held(&consumer, &mut pending, &mut schemas, &dlq).await?;
                             if !pending.is_empty() && deadline.is_none() {
@@ -462,6 +470,9 @@ impl<S: Sink + 'static> Router<S> {
                         }
                         if msg.offset() <= resumed[&key] {
                             metrics::counter!(m::MESSAGES_SKIPPED_TOTAL, "topic" => topic.to_string()).increment(1);
+                            // Reading through what the sink has is progress too.
+                            self.settings.liveness.progressed();
+                            skipped.insert(key, msg.offset());
                             continue;
                         }
                         consumed.increment(1);
@@ -1097,24 +1108,19 @@ impl<S: Sink + 'static> Router<S> {
 
     /// Reads again from a little before each partition whose fetching stalled inside a
     /// record batch (see `LagContext::take_stalled`): what was read already is skipped as it
-    /// comes. The step grows eightfold while the stall persists at the same offset, until it
+    /// comes. The step grows eightfold while stalls recur (see [`StallSteps`]), until it
     /// reaches the batch's start.
     fn unstall(
         &mut self,
         consumer: &StreamConsumer<LagContext>,
-        steps: &mut HashMap<(String, i32), (i64, i64)>,
+        steps: &mut StallSteps,
     ) -> Result<(), RouterError> {
         for (topic, partition, position, low) in consumer.context().take_stalled() {
             let key = (Arc::from(topic.as_str()), partition);
             if self.blocked_partitions.contains_key(&key) || self.scheme_held.contains_key(&key) {
                 continue; // paused on purpose
             }
-            let key = (topic.clone(), partition);
-            let step = match steps.get(&key) {
-                Some((at, step)) if *at == position => step * 8,
-                _ => 1,
-            };
-            steps.insert(key, (position, step));
+            let step = steps.next((topic.clone(), partition), std::time::Instant::now());
             let from = (position - step).max(low.max(0));
             if from >= position {
                 continue;
@@ -1307,6 +1313,28 @@ fn op_name(op: sluice_schemas::Op) -> &'static str {
     }
 }
 
+/// How far back each stall recovery of a partition reads: 1 message, then 8, 64… while
+/// stalls of that partition recur within [`StallSteps::RECUR`] of each other (each seek moves
+/// the position, so the stall offset itself cannot tell a recurrence), and 1 again once the
+/// partition went that long without one.
+#[derive(Debug, Default)]
+struct StallSteps {
+    last: HashMap<(String, i32), (std::time::Instant, i64)>,
+}
+
+impl StallSteps {
+    const RECUR: Duration = Duration::from_secs(60);
+
+    fn next(&mut self, key: (String, i32), now: std::time::Instant) -> i64 {
+        let step = match self.last.get(&key) {
+            Some((at, step)) if now.duration_since(*at) < Self::RECUR => step.saturating_mul(8),
+            _ => 1,
+        };
+        self.last.insert(key, (now, step));
+        step
+    }
+}
+
 /// Retrying through a sink outage: consumption is paused from the first failure (memory stays
 /// at what the router holds) while the consumer goes on being polled, which keeps the group
 /// membership, rebalances and statistics (the consumer-lag gauge) going.
@@ -1393,5 +1421,26 @@ async fn poll_paused(
                 )?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StallSteps;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn stall_steps_grow_while_stalls_recur_wherever_the_seek_left_the_position() {
+        let mut steps = StallSteps::default();
+        let key = || ("t".to_string(), 0);
+        let t0 = Instant::now();
+        let taken: Vec<i64> = (0..4)
+            .map(|i| steps.next(key(), t0 + Duration::from_secs(10 * i)))
+            .collect();
+        assert_eq!(taken, [1, 8, 64, 512]);
+        // A minute without a stall: back to one message.
+        assert_eq!(steps.next(key(), t0 + Duration::from_secs(200)), 1);
+        // Partitions count apart.
+        assert_eq!(steps.next(("t".to_string(), 1), t0), 1);
     }
 }

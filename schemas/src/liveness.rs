@@ -17,6 +17,8 @@ pub struct Liveness {
     /// What the component depends on (`source`, `broker`, `sink`) and whether it is reached.
     connected: Mutex<Vec<(&'static str, bool)>>,
     pending: AtomicBool,
+    /// Work waits upstream (see [`Liveness::set_backlog`]).
+    backlog: AtomicBool,
     /// Unix milliseconds of the last finished work, or of the moment work became pending.
     last_progress_ms: AtomicI64,
 }
@@ -45,6 +47,7 @@ impl Liveness {
             name: name.into(),
             connected: Mutex::new(needs.iter().map(|n| (*n, false)).collect()),
             pending: AtomicBool::new(false),
+            backlog: AtomicBool::new(false),
             last_progress_ms: AtomicI64::new(now_ms()),
         }
     }
@@ -71,6 +74,21 @@ impl Liveness {
         }
     }
 
+    /// Work waits upstream of the component (a consumer's lag), reported by whoever reads
+    /// it: while there is a backlog, progress is expected as for pending work. (A second
+    /// flag, so the component's own [`Liveness::set_pending`] and the backlog's reader each
+    /// own one.)
+    pub fn set_backlog(&self, backlog: bool) {
+        if backlog
+            && !self.backlog.swap(true, Ordering::Relaxed)
+            && !self.pending.load(Ordering::Relaxed)
+        {
+            self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+        } else if !backlog {
+            self.backlog.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// Some pending work finished.
     pub fn progressed(&self) {
         self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
@@ -89,7 +107,7 @@ impl Liveness {
         if !missing.is_empty() {
             return Err(NotReady::Disconnected(missing));
         }
-        if self.pending.load(Ordering::Relaxed) {
+        if self.pending.load(Ordering::Relaxed) || self.backlog.load(Ordering::Relaxed) {
             let idle = now_ms() - self.last_progress_ms.load(Ordering::Relaxed);
             if idle > stall_after.as_millis() as i64 {
                 return Err(NotReady::Stalled { for_ms: idle });
@@ -151,6 +169,23 @@ mod tests {
             l.check(Duration::from_secs(60)),
             Err(NotReady::Disconnected(vec!["source"]))
         );
+    }
+
+    #[test]
+    fn a_backlog_without_progress_is_stalled_while_nothing_is_pending() {
+        let l = Liveness::new("router", &["sink"]);
+        l.set_connected("sink", true);
+        l.set_backlog(true);
+        assert_eq!(l.check(Duration::from_secs(1)), Ok(()));
+        l.last_progress_ms
+            .store(now_ms() - 5_000, Ordering::Relaxed);
+        assert!(matches!(
+            l.check(Duration::from_secs(1)),
+            Err(NotReady::Stalled { .. })
+        ));
+        // Caught up: ready again.
+        l.set_backlog(false);
+        assert_eq!(l.check(Duration::from_secs(1)), Ok(()));
     }
 }
 
