@@ -49,7 +49,11 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         }
         for (name, source) in &config.sources {
             let settings = PublisherSettings {
-                topic_prefix: config.kafka.topic_prefix.clone(),
+                topic_prefix: config.source_topic_prefix(name),
+                legacy_topic_prefix: source
+                    .topic_prefix()
+                    .is_none()
+                    .then(|| config.kafka.topic_prefix.clone()),
                 schema_topic: config.kafka.schema_topic.clone(),
                 state_topic: config.kafka.state_topic.clone(),
                 partitions: config.kafka.partitions,

@@ -227,7 +227,9 @@ impl ShutdownConfig {
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list (librdkafka's `bootstrap.servers`).
     pub bootstrap_servers: String,
-    /// Topics are named `<topic_prefix>.<schema>.<table>`.
+    /// The start of each source's topic prefix: a source's table topics are
+    /// `<topic_prefix>.<source name>.<schema>.<table>` unless it sets its own
+    /// `sources.<name>.topic_prefix`.
     #[serde(default = "default_topic_prefix")]
     pub topic_prefix: String,
     /// Compacted topic holding every Avro schema, keyed by its fingerprint (registry-less mode).
@@ -262,6 +264,24 @@ pub enum SourceConfig {
     Postgres(PostgresSourceConfig),
     /// MySQL/MariaDB through the binlog, as a replica.
     Mysql(MysqlSourceConfig),
+}
+
+impl SourceConfig {
+    /// The configured tables, parsed.
+    pub fn table_ids(&self) -> Result<Vec<TableId>, String> {
+        match self {
+            SourceConfig::Postgres(pg) => pg.table_ids(),
+            SourceConfig::Mysql(my) => my.table_ids(),
+        }
+    }
+
+    /// `sources.<name>.topic_prefix`, when set.
+    pub fn topic_prefix(&self) -> Option<&str> {
+        match self {
+            SourceConfig::Postgres(pg) => pg.topic_prefix.as_deref(),
+            SourceConfig::Mysql(my) => my.topic_prefix.as_deref(),
+        }
+    }
 }
 
 /// `[sinks.<name>]`, by `kind`.
@@ -412,6 +432,13 @@ impl Default for ObservabilityConfig {
     }
 }
 
+/// Whether `s` is usable as (the start of) a Kafka topic name.
+fn is_topic_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
 fn default_topic_prefix() -> String {
     DEFAULT_TOPIC_PREFIX.into()
 }
@@ -526,12 +553,7 @@ impl Config {
             problems
                 .push("kafka.bootstrap_servers must not be empty (e.g. \"127.0.0.1:9092\")".into());
         }
-        if k.topic_prefix.is_empty()
-            || !k
-                .topic_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        {
+        if !is_topic_name(&k.topic_prefix) {
             problems.push("kafka.topic_prefix must be non-empty and use only letters, digits, '.', '_' and '-'".into());
         }
         if k.partitions < 1 {
@@ -542,6 +564,31 @@ impl Config {
         }
         if k.max_in_flight == 0 {
             problems.push("kafka.max_in_flight must be > 0".into());
+        }
+        for name in self.sources.keys() {
+            let prefix = self.source_topic_prefix(name);
+            if !is_topic_name(&prefix) {
+                problems.push(format!(
+                    "sources.{name}: topic prefix \"{prefix}\" may use only letters, digits, '.', \
+                     '_' and '-'; set sources.{name}.topic_prefix"
+                ));
+            }
+        }
+        // Two sources publishing to one topic would mix their changes, and each source's
+        // positions would make the sink skip the other's as replays.
+        let mut owners: BTreeMap<String, (&str, TableId)> = BTreeMap::new();
+        for (name, table, topic) in self.source_topics() {
+            if let Some((other, other_table)) = owners.get(&topic) {
+                if *other != name {
+                    problems.push(format!(
+                        "sources.{other} ({other_table}) and sources.{name} ({table}) would both \
+                         publish to topic {topic}; give one of them a topic_prefix of its own \
+                         (sources.<name>.topic_prefix)"
+                    ));
+                }
+                continue;
+            }
+            owners.insert(topic, (name, table));
         }
         for (name, source) in &self.sources {
             match source {
@@ -728,6 +775,33 @@ impl Config {
         Some(format!("sluice-{host}"))
     }
 
+    /// The topic prefix of source `name`: its own `topic_prefix`, else
+    /// `<kafka.topic_prefix>.<name>`.
+    pub fn source_topic_prefix(&self, name: &str) -> String {
+        match self.sources.get(name).and_then(SourceConfig::topic_prefix) {
+            Some(prefix) => prefix.to_string(),
+            None => format!("{}.{name}", self.kafka.topic_prefix),
+        }
+    }
+
+    /// Every source table's topic, with its source and table.
+    fn source_topics(&self) -> Vec<(&str, TableId, String)> {
+        self.sources
+            .iter()
+            .flat_map(|(name, source)| {
+                let prefix = self.source_topic_prefix(name);
+                source
+                    .table_ids()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |t| {
+                        let topic = t.topic(&prefix);
+                        (name.as_str(), t, topic)
+                    })
+            })
+            .collect()
+    }
+
     /// The topics the router consumes: configured, or every source table's topic.
     pub fn router_topics(&self) -> Vec<String> {
         if let Some(r) = &self.router {
@@ -736,13 +810,9 @@ impl Config {
             }
         }
         let mut topics: Vec<String> = self
-            .sources
-            .values()
-            .flat_map(|s| match s {
-                SourceConfig::Postgres(pg) => pg.table_ids().unwrap_or_default(),
-                SourceConfig::Mysql(my) => my.table_ids().unwrap_or_default(),
-            })
-            .map(|t| t.topic(&self.kafka.topic_prefix))
+            .source_topics()
+            .into_iter()
+            .map(|(_, _, topic)| topic)
             .collect();
         topics.sort();
         topics.dedup();
@@ -782,7 +852,45 @@ sink = "warehouse"
             c.router.as_ref().unwrap().batch.max_rows,
             DEFAULT_BATCH_MAX_ROWS
         );
-        assert_eq!(c.router_topics(), vec!["sluice.public.orders".to_string()]);
+        assert_eq!(
+            c.router_topics(),
+            vec!["sluice.pg_main.public.orders".to_string()]
+        );
+    }
+
+    #[test]
+    fn topics_carry_the_source_and_two_sources_sharing_one_are_refused() {
+        // Two databases with the same table: the default prefixes keep them apart.
+        let second = "\n[sources.pg_other]\nkind = \"postgres\"\nurl = \"postgresql://sluice@127.0.0.1/other\"\n\
+                      tables = [\"public.orders\"]\nslot = \"s2\"\npublication = \"s2\"\n";
+        let c = Config::parse(&format!("{MINIMAL}{second}")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.router_topics(),
+            [
+                "sluice.pg_main.public.orders",
+                "sluice.pg_other.public.orders"
+            ]
+        );
+        // An existing deployment keeps its names by saying so.
+        let kept = MINIMAL.replace("slot = ", "topic_prefix = \"sluice\"\nslot = ");
+        let c = Config::parse(&kept).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.router_topics(), ["sluice.public.orders"]);
+        // Two sources made to share a topic are refused, naming both and the fix.
+        let clash = second.replace("slot = ", "topic_prefix = \"sluice\"\nslot = ");
+        let problems = Config::parse(&format!("{kept}{clash}"))
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            problems,
+            [
+                "sources.pg_main (public.orders) and sources.pg_other (public.orders) would both \
+              publish to topic sluice.public.orders; give one of them a topic_prefix of its own \
+              (sources.<name>.topic_prefix)"
+            ]
+        );
     }
 
     #[test]

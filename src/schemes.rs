@@ -44,19 +44,18 @@ async fn describe_sources(
 /// the router must map them too.
 async fn registered_versions(
     config: &Config,
-    tables: Vec<TableId>,
+    tables: Vec<(TableId, String)>,
 ) -> Result<BTreeMap<TableId, Vec<Arc<TableSchema>>>, String> {
-    let prefix = config.kafka.topic_prefix.clone();
     let registry = config.schemas.registry()?;
     let (kafka, schema_topic) = (config.kafka_client(), config.kafka.schema_topic.clone());
     let schemas =
         tokio::task::spawn_blocking(move || -> Result<Vec<(TableId, Vec<String>)>, String> {
-            let subject = |t: &TableId| format!("{}-value", t.topic(&prefix));
+            let subject = |topic: &str| format!("{topic}-value");
             match registry {
                 Some(r) => tables
                     .into_iter()
-                    .map(|t| {
-                        let s = subject(&t);
+                    .map(|(t, topic)| {
+                        let s = subject(&topic);
                         let versions = r.versions(&s).map_err(|e| e.to_string())?;
                         let schemas = versions
                             .into_iter()
@@ -86,9 +85,9 @@ async fn registered_versions(
                     let topic = TopicSchemas::from_records(records);
                     Ok(tables
                         .into_iter()
-                        .map(|t| {
+                        .map(|(t, name)| {
                             let v = topic
-                                .versions(&subject(&t))
+                                .versions(&subject(&name))
                                 .into_iter()
                                 .map(str::to_string)
                                 .collect();
@@ -166,7 +165,15 @@ pub async fn check(config: &Config, dir: Option<&Path>) -> anyhow::Result<CheckR
     let tables = describe_sources(config).await?;
     let hmac_key = Config::hmac_key().map_err(|e| anyhow::anyhow!(e))?;
     let mut lines = Vec::new();
-    let registered = match registered_versions(config, tables.keys().cloned().collect()).await {
+    let registered = match registered_versions(
+        config,
+        tables
+            .iter()
+            .map(|(id, (source, _))| (id.clone(), id.topic(&config.source_topic_prefix(source))))
+            .collect(),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => {
             lines.push(format!(

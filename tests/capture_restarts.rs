@@ -150,7 +150,7 @@ fn kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_position()
     kill_9_while_counting(
         &kafka,
         &config,
-        "restarts.public.counters",
+        "restarts.pg_main.public.counters",
         "starting replication",
         |id| {
             pg.psql(
@@ -186,7 +186,7 @@ fn mariadb_kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_po
     kill_9_while_counting(
         &kafka,
         &config,
-        "restarts.shop.counters",
+        "restarts.maria.shop.counters",
         "starting binlog stream",
         |id| {
             maria

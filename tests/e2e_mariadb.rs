@@ -355,8 +355,9 @@ fn a_second_deployment_with_the_same_source_name_is_refused_instead_of_taking_th
     // then it stops with the reason and the fix, instead of resuming from the first's position.
     let log = run_until_it_stops(&services, &other);
     assert!(
-        log.contains("publishes to topic prefix `e2e`, and this one publishes to `other`")
-            && log.contains("kafka.state_topic"),
+        log.contains(
+            "publishes to topic prefix `e2e.maria`, and this one publishes to `other.maria`"
+        ) && log.contains("kafka.state_topic"),
         "{log}"
     );
 }

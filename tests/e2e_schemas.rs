@@ -53,6 +53,8 @@ topic_prefix = "e2e"
 [sources.pg]
 kind = "postgres"
 url = "{}"
+# Debezium's topic.prefix: the Debezium reader schema below names its records after it.
+topic_prefix = "e2e"
 tables = ["public.t"]
 slot = "schemas"
 publication = "schemas"

@@ -175,7 +175,12 @@ fn every_mariadb_type_survives_snapshot_and_binlog_exactly() {
         .unwrap();
 
     // then every value read back from the topic is the value written.
-    let events = read_events(&kafka.bootstrap(), "types.shop.every_type", 6, &capture);
+    let events = read_events(
+        &kafka.bootstrap(),
+        "types.maria.shop.every_type",
+        6,
+        &capture,
+    );
     let decoded_types: Vec<SqlType> = events[0].0.clone();
     assert_eq!(decoded_types.len(), 35);
     for (first, op) in [(1, Op::Read), (11, Op::Create)] {
@@ -211,7 +216,12 @@ fn every_mariadb_type_survives_snapshot_and_binlog_exactly() {
              VALUES (21, '0000-00-00', '0000-00-00 00:00:00', '0000-00-00 00:00:00', 0, 'zero')",
         )
         .unwrap();
-    let events = read_events(&kafka.bootstrap(), "types.shop.every_type", 7, &capture);
+    let events = read_events(
+        &kafka.bootstrap(),
+        "types.maria.shop.every_type",
+        7,
+        &capture,
+    );
     let (_, _, row) = events
         .iter()
         .find(|(_, _, row)| row[0] == Datum::Int(21))

@@ -1,7 +1,9 @@
-//! PostgreSQL tables outside the plain keyed shape: tables without a key, tables that lose
-//! their key while streaming, and partitioned tables. None of them may lose a change silently:
-//! a table capture cannot take is stopped alone, named with the fix, counted and alerted on,
-//! and read again once fixed; a partitioned table is captured as itself.
+//! PostgreSQL tables and deployments outside the plain shape: tables without a key, tables
+//! that lose their key while streaming, partitioned tables, a column added with a default
+//! across partitions, two sources with the same table name, topics named the old way. None of
+//! them may lose a change silently: a table capture cannot take is stopped alone, named with
+//! the fix, counted and alerted on, and read again once fixed; a partitioned table is captured
+//! as itself; every source has topics of its own.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -377,4 +379,151 @@ fn a_row_older_than_an_added_column_gets_the_columns_default_from_any_partition(
     // then every row reads at the sink what it reads at the source: the old ones the default.
     wait_for_match(&s.pg, &router, "public.accounts", "id");
     drop(capture);
+}
+
+#[test]
+fn two_sources_with_the_same_table_name_each_deliver_every_change() {
+    // Given two servers that both have public.orders (keys apart), captured into one sink,
+    // the second one's WAL far ahead of the first's (positions are per server),
+    let (east, west) = (Postgres::start().unwrap(), Postgres::start().unwrap());
+    for pg in [&east, &west] {
+        pg.create_database("shop").unwrap();
+        pg.psql(
+            "shop",
+            "CREATE TABLE public.orders (id bigint PRIMARY KEY, origin text)",
+        )
+        .unwrap();
+    }
+    east.create_database("sink").unwrap();
+    for i in 0..4 {
+        west.psql(
+            "shop",
+            &format!("CREATE TABLE public.filler_{i} (x int); SELECT pg_switch_wal()"),
+        )
+        .unwrap();
+    }
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let source = |name: &str, pg: &Postgres| {
+        format!(
+            "[sources.{name}]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.orders\"]\n\
+             slot = \"{name}\"\npublication = \"{name}\"\n",
+            pg.url("shop")
+        )
+    };
+    let config = format!(
+        "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"two\"\n{}{}\
+         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"two\"\n\
+         [router.batch]\nmax_delay_ms = 50\n",
+        kafka.bootstrap(),
+        source("east", &east),
+        source("west", &west),
+        east.url("sink")
+    );
+    let (sluice, _) =
+        SluiceProcess::start_in(Path::new(SLUICE), "run", dir.path(), &config).unwrap();
+    let query = "SELECT * FROM public.orders ORDER BY id";
+    let wait_for = |expected: Vec<String>| {
+        let start = Instant::now();
+        loop {
+            match pg_rows(&east, "sink", query).and_then(|sink| compare_rows(&expected, &sink)) {
+                Ok(()) => return,
+                Err(e) => assert!(
+                    start.elapsed() < Duration::from_secs(120),
+                    "{e}\n--- sluice log ---\n{}",
+                    sluice.log()
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    };
+
+    // when the server with the later positions is applied first, then the other one writes,
+    west.psql(
+        "shop",
+        "INSERT INTO public.orders SELECT i, 'west' FROM generate_series(1001, 1100) i",
+    )
+    .unwrap();
+    wait_for(pg_rows(&west, "shop", query).unwrap());
+    east.psql(
+        "shop",
+        "INSERT INTO public.orders SELECT i, 'east' FROM generate_series(1, 100) i",
+    )
+    .unwrap();
+    east.psql(
+        "shop",
+        "UPDATE public.orders SET origin = 'east!' WHERE id <= 10",
+    )
+    .unwrap();
+
+    // then each goes through a topic of its own and the sink has every row of both (sharing
+    // a topic, the first server's changes were skipped below the second's high-water mark).
+    let mut expected = pg_rows(&east, "shop", query).unwrap();
+    expected.extend(pg_rows(&west, "shop", query).unwrap());
+    wait_for(expected);
+    let log = sluice.log();
+    assert!(
+        log.contains("two.east.public.orders") && log.contains("two.west.public.orders"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_topic_named_the_old_way_stops_capture_until_the_config_says_which_name_to_use() {
+    // Given the topic an earlier Sluice published public.orders to (no source in its name),
+    let s = Setup::new(
+        "shapes_legacy",
+        "CREATE TABLE public.orders (id bigint PRIMARY KEY, note text);
+         INSERT INTO public.orders VALUES (1, 'one');",
+        &["public.orders"],
+    );
+    let old = s.config.with_file_name("old.toml");
+    std::fs::write(
+        &old,
+        std::fs::read_to_string(&s.config).unwrap().replace(
+            "publication = ",
+            "topic_prefix = \"shapes\"\npublication = ",
+        ),
+    )
+    .unwrap();
+    let mut first = SluiceProcess::start(
+        Path::new(SLUICE),
+        "capture",
+        &old,
+        &s.dir.path().join("old.log"),
+        s.metrics_port,
+    )
+    .unwrap();
+    first.wait_for_log("starting replication", Duration::from_secs(60));
+    first.terminate(Duration::from_secs(20));
+
+    // when capture starts with a config that does not say which topic names to use,
+    let log = SluiceProcess::run_until_exit(
+        Path::new(SLUICE),
+        "capture",
+        &s.config,
+        &s.dir.path().join("new.log"),
+        s.metrics_port,
+        &[],
+    );
+
+    // then it refuses, naming the old topic, the new one and both fixes;
+    assert!(
+        log.contains("topic shapes.public.orders exists")
+            && log.contains("would now publish public.orders to shapes.pg_main.public.orders")
+            && log.contains("sources.pg_main.topic_prefix = \"shapes\"")
+            && log.contains("sources.pg_main.topic_prefix = \"shapes.pg_main\""),
+        "{log}"
+    );
+    // and with the old names kept, the pipeline runs on the old topic.
+    let kept = SluiceProcess::start(
+        Path::new(SLUICE),
+        "run",
+        &old,
+        &s.dir.path().join("kept.log"),
+        s.metrics_port,
+    )
+    .unwrap();
+    s.source("INSERT INTO public.orders VALUES (2, 'two')");
+    wait_for_match(&s.pg, &kept, "public.orders", "id");
 }

@@ -131,7 +131,7 @@ fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
         "{details:?}"
     );
     for d in &dead {
-        assert_eq!(d.headers["sluice.dlq.topic"], "sluice.public.orders");
+        assert_eq!(d.headers["sluice.dlq.topic"], "sluice.pg.public.orders");
         assert_eq!(d.headers["sluice.dlq.partition"], "0");
         assert!(d.headers["sluice.dlq.offset"].parse::<i64>().unwrap() >= 20);
         // The message itself, as it was consumed (Avro single-object encoding).

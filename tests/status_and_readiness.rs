@@ -200,7 +200,7 @@ fn status_shows_each_table_and_readyz_follows_a_sink_outage() {
             let lag = metric_value(
                 &text,
                 "sluice_router_consumer_lag_messages",
-                &[("topic", "sluice.public.t")],
+                &[("topic", "sluice.pg.public.t")],
             )?;
             (lag >= 10.0).then_some(())
         },
@@ -224,7 +224,7 @@ fn status_shows_each_table_and_readyz_follows_a_sink_outage() {
             let lag = metric_value(
                 &sluice.metrics()?,
                 "sluice_router_consumer_lag_messages",
-                &[("topic", "sluice.public.t")],
+                &[("topic", "sluice.pg.public.t")],
             )?;
             (ready && lag == 0.0).then_some(())
         },

@@ -16,7 +16,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
 use sluice_schemas::avro::EnvelopeDecoder;
 use sluice_schemas::compat::SchemaPolicy;
@@ -24,7 +24,7 @@ use sluice_schemas::event::POSITION_HEADER;
 use sluice_schemas::liveness::Liveness;
 use sluice_schemas::registry::{confluent_header, Registry, RegistryError};
 use sluice_schemas::transport::{read_to_end, TopicSchemas};
-use sluice_schemas::{ChangeEvent, EnvelopeCodec, Op, SchemaFingerprint, TableSchema};
+use sluice_schemas::{ChangeEvent, EnvelopeCodec, Op, SchemaFingerprint, TableId, TableSchema};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
@@ -44,8 +44,11 @@ struct Record<'a> {
 /// How events are published.
 #[derive(Debug, Clone)]
 pub struct PublisherSettings {
-    /// Topic names are `<topic_prefix>.<schema>.<table>`.
+    /// Topic names are `<topic_prefix>.<schema>.<table>`; the prefix is the source's own.
     pub topic_prefix: String,
+    /// `kafka.topic_prefix` when the source sets no `topic_prefix` of its own: the prefix its
+    /// topics had before topic names carried the source (see [`Publisher::refuse_legacy_topics`]).
+    pub legacy_topic_prefix: Option<String>,
     /// Compacted topic that carries every schema, keyed by fingerprint.
     pub schema_topic: String,
     /// Compacted topic that carries capture state (snapshot progress), keyed by source.
@@ -456,6 +459,43 @@ impl Publisher {
             Ok(Err(e)) => Err(CaptureError::Kafka(format!("{what}: {e}"))),
             Err(_) => Err(CaptureError::Kafka(format!("{what}: the producer stopped"))),
         }
+    }
+
+    /// Refuses to start while a table's topic from before topic names carried the source
+    /// exists and its new topic does not: capture would publish to a new topic while the
+    /// router's committed progress and the sink's positions point at the old one (and
+    /// another source may own the old one). The fix is explicit: keep the old names, or
+    /// confirm the new ones.
+    pub async fn refuse_legacy_topics(&self, tables: &[TableId]) -> Result<(), CaptureError> {
+        let Some(legacy) = self.settings.legacy_topic_prefix.clone() else {
+            return Ok(());
+        };
+        // Once per start: librdkafka's metadata call blocks, so the worker is handed over.
+        let topics: HashSet<String> = tokio::task::block_in_place(|| {
+            self.producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(30))
+                .map(|m| m.topics().iter().map(|t| t.name().to_string()).collect())
+        })
+        .map_err(|e| CaptureError::Kafka(format!("list topics: {e}")))?;
+        let source = &self.settings.source;
+        for table in tables {
+            let (old, new) = (
+                table.topic(&legacy),
+                table.topic(&self.settings.topic_prefix),
+            );
+            if topics.contains(&old) && !topics.contains(&new) {
+                return Err(CaptureError::Definite(format!(
+                    "topic {old} exists, named as topics were before they carried the source \
+                     name; source {source} would now publish {table} to {new}. To keep \
+                     publishing where it did, set sources.{source}.topic_prefix = \"{legacy}\"; \
+                     if {old} belongs to another source, set \
+                     sources.{source}.topic_prefix = \"{}\" to confirm the new name",
+                    self.settings.topic_prefix
+                )));
+            }
+        }
+        Ok(())
     }
 
     async fn ensure_topic(

@@ -52,6 +52,14 @@ pub struct MysqlSourceConfig {
     pub url: String,
     /// Tables to capture, as `database.table`.
     pub tables: Vec<String>,
+    /// Prefix of this source's table topics (Debezium's `topic.prefix`): topics are
+    /// `<topic_prefix>.<schema>.<table>` (MySQL: `<topic_prefix>.<database>.<table>`).
+    /// Default: `<kafka.topic_prefix>.<source name>`, so two sources never share a topic.
+    /// Set it to `kafka.topic_prefix`'s value to keep publishing to the topics of a
+    /// deployment made before topic names carried the source (capture refuses to start
+    /// without it while such topics exist).
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
     /// The replica `server_id` Sluice registers with; unique among the server's replicas.
     pub server_id: u32,
     /// `initial` (default) or `never`.
@@ -122,8 +130,10 @@ impl MysqlState {
                  publishes to topic prefix `{theirs}`, and this one publishes to `{prefix}`: two \
                  deployments share the source name on one Kafka cluster and would take each \
                  other's binlog position. Give this source a name of its own \
-                 ([sources.<name>]) or a state topic of its own (kafka.state_topic); if the \
-                 prefix was changed on purpose, delete that record to start again"
+                 ([sources.<name>]) or a state topic of its own (kafka.state_topic); if this is \
+                 the same deployment after an upgrade that put the source name in topic names, \
+                 set sources.{source}.topic_prefix = \"{theirs}\"; if the prefix was changed on \
+                 purpose, delete that record to start again"
             )));
         }
         self.topic_prefix = Some(prefix.to_string());
@@ -162,6 +172,7 @@ impl MysqlCapture {
         // The state topic must exist before it is read.
         let (mut publisher, acks) = Publisher::new(&self.kafka, self.settings.clone(), 0)?;
         publisher.prepare().await?;
+        publisher.refuse_legacy_topics(&tables).await?;
         let mut state = match read_latest_state(&self.kafka, &self.settings.state_topic, &self.name)
             .await?
         {

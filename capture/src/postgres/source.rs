@@ -69,6 +69,14 @@ pub struct PostgresSourceConfig {
     pub url: String,
     /// Tables to capture, as `schema.table`.
     pub tables: Vec<String>,
+    /// Prefix of this source's table topics (Debezium's `topic.prefix`): topics are
+    /// `<topic_prefix>.<schema>.<table>` (MySQL: `<topic_prefix>.<database>.<table>`).
+    /// Default: `<kafka.topic_prefix>.<source name>`, so two sources never share a topic.
+    /// Set it to `kafka.topic_prefix`'s value to keep publishing to the topics of a
+    /// deployment made before topic names carried the source (capture refuses to start
+    /// without it while such topics exist).
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
     /// Replication slot name; created when missing. One capture process per slot.
     pub slot: String,
     /// Publication name; created (or extended with missing tables) at start.
@@ -448,6 +456,7 @@ impl PostgresCapture {
             let start = slot_state.confirmed_flush_lsn.unwrap_or(0);
             let (mut publisher, acks) = Publisher::new(&self.kafka, self.settings.clone(), start)?;
             publisher.prepare().await?;
+            publisher.refuse_legacy_topics(&tables).await?;
             let state = self
                 .snapshot_if_needed(
                     &pg,
