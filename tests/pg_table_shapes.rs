@@ -527,3 +527,60 @@ fn a_topic_named_the_old_way_stops_capture_until_the_config_says_which_name_to_u
     s.source("INSERT INTO public.orders VALUES (2, 'two')");
     wait_for_match(&s.pg, &kept, "public.orders", "id");
 }
+
+#[test]
+fn a_truncate_across_three_partitions_clears_what_came_before_it_and_nothing_after() {
+    // Given a table streamed through three partitions, and two routers sharing them,
+    let s = Setup::with(
+        "shapes_truncate",
+        "CREATE TABLE public.events (id bigint PRIMARY KEY, note text)",
+        &["public.events"],
+        "partitions = 3",
+    );
+    let capture = s.start("capture", "capture.log", s.metrics_port);
+    // when rows are written, truncated, written again, truncated and written again, all
+    // published before any router reads them (so each partition is read at its own pace),
+    for (from, to) in [(1, 300), (301, 600), (601, 900)] {
+        s.source(&format!(
+            "INSERT INTO public.events SELECT i, 'row ' || i FROM generate_series({from}, {to}) i"
+        ));
+        if to < 900 {
+            s.source("TRUNCATE public.events");
+        }
+    }
+    s.source("UPDATE public.events SET note = 'last' WHERE id % 10 = 0");
+    wait_for_metric_that(
+        &capture,
+        "sluice_capture_records_acknowledged_total",
+        &[("source", "pg_main")],
+        ">= 936 (900 inserts, 2 truncates on 3 partitions, 30 updates)",
+        |v| v >= 936.0,
+    );
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("max_rows = 500", "max_rows = 40")
+        .replace(
+            "group_id = \"shapes-router\"",
+            "group_id = \"shapes-router\"\nassignment_strategy = \"range\"",
+        );
+    std::fs::write(&s.config, text).unwrap();
+    let first = s.start("route", "route-1.log", free_port());
+    let second = s.start("route", "route-2.log", free_port());
+
+    // then the sink holds exactly the rows written after the last truncate, each once.
+    wait_for_match(&s.pg, &first, "public.events", "id");
+    std::thread::sleep(Duration::from_secs(3));
+    wait_for_match(&s.pg, &second, "public.events", "id");
+    let waits: f64 = [&first, &second]
+        .iter()
+        .map(|r| {
+            metric(
+                r,
+                "sluice_router_barrier_waits_total",
+                &[("topic", "shapes.pg_main.public.events")],
+            )
+        })
+        .sum();
+    assert!(waits >= 1.0, "no partition waited at a truncate");
+    drop(capture);
+}

@@ -20,7 +20,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::{ClientConfig, ClientContext};
 use sluice_schemas::avro::EnvelopeDecoder;
 use sluice_schemas::compat::SchemaPolicy;
-use sluice_schemas::event::POSITION_HEADER;
+use sluice_schemas::event::{BARRIER_HEADER, POSITION_HEADER};
 use sluice_schemas::liveness::Liveness;
 use sluice_schemas::registry::{confluent_header, Registry, RegistryError};
 use sluice_schemas::transport::{read_to_end, TopicSchemas};
@@ -33,12 +33,16 @@ use crate::metrics as m;
 use crate::CaptureError;
 
 /// Where and under which key and position an event's records go.
+#[derive(Clone, Copy)]
 struct Record<'a> {
     topic: &'a str,
     key: Option<&'a [u8]>,
     /// The position header's value: the event's position in hex.
     position: &'a [u8],
     timestamp_ms: i64,
+    /// A barrier's copy: the partition it goes to, and the barrier header's value (the
+    /// number of partitions).
+    partition: Option<(i32, &'a [u8])>,
 }
 
 /// How events are published.
@@ -289,6 +293,8 @@ impl ProducerContext for AckContext {
 /// registered, and its metric handles are made.
 struct TableOut {
     topic: String,
+    /// The topic's partitions: a truncate goes to each (see [`BARRIER_HEADER`]).
+    partitions: i32,
     /// The framing of keys and values: single-object (fingerprint) or Confluent (schema id).
     key_header: Vec<u8>,
     value_header: Vec<u8>,
@@ -461,6 +467,30 @@ impl Publisher {
         }
     }
 
+    /// How many partitions `topic` has (it exists: [`Publisher::ensure_topic`] ran).
+    fn partition_count(&self, topic: &str) -> Result<i32, CaptureError> {
+        // Once per table version: librdkafka's metadata call blocks, so the worker is handed
+        // over. A topic just created may list no partitions for a moment.
+        tokio::task::block_in_place(|| {
+            let mut last = String::new();
+            for _ in 0..50 {
+                match self
+                    .producer
+                    .client()
+                    .fetch_metadata(Some(topic), Duration::from_secs(30))
+                {
+                    Ok(m) => match m.topics().first().map(|t| t.partitions().len()) {
+                        Some(n) if n > 0 => return Ok(n as i32),
+                        _ => last = "no partitions listed yet".into(),
+                    },
+                    Err(e) => last = e.to_string(),
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(CaptureError::Kafka(format!("metadata of {topic}: {last}")))
+        })
+    }
+
     /// Refuses to start while a table's topic from before topic names carried the source
     /// exists and its new topic does not: capture would publish to a new topic while the
     /// router's committed progress and the sink's positions point at the old one (and
@@ -568,6 +598,7 @@ impl Publisher {
         let topic = codec.table.id.topic(&self.settings.topic_prefix);
         self.ensure_topic(&topic, self.settings.partitions, false)
             .await?;
+        let partitions = self.partition_count(&topic)?;
         let (key_header, value_header) = match self.settings.registry.clone() {
             Some(registry) => self.register_in_registry(&registry, &topic, codec).await?,
             None => self.register_in_topic(&topic, codec).await?,
@@ -581,6 +612,7 @@ impl Publisher {
             codec.value_fingerprint,
             TableOut {
                 topic,
+                partitions,
                 key_header,
                 value_header,
                 events,
@@ -789,8 +821,23 @@ impl Publisher {
             key: key.as_deref(),
             position,
             timestamp_ms: now_us.div_euclid(1000),
+            partition: None,
         };
-        self.send(&at, Some(&value)).await?;
+        if event.op == Op::Truncate && out.partitions > 1 {
+            // A table-wide change has no key: it goes to every partition, so it is ordered
+            // with each partition's keyed changes, and the sink applies it once all have
+            // reached it (a barrier).
+            let width = out.partitions.to_string();
+            for partition in 0..out.partitions {
+                let copy = Record {
+                    partition: Some((partition, width.as_bytes())),
+                    ..at
+                };
+                self.send(&copy, Some(&value)).await?;
+            }
+        } else {
+            self.send(&at, Some(&value)).await?;
+        }
         if event.op == Op::Delete && self.settings.tombstones {
             self.send(&at, None).await?;
         }
@@ -801,10 +848,16 @@ impl Publisher {
     }
 
     async fn send(&self, at: &Record<'_>, value: Option<&[u8]>) -> Result<(), CaptureError> {
-        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+        let mut headers = OwnedHeaders::new_with_capacity(2).insert(Header {
             key: POSITION_HEADER,
             value: Some(at.position),
         });
+        if let Some((_, width)) = at.partition {
+            headers = headers.insert(Header {
+                key: BARRIER_HEADER,
+                value: Some(width),
+            });
+        }
         let epoch = self.tracker.open_event().await?;
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(at.topic, epoch)
@@ -812,6 +865,9 @@ impl Publisher {
                 .timestamp(at.timestamp_ms);
         if let Some(k) = at.key {
             record = record.key(k);
+        }
+        if let Some((partition, _)) = at.partition {
+            record = record.partition(partition);
         }
         if let Some(v) = value {
             record = record.payload(v);

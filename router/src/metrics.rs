@@ -19,6 +19,9 @@ pub const TABLE_BLOCKED: &str = "sluice_router_table_blocked";
 /// Partitions found stalled with messages after their fetch position and read again from
 /// earlier, label `topic` (a broker answering a fetch inside a record batch with nothing).
 pub const FETCH_STALLS_TOTAL: &str = "sluice_router_fetch_stalls_total";
+/// Times a partition reached a truncate that other partitions of its topic had not reached
+/// yet and waited (the sink applies it once all have), label `topic`.
+pub const BARRIER_WAITS_TOTAL: &str = "sluice_router_barrier_waits_total";
 /// Mapping schemes in use.
 pub const SCHEMES_ACTIVE: &str = "sluice_router_schemes_active";
 /// Scheme files reloaded after a change, label `result` (`applied`, `rejected`: invalid, the
@@ -48,6 +51,11 @@ pub fn describe() {
         FETCH_STALLS_TOTAL,
         Unit::Count,
         "Stalled partition fetches read again from earlier"
+    );
+    describe_counter!(
+        BARRIER_WAITS_TOTAL,
+        Unit::Count,
+        "Partitions that waited at a truncate for the other partitions of their topic"
     );
     describe_gauge!(
         TABLE_BLOCKED,

@@ -12,7 +12,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use sluice_schemas::event::POSITION_HEADER;
+use sluice_schemas::event::{BARRIER_HEADER, POSITION_HEADER};
 use sluice_schemas::liveness::{Backoff, Liveness};
 use sluice_schemas::Position;
 use sluice_schemas::TableId;
@@ -26,6 +26,10 @@ use crate::mapper::Mapper;
 use crate::metrics as m;
 use crate::schemas::SchemaStore;
 use crate::RouterError;
+
+/// How long a partition waiting at a barrier pauses before it is read again (the reload tick
+/// is the granularity).
+const BARRIER_RETRY: Duration = Duration::from_millis(500);
 
 /// Messages the routing loop takes before it yields to the runtime.
 const YIELD_EVERY: u32 = 64;
@@ -80,6 +84,10 @@ pub struct Router<S: Sink> {
     /// Partitions whose next message a mapping scheme does not fit: paused, that message and
     /// those fetched after it held as they came, mapped again after each scheme reload.
     scheme_held: HashMap<(Arc<str>, i32), SchemeHeld>,
+    /// Partitions waiting at a barrier (a truncate not every partition of the topic has
+    /// reached, see [`sluice_sinks::Barrier`]): sought back to what the sink recorded and
+    /// paused, then read again from there at this time.
+    barrier_held: HashMap<(Arc<str>, i32), std::time::Instant>,
 }
 
 /// The messages of a partition waiting for their table's scheme to be fixed.
@@ -199,6 +207,7 @@ impl<S: Sink + 'static> Router<S> {
             blocked: HashMap::new(),
             blocked_partitions: HashMap::new(),
             scheme_held: HashMap::new(),
+            barrier_held: HashMap::new(),
         }
     }
 
@@ -409,6 +418,9 @@ impl<S: Sink + 'static> Router<S> {
                     _ = reload.tick() => {
                         self.mapper.maybe_reload();
                         self.unstall(&consumer, &mut stall_steps)?;
+                        if !self.barrier_held.is_empty() {
+                            self.release_barrier_held(&consumer, &mut resumed)?;
+                        }
                         if !skipped.is_empty() {
                             commit_hint(&consumer, &consumed_list(&skipped));
                             skipped.clear();
@@ -446,6 +458,10 @@ impl<S: Sink + 'static> Router<S> {
                             self.forget_partition(&mut resumed, &consumer, &t, p);
                         }
                         let key = (topic.clone(), msg.partition());
+                        if !self.barrier_held.is_empty() && self.barrier_held.contains_key(&key) {
+                            // Fetched before it was paused at a barrier: read again later.
+                            continue;
+                        }
                         if !resumed.contains_key(&key) {
                             // First message of a newly assigned partition: what the sink has
                             // already recorded is skipped as it arrives. (Seeking forward
@@ -676,6 +692,7 @@ impl<S: Sink + 'static> Router<S> {
         self.blocked_partitions
             .keys()
             .chain(self.scheme_held.keys())
+            .chain(self.barrier_held.keys())
             .cloned()
             .collect()
     }
@@ -709,6 +726,14 @@ impl<S: Sink + 'static> Router<S> {
                 .and_then(|h| h.value)
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(Position::from_hex)
+        });
+        // A truncate published to every partition of its topic: how many (see the sink).
+        let barrier = msg.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == BARRIER_HEADER)
+                .and_then(|h| h.value)
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse::<i32>().ok())
         });
         let decoded = async {
             let position = position.ok_or_else(|| {
@@ -779,6 +804,7 @@ impl<S: Sink + 'static> Router<S> {
                             partition,
                             offset,
                         },
+                        barrier: barrier.filter(|_| r.op == sluice_schemas::Op::Truncate),
                     });
                 }
                 if let Some(r) = rejected {
@@ -911,9 +937,69 @@ impl<S: Sink + 'static> Router<S> {
         self.flush(consumer, dlq, done.pending, Some(done.result), shutdown)
             .await?;
         self.divert_blocked(next);
+        if !self.barrier_held.is_empty() {
+            // What the next batch collected of a partition now waiting at a barrier is read
+            // again once it goes on.
+            let waiting: HashSet<(Arc<str>, i32)> = self.barrier_held.keys().cloned().collect();
+            move_partitions(next, &mut Pending::new(), &waiting);
+        }
         if next.is_empty() {
             // Nothing else in flight or collected: an idle router is never stalled.
             self.settings.liveness.set_pending(false);
+        }
+        Ok(())
+    }
+
+    /// Partitions the sink held at a barrier: each is sought back to the first offset the sink
+    /// did not record and paused; [`Router::release_barrier_held`] reads it again a moment
+    /// later, until every partition has reached the barrier.
+    fn hold_at_barriers(
+        &mut self,
+        consumer: &StreamConsumer<LagContext>,
+        held: &[Consumed],
+    ) -> Result<(), RouterError> {
+        for c in held {
+            let key = (c.topic.clone(), c.partition);
+            if self.barrier_held.contains_key(&key) {
+                continue;
+            }
+            info!(topic = %c.topic, partition = c.partition, from = c.offset, "waiting at a truncate until every partition of the topic reaches it");
+            metrics::counter!(m::BARRIER_WAITS_TOTAL, "topic" => c.topic.to_string()).increment(1);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&c.topic, c.partition);
+            consumer.pause(&tpl)?;
+            consumer.seek(
+                &c.topic,
+                c.partition,
+                Offset::Offset(c.offset),
+                Duration::from_secs(10),
+            )?;
+            self.barrier_held
+                .insert(key, std::time::Instant::now() + BARRIER_RETRY);
+        }
+        Ok(())
+    }
+
+    /// Resumes the partitions whose wait at a barrier is over: each is read again from what
+    /// the sink recorded (its resume point forgotten, so the sink's stored offset decides).
+    fn release_barrier_held(
+        &mut self,
+        consumer: &StreamConsumer<LagContext>,
+        resumed: &mut HashMap<(Arc<str>, i32), i64>,
+    ) -> Result<(), RouterError> {
+        let now = std::time::Instant::now();
+        let due: Vec<(Arc<str>, i32)> = self
+            .barrier_held
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            self.barrier_held.remove(&key);
+            resumed.remove(&key);
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&key.0, key.1);
+            consumer.resume(&tpl)?;
         }
         Ok(())
     }
@@ -977,6 +1063,7 @@ impl<S: Sink + 'static> Router<S> {
                         skipped = outcome.skipped,
                         "batch committed"
                     );
+                    self.hold_at_barriers(consumer, &outcome.held)?;
                     break;
                 }
                 Applied::Blocked { table, reason } => {
@@ -1149,6 +1236,7 @@ impl<S: Sink + 'static> Router<S> {
     ) {
         let key: (Arc<str>, i32) = (Arc::from(topic), partition);
         resumed.remove(&key);
+        self.barrier_held.remove(&key);
         if let Some(held) = self.scheme_held.remove(&key) {
             if !self.scheme_held.values().any(|h| h.table == held.table) {
                 metrics::gauge!(m::TABLE_BLOCKED, "table" => held.table.to_string()).set(0.0);

@@ -57,6 +57,11 @@ pub struct Position(pub Vec<u8>);
 /// The Kafka header that carries an event's [`Position`] as lower-case hex.
 pub const POSITION_HEADER: &str = "sluice.position";
 
+/// The Kafka header of a table-wide change (a truncate) published to every partition of its
+/// topic: the number of partitions, in decimal. The sink applies the change once every
+/// partition has reached it.
+pub const BARRIER_HEADER: &str = "sluice.barrier";
+
 impl Position {
     /// The MySQL/MariaDB position: binlog file sequence number, the position of the rows event
     /// in that file, then the row's index within the event.

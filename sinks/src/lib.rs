@@ -70,6 +70,10 @@ pub struct SinkChange {
     pub after: Option<Vec<Datum>>,
     pub position: Position,
     pub origin: Origin,
+    /// For a table-wide change (a truncate) published to every partition of its topic: how
+    /// many partitions there are. The sink applies it once each has reached it, and holds a
+    /// partition that has until then (see [`ApplyOutcome::held`]).
+    pub barrier: Option<i32>,
 }
 
 /// The last Kafka offset consumed from a topic-partition in a batch, whether or not it
@@ -89,12 +93,27 @@ pub struct Batch {
 }
 
 /// What an apply did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyOutcome {
     /// Changes written.
     pub applied: usize,
     /// Changes skipped because the sink had already applied them (replays).
     pub skipped: usize,
+    /// Partitions waiting at a barrier (a truncate not every partition has reached): nothing
+    /// of theirs after the barrier was applied or recorded. The router reads each again from
+    /// `offset` a little later, until the barrier is complete.
+    pub held: Vec<Consumed>,
+}
+
+/// A table-wide change (a truncate at `position` on `topic`) that not every partition of the
+/// topic has reached yet: `arrived` have, out of `partitions`. Kept in the sink's
+/// `sluice_barriers` with the offsets, so routers sharing the partitions see it too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Barrier {
+    pub topic: Arc<str>,
+    pub position: Position,
+    pub partitions: i32,
+    pub arrived: Vec<i32>,
 }
 
 /// What a sink has durably recorded for one topic-partition.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sluice_schemas::{pgtext, Datum, Op, Position, TableId, TableSchema};
 
-use crate::{Batch, SinkChange, StoredProgress};
+use crate::{Barrier, Batch, Consumed, SinkChange, StoredProgress};
 
 /// The maps of the per-change path: keys are Sluice's own, so a fast hasher is safe.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -213,6 +213,75 @@ pub(crate) struct Sorted<'a> {
     pub skipped: usize,
     /// What to store per partition that moved.
     pub progress: Vec<((Arc<str>, i32), StoredProgress)>,
+    /// Barriers this batch reached: to store (`false`) or, complete, to delete (`true`).
+    pub barriers: Vec<(Barrier, bool)>,
+    /// Partitions held at a barrier, with the offset to read them again from.
+    pub held: Vec<Consumed>,
+}
+
+/// The barriers partitions wait at, from what the sink stored: `waiting` are
+/// `(topic, partition, barrier position)` of offsets rows with a barrier, `copies` the
+/// barriers in the batch (their partition count).
+pub(crate) fn stored_barriers(
+    copies: &[(Arc<str>, Position, i32)],
+    waiting: Vec<(Arc<str>, i32, Position)>,
+) -> Vec<Barrier> {
+    let mut out: Vec<Barrier> = Vec::new();
+    for (topic, partition, position) in waiting {
+        match out
+            .iter_mut()
+            .find(|b| b.position == position && *b.topic == *topic)
+        {
+            Some(b) => {
+                if !b.arrived.contains(&partition) {
+                    b.arrived.push(partition);
+                }
+            }
+            None => {
+                let partitions = copies
+                    .iter()
+                    .find(|(t, p, _)| *p == position && **t == *topic)
+                    .map_or(i32::MAX, |(_, _, n)| *n);
+                out.push(Barrier {
+                    topic,
+                    position,
+                    partitions,
+                    arrived: vec![partition],
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The barrier `partition` of `topic` waits at after a batch, when it reached one that is not
+/// complete (to store with its offset); `barriers` are [`Sorted::barriers`].
+pub(crate) fn waits_at<'b>(
+    barriers: &'b [(Barrier, bool)],
+    topic: &str,
+    partition: i32,
+) -> Option<&'b Position> {
+    barriers
+        .iter()
+        .find(|(b, complete)| !complete && &*b.topic == topic && b.arrived.contains(&partition))
+        .map(|(b, _)| &b.position)
+}
+
+/// The changes of a batch that are table-wide barriers (truncates published to several
+/// partitions): `(topic, position, partitions)`, for the sink to claim their rows before
+/// [`sort`].
+pub(crate) fn barriers_in(batch: &Batch) -> Vec<(Arc<str>, Position, i32)> {
+    let mut out: Vec<(Arc<str>, Position, i32)> = batch
+        .changes
+        .iter()
+        .filter_map(|c| {
+            let n = c.barrier.filter(|n| *n > 1)?;
+            Some((c.origin.topic.clone(), c.position.clone(), n))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Per topic-partition state while sorting.
@@ -241,7 +310,17 @@ fn partition<'p, 'a>(
 /// Drops the changes whose offset is at or below the stored offset of their partition, or
 /// whose position is not above the highest applied (in order, so a replay later in the same
 /// batch is caught too), and collapses the rest per table version and key.
-pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgress>) -> Sorted<'_> {
+///
+/// A barrier (a truncate on every partition of its topic, see [`SinkChange::barrier`]) is
+/// applied once every partition has reached it: until then each partition that has is held —
+/// none of its later changes is applied or recorded, in this batch or the next ones — so the
+/// truncate, when the last partition reaches it, clears exactly what came before it.
+/// `barriers` are those the sink has stored as incomplete (locked for this transaction).
+pub(crate) fn sort(
+    batch: &Batch,
+    stored: HashMap<(Arc<str>, i32), StoredProgress>,
+    mut barriers: Vec<Barrier>,
+) -> Sorted<'_> {
     // A batch touches a few partitions: a list, searched by pointer first, costs less per
     // change than hashing the topic's name.
     let mut parts: Vec<((Arc<str>, i32), PartitionState<'_>)> = stored
@@ -259,37 +338,82 @@ pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgres
             )
         })
         .collect();
-    for c in &batch.consumed {
-        if let Some(p) = partition(&mut parts, &c.topic, c.partition) {
-            if c.offset > p.last_offset {
-                p.last_offset = c.offset;
-                p.changed = true;
-            }
-        }
-    }
+    // Partitions waiting at a barrier the sink stored: held for the whole batch.
+    let mut held: Vec<(Arc<str>, i32)> = barriers
+        .iter()
+        .flat_map(|b| b.arrived.iter().map(|p| (b.topic.clone(), *p)))
+        .collect();
+    let mut changed_barriers: Vec<usize> = Vec::new();
+    let is_held = |held: &[(Arc<str>, i32)], topic: &Arc<str>, p: i32| {
+        held.iter().any(|(t, n)| *n == p && **t == **topic)
+    };
     let mut skipped = 0;
+    let mut held_anything: Vec<(Arc<str>, i32)> = Vec::new();
     let mut steps = Vec::new();
     let mut plans: FastMap<&TableId, Plan<'_>> = FastMap::default();
     for change in &batch.changes {
-        let Some(p) = partition(&mut parts, &change.origin.topic, change.origin.partition) else {
+        let (topic, number) = (&change.origin.topic, change.origin.partition);
+        let Some(p) = partition(&mut parts, topic, number) else {
             continue;
         };
-        if change.origin.offset > p.last_offset {
-            p.last_offset = change.origin.offset;
-            p.changed = true;
-        }
         let fresh = change.origin.offset > p.stored_offset
             && p.high_water.as_deref().is_none_or(|hw| {
                 change.position > *hw
                     || (change.position == *hw && p.high_water_offset == Some(change.origin.offset))
             });
         if !fresh {
+            if change.origin.offset > p.last_offset && !is_held(&held, topic, number) {
+                p.last_offset = change.origin.offset;
+                p.changed = true;
+            }
             skipped += 1;
             continue;
+        }
+        if is_held(&held, topic, number) {
+            if !held_anything
+                .iter()
+                .any(|(t, n)| *n == number && **t == **topic)
+            {
+                held_anything.push((topic.clone(), number));
+            }
+            continue;
+        }
+        if change.origin.offset > p.last_offset {
+            p.last_offset = change.origin.offset;
         }
         p.high_water = Some(Cow::Borrowed(&change.position));
         p.high_water_offset = Some(change.origin.offset);
         p.changed = true;
+        if let Some(n) = change.barrier.filter(|n| *n > 1) {
+            let at = match barriers
+                .iter()
+                .position(|b| b.position == change.position && *b.topic == **topic)
+            {
+                Some(i) => i,
+                None => {
+                    barriers.push(Barrier {
+                        topic: topic.clone(),
+                        position: change.position.clone(),
+                        partitions: n,
+                        arrived: Vec::new(),
+                    });
+                    barriers.len() - 1
+                }
+            };
+            let barrier = &mut barriers[at];
+            barrier.partitions = n;
+            if !barrier.arrived.contains(&number) {
+                barrier.arrived.push(number);
+            }
+            if !changed_barriers.contains(&at) {
+                changed_barriers.push(at);
+            }
+            if (barrier.arrived.len() as i32) < barrier.partitions {
+                // Not every partition is here: this one waits, the truncate is not applied.
+                held.push((topic.clone(), number));
+                continue;
+            }
+        }
         let id = &change.table.id;
         // A new schema version of a table: what was planned under the old one goes first.
         if plans.get(id).is_some_and(|plan| {
@@ -305,6 +429,50 @@ pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgres
             .add(change);
     }
     steps.extend(plans.into_values());
+    // What was consumed past the last change (tombstones, dead letters) is recorded too,
+    // except on a held partition, which is read again from after its last recorded offset.
+    for c in &batch.consumed {
+        if is_held(&held, &c.topic, c.partition) {
+            continue;
+        }
+        if let Some(p) = partition(&mut parts, &c.topic, c.partition) {
+            if c.offset > p.last_offset {
+                p.last_offset = c.offset;
+                p.changed = true;
+            }
+        }
+    }
+    // A held partition with something not recorded is read again after its last recorded
+    // offset.
+    held.sort();
+    held.dedup();
+    let held_from: Vec<Consumed> = held
+        .into_iter()
+        .filter_map(|(topic, number)| {
+            let (_, p) = parts
+                .iter()
+                .find(|((t, n), _)| *n == number && **t == *topic)?;
+            let behind = held_anything
+                .iter()
+                .any(|(t, n)| *n == number && **t == *topic)
+                || batch.consumed.iter().any(|c| {
+                    c.partition == number && *c.topic == *topic && c.offset > p.last_offset
+                });
+            behind.then(|| Consumed {
+                offset: p.last_offset + 1,
+                topic,
+                partition: number,
+            })
+        })
+        .collect();
+    let barriers = changed_barriers
+        .into_iter()
+        .map(|i| {
+            let b = barriers[i].clone();
+            let complete = b.arrived.len() as i32 >= b.partitions;
+            (b, complete)
+        })
+        .collect();
     let progress = parts
         .into_iter()
         .filter(|(_, p)| p.changed)
@@ -322,6 +490,8 @@ pub(crate) fn sort(batch: &Batch, stored: HashMap<(Arc<str>, i32), StoredProgres
         steps,
         skipped,
         progress,
+        barriers,
+        held: held_from,
     }
 }
 
@@ -368,6 +538,7 @@ mod tests {
                 partition: 0,
                 offset,
             },
+            barrier: None,
         }
     }
 
@@ -419,7 +590,7 @@ mod tests {
             ],
             None,
         );
-        let s = sort(&batch, stored);
+        let s = sort(&batch, stored, Vec::new());
         assert_eq!(
             rows(&s.steps[0]),
             vec![
@@ -443,7 +614,7 @@ mod tests {
             ],
             None,
         );
-        let s = sort(&batch, stored);
+        let s = sort(&batch, stored, Vec::new());
         assert_eq!(s.steps.len(), 1);
         assert_eq!(
             rows(&s.steps[0]),
@@ -476,7 +647,7 @@ mod tests {
             ],
             None,
         );
-        assert_eq!(sort(&batch, stored).steps[0].actions.len(), 6);
+        assert_eq!(sort(&batch, stored, Vec::new()).steps[0].actions.len(), 6);
         let ints = Arc::new(TableSchema {
             id: TableId::new("public", "n"),
             columns: ["a", "b"]
@@ -498,7 +669,7 @@ mod tests {
             ],
             None,
         );
-        assert_eq!(sort(&batch, stored).steps[0].actions.len(), 3);
+        assert_eq!(sort(&batch, stored, Vec::new()).steps[0].actions.len(), 3);
     }
 
     #[test]
@@ -522,7 +693,7 @@ mod tests {
             ],
             None,
         );
-        let s = sort(&batch, stored);
+        let s = sort(&batch, stored, Vec::new());
         assert_eq!(
             rows(&s.steps[0]),
             vec![
@@ -550,7 +721,7 @@ mod tests {
             ],
             Some((4, 4)),
         );
-        let s = sort(&batch, stored);
+        let s = sort(&batch, stored, Vec::new());
         assert_eq!(s.skipped, 2);
         assert_eq!(
             rows(&s.steps[0]),
@@ -562,5 +733,102 @@ mod tests {
             progress.position,
             Some(Position(5i64.to_be_bytes().to_vec()))
         );
+    }
+
+    /// A change of partition `partition` at `offset`, with source position `position`.
+    fn at(
+        table: &Arc<TableSchema>,
+        partition: i32,
+        offset: i64,
+        position: i64,
+        op: Op,
+        id: i64,
+    ) -> SinkChange {
+        let mut c = change(table, offset, op, vec![Datum::Long(id), text("v")]);
+        c.origin.partition = partition;
+        c.position = Position(position.to_be_bytes().to_vec());
+        if op == Op::Truncate {
+            (c.before, c.after, c.barrier) = (None, None, Some(2));
+        }
+        c
+    }
+
+    fn fresh(partitions: &[i32]) -> HashMap<(Arc<str>, i32), StoredProgress> {
+        partitions
+            .iter()
+            .map(|p| {
+                (
+                    (Arc::from("t"), *p),
+                    StoredProgress {
+                        offset: -1,
+                        position: None,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_truncate_on_two_partitions_waits_for_both_and_holds_the_first() {
+        let t = table(&["id"], &["v"]);
+        // Partition 0 reaches the truncate (position 5) and goes on; partition 1 has not.
+        let batch = Batch {
+            changes: vec![
+                at(&t, 0, 0, 1, Op::Create, 1),
+                at(&t, 1, 0, 2, Op::Create, 2),
+                at(&t, 0, 1, 5, Op::Truncate, 0),
+                at(&t, 0, 2, 7, Op::Create, 3),
+            ],
+            consumed: vec![],
+        };
+        let s = sort(&batch, fresh(&[0, 1]), Vec::new());
+        assert!(
+            !s.steps[0].truncate,
+            "applied before partition 1 reached it"
+        );
+        assert_eq!(
+            s.steps[0].actions.len(),
+            2,
+            "the change after the barrier is held"
+        );
+        assert_eq!(
+            s.held,
+            [Consumed {
+                topic: Arc::from("t"),
+                partition: 0,
+                offset: 2
+            }]
+        );
+        let (_, p0) = s.progress.iter().find(|((_, n), _)| *n == 0).unwrap();
+        assert_eq!(p0.offset, 1, "partition 0 recorded up to the truncate only");
+        assert_eq!(s.barriers.len(), 1);
+        assert_eq!(
+            (s.barriers[0].0.arrived.as_slice(), s.barriers[0].1),
+            (&[0][..], false)
+        );
+        let stored_barrier = s.barriers[0].0.clone();
+
+        // Then partition 1 reaches it (partition 0 read again from offset 2, still held).
+        let batch = Batch {
+            changes: vec![
+                at(&t, 0, 2, 7, Op::Create, 3),
+                at(&t, 1, 1, 3, Op::Create, 4),
+                at(&t, 1, 2, 5, Op::Truncate, 0),
+                at(&t, 1, 3, 8, Op::Create, 5),
+            ],
+            consumed: vec![],
+        };
+        let mut stored = fresh(&[0, 1]);
+        stored.get_mut(&(Arc::from("t"), 0)).unwrap().offset = 1;
+        let s = sort(&batch, stored, vec![stored_barrier]);
+        assert!(s.steps[0].truncate, "every partition reached it");
+        // What partition 1 had before it is cleared by it; what came after it is applied;
+        // partition 0 stays held for this batch (its change is read again next time).
+        assert_eq!(
+            rows(&s.steps[0]),
+            [("upsert", vec![Datum::Long(5), text("v")])]
+        );
+        assert_eq!(s.held.len(), 1);
+        assert!(s.barriers[0].1, "complete");
     }
 }

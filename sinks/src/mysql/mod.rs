@@ -66,6 +66,9 @@ fn quote(ident: &str) -> String {
     format!("`{}`", ident.replace('`', "``"))
 }
 
+/// An offsets row as the batch transaction locks it: offset, position, barrier.
+type OffsetsRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// A string literal for the session's SQL mode (backslash escapes on).
 fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
@@ -339,6 +342,22 @@ impl MysqlSink {
             quote(&database)
         ))
         .await?;
+        // The barrier a partition waits at (see the PostgreSQL sink); added to tables made
+        // before it existed. (MySQL 8 has no ADD COLUMN IF NOT EXISTS.)
+        let has_barrier: Option<i64> = conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? \
+                 AND TABLE_NAME = ? AND COLUMN_NAME = 'barrier'",
+                (&database, OFFSETS_TABLE),
+            )
+            .await?;
+        if has_barrier.is_none() {
+            conn.query_drop(format!(
+                "ALTER TABLE {}.{OFFSETS_TABLE} ADD COLUMN barrier VARBINARY(64) NULL",
+                quote(&database)
+            ))
+            .await?;
+        }
         conn.query_drop(format!(
             "CREATE TABLE IF NOT EXISTS {}.{COLUMNS_TABLE} (\
                sink_table VARCHAR(255) NOT NULL, column_name VARCHAR(255) NOT NULL, \
@@ -763,7 +782,32 @@ impl MysqlSink {
     ) -> Result<(ApplyOutcome, Applied), SinkError> {
         let mut stored = HashMap::new();
         let offsets = self.offsets();
+        let copies = plan::barriers_in(batch);
+        let mut waiting = Vec::new();
+        let mut locked_topic: Option<Arc<str>> = None;
+        // A stable lock order avoids deadlocks between routers sharing a sink.
         for (topic, partition) in plan::partitions(batch) {
+            if copies.iter().any(|(t, _, _)| *t == topic)
+                && locked_topic.as_deref() != Some(&*topic)
+            {
+                // A barrier reached: the topic's rows are locked in partition order, so
+                // routers sharing the topic count its arrivals one at a time.
+                let rows: Vec<(i32, Option<Vec<u8>>)> = tx
+                    .exec(
+                        format!(
+                            "SELECT kafka_partition, barrier FROM {offsets} \
+                             WHERE consumer_group = ? AND topic = ? ORDER BY kafka_partition FOR UPDATE"
+                        ),
+                        (&self.group, topic.as_ref()),
+                    )
+                    .await?;
+                for (p, b) in rows {
+                    if let Some(b) = b {
+                        waiting.push((topic.clone(), p, Position(b)));
+                    }
+                }
+                locked_topic = Some(topic.clone());
+            }
             tx.exec_drop(
                 format!(
                     "INSERT IGNORE INTO {offsets} (consumer_group, topic, kafka_partition, kafka_offset) VALUES (?, ?, ?, -1)"
@@ -771,16 +815,21 @@ impl MysqlSink {
                 (&self.group, topic.as_ref(), partition),
             )
             .await?;
-            let row: Option<(i64, Option<Vec<u8>>)> = tx
+            let row: Option<OffsetsRow> = tx
                 .exec_first(
                     format!(
-                        "SELECT kafka_offset, position FROM {offsets} \
+                        "SELECT kafka_offset, position, barrier FROM {offsets} \
                          WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? FOR UPDATE"
                     ),
                     (&self.group, topic.as_ref(), partition),
                 )
                 .await?;
-            let (offset, position) = row.unwrap_or((-1, None));
+            let (offset, position, barrier) = row.unwrap_or((-1, None, None));
+            if let Some(b) = barrier {
+                if locked_topic.as_deref() != Some(&*topic) {
+                    waiting.push((topic.clone(), partition, Position(b)));
+                }
+            }
             stored.insert(
                 (topic, partition),
                 StoredProgress {
@@ -789,10 +838,12 @@ impl MysqlSink {
                 },
             );
         }
-        let sorted = plan::sort(batch, stored);
+        let barriers = plan::stored_barriers(&copies, waiting);
+        let sorted = plan::sort(batch, stored, barriers);
         let mut outcome = ApplyOutcome {
             applied: 0,
             skipped: sorted.skipped,
+            held: sorted.held.clone(),
         };
         let mut counts = Applied::default();
         for step in sorted.steps {
@@ -807,18 +858,36 @@ impl MysqlSink {
         for ((topic, partition), progress) in &sorted.progress {
             tx.exec_drop(
                 format!(
-                    "UPDATE {offsets} SET kafka_offset = ?, position = ?, updated_at = CURRENT_TIMESTAMP(6) \
+                    "UPDATE {offsets} SET kafka_offset = ?, position = ?, barrier = coalesce(?, barrier), \
+                       updated_at = CURRENT_TIMESTAMP(6) \
                      WHERE consumer_group = ? AND topic = ? AND kafka_partition = ?"
                 ),
                 (
                     progress.offset,
                     progress.position.as_ref().map(|p| p.0.clone()),
+                    plan::waits_at(&sorted.barriers, topic, *partition).map(|p| p.0.clone()),
                     &self.group,
                     topic.as_ref(),
                     partition,
                 ),
             )
             .await?;
+        }
+        for (barrier, _) in sorted.barriers.iter().filter(|(_, complete)| *complete) {
+            // Complete: every partition it held goes on.
+            tx.exec_drop(
+                format!(
+                    "UPDATE {offsets} SET barrier = NULL \
+                     WHERE consumer_group = ? AND topic = ? AND barrier = ?"
+                ),
+                (
+                    &self.group,
+                    barrier.topic.as_ref(),
+                    barrier.position.0.clone(),
+                ),
+            )
+            .await?;
+            tracing::info!(sink = %self.name, topic = %barrier.topic, partitions = barrier.partitions, "truncate applied: every partition reached it");
         }
         debug!(
             applied = outcome.applied,
@@ -844,10 +913,19 @@ impl MysqlSink {
                 });
             stored.insert((topic, partition), p);
         }
-        let schemas: Vec<Arc<TableSchema>> = plan::sort(batch, stored)
+        // (A barrier's truncate is in the plan only once complete, which this read cannot
+        // tell: its table version is prepared either way.)
+        let schemas: Vec<Arc<TableSchema>> = plan::sort(batch, stored, Vec::new())
             .steps
             .into_iter()
             .map(|step| step.schema)
+            .chain(
+                batch
+                    .changes
+                    .iter()
+                    .filter(|c| c.barrier.is_some())
+                    .map(|c| c.table.clone()),
+            )
             .collect();
         for schema in schemas {
             self.target(&schema).await?;

@@ -224,6 +224,7 @@ impl PostgresSink {
                    consumer_group text NOT NULL, topic text NOT NULL, kafka_partition integer NOT NULL, \
                    kafka_offset bigint NOT NULL, position bytea, updated_at timestamptz NOT NULL DEFAULT now(), \
                    PRIMARY KEY (consumer_group, topic, kafka_partition)); \
+                 ALTER TABLE {OFFSETS_TABLE} ADD COLUMN IF NOT EXISTS barrier bytea; \
                  CREATE TABLE IF NOT EXISTS {COLUMNS_TABLE} (\
                    sink_table text NOT NULL, column_name text NOT NULL, sluice_type text NOT NULL, \
                    PRIMARY KEY (sink_table, column_name))"
@@ -919,19 +920,49 @@ impl State {
             .prepared(
                 txn,
                 format!(
-                    "SELECT kafka_offset, position FROM {OFFSETS_TABLE} \
+                    "SELECT kafka_offset, position, barrier FROM {OFFSETS_TABLE} \
                      WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3 FOR UPDATE"
                 ),
                 &[],
             )
             .await?;
+        let copies = plan::barriers_in(batch);
+        let mut waiting = Vec::new();
+        let mut locked_topic: Option<Arc<str>> = None;
         // A stable lock order avoids deadlocks between routers sharing a sink.
         for (topic, partition) in plan::partitions(batch) {
+            if copies.iter().any(|(t, _, _)| *t == topic)
+                && locked_topic.as_deref() != Some(&*topic)
+            {
+                // A barrier reached: every partition's row of the topic is locked (in
+                // partition order, as everywhere), so routers sharing the topic count its
+                // arrivals one at a time.
+                let rows = txn
+                    .query(
+                        &format!(
+                            "SELECT kafka_partition, barrier FROM {OFFSETS_TABLE} \
+                             WHERE consumer_group = $1 AND topic = $2 ORDER BY kafka_partition FOR UPDATE"
+                        ),
+                        &[&self.group, &topic.as_ref()],
+                    )
+                    .await?;
+                for r in rows {
+                    if let Some(b) = r.get::<_, Option<Vec<u8>>>(1) {
+                        waiting.push((topic.clone(), r.get::<_, i32>(0), Position(b)));
+                    }
+                }
+                locked_topic = Some(topic.clone());
+            }
             let params: [&(dyn ToSql + Sync); 3] = [&self.group, &topic.as_ref(), &partition];
             // Sent together, in one round trip (tokio-postgres pipelines requests polled
             // concurrently): the row exists once the first has run, and the second locks it.
             let (_, row) =
                 tokio::try_join!(txn.execute(&claim, &params), txn.query_one(&lock, &params))?;
+            if let Some(b) = row.get::<_, Option<Vec<u8>>>(2) {
+                if locked_topic.as_deref() != Some(&*topic) {
+                    waiting.push((topic.clone(), partition, Position(b)));
+                }
+            }
             stored.insert(
                 (topic, partition),
                 StoredProgress {
@@ -940,10 +971,12 @@ impl State {
                 },
             );
         }
-        let sorted = plan::sort(batch, stored);
+        let barriers = plan::stored_barriers(&copies, waiting);
+        let sorted = plan::sort(batch, stored, barriers);
         let mut outcome = ApplyOutcome {
             applied: 0,
             skipped: sorted.skipped,
+            held: sorted.held.clone(),
         };
         let mut counts = Applied::default();
         for step in sorted.steps {
@@ -954,7 +987,8 @@ impl State {
             .prepared(
                 txn,
                 format!(
-                    "UPDATE {OFFSETS_TABLE} SET kafka_offset = $4, position = $5, updated_at = now() \
+                    "UPDATE {OFFSETS_TABLE} SET kafka_offset = $4, position = $5, \
+                       barrier = coalesce($6, barrier), updated_at = now() \
                      WHERE consumer_group = $1 AND topic = $2 AND kafka_partition = $3"
                 ),
                 &[],
@@ -969,9 +1003,22 @@ impl State {
                     partition,
                     &progress.offset,
                     &progress.position.as_ref().map(|h| h.0.as_slice()),
+                    &plan::waits_at(&sorted.barriers, topic, *partition).map(|p| p.0.as_slice()),
                 ],
             )
             .await?;
+        }
+        for (barrier, _) in sorted.barriers.iter().filter(|(_, complete)| *complete) {
+            // Complete: every partition it held goes on.
+            txn.execute(
+                &format!(
+                    "UPDATE {OFFSETS_TABLE} SET barrier = NULL \
+                     WHERE consumer_group = $1 AND topic = $2 AND barrier = $3"
+                ),
+                &[&self.group, &barrier.topic.as_ref(), &barrier.position.0],
+            )
+            .await?;
+            info!(sink = %self.name, topic = %barrier.topic, partitions = barrier.partitions, "truncate applied: every partition reached it");
         }
         debug!(
             applied = outcome.applied,
