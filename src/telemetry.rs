@@ -88,6 +88,10 @@ pub fn init_logging(config: &ObservabilityConfig) {
     }
 }
 
+/// When this process started (Unix seconds): a value that changes tells a restart, which
+/// alerts count (`SluiceRestarting`).
+pub const PROCESS_START_TIME: &str = "sluice_process_start_time_seconds";
+
 /// Installs the Prometheus recorder and describes every metric.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
@@ -98,6 +102,14 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     sluice_capture::metrics::describe();
     sluice_router::metrics::describe();
     sluice_sinks::metrics::describe();
+    metrics::describe_gauge!(
+        PROCESS_START_TIME,
+        "When this process started, Unix seconds"
+    );
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(PROCESS_START_TIME).set(started);
     Ok(handle)
 }
 

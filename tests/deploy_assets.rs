@@ -16,17 +16,22 @@ const ASSETS: &[&str] = &[
 
 /// Metric names the code defines (the `pub const` names of each crate's metrics module).
 fn defined() -> BTreeSet<String> {
-    ["capture", "router", "sinks"]
-        .iter()
-        .flat_map(|c| {
-            std::fs::read_to_string(format!("{ROOT}/{c}/src/metrics.rs"))
-                .unwrap()
-                .lines()
-                .filter(|l| l.trim_start().starts_with("pub const"))
-                .filter_map(|l| l.split('"').nth(1).map(str::to_string))
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    [
+        "capture/src/metrics.rs",
+        "router/src/metrics.rs",
+        "sinks/src/metrics.rs",
+        "src/telemetry.rs",
+    ]
+    .iter()
+    .flat_map(|file| {
+        std::fs::read_to_string(format!("{ROOT}/{file}"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.trim_start().starts_with("pub const"))
+            .filter_map(|l| l.split('"').nth(1).map(str::to_string))
+            .collect::<Vec<_>>()
+    })
+    .collect()
 }
 
 /// The `sluice_*` metric names an asset mentions, histogram suffixes removed.
@@ -80,6 +85,8 @@ const ON_FIRST_OCCURRENCE: &[&str] = &[
     "sluice_router_messages_skipped_total",
     "sluice_router_table_blocked",
     "sluice_router_fetch_stalls_total",
+    "sluice_sink_events_skipped_total",
+    "sluice_router_barrier_waits_total",
 ];
 
 #[test]

@@ -58,6 +58,8 @@ impl Services {
 [kafka]
 bootstrap_servers = "{bootstrap}"
 topic_prefix = "e2e"
+# Several partitions, as production topics have: per-key order, table-wide barriers.
+partitions = 3
 
 [sources.maria]
 kind = "mysql"

@@ -79,7 +79,7 @@ impl Setup {
         std::fs::write(
             &config,
             format!(
-                "[kafka]\nbootstrap_servers = \"{}\"\n{source}\n[sinks.{sink}]\nkind = \"postgres\"\n\
+                "[kafka]\nbootstrap_servers = \"{}\"\npartitions = 3\n{source}\n[sinks.{sink}]\nkind = \"postgres\"\n\
                  url = \"{sink_url}\"\n[router]\nsink = \"{sink}\"\ngroup_id = \"schemes\"\n\
                  schemes = \"schemes\"\nschemes_reload_ms = 500\n[router.batch]\nmax_delay_ms = 50\n\
                  [observability]\nlisten = \"127.0.0.1:{port}\"\n",

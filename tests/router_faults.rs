@@ -485,6 +485,10 @@ fn two_routers_share_the_partitions_and_one_killed_takes_its_share_back() {
         "CREATE TABLE public.items (id int PRIMARY KEY, n int NOT NULL)",
     )
     .unwrap();
+    // An observer at the sink: every row version written, in the order written. A change
+    // applied twice (a replay not skipped) shows as a version written again; the final state
+    // alone could not tell.
+    pg.psql("sink", OBSERVED_ITEMS).unwrap();
     let kafka = Tansu::start(TansuStorage::Memory).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let common = |instance: &str| {
@@ -571,6 +575,44 @@ fn two_routers_share_the_partitions_and_one_killed_takes_its_share_back() {
     let b = router("router-b");
     converge_both(&a, &b);
     eprintln!("router a consumed {by_a}, router b {by_b} before b was killed");
+    assert_each_version_applied_once(&pg);
+}
+
+/// The sink's items table made beforehand, with a trigger that logs every row version the
+/// router writes (`applies`, in the order written).
+const OBSERVED_ITEMS: &str = "
+    CREATE TABLE public.items (id int PRIMARY KEY, n int NOT NULL);
+    CREATE TABLE public.applies (seq bigserial PRIMARY KEY, id int NOT NULL, n int NOT NULL);
+    CREATE FUNCTION public.log_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN INSERT INTO public.applies (id, n) VALUES (NEW.id, NEW.n); RETURN NEW; END $$;
+    CREATE TRIGGER log_apply AFTER INSERT OR UPDATE ON public.items
+        FOR EACH ROW EXECUTE FUNCTION public.log_apply();";
+
+/// Not twice: no row version was written twice, and no row went back to an older version
+/// (each source update raises `n`; a batch may collapse versions, never repeat them).
+fn assert_each_version_applied_once(pg: &Postgres) {
+    let twice = pg
+        .psql(
+            "sink",
+            "SELECT id, n, count(*) FROM public.applies GROUP BY id, n HAVING count(*) > 1 LIMIT 5",
+        )
+        .unwrap();
+    assert_eq!(twice.trim(), "", "row versions written twice (id|n|times)");
+    let back = pg
+        .psql(
+            "sink",
+            "SELECT count(*) FROM (SELECT n < lag(n) OVER (PARTITION BY id ORDER BY seq) AS back \
+             FROM public.applies) v WHERE back",
+        )
+        .unwrap();
+    assert_eq!(back.trim(), "0", "rows went back to an older version");
+    let written: i64 = pg
+        .psql("sink", "SELECT count(*) FROM public.applies")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(written >= 400, "the observer saw {written} writes");
 }
 
 #[test]

@@ -27,8 +27,8 @@ use crate::metrics as m;
 use crate::schemas::SchemaStore;
 use crate::RouterError;
 
-/// How long a partition waiting at a barrier pauses before it is read again (the reload tick
-/// is the granularity).
+/// How long a partition waiting at a barrier waits before its held changes are tried again
+/// (the reload tick is the granularity).
 const BARRIER_RETRY: Duration = Duration::from_millis(500);
 
 /// Messages the routing loop takes before it yields to the runtime.
@@ -85,9 +85,9 @@ pub struct Router<S: Sink> {
     /// those fetched after it held as they came, mapped again after each scheme reload.
     scheme_held: HashMap<(Arc<str>, i32), SchemeHeld>,
     /// Partitions waiting at a barrier (a truncate not every partition of the topic has
-    /// reached, see [`sluice_sinks::Barrier`]): sought back to what the sink recorded and
-    /// paused, then read again from there at this time.
-    barrier_held: HashMap<(Arc<str>, i32), std::time::Instant>,
+    /// reached, see [`sluice_sinks::Barrier`]): paused, their changes after it held in order,
+    /// tried again from time to time.
+    barrier_held: HashMap<(Arc<str>, i32), BarrierWait>,
 }
 
 /// The messages of a partition waiting for their table's scheme to be fixed.
@@ -104,6 +104,13 @@ enum Handled {
     Taken,
     /// A mapping scheme does not fit the version of the table it was written with.
     Mismatch { table: TableId, detail: String },
+}
+
+/// A partition's changes after a barrier it reached first, in order: the sink applies none of
+/// them until every partition has reached it (it says so by holding the partition again).
+struct BarrierWait {
+    pending: Pending,
+    retry_at: std::time::Instant,
 }
 
 /// The changes of a blocked table's partitions, waiting.
@@ -418,8 +425,9 @@ impl<S: Sink + 'static> Router<S> {
                     _ = reload.tick() => {
                         self.mapper.maybe_reload();
                         self.unstall(&consumer, &mut stall_steps)?;
-                        if !self.barrier_held.is_empty() {
-                            self.release_barrier_held(&consumer, &mut resumed)?;
+                        if self.barrier_held.values().any(|w| w.retry_at <= std::time::Instant::now()) {
+                            self.settle_inflight(&mut inflight, &consumer, &dlq, &mut pending, shutdown).await?;
+                            self.retry_barrier_held(&consumer, &dlq, shutdown).await?;
                         }
                         if !skipped.is_empty() {
                             commit_hint(&consumer, &consumed_list(&skipped));
@@ -444,7 +452,11 @@ impl<S: Sink + 'static> Router<S> {
                         let msg = match msg {
                             Ok(msg) => msg,
                             Err(e) => {
-                                warn!(error = %e, "consumer error");
+                                if let Some(fix) = e.rdkafka_error_code().and_then(fatal_consumer_error) {
+                                    return Err(RouterError::Definite(format!("the consumer cannot go on: {e}; {fix}")));
+                                }
+                                metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient").increment(1);
+                                warn!(error = %e, "consumer error; librdkafka retries it");
                                 continue;
                             }
                         };
@@ -458,10 +470,6 @@ impl<S: Sink + 'static> Router<S> {
                             self.forget_partition(&mut resumed, &consumer, &t, p);
                         }
                         let key = (topic.clone(), msg.partition());
-                        if !self.barrier_held.is_empty() && self.barrier_held.contains_key(&key) {
-                            // Fetched before it was paused at a barrier: read again later.
-                            continue;
-                        }
                         if !resumed.contains_key(&key) {
                             // First message of a newly assigned partition: what the sink has
                             // already recorded is skipped as it arrives. (Seeking forward
@@ -506,6 +514,13 @@ impl<S: Sink + 'static> Router<S> {
                             // Fetched before the pause, behind a message its scheme does not
                             // fit: it waits behind that one, in order.
                             held.messages.push_back(msg.detach());
+                            continue;
+                        }
+                        if let Some(mut wait) = self.barrier_held.remove(&key) {
+                            // Fetched before the pause, behind changes waiting at a barrier:
+                            // it waits behind them, in order.
+                            self.handle_in_order(&consumer, &msg, key.clone(), &mut wait.pending, &mut schemas, &dlq).await?;
+                            self.barrier_held.insert(key, wait);
                             continue;
                         }
                         if self.handle_in_order(&consumer, &msg, key, &mut pending, &mut schemas, &dlq).await? {
@@ -937,11 +952,10 @@ impl<S: Sink + 'static> Router<S> {
         self.flush(consumer, dlq, done.pending, Some(done.result), shutdown)
             .await?;
         self.divert_blocked(next);
-        if !self.barrier_held.is_empty() {
-            // What the next batch collected of a partition now waiting at a barrier is read
-            // again once it goes on.
-            let waiting: HashSet<(Arc<str>, i32)> = self.barrier_held.keys().cloned().collect();
-            move_partitions(next, &mut Pending::new(), &waiting);
+        // What the next batch collected of a partition now waiting at a barrier joins its
+        // wait, behind what it holds.
+        for (key, wait) in self.barrier_held.iter_mut() {
+            move_partitions(next, &mut wait.pending, &HashSet::from([key.clone()]));
         }
         if next.is_empty() {
             // Nothing else in flight or collected: an idle router is never stalled.
@@ -950,56 +964,116 @@ impl<S: Sink + 'static> Router<S> {
         Ok(())
     }
 
-    /// Partitions the sink held at a barrier: each is sought back to the first offset the sink
-    /// did not record and paused; [`Router::release_barrier_held`] reads it again a moment
-    /// later, until every partition has reached the barrier.
+    /// Partitions the sink held at a barrier: their changes from the first one it did not
+    /// record are taken out of `applied` (the batch just committed) into the partition's
+    /// wait, ahead of any it holds already, and the partition is paused. Nothing is sought:
+    /// what was fetched is kept in order, and resuming goes on after it.
     fn hold_at_barriers(
         &mut self,
         consumer: &StreamConsumer<LagContext>,
+        applied: &mut Pending,
         held: &[Consumed],
     ) -> Result<(), RouterError> {
         for c in held {
             let key = (c.topic.clone(), c.partition);
-            if self.barrier_held.contains_key(&key) {
-                continue;
+            let mut older = Pending::new();
+            let (kept, moved): (Vec<SinkChange>, Vec<SinkChange>) =
+                std::mem::take(&mut applied.batch.changes)
+                    .into_iter()
+                    .partition(|ch| {
+                        !(ch.origin.partition == c.partition
+                            && *ch.origin.topic == *c.topic
+                            && ch.origin.offset >= c.offset)
+                    });
+            applied.batch.changes = kept;
+            older.batch.changes = moved;
+            if let Some(offset) = applied.consumed.get(&key).copied() {
+                if offset >= c.offset {
+                    older.consumed.insert(key.clone(), offset);
+                }
             }
-            info!(topic = %c.topic, partition = c.partition, from = c.offset, "waiting at a truncate until every partition of the topic reaches it");
-            metrics::counter!(m::BARRIER_WAITS_TOTAL, "topic" => c.topic.to_string()).increment(1);
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&c.topic, c.partition);
-            consumer.pause(&tpl)?;
-            consumer.seek(
-                &c.topic,
-                c.partition,
-                Offset::Offset(c.offset),
-                Duration::from_secs(10),
-            )?;
-            self.barrier_held
-                .insert(key, std::time::Instant::now() + BARRIER_RETRY);
+            let raws: Vec<_> = applied
+                .raw
+                .keys()
+                .filter(|(t, p, o)| *p == c.partition && **t == *c.topic && *o >= c.offset)
+                .cloned()
+                .collect();
+            for k in raws {
+                if let Some(r) = applied.raw.remove(&k) {
+                    older.raw.insert(k, r);
+                }
+            }
+            let retry_at = std::time::Instant::now() + BARRIER_RETRY;
+            match self.barrier_held.remove(&key) {
+                Some(mut wait) => {
+                    // Held again on a retry: its changes stay first.
+                    move_partitions(&mut wait.pending, &mut older, &HashSet::from([key.clone()]));
+                    self.barrier_held.insert(
+                        key,
+                        BarrierWait {
+                            pending: older,
+                            retry_at,
+                        },
+                    );
+                }
+                None => {
+                    info!(topic = %c.topic, partition = c.partition, from = c.offset, "waiting at a truncate until every partition of the topic reaches it");
+                    metrics::counter!(m::BARRIER_WAITS_TOTAL, "topic" => c.topic.to_string())
+                        .increment(1);
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&c.topic, c.partition);
+                    consumer.pause(&tpl)?;
+                    self.barrier_held.insert(
+                        key,
+                        BarrierWait {
+                            pending: older,
+                            retry_at,
+                        },
+                    );
+                }
+            }
         }
         Ok(())
     }
 
-    /// Resumes the partitions whose wait at a barrier is over: each is read again from what
-    /// the sink recorded (its resume point forgotten, so the sink's stored offset decides).
-    fn release_barrier_held(
+    /// Tries the held changes of each partition whose wait at a barrier is due; one the sink
+    /// no longer holds is resumed.
+    async fn retry_barrier_held(
         &mut self,
         consumer: &StreamConsumer<LagContext>,
-        resumed: &mut HashMap<(Arc<str>, i32), i64>,
+        dlq: &FutureProducer,
+        shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
         let now = std::time::Instant::now();
         let due: Vec<(Arc<str>, i32)> = self
             .barrier_held
             .iter()
-            .filter(|(_, at)| **at <= now)
+            .filter(|(_, w)| w.retry_at <= now)
             .map(|(k, _)| k.clone())
             .collect();
         for key in due {
-            self.barrier_held.remove(&key);
-            resumed.remove(&key);
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&key.0, key.1);
-            consumer.resume(&tpl)?;
+            // The wait stays (empty) while its changes are tried: held again, they go back in.
+            let Some(pending) = self
+                .barrier_held
+                .get_mut(&key)
+                .map(|w| std::mem::replace(&mut w.pending, Pending::new()))
+            else {
+                continue;
+            };
+            self.flush(consumer, dlq, pending, None, shutdown).await?;
+            let released = self
+                .barrier_held
+                .get(&key)
+                .is_some_and(|w| w.pending.is_empty() && w.pending.batch.changes.is_empty());
+            if released {
+                self.barrier_held.remove(&key);
+                if !self.paused_on_purpose().contains(&key) {
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition(&key.0, key.1);
+                    consumer.resume(&tpl)?;
+                }
+                info!(topic = %key.0, partition = key.1, "the truncate is applied; the partition goes on");
+            }
         }
         Ok(())
     }
@@ -1063,7 +1137,7 @@ impl<S: Sink + 'static> Router<S> {
                         skipped = outcome.skipped,
                         "batch committed"
                     );
-                    self.hold_at_barriers(consumer, &outcome.held)?;
+                    self.hold_at_barriers(consumer, &mut pending, &outcome.held)?;
                     break;
                 }
                 Applied::Blocked { table, reason } => {
@@ -1390,6 +1464,34 @@ fn commit_hint(consumer: &StreamConsumer<LagContext>, consumed: &[Consumed]) {
     if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
         warn!(error = %e, "could not commit offsets to Kafka");
     }
+}
+
+/// What to do about a consumer error no retry fixes; `None` for one librdkafka recovers from
+/// by itself (a broker down, a rebalance, a timeout: counted and logged, the loop goes on).
+/// An unknown topic is not fatal: a broker's metadata can lag a topic just created; if it
+/// lasts, the partition's lag and `/readyz` show it.
+fn fatal_consumer_error(code: RDKafkaErrorCode) -> Option<&'static str> {
+    use RDKafkaErrorCode as C;
+    Some(match code {
+        C::FencedInstanceId => {
+            "another router joined the group with the same router.instance_id; give each router \
+             its own (the pod name), or leave it unset"
+        }
+        C::TopicAuthorizationFailed
+        | C::GroupAuthorizationFailed
+        | C::ClusterAuthorizationFailed => {
+            "grant the router's Kafka user READ on the table topics and on router.group_id, and \
+             DESCRIBE on the cluster"
+        }
+        C::SaslAuthenticationFailed | C::Authentication => {
+            "check the Kafka credentials in [kafka.properties] (sasl.username, and the password)"
+        }
+        C::InvalidGroupId | C::InconsistentGroupProtocol => {
+            "the group's members disagree on router.assignment_strategy, or router.group_id is \
+             invalid; use one strategy for every router of a group"
+        }
+        _ => return None,
+    })
 }
 
 fn op_name(op: sluice_schemas::Op) -> &'static str {
