@@ -85,6 +85,7 @@ const ON_FIRST_OCCURRENCE: &[&str] = &[
     "sluice_router_messages_skipped_total",
     "sluice_router_table_blocked",
     "sluice_router_fetch_stalls_total",
+    "sluice_router_offset_gaps_total",
     "sluice_sink_events_skipped_total",
     "sluice_router_barrier_waits_total",
 ];

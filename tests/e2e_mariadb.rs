@@ -58,10 +58,8 @@ impl Services {
 [kafka]
 bootstrap_servers = "{bootstrap}"
 topic_prefix = "e2e"
-# One partition: with three, the crash-mid-snapshot test below can lose rows after the
-# re-snapshot's truncate barrier (found, not yet fixed: see issue #18); the other tests of
-# this file pass with three.
-partitions = 1
+# Three partitions: keys spread over them, truncates and snapshots are barriers across them.
+partitions = 3
 
 [sources.maria]
 kind = "mysql"

@@ -19,6 +19,12 @@ pub const TABLE_BLOCKED: &str = "sluice_router_table_blocked";
 /// Partitions found stalled with messages after their fetch position and read again from
 /// earlier, label `topic` (a broker answering a fetch inside a record batch with nothing).
 pub const FETCH_STALLS_TOTAL: &str = "sluice_router_fetch_stalls_total";
+/// Messages that arrived past the offset a partition had to go on from, label `topic` and
+/// `kind`: `read_again` (the broker skipped messages, as Tansu 0.6's memory storage does for a
+/// fetch that starts inside a record batch; the router read the partition again from earlier
+/// and took nothing past the gap) or `absent` (the offsets do not exist on the broker: deleted
+/// by retention before the router read them, compacted, or transaction markers).
+pub const OFFSET_GAPS_TOTAL: &str = "sluice_router_offset_gaps_total";
 /// Times a partition reached a truncate that other partitions of its topic had not reached
 /// yet and waited (the sink applies it once all have), label `topic`.
 pub const BARRIER_WAITS_TOTAL: &str = "sluice_router_barrier_waits_total";
@@ -51,6 +57,11 @@ pub fn describe() {
         FETCH_STALLS_TOTAL,
         Unit::Count,
         "Stalled partition fetches read again from earlier"
+    );
+    describe_counter!(
+        OFFSET_GAPS_TOTAL,
+        Unit::Count,
+        "Messages that arrived past the offset their partition had to go on from"
     );
     describe_counter!(
         BARRIER_WAITS_TOTAL,

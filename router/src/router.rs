@@ -88,6 +88,9 @@ pub struct Router<S: Sink> {
     /// reached, see [`sluice_sinks::Barrier`]): paused, their changes after it held in order,
     /// tried again from time to time.
     barrier_held: HashMap<(Arc<str>, i32), BarrierWait>,
+    /// Partitions read again from earlier because a message arrived past the offset they had
+    /// to go on from.
+    gaps: Gaps,
 }
 
 /// The messages of a partition waiting for their table's scheme to be fixed.
@@ -215,6 +218,7 @@ impl<S: Sink + 'static> Router<S> {
             blocked_partitions: HashMap::new(),
             scheme_held: HashMap::new(),
             barrier_held: HashMap::new(),
+            gaps: Gaps::default(),
         }
     }
 
@@ -485,20 +489,29 @@ impl<S: Sink + 'static> Router<S> {
                                 info!(topic = %topic, partition = msg.partition(), stored, first = msg.offset(), "resuming after the offset stored in the sink");
                                 if msg.offset() > stored + 1 {
                                     // Kafka's committed offset is ahead of the sink (the sink
-                                    // was restored from a backup): read what it lacks again.
+                                    // was restored from a backup): what it lacks is read
+                                    // again (the gap check below seeks back).
                                     warn!(topic = %topic, partition = msg.partition(), from = stored + 1, "the sink is behind the group's committed offset; reading again from the sink's");
-                                    consumer.seek(&topic, msg.partition(), Offset::Offset(stored + 1), Duration::from_secs(10))?;
-                                    continue;
                                 }
                             }
                         }
-                        if msg.offset() <= resumed[&key] {
+                        let taken = resumed[&key];
+                        if msg.offset() <= taken {
+                            self.gaps.before(&key);
                             metrics::counter!(m::MESSAGES_SKIPPED_TOTAL, "topic" => topic.to_string()).increment(1);
                             // Reading through what the sink has is progress too.
                             self.settings.liveness.progressed();
                             skipped.insert(key, msg.offset());
                             continue;
                         }
+                        if taken >= 0 && msg.offset() > taken + 1 {
+                            if let Some(from) = self.gaps.past(&key, taken + 1, msg.offset()) {
+                                // Not taken: the partition is read again from earlier.
+                                consumer.seek(&topic, msg.partition(), Offset::Offset(from), Duration::from_secs(10))?;
+                                continue;
+                            }
+                        }
+                        self.gaps.taken(&key);
                         consumed.increment(1);
                         since_yield += 1;
                         if since_yield == YIELD_EVERY {
@@ -1278,7 +1291,10 @@ impl<S: Sink + 'static> Router<S> {
     ) -> Result<(), RouterError> {
         for (topic, partition, position, low) in consumer.context().take_stalled() {
             let key = (Arc::from(topic.as_str()), partition);
-            if self.blocked_partitions.contains_key(&key) || self.scheme_held.contains_key(&key) {
+            if self.blocked_partitions.contains_key(&key)
+                || self.scheme_held.contains_key(&key)
+                || self.barrier_held.contains_key(&key)
+            {
                 continue; // paused on purpose
             }
             let step = steps.next((topic.clone(), partition), std::time::Instant::now());
@@ -1310,6 +1326,7 @@ impl<S: Sink + 'static> Router<S> {
     ) {
         let key: (Arc<str>, i32) = (Arc::from(topic), partition);
         resumed.remove(&key);
+        self.gaps.probes.remove(&key);
         self.barrier_held.remove(&key);
         if let Some(held) = self.scheme_held.remove(&key) {
             if !self.scheme_held.values().any(|h| h.table == held.table) {
@@ -1503,6 +1520,85 @@ fn op_name(op: sluice_schemas::Op) -> &'static str {
     }
 }
 
+/// Reading a partition on without a gap. After the last message taken (or, on assignment,
+/// after the offset the sink stored) the next must be the one after it. A message past that
+/// means the broker skipped messages — Tansu 0.6's memory storage answers a fetch that starts
+/// inside a record batch with the batches after it, and librdkafka fetches from such an offset
+/// after every pause, seek and assignment — or that the offsets do not exist. Nothing past the
+/// gap is taken: the partition is read again from 1 message before it, then 8, 64… A broker
+/// that answers from a batch boundary delivers a message before the gap; if the gap is still
+/// there after that (or after reading from offset 0), the offsets do not exist, and that is
+/// logged as an error and counted before the router goes on.
+#[derive(Debug, Default)]
+struct Gaps {
+    probes: HashMap<(Arc<str>, i32), GapProbe>,
+}
+
+#[derive(Debug)]
+struct GapProbe {
+    /// The offset the partition must go on from.
+    expect: i64,
+    /// How far before `expect` the last read-again started.
+    step: i64,
+    from: i64,
+    /// A message before `expect` arrived since that read-again began.
+    through: bool,
+}
+
+impl Gaps {
+    /// A message at or below the last one taken arrived.
+    fn before(&mut self, key: &(Arc<str>, i32)) {
+        if let Some(probe) = self.probes.get_mut(key) {
+            probe.through = true;
+        }
+    }
+
+    /// The message the partition had to go on from was taken.
+    fn taken(&mut self, key: &(Arc<str>, i32)) {
+        if !self.probes.is_empty() {
+            self.probes.remove(key);
+        }
+    }
+
+    /// A message at `offset` arrived where `expect` had to: `None` to take it (the offsets
+    /// between do not exist), or the offset to read the partition again from.
+    fn past(&mut self, key: &(Arc<str>, i32), expect: i64, offset: i64) -> Option<i64> {
+        let (topic, partition) = (&key.0, key.1);
+        let probe = self.probes.entry(key.clone()).or_insert(GapProbe {
+            expect,
+            step: 0,
+            from: expect,
+            through: false,
+        });
+        if probe.expect != expect {
+            *probe = GapProbe {
+                expect,
+                step: 0,
+                from: expect,
+                through: false,
+            };
+        }
+        if probe.through || (probe.step > 0 && probe.from == 0) {
+            error!(%topic, partition, from = expect, to = offset - 1, "offsets missing on the broker: deleted by retention before this router read them, compacted away, or transaction markers; whatever they held is not applied");
+            metrics::counter!(m::OFFSET_GAPS_TOTAL, "topic" => topic.to_string(), "kind" => "absent")
+                .increment(1);
+            self.probes.remove(key);
+            return None;
+        }
+        probe.step = if probe.step == 0 {
+            1
+        } else {
+            probe.step.saturating_mul(8)
+        };
+        probe.from = (expect - probe.step).max(0);
+        probe.through = false;
+        warn!(%topic, partition, expected = expect, arrived = offset, from = probe.from, "the broker skipped messages (a fetch that starts inside a record batch, as Tansu 0.6's memory storage answers it); reading the partition again from earlier");
+        metrics::counter!(m::OFFSET_GAPS_TOTAL, "topic" => topic.to_string(), "kind" => "read_again")
+            .increment(1);
+        Some(probe.from)
+    }
+}
+
 /// How far back each stall recovery of a partition reads: 1 message, then 8, 64… while
 /// stalls of that partition recur within [`StallSteps::RECUR`] of each other (each seek moves
 /// the position, so the stall offset itself cannot tell a recurrence), and 1 again once the
@@ -1616,8 +1712,33 @@ async fn poll_paused(
 
 #[cfg(test)]
 mod tests {
-    use super::StallSteps;
+    use super::{Gaps, StallSteps};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_gap_is_read_again_from_further_back_until_a_message_before_it_arrives() {
+        let key: (Arc<str>, i32) = (Arc::from("t"), 0);
+        let mut gaps = Gaps::default();
+        // Offset 100 was due, 120 came (a broker that skipped the rest of a record batch):
+        // read again from 1, then 8, then 64 messages before it.
+        assert_eq!(gaps.past(&key, 100, 120), Some(99));
+        assert_eq!(gaps.past(&key, 100, 120), Some(92));
+        assert_eq!(gaps.past(&key, 100, 120), Some(36));
+        // From 36 the broker answered from a batch boundary: a message before 100 arrived, so
+        // a jump past 100 now is offsets that do not exist, taken.
+        gaps.before(&key);
+        assert_eq!(gaps.past(&key, 100, 120), None);
+        // A gap somewhere else starts over, and offset 0 is as far back as it goes: a jump
+        // after reading from there is taken too.
+        assert_eq!(gaps.past(&key, 5, 9), Some(4));
+        assert_eq!(gaps.past(&key, 5, 9), Some(0));
+        assert_eq!(gaps.past(&key, 5, 9), None);
+        // The due message arriving ends a probe.
+        assert_eq!(gaps.past(&key, 50, 60), Some(49));
+        gaps.taken(&key);
+        assert!(gaps.probes.is_empty());
+    }
 
     #[test]
     fn stall_steps_grow_while_stalls_recur_wherever_the_seek_left_the_position() {
