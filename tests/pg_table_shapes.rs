@@ -584,3 +584,122 @@ fn a_truncate_across_three_partitions_clears_what_came_before_it_and_nothing_aft
     assert!(waits >= 1.0, "no partition waited at a truncate");
     drop(capture);
 }
+
+#[test]
+fn a_table_renamed_while_streaming_stops_by_name_with_the_fix_and_is_read_anew_under_its_new_name()
+{
+    // Given two tables streaming to the sink,
+    let s = Setup::new(
+        "shapes_rename",
+        "CREATE TABLE public.orders (id bigint PRIMARY KEY, note text);
+         CREATE TABLE public.items (id bigint PRIMARY KEY, qty int);
+         INSERT INTO public.items SELECT i, i FROM generate_series(1, 20) i;",
+        &["public.orders", "public.items"],
+    );
+    let mut sluice = s.sluice();
+    wait_for_match(&s.pg, &sluice, "public.items", "id");
+    let items = [("source", "pg_main"), ("table", "public.items")];
+
+    // when one is changed, renamed and changed again, and the other keeps taking writes,
+    s.source(
+        "UPDATE public.items SET qty = 100 WHERE id = 1;
+         ALTER TABLE public.items RENAME TO goods;
+         UPDATE public.goods SET qty = 200 WHERE id = 2;",
+    );
+    s.source("INSERT INTO public.orders SELECT i, 'row ' || i FROM generate_series(1, 100) i");
+
+    // then the change before the rename arrives, the renamed table is stopped by its
+    // configured name with the fix (not silently left behind), and the other goes on;
+    wait_for_match(&s.pg, &sluice, "public.orders", "id");
+    wait_for_metric(&sluice, STOPPED, &items, 1.0);
+    let log = sluice.log();
+    assert!(
+        log.contains("public.items was renamed to public.goods: put `public.goods` in place of `public.items` in sources.pg_main.tables"),
+        "no stop naming the rename and the fix:\n{log}"
+    );
+    let qty =
+        s.pg.psql("sink", "SELECT qty FROM public.items WHERE id = 1")
+            .unwrap();
+    assert_eq!(qty.trim(), "100", "the change before the rename is lost");
+    wait_for_metric_that(
+        &sluice,
+        "sluice_capture_stopped_table_changes_total",
+        &items,
+        ">= 1",
+        |v| v >= 1.0,
+    );
+    assert!(!sluice.has_exited(), "sluice stopped:\n{}", sluice.log());
+
+    // and once the config names it by its new name, it is read anew, all of it.
+    sluice.terminate(Duration::from_secs(20));
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("\"public.items\"", "\"public.goods\"");
+    std::fs::write(&s.config, text).unwrap();
+    let sluice = s.sluice();
+    wait_for_match(&s.pg, &sluice, "public.goods", "id");
+    s.source("UPDATE public.goods SET qty = 300 WHERE id = 3");
+    wait_for_match(&s.pg, &sluice, "public.goods", "id");
+}
+
+#[test]
+fn a_table_dropped_before_its_changes_were_read_is_decoded_and_then_stopped_by_name() {
+    // Given two tables streaming to the sink,
+    let s = Setup::new(
+        "shapes_drop",
+        "CREATE TABLE public.orders (id bigint PRIMARY KEY, note text);
+         CREATE TABLE public.items (id bigint PRIMARY KEY, qty int);
+         INSERT INTO public.items SELECT i, i FROM generate_series(1, 20) i;",
+        &["public.orders", "public.items"],
+    );
+    let sluice = s.sluice();
+    wait_for_match(&s.pg, &sluice, "public.items", "id");
+
+    // when a transaction adds a column to one, writes it, and drops the table (so capture
+    // decodes those changes only once the table is gone from the catalog),
+    s.source(
+        "BEGIN;
+         ALTER TABLE public.items ADD COLUMN note text;
+         INSERT INTO public.items VALUES (21, 21, 'last words');
+         UPDATE public.items SET qty = 0, note = 'zeroed' WHERE id <= 5;
+         DROP TABLE public.items;
+         COMMIT;",
+    );
+    s.source("INSERT INTO public.orders SELECT i, 'row ' || i FROM generate_series(1, 100) i");
+
+    // then its changes reach the sink all the same (decoded from the stream's own
+    // description of the table), the other table goes on, and the dropped table is stopped
+    // by name with the fix.
+    wait_for_match(&s.pg, &sluice, "public.orders", "id");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = pg_rows(
+            &s.pg,
+            "sink",
+            "SELECT count(*) FILTER (WHERE qty = 0 AND note = 'zeroed'), \
+             count(*) FILTER (WHERE id = 21 AND note = 'last words'), count(*) FROM public.items",
+        );
+        if rows.as_deref().ok() == Some(&["5|1|21".to_string()][..]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dropped table's last changes: {rows:?}\n{}",
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let items = [("source", "pg_main"), ("table", "public.items")];
+    wait_for_metric(&sluice, STOPPED, &items, 1.0);
+    let log = sluice.log();
+    assert!(
+        log.contains(
+            "public.items was dropped at the source: remove it from sources.pg_main.tables"
+        ),
+        "{log}"
+    );
+    assert!(
+        !log.contains("capture interrupted"),
+        "capture restarted:\n{log}"
+    );
+}

@@ -39,20 +39,17 @@ impl Catalog {
     /// The key of a table: its replica identity index when it has one (every change's old
     /// key then carries it), else its primary key, else none. (pgoutput flags every column
     /// as key under REPLICA IDENTITY FULL, which is not a key: see [`super::slot::key_problem`].)
-    pub async fn key_columns(
-        client: &Client,
-        table: &TableId,
-    ) -> Result<Vec<String>, CaptureError> {
+    async fn key_columns(client: &Client, oid: u32) -> Result<Vec<String>, CaptureError> {
         let rows = client
             .query(
                 "SELECT a.attname::text FROM pg_index i \
                  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-                 WHERE i.indrelid = format('%I.%I', $1::text, $2::text)::regclass \
+                 WHERE i.indrelid = $1::oid \
                    AND i.indexrelid = (SELECT x.indexrelid FROM pg_index x \
                         WHERE x.indrelid = i.indrelid AND (x.indisprimary OR x.indisreplident) \
                         ORDER BY x.indisreplident DESC, x.indisprimary DESC LIMIT 1) \
                  ORDER BY array_position(i.indkey, a.attnum)",
-                &[&table.namespace, &table.name],
+                &[&oid],
             )
             .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
@@ -64,7 +61,7 @@ impl Catalog {
     /// stream — so then the column's constant default stands in for it (which differs only if
     /// the default was changed in between). Best effort: where the catalog is not readable,
     /// none.
-    pub async fn missing_values(client: &Client, table: &TableId) -> HashMap<String, String> {
+    async fn missing_values(client: &Client, table: &TableId, oid: u32) -> HashMap<String, String> {
         let rows = client
             .query(
                 "SELECT a.attname::text, \
@@ -72,10 +69,10 @@ impl Catalog {
                         pg_get_expr(d.adbin, d.adrelid) \
                  FROM pg_attribute a \
                  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-                 WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass \
+                 WHERE a.attrelid = $1::oid \
                    AND a.attnum > 0 AND NOT a.attisdropped \
                    AND (a.atthasmissing OR d.adbin IS NOT NULL)",
-                &[&table.namespace, &table.name],
+                &[&oid],
             )
             .await;
         match rows {
@@ -190,8 +187,74 @@ impl Catalog {
         id: TableId,
         columns: &[RelationColumn],
     ) -> Result<TableSchema, CaptureError> {
-        let key = Catalog::key_columns(client, &id).await?;
-        let missing = Catalog::missing_values(client, &id).await;
+        let oid = Catalog::oid(client, &id).await?.ok_or_else(|| {
+            CaptureError::Definite(format!("table {id} does not exist (dropped or renamed)"))
+        })?;
+        self.schema_of(client, id, oid, columns).await
+    }
+
+    /// The table's OID now, `None` when no table has that name.
+    pub async fn oid(client: &Client, id: &TableId) -> Result<Option<u32>, CaptureError> {
+        let row = client
+            .query_one(
+                "SELECT to_regclass(format('%I.%I', $1::text, $2::text))::oid",
+                &[&id.namespace, &id.name],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Whether a table with this OID exists (under any name).
+    pub async fn exists(client: &Client, oid: u32) -> Result<bool, CaptureError> {
+        let row = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_class WHERE oid = $1::oid)",
+                &[&oid],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// The schema of the table with OID `oid` (a Relation message's id), named `id` as the
+    /// message names it: the key and added-column defaults come from the catalog by OID, so
+    /// a table renamed since is still found. A table dropped since is described by
+    /// `fallback_key` (the message's key flags, or the key known before) without defaults.
+    pub async fn stream_schema(
+        &mut self,
+        client: &Client,
+        id: TableId,
+        oid: u32,
+        columns: &[RelationColumn],
+        fallback_key: impl FnOnce() -> Vec<String>,
+    ) -> Result<TableSchema, CaptureError> {
+        if Catalog::exists(client, oid).await? {
+            return self.schema_of(client, id, oid, columns).await;
+        }
+        let key = fallback_key();
+        warn!(table = %id, key = ?key, "the table no longer exists (dropped): its changes still in the log are decoded from the replication stream's description, keyed as shown");
+        self.build(client, id, columns, &key, &HashMap::new()).await
+    }
+
+    async fn schema_of(
+        &mut self,
+        client: &Client,
+        id: TableId,
+        oid: u32,
+        columns: &[RelationColumn],
+    ) -> Result<TableSchema, CaptureError> {
+        let key = Catalog::key_columns(client, oid).await?;
+        let missing = Catalog::missing_values(client, &id, oid).await;
+        self.build(client, id, columns, &key, &missing).await
+    }
+
+    async fn build(
+        &mut self,
+        client: &Client,
+        id: TableId,
+        columns: &[RelationColumn],
+        key: &[String],
+        missing: &HashMap<String, String>,
+    ) -> Result<TableSchema, CaptureError> {
         let mut out = Vec::with_capacity(columns.len());
         for c in columns {
             let sql_type = self

@@ -30,8 +30,8 @@ use crate::CaptureError;
 const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
 const DEFAULT_SNAPSHOT_PARALLELISM: usize = 2;
 const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 10_000;
-/// How often the partitions of captured partitioned tables are compared with those last seen.
-const PARTITION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the captured tables (their names and partitions) are compared with the catalog.
+const CATALOG_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Prefix of the logical messages capture writes as heartbeats.
 pub const HEARTBEAT_PREFIX: &str = "sluice.heartbeat";
 
@@ -493,8 +493,16 @@ impl PostgresCapture {
                 ],
             )
             .await?;
+            let mut oids = HashMap::new();
+            for table in &tables {
+                if let Some(oid) = Catalog::oid(&client, table).await? {
+                    oids.insert(oid, table.clone());
+                }
+            }
             let mut stream = Stream {
                 capture: self,
+                oids,
+                gone: HashMap::new(),
                 client: &client,
                 repl,
                 publisher,
@@ -543,6 +551,13 @@ struct Stream<'a> {
     catalog: Catalog,
     /// Per table: changes committed before this LSN are already in its snapshot.
     snapshot_lsn: HashMap<TableId, u64>,
+    /// The OID of each captured table when streaming started: a Relation message with one
+    /// of them under another name is a rename.
+    oids: HashMap<u32, TableId>,
+    /// Captured tables found dropped, renamed or replaced by the catalog check, with the WAL
+    /// position then and why: stopped once the stream has read past that position (their
+    /// changes before it are still captured).
+    gone: HashMap<TableId, (u64, String)>,
     /// The partitions of each captured partitioned table, as last checked.
     partitions: HashMap<TableId, std::collections::BTreeSet<u32>>,
     /// Tables whose changes capture no longer takes, and why.
@@ -571,9 +586,8 @@ impl Stream<'_> {
         let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(1)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut heartbeats_on = heartbeat_ms > 0;
-        let mut partition_check = tokio::time::interval(PARTITION_CHECK_INTERVAL);
-        partition_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let partitioned = !self.partitions.is_empty();
+        let mut catalog_check = tokio::time::interval(CATALOG_CHECK_INTERVAL);
+        catalog_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -592,7 +606,12 @@ impl Stream<'_> {
                         heartbeats_on = false;
                     }
                 }
-                _ = partition_check.tick(), if partitioned => self.check_partitions().await?,
+                _ = catalog_check.tick() => {
+                    self.check_tables().await?;
+                    if !self.partitions.is_empty() {
+                        self.check_partitions().await?;
+                    }
+                }
                 _ = status.tick() => {
                     let acked = *self.acks.acked.borrow();
                     confirmed_gauge.set(acked as f64);
@@ -676,10 +695,40 @@ impl Stream<'_> {
                     codec: None,
                     stopped: self.stopped.contains(&table).then(|| table.clone()),
                 };
+                if let Some(known) = self.oids.get(&id).filter(|k| **k != table).cloned() {
+                    // A captured table under a new name: everything before this message was
+                    // read under the old one.
+                    if self.wanted.contains(&known) {
+                        let reason = renamed_reason(&self.capture.name, &known, &table);
+                        self.stop_table(&known, &reason).await?;
+                    }
+                    relation.stopped = Some(known);
+                }
                 if self.wanted.contains(&table) {
+                    let before = self
+                        .relations
+                        .get(&id)
+                        .and_then(|r| r.codec.as_ref())
+                        .map(|c| {
+                            c.table
+                                .key_columns()
+                                .map(|k| k.name.clone())
+                                .collect::<Vec<_>>()
+                        });
                     let schema = self
                         .catalog
-                        .table_schema(self.client, table.clone(), &columns)
+                        .stream_schema(self.client, table.clone(), id, &columns, || {
+                            // Under REPLICA IDENTITY FULL every column is flagged.
+                            match before {
+                                Some(key) => key,
+                                None if replica_identity == b'f' => Vec::new(),
+                                None => columns
+                                    .iter()
+                                    .filter(|c| c.key)
+                                    .map(|c| c.name.clone())
+                                    .collect(),
+                            }
+                        })
                         .await?;
                     let problem = if replica_identity == b'n' || !schema.has_key() {
                         let identity = (replica_identity as char).to_string();
@@ -920,6 +969,82 @@ impl Stream<'_> {
         Ok(())
     }
 
+    /// Compares each captured table's OID with the one it had when streaming started: a table
+    /// dropped, renamed, or dropped and created again is stopped (with the reason and the fix)
+    /// once the stream has read past the WAL position of the check, so that its changes
+    /// before that are still captured.
+    async fn check_tables(&mut self) -> Result<(), CaptureError> {
+        let wal: u64 = {
+            let row = self
+                .client
+                .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
+                .await?;
+            row.get::<_, i64>(0) as u64
+        };
+        let known: Vec<(u32, TableId)> = self
+            .oids
+            .iter()
+            .filter(|(_, t)| self.wanted.contains(*t) && !self.gone.contains_key(*t))
+            .map(|(o, t)| (*o, t.clone()))
+            .collect();
+        if known.is_empty() {
+            return Ok(());
+        }
+        // One round trip for every table.
+        let namespaces: Vec<&str> = known.iter().map(|(_, t)| t.namespace.as_str()).collect();
+        let names: Vec<&str> = known.iter().map(|(_, t)| t.name.as_str()).collect();
+        let rows = self
+            .client
+            .query(
+                "SELECT to_regclass(format('%I.%I', n, t))::oid \
+                 FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS x(n, t, i) ORDER BY i",
+                &[&namespaces, &names],
+            )
+            .await?;
+        let current: Vec<Option<u32>> = rows.iter().map(|r| r.get(0)).collect();
+        for ((oid, table), now) in known.into_iter().zip(current) {
+            if now == Some(oid) {
+                continue;
+            }
+            let renamed: Option<(String, String)> = self
+                .client
+                .query_opt(
+                    "SELECT n.nspname::text, c.relname::text FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1::oid",
+                    &[&oid],
+                )
+                .await?
+                .map(|r| (r.get(0), r.get(1)));
+            let source = &self.capture.name;
+            let reason = match (renamed, now) {
+                (Some((namespace, name)), _) => {
+                    renamed_reason(source, &table, &TableId::new(namespace, name))
+                }
+                (None, Some(_)) => format!(
+                    "{table} was dropped and created again; the new table is not in the \
+                     publication yet: restart capture, which adds it and reads it anew"
+                ),
+                (None, None) => format!(
+                    "{table} was dropped at the source: remove it from sources.{source}.tables \
+                     (the sink keeps its rows)"
+                ),
+            };
+            info!(%table, wal = %format_lsn(wal), "{reason}; its changes up to here are still captured");
+            self.gone.insert(table, (wal, reason));
+        }
+        let read = self.last_received.max(self.publisher.last_checkpoint());
+        let due: Vec<(TableId, String)> = self
+            .gone
+            .iter()
+            .filter(|(t, (at, _))| read >= *at && self.wanted.contains(*t))
+            .map(|(t, (_, r))| (t.clone(), r.clone()))
+            .collect();
+        for (table, reason) in due {
+            self.stop_table(&table, &reason).await?;
+        }
+        Ok(())
+    }
+
     /// Stops taking `table`'s changes (see [`StoppedTables`]), and marks it in the state
     /// record so that it is read again once capture restarts with the cause fixed.
     async fn stop_table(&mut self, table: &TableId, reason: &str) -> Result<(), CaptureError> {
@@ -961,6 +1086,14 @@ impl Stream<'_> {
         self.publisher.write_state(&json).await?;
         Ok(true)
     }
+}
+
+/// Why a renamed table stops, and the fix.
+fn renamed_reason(source: &str, old: &TableId, new: &TableId) -> String {
+    format!(
+        "{old} was renamed to {new}: put `{new}` in place of `{old}` in sources.{source}.tables \
+         and restart (its topic and sink table take the new name, and it is read anew)"
+    )
 }
 
 fn state_json(state: &CaptureState) -> Result<String, CaptureError> {
