@@ -557,3 +557,82 @@ fn schemes_check_compares_a_scheme_with_the_existing_mariadb_table() {
         "{out}"
     );
 }
+
+#[test]
+fn a_batch_mariadb_refuses_only_as_a_whole_is_applied_in_pieces_and_nothing_is_dead_lettered() {
+    // Given a MariaDB table with a unique column, as its PostgreSQL source has it,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.psql(
+        "source",
+        "CREATE TABLE public.seat (id int PRIMARY KEY, code int NOT NULL UNIQUE);
+         INSERT INTO public.seat VALUES (1, 10), (2, 20);",
+    )
+    .unwrap();
+    let maria = MariaDb::start().unwrap();
+    maria.create_database("wh").unwrap();
+    maria
+        .root_sql("CREATE TABLE wh.seat (id int PRIMARY KEY, code int NOT NULL UNIQUE)")
+        .unwrap();
+    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sluice, _) = SluiceProcess::start_in(
+        Path::new(SLUICE),
+        "run",
+        dir.path(),
+        &format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+             tables = [\"public.seat\"]\nslot = \"maria_whole\"\npublication = \"maria_whole\"\n\
+             [sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
+             [router]\nsink = \"maria\"\ngroup_id = \"maria_whole\"\n[router.batch]\nmax_delay_ms = 300\n",
+            kafka.bootstrap(),
+            pg.url("source"),
+            maria.url()
+        ),
+    )
+    .unwrap();
+    let seats = || maria_rows(&maria, "SELECT id, code FROM wh.seat ORDER BY id");
+    eventually(
+        "the snapshot",
+        || sluice.log(),
+        || {
+            (seats() == ["1|10", "2|20"])
+                .then_some(())
+                .ok_or(format!("{:?}", seats()))
+        },
+    );
+    // when one transaction swaps the two codes through a spare value (collapsed into one
+    // upsert, the swap breaks the unique index),
+    pg.psql(
+        "source",
+        "BEGIN;
+         UPDATE public.seat SET code = -1 WHERE id = 1;
+         UPDATE public.seat SET code = 10 WHERE id = 2;
+         UPDATE public.seat SET code = 20 WHERE id = 1;
+         COMMIT;",
+    )
+    .unwrap();
+    // then MariaDB takes it in pieces, in order, and nothing is dead-lettered.
+    eventually(
+        "the swap",
+        || sluice.log(),
+        || {
+            (seats() == ["1|20", "2|10"])
+                .then_some(())
+                .ok_or(format!("{:?}", seats()))
+        },
+    );
+    let metrics = sluice.metrics().unwrap_or_default();
+    assert_eq!(
+        metric_value(&metrics, "sluice_router_dlq_total", &[]),
+        None,
+        "{}",
+        sluice.log()
+    );
+    let split = metric_value(&metrics, "sluice_sink_batches_split_total", &[]).unwrap_or(0.0);
+    assert!(
+        split >= 1.0,
+        "no batch was applied in pieces\n{}",
+        sluice.log()
+    );
+}

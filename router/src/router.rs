@@ -1201,9 +1201,14 @@ impl<S: Sink + 'static> Router<S> {
                 // A change whose data the sink refuses is poison: find it, dead-letter its
                 // message (acknowledged before the rest commits, so it is never lost), and
                 // apply the others.
-                e if e.rejects_a_row() => match self.sink().find_rejected(batch).await {
-                    Ok(Some((i, reason))) => {
-                        let change = batch.changes.remove(i);
+                e if e.rejects_a_row() => match self.sink().apply_in_pieces(batch).await {
+                    Ok(sluice_sinks::Pieces::Applied(outcome)) => {
+                        outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
+                        warn!(error = %e.detail(), changes = batch.changes.len(), "the sink refused the batch as a whole but no change on its own; it was applied in pieces, in order");
+                        return Ok(Applied::Done(outcome));
+                    }
+                    Ok(sluice_sinks::Pieces::Rejected { index, reason }) => {
+                        let change = batch.changes.remove(index);
                         let origin = &change.origin;
                         if let Some(raw) =
                             raw.get(&(origin.topic.clone(), origin.partition, origin.offset))
@@ -1219,14 +1224,13 @@ impl<S: Sink + 'static> Router<S> {
                         }
                         continue;
                     }
-                    Ok(None) => e,
                     Err(SinkError::Table { table, message }) => {
                         return Ok(Applied::Blocked {
                             table,
                             reason: message,
                         })
                     }
-                    Err(find) => find,
+                    Err(split) => split,
                 },
                 e => e,
             };

@@ -105,6 +105,18 @@ pub struct ApplyOutcome {
     pub held: Vec<Consumed>,
 }
 
+/// What came of applying a refused batch in pieces ([`Sink::apply_in_pieces`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pieces {
+    /// Every piece applied, in order, and committed: the batch failed only as a whole (a
+    /// unique-value swap collapsed into one statement, rows of tables bound by a foreign key
+    /// written in the wrong order).
+    Applied(ApplyOutcome),
+    /// The change at `index` of `batch.changes` is refused on its own, after the changes
+    /// before it: nothing was committed.
+    Rejected { index: usize, reason: String },
+}
+
 /// A table-wide change (a truncate at `position` on `topic`) that not every partition of the
 /// topic has reached yet: `arrived` have, out of `partitions`. Kept in the sink's
 /// `sluice_barriers` with the offsets, so routers sharing the partitions see it too.
@@ -138,8 +150,9 @@ pub struct StoredProgress {
 /// - Within a batch, changes take effect in order per key; the final state of each row is what
 ///   the last change says. Columns marked [`Datum::Unchanged`] keep their stored value.
 /// - A change whose data the database refuses (a constraint, a value out of range) fails the
-///   whole batch; [`Sink::find_rejected`] then names it, so the router can dead-letter it and
-///   apply the rest.
+///   whole batch; [`Sink::apply_in_pieces`] then either applies it in pieces, in order (the
+///   batch failed only as a whole), or names the change refused on its own, so the router can
+///   dead-letter it and apply the rest.
 pub trait Sink: Send {
     /// Applies a batch; see the trait's contract.
     fn apply(
@@ -147,14 +160,15 @@ pub trait Sink: Send {
         batch: &Batch,
     ) -> impl Future<Output = Result<ApplyOutcome, SinkError>> + Send;
 
-    /// After `apply` failed with an error that [`SinkError::rejects_a_row`]: the first change
-    /// of the batch the sink refuses on its own (by its position in `batch.changes`) and why,
-    /// found by applying the changes one at a time in a transaction that is rolled back.
-    /// `None` when no single change is refused (the failure is the batch's as a whole).
-    fn find_rejected(
+    /// After `apply` failed with an error that [`SinkError::rejects_a_row`]: applies the
+    /// batch in one transaction as pieces, in order — halves, each under a savepoint, a refused
+    /// piece split again — so a change refused on its own is isolated in O(log n) applies
+    /// (then nothing is committed), and a batch that fails only as a whole is committed piece
+    /// by piece, which for single changes is the source's own order.
+    fn apply_in_pieces(
         &mut self,
         batch: &Batch,
-    ) -> impl Future<Output = Result<Option<(usize, String)>, SinkError>> + Send;
+    ) -> impl Future<Output = Result<Pieces, SinkError>> + Send;
 
     /// The progress stored for a topic-partition, to resume consumption from.
     fn progress(
@@ -191,10 +205,10 @@ impl Sink for AnySink {
         }
     }
 
-    async fn find_rejected(&mut self, batch: &Batch) -> Result<Option<(usize, String)>, SinkError> {
+    async fn apply_in_pieces(&mut self, batch: &Batch) -> Result<Pieces, SinkError> {
         match self {
-            AnySink::Postgres(s) => s.find_rejected(batch).await,
-            AnySink::Mysql(s) => s.find_rejected(batch).await,
+            AnySink::Postgres(s) => s.apply_in_pieces(batch).await,
+            AnySink::Mysql(s) => s.apply_in_pieces(batch).await,
         }
     }
 

@@ -10,6 +10,9 @@ pub const EVENTS_SKIPPED_TOTAL: &str = "sluice_sink_events_skipped_total";
 pub const BATCH_DURATION_SECONDS: &str = "sluice_sink_batch_duration_seconds";
 /// Changes per batch, label `sink`.
 pub const BATCH_ROWS: &str = "sluice_sink_batch_rows";
+/// Batches refused as a whole with no change refused on its own (a unique-value swap, rows
+/// bound by a foreign key), applied in pieces in order instead, label `sink`.
+pub const BATCHES_SPLIT_TOTAL: &str = "sluice_sink_batches_split_total";
 /// Tables created or altered, labels `sink`, `table`, `ddl`.
 pub const DDL_TOTAL: &str = "sluice_sink_ddl_total";
 
@@ -30,5 +33,10 @@ pub fn describe() {
         "Time to apply and commit one batch"
     );
     describe_histogram!(BATCH_ROWS, Unit::Count, "Row changes per batch");
+    describe_counter!(
+        BATCHES_SPLIT_TOTAL,
+        Unit::Count,
+        "Batches refused as a whole and applied in pieces, in order"
+    );
     describe_counter!(DDL_TOTAL, Unit::Count, "Sink tables created or altered");
 }

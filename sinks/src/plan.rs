@@ -191,6 +191,11 @@ impl Applied {
         self.0.push((plan.schema.id.clone(), plan.counts));
     }
 
+    /// Adds what a later piece of the same transaction wrote.
+    pub fn merge(&mut self, other: Applied) {
+        self.0.extend(other.0);
+    }
+
     pub fn record(self, sink: &str) {
         for (table, counts) in self.0 {
             let table = table.to_string();
@@ -199,6 +204,86 @@ impl Applied {
                     metrics::counter!(crate::metrics::EVENTS_APPLIED_TOTAL, "sink" => sink.to_string(), "table" => table.clone(), "op" => op)
                         .increment(*count);
                 }
+            }
+        }
+    }
+}
+
+/// The pieces a refused batch is applied in (see [`crate::Sink::apply_in_pieces`]): ranges of
+/// the batch's changes in source order (by position: a batch mixes topics, each table's, in
+/// the order they were fetched); a refused range is split in halves, and a refused single
+/// change is the culprit.
+pub(crate) struct Splitter {
+    /// Indices of `batch.changes` by source position (stable: a partition's changes keep
+    /// their order).
+    order: Vec<usize>,
+    /// Ranges of `order` still to apply, the next last.
+    stack: Vec<(usize, usize)>,
+}
+
+impl Splitter {
+    /// The batch failed whole: its halves come first.
+    pub fn new(batch: &Batch) -> Splitter {
+        let mut order: Vec<usize> = (0..batch.changes.len()).collect();
+        order.sort_by(|a, b| batch.changes[*a].position.cmp(&batch.changes[*b].position));
+        let mut splitter = Splitter {
+            order,
+            stack: Vec::new(),
+        };
+        splitter.split(0, batch.changes.len());
+        splitter
+    }
+
+    fn split(&mut self, lo: usize, hi: usize) {
+        if hi - lo <= 1 {
+            self.stack.push((lo, hi));
+        } else {
+            let mid = lo + (hi - lo) / 2;
+            self.stack.push((mid, hi));
+            self.stack.push((lo, mid));
+        }
+    }
+
+    /// The next range to apply.
+    pub fn next(&mut self) -> Option<(usize, usize)> {
+        self.stack.pop()
+    }
+
+    /// The range was refused: the culprit (its index in `batch.changes`) when it is one
+    /// change, else its halves come next.
+    pub fn refused(&mut self, lo: usize, hi: usize) -> Option<usize> {
+        if hi - lo <= 1 {
+            return Some(self.order[lo]);
+        }
+        self.split(lo, hi);
+        None
+    }
+
+    /// A range of a batch as a batch of its own (its consumed offsets are recorded once all
+    /// pieces are applied).
+    pub fn piece(&self, batch: &Batch, lo: usize, hi: usize) -> Batch {
+        Batch {
+            changes: self.order[lo..hi]
+                .iter()
+                .map(|i| batch.changes[*i].clone())
+                .collect(),
+            consumed: Vec::new(),
+        }
+    }
+
+    /// Adds a piece's outcome to the batch's: a partition held at a barrier is read again
+    /// from the first offset any piece held it at.
+    pub fn merge(total: &mut crate::ApplyOutcome, piece: crate::ApplyOutcome) {
+        total.applied += piece.applied;
+        total.skipped += piece.skipped;
+        for h in piece.held {
+            match total
+                .held
+                .iter_mut()
+                .find(|t| t.partition == h.partition && t.topic == h.topic)
+            {
+                Some(t) => t.offset = t.offset.min(h.offset),
+                None => total.held.push(h),
             }
         }
     }
@@ -351,6 +436,7 @@ pub(crate) fn sort(
     let mut held_anything: Vec<(Arc<str>, i32)> = Vec::new();
     let mut steps = Vec::new();
     let mut plans: FastMap<&TableId, Plan<'_>> = FastMap::default();
+    let mut order: Vec<&TableId> = Vec::new();
     for change in &batch.changes {
         let (topic, number) = (&change.origin.topic, change.origin.partition);
         let Some(p) = partition(&mut parts, topic, number) else {
@@ -425,10 +511,19 @@ pub(crate) fn sort(
         }
         plans
             .entry(id)
-            .or_insert_with(|| Plan::new(change.table.clone()))
+            .or_insert_with(|| {
+                order.push(id);
+                Plan::new(change.table.clone())
+            })
             .add(change);
     }
-    steps.extend(plans.into_values());
+    // Tables in the order the batch first touched them (a parent row inserted before its
+    // children at the source is written first here too), not in hash order.
+    for id in order {
+        if let Some(plan) = plans.remove(id) {
+            steps.push(plan);
+        }
+    }
     // What was consumed past the last change (tombstones, dead letters) is recorded too,
     // except on a held partition, which is read again from after its last recorded offset.
     for c in &batch.consumed {
@@ -540,6 +635,46 @@ mod tests {
             },
             barrier: None,
         }
+    }
+
+    #[test]
+    fn a_refused_batch_is_split_in_halves_in_source_order_down_to_the_culprit() {
+        let t = table(&["id"], &[]);
+        // Fetched out of source order (two topics): positions 0..8 at batch indices reversed.
+        let batch = Batch {
+            changes: (0..8)
+                .rev()
+                .map(|p| change(&t, p, Op::Create, vec![text("k")]))
+                .collect(),
+            consumed: Vec::new(),
+        };
+        let offsets = |s: &Splitter, lo, hi| -> Vec<i64> {
+            s.piece(&batch, lo, hi)
+                .changes
+                .iter()
+                .map(|c| c.origin.offset)
+                .collect()
+        };
+        let mut s = Splitter::new(&batch);
+        assert_eq!(s.next(), Some((0, 4)));
+        assert_eq!(offsets(&s, 0, 4), [0, 1, 2, 3]);
+        assert_eq!(s.next(), Some((4, 8)));
+        // The second half is refused: its halves come next, in order.
+        assert_eq!(s.refused(4, 8), None);
+        assert_eq!(s.next(), Some((4, 6)));
+        assert_eq!(s.refused(4, 6), None);
+        assert_eq!(s.next(), Some((4, 5)));
+        assert_eq!(s.next(), Some((5, 6)));
+        // The culprit is named by its index in the batch: position 5 is at index 2.
+        assert_eq!(s.refused(5, 6), Some(2));
+        // A batch of one is tried as it is.
+        let one = Batch {
+            changes: vec![change(&t, 0, Op::Create, vec![text("k")])],
+            consumed: Vec::new(),
+        };
+        let mut s = Splitter::new(&one);
+        assert_eq!(s.next(), Some((0, 1)));
+        assert_eq!(s.next(), None);
     }
 
     fn sorted(

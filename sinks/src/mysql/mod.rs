@@ -23,7 +23,9 @@ use crate::error::connect_error;
 use crate::metrics as m;
 use crate::plan::{self, Action, Applied, Plan};
 use crate::TargetProblem;
-use crate::{ApplyOutcome, Batch, ColumnTypes, DroppedColumns, Sink, SinkError, StoredProgress};
+use crate::{
+    ApplyOutcome, Batch, ColumnTypes, DroppedColumns, Pieces, Sink, SinkError, StoredProgress,
+};
 
 /// Table holding consumed offsets and applied positions, in the url's database.
 pub const OFFSETS_TABLE: &str = "sluice_offsets";
@@ -1081,33 +1083,67 @@ impl Sink for MysqlSink {
         Ok(outcome)
     }
 
-    async fn find_rejected(&mut self, batch: &Batch) -> Result<Option<(usize, String)>, SinkError> {
+    async fn apply_in_pieces(&mut self, batch: &Batch) -> Result<Pieces, SinkError> {
+        let started = Instant::now();
         self.prepare(batch).await?;
         let mut tx = self.pool.start_transaction(TxOpts::default()).await?;
-        let mut found = Ok(None);
-        for (i, change) in batch.changes.iter().enumerate() {
-            let one = Batch {
-                changes: vec![change.clone()],
-                consumed: Vec::new(),
-            };
-            if let Err(e) = tx.query_drop("SAVEPOINT sluice_one").await {
-                found = Err(e.into());
-                break;
-            }
-            match self.apply_in(&mut tx, &one).await {
-                Ok(_) => {}
+        let mut total = ApplyOutcome::default();
+        let mut counts = Applied::default();
+        let mut splitter = plan::Splitter::new(batch);
+        let mut pieces = 0u64;
+        while let Some((lo, hi)) = splitter.next() {
+            let piece = splitter.piece(batch, lo, hi);
+            tx.query_drop("SAVEPOINT sluice_piece").await?;
+            pieces += 1;
+            match self.apply_in(&mut tx, &piece).await {
+                Ok((outcome, applied)) => {
+                    tx.query_drop("RELEASE SAVEPOINT sluice_piece").await?;
+                    plan::Splitter::merge(&mut total, outcome);
+                    counts.merge(applied);
+                }
                 Err(e) if e.rejects_a_row() => {
-                    found = Ok(Some((i, e.detail())));
-                    break;
+                    tx.query_drop("ROLLBACK TO SAVEPOINT sluice_piece").await?;
+                    if let Some(index) = splitter.refused(lo, hi) {
+                        let _ = tx.rollback().await;
+                        debug!(sink = %self.name, pieces, index, "found the change the sink refuses");
+                        return Ok(Pieces::Rejected {
+                            index,
+                            reason: e.detail(),
+                        });
+                    }
                 }
                 Err(e) => {
-                    found = Err(e);
-                    break;
+                    let _ = tx.rollback().await;
+                    return Err(e);
                 }
             }
         }
-        let _ = tx.rollback().await;
-        found
+        // What was consumed past the last change (tombstones, dead letters).
+        let tail = Batch {
+            changes: Vec::new(),
+            consumed: batch.consumed.clone(),
+        };
+        match self.apply_in(&mut tx, &tail).await {
+            Ok((outcome, applied)) => {
+                plan::Splitter::merge(&mut total, outcome);
+                counts.merge(applied);
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        }
+        tx.commit().await?;
+        counts.record(&self.name);
+        info!(sink = %self.name, changes = batch.changes.len(), pieces, "a batch refused as a whole (no change refused on its own) was applied in pieces, in order");
+        metrics::counter!(m::BATCHES_SPLIT_TOTAL, "sink" => self.name.clone()).increment(1);
+        metrics::histogram!(m::BATCH_DURATION_SECONDS, "sink" => self.name.clone())
+            .record(started.elapsed().as_secs_f64());
+        if total.skipped > 0 {
+            metrics::counter!(m::EVENTS_SKIPPED_TOTAL, "sink" => self.name.clone())
+                .increment(total.skipped as u64);
+        }
+        Ok(Pieces::Applied(total))
     }
 
     async fn progress(

@@ -24,7 +24,9 @@ pub use check::pg_type_name;
 
 use crate::metrics as m;
 use crate::plan::{self, Action, Applied, Plan};
-use crate::{ApplyOutcome, Batch, ColumnTypes, DroppedColumns, Sink, SinkError, StoredProgress};
+use crate::{
+    ApplyOutcome, Batch, ColumnTypes, DroppedColumns, Pieces, Sink, SinkError, StoredProgress,
+};
 
 /// Table holding consumed offsets and applied positions, written in every batch transaction.
 pub const OFFSETS_TABLE: &str = "public.sluice_offsets";
@@ -843,35 +845,74 @@ impl Sink for PostgresSink {
         Ok(outcome)
     }
 
-    async fn find_rejected(&mut self, batch: &Batch) -> Result<Option<(usize, String)>, SinkError> {
+    async fn apply_in_pieces(&mut self, batch: &Batch) -> Result<Pieces, SinkError> {
         self.ensure_connected().await?;
+        let started = Instant::now();
         let txn = self.client.transaction().await?;
-        let mut found = Ok(None);
-        for (i, change) in batch.changes.iter().enumerate() {
-            let one = Batch {
-                changes: vec![change.clone()],
-                consumed: Vec::new(),
-            };
-            if let Err(e) = txn.batch_execute("SAVEPOINT sluice_one").await {
-                found = Err(e.into());
-                break;
-            }
-            match self.state.apply_in(&txn, &one).await {
-                Ok(_) => {}
+        let mut total = ApplyOutcome::default();
+        let mut counts = Applied::default();
+        let mut splitter = plan::Splitter::new(batch);
+        let mut pieces = 0u64;
+        while let Some((lo, hi)) = splitter.next() {
+            let piece = splitter.piece(batch, lo, hi);
+            txn.batch_execute("SAVEPOINT sluice_piece").await?;
+            pieces += 1;
+            match self.state.apply_in(&txn, &piece).await {
+                Ok((outcome, applied)) => {
+                    txn.batch_execute("RELEASE SAVEPOINT sluice_piece").await?;
+                    plan::Splitter::merge(&mut total, outcome);
+                    counts.merge(applied);
+                }
                 Err(e) if e.rejects_a_row() => {
-                    found = Ok(Some((i, e.detail())));
-                    break;
+                    txn.batch_execute("ROLLBACK TO SAVEPOINT sluice_piece")
+                        .await?;
+                    // Tables created or altered in the piece are gone again.
+                    self.state.forget();
+                    if let Some(index) = splitter.refused(lo, hi) {
+                        drop(txn);
+                        self.state.forget();
+                        debug!(sink = %self.state.name, pieces, index, "found the change the sink refuses");
+                        return Ok(Pieces::Rejected {
+                            index,
+                            reason: e.detail(),
+                        });
+                    }
                 }
                 Err(e) => {
-                    found = Err(e);
-                    break;
+                    drop(txn);
+                    self.state.forget();
+                    return Err(e);
                 }
             }
         }
-        // Nothing of this is kept: the router applies the batch again without the change.
-        drop(txn);
-        self.state.forget();
-        found
+        // What was consumed past the last change (tombstones, dead letters).
+        let tail = Batch {
+            changes: Vec::new(),
+            consumed: batch.consumed.clone(),
+        };
+        let committed = match self.state.apply_in(&txn, &tail).await {
+            Ok((outcome, applied)) => {
+                plan::Splitter::merge(&mut total, outcome);
+                counts.merge(applied);
+                txn.commit().await.map_err(SinkError::from)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
+            self.state.forget();
+            return Err(e);
+        }
+        counts.record(&self.state.name);
+        let name = self.state.name.clone();
+        info!(sink = %name, changes = batch.changes.len(), pieces, "a batch refused as a whole (no change refused on its own) was applied in pieces, in order");
+        metrics::counter!(m::BATCHES_SPLIT_TOTAL, "sink" => name.clone()).increment(1);
+        metrics::histogram!(m::BATCH_DURATION_SECONDS, "sink" => name.clone())
+            .record(started.elapsed().as_secs_f64());
+        if total.skipped > 0 {
+            metrics::counter!(m::EVENTS_SKIPPED_TOTAL, "sink" => name)
+                .increment(total.skipped as u64);
+        }
+        Ok(Pieces::Applied(total))
     }
 
     async fn progress(
