@@ -256,3 +256,63 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+/// Replaces `source`'s capture state record with one that begins a new source epoch and has
+/// every configured table to read again after a truncate: its next start clears each table at
+/// the sink and snapshots it anew, and everything it publishes sorts above what the sink has
+/// (see `sluice_capture::epoch`).
+pub fn reset_state(config: &Config, source: &str) -> anyhow::Result<String> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let Some(source_config) = config.sources.get(source) else {
+        anyhow::bail!(
+            "no source `{source}` in the config (sources: {})",
+            config
+                .sources
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    let started_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let epoch = serde_json::json!({ "started_ms": started_ms });
+    let tables = |names: &[String]| -> serde_json::Map<String, serde_json::Value> {
+        names
+            .iter()
+            .map(|t| (t.clone(), serde_json::json!({ "state": "started" })))
+            .collect()
+    };
+    let record = match source_config {
+        SourceConfig::Postgres(pg) => serde_json::json!({
+            "slot": pg.slot,
+            "tables": tables(&pg.tables),
+            "epoch": epoch,
+        }),
+        SourceConfig::Mysql(my) => serde_json::json!({
+            "file_base": "",
+            "position": null,
+            "gtid": null,
+            "tables": tables(&my.tables),
+            "epoch": epoch,
+        }),
+    };
+    let topic = &config.kafka.state_topic;
+    let producer: BaseProducer = config
+        .kafka_client()
+        .set("enable.idempotence", "true")
+        .create()
+        .context("cannot create a Kafka producer")?;
+    let payload = record.to_string();
+    producer
+        .send(BaseRecord::to(topic).key(source).payload(&payload))
+        .map_err(|(e, _)| anyhow::anyhow!("cannot write to {topic}: {e}"))?;
+    producer.flush(Duration::from_secs(30)).with_context(|| {
+        format!("the new state of source {source} in {topic} was not acknowledged")
+    })?;
+    Ok(format!(
+        "source {source}: its capture state in {topic} is reset; its next start clears each \
+         table at the sink and reads it anew, in a new source epoch"
+    ))
+}

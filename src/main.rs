@@ -42,6 +42,20 @@ enum Command {
     /// Reads each process's /readyz and /metrics. Exits 0 when every process answered and is
     /// ready, 1 otherwise.
     Status(StatusArgs),
+    /// Delete a source's capture state (snapshot progress and binlog position) from the state
+    /// topic, so that its next start reads every table anew in a new source epoch (after a
+    /// binlog purged or reset, a source rebuilt). Stop that source's capture first.
+    ResetState(ResetStateArgs),
+}
+
+#[derive(clap::Args)]
+struct ResetStateArgs {
+    /// The TOML config file.
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    config: PathBuf,
+    /// The source, as named in [sources.<name>].
+    #[arg(long)]
+    source: String,
 }
 
 #[derive(Subcommand)]
@@ -116,6 +130,7 @@ fn main() -> ExitCode {
             },
         ),
         Command::Status(a) => return status(a),
+        Command::ResetState(a) => return reset_state(a),
         Command::Schemes(c) => return schemes(c),
         Command::CheckConfig(a) => {
             return match Config::load(&a.config) {
@@ -202,6 +217,26 @@ fn schemes(command: &SchemesCommand) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn reset_state(args: &ResetStateArgs) -> ExitCode {
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match commands::reset_state(&config, &args.source) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -619,3 +619,55 @@ fn xa_rollbacks_savepoints_and_a_truncate_after_a_restart_reach_the_sink_as_the_
         .unwrap();
     s.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(90));
 }
+
+#[test]
+fn a_binlog_reset_is_read_anew_after_reset_state_in_a_new_epoch() {
+    // Given orders captured into the sink, with capture far into the binlog,
+    let services = Services::start(&format!("{ORDERS_DDL}; {}", insert_orders(1, 10)));
+    let config = services.config(&["shop.orders"]);
+    let mut sluice = services.sluice(&config);
+    services
+        .maria
+        .root_sql("FLUSH BINARY LOGS; FLUSH BINARY LOGS; FLUSH BINARY LOGS")
+        .unwrap();
+    services.maria.root_sql(&insert_orders(11, 20)).unwrap();
+    services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(60));
+    sluice.terminate(Duration::from_secs(20));
+
+    // when the binlog is reset (its numbering starts over, below what the sink recorded) and
+    // the source changes, a row deleted among them,
+    services
+        .maria
+        .root_sql(&format!(
+            "RESET MASTER; {}; UPDATE shop.orders SET qty = 99 WHERE id <= 5; \
+             DELETE FROM shop.orders WHERE id = 6",
+            insert_orders(21, 30)
+        ))
+        .unwrap();
+    // then capture stops, naming the command that reads it anew,
+    let log = run_until_it_stops(&services, &config);
+    assert!(
+        log.contains("is no longer on the server")
+            && log.contains("sluice reset-state --config <file> --source maria"),
+        "{log}"
+    );
+    let out = std::process::Command::new(SLUICE)
+        .args(["reset-state", "--source", "maria", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // and after `sluice reset-state` the sink equals the source row for row: the snapshot's
+    // positions, in a new epoch, sort above the old binlog's, and the table was cleared first.
+    let mut sluice = services.sluice(&config);
+    services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(90));
+    services
+        .maria
+        .root_sql("UPDATE shop.orders SET qty = 7 WHERE id = 30")
+        .unwrap();
+    services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(60));
+}

@@ -7,6 +7,7 @@
 //! acknowledged. It does not own event encoding (`sluice-schemas`) or anything downstream of
 //! Kafka.
 
+pub mod epoch;
 pub mod error;
 pub mod metrics;
 pub mod mysql;

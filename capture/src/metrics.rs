@@ -26,6 +26,10 @@ pub const ERRORS_TOTAL: &str = "sluice_capture_errors_total";
 pub const TABLE_STOPPED: &str = "sluice_capture_table_stopped";
 /// Changes of stopped tables that capture read and did not publish, labels `source`, `table`.
 pub const STOPPED_TABLE_CHANGES_TOTAL: &str = "sluice_capture_stopped_table_changes_total";
+/// Source epochs begun, labels `source`, `reason` (`new_state`: no capture state, a first
+/// start or a record deleted to read the source anew; `identity`: the source is another
+/// server or timeline than the one last read). See `capture/src/epoch.rs`.
+pub const EPOCHS_TOTAL: &str = "sluice_capture_epochs_total";
 /// Table schema versions registered (schema topic or registry), label `source`.
 pub const SCHEMAS_PUBLISHED_TOTAL: &str = "sluice_capture_schemas_published_total";
 /// New table schema versions refused by the compatibility policy, labels `source`, `table`.
@@ -70,6 +74,11 @@ pub fn snapshot_finished(source: &str, table: &str, rows: u64) {
 
 /// Registers descriptions; call once per process.
 pub fn describe() {
+    describe_counter!(
+        EPOCHS_TOTAL,
+        Unit::Count,
+        "Source epochs begun (positions that sort above every earlier one)"
+    );
     describe_counter!(
         EVENTS_TOTAL,
         Unit::Count,

@@ -331,6 +331,8 @@ pub struct Publisher {
     subjects: HashMap<String, Vec<Arc<TableSchema>>>,
     /// Schema-topic mode: what the topic held when capture started.
     topic_schemas: Option<TopicSchemas>,
+    /// The source epoch's position prefix (see [`crate::epoch`]) in hex; none in epoch 0.
+    epoch_prefix: Option<[u8; 18]>,
 }
 
 /// Follows acknowledgements: `acked` is the highest checkpoint whose events Kafka acknowledged.
@@ -397,12 +399,23 @@ impl Publisher {
                 last_checkpoint: start,
                 subjects: HashMap::new(),
                 topic_schemas: None,
+                epoch_prefix: None,
             },
             AckHandle {
                 acked: acked_rx,
                 task,
             },
         ))
+    }
+
+    /// Publishes every event from here on in `epoch`: its positions carry the epoch's
+    /// prefix. Set before anything of the epoch is published.
+    pub fn set_epoch(&mut self, epoch: &crate::epoch::Epoch) {
+        self.epoch_prefix = epoch.prefix().map(|p| {
+            let mut hex = [0; 18];
+            sluice_schemas::Position(p.to_vec()).write_hex(&mut hex);
+            hex
+        });
     }
 
     /// The last checkpoint handed to the ack task.
@@ -807,13 +820,34 @@ impl Publisher {
         // read the clock again for a record without one).
         let now_us = sluice_schemas::event::unix_now_us();
         let value = codec.encode_value(event, now_us, &out.value_header)?;
-        let mut hex = [0; 64];
+        let mut hex = [0; 80];
         let owned;
-        let position = match event.position.write_hex(&mut hex) {
-            Some(p) => p,
-            None => {
-                owned = event.position.to_hex();
-                owned.as_bytes()
+        let position = match self.epoch_prefix {
+            None => match event.position.write_hex(&mut hex) {
+                Some(p) => p,
+                None => {
+                    owned = event.position.to_hex();
+                    owned.as_bytes()
+                }
+            },
+            Some(prefix) => {
+                // The epoch's prefix, then the position, in one hex string.
+                let (head, tail) = hex.split_at_mut(prefix.len());
+                head.copy_from_slice(&prefix);
+                match event.position.write_hex(tail) {
+                    Some(p) => {
+                        let n = prefix.len() + p.len();
+                        &hex[..n]
+                    }
+                    None => {
+                        owned = format!(
+                            "{}{}",
+                            std::str::from_utf8(&prefix).expect("hex digits are ASCII"),
+                            event.position.to_hex()
+                        );
+                        owned.as_bytes()
+                    }
+                }
             }
         };
         let at = Record {

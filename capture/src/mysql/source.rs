@@ -31,6 +31,7 @@ use tracing::{error, info, info_span, Instrument};
 
 use super::rows::{Cell, Images, RowImages};
 use super::types::{self, BinlogColumn, Charset, Collations};
+use crate::epoch::Epoch;
 use crate::metrics as m;
 use crate::postgres::state::{read_latest_state, TableState};
 use crate::postgres::SnapshotMode;
@@ -119,6 +120,10 @@ struct MysqlState {
     /// sharing a Kafka cluster and a source name would otherwise take each other's position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     topic_prefix: Option<String>,
+    /// The source epoch capture publishes in (absent in records written before epochs were
+    /// kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    epoch: Option<Epoch>,
 }
 
 impl MysqlState {
@@ -173,9 +178,9 @@ impl MysqlCapture {
         let (mut publisher, acks) = Publisher::new(&self.kafka, self.settings.clone(), 0)?;
         publisher.prepare().await?;
         publisher.refuse_legacy_topics(&tables).await?;
-        let mut state = match read_latest_state(&self.kafka, &self.settings.state_topic, &self.name)
-            .await?
-        {
+        let stored = read_latest_state(&self.kafka, &self.settings.state_topic, &self.name).await?;
+        let existed = stored.is_some();
+        let mut state = match stored {
             None => MysqlState::default(),
             Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 CaptureError::Definite(format!(
@@ -189,6 +194,16 @@ impl MysqlCapture {
             &self.settings.state_topic,
             &self.settings.topic_prefix,
         )?;
+        // The source epoch, decided and recorded before anything is published in it.
+        let identity = identify(&mut conn).await?;
+        let (epoch, changed) = Epoch::decide(&self.name, state.epoch.as_ref(), existed, &identity);
+        publisher.set_epoch(&epoch);
+        state.epoch = Some(epoch);
+        if changed {
+            publisher
+                .write_state(&serde_json::to_string(&state).expect("state serializes"))
+                .await?;
+        }
 
         let pending: Vec<TableId> = tables
             .iter()
@@ -343,6 +358,21 @@ async fn load_collations(conn: &mut Conn) -> Result<Collations, CaptureError> {
             .filter_map(|(id, cs)| Some((u16::try_from(id?).ok()?, Charset::from_name(&cs?))))
             .collect(),
     ))
+}
+
+/// The source's identity for its epoch (see [`crate::epoch`]): server id, UUID (MySQL; none
+/// in MariaDB) and binlog base name — another server after a failover, or a rebuilt one.
+async fn identify(conn: &mut Conn) -> Result<String, CaptureError> {
+    let rows: Vec<(String, String)> = conn
+        .query(
+            "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
+             ('server_id', 'server_uuid', 'log_bin_basename')",
+        )
+        .await
+        .map_err(mysql_error)?;
+    let mut parts: Vec<String> = rows.into_iter().map(|(k, v)| format!("{k} {v}")).collect();
+    parts.sort();
+    Ok(format!("mysql {}", parts.join(" ")))
 }
 
 async fn master_status(conn: &mut Conn) -> Result<(String, u64), CaptureError> {
@@ -815,8 +845,9 @@ impl Stream<'_> {
         let stream_error = |e: mysql_async::Error| match e {
             mysql_async::Error::Server(s) if s.code == 1236 => CaptureError::Definite(format!(
                 "the binlog position {resume_from} is no longer on the server ({}): it was purged \
-                 before capture read it. Delete this source's record in the state topic to \
-                 re-snapshot, and keep binlogs longer (binlog_expire_logs_seconds)",
+                 (or the binlog reset) before capture read it. Run `sluice reset-state --config \
+                 <file> --source {source}` to re-snapshot in a new source epoch, and keep binlogs \
+                 longer (binlog_expire_logs_seconds)",
                 s.message
             )),
             other => mysql_error(other),

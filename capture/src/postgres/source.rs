@@ -22,6 +22,7 @@ use super::replication::{
 use super::slot::{self, ExportedSnapshot};
 use super::snapshot::{self, SnapshotJob, SnapshotMessage};
 use super::state::{CaptureState, TableState};
+use crate::epoch::Epoch;
 use crate::metrics as m;
 use crate::publisher::{AckHandle, Publisher};
 use crate::tls::{PgConnector, TlsConfig};
@@ -211,19 +212,26 @@ impl PostgresCapture {
         resnapshot: &[TableId],
         partitions: &HashMap<TableId, HashMap<u32, bool>>,
         created: Option<ExportedSnapshot>,
+        identity: &str,
         publisher: &mut Publisher,
         shutdown: &CancellationToken,
     ) -> Result<Option<CaptureState>, CaptureError> {
         if self.config.snapshot == SnapshotMode::Never {
             return Ok(Some(CaptureState::default()));
         }
-        let mut state =
+        let loaded =
             CaptureState::load(&self.kafka, &self.settings.state_topic, &self.name).await?;
-        if state.slot != self.config.slot {
-            state = CaptureState {
-                slot: self.config.slot.clone(),
-                ..CaptureState::default()
-            };
+        let existed = loaded.as_ref().is_some_and(|s| s.slot == self.config.slot);
+        let mut state = loaded.filter(|_| existed).unwrap_or_else(|| CaptureState {
+            slot: self.config.slot.clone(),
+            ..CaptureState::default()
+        });
+        // The source epoch, decided and recorded before anything is published in it.
+        let (epoch, changed) = Epoch::decide(&self.name, state.epoch.as_ref(), existed, identity);
+        publisher.set_epoch(&epoch);
+        state.epoch = Some(epoch);
+        if changed {
+            publisher.write_state(&state_json(&state)?).await?;
         }
         // A table refused now misses changes from here on: once it is fixed, it is read again.
         let mut changed = false;
@@ -452,6 +460,7 @@ impl PostgresCapture {
             // to the stream's check, and at worst read twice, never missed.
             let partitions = Catalog::partitions(&client, &tables, &HashMap::new(), false).await?;
             let mut repl = ReplicationConnection::connect(&params).await?;
+            let identity = identify(&mut repl).await?;
             let slot_state = slot::ensure_slot(&client, &mut repl, &self.config.slot).await?;
             let start = slot_state.confirmed_flush_lsn.unwrap_or(0);
             let (mut publisher, acks) = Publisher::new(&self.kafka, self.settings.clone(), start)?;
@@ -466,6 +475,7 @@ impl PostgresCapture {
                     &resnapshot,
                     &partitions,
                     slot_state.created,
+                    &identity,
                     &mut publisher,
                     shutdown,
                 )
@@ -1086,6 +1096,21 @@ impl Stream<'_> {
         self.publisher.write_state(&json).await?;
         Ok(true)
     }
+}
+
+/// The source's identity for its epoch (see [`crate::epoch`]): the cluster's system
+/// identifier and the timeline (a new one after a failover or a point-in-time recovery).
+async fn identify(repl: &mut ReplicationConnection) -> Result<String, CaptureError> {
+    let rows = repl.simple_query("IDENTIFY_SYSTEM").await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| CaptureError::Definite("IDENTIFY_SYSTEM answered no row".into()))?;
+    let field = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+    Ok(format!(
+        "postgres system {} timeline {}",
+        field(0),
+        field(1)
+    ))
 }
 
 /// Why a renamed table stops, and the fix.

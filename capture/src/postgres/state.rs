@@ -36,6 +36,10 @@ pub struct CaptureState {
     /// stream never carried, so the table is read again.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub partitions: BTreeMap<String, BTreeSet<u32>>,
+    /// The source epoch capture publishes in (absent in records written before epochs were
+    /// kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<crate::epoch::Epoch>,
 }
 
 /// The latest state record of `source` in the state topic, if any.
@@ -59,15 +63,15 @@ pub async fn read_latest_state(
 }
 
 impl CaptureState {
-    /// Reads the latest state of `source` from the state topic; empty when there is none.
+    /// Reads the latest state of `source` from the state topic, if there is one.
     pub async fn load(
         config: &ClientConfig,
         topic: &str,
         source: &str,
-    ) -> Result<CaptureState, CaptureError> {
+    ) -> Result<Option<CaptureState>, CaptureError> {
         match read_latest_state(config, topic, source).await? {
-            None => Ok(CaptureState::default()),
-            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
                 CaptureError::Definite(format!(
                     "the capture state of source {source} in topic {topic} is unreadable ({e}); \
                      delete that record to re-snapshot"
