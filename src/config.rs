@@ -303,10 +303,13 @@ pub struct RouterConfig {
     /// Kafka consumer group; routers with the same group share the partitions.
     #[serde(default = "default_group_id")]
     pub group_id: String,
-    /// Static group membership id (Kafka's `group.instance.id`): a router restarted with the same
-    /// id takes its partitions back at once instead of waiting for the old session to expire.
-    /// Must be unique per router process in the group. Default: `sluice-<hostname>`; set it
-    /// (e.g. to the pod name) when several routers share a host.
+    /// Static group membership id (Kafka's `group.instance.id`), opt-in: a router restarted
+    /// with the same id takes its partitions back without a rebalance, but one that never
+    /// returns keeps them until the session times out, and a changed subscription is not
+    /// rebalanced. Must be unique per router process in the group (e.g. the pod name of a
+    /// StatefulSet). Default: none — dynamic membership, so routers joining, leaving or being
+    /// scaled in rebalance at once. (Tansu 0.6 never expires a dead dynamic member: set it
+    /// there.)
     #[serde(default)]
     pub instance_id: Option<String>,
     /// How the group shares partitions (librdkafka's `partition.assignment.strategy`):
@@ -762,17 +765,9 @@ impl Config {
         c
     }
 
-    /// The router's static membership id: configured, else `sluice-<hostname>`.
+    /// The router's static membership id, when configured (dynamic membership otherwise).
     pub fn router_instance_id(&self) -> Option<String> {
-        let router = self.router.as_ref()?;
-        if let Some(id) = &router.instance_id {
-            return Some(id.clone());
-        }
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .ok()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())?;
-        Some(format!("sluice-{host}"))
+        self.router.as_ref()?.instance_id.clone()
     }
 
     /// The topic prefix of source `name`: its own `topic_prefix`, else

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_harness::{free_port, MariaDb, Postgres, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{free_port, Broker, MariaDb, Postgres, SluiceProcess};
 use sluice_schemas::{Datum, Position};
 
 mod common;
@@ -15,7 +15,7 @@ use common::TopicReader;
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 const KEYS: i64 = 20;
 
-fn config_file(dir: &Path, kafka: &Tansu, metrics_port: u16, source: &str) -> std::path::PathBuf {
+fn config_file(dir: &Path, kafka: &Broker, metrics_port: u16, source: &str) -> std::path::PathBuf {
     let config = dir.join("sluice.toml");
     std::fs::write(
         &config,
@@ -41,7 +41,7 @@ listen = "127.0.0.1:{metrics_port}"
 /// of every key arrived, and dropping every event whose position is not above the last one
 /// kept leaves each key's values exactly 1, 2, 3, … in order.
 fn kill_9_while_counting(
-    kafka: &Tansu,
+    kafka: &Broker,
     config: &Path,
     topic: &str,
     streaming_marker: &str,
@@ -136,7 +136,7 @@ fn kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_position()
         ),
     )
     .unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let source = format!(
         "[sources.pg_main]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.counters\"]\n\
@@ -173,7 +173,7 @@ fn mariadb_kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_po
              INSERT INTO shop.counters SELECT seq, 0 FROM shop.seq_1_to_{KEYS};"
         ))
         .unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let source = format!(
         "[sources.maria]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"shop.counters\"]\nserver_id = 5402",

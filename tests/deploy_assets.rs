@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_harness::{MariaDb, Postgres, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{Broker, MariaDb, Postgres, SluiceProcess};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const ASSETS: &[&str] = &[
@@ -106,7 +106,7 @@ fn a_running_pipeline_exports_every_metric_the_dashboard_and_alerts_use() {
     maria
         .root_sql("CREATE TABLE shop.m (id int PRIMARY KEY, d date)")
         .unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(env!("CARGO_BIN_EXE_sluice")),

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{free_port, MariaDb, Postgres, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{free_port, Broker, MariaDb, Postgres, SluiceProcess};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -26,7 +26,7 @@ const PG_ROWS: &str = "SELECT id, customer, qty, price, \
 struct Services {
     maria: MariaDb,
     pg: Postgres,
-    kafka: Tansu,
+    kafka: Broker,
     dir: tempfile::TempDir,
     metrics_port: u16,
 }
@@ -41,7 +41,7 @@ impl Services {
         Services {
             maria,
             pg,
-            kafka: Tansu::start(TansuStorage::Memory).unwrap(),
+            kafka: Broker::start().unwrap(),
             dir: tempfile::tempdir().unwrap(),
             metrics_port: free_port(),
         }
@@ -429,7 +429,7 @@ fn capture_talks_tls_to_mariadb_and_refuses_a_certificate_it_cannot_verify() {
     let services = Services {
         maria,
         pg,
-        kafka: Tansu::start(TansuStorage::Memory).unwrap(),
+        kafka: Broker::start().unwrap(),
         dir: tempfile::tempdir().unwrap(),
         metrics_port: free_port(),
     };

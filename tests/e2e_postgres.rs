@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
 use sluice_harness::{
-    free_port, http_get, metric_value, Postgres, SluiceProcess, Tansu, TansuStorage, TestCerts,
+    free_port, http_get, metric_value, Broker, Postgres, SluiceProcess, TansuStorage, TestCerts,
 };
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -32,7 +32,7 @@ const ORDERS_ROWS: &str = "SELECT * FROM public.orders ORDER BY id";
 fn write_config_with(
     dir: &Path,
     pg: &Postgres,
-    kafka: &Tansu,
+    kafka: &Broker,
     metrics_port: u16,
     slot: &str,
     tables: &[&str],
@@ -94,7 +94,7 @@ fn wait_for_sink_to_match(pg: &Postgres, sluice: &SluiceProcess, timeout: Durati
 /// empty `sink` database, a broker, a working directory and a free metrics port.
 struct Services {
     pg: Postgres,
-    kafka: Tansu,
+    kafka: Broker,
     dir: tempfile::TempDir,
     metrics_port: u16,
 }
@@ -107,7 +107,7 @@ impl Services {
         pg.psql("source", ddl).unwrap();
         Services {
             pg,
-            kafka: Tansu::start(storage).unwrap(),
+            kafka: Broker::start_with(storage).unwrap(),
             dir: tempfile::tempdir().unwrap(),
             metrics_port: free_port(),
         }
@@ -146,7 +146,7 @@ impl Services {
 /// at the source, a broker, and `sluice run`.
 struct Pipeline {
     pg: Postgres,
-    kafka: Tansu,
+    kafka: Broker,
     dir: tempfile::TempDir,
     config: std::path::PathBuf,
     metrics_port: u16,
@@ -740,6 +740,7 @@ fn an_idle_source_does_not_hold_back_wal_while_other_databases_write() {
     let slot = "sluice_idle";
     let config = services.config(slot, &["public.orders"], "heartbeat_interval_ms = 200");
     let sluice = services.sluice(&config, &[]);
+    sluice.wait_for_log("starting replication", Duration::from_secs(60));
 
     // when another database on the same server writes a lot of WAL,
     pg.psql(

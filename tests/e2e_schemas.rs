@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{free_port, Postgres, SchemaRegistry, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{free_port, Broker, Postgres, SchemaRegistry, SluiceProcess};
 
 mod common;
 use common::TopicReader;
@@ -17,7 +17,7 @@ const ROWS: &str = "SELECT id, qty, note FROM public.t ORDER BY id";
 /// A source with `public.t`, a sink database, a broker and a directory for configs and logs.
 struct Services {
     pg: Postgres,
-    kafka: Tansu,
+    kafka: Broker,
     dir: tempfile::TempDir,
     metrics_port: u16,
 }
@@ -34,7 +34,7 @@ impl Services {
         .unwrap();
         Services {
             pg,
-            kafka: Tansu::start(TansuStorage::Memory).unwrap(),
+            kafka: Broker::start().unwrap(),
             dir: tempfile::tempdir().unwrap(),
             metrics_port: free_port(),
         }

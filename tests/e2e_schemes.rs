@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{free_port, metric_value, Postgres, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{free_port, metric_value, Broker, Postgres, SluiceProcess};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -61,7 +61,7 @@ fn sluice(args: &[&str], config: &Path) -> (i32, String) {
 /// A broker, a directory with `schemes/`, and a config with the given source, a PostgreSQL
 /// sink and a router that reads `schemes/` (checked every 500 ms).
 struct Setup {
-    _kafka: Tansu,
+    _kafka: Broker,
     dir: tempfile::TempDir,
     config: PathBuf,
     schemes: PathBuf,
@@ -70,7 +70,7 @@ struct Setup {
 
 impl Setup {
     fn new(source: &str, sink_url: &str, sink: &str) -> Setup {
-        let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+        let kafka = Broker::start().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let schemes = dir.path().join("schemes");
         std::fs::create_dir(&schemes).unwrap();

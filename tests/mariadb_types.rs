@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_harness::{MariaDb, Postgres, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{Broker, MariaDb, Postgres, SluiceProcess};
 use sluice_schemas::{Datum, Op, SqlType};
 
 mod common;
@@ -147,7 +147,7 @@ fn every_mariadb_type_survives_snapshot_and_binlog_exactly() {
             ROWS.replace("ID", "1")
         ))
         .unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (capture, _) = SluiceProcess::start_in(
         Path::new(SLUICE),
@@ -301,7 +301,7 @@ fn every_mariadb_type_reaches_a_postgres_sink_exactly() {
         .unwrap();
     let pg = Postgres::start().unwrap();
     pg.create_database("sink").unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),

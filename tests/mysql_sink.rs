@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::pg_rows;
-use sluice_harness::{metric_value, MariaDb, Postgres, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{metric_value, Broker, MariaDb, Postgres, SluiceProcess};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -80,7 +80,7 @@ fn a_postgres_table_reaches_mariadb_with_every_value_and_a_lossy_type_waits() {
     .unwrap();
     let maria = MariaDb::start().unwrap();
     maria.create_database("wh").unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),
@@ -181,7 +181,7 @@ fn mariadb_to_mariadb_is_exactly_once_across_router_kills() {
          CREATE TRIGGER wh.upd AFTER UPDATE ON wh.acct FOR EACH ROW INSERT INTO wh.applied (id, n) VALUES (NEW.id, NEW.n);",
     )
     .unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "[kafka]\nbootstrap_servers = \"{}\"\n[sources.shop]\nkind = \"mysql\"\nurl = \"{}\"\n\
@@ -272,7 +272,7 @@ fn a_change_mariadb_refuses_is_dead_lettered_and_the_rest_is_applied() {
              CONSTRAINT qty_not_negative CHECK (qty >= 0))",
         )
         .unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),
@@ -373,7 +373,7 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
     sysbench("prepare", &[]);
     let sink = MariaDb::start().unwrap();
     sink.create_database("wh").unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "[kafka]\nbootstrap_servers = \"{}\"\n[sources.shop]\nkind = \"mysql\"\nurl = \"{}\"\n\
@@ -489,7 +489,7 @@ fn schemes_check_compares_a_scheme_with_the_existing_mariadb_table() {
             "CREATE TABLE wh.t (id int PRIMARY KEY, name varchar(20), n text, audit int NOT NULL)",
         )
         .unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("schemes")).unwrap();
     let config = dir.path().join("sluice.toml");
@@ -574,7 +574,7 @@ fn a_batch_mariadb_refuses_only_as_a_whole_is_applied_in_pieces_and_nothing_is_d
     maria
         .root_sql("CREATE TABLE wh.seat (id int PRIMARY KEY, code int NOT NULL UNIQUE)")
         .unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),

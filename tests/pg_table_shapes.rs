@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{free_port, metric_value, Postgres, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{free_port, metric_value, Broker, Postgres, SluiceProcess};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -17,7 +17,7 @@ const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 /// config capturing `tables` from `source` into `sink`.
 struct Setup {
     pg: Postgres,
-    _kafka: Tansu,
+    _kafka: Broker,
     dir: tempfile::TempDir,
     config: PathBuf,
     metrics_port: u16,
@@ -34,7 +34,7 @@ impl Setup {
         pg.create_database("source").unwrap();
         pg.create_database("sink").unwrap();
         pg.psql("source", ddl).unwrap();
-        let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+        let kafka = Broker::start().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let metrics_port = free_port();
         let tables = tables
@@ -402,7 +402,7 @@ fn two_sources_with_the_same_table_name_each_deliver_every_change() {
         )
         .unwrap();
     }
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let source = |name: &str, pg: &Postgres| {
         format!(

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{metric_value, Postgres, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{metric_value, Broker, Postgres, SluiceProcess};
 
 mod common;
 
@@ -44,7 +44,7 @@ fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
         "CREATE TABLE public.orders (id int PRIMARY KEY, qty int CONSTRAINT qty_not_negative CHECK (qty >= 0), note varchar(5))",
     )
     .unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),
@@ -198,7 +198,7 @@ fn a_router_killed_mid_batch_again_and_again_applies_every_change_exactly_once()
            FOR EACH ROW EXECUTE FUNCTION record_write();",
     )
     .unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let common = format!(
         "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
@@ -380,7 +380,7 @@ fn a_pgbench_workload_with_the_router_and_capture_killed_arrives_row_for_row() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     pgbench(&["-i", "-s", "1", "-q"]);
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let tables = [
         "public.pgbench_accounts",
@@ -473,10 +473,10 @@ fn a_pgbench_workload_with_the_router_and_capture_killed_arrives_row_for_row() {
 
 #[test]
 fn two_routers_share_the_partitions_and_one_killed_takes_its_share_back() {
-    // Given a table whose topic has two partitions, a capture and two routers in one group
-    // (range assignment: Tansu 0.6 mishandles the cooperative protocol with two members; and it
-    // never expires a dead static member, so on Tansu a killed router's partitions wait for it
-    // to come back rather than move to the other, which Kafka does after session.timeout.ms),
+    // Given a table whose topic has two partitions, a capture and two routers in one group —
+    // on Kafka with the defaults (dynamic membership, cooperative-sticky assignment); on Tansu
+    // with static ids and range assignment (Tansu 0.6 mishandles the cooperative protocol with
+    // two members, and never expires a dead dynamic member),
     let pg = Postgres::start().unwrap();
     pg.create_database("source").unwrap();
     pg.create_database("sink").unwrap();
@@ -489,16 +489,22 @@ fn two_routers_share_the_partitions_and_one_killed_takes_its_share_back() {
     // applied twice (a replay not skipped) shows as a version written again; the final state
     // alone could not tell.
     pg.psql("sink", OBSERVED_ITEMS).unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let tansu = kafka.is_tansu();
     let common = |instance: &str| {
+        let membership = if tansu {
+            format!("instance_id = \"{instance}\"\nassignment_strategy = \"range\"\n")
+        } else {
+            String::new()
+        };
         format!(
             "[kafka]\nbootstrap_servers = \"{}\"\npartitions = 2\n\
              [sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.items\"]\n\
              slot = \"two_routers\"\npublication = \"two_routers\"\n\
              [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n\
-             [router]\nsink = \"wh\"\ngroup_id = \"two_routers\"\ninstance_id = \"{instance}\"\n\
-             assignment_strategy = \"range\"\n[router.batch]\nmax_delay_ms = 100\n",
+             [router]\nsink = \"wh\"\ngroup_id = \"two_routers\"\n{membership}\
+             [router.batch]\nmax_delay_ms = 100\n",
             kafka.bootstrap(),
             pg.url("source"),
             pg.url("sink")
@@ -522,6 +528,16 @@ fn two_routers_share_the_partitions_and_one_killed_takes_its_share_back() {
     };
     let a = router("router-a");
     let mut b = router("router-b");
+    // (Both own partitions before the writes: a router that joins a group later takes its
+    // share in a rebalance.)
+    a.wait_for_log(
+        "partitions assigned by a rebalance",
+        Duration::from_secs(60),
+    );
+    b.wait_for_log(
+        "partitions assigned by a rebalance",
+        Duration::from_secs(60),
+    );
 
     // when rows change while both run,
     pg.psql(
@@ -626,7 +642,7 @@ fn a_router_started_before_its_broker_waits_for_it_and_then_routes() {
         "CREATE TABLE public.t (id int PRIMARY KEY, v text)",
     )
     .unwrap();
-    let mut kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let mut kafka = Broker::start().unwrap();
     kafka.kill();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
@@ -695,7 +711,7 @@ fn a_sink_restored_from_an_older_backup_reads_again_what_it_lacks() {
          CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON public.item
            FOR EACH ROW EXECUTE FUNCTION slow();";
     pg.psql("sink", slow_sink).unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
@@ -834,7 +850,7 @@ fn a_batch_the_sink_refuses_only_as_a_whole_is_applied_in_pieces_and_nothing_is_
     pg.psql("sink", ddl).unwrap();
     pg.psql("source", "INSERT INTO public.seat VALUES (1, 10), (2, 20);")
         .unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),

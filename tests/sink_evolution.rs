@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{metric_value, Postgres, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{metric_value, Broker, Postgres, SluiceProcess};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -14,7 +14,7 @@ const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 /// cannot resolve, on purpose.
 struct Setup {
     pg: Postgres,
-    _kafka: Tansu,
+    _kafka: Broker,
     _dir: tempfile::TempDir,
     sluice: SluiceProcess,
 }
@@ -31,7 +31,7 @@ fn setup(sink_extra: &str) -> Setup {
          INSERT INTO public.b SELECT i, 'v' || i FROM generate_series(1, 5) i;",
     )
     .unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),

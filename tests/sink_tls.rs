@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::pg_rows;
-use sluice_harness::{free_port, MariaDb, Postgres, SluiceProcess, Tansu, TansuStorage, TestCerts};
+use sluice_harness::{free_port, Broker, MariaDb, Postgres, SluiceProcess, TestCerts};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
 /// A PostgreSQL source with a table of 30 rows, and a broker.
 struct Source {
     pg: Postgres,
-    kafka: Tansu,
+    kafka: Broker,
     dir: tempfile::TempDir,
 }
 
@@ -29,7 +29,7 @@ impl Source {
         .unwrap();
         Source {
             pg,
-            kafka: Tansu::start(TansuStorage::Memory).unwrap(),
+            kafka: Broker::start().unwrap(),
             dir: tempfile::tempdir().unwrap(),
         }
     }

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{http_get, metric_value, Postgres, SluiceProcess, Tansu, TansuStorage};
+use sluice_harness::{http_get, metric_value, Broker, Postgres, SluiceProcess};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -52,7 +52,7 @@ fn count(pg: &Postgres, db: &str, sql: &str) -> Option<i64> {
 struct Setup {
     source: Postgres,
     sink: Postgres,
-    _kafka: Tansu,
+    _kafka: Broker,
     _dir: tempfile::TempDir,
     config: std::path::PathBuf,
     sluice: SluiceProcess,
@@ -72,7 +72,7 @@ fn setup(rows: i32) -> Setup {
         .unwrap();
     let sink = Postgres::start().unwrap();
     sink.create_database("wh").unwrap();
-    let kafka = Tansu::start(TansuStorage::Memory).unwrap();
+    let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, config) = SluiceProcess::start_in(
         Path::new(SLUICE),

@@ -564,17 +564,54 @@ impl Publisher {
             .create_topics([&new], &opts)
             .await
             .map_err(|e| CaptureError::Kafka(format!("create topic {topic}: {e}")))?;
+        let mut created = false;
         for r in results {
             match r {
-                Ok(_) => info!(topic, partitions, "created topic"),
+                Ok(_) => {
+                    info!(topic, partitions, "created topic");
+                    created = true;
+                }
                 Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => debug!(topic, "topic exists"),
                 Err((name, code)) => {
                     return Err(CaptureError::Kafka(format!("create topic {name}: {code}")))
                 }
             }
         }
+        if created {
+            self.await_leaders(topic).await?;
+        }
         self.known_topics.insert(topic.to_string());
         Ok(())
+    }
+
+    /// Waits until the broker's metadata gives every partition of a topic just created a
+    /// leader: Kafka answers CreateTopics once the controller has the topic, before every
+    /// broker serves it, and a record sent meanwhile fails with an unknown partition.
+    async fn await_leaders(&self, topic: &str) -> Result<(), CaptureError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let client = self.producer.client();
+            let ready = match client.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+                Ok(md) => md.topics().iter().any(|t| {
+                    t.name() == topic
+                        && t.error().is_none()
+                        && !t.partitions().is_empty()
+                        && t.partitions()
+                            .iter()
+                            .all(|p| p.leader() >= 0 && p.error().is_none())
+                }),
+                Err(_) => false,
+            };
+            if ready {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(CaptureError::Kafka(format!(
+                    "topic {topic} was created but has no leader after 30 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Publishes a schema to the schema topic unless already done, and waits for Kafka to

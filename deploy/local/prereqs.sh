@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Sluice's quickstart and tests need on a Debian machine with a Rust toolchain:
-# PostgreSQL 15, MariaDB, the C toolchain bits librdkafka builds with, and Tansu (a
+# PostgreSQL 15, MariaDB, the C toolchain bits librdkafka builds with, Apache Kafka (jars from
+# Maven Central) and Tansu (a
 # Kafka-protocol broker) at the pinned version. Each step is skipped when already satisfied.
 set -euo pipefail
 
@@ -25,6 +26,9 @@ command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The TLS tests make throwaway certificates with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# Apache Kafka runs on Java 17+, and its jars come from Maven Central.
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
 # A workload none of us wrote, for the MariaDB end-to-end test.
 command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
 
@@ -58,3 +62,6 @@ else
   python3 -m venv "$PY_VENV" || { as_root apt-get install -y -qq python3-venv && python3 -m venv "$PY_VENV"; }
   "$PY_VENV/bin/pip" install -q "confluent-kafka[avro,schemaregistry]==$CONFLUENT_KAFKA_VERSION"
 fi
+
+# Apache Kafka, the broker the tests run on (jars from Maven Central into a cache directory).
+"$(dirname "${BASH_SOURCE[0]}")/kafka.sh"

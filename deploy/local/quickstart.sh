@@ -84,6 +84,10 @@ cat >"$STATE/sluice.toml" <<TOML
 bootstrap_servers = "127.0.0.1:$KAFKA_PORT"
 topic_prefix = "demo"
 
+[kafka.properties]
+# Tansu 0.6 holds every fetch for up to this long even when it has data (Kafka answers at once).
+"fetch.wait.max.ms" = "10"
+
 [sources.shop]
 kind = "postgres"
 url = "postgresql://postgres@127.0.0.1:$PG_PORT/shop"

@@ -212,6 +212,27 @@ impl ConsumerContext for LagContext {
             );
         }
     }
+
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Assign(tpl) = rebalance {
+            if tpl.count() > 0 {
+                let list: Vec<String> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| format!("{}/{}", e.topic(), e.partition()))
+                    .collect();
+                tracing::info!(
+                    partitions = tpl.count(),
+                    assigned = %list.join(","),
+                    "partitions assigned by a rebalance"
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]

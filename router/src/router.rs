@@ -339,10 +339,6 @@ impl<S: Sink + 'static> Router<S> {
             ("topic.metadata.refresh.interval.ms", "5000"),
             // The consumer-lag gauge is read from librdkafka's statistics.
             ("statistics.interval.ms", "5000"),
-            // How long the broker may hold a fetch that finds nothing new. A broker that holds
-            // every fetch for part of this even when it has data (Tansu 0.6 does) adds it to
-            // each message's latency; Kafka answers at once either way.
-            ("fetch.wait.max.ms", "10"),
             // What librdkafka prefetches per partition and in all: bounds the router's memory
             // (the default 64 MiB queue is most of it) while keeping the sink fed. With the
             // short backoff below, 8 MiB keeps the router fed as well as 16 did; through one
@@ -353,6 +349,11 @@ impl<S: Sink + 'static> Router<S> {
             // (default 1 s): the router drains a full queue in well under a second and would
             // then wait, idle, for the postponed fetch.
             ("fetch.queue.backoff.ms", "10"),
+            // A router killed -9 holds its partitions until its session times out (librdkafka's
+            // default is 45 s): 10 s hands them over sooner, with heartbeats every 3 s. A
+            // router's poll loop never blocks for long, so it does not miss them.
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "3000"),
         ] {
             if config.get(key).is_none() {
                 config.set(key, value);

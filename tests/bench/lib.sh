@@ -30,6 +30,9 @@ start_capture() {
   cat >"$WORK/sluice.toml" <<TOML
 [kafka]
 bootstrap_servers = "127.0.0.1:$KAFKA_PORT"
+[kafka.properties]
+# Tansu 0.6 holds every fetch for up to this long even when it has data (Kafka answers at once).
+"fetch.wait.max.ms" = "10"
 [sources.bench]
 $1
 snapshot = "never"

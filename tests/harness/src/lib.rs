@@ -1,5 +1,5 @@
-//! The service harness Sluice's tests share: real PostgreSQL, MariaDB and Tansu (a
-//! Kafka-protocol broker), each started on a free port in its own temporary directory and
+//! The service harness Sluice's tests share: real PostgreSQL, MariaDB, Apache Kafka (KRaft, from
+//! Maven Central's jars) and Tansu (a second Kafka-protocol broker), each started on a free port in its own temporary directory and
 //! stopped when its guard drops — also when a test panics. Children get `PR_SET_PDEATHSIG`, so a
 //! killed test process does not leave servers behind.
 //!
@@ -14,6 +14,7 @@
 
 mod certs;
 pub mod compare;
+mod kafka;
 mod mariadb;
 mod postgres;
 mod process;
@@ -22,6 +23,7 @@ mod sluice;
 mod tansu;
 
 pub use certs::TestCerts;
+pub use kafka::{Broker, Kafka, KAFKA_VERSION};
 pub use mariadb::MariaDb;
 pub use postgres::Postgres;
 pub use process::{free_port, wait_until, ChildGuard};

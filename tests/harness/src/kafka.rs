@@ -1,0 +1,263 @@
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::ChildGuard;
+use crate::tansu::{Tansu, TansuStorage};
+use crate::{free_port, wait_until, Result};
+
+/// The Apache Kafka version `deploy/local/kafka.sh` installs (keep in step with
+/// `tests/kafka/pom.xml`).
+pub const KAFKA_VERSION: &str = "4.4.0";
+
+/// An Apache Kafka broker (KRaft, one node acting as broker and controller) on free ports in
+/// its own temporary directory, from the jars `deploy/local/kafka.sh` copies out of Maven
+/// Central. Internal topics have replication factor 1, the heap is bounded to 512 MiB, and
+/// the data directory survives [`Kafka::kill`] and [`Kafka::restart`].
+pub struct Kafka {
+    pub port: u16,
+    controller_port: u16,
+    lib: PathBuf,
+    dir: tempfile::TempDir,
+    server: Option<ChildGuard>,
+}
+
+/// Where the broker's jars are: `SLUICE_KAFKA_LIB`, else the cache `kafka.sh` fills.
+fn kafka_lib() -> Result<PathBuf> {
+    let lib = match std::env::var_os("SLUICE_KAFKA_LIB") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache")
+                });
+            cache.join(format!("sluice/kafka-{KAFKA_VERSION}/lib"))
+        }
+    };
+    if lib.join(format!("kafka_2.13-{KAFKA_VERSION}.jar")).exists() {
+        Ok(lib)
+    } else {
+        Err(format!(
+            "no Apache Kafka {KAFKA_VERSION} jars in {}: run deploy/local/kafka.sh (or \
+             deploy/local/prereqs.sh), or set SLUICE_KAFKA_LIB",
+            lib.display()
+        ))
+    }
+}
+
+fn java() -> PathBuf {
+    std::env::var_os("JAVA_HOME")
+        .map(|home| PathBuf::from(home).join("bin/java"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("java"))
+}
+
+impl Kafka {
+    pub fn start() -> Result<Kafka> {
+        let lib = kafka_lib()?;
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-kafka-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let kafka = Kafka {
+            port: free_port(),
+            controller_port: free_port(),
+            lib,
+            dir,
+            server: None,
+        };
+        kafka.write_config()?;
+        kafka.format()?;
+        let mut kafka = kafka;
+        kafka.start_server()?;
+        Ok(kafka)
+    }
+
+    fn classpath(&self) -> String {
+        format!("{}/*", self.lib.display())
+    }
+
+    fn write_config(&self) -> Result<()> {
+        let d = self.dir.path();
+        let config = format!(
+            "process.roles=broker,controller\n\
+             node.id=1\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             controller.listener.names=CONTROLLER\n\
+             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+             controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
+             log.dirs={data}\n\
+             offsets.topic.replication.factor=1\n\
+             offsets.topic.num.partitions=5\n\
+             transaction.state.log.replication.factor=1\n\
+             transaction.state.log.min.isr=1\n\
+             transaction.state.log.num.partitions=5\n\
+             share.coordinator.state.topic.replication.factor=1\n\
+             share.coordinator.state.topic.min.isr=1\n\
+             group.initial.rebalance.delay.ms=0\n\
+             num.partitions=1\n\
+             auto.create.topics.enable=false\n\
+             log.flush.interval.ms=1000\n",
+            port = self.port,
+            controller = self.controller_port,
+            data = d.join("data").display(),
+        );
+        std::fs::write(d.join("server.properties"), config).map_err(|e| e.to_string())?;
+        std::fs::write(
+            d.join("log4j2.properties"),
+            "rootLogger.level=WARN\n\
+             rootLogger.appenderRef.stdout.ref=STDOUT\n\
+             appender.stdout.type=Console\n\
+             appender.stdout.name=STDOUT\n\
+             appender.stdout.layout.type=PatternLayout\n\
+             appender.stdout.layout.pattern=[%d] %p %m (%c)%n\n",
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn format(&self) -> Result<()> {
+        let out = Command::new(java())
+            .current_dir(self.dir.path())
+            .args([
+                "-Xmx256m",
+                "-cp",
+                &self.classpath(),
+                "kafka.tools.StorageTool",
+            ])
+            .args(["format", "--standalone", "-c", "server.properties", "-t"])
+            // A cluster id is 16 bytes, base64url without padding.
+            .arg("c2x1aWNlLXRlc3Qta2Fmaw")
+            .output()
+            .map_err(|e| format!("run {}: {e}", java().display()))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "kafka-storage format failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn start_server(&mut self) -> Result<()> {
+        let d = self.dir.path();
+        let mut cmd = Command::new(java());
+        cmd.current_dir(d)
+            .args(["-Xmx512m", "-Xms128m", "-XX:+UseSerialGC", "-Xss1m"])
+            .arg(format!(
+                "-Dlog4j2.configurationFile={}",
+                d.join("log4j2.properties").display()
+            ))
+            .args(["-cp", &self.classpath(), "kafka.Kafka", "server.properties"]);
+        self.server = Some(ChildGuard::spawn(
+            "kafka",
+            cmd,
+            &d.join("kafka.log"),
+            None,
+            libc::SIGTERM,
+        )?);
+        let port = self.port;
+        wait_until("kafka", Duration::from_secs(60), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .map_err(|e| format!("{e}; log:\n{}", self.log()))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kafka.log")).unwrap_or_default()
+    }
+
+    /// `bootstrap.servers` for clients.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the broker (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.kill9();
+        }
+    }
+
+    /// Starts it again on the same ports and data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.start_server()
+    }
+}
+
+impl Drop for Kafka {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            s.stop(Duration::from_secs(10));
+        }
+    }
+}
+
+/// The broker a test runs against: Apache Kafka by default; Tansu with
+/// `SLUICE_TEST_BROKER=tansu` (a second Kafka-protocol implementation, for compatibility runs).
+pub enum Broker {
+    Kafka(Kafka),
+    Tansu(Tansu),
+}
+
+impl Broker {
+    /// A broker for a test. On Tansu, memory storage (lost when it stops).
+    pub fn start() -> Result<Broker> {
+        Broker::start_with(TansuStorage::Memory)
+    }
+
+    /// A broker whose data survives [`Broker::kill`] and [`Broker::restart`] (Tansu: sqlite
+    /// storage; Kafka's always does).
+    pub fn start_durable() -> Result<Broker> {
+        Broker::start_with(TansuStorage::Sqlite)
+    }
+
+    /// [`Broker::start`] or [`Broker::start_durable`] by `storage`.
+    pub fn start_with(storage: TansuStorage) -> Result<Broker> {
+        match std::env::var("SLUICE_TEST_BROKER").as_deref() {
+            Ok("tansu") => Tansu::start(storage).map(Broker::Tansu),
+            Ok("kafka") | Err(_) => Kafka::start().map(Broker::Kafka),
+            Ok(other) => Err(format!(
+                "SLUICE_TEST_BROKER={other}: expected `kafka` (the default) or `tansu`"
+            )),
+        }
+    }
+
+    /// Whether this is Tansu (some tests show Tansu-only behaviour).
+    pub fn is_tansu(&self) -> bool {
+        matches!(self, Broker::Tansu(_))
+    }
+
+    pub fn bootstrap(&self) -> String {
+        match self {
+            Broker::Kafka(k) => k.bootstrap(),
+            Broker::Tansu(t) => t.bootstrap(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        match self {
+            Broker::Kafka(k) => k.log(),
+            Broker::Tansu(t) => t.log(),
+        }
+    }
+
+    pub fn kill(&mut self) {
+        match self {
+            Broker::Kafka(k) => k.kill(),
+            Broker::Tansu(t) => t.kill(),
+        }
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        match self {
+            Broker::Kafka(k) => k.restart(),
+            Broker::Tansu(t) => t.restart(),
+        }
+    }
+}
