@@ -703,3 +703,65 @@ fn a_table_dropped_before_its_changes_were_read_is_decoded_and_then_stopped_by_n
         "capture restarted:\n{log}"
     );
 }
+
+#[test]
+fn an_older_table_version_from_a_lagging_partition_never_turns_a_type_change_back() {
+    // Given a sink that follows every type change, and a table streamed through three
+    // partitions whose rows were written as int, then retyped to numeric with fractions,
+    let s = Setup::with(
+        "shapes_backwards",
+        "CREATE TABLE public.prices (id bigint PRIMARY KEY, amount int)",
+        &["public.prices"],
+        // (int to numeric is not an Avro-compatible change: allowed here on purpose.)
+        "partitions = 3\n[schemas]\ncompatibility = \"none\"",
+    );
+    let capture = s.start("capture", "capture.log", s.metrics_port);
+    capture.wait_for_log("starting replication", Duration::from_secs(60));
+    s.source("INSERT INTO public.prices SELECT i, i FROM generate_series(1, 600) i");
+    s.source(
+        "ALTER TABLE public.prices ALTER COLUMN amount TYPE numeric(12,2);
+         UPDATE public.prices SET amount = amount + 0.25 WHERE id > 300;",
+    );
+    wait_for_metric_that(
+        &capture,
+        "sluice_capture_records_acknowledged_total",
+        &[("source", "pg_main")],
+        ">= 900",
+        |v| v >= 900.0,
+    );
+
+    // when a router with small batches takes the partitions in whatever order it fetches them
+    // (so int-version rows of one partition come after numeric-version rows of another),
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("max_rows = 500", "max_rows = 20")
+        .replace(
+            "[sinks.warehouse]\nkind = \"postgres\"\n",
+            "[sinks.warehouse]\nkind = \"postgres\"\ncolumn_types = \"alter\"\n",
+        );
+    std::fs::write(&s.config, text).unwrap();
+    let router = s.start("route", "route.log", free_port());
+
+    // then the column is retyped once, never back to int (which would round the fractions),
+    // and every row reads at the sink what it reads at the source.
+    wait_for_match(&s.pg, &router, "public.prices", "id");
+    let altered = metric(
+        &router,
+        "sluice_sink_ddl_total",
+        &[("table", "public.prices"), ("ddl", "alter_type")],
+    );
+    assert!(
+        altered <= 1.0,
+        "the column type flip-flopped: {altered} alters\n{}",
+        router.log()
+    );
+    let ty =
+        s.pg.psql(
+            "sink",
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = 'public.prices'::regclass AND attname = 'amount'",
+        )
+        .unwrap();
+    assert_eq!(ty.trim(), "numeric(12,2)");
+    drop(capture);
+}

@@ -33,6 +33,8 @@ pub(crate) struct Plan<'a> {
     slots: FastMap<Key, usize>,
     /// Changes by op, in the order c, u, d, r, t (for metrics).
     pub counts: [u64; 5],
+    /// The highest source position among the plan's changes: how new its table version is.
+    pub newest: Option<&'a Position>,
     key_columns: Vec<usize>,
 }
 
@@ -54,6 +56,7 @@ impl<'a> Plan<'a> {
             actions: Vec::new(),
             slots: FastMap::default(),
             counts: [0; 5],
+            newest: None,
         }
     }
 
@@ -100,6 +103,9 @@ impl<'a> Plan<'a> {
     }
 
     pub fn add(&mut self, change: &'a SinkChange) {
+        if self.newest.is_none_or(|n| change.position > *n) {
+            self.newest = Some(&change.position);
+        }
         let op_index = match change.op {
             Op::Create => 0,
             Op::Update => 1,

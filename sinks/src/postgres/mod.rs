@@ -35,6 +35,11 @@ pub const OFFSETS_TABLE: &str = "public.sluice_offsets";
 /// the columns Sluice owns. Only those follow a source type change or drop; a column someone
 /// else made (a table created by hand, a column added to it) is never altered or dropped.
 pub const COLUMNS_TABLE: &str = "public.sluice_columns";
+/// Per sink table, the source position of the newest table version whose type changes and
+/// drops the sink followed: a version older than that (from a lagging partition or router)
+/// never turns them back. Its row is locked while a version is looked up, so routers sharing
+/// the sink decide one at a time.
+pub const TABLES_TABLE: &str = "public.sluice_tables";
 
 fn default_true() -> bool {
     true
@@ -229,7 +234,9 @@ impl PostgresSink {
                  ALTER TABLE {OFFSETS_TABLE} ADD COLUMN IF NOT EXISTS barrier bytea; \
                  CREATE TABLE IF NOT EXISTS {COLUMNS_TABLE} (\
                    sink_table text NOT NULL, column_name text NOT NULL, sluice_type text NOT NULL, \
-                   PRIMARY KEY (sink_table, column_name))"
+                   PRIMARY KEY (sink_table, column_name)); \
+                 CREATE TABLE IF NOT EXISTS {TABLES_TABLE} (\
+                   sink_table text PRIMARY KEY, schema_position bytea NOT NULL)"
             ))
             .await?;
         Ok(PostgresSink {
@@ -297,6 +304,7 @@ impl State {
         &mut self,
         txn: &Transaction<'_>,
         schema: &Arc<TableSchema>,
+        position: Option<&Position>,
     ) -> Result<Target, SinkError> {
         if let Some((cached, target)) = self.targets.get(&schema.id) {
             if Arc::ptr_eq(cached, schema) || **cached == **schema {
@@ -304,6 +312,26 @@ impl State {
             }
         }
         let id = self.target_id(&schema.id);
+        // How new this version is against the newest the sink followed (row locked: routers
+        // sharing the sink decide one at a time).
+        txn.execute(
+            &format!(
+                "INSERT INTO {TABLES_TABLE} (sink_table, schema_position) VALUES ($1, '') \
+                 ON CONFLICT DO NOTHING"
+            ),
+            &[&id.to_string()],
+        )
+        .await?;
+        let followed: Vec<u8> = txn
+            .query_one(
+                &format!(
+                    "SELECT schema_position FROM {TABLES_TABLE} WHERE sink_table = $1 FOR UPDATE"
+                ),
+                &[&id.to_string()],
+            )
+            .await?
+            .get(0);
+        let older = position.is_some_and(|p| p.0 < followed);
         let qualified = format!("{}.{}", quote(&id.namespace), quote(&id.name));
         let sink_name = self.name.clone();
         let table_error = |message: String| SinkError::Table {
@@ -379,12 +407,26 @@ impl State {
                     info!(sink = %self.name, table = %id, column = %c.name, "added column");
                 }
             }
-            let owned = owned_columns(txn, &id).await?;
-            self.follow_type_changes(txn, schema, &qualified, &types, &owned)
-                .await?;
-            self.follow_drops(txn, schema, &qualified, &types, &owned)
-                .await?;
+            if older {
+                // An older version than one the sink followed: its columns are added if
+                // missing, but types and drops are never turned back (its values are cast
+                // into the newer types).
+                debug!(sink = %self.name, table = %schema.id, "an older table version: its type changes and drops are not followed");
+            } else {
+                let owned = owned_columns(txn, &id).await?;
+                self.follow_type_changes(txn, schema, &qualified, &types, &owned)
+                    .await?;
+                self.follow_drops(txn, schema, &qualified, &types, &owned)
+                    .await?;
+            }
             types = load_columns(txn, &qualified).await?;
+        }
+        if let Some(p) = position.filter(|_| !older) {
+            txn.execute(
+                &format!("UPDATE {TABLES_TABLE} SET schema_position = $2 WHERE sink_table = $1"),
+                &[&id.to_string(), &p.0],
+            )
+            .await?;
         }
         for c in &schema.columns {
             if !types.contains_key(&c.name) {
@@ -612,7 +654,7 @@ async fn load_columns(
 
 impl State {
     async fn execute(&mut self, txn: &Transaction<'_>, plan: Plan<'_>) -> Result<usize, SinkError> {
-        let target = self.target(txn, &plan.schema).await?;
+        let target = self.target(txn, &plan.schema, plan.newest).await?;
         let schema = &plan.schema;
         if plan.truncate {
             txn.batch_execute(&format!("TRUNCATE {}", target.qualified))
