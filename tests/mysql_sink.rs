@@ -636,3 +636,106 @@ fn a_batch_mariadb_refuses_only_as_a_whole_is_applied_in_pieces_and_nothing_is_d
         sluice.log()
     );
 }
+
+#[test]
+fn an_older_table_version_never_turns_a_mariadb_type_change_back() {
+    // Given a PostgreSQL table streamed through three partitions, written as int and then
+    // retyped to numeric with fractions, and a MariaDB sink that follows every type change,
+    let pg = Postgres::start().unwrap();
+    pg.create_database("source").unwrap();
+    pg.psql(
+        "source",
+        "CREATE TABLE public.prices (id bigint PRIMARY KEY, amount int)",
+    )
+    .unwrap();
+    let maria = MariaDb::start().unwrap();
+    maria.create_database("wh").unwrap();
+    let kafka = Broker::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |port: u16, max_rows: u32| {
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\npartitions = 3\n[schemas]\ncompatibility = \"none\"\n\
+             [sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.prices\"]\n\
+             slot = \"maria_backwards\"\npublication = \"maria_backwards\"\n\
+             [sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\ncolumn_types = \"alter\"\n\
+             [router]\nsink = \"maria\"\ngroup_id = \"maria_backwards\"\n\
+             [router.batch]\nmax_rows = {max_rows}\nmax_delay_ms = 50\n\
+             [observability]\nlisten = \"127.0.0.1:{port}\"\n",
+            kafka.bootstrap(),
+            pg.url("source"),
+            maria.url()
+        )
+    };
+    let start = |command: &str, max_rows: u32| {
+        let port = sluice_harness::free_port();
+        let path = dir.path().join(format!("{command}.toml"));
+        std::fs::write(&path, config(port, max_rows)).unwrap();
+        SluiceProcess::start(
+            Path::new(SLUICE),
+            command,
+            &path,
+            &dir.path().join(format!("{command}.log")),
+            port,
+        )
+        .unwrap()
+    };
+    let capture = start("capture", 500);
+    capture.wait_for_log("starting replication", Duration::from_secs(60));
+    pg.psql(
+        "source",
+        "INSERT INTO public.prices SELECT i, i FROM generate_series(1, 600) i",
+    )
+    .unwrap();
+    pg.psql(
+        "source",
+        "ALTER TABLE public.prices ALTER COLUMN amount TYPE numeric(12,2);
+         UPDATE public.prices SET amount = amount + 0.25 WHERE id > 300;",
+    )
+    .unwrap();
+    eventually(
+        "capture publishes everything",
+        || capture.log(),
+        || {
+            let acked = metric_value(
+                &capture.metrics().unwrap_or_default(),
+                "sluice_capture_records_acknowledged_total",
+                &[("source", "pg")],
+            )
+            .unwrap_or(0.0);
+            (acked >= 900.0).then_some(()).ok_or(format!("{acked}"))
+        },
+    );
+    // when a router with small batches takes the partitions in whatever order it fetches them,
+    let router = start("route", 20);
+    // then MariaDB ends with the source's values (fractions kept: the column was never
+    // retyped back to int) and the column retyped at most once.
+    let want = pg_rows(
+        &pg,
+        "source",
+        "SELECT id, amount FROM public.prices ORDER BY id",
+    )
+    .unwrap();
+    eventually(
+        "wh.prices",
+        || router.log(),
+        || {
+            let got = maria_rows(&maria, "SELECT id, amount FROM wh.prices ORDER BY id");
+            (got == want).then_some(()).ok_or(format!(
+                "{} rows; first difference: {:?}",
+                got.len(),
+                got.iter().zip(&want).find(|(a, b)| a != b)
+            ))
+        },
+    );
+    let altered = metric_value(
+        &router.metrics().unwrap_or_default(),
+        "sluice_sink_ddl_total",
+        &[("table", "public.prices"), ("ddl", "alter_type")],
+    )
+    .unwrap_or(0.0);
+    assert!(
+        altered <= 1.0,
+        "the column type flip-flopped: {altered} alters\n{}",
+        router.log()
+    );
+}

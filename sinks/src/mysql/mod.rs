@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Opts, OptsBuilder, Params, Pool, Transaction, TxOpts, Value};
+use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Transaction, TxOpts, Value};
 use serde::Deserialize;
 use sluice_schemas::pgtext::{self, civil_from_days};
 use sluice_schemas::tls::TlsConfig;
@@ -33,6 +33,10 @@ pub const OFFSETS_TABLE: &str = "sluice_offsets";
 /// The columns Sluice made, with the source type each was made for (as for PostgreSQL
 /// sinks): only those follow a type change or a drop.
 pub const COLUMNS_TABLE: &str = "sluice_columns";
+/// Per sink table, the source position of the newest table version whose type changes and
+/// drops the sink followed (see the PostgreSQL sink's `sluice_tables`). DDL commits on its own
+/// in MySQL, so the decisions are serialized by a named lock (`GET_LOCK`) instead of a row lock.
+const TABLES_TABLE: &str = "sluice_tables";
 
 fn default_true() -> bool {
     true
@@ -367,6 +371,13 @@ impl MysqlSink {
             quote(&database)
         ))
         .await?;
+        conn.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {}.{TABLES_TABLE} (\
+               sink_table VARCHAR(255) NOT NULL PRIMARY KEY, \
+               schema_position VARBINARY(64) NOT NULL) ENGINE=InnoDB",
+            quote(&database)
+        ))
+        .await?;
         Ok(MysqlSink {
             pool,
             name: name.to_string(),
@@ -590,13 +601,51 @@ impl MysqlSink {
     }
 
     /// Creates or evolves the target table of a table version (cached per version).
-    async fn target(&mut self, schema: &Arc<TableSchema>) -> Result<Target, SinkError> {
+    /// The target table of a table version at `position`, made or changed to take it: under a
+    /// named lock, so routers sharing the sink decide one at a time; a version older than the
+    /// newest one followed never turns a type change or a drop back.
+    async fn target(
+        &mut self,
+        schema: &Arc<TableSchema>,
+        position: Option<&Position>,
+    ) -> Result<Target, SinkError> {
         if let Some((cached, target)) = self.targets.get(&schema.id) {
             if Arc::ptr_eq(cached, schema) || **cached == **schema {
                 return Ok(target.clone());
             }
         }
         let id = self.target_id(&schema.id);
+        let lock = format!("sluice:{}:{id}", self.database);
+        let mut conn = self.pool.get_conn().await?;
+        let got: Option<Option<i64>> = conn.exec_first("SELECT GET_LOCK(?, 60)", (&lock,)).await?;
+        if got.flatten() != Some(1) {
+            // Another router holds it (its DDL is slow): the table waits and is tried again.
+            return Err(self.table_error(
+                schema,
+                format!("could not take the lock {lock} on the sink's DDL of {id} within 60 s"),
+            ));
+        }
+        let result = self.target_locked(&mut conn, schema, &id, position).await;
+        let _ = conn.exec_drop("DO RELEASE_LOCK(?)", (&lock,)).await;
+        result
+    }
+
+    async fn target_locked(
+        &mut self,
+        conn: &mut Conn,
+        schema: &Arc<TableSchema>,
+        id: &TableId,
+        position: Option<&Position>,
+    ) -> Result<Target, SinkError> {
+        let id = id.clone();
+        let tables = format!("{}.{TABLES_TABLE}", quote(&self.database));
+        let followed: Option<Vec<u8>> = conn
+            .exec_first(
+                format!("SELECT schema_position FROM {tables} WHERE sink_table = ?"),
+                (id.to_string(),),
+            )
+            .await?;
+        let older = position.is_some_and(|p| followed.as_ref().is_some_and(|f| p.0 < *f));
         let qualified = format!("{}.{}", quote(&id.namespace), quote(&id.name));
         let mut types: Vec<(String, String)> = Vec::with_capacity(schema.columns.len());
         for c in &schema.columns {
@@ -689,7 +738,7 @@ impl MysqlSink {
                         self.record(&id, &c.name, &c.sql_type).await?;
                         info!(sink = %self.name, table = %id, column = %c.name, "added column");
                     }
-                    Some(e) if !holds(&e.column_type, &c.sql_type) => {
+                    Some(e) if !older && !holds(&e.column_type, &c.sql_type) => {
                         let recorded = owned.get(&c.name);
                         let alter = match (recorded, self.config.column_types) {
                             (None, _) | (_, ColumnTypes::Keep) => false,
@@ -722,7 +771,7 @@ impl MysqlSink {
                     Some(_) => {}
                 }
             }
-            if self.config.dropped_columns == DroppedColumns::Drop {
+            if self.config.dropped_columns == DroppedColumns::Drop && !older {
                 for name in owned.keys() {
                     if schema.columns.iter().any(|c| &c.name == name)
                         || !existing.contains_key(name)
@@ -769,6 +818,18 @@ impl MysqlSink {
                     schema.id
                 ),
             ));
+        }
+        if let Some(p) = position.filter(|_| !older) {
+            conn.exec_drop(
+                format!(
+                    "INSERT INTO {tables} (sink_table, schema_position) VALUES (?, ?) \
+                     ON DUPLICATE KEY UPDATE schema_position = VALUES(schema_position)"
+                ),
+                (id.to_string(), p.0.clone()),
+            )
+            .await?;
+        } else if older {
+            debug!(sink = %self.name, table = %schema.id, "an older table version: its type changes and drops are not followed");
         }
         let target = Target { qualified };
         self.targets
@@ -917,20 +978,21 @@ impl MysqlSink {
         }
         // (A barrier's truncate is in the plan only once complete, which this read cannot
         // tell: its table version is prepared either way.)
-        let schemas: Vec<Arc<TableSchema>> = plan::sort(batch, stored, Vec::new())
-            .steps
-            .into_iter()
-            .map(|step| step.schema)
-            .chain(
-                batch
-                    .changes
-                    .iter()
-                    .filter(|c| c.barrier.is_some())
-                    .map(|c| c.table.clone()),
-            )
-            .collect();
-        for schema in schemas {
-            self.target(&schema).await?;
+        let schemas: Vec<(Arc<TableSchema>, Option<Position>)> =
+            plan::sort(batch, stored, Vec::new())
+                .steps
+                .into_iter()
+                .map(|step| (step.schema, step.newest.cloned()))
+                .chain(
+                    batch
+                        .changes
+                        .iter()
+                        .filter(|c| c.barrier.is_some())
+                        .map(|c| (c.table.clone(), Some(c.position.clone()))),
+                )
+                .collect();
+        for (schema, position) in schemas {
+            self.target(&schema, position.as_ref()).await?;
         }
         Ok(())
     }
