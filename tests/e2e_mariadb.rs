@@ -671,3 +671,67 @@ fn a_binlog_reset_is_read_anew_after_reset_state_in_a_new_epoch() {
         .unwrap();
     services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(60));
 }
+
+/// The table ids of each table's table maps in the binlog, in binlog order, by `schema.table`.
+fn binlog_table_ids(maria: &MariaDb) -> std::collections::HashMap<String, Vec<u64>> {
+    let mut ids: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    let files = maria.root_sql("SHOW BINARY LOGS").unwrap();
+    for file in files.lines().filter_map(|l| l.split('\t').next()) {
+        let events = maria
+            .root_sql(&format!("SHOW BINLOG EVENTS IN '{file}'"))
+            .unwrap();
+        // Info reads "table_id: 33 (shop.orders)".
+        for info in events.lines().filter_map(|l| l.split("table_id: ").nth(1)) {
+            let Some((id, rest)) = info.split_once(" (") else {
+                continue;
+            };
+            let (Ok(id), Some(name)) = (id.parse(), rest.strip_suffix(')')) else {
+                continue;
+            };
+            ids.entry(name.to_string()).or_default().push(id);
+        }
+    }
+    ids
+}
+
+#[test]
+fn a_table_id_reused_after_a_server_restart_for_a_captured_table_is_not_taken_for_the_old_one() {
+    // Given orders captured and a table `other` that is not,
+    let mut services = Services::start(&format!(
+        "{ORDERS_DDL}; CREATE TABLE shop.other (id int PRIMARY KEY); {}",
+        insert_orders(1, 10)
+    ));
+    let config = services.config(&["shop.orders"]);
+    let mut sluice = services.sluice(&config);
+    services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(60));
+    sluice.terminate(Duration::from_secs(20));
+
+    // when, while capture is down, the server restarts and `other` is written first, then it
+    // restarts again and orders is written first (a restarted server numbers its tables anew,
+    // so both get the same table id in the binlog capture will read next),
+    services.maria.restart().unwrap();
+    services
+        .maria
+        .root_sql("INSERT INTO shop.other VALUES (1)")
+        .unwrap();
+    services.maria.restart().unwrap();
+    services
+        .maria
+        .root_sql(
+            "INSERT INTO shop.orders VALUES (11, 'late', 1, 1.00, '2026-02-01 00:00:00', 'n'); \
+             UPDATE shop.orders SET qty = 77 WHERE id <= 3; DELETE FROM shop.orders WHERE id = 4",
+        )
+        .unwrap();
+    let ids = binlog_table_ids(&services.maria);
+    let (other, orders) = (&ids["shop.other"], &ids["shop.orders"]);
+    assert_eq!(
+        other.last(),
+        orders.last(),
+        "the test needs both tables to share a table id: other {other:?}, orders {orders:?}"
+    );
+
+    // then capture, reading `other`'s table map and then orders' under the same id, captures
+    // orders' changes: the sink matches the source row for row.
+    let mut sluice = services.sluice(&config);
+    services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(60));
+}
