@@ -48,6 +48,11 @@ impl Services {
     }
 
     fn config(&self, tables: &[&str]) -> std::path::PathBuf {
+        self.config_with(tables, "")
+    }
+
+    /// The config, with `source_extra` (TOML) at the end of the source's table.
+    fn config_with(&self, tables: &[&str], source_extra: &str) -> std::path::PathBuf {
         let tables = tables
             .iter()
             .map(|t| format!("\"{t}\""))
@@ -66,6 +71,7 @@ kind = "mysql"
 url = "{source}"
 tables = [{tables}]
 server_id = 5401
+{source_extra}
 
 [sinks.warehouse]
 kind = "postgres"
@@ -734,4 +740,47 @@ fn a_table_id_reused_after_a_server_restart_for_a_captured_table_is_not_taken_fo
     // orders' changes: the sink matches the source row for row.
     let mut sluice = services.sluice(&config);
     services.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(60));
+}
+
+#[test]
+fn xa_transactions_past_the_memory_budget_spill_to_a_file_and_reach_the_sink_in_commit_order() {
+    // Given capture whose held XA changes get no memory at all (every one goes to a file),
+    let s = Services::start(&format!("{ORDERS_DDL}; {}", insert_orders(1, 10)));
+    let spill = s.dir.path().join("spill");
+    std::fs::create_dir(&spill).unwrap();
+    let config = s.config_with(
+        &["shop.orders"],
+        &format!("spill = {{ memory_mb = 0, dir = \"{}\" }}", spill.display()),
+    );
+    let mut sluice = s.sluice(&config);
+    s.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(90));
+
+    // when two large XA transactions are prepared side by side, one rolled back and the other
+    // committed after a plain transaction that began later,
+    for sql in [
+        format!(
+            "XA START 'big'; {}; UPDATE shop.orders SET qty = 99 WHERE id <= 10; XA END 'big'; XA PREPARE 'big'",
+            insert_orders(1000, 20999)
+        ),
+        format!(
+            "XA START 'gone'; {}; XA END 'gone'; XA PREPARE 'gone'",
+            insert_orders(30000, 34999)
+        ),
+        insert_orders(40000, 40009),
+        "XA ROLLBACK 'gone'; XA COMMIT 'big'".to_string(),
+    ] {
+        s.maria.root_sql(&format!("USE shop; {sql}")).unwrap();
+    }
+
+    // then the sink has the committed changes only, row for row,
+    s.wait_for_match(&mut sluice, MARIADB_ROWS, PG_ROWS, Duration::from_secs(120));
+    // and they went through the spill file.
+    let spilled = metric(&sluice, "sluice_capture_spilled_bytes_total");
+    assert!(spilled > 1_000_000.0, "spilled {spilled} bytes");
+    assert_eq!(metric(&sluice, "sluice_capture_held_bytes"), 0.0);
+    assert!(
+        sluice.log().contains("the rest of it goes to a file"),
+        "{}",
+        sluice.log()
+    );
 }

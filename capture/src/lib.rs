@@ -14,6 +14,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod publisher;
 mod retry;
+pub mod spill;
 /// TLS to the source databases (shared with the sinks).
 pub use sluice_schemas::tls;
 

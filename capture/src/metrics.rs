@@ -30,6 +30,12 @@ pub const STOPPED_TABLE_CHANGES_TOTAL: &str = "sluice_capture_stopped_table_chan
 /// start or a record deleted to read the source anew; `identity`: the source is another
 /// server or timeline than the one last read). See `capture/src/epoch.rs`.
 pub const EPOCHS_TOTAL: &str = "sluice_capture_epochs_total";
+/// Memory held by changes of open transactions waiting for their commit (MySQL/MariaDB XA
+/// transactions), label `source`; bounded by the source's `spill.memory_mb`.
+pub const HELD_BYTES: &str = "sluice_capture_held_bytes";
+/// Bytes of held changes written to spill files because the memory budget was used up,
+/// label `source`.
+pub const SPILLED_BYTES_TOTAL: &str = "sluice_capture_spilled_bytes_total";
 /// Table schema versions registered (schema topic or registry), label `source`.
 pub const SCHEMAS_PUBLISHED_TOTAL: &str = "sluice_capture_schemas_published_total";
 /// New table schema versions refused by the compatibility policy, labels `source`, `table`.
@@ -85,6 +91,16 @@ pub fn describe() {
         "Row change events published to Kafka"
     );
     describe_counter!(TRANSACTIONS_TOTAL, Unit::Count, "Source transactions read");
+    describe_gauge!(
+        HELD_BYTES,
+        Unit::Bytes,
+        "Memory held by changes of open transactions waiting for their commit"
+    );
+    describe_counter!(
+        SPILLED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes of held changes written to spill files past spill.memory_mb"
+    );
     describe_gauge!(
         TABLE_STOPPED,
         "1 while a configured table is stopped: its changes are not captured"

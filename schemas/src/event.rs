@@ -2,11 +2,13 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::table::TableSchema;
 use std::sync::Arc;
 
 /// The kind of change, with Debezium's one-letter codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Op {
     /// A row was inserted (`c`).
     Create,
@@ -51,7 +53,7 @@ impl Op {
 /// big-endian fields (PostgreSQL: commit LSN, then the event's index in its transaction), so
 /// byte order is log order. The router stores the highest applied position per topic-partition
 /// and skips anything at or below it.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Position(pub Vec<u8>);
 
 /// The Kafka header that carries an event's [`Position`] as lower-case hex.
@@ -126,7 +128,7 @@ impl fmt::Display for Position {
 }
 
 /// One column value, typed as it travels in Avro.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Datum {
     Null,
     Bool(bool),
@@ -162,7 +164,7 @@ pub fn unix_now_us() -> i64 {
 }
 
 /// Where an event came from, for the envelope's `source` block.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceInfo {
     /// The logical source name from the config (`pg_main`).
     pub name: Arc<str>,
@@ -184,7 +186,7 @@ pub struct SourceInfo {
 }
 
 /// The MySQL connector's `source` fields (Debezium's names).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BinlogSource {
     /// `server_id` of the server that wrote the event.
     pub server_id: i64,
@@ -198,7 +200,7 @@ pub struct BinlogSource {
 }
 
 /// The transaction an event belongs to, for the envelope's `transaction` block.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TxInfo {
     /// Shared by every event of the transaction.
     pub id: Arc<str>,

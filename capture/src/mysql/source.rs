@@ -36,6 +36,7 @@ use crate::metrics as m;
 use crate::postgres::state::{read_latest_state, TableState};
 use crate::postgres::SnapshotMode;
 use crate::publisher::{AckHandle, Publisher};
+use crate::spill::{Budget, Held, SpillConfig};
 use crate::tls::TlsConfig;
 use crate::CaptureError;
 
@@ -69,6 +70,9 @@ pub struct MysqlSourceConfig {
     /// TLS to the source (`mode`, `ca_file`, `cert_file`, `key_file`), as for PostgreSQL.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Where the changes of XA transactions wait for their commit: memory, then a file.
+    #[serde(default)]
+    pub spill: SpillConfig,
 }
 
 impl MysqlSourceConfig {
@@ -252,6 +256,7 @@ impl MysqlCapture {
             codecs: HashMap::new(),
             xa: None,
             prepared: Vec::new(),
+            held: Budget::new(&self.name, &self.config.spill),
             gtids: VecDeque::new(),
             written: 0,
             catalog: None,
@@ -700,13 +705,14 @@ struct Tx {
 }
 
 /// The changes of an XA transaction, held from `XA START` until `XA COMMIT` (published then,
-/// at the commit's position) or `XA ROLLBACK` (dropped). Checkpoints stay at or before
-/// `start` while it is open or prepared, so a restart reads it again.
+/// at the commit's position) or `XA ROLLBACK` (dropped), in memory within the source's
+/// `spill.memory_mb` and in a file past it. Checkpoints stay at or before `start` while it is
+/// open or prepared, so a restart reads it again.
 struct XaTransaction {
     xid: String,
     /// The checkpoint before its `XA START`.
     start: u64,
-    events: Vec<(Arc<EnvelopeCodec>, ChangeEvent)>,
+    events: Held,
 }
 
 /// The XA statements the binlog carries, with their xid (as the server writes it).
@@ -805,6 +811,8 @@ struct Stream<'a> {
     xa: Option<XaTransaction>,
     /// XA transactions prepared and not yet committed or rolled back, by xid.
     prepared: Vec<XaTransaction>,
+    /// The memory the XA transactions' changes may hold, all together.
+    held: Budget,
     /// Codecs by table and column layout, so repeated table maps reuse them.
     codecs: HashMap<(String, String), Arc<EnvelopeCodec>>,
     /// GTIDs of checkpoints not yet written, oldest first.
@@ -902,7 +910,7 @@ impl Stream<'_> {
                         self.xa = Some(XaTransaction {
                             xid,
                             start: self.publisher.last_checkpoint(),
-                            events: Vec::new(),
+                            events: Held::new(&self.held),
                         });
                     }
                     tx = Tx {
@@ -991,7 +999,11 @@ impl Stream<'_> {
                     let events =
                         self.row_events(&rows, &binlog, &file, seq, log_pos, &mut tx, at)?;
                     match &mut self.xa {
-                        Some(xa) => xa.events.extend(events),
+                        Some(xa) => {
+                            for (codec, event) in events {
+                                xa.events.push(codec, event)?;
+                            }
+                        }
                         None => {
                             for (codec, event) in events {
                                 self.publisher.publish(&codec, &event).await?;
@@ -1317,7 +1329,7 @@ impl Stream<'_> {
                 self.xa = Some(XaTransaction {
                     xid,
                     start: self.publisher.last_checkpoint(),
-                    events: Vec::new(),
+                    events: Held::new(&self.held),
                 });
                 return Ok(false);
             }
@@ -1338,12 +1350,13 @@ impl Stream<'_> {
                 };
                 match held {
                     Some(xa) => {
-                        let n = xa.events.len();
-                        for (row, (codec, mut event)) in xa.events.into_iter().enumerate() {
+                        let (n, spilled) = (xa.events.len(), xa.events.spilled());
+                        for (row, change) in xa.events.drain()?.enumerate() {
+                            let (codec, mut event) = change?;
                             event.position = Position::mysql(seq, log_pos, row as u64);
                             self.publisher.publish(&codec, &event).await?;
                         }
-                        tracing::debug!(%xid, changes = n, "XA transaction committed");
+                        tracing::debug!(%xid, changes = n, spilled, "XA transaction committed");
                     }
                     None => {
                         // Its prepared part lies before where capture started reading: it

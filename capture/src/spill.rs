@@ -1,0 +1,487 @@
+//! Changes held back until their transaction commits — a MySQL/MariaDB XA transaction between
+//! `XA START` and `XA COMMIT` — in memory up to a budget shared by all of a source's open
+//! transactions, and past it in a file, so a huge or long-open transaction cannot exhaust
+//! capture's memory.
+//!
+//! A [`Held`] keeps its changes in order: the first ones in memory while the budget allows,
+//! every one after the first that does not fit in an unnamed temporary file (gone when it is
+//! dropped, or when the process dies). Reading it back ([`Held::drain`]) yields them in the
+//! order they were pushed. Nothing here is durable: a restart reads the transaction again from
+//! the source, because checkpoints never pass an open transaction.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sluice_schemas::event::{ChangeEvent, Datum, Op, Position, SourceInfo, TxInfo};
+use sluice_schemas::table::TableSchema;
+use sluice_schemas::EnvelopeCodec;
+
+use crate::metrics as m;
+use crate::CaptureError;
+
+/// `[sources.<name>.spill]`: where held changes go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpillConfig {
+    /// Memory for the changes of a source's open transactions, all of them together, in MiB;
+    /// past it a transaction's further changes go to a file. Default 64.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    /// Directory of the spill files. Default: the system's temporary directory (`TMPDIR`).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+fn default_memory_mb() -> u64 {
+    64
+}
+
+impl Default for SpillConfig {
+    fn default() -> SpillConfig {
+        SpillConfig {
+            memory_mb: default_memory_mb(),
+            dir: None,
+        }
+    }
+}
+
+/// The memory budget of one source's held changes, shared by its [`Held`]s.
+#[derive(Clone)]
+pub struct Budget(Arc<BudgetInner>);
+
+struct BudgetInner {
+    source: String,
+    limit: u64,
+    used: AtomicU64,
+    dir: PathBuf,
+}
+
+impl Budget {
+    pub fn new(source: &str, config: &SpillConfig) -> Budget {
+        Budget::of_bytes(
+            source,
+            config.memory_mb.saturating_mul(1024 * 1024),
+            config.dir.clone().unwrap_or_else(std::env::temp_dir),
+        )
+    }
+
+    fn of_bytes(source: &str, limit: u64, dir: PathBuf) -> Budget {
+        Budget(Arc::new(BudgetInner {
+            source: source.to_string(),
+            limit,
+            used: AtomicU64::new(0),
+            dir,
+        }))
+    }
+
+    /// Takes `bytes` if they fit.
+    fn take(&self, bytes: u64) -> bool {
+        let inner = &self.0;
+        let taken = inner
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + bytes <= inner.limit).then_some(used + bytes)
+            })
+            .is_ok();
+        if taken {
+            self.report();
+        }
+        taken
+    }
+
+    fn release(&self, bytes: u64) {
+        if bytes > 0 {
+            self.0.used.fetch_sub(bytes, Ordering::Relaxed);
+            self.report();
+        }
+    }
+
+    fn report(&self) {
+        metrics::gauge!(m::HELD_BYTES, "source" => self.0.source.clone())
+            .set(self.0.used.load(Ordering::Relaxed) as f64);
+    }
+}
+
+/// The changes of one open transaction, in order.
+pub struct Held {
+    budget: Budget,
+    memory: Vec<(Arc<EnvelopeCodec>, ChangeEvent)>,
+    /// What `memory` holds of the budget.
+    memory_bytes: u64,
+    /// Everything pushed after the first change that did not fit in memory.
+    file: Option<SpillFile>,
+}
+
+struct SpillFile {
+    writer: BufWriter<File>,
+    /// The codecs of the spilled changes; a record names one by index.
+    codecs: Vec<Arc<EnvelopeCodec>>,
+    tables: Vec<Arc<TableSchema>>,
+    records: usize,
+}
+
+/// A spilled change: the event without its table, which is kept beside the file.
+#[derive(Serialize, Deserialize)]
+struct Record {
+    codec: u32,
+    table: u32,
+    op: Op,
+    before: Option<Vec<Datum>>,
+    after: Option<Vec<Datum>>,
+    source: SourceInfo,
+    transaction: Option<TxInfo>,
+    position: Position,
+}
+
+impl Held {
+    pub fn new(budget: &Budget) -> Held {
+        Held {
+            budget: budget.clone(),
+            memory: Vec::new(),
+            memory_bytes: 0,
+            file: None,
+        }
+    }
+
+    /// How many changes it holds.
+    pub fn len(&self) -> usize {
+        self.memory.len() + self.file.as_ref().map_or(0, |f| f.records)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether changes went to a file.
+    pub fn spilled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Adds a change after the ones held.
+    pub fn push(
+        &mut self,
+        codec: Arc<EnvelopeCodec>,
+        event: ChangeEvent,
+    ) -> Result<(), CaptureError> {
+        if self.file.is_none() {
+            let bytes = estimate(&event);
+            if self.budget.take(bytes) {
+                self.memory_bytes += bytes;
+                self.memory.push((codec, event));
+                return Ok(());
+            }
+            let dir = &self.budget.0.dir;
+            let file = tempfile::tempfile_in(dir).map_err(|e| spill_error(dir, &e))?;
+            tracing::info!(
+                source = %self.budget.0.source,
+                dir = %dir.display(),
+                held = self.memory.len(),
+                "an open transaction's changes pass spill.memory_mb; the rest of it goes to a file"
+            );
+            self.file = Some(SpillFile {
+                writer: BufWriter::with_capacity(256 * 1024, file),
+                codecs: Vec::new(),
+                tables: Vec::new(),
+                records: 0,
+            });
+        }
+        let file = self.file.as_mut().expect("set above");
+        let written = file
+            .write(codec, event)
+            .map_err(|e| spill_error(&self.budget.0.dir, &e))?;
+        metrics::counter!(m::SPILLED_BYTES_TOTAL, "source" => self.budget.0.source.clone())
+            .increment(written);
+        Ok(())
+    }
+
+    /// The changes in the order they were pushed; the memory they held is released when the
+    /// iterator is dropped.
+    pub fn drain(mut self) -> Result<Drain, CaptureError> {
+        let dir = self.budget.0.dir.clone();
+        let file = match self.file.take() {
+            None => None,
+            Some(f) => Some(f.reader().map_err(|e| spill_error(&dir, &e))?),
+        };
+        Ok(Drain {
+            budget: self.budget.clone(),
+            memory_bytes: std::mem::take(&mut self.memory_bytes),
+            memory: std::mem::take(&mut self.memory).into_iter(),
+            file,
+            dir,
+        })
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.release(self.memory_bytes);
+    }
+}
+
+fn spill_error(dir: &Path, e: &std::io::Error) -> CaptureError {
+    CaptureError::Definite(format!(
+        "spill file in {}: {e} (held changes of open transactions go there past \
+         spill.memory_mb; free space there, or set spill.dir or spill.memory_mb of the source)",
+        dir.display()
+    ))
+}
+
+impl SpillFile {
+    /// Appends one change; returns the bytes written.
+    fn write(&mut self, codec: Arc<EnvelopeCodec>, event: ChangeEvent) -> std::io::Result<u64> {
+        let codec = index_of(&mut self.codecs, codec);
+        let table = index_of(&mut self.tables, event.table);
+        let record = Record {
+            codec,
+            table,
+            op: event.op,
+            before: event.before,
+            after: event.after,
+            source: event.source,
+            transaction: event.transaction,
+            position: event.position,
+        };
+        let bytes = postcard::to_stdvec(&record).map_err(std::io::Error::other)?;
+        self.writer.write_all(&(bytes.len() as u32).to_le_bytes())?;
+        self.writer.write_all(&bytes)?;
+        self.records += 1;
+        Ok(4 + bytes.len() as u64)
+    }
+
+    fn reader(self) -> std::io::Result<SpillReader> {
+        let mut file = self.writer.into_inner().map_err(|e| e.into_error())?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok(SpillReader {
+            reader: BufReader::with_capacity(256 * 1024, file),
+            codecs: self.codecs,
+            tables: self.tables,
+            left: self.records,
+            buf: Vec::new(),
+        })
+    }
+}
+
+/// The index of `item` in `items` (by identity), adding it when new.
+fn index_of<T>(items: &mut Vec<Arc<T>>, item: Arc<T>) -> u32 {
+    match items.iter().rposition(|i| Arc::ptr_eq(i, &item)) {
+        Some(i) => i as u32,
+        None => {
+            items.push(item);
+            (items.len() - 1) as u32
+        }
+    }
+}
+
+struct SpillReader {
+    reader: BufReader<File>,
+    codecs: Vec<Arc<EnvelopeCodec>>,
+    tables: Vec<Arc<TableSchema>>,
+    left: usize,
+    buf: Vec<u8>,
+}
+
+impl SpillReader {
+    fn next_change(&mut self) -> std::io::Result<(Arc<EnvelopeCodec>, ChangeEvent)> {
+        let mut len = [0; 4];
+        self.reader.read_exact(&mut len)?;
+        self.buf.resize(u32::from_le_bytes(len) as usize, 0);
+        self.reader.read_exact(&mut self.buf)?;
+        let record: Record = postcard::from_bytes(&self.buf).map_err(std::io::Error::other)?;
+        let missing = || std::io::Error::other("spill record names no known codec");
+        let codec = self.codecs.get(record.codec as usize).ok_or_else(missing)?;
+        let table = self.tables.get(record.table as usize).ok_or_else(missing)?;
+        Ok((
+            codec.clone(),
+            ChangeEvent {
+                table: table.clone(),
+                op: record.op,
+                before: record.before,
+                after: record.after,
+                source: record.source,
+                transaction: record.transaction,
+                position: record.position,
+            },
+        ))
+    }
+}
+
+/// What [`Held::drain`] yields: the changes in memory, then those in the file.
+pub struct Drain {
+    budget: Budget,
+    memory_bytes: u64,
+    memory: std::vec::IntoIter<(Arc<EnvelopeCodec>, ChangeEvent)>,
+    file: Option<SpillReader>,
+    dir: PathBuf,
+}
+
+impl Iterator for Drain {
+    type Item = Result<(Arc<EnvelopeCodec>, ChangeEvent), CaptureError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(change) = self.memory.next() {
+            return Some(Ok(change));
+        }
+        let file = self.file.as_mut()?;
+        if file.left == 0 {
+            return None;
+        }
+        file.left -= 1;
+        Some(file.next_change().map_err(|e| spill_error(&self.dir, &e)))
+    }
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        self.budget.release(self.memory_bytes);
+    }
+}
+
+/// About what a change takes in memory: the event, its images' values and their text.
+fn estimate(event: &ChangeEvent) -> u64 {
+    fn datum(d: &Datum) -> usize {
+        std::mem::size_of::<Datum>()
+            + match d {
+                Datum::String(s) | Datum::Decimal(s) | Datum::Uuid(s) => s.len(),
+                Datum::Bytes(b) => b.len(),
+                Datum::Array(items) => items.iter().map(datum).sum(),
+                _ => 0,
+            }
+    }
+    let image = |i: &Option<Vec<Datum>>| i.as_ref().map_or(0, |r| r.iter().map(datum).sum());
+    (std::mem::size_of::<ChangeEvent>()
+        + std::mem::size_of::<(Arc<EnvelopeCodec>, ChangeEvent)>()
+        + image(&event.before)
+        + image(&event.after)
+        + event.position.0.len()
+        + event.source.sequence.as_ref().map_or(0, String::len)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_schemas::avro::Connector;
+    use sluice_schemas::table::{Column, SqlType, TableId};
+
+    fn codec(name: &str) -> Arc<EnvelopeCodec> {
+        let table = TableSchema {
+            id: TableId::new("shop", name),
+            columns: vec![Column {
+                name: "id".into(),
+                sql_type: SqlType::Int64,
+                key: true,
+                missing: None,
+            }],
+        };
+        Arc::new(EnvelopeCodec::new("t", "src", Connector::Mysql, Arc::new(table)).unwrap())
+    }
+
+    /// A change with one value of each kind, told apart by `n`.
+    fn event(codec: &EnvelopeCodec, n: i64) -> ChangeEvent {
+        let row = vec![
+            Datum::Long(n),
+            Datum::Null,
+            Datum::Bool(n % 2 == 0),
+            Datum::Int(n as i32),
+            Datum::Float(0.1 + n as f32),
+            Datum::Double(-1.0e-300 * n as f64),
+            Datum::String(format!("héllo {n}")),
+            Datum::Bytes(vec![0, 255, n as u8]),
+            Datum::Decimal(format!("-{n}.10")),
+            Datum::Date(-3),
+            Datum::TimeMicros(86_399_999_999),
+            Datum::TimestampMicros(i64::MIN + n),
+            Datum::Uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into()),
+            Datum::Array(vec![Datum::Int(1), Datum::Null, Datum::Array(vec![])]),
+            Datum::Unchanged,
+        ];
+        ChangeEvent {
+            table: codec.table.clone(),
+            op: if n % 3 == 0 { Op::Delete } else { Op::Update },
+            before: Some(row.clone()),
+            after: (n % 3 != 0).then_some(row),
+            source: SourceInfo {
+                name: "src".into(),
+                db: "shop".into(),
+                ts_us: n * 1000,
+                snapshot: false,
+                tx_id: Some(n),
+                lsn: None,
+                sequence: Some(format!("[\"{n}\"]")),
+                binlog: Some(sluice_schemas::event::BinlogSource {
+                    server_id: 7,
+                    gtid: Some("0-1-9".into()),
+                    file: "bin.000001".into(),
+                    pos: n,
+                    row: 2,
+                }),
+            },
+            transaction: Some(TxInfo {
+                id: "0-1-9".into(),
+                total_order: n,
+                data_collection_order: n,
+            }),
+            position: Position::mysql(1, n as u64, 0),
+        }
+    }
+
+    fn same(a: &ChangeEvent, b: &ChangeEvent) -> bool {
+        Arc::ptr_eq(&a.table, &b.table)
+            && a.op == b.op
+            && a.before == b.before
+            && a.after == b.after
+            && a.source == b.source
+            && a.transaction == b.transaction
+            && a.position == b.position
+    }
+
+    #[test]
+    fn changes_past_the_budget_go_to_a_file_and_come_back_in_order_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        // A budget of three changes.
+        let (orders, lines) = (codec("orders"), codec("lines"));
+        let probe = estimate(&event(&orders, 1));
+        let budget = Budget::of_bytes("src", probe * 3, dir.path().to_path_buf());
+        let mut held = Held::new(&budget);
+        let expected: Vec<_> = (1..=50)
+            .map(|n| {
+                let codec = if n % 2 == 0 { &orders } else { &lines };
+                (codec.clone(), event(codec, n))
+            })
+            .collect();
+        for (codec, event) in &expected {
+            held.push(codec.clone(), event.clone()).unwrap();
+        }
+        assert!(held.spilled());
+        assert_eq!(held.len(), 50);
+        let used = budget.0.used.load(Ordering::Relaxed);
+        assert!(used > 0 && used <= probe * 3, "{used} of {}", probe * 3);
+
+        let got: Vec<_> = held.drain().unwrap().map(Result::unwrap).collect();
+        assert_eq!(got.len(), expected.len());
+        for ((ec, ee), (gc, ge)) in expected.iter().zip(&got) {
+            assert!(Arc::ptr_eq(ec, gc) && same(ee, ge), "{ee:?}\n{ge:?}");
+        }
+        drop(got);
+        assert_eq!(budget.0.used.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_budget_is_shared_and_given_back_when_a_transaction_is_dropped() {
+        let budget = Budget::new("src", &SpillConfig::default());
+        let orders = codec("orders");
+        let mut a = Held::new(&budget);
+        let mut b = Held::new(&budget);
+        a.push(orders.clone(), event(&orders, 1)).unwrap();
+        b.push(orders.clone(), event(&orders, 2)).unwrap();
+        let one = estimate(&event(&orders, 1));
+        assert!(!a.spilled() && !b.spilled());
+        assert!(budget.0.used.load(Ordering::Relaxed) >= 2 * one - 8);
+        drop(a);
+        drop(b);
+        assert_eq!(budget.0.used.load(Ordering::Relaxed), 0);
+    }
+}
