@@ -35,12 +35,15 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         .schemas
         .registry()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
+    // Each component's result, with its kind and name (the source, or the router's sink).
+    let mut tasks: JoinSet<((&'static str, String), anyhow::Result<()>)> = JoinSet::new();
 
+    // The endpoints outlive the components: after a failure they serve it until it was read.
+    let http_stop = CancellationToken::new();
     let http = tokio::spawn({
         let listen = config.observability.listen.clone();
-        let (health, shutdown) = (health.clone(), shutdown.clone());
-        async move { telemetry::serve(&listen, handle, health, shutdown).await }
+        let (health, http_stop) = (health.clone(), http_stop.clone());
+        async move { telemetry::serve(&listen, handle, health, http_stop).await }
     });
 
     if components.capture {
@@ -67,7 +70,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 registry: registry.clone(),
             };
             let password = Config::env_password("sources", name);
-            let (kafka, label) = (config.kafka_client(), format!("capture {name}"));
+            let (kafka, label) = (config.kafka_client(), ("capture", name.clone()));
             let shutdown = shutdown.clone();
             match source.clone() {
                 SourceConfig::Postgres(pg) => {
@@ -153,15 +156,17 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 Ok(())
             }
             .await;
-            ("router".to_string(), result)
+            (("router", router.sink.clone()), result)
         });
     }
 
+    let interrupted = CancellationToken::new();
     let signals = tokio::spawn({
-        let shutdown = shutdown.clone();
+        let (shutdown, interrupted) = (shutdown.clone(), interrupted.clone());
         async move {
             wait_for_signal().await;
             info!("shutdown requested; draining");
+            interrupted.cancel();
             shutdown.cancel();
         }
     });
@@ -193,16 +198,30 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             },
         };
         let Some(joined) = joined else { break };
-        let (name, result) = joined.context("a component panicked")?;
+        let ((kind, name), result) = joined.context("a component panicked")?;
         if let Err(e) = result {
-            error!(component = %name, error = %format!("{e:#}"), "component failed; stopping the others");
+            error!(component = %format!("{kind} {name}"), error = %format!("{e:#}"), "component failed; stopping the others");
+            metrics::gauge!(telemetry::COMPONENT_FAILED, "component" => kind, "name" => name.clone())
+                .set(1.0);
             health.failed();
-            failed.push(format!("{name}: {e:#}"));
+            failed.push(format!("{kind} {name}: {e:#}"));
             shutdown.cancel();
         }
     }
     shutdown.cancel();
+    if !failed.is_empty() && !interrupted.is_cancelled() {
+        // A process that fails at once on every start would otherwise never be scraped with
+        // the failure: wait for one read of /metrics (or the linger's end, or a signal).
+        let linger = config.shutdown.linger_on_failure();
+        info!(timeout = ?linger, "serving the failure on /metrics until it is read, then exiting");
+        tokio::select! {
+            _ = health.failure_scraped() => {}
+            _ = tokio::time::sleep(linger) => {}
+            _ = interrupted.cancelled() => {}
+        }
+    }
     signals.abort();
+    http_stop.cancel();
     let _ = http.await;
     if failed.is_empty() {
         Ok(())

@@ -205,12 +205,23 @@ pub struct ShutdownConfig {
     /// finishes its batch. A process that has not stopped 5 s later exits non-zero.
     #[serde(default = "default_drain_timeout_ms")]
     pub drain_timeout_ms: u64,
+    /// After a component stopped on a definite error, the process keeps serving `/metrics`
+    /// (with `sluice_component_failed` = 1) and failing `/readyz` until `/metrics` has been
+    /// read once, or this long, then exits non-zero, so that Prometheus sees the failure even
+    /// from a process that fails at once on every start. Default 30000 (two scrapes at 15 s).
+    #[serde(default = "default_linger_on_failure_ms")]
+    pub linger_on_failure_ms: u64,
+}
+
+fn default_linger_on_failure_ms() -> u64 {
+    30_000
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             drain_timeout_ms: default_drain_timeout_ms(),
+            linger_on_failure_ms: default_linger_on_failure_ms(),
         }
     }
 }
@@ -218,6 +229,10 @@ impl Default for ShutdownConfig {
 impl ShutdownConfig {
     pub fn drain_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    pub fn linger_on_failure(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.linger_on_failure_ms)
     }
 }
 

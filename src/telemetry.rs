@@ -22,6 +22,8 @@ pub struct Health {
     components: Mutex<Vec<Arc<Liveness>>>,
     stall_after: Duration,
     failed: AtomicBool,
+    /// Told when `/metrics` is read after a component failed: the failure has been seen.
+    failure_scraped: tokio::sync::Notify,
 }
 
 impl Health {
@@ -30,6 +32,7 @@ impl Health {
             components: Mutex::new(Vec::new()),
             stall_after,
             failed: AtomicBool::new(false),
+            failure_scraped: tokio::sync::Notify::new(),
         }
     }
 
@@ -46,6 +49,17 @@ impl Health {
 
     pub fn failed(&self) {
         self.failed.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until `/metrics` has been read since a component failed.
+    pub async fn failure_scraped(&self) {
+        self.failure_scraped.notified().await
+    }
+
+    fn scraped(&self) {
+        if self.failed.load(Ordering::SeqCst) {
+            self.failure_scraped.notify_one();
+        }
     }
 
     /// Whether the process is ready, and a line per component saying why or why not.
@@ -92,6 +106,11 @@ pub fn init_logging(config: &ObservabilityConfig) {
 /// alerts count (`SluiceRestarting`).
 pub const PROCESS_START_TIME: &str = "sluice_process_start_time_seconds";
 
+/// 1 for a component (`component` = `capture` or `router`, `name` = its source or sink) that
+/// stopped on a definite error; the process exits after Prometheus has read it (see
+/// `shutdown.linger_on_failure_ms`).
+pub const COMPONENT_FAILED: &str = "sluice_component_failed";
+
 /// Installs the Prometheus recorder and describes every metric.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
@@ -105,6 +124,10 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     metrics::describe_gauge!(
         PROCESS_START_TIME,
         "When this process started, Unix seconds"
+    );
+    metrics::describe_gauge!(
+        COMPONENT_FAILED,
+        "1 for a component that stopped on a definite error"
     );
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -168,7 +191,11 @@ pub async fn serve(
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
             let (status, content_type, body) = match path {
-                "/metrics" => ("200 OK", "text/plain; version=0.0.4", handle.render()),
+                "/metrics" => {
+                    let body = handle.render();
+                    health.scraped();
+                    ("200 OK", "text/plain; version=0.0.4", body)
+                }
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
                 "/readyz" => match health.report() {
                     (true, body) => ("200 OK", "text/plain", body),

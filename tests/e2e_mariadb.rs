@@ -784,3 +784,44 @@ fn xa_transactions_past_the_memory_budget_spill_to_a_file_and_reach_the_sink_in_
         sluice.log()
     );
 }
+
+#[test]
+fn a_capture_stopped_on_a_definite_error_stays_until_its_failure_is_scraped_then_exits_non_zero() {
+    // Given a server capture refuses at preflight,
+    let services = Services::start(&format!(
+        "{ORDERS_DDL}; SET GLOBAL binlog_row_image = 'MINIMAL';"
+    ));
+    let config = services.config(&["shop.orders"]);
+    let mut sluice = services.sluice(&config);
+
+    // when capture stops on that definite error,
+    sluice.wait_for_log(
+        "serving the failure on /metrics until it is read",
+        Duration::from_secs(60),
+    );
+    // then the process stays up, unready, until Prometheus could read the failure
+    // (SluiceCaptureStopped alerts on it),
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!sluice.has_exited(), "{}", sluice.log());
+    let (status, body) = sluice_harness::http_get(services.metrics_port, "/readyz").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("a component failed"), "{body}");
+    let metrics = sluice_harness::try_http_get(services.metrics_port, "/metrics")
+        .unwrap()
+        .1;
+    let failed = sluice_harness::metric_value(
+        &metrics,
+        "sluice_component_failed",
+        &[("component", "capture"), ("name", "maria")],
+    );
+    assert_eq!(failed, Some(1.0), "{metrics}");
+
+    // and once it was read, exits non-zero.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sluice.has_exited() {
+        assert!(Instant::now() < deadline, "still running after the scrape");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = sluice.terminate(Duration::from_secs(1)).unwrap();
+    assert!(!status.success(), "{status:?}");
+}

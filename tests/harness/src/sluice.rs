@@ -81,7 +81,8 @@ impl SluiceProcess {
         Ok((process, path))
     }
 
-    /// Runs sluice expecting it to stop on its own (a definite error) within 30 s; returns its
+    /// Runs sluice expecting it to stop on its own (a definite error) within 30 s, reading its
+    /// `/metrics` meanwhile (a failed process serves the failure until it is read); returns its
     /// log. Panics when it keeps running.
     pub fn run_until_exit(
         bin: &Path,
@@ -104,6 +105,8 @@ impl SluiceProcess {
                 "sluice must stop on a definite error\n{}",
                 sluice.log()
             );
+            // Read as Prometheus would: a failed process waits for that before it exits.
+            let _ = try_http_get(sluice.metrics_port, "/metrics");
             std::thread::sleep(Duration::from_millis(100));
         }
         sluice.log()
