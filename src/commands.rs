@@ -25,6 +25,9 @@ pub struct Components {
     pub router: bool,
 }
 
+/// How long the start-up check waits for the brokers to answer (or refuse).
+const BROKER_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Runs the chosen components until SIGTERM/SIGINT (or until one fails definitively, which
 /// stops the others). Returns an error when any component failed.
 pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
@@ -44,6 +47,21 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         let listen = config.observability.listen.clone();
         let (health, http_stop) = (health.clone(), http_stop.clone());
         async move { telemetry::serve(&listen, handle, health, http_stop).await }
+    });
+
+    // Credentials and certificates the brokers refuse stop the process with what to fix
+    // (otherwise every client would retry forever); a broker that is down is waited for.
+    tasks.spawn_blocking({
+        let (client, shutdown) = (config.kafka_client(), shutdown.clone());
+        move || {
+            let checked = crate::kafka::check_brokers(&client, BROKER_CHECK_TIMEOUT, || {
+                shutdown.is_cancelled()
+            });
+            (
+                ("kafka", "brokers".to_string()),
+                checked.map_err(anyhow::Error::msg),
+            )
+        }
     });
 
     if components.capture {
@@ -198,7 +216,12 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             },
         };
         let Some(joined) = joined else { break };
-        let ((kind, name), result) = joined.context("a component panicked")?;
+        let ((kind, name), result) = match joined {
+            Ok(done) => done,
+            // Aborted below, after the brokers refused Sluice.
+            Err(e) if e.is_cancelled() => continue,
+            Err(e) => return Err(e).context("a component panicked"),
+        };
         if let Err(e) = result {
             error!(component = %format!("{kind} {name}"), error = %format!("{e:#}"), "component failed; stopping the others");
             metrics::gauge!(telemetry::COMPONENT_FAILED, "component" => kind, "name" => name.clone())
@@ -206,6 +229,12 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             health.failed();
             failed.push(format!("{kind} {name}: {e:#}"));
             shutdown.cancel();
+            if kind == "kafka" {
+                // The brokers refuse every client: nothing was published or consumed, so
+                // there is nothing to drain, and clients stuck in their own timeouts would
+                // only delay the exit. (Stopping mid-start is as safe as a crash.)
+                tasks.abort_all();
+            }
         }
     }
     shutdown.cancel();

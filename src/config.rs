@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::kafka::{KafkaSasl, KafkaTls};
 use serde::Deserialize;
 use sluice_capture::mysql::MysqlSourceConfig;
 use sluice_capture::postgres::PostgresSourceConfig;
@@ -266,7 +267,15 @@ pub struct KafkaConfig {
     /// Events capture may have awaiting Kafka acknowledgement before it pauses reading the source.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
-    /// Extra librdkafka properties (security, timeouts), passed through as they are.
+    /// TLS to the brokers (`security.protocol` `ssl`, or `sasl_ssl` with `sasl`).
+    #[serde(default)]
+    pub tls: Option<KafkaTls>,
+    /// SASL authentication (SCRAM-SHA-512/256, PLAIN); the password comes from
+    /// `SLUICE_KAFKA_PASSWORD`.
+    #[serde(default)]
+    pub sasl: Option<KafkaSasl>,
+    /// Extra librdkafka properties (timeouts, tuning), passed through as they are. Security
+    /// properties belong in `tls` and `sasl` when those are set.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
 }
@@ -583,6 +592,13 @@ impl Config {
         if k.max_in_flight == 0 {
             problems.push("kafka.max_in_flight must be > 0".into());
         }
+        crate::kafka::validate(
+            k.tls.as_ref(),
+            k.sasl.as_ref(),
+            &k.properties,
+            Self::kafka_password().as_deref(),
+            &mut problems,
+        );
         for name in self.sources.keys() {
             let prefix = self.source_topic_prefix(name);
             if !is_topic_name(&prefix) {
@@ -774,10 +790,22 @@ impl Config {
     pub fn kafka_client(&self) -> rdkafka::ClientConfig {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", &self.kafka.bootstrap_servers);
+        for (k, v) in crate::kafka::security_properties(
+            self.kafka.tls.as_ref(),
+            self.kafka.sasl.as_ref(),
+            Self::kafka_password(),
+        ) {
+            c.set(k, v);
+        }
         for (k, v) in &self.kafka.properties {
             c.set(k, v);
         }
         c
+    }
+
+    /// The SASL password (`SLUICE_KAFKA_PASSWORD`).
+    fn kafka_password() -> Option<String> {
+        std::env::var(crate::kafka::PASSWORD_ENV).ok()
     }
 
     /// The router's static membership id, when configured (dynamic membership otherwise).

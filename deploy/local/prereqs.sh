@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Sluice's quickstart and tests need on a Debian machine with a Rust toolchain:
-# PostgreSQL 15, MariaDB, the C toolchain bits librdkafka builds with, Apache Kafka (jars from
+# PostgreSQL 15, MariaDB, the C toolchain bits librdkafka builds with (zlib, OpenSSL), Apache Kafka (jars from
 # Maven Central) and Tansu (a
 # Kafka-protocol broker) at the pinned version. Each step is skipped when already satisfied.
 set -euo pipefail
@@ -23,6 +23,8 @@ command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v make >/dev/null 2>&1 || missing+=(make)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 [ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev)
+# librdkafka's TLS and SASL/SCRAM (rdkafka's `ssl` feature links the system OpenSSL).
+[ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The TLS tests make throwaway certificates with it.
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)

@@ -18,9 +18,21 @@ pub const KAFKA_VERSION: &str = "4.4.0";
 pub struct Kafka {
     pub port: u16,
     controller_port: u16,
+    /// With [`Kafka::start_secure`]: a TLS listener and a SASL_SSL (SCRAM) listener.
+    secure: Option<Secure>,
     lib: PathBuf,
     dir: tempfile::TempDir,
     server: Option<ChildGuard>,
+}
+
+/// The secured listeners of a broker started by [`Kafka::start_secure`].
+struct Secure {
+    tls_port: u16,
+    sasl_port: u16,
+    /// The broker's key and certificate chain, one PEM file (Kafka's PEM keystore).
+    keystore: PathBuf,
+    user: String,
+    password: String,
 }
 
 /// Where the broker's jars are: `SLUICE_KAFKA_LIB`, else the cache `kafka.sh` fills.
@@ -56,6 +68,31 @@ fn java() -> PathBuf {
 
 impl Kafka {
     pub fn start() -> Result<Kafka> {
+        Kafka::start_with(None)
+    }
+
+    /// A broker that also listens with TLS (`bootstrap_tls`) and with SASL_SSL
+    /// (`bootstrap_sasl`: SCRAM-SHA-256 and SCRAM-SHA-512 for `user`/`password`), its
+    /// certificate and key from `certs` (a certificate naming 127.0.0.1). The plain listener
+    /// stays for the tests' own use.
+    pub fn start_secure(certs: &crate::TestCerts, user: &str, password: &str) -> Result<Kafka> {
+        let keystore = certs.server_key.with_file_name("kafka-keystore.pem");
+        let pem = |p: &PathBuf| std::fs::read_to_string(p).map_err(|e| e.to_string());
+        std::fs::write(
+            &keystore,
+            pem(&certs.server_key)? + &pem(&certs.server_cert)? + &pem(&certs.ca)?,
+        )
+        .map_err(|e| e.to_string())?;
+        Kafka::start_with(Some(Secure {
+            tls_port: free_port(),
+            sasl_port: free_port(),
+            keystore,
+            user: user.to_string(),
+            password: password.to_string(),
+        }))
+    }
+
+    fn start_with(secure: Option<Secure>) -> Result<Kafka> {
         let lib = kafka_lib()?;
         let dir = tempfile::Builder::new()
             .prefix("sluice-kafka-")
@@ -64,6 +101,7 @@ impl Kafka {
         let kafka = Kafka {
             port: free_port(),
             controller_port: free_port(),
+            secure,
             lib,
             dir,
             server: None,
@@ -81,13 +119,42 @@ impl Kafka {
 
     fn write_config(&self) -> Result<()> {
         let d = self.dir.path();
+        let (mut listeners, mut advertised, mut map, mut security) = (
+            format!(
+                "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                self.port, self.controller_port
+            ),
+            format!("PLAINTEXT://127.0.0.1:{}", self.port),
+            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".to_string(),
+            String::new(),
+        );
+        if let Some(s) = &self.secure {
+            let secured = format!(
+                ",SSL://127.0.0.1:{},SASL_SSL://127.0.0.1:{}",
+                s.tls_port, s.sasl_port
+            );
+            listeners.push_str(&secured);
+            advertised.push_str(&secured);
+            map.push_str(",SSL:SSL,SASL_SSL:SASL_SSL");
+            let scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
+            security = format!(
+                "inter.broker.listener.name=PLAINTEXT\n\
+                 ssl.keystore.type=PEM\n\
+                 ssl.keystore.location={keystore}\n\
+                 sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512\n\
+                 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={scram}\n\
+                 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={scram}\n",
+                keystore = s.keystore.display(),
+            );
+        }
         let config = format!(
             "process.roles=broker,controller\n\
              node.id=1\n\
-             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
-             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             listeners={listeners}\n\
+             advertised.listeners={advertised}\n\
              controller.listener.names=CONTROLLER\n\
-             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+             listener.security.protocol.map={map}\n\
+             {security}\
              controller.quorum.bootstrap.servers=127.0.0.1:{controller}\n\
              log.dirs={data}\n\
              offsets.topic.replication.factor=1\n\
@@ -101,7 +168,6 @@ impl Kafka {
              num.partitions=1\n\
              auto.create.topics.enable=false\n\
              log.flush.interval.ms=1000\n",
-            port = self.port,
             controller = self.controller_port,
             data = d.join("data").display(),
         );
@@ -130,6 +196,16 @@ impl Kafka {
             .args(["format", "--standalone", "-c", "server.properties", "-t"])
             // A cluster id is 16 bytes, base64url without padding.
             .arg("c2x1aWNlLXRlc3Qta2Fmaw")
+            .args(self.secure.iter().flat_map(|s| {
+                ["SCRAM-SHA-256", "SCRAM-SHA-512"]
+                    .into_iter()
+                    .flat_map(move |m| {
+                        [
+                            "--add-scram".to_string(),
+                            format!("{m}=[name={},password={}]", s.user, s.password),
+                        ]
+                    })
+            }))
             .output()
             .map_err(|e| format!("run {}: {e}", java().display()))?;
         if out.status.success() {
@@ -174,6 +250,20 @@ impl Kafka {
     /// `bootstrap.servers` for clients.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `bootstrap.servers` of the TLS listener ([`Kafka::start_secure`]).
+    pub fn bootstrap_tls(&self) -> Option<String> {
+        self.secure
+            .as_ref()
+            .map(|s| format!("127.0.0.1:{}", s.tls_port))
+    }
+
+    /// `bootstrap.servers` of the SASL_SSL listener ([`Kafka::start_secure`]).
+    pub fn bootstrap_sasl(&self) -> Option<String> {
+        self.secure
+            .as_ref()
+            .map(|s| format!("127.0.0.1:{}", s.sasl_port))
     }
 
     /// Kills the broker (SIGKILL), as a crash would.

@@ -1,0 +1,208 @@
+//! Sluice on a Kafka that wants TLS and SASL: capture over a TLS listener, the router over a
+//! SASL_SSL listener with SCRAM, and what a wrong password, an unverifiable certificate or
+//! a plain client at a TLS listener say.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sluice_harness::compare::{compare_rows, pg_rows};
+use sluice_harness::{free_port, Kafka, Postgres, SluiceProcess, TestCerts};
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+const PASSWORD: &str = "sc-ram-Pa55word";
+const ROWS: &str = "SELECT id, v FROM public.t ORDER BY id";
+
+struct Secured {
+    kafka: Kafka,
+    certs: TestCerts,
+    source: Postgres,
+    sink: Postgres,
+    dir: tempfile::TempDir,
+}
+
+impl Secured {
+    fn start() -> Secured {
+        let certs = TestCerts::generate(&["IP:127.0.0.1", "DNS:localhost"]).unwrap();
+        let kafka = Kafka::start_secure(&certs, "sluice", PASSWORD).unwrap();
+        let source = Postgres::start().unwrap();
+        source.create_database("shop").unwrap();
+        source
+            .psql(
+                "shop",
+                "CREATE TABLE public.t (id int PRIMARY KEY, v text); \
+                 INSERT INTO public.t SELECT i, 'v' || i FROM generate_series(1, 100) i",
+            )
+            .unwrap();
+        let sink = Postgres::start().unwrap();
+        sink.create_database("wh").unwrap();
+        Secured {
+            kafka,
+            certs,
+            source,
+            sink,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A config in `dir/<name>/sluice.toml` reaching Kafka at `bootstrap` with `security`
+    /// (TOML: `[kafka.tls]`, `[kafka.sasl]`); returns its path and metrics port.
+    fn config(&self, name: &str, bootstrap: &str, security: &str) -> (PathBuf, u16) {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let config = format!(
+            r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+partitions = 3
+
+{security}
+
+[sources.pg]
+kind = "postgres"
+url = "{source}"
+tables = ["public.t"]
+slot = "secured"
+publication = "secured"
+
+[sinks.wh]
+kind = "postgres"
+url = "{sink}"
+
+[router]
+sink = "wh"
+group_id = "secured"
+
+[observability]
+listen = "127.0.0.1:{port}"
+"#,
+            source = self.source.url("shop"),
+            sink = self.sink.url("wh"),
+        );
+        let path = dir.join("sluice.toml");
+        std::fs::write(&path, config).unwrap();
+        (path, port)
+    }
+
+    fn tls(&self, ca: &Path) -> String {
+        format!("[kafka.tls]\nca_file = \"{}\"\n", ca.display())
+    }
+
+    fn sluice(
+        &self,
+        subcommand: &str,
+        (config, port): (PathBuf, u16),
+        password: &str,
+    ) -> SluiceProcess {
+        SluiceProcess::start_with_env(
+            Path::new(SLUICE),
+            subcommand,
+            &config,
+            &config.with_file_name("log"),
+            port,
+            &[("SLUICE_KAFKA_PASSWORD", password)],
+        )
+        .unwrap()
+    }
+
+    fn run_until_it_stops(&self, (config, port): (PathBuf, u16), password: &str) -> String {
+        SluiceProcess::run_until_exit(
+            Path::new(SLUICE),
+            "run",
+            &config,
+            &config.with_file_name("log"),
+            port,
+            &[("SLUICE_KAFKA_PASSWORD", password)],
+        )
+    }
+}
+
+#[test]
+fn capture_over_tls_and_a_router_over_sasl_ssl_with_scram_deliver_every_change() {
+    // Given capture publishing through the broker's TLS listener, and a router reading
+    // through its SASL_SSL listener as a SCRAM-SHA-512 user,
+    let s = Secured::start();
+    let tls = s.tls(&s.certs.ca);
+    let capture = s.config("capture", &s.kafka.bootstrap_tls().unwrap(), &tls);
+    let sasl =
+        format!("{tls}\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-512\"\nusername = \"sluice\"\n");
+    let router = s.config("router", &s.kafka.bootstrap_sasl().unwrap(), &sasl);
+    let mut capture = s.sluice("capture", capture, "");
+    let mut router = s.sluice("route", router, PASSWORD);
+
+    // when the source changes after its snapshot,
+    s.source
+        .psql(
+            "shop",
+            "INSERT INTO public.t SELECT i, 'v' || i FROM generate_series(101, 300) i; \
+             UPDATE public.t SET v = 'changed' WHERE id % 7 = 0; DELETE FROM public.t WHERE id < 20",
+        )
+        .unwrap();
+
+    // then the sink equals the source row for row,
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let expected = pg_rows(&s.source, "shop", ROWS).unwrap();
+        let got = pg_rows(&s.sink, "wh", ROWS).unwrap_or_default();
+        match compare_rows(&expected, &got) {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline && !capture.has_exited() && !router.has_exited(),
+                "{e}\n--- capture ---\n{}\n--- router ---\n{}",
+                capture.log(),
+                router.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // and the password appears in no log.
+    for log in [capture.log(), router.log()] {
+        assert!(!log.contains(PASSWORD), "{log}");
+    }
+}
+
+#[test]
+fn a_wrong_password_an_unverifiable_certificate_and_the_wrong_protocol_each_stop_with_the_fix() {
+    let s = Secured::start();
+    let sasl = "[kafka.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"sluice\"\n";
+    let tls = s.tls(&s.certs.ca);
+    let sasl_listener = s.kafka.bootstrap_sasl().unwrap();
+
+    // A wrong password: named as refused credentials, with where the password comes from.
+    let log = s.run_until_it_stops(
+        s.config("password", &sasl_listener, &format!("{tls}\n{sasl}")),
+        "not-the-password",
+    );
+    assert!(
+        log.contains("the brokers refused Sluice's credentials")
+            && log.contains("SLUICE_KAFKA_PASSWORD"),
+        "{log}"
+    );
+    assert!(!log.contains("not-the-password"), "{log}");
+
+    // A certificate signed by a CA Sluice was not told to trust.
+    let log = s.run_until_it_stops(
+        s.config(
+            "ca",
+            &s.kafka.bootstrap_tls().unwrap(),
+            &s.tls(&s.certs.other_ca),
+        ),
+        "",
+    );
+    assert!(
+        log.contains("certificate could not be verified") && log.contains("kafka.tls.ca_file"),
+        "{log}"
+    );
+
+    // Plain text to the TLS listener: a broker that closes connections may also be going
+    // down, so this is no definite error, but the warning says what to check.
+    let sluice = s.sluice(
+        "run",
+        s.config("plain", &s.kafka.bootstrap_tls().unwrap(), ""),
+        "",
+    );
+    sluice.wait_for_log(
+        "if the listener expects TLS or SASL, add [kafka.tls] / [kafka.sasl]",
+        Duration::from_secs(40),
+    );
+}
