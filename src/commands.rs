@@ -139,6 +139,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 max_delay: Duration::from_millis(router.batch.max_delay_ms),
             },
             blocked_retry: Duration::from_millis(router.blocked_retry_ms),
+            fetch_stall_recovery: router.fetch_stall_recovery,
             sink_name: router.sink.clone(),
             liveness: health.component("router", &["sink", "broker"]),
         };

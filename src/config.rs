@@ -1,8 +1,9 @@
 //! The one TOML config file. Every field is documented here (this is the user's reference),
 //! unknown keys are rejected with their path, and [`Config::validate`] names the field and the
 //! fix. Secrets can come from the environment instead of the file:
-//! `SLUICE_SOURCES_<NAME>_PASSWORD`, `SLUICE_SINKS_<NAME>_PASSWORD`; and
-//! `SLUICE_KAFKA_BOOTSTRAP_SERVERS` overrides `kafka.bootstrap_servers`.
+//! `SLUICE_SOURCES_<NAME>_PASSWORD`, `SLUICE_SINKS_<NAME>_PASSWORD`, `SLUICE_KAFKA_PASSWORD`; and
+//! `SLUICE_KAFKA_BOOTSTRAP_SERVERS` overrides `kafka.bootstrap_servers`, and
+//! `SLUICE_ROUTER_FETCH_STALL_RECOVERY` `router.fetch_stall_recovery`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -367,6 +368,12 @@ pub struct RouterConfig {
     /// again, and the table resumes once the sink takes them.
     #[serde(default = "default_blocked_retry_ms")]
     pub blocked_retry_ms: u64,
+    /// Tansu 0.6 only: when a partition's fetches keep coming back empty while messages follow
+    /// its position (Tansu's answer to a fetch that starts inside a record batch), read it
+    /// again from a little earlier. Leave it off for Apache Kafka and other brokers: there an
+    /// empty answer is legitimate. `SLUICE_ROUTER_FETCH_STALL_RECOVERY=true` sets it too.
+    #[serde(default)]
+    pub fetch_stall_recovery: bool,
 }
 
 fn default_assignment_strategy() -> String {
@@ -559,6 +566,12 @@ impl Config {
     fn apply_env(&mut self) {
         if let Ok(v) = std::env::var("SLUICE_KAFKA_BOOTSTRAP_SERVERS") {
             self.kafka.bootstrap_servers = v;
+        }
+        if let (Ok(v), Some(router)) = (
+            std::env::var("SLUICE_ROUTER_FETCH_STALL_RECOVERY"),
+            self.router.as_mut(),
+        ) {
+            router.fetch_stall_recovery = matches!(v.as_str(), "1" | "true" | "yes");
         }
     }
 

@@ -62,6 +62,11 @@ pub struct RouterSettings {
     pub batch: BatchSettings,
     /// How often the changes held for a table the sink could not take are tried again.
     pub blocked_retry: Duration,
+    /// Read a partition again from a little earlier when its fetches keep coming back empty
+    /// with messages after its position — Tansu 0.6 answers a fetch that starts inside a
+    /// record batch with nothing. Off for Apache Kafka (and brokers like it), where an empty
+    /// answer with messages after it is legitimate (a transaction still open).
+    pub fetch_stall_recovery: bool,
     /// Sink name, for logs and metric labels.
     pub sink_name: String,
     /// Reported to `/readyz`: connected while the broker and sink answer; pending while a
@@ -1285,16 +1290,20 @@ impl<S: Sink + 'static> Router<S> {
         Ok(())
     }
 
-    /// Reads again from a little before each partition whose fetching stalled inside a
-    /// record batch (see `LagContext::take_stalled`): what was read already is skipped as it
-    /// comes. The step grows eightfold while stalls recur (see [`StallSteps`]), until it
+    /// With `fetch_stall_recovery`, reads again from a little before each partition whose
+    /// fetching stalled inside a record batch (see `LagContext::take_stalled`): what was read
+    /// already is skipped as it comes. The step grows eightfold while stalls recur (see [`StallSteps`]), until it
     /// reaches the batch's start.
     fn unstall(
         &mut self,
         consumer: &StreamConsumer<LagContext>,
         steps: &mut StallSteps,
     ) -> Result<(), RouterError> {
-        for (topic, partition, position, low) in consumer.context().take_stalled() {
+        let stalled = consumer.context().take_stalled();
+        if !self.settings.fetch_stall_recovery {
+            return Ok(());
+        }
+        for (topic, partition, position, low) in stalled {
             let key = (Arc::from(topic.as_str()), partition);
             if self.blocked_partitions.contains_key(&key)
                 || self.scheme_held.contains_key(&key)

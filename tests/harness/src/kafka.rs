@@ -318,6 +318,11 @@ impl Broker {
         }
     }
 
+    /// Whether `SLUICE_TEST_BROKER` chooses Tansu.
+    pub fn configured_is_tansu() -> bool {
+        std::env::var("SLUICE_TEST_BROKER").as_deref() == Ok("tansu")
+    }
+
     /// Whether this is Tansu (some tests show Tansu-only behaviour).
     pub fn is_tansu(&self) -> bool {
         matches!(self, Broker::Tansu(_))

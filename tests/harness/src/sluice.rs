@@ -34,6 +34,11 @@ impl SluiceProcess {
         env: &[(&str, &str)],
     ) -> Result<SluiceProcess> {
         let mut cmd = Command::new(bin);
+        if crate::Broker::configured_is_tansu() {
+            // Tansu 0.6's empty answers to fetches inside a record batch need the router's
+            // workaround (off by default, for Apache Kafka).
+            cmd.env("SLUICE_ROUTER_FETCH_STALL_RECOVERY", "true");
+        }
         cmd.envs(env.iter().copied());
         cmd.arg(subcommand).arg("--config").arg(config).env(
             "RUST_LOG",

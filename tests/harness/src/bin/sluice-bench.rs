@@ -348,7 +348,7 @@ fn pg_source(pg: &Postgres, prefix: &str, table: &str) -> String {
 
 fn pg_sink(pg: &Postgres, db: &str, group: &str) -> String {
     format!(
-        "[sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"{group}\"\n",
+        "[sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"{group}\"\n# The benchmarks run on Tansu 0.6.\nfetch_stall_recovery = true\n",
         pg.url(db)
     )
 }
