@@ -1243,15 +1243,43 @@ fn rss_mib(pid: u32) -> f64 {
 
 #[test]
 fn the_broker_killed_and_down_for_a_minute_mid_stream_loses_nothing_and_doubles_nothing() {
-    // Given a pipeline streaming orders, and an observer at the sink that logs every row
-    // version written,
+    // Given capture and router running as processes of their own (as a deployment runs
+    // them), streaming orders, and an observer at the sink that logs every row version
+    // written,
     let mut p = Pipeline::start(TansuStorage::Sqlite, "sluice_broker_down");
+    p.sluice.terminate(Duration::from_secs(20));
+    p.sluice = SluiceProcess::start(
+        Path::new(SLUICE),
+        "capture",
+        &p.config,
+        &p.dir.path().join("capture.log"),
+        p.metrics_port,
+    )
+    .unwrap();
+    let router_port = free_port();
+    let router_config = p.dir.path().join("router.toml");
+    std::fs::write(
+        &router_config,
+        std::fs::read_to_string(&p.config).unwrap().replace(
+            &format!("127.0.0.1:{}", p.metrics_port),
+            &format!("127.0.0.1:{router_port}"),
+        ),
+    )
+    .unwrap();
+    let mut router = SluiceProcess::start(
+        Path::new(SLUICE),
+        "route",
+        &router_config,
+        &p.dir.path().join("router.log"),
+        router_port,
+    )
+    .unwrap();
     p.pg.psql(
         "source",
         "INSERT INTO public.orders (id, customer, qty) SELECT i, 'c' || i, 0 FROM generate_series(1, 200) i",
     )
     .unwrap();
-    wait_for_sink_to_match(&p.pg, &p.sluice, Duration::from_secs(120));
+    wait_for_sink_to_match(&p.pg, &router, Duration::from_secs(120));
     p.pg.psql(
         "sink",
         "CREATE TABLE public.applies (seq bigserial PRIMARY KEY, id bigint, qty int);
@@ -1287,24 +1315,29 @@ fn the_broker_killed_and_down_for_a_minute_mid_stream_loses_nothing_and_doubles_
     });
     std::thread::sleep(Duration::from_secs(5));
     p.kafka.kill();
-    let pid = p.sluice.pid().expect("sluice runs");
-    let mut peak: f64 = 0.0;
+    let pids = [p.sluice.pid(), router.pid()].map(|pid| pid.expect("both run"));
+    let mut peak = [0.0f64; 2];
     let down = Instant::now();
     while down.elapsed() < Duration::from_secs(60) {
-        peak = peak.max(rss_mib(pid));
+        for (peak, pid) in peak.iter_mut().zip(pids) {
+            *peak = peak.max(rss_mib(pid));
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(
-        !p.sluice.has_exited(),
-        "sluice exited while the broker was down:\n{}",
-        p.sluice.log()
-    );
+    for process in [&mut p.sluice, &mut router] {
+        assert!(
+            !process.has_exited(),
+            "a process exited while the broker was down:\n{}",
+            process.log()
+        );
+    }
     p.kafka.restart().unwrap();
     writer.join().unwrap();
 
     // then, once it is back, the sink equals the source row for row, no row version was
     // written twice or went backwards, and memory stayed bounded meanwhile.
-    wait_for_sink_to_match(&p.pg, &p.sluice, Duration::from_secs(180));
+    wait_for_sink_to_match(&p.pg, &router, Duration::from_secs(180));
+    assert!(!p.sluice.has_exited(), "{}", p.sluice.log());
     let twice = p
         .pg
         .psql(
@@ -1326,6 +1359,14 @@ fn the_broker_killed_and_down_for_a_minute_mid_stream_loses_nothing_and_doubles_
         )
         .unwrap();
     assert_eq!(backwards.trim(), "0", "a row went back to an older version");
-    eprintln!("sluice peaked at {peak:.0} MiB resident while the broker was down for 60 s");
-    assert!(peak > 0.0 && peak < 512.0, "sluice peaked at {peak:.0} MiB");
+    let [capture, routing] = peak;
+    eprintln!(
+        "while the broker was down for 60 s, capture peaked at {capture:.0} MiB resident and the router at {routing:.0} MiB"
+    );
+    for peak in peak {
+        assert!(
+            peak > 0.0 && peak < 512.0,
+            "a process peaked at {peak:.0} MiB"
+        );
+    }
 }

@@ -11,7 +11,11 @@
 //! Settings (environment): `SLUICE_BENCH_ROWS` (default 1,000,000), `SLUICE_BENCH_BIG_ROWS`
 //! (5,000,000), `SLUICE_BENCH_LATENCY_RATE` (rows/s, 5,000), `SLUICE_BENCH_LATENCY_SECS`
 //! (30), `SLUICE_BENCH_REPEATS` (3), `SLUICE_BENCH_ONLY` (comma-separated: pg, maria,
-//! router, latency, rss).
+//! router, latency, rss, txn).
+//!
+//! `txn` starts an Apache Kafka of its own and measures what publishing atomically would cost:
+//! capture's producer as it is (idempotent) beside a transactional producer committing one
+//! Kafka transaction per 1, 10, 100, 1,000 and 10,000 changes.
 //!
 //! On a shared VM the same binary's figures and the references' move by a quarter or more from
 //! one minute to the next. The figures whose goal is a ratio near its line (MariaDB capture,
@@ -388,6 +392,9 @@ fn main() {
     }
     if bench.settings.runs("rss") {
         large_transaction(&mut bench);
+    }
+    if bench.settings.runs("txn") {
+        kafka_transactions(&mut bench);
     }
     let report = json!({
         "machine": machine(&bench),
@@ -997,7 +1004,105 @@ fn print_table(report: &Value) {
             );
         }
     }
+    if let Some(t) = find(report, "kafka_transactions") {
+        let rate = |k: &str| t[k]["records_per_s"].as_f64().map_or("—".into(), group);
+        println!(
+            "Kafka producer, records/s: idempotent {}; a transaction per 1 change {}, per 10 {}, per 100 {}, per 1,000 {}, per 10,000 {}",
+            rate("idempotent"), rate("per_1"), rate("per_10"), rate("per_100"), rate("per_1000"), rate("per_10000")
+        );
+    }
     println!("Sluice rates are steady-state (first row to last); startup is in the JSON.");
+}
+
+/// Records of about a row's size (300 bytes of value, an 8-byte key) published to a
+/// 3-partition topic on Apache Kafka with capture's producer settings (idempotent, acks=all,
+/// LZ4, 5 ms linger), without and with a Kafka transaction around every `k` of them: what it
+/// would cost capture to publish each source transaction atomically (`read_committed`
+/// consumers would then see a transaction whole or not at all).
+fn kafka_transactions(bench: &mut Bench) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+    eprintln!("bench: starting Apache Kafka for the transactions measurement");
+    let kafka = sluice_harness::Kafka::start().unwrap();
+    let topic = "bench.txn";
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .create()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, 3, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+    let total = bench.settings.rows.min(500_000);
+    let value = vec![b'v'; 300];
+    let timeout = Duration::from_secs(30);
+    let mut rates = serde_json::Map::new();
+    for per_txn in [
+        None,
+        Some(1),
+        Some(10),
+        Some(100),
+        Some(1_000),
+        Some(10_000),
+    ] {
+        let mut config = rdkafka::ClientConfig::new();
+        config
+            .set("bootstrap.servers", kafka.bootstrap())
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.codec", "lz4");
+        // A transaction per change costs round trips: fewer changes give a rate all the same.
+        let records = match per_txn {
+            Some(k) => {
+                config.set("transactional.id", format!("bench-{k}"));
+                total.min(k * 3_000)
+            }
+            None => total,
+        };
+        let producer: ThreadedProducer<DefaultProducerContext> = config.create().unwrap();
+        if per_txn.is_some() {
+            producer.init_transactions(timeout).unwrap();
+        }
+        let started = Instant::now();
+        for i in 0..records {
+            if per_txn.is_some_and(|k| i % k == 0) {
+                producer.begin_transaction().unwrap();
+            }
+            let key = i.to_be_bytes();
+            let mut record = BaseRecord::to(topic).key(&key[..]).payload(&value[..]);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        // The queue is full: let deliveries drain it.
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+            if per_txn.is_some_and(|k| (i + 1) % k == 0 || i + 1 == records) {
+                producer.commit_transaction(timeout).unwrap();
+            }
+        }
+        producer.flush(timeout).unwrap();
+        let rate = records as f64 / started.elapsed().as_secs_f64();
+        let name = per_txn.map_or("idempotent".to_string(), |k| format!("per_{k}"));
+        eprintln!("bench: kafka producer {name}: {records} records, {rate:.0}/s");
+        rates.insert(
+            name,
+            json!({ "records": records, "records_per_s": rate.round() }),
+        );
+    }
+    bench.record("kafka_transactions", Value::Object(rates));
 }
 
 /// 1234567.0 → "1,234,567".
