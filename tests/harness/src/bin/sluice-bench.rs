@@ -1064,7 +1064,7 @@ fn kafka_transactions(bench: &mut Bench) {
         let records = match per_txn {
             Some(k) => {
                 config.set("transactional.id", format!("bench-{k}"));
-                total.min(k * 3_000)
+                total.min(k * 300)
             }
             None => total,
         };
