@@ -105,6 +105,29 @@ listen = "127.0.0.1:{port}"
         .unwrap()
     }
 
+    /// Waits until the sink's rows equal the source's, while none of `processes` exited.
+    fn wait_for_match(&self, processes: &mut [&mut SluiceProcess], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let expected = pg_rows(&self.source, "shop", ROWS).unwrap();
+            let got = pg_rows(&self.sink, "wh", ROWS).unwrap_or_default();
+            let Err(e) = compare_rows(&expected, &got) else {
+                return;
+            };
+            let exited = processes.iter_mut().any(|p| p.has_exited());
+            assert!(
+                Instant::now() < deadline && !exited,
+                "{e} (a process exited: {exited})\n{}",
+                processes
+                    .iter()
+                    .map(|p| p.log())
+                    .collect::<Vec<_>>()
+                    .join("\n--- next process ---\n")
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     fn run_until_it_stops(&self, (config, port): (PathBuf, u16), password: &str) -> String {
         SluiceProcess::run_until_exit(
             Path::new(SLUICE),
@@ -140,21 +163,7 @@ fn capture_over_tls_and_a_router_over_sasl_ssl_with_scram_deliver_every_change()
         .unwrap();
 
     // then the sink equals the source row for row,
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let expected = pg_rows(&s.source, "shop", ROWS).unwrap();
-        let got = pg_rows(&s.sink, "wh", ROWS).unwrap_or_default();
-        match compare_rows(&expected, &got) {
-            Ok(()) => break,
-            Err(e) => assert!(
-                Instant::now() < deadline && !capture.has_exited() && !router.has_exited(),
-                "{e}\n--- capture ---\n{}\n--- router ---\n{}",
-                capture.log(),
-                router.log()
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    s.wait_for_match(&mut [&mut capture, &mut router], Duration::from_secs(90));
     // and the password appears in no log.
     for log in [capture.log(), router.log()] {
         assert!(!log.contains(PASSWORD), "{log}");
@@ -205,4 +214,93 @@ fn a_wrong_password_an_unverifiable_certificate_and_the_wrong_protocol_each_stop
         "if the listener expects TLS or SASL, add [kafka.tls] / [kafka.sasl]",
         Duration::from_secs(40),
     );
+}
+
+#[test]
+fn a_workload_through_tls_and_scram_with_two_routers_a_router_kill_and_a_broker_kill_arrives_once()
+{
+    // Given capture and two routers of one group, all through the SASL_SSL listener (SCRAM),
+    // on 3-partition topics, and an observer at the sink that logs every row version written,
+    let mut s = Secured::start();
+    let sasl = format!(
+        "{}\n[kafka.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"sluice\"\n",
+        s.tls(&s.certs.ca)
+    );
+    let bootstrap = s.kafka.bootstrap_sasl().unwrap();
+    let mut capture = s.sluice("capture", s.config("capture", &bootstrap, &sasl), PASSWORD);
+    let routers: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|name| s.config(&format!("router-{name}"), &bootstrap, &sasl))
+        .collect();
+    let mut a = s.sluice("route", routers[0].clone(), PASSWORD);
+    let mut b = s.sluice("route", routers[1].clone(), PASSWORD);
+    s.wait_for_match(&mut [&mut capture, &mut a, &mut b], Duration::from_secs(90));
+    s.sink
+        .psql(
+            "wh",
+            "CREATE TABLE public.applies (seq bigserial PRIMARY KEY, id int, v text);
+             CREATE FUNCTION log_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN INSERT INTO public.applies (id, v) VALUES (NEW.id, NEW.v); RETURN NEW; END $$;
+             CREATE TRIGGER log_apply AFTER INSERT OR UPDATE ON public.t
+               FOR EACH ROW EXECUTE FUNCTION log_apply();",
+        )
+        .unwrap();
+
+    // when writes go on (each round gives the rows it touches a version of their own) while
+    // router a is killed -9 and restarted, and then the broker is killed -9 and restarted,
+    let url = s.source.url("shop");
+    let psql = s.source.tool("psql");
+    let writer = std::thread::spawn(move || {
+        for round in 1..=60 {
+            let out = std::process::Command::new(&psql)
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &url, "-c"])
+                .arg(format!(
+                    "UPDATE public.t SET v = 'r{round}' WHERE id % 6 = {}; \
+                     INSERT INTO public.t SELECT i, 'r{round}' FROM generate_series({lo}, {hi}) i",
+                    round % 6,
+                    lo = 1000 + round * 10,
+                    hi = 1009 + round * 10,
+                ))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    a.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    let mut a = s.sluice("route", routers[0].clone(), PASSWORD);
+    std::thread::sleep(Duration::from_secs(4));
+    s.kafka.kill();
+    std::thread::sleep(Duration::from_secs(8));
+    s.kafka.restart().unwrap();
+    writer.join().unwrap();
+
+    // then the sink equals the source row for row,
+    s.wait_for_match(
+        &mut [&mut capture, &mut a, &mut b],
+        Duration::from_secs(180),
+    );
+    // and no row version was written twice.
+    let twice = s
+        .sink
+        .psql(
+            "wh",
+            "SELECT id, v, count(*) FROM public.applies GROUP BY id, v HAVING count(*) > 1 LIMIT 5",
+        )
+        .unwrap();
+    assert_eq!(twice.trim(), "", "row versions written twice (id|v|times)");
+    let written: i64 = s
+        .sink
+        .psql("wh", "SELECT count(*) FROM public.applies")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(written >= 60 * 10, "only {written} row versions observed");
 }
