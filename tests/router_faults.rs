@@ -352,9 +352,12 @@ fn a_router_killed_mid_batch_again_and_again_applies_every_change_exactly_once()
 }
 
 #[test]
-fn a_pgbench_workload_with_the_router_and_capture_killed_arrives_row_for_row() {
-    // Given pgbench's own schema and data (100,000 accounts) and a pipeline over it, capture
-    // and router in separate processes,
+fn a_pgbench_workload_with_two_routers_truncates_a_partitioned_table_a_rename_and_kills_arrives_row_for_row(
+) {
+    // Given pgbench's own schema and data (100,000 accounts), a partitioned table, a table
+    // that is truncated now and then and one that will be renamed, all captured onto
+    // 3-partition topics, with capture and two routers of one group in processes of their own
+    // (one router on Tansu, which mishandles a second cooperative member),
     let pg = Postgres::start().unwrap();
     pg.create_database("source").unwrap();
     pg.create_database("sink").unwrap();
@@ -380,40 +383,65 @@ fn a_pgbench_workload_with_the_router_and_capture_killed_arrives_row_for_row() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     pgbench(&["-i", "-s", "1", "-q"]);
+    pg.psql(
+        "source",
+        "CREATE TABLE public.events (id bigint, region int, v text, PRIMARY KEY (id, region))
+           PARTITION BY LIST (region);
+         CREATE TABLE public.events_0 PARTITION OF public.events FOR VALUES IN (0);
+         CREATE TABLE public.events_1 PARTITION OF public.events FOR VALUES IN (1);
+         CREATE TABLE public.scratch (id int PRIMARY KEY, v text);
+         CREATE TABLE public.doomed (id int PRIMARY KEY, v text);
+         INSERT INTO public.doomed SELECT i, 'before' FROM generate_series(1, 20) i;",
+    )
+    .unwrap();
     let kafka = Broker::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let tables = [
+    let compared = [
         "public.pgbench_accounts",
         "public.pgbench_branches",
         "public.pgbench_tellers",
+        "public.events",
+        "public.scratch",
     ];
     let common = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
-         tables = [{}]\nslot = \"pgbench_kills\"\npublication = \"pgbench_kills\"\n\
+        "[kafka]\nbootstrap_servers = \"{}\"\npartitions = 3\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+         tables = [{}, \"public.doomed\"]\nslot = \"pgbench_kills\"\npublication = \"pgbench_kills\"\n\
          [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"pgbench_kills\"\n\
          [router.batch]\nmax_rows = 1000\nmax_delay_ms = 100\n",
         kafka.bootstrap(),
         pg.url("source"),
-        tables.map(|t| format!("\"{t}\"")).join(", "),
+        compared.map(|t| format!("\"{t}\"")).join(", "),
         pg.url("sink")
     );
     let (capture_config, capture_port, router_config, router_port) =
         split_configs(dir.path(), &common);
+    let (second_config, second_port) = {
+        let port = sluice_harness::free_port();
+        let path = dir.path().join("router-b.toml");
+        std::fs::write(
+            &path,
+            format!("{common}\n[observability]\nlisten = \"127.0.0.1:{port}\"\n"),
+        )
+        .unwrap();
+        (path, port)
+    };
     let start = |command: &'static str, config: &Path, port: u16| {
         SluiceProcess::start(
             Path::new(SLUICE),
             command,
             config,
-            &dir.path().join(format!("{command}.log")),
+            &config.with_extension("log"),
             port,
         )
         .unwrap()
     };
     let mut capture = start("capture", &capture_config, capture_port);
     let mut router = start("route", &router_config, router_port);
+    let mut second = (!kafka.is_tansu()).then(|| start("route", &second_config, second_port));
 
-    // when pgbench's TPC-B-like load runs with 4 clients for 20 s while the router and the
-    // capture are killed -9 in turn every two seconds,
+    // when pgbench's TPC-B-like load runs with 4 clients for 20 s, a second writer moves rows
+    // between the partitions, truncates `scratch` every fifth round and renames `doomed`
+    // halfway, and the routers and capture are killed -9 in turn every two seconds,
     let load = {
         let port = pg.port;
         std::thread::spawn(move || {
@@ -424,18 +452,63 @@ fn a_pgbench_workload_with_the_router_and_capture_killed_arrives_row_for_row() {
                 .unwrap()
         })
     };
+    let side = {
+        let (url, psql) = (pg.url("source"), pg.tool("psql"));
+        std::thread::spawn(move || {
+            for round in 1..=36 {
+                let mut sql = format!(
+                    "INSERT INTO public.events SELECT {round} * 100 + k, k % 2, 'e{round}' \
+                       FROM generate_series(0, 9) k; \
+                     UPDATE public.events SET region = 1 - region, v = 'moved{round}' \
+                       WHERE id % 7 = {}; \
+                     INSERT INTO public.scratch SELECT {round} * 100 + k, 's' \
+                       FROM generate_series(0, 4) k;",
+                    round % 7
+                );
+                if round % 5 == 0 {
+                    sql.push_str("TRUNCATE public.scratch;");
+                }
+                if round == 18 {
+                    sql.push_str("ALTER TABLE public.doomed RENAME TO doomed_renamed;");
+                }
+                if round > 18 {
+                    sql.push_str(&format!(
+                        "UPDATE public.doomed_renamed SET v = 'after{round}' WHERE id = {};",
+                        round % 20 + 1
+                    ));
+                }
+                let out = std::process::Command::new(&psql)
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &url, "-c", &sql])
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
     let mut kills = 0;
     while !load.is_finished() {
         std::thread::sleep(Duration::from_secs(2));
         if load.is_finished() {
             break;
         }
-        if kills % 2 == 0 {
-            router.kill9();
-            router = start("route", &router_config, router_port);
-        } else {
-            capture.kill9();
-            capture = start("capture", &capture_config, capture_port);
+        match (kills % 3, second.as_mut()) {
+            (0, _) => {
+                router.kill9();
+                router = start("route", &router_config, router_port);
+            }
+            (1, Some(b)) => {
+                b.kill9();
+                *b = start("route", &second_config, second_port);
+            }
+            _ => {
+                capture.kill9();
+                capture = start("capture", &capture_config, capture_port);
+            }
         }
         kills += 1;
     }
@@ -445,13 +518,14 @@ fn a_pgbench_workload_with_the_router_and_capture_killed_arrives_row_for_row() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    side.join().unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     let tps = report.lines().find(|l| l.starts_with("tps")).unwrap_or("");
 
-    // then every keyed pgbench table matches the source row for row.
+    // then every compared table matches the source row for row,
     let started = Instant::now();
-    for table in tables {
-        let query = format!("SELECT * FROM {table} ORDER BY 1");
+    for table in compared {
+        let query = format!("SELECT * FROM {table} ORDER BY 1, 2");
         loop {
             let source = pg_rows(&pg, "source", &query).unwrap();
             let result = pg_rows(&pg, "sink", &query).map(|sink| compare_rows(&source, &sink));
@@ -466,6 +540,13 @@ fn a_pgbench_workload_with_the_router_and_capture_killed_arrives_row_for_row() {
             std::thread::sleep(Duration::from_millis(500));
         }
     }
+    // and the renamed table was stopped with what to do, not followed silently.
+    let log = std::fs::read_to_string(capture_config.with_extension("log")).unwrap();
+    assert!(
+        log.contains("public.doomed was renamed to public.doomed_renamed")
+            && log.contains("sources.pg.tables"),
+        "{log}"
+    );
     assert!(kills >= 8, "only {kills} kills during the load");
     eprintln!("pgbench {tps}; {kills} kills; the sink matches the source");
     drop(capture);
