@@ -387,3 +387,92 @@ fn a_change_sluice_allows_but_the_registry_refuses_is_explained_and_waits_for_th
     s.wait_for_sink_to_match(&sluice);
     assert_eq!(registry.subject("e2e.public.t-value").len(), 2);
 }
+
+#[test]
+fn a_router_waiting_out_a_registry_outage_says_so_and_stops_at_once_on_sigterm() {
+    // Given capture and router in processes of their own, on a registry, in sync,
+    let s = Services::start();
+    let registry = SchemaRegistry::start(None).unwrap();
+    let config = s.config(
+        "capture.toml",
+        &format!("[schemas.registry]\nurl = \"{}\"", registry.url()),
+    );
+    let capture = SluiceProcess::start(
+        Path::new(SLUICE),
+        "capture",
+        &config,
+        &s.dir.path().join("capture.log"),
+        s.metrics_port,
+    )
+    .unwrap();
+    let router_port = free_port();
+    let router_config = s.dir.path().join("router.toml");
+    std::fs::write(
+        &router_config,
+        std::fs::read_to_string(&config).unwrap().replace(
+            &format!("127.0.0.1:{}", s.metrics_port),
+            &format!("127.0.0.1:{router_port}"),
+        ),
+    )
+    .unwrap();
+    let route = || {
+        SluiceProcess::start(
+            Path::new(SLUICE),
+            "route",
+            &router_config,
+            &s.dir.path().join("router.log"),
+            router_port,
+        )
+        .unwrap()
+    };
+    let mut router = route();
+    s.pg.psql("source", "INSERT INTO public.t VALUES (1, 1, 'one')")
+        .unwrap();
+    s.wait_for_sink_to_match(&router);
+    router.terminate(Duration::from_secs(20));
+
+    // when the table gains a column (a schema version the router has not read) and the
+    // registry fails every request from then on,
+    s.pg.psql(
+        "source",
+        "ALTER TABLE public.t ADD COLUMN region text; INSERT INTO public.t VALUES (2, 2, 'two', 'eu')",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while registry.subject("e2e.public.t-value").len() < 2 {
+        assert!(Instant::now() < deadline, "{}", capture.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    registry.fail_next(1_000_000);
+    let mut router = route();
+
+    // then the router says what it waits for (in the log and in /readyz),
+    router.wait_for_log(
+        "registry unavailable while reading a writer schema; retrying",
+        Duration::from_secs(60),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = sluice_harness::http_get(router_port, "/readyz").unwrap_or_default();
+        if code == 503 && body.contains("registry") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz: {code} {body}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // and SIGTERM stops it at once and cleanly (the change it waited on is read again later),
+    let asked = Instant::now();
+    let status = router.terminate(Duration::from_secs(20)).unwrap();
+    assert!(
+        status.success() && asked.elapsed() < Duration::from_secs(10),
+        "{status:?} after {:?}\n{}",
+        asked.elapsed(),
+        router.log()
+    );
+    // and once the registry answers again, the change arrives.
+    registry.fail_next(0);
+    let router = route();
+    s.wait_for_sink_to_match(&router);
+    let region = pg_rows(&s.pg, "sink", "SELECT region FROM public.t WHERE id = 2").unwrap();
+    assert_eq!(region, ["eu"]);
+}

@@ -12,6 +12,10 @@ pub enum RouterError {
     Sink(#[from] SinkError),
     #[error("{0}")]
     Definite(String),
+    /// Shutdown came while the router waited for a dependency to return; what it had not
+    /// applied is read again after a restart.
+    #[error("stopped while waiting for {0}")]
+    Interrupted(&'static str),
 }
 
 impl RouterError {
@@ -20,7 +24,7 @@ impl RouterError {
         match self {
             RouterError::Kafka(_) | RouterError::Registry(_) => true,
             RouterError::Sink(e) => e.is_transient(),
-            RouterError::Definite(_) => false,
+            RouterError::Definite(_) | RouterError::Interrupted(_) => false,
         }
     }
 }

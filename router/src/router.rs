@@ -238,7 +238,14 @@ impl<S: Sink + 'static> Router<S> {
         let span =
             info_span!("router", sink = %self.settings.sink_name, group = %self.settings.group_id);
         async move {
-            let result = self.run_inner(&shutdown).await;
+            let result = match self.run_inner(&shutdown).await {
+                // A shutdown, not a failure: nothing unapplied was recorded.
+                Err(RouterError::Interrupted(waiting_for)) => {
+                    info!(waiting_for, "router stopped while waiting; what it had not applied is read again after a restart");
+                    Ok(())
+                }
+                other => other,
+            };
             if let Err(e) = &result {
                 metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "definite").increment(1);
                 error!(error = %e, "router stopped");
@@ -444,7 +451,7 @@ impl<S: Sink + 'static> Router<S> {
                             skipped.clear();
                         }
                         if !self.scheme_held.is_empty() {
-                            self.retry_scheme_held(&consumer, &mut pending, &mut schemas, &dlq).await?;
+                            self.retry_scheme_held(&consumer, &mut pending, &mut schemas, &dlq, shutdown).await?;
                             if !pending.is_empty() && deadline.is_none() {
                                 deadline = Some(Box::pin(tokio::time::sleep(self.settings.batch.max_delay)));
                                 self.settings.liveness.set_pending(true);
@@ -538,11 +545,11 @@ impl<S: Sink + 'static> Router<S> {
                         if let Some(mut wait) = self.barrier_held.remove(&key) {
                             // Fetched before the pause, behind changes waiting at a barrier:
                             // it waits behind them, in order.
-                            self.handle_in_order(&consumer, &msg, key.clone(), &mut wait.pending, &mut schemas, &dlq).await?;
+                            self.handle_in_order(&consumer, &msg, key.clone(), &mut wait.pending, &mut schemas, &dlq, shutdown).await?;
                             self.barrier_held.insert(key, wait);
                             continue;
                         }
-                        if self.handle_in_order(&consumer, &msg, key, &mut pending, &mut schemas, &dlq).await? {
+                        if self.handle_in_order(&consumer, &msg, key, &mut pending, &mut schemas, &dlq, shutdown).await? {
                             continue;
                         }
                         if deadline.is_none() {
@@ -583,7 +590,7 @@ impl<S: Sink + 'static> Router<S> {
         partition: i32,
         shutdown: &CancellationToken,
     ) -> Result<Option<sluice_sinks::StoredProgress>, RouterError> {
-        let mut outage = SinkOutage::default();
+        let mut outage = Outage::of("sink");
         loop {
             match self.sink().progress(topic, partition).await {
                 Ok(p) => {
@@ -597,6 +604,7 @@ impl<S: Sink + 'static> Router<S> {
                             consumer,
                             &e,
                             "reading the offsets stored in the sink",
+                            shutdown,
                         )
                         .await?;
                 }
@@ -608,6 +616,7 @@ impl<S: Sink + 'static> Router<S> {
     /// Handles a message of a partition nothing is held for: into the batch (or, for a
     /// blocked table's partition, into what that table holds), or, when its scheme does not
     /// fit it, held with its partition paused. Returns whether the batch was left untouched.
+    #[allow(clippy::too_many_arguments)]
     async fn handle_in_order(
         &mut self,
         consumer: &StreamConsumer<LagContext>,
@@ -616,6 +625,7 @@ impl<S: Sink + 'static> Router<S> {
         pending: &mut Pending,
         schemas: &mut SchemaStore,
         dlq: &FutureProducer,
+        shutdown: &CancellationToken,
     ) -> Result<bool, RouterError> {
         let topic = key.0.clone();
         let (handled, untouched) = match self.blocked_partitions.get(&key).cloned() {
@@ -624,14 +634,26 @@ impl<S: Sink + 'static> Router<S> {
             Some(table) => match self.blocked.remove(&table) {
                 Some(mut held) => {
                     let result = self
-                        .handle(msg, topic, &mut held.pending, schemas, dlq)
+                        .handle(
+                            consumer,
+                            msg,
+                            topic,
+                            &mut held.pending,
+                            schemas,
+                            dlq,
+                            shutdown,
+                        )
                         .await;
                     self.blocked.insert(table, held);
                     (result?, true)
                 }
                 None => (Handled::Taken, true),
             },
-            None => (self.handle(msg, topic, pending, schemas, dlq).await?, false),
+            None => (
+                self.handle(consumer, msg, topic, pending, schemas, dlq, shutdown)
+                    .await?,
+                false,
+            ),
         };
         if let Handled::Mismatch { table, detail } = handled {
             self.hold_for_scheme(consumer, key, table, detail, owned(msg))?;
@@ -674,6 +696,7 @@ impl<S: Sink + 'static> Router<S> {
         pending: &mut Pending,
         schemas: &mut SchemaStore,
         dlq: &FutureProducer,
+        shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
         let keys: Vec<(Arc<str>, i32)> = self.scheme_held.keys().cloned().collect();
         for key in keys {
@@ -685,7 +708,15 @@ impl<S: Sink + 'static> Router<S> {
                     Some(table) => match self.blocked.remove(&table) {
                         Some(mut blocked) => {
                             let result = self
-                                .handle(&msg, key.0.clone(), &mut blocked.pending, schemas, dlq)
+                                .handle(
+                                    consumer,
+                                    &msg,
+                                    key.0.clone(),
+                                    &mut blocked.pending,
+                                    schemas,
+                                    dlq,
+                                    shutdown,
+                                )
                                 .await;
                             self.blocked.insert(table, blocked);
                             result?
@@ -693,8 +724,16 @@ impl<S: Sink + 'static> Router<S> {
                         None => Handled::Taken,
                     },
                     None => {
-                        self.handle(&msg, key.0.clone(), pending, schemas, dlq)
-                            .await?
+                        self.handle(
+                            consumer,
+                            &msg,
+                            key.0.clone(),
+                            pending,
+                            schemas,
+                            dlq,
+                            shutdown,
+                        )
+                        .await?
                     }
                 };
                 if let Handled::Mismatch { detail, .. } = handled {
@@ -733,13 +772,16 @@ impl<S: Sink + 'static> Router<S> {
 
     /// Decodes one message into the batch, or dead-letters it; a message whose scheme does
     /// not fit is left out of the batch (its offset not consumed) and reported.
+    #[allow(clippy::too_many_arguments)]
     async fn handle(
         &mut self,
+        consumer: &StreamConsumer<LagContext>,
         msg: &impl Message,
         topic: Arc<str>,
         pending: &mut Pending,
         schemas: &mut SchemaStore,
         dlq: &FutureProducer,
+        shutdown: &CancellationToken,
     ) -> Result<Handled, RouterError> {
         let partition = msg.partition();
         let offset = msg.offset();
@@ -769,6 +811,31 @@ impl<S: Sink + 'static> Router<S> {
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(|v| v.parse::<i32>().ok())
         });
+        // Failing to reach the schema topic or the registry is transient: wait and retry,
+        // holding the message (and so the partition), consumption paused and the consumer
+        // polled meanwhile (so the group keeps the router). Only a schema the transport does
+        // not have makes the message undecodable.
+        let mut outage = Outage::of("registry");
+        let found = loop {
+            match schemas.resolve(payload).await {
+                Ok(found) => {
+                    outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
+                    break found;
+                }
+                Err(e) if e.is_transient() => {
+                    outage
+                        .wait(
+                            &self.settings,
+                            consumer,
+                            &e,
+                            "reading a writer schema",
+                            shutdown,
+                        )
+                        .await?;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let decoded = async {
             let position = position.ok_or_else(|| {
                 (
@@ -776,35 +843,13 @@ impl<S: Sink + 'static> Router<S> {
                     format!("missing or invalid {POSITION_HEADER} header"),
                 )
             })?;
-            // Failing to reach the schema topic or the registry is transient: wait and retry,
-            // holding the message (and so the partition). Only a schema the transport does
-            // not have makes the message undecodable.
-            let mut backoff = Backoff::default();
-            let found = loop {
-                match schemas.resolve(payload).await {
-                    Ok(found) => break found,
-                    Err(e) if e.is_transient() => {
-                        metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient")
-                            .increment(1);
-                        let wait = backoff.next_wait();
-                        warn!(error = %e, retry_in = ?wait, "cannot read the writer schema; retrying");
-                        tokio::time::sleep(wait).await;
-                    }
-                    Err(e) => return Ok(Err(e)),
-                }
-            };
             let (decoder, datum) = found.map_err(|u| (u.reason, u.detail))?;
             let event = decoder
                 .decode(datum)
                 .map_err(|e| ("undecodable", e.to_string()))?;
-            Ok::<_, (&str, String)>(Ok((decoder.table.clone(), event, position)))
+            Ok::<_, (&str, String)>((decoder.table.clone(), event, position))
         }
         .await;
-        let decoded = match decoded {
-            Ok(Err(fatal)) => return Err(fatal),
-            Ok(Ok(ok)) => Ok(ok),
-            Err(e) => Err(e),
-        };
         match decoded {
             Ok((table, event, position)) => {
                 let source_ts_ms = event.source_ts_ms;
@@ -1183,7 +1228,7 @@ impl<S: Sink + 'static> Router<S> {
         mut first: Option<Result<sluice_sinks::ApplyOutcome, SinkError>>,
         shutdown: &CancellationToken,
     ) -> Result<Applied, RouterError> {
-        let mut outage = SinkOutage::default();
+        let mut outage = Outage::of("sink");
         loop {
             let result = match first.take() {
                 Some(result) => result,
@@ -1242,7 +1287,13 @@ impl<S: Sink + 'static> Router<S> {
             };
             if error.is_transient() && !shutdown.is_cancelled() {
                 outage
-                    .wait(&self.settings, consumer, &error, "writing the batch")
+                    .wait(
+                        &self.settings,
+                        consumer,
+                        &error,
+                        "writing the batch",
+                        shutdown,
+                    )
                     .await?;
                 continue;
             }
@@ -1635,43 +1686,52 @@ impl StallSteps {
     }
 }
 
-/// Retrying through a sink outage: consumption is paused from the first failure (memory stays
-/// at what the router holds) while the consumer goes on being polled, which keeps the group
-/// membership, rebalances and statistics (the consumer-lag gauge) going.
-struct SinkOutage {
+/// Retrying through an outage of the sink or the schema registry: consumption is paused from
+/// the first failure (memory stays at what the router holds) while the consumer goes on being
+/// polled, which keeps the group membership, rebalances and statistics (the consumer-lag
+/// gauge) going. A shutdown ends the wait ([`RouterError::Interrupted`]).
+struct Outage {
+    /// What is out, as `/readyz` names it: `sink` or `registry`.
+    what: &'static str,
     backoff: Backoff,
     paused: bool,
 }
 
-impl Default for SinkOutage {
-    fn default() -> Self {
-        SinkOutage {
+impl Outage {
+    fn of(what: &'static str) -> Outage {
+        Outage {
+            what,
             backoff: Backoff::starting_at(Duration::from_millis(200)),
             paused: false,
         }
     }
-}
 
-impl SinkOutage {
-    /// After a transient sink error: reports it, pauses, and waits out the backoff.
+    /// After a transient error: reports it, pauses, and waits out the backoff (or until
+    /// shutdown, which interrupts).
     async fn wait(
         &mut self,
         settings: &RouterSettings,
         consumer: &StreamConsumer<LagContext>,
-        error: &sluice_sinks::SinkError,
+        error: &(dyn std::fmt::Display + Sync),
         doing: &str,
+        shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
-        settings.liveness.set_connected("sink", false);
+        if shutdown.is_cancelled() {
+            return Err(RouterError::Interrupted(self.what));
+        }
+        settings.liveness.set_connected(self.what, false);
         metrics::counter!(m::ERRORS_TOTAL, "sink" => settings.sink_name.clone(), "kind" => "transient")
             .increment(1);
         let wait = self.backoff.next_wait();
-        warn!(%error, retry_in = ?wait, "sink unavailable while {doing}; retrying");
+        warn!(%error, retry_in = ?wait, "{} unavailable while {doing}; retrying", self.what);
         if !self.paused {
             consumer.pause(&consumer.assignment()?)?;
             self.paused = true;
         }
-        poll_paused(consumer, wait).await?;
-        Ok(())
+        tokio::select! {
+            polled = poll_paused(consumer, wait) => polled,
+            _ = shutdown.cancelled() => Err(RouterError::Interrupted(self.what)),
+        }
     }
 
     /// The sink answered: resumes consumption if it was paused (but not of the partitions
@@ -1690,9 +1750,11 @@ impl SinkOutage {
                 }
             }
             consumer.resume(&tpl)?;
-            info!("the sink answers again; consumption resumed");
+            info!("the {} answers again; consumption resumed", self.what);
+            settings.liveness.set_connected(self.what, true);
+        } else if self.what == "sink" {
+            settings.liveness.set_connected("sink", true);
         }
-        settings.liveness.set_connected("sink", true);
         Ok(())
     }
 }
