@@ -83,20 +83,19 @@ impl CaptureError {
         match self {
             CaptureError::Replication(ReplicationError::Io(_)) => true,
             CaptureError::Replication(ReplicationError::Server { code, .. }) => {
-                is_transient_sqlstate(code)
+                sluice_schemas::dberror::sqlstate::is_transient(code)
             }
             CaptureError::Replication(_) => false,
             CaptureError::Postgres(e) => match e.code() {
-                Some(code) => is_transient_sqlstate(code.code()),
+                Some(code) => sluice_schemas::dberror::sqlstate::is_transient(code.code()),
                 // No SQLSTATE: the connection broke, unless TLS refused the server.
                 None => crate::tls::tls_failure(e).is_none(),
             },
             CaptureError::Kafka(_) | CaptureError::Resnapshot(_) => true,
             CaptureError::Registry(e) => e.is_transient(),
             CaptureError::Mysql(e) => match e {
-                // Too many connections, shutdown in progress, lock wait, deadlock, server gone.
                 mysql_async::Error::Server(s) => {
-                    matches!(s.code, 1040 | 1053 | 1205 | 1213 | 2006 | 2013)
+                    sluice_schemas::dberror::mysql::is_transient(s.code)
                 }
                 // A connection cut is worth retrying; a refused certificate is not.
                 mysql_async::Error::Io(mysql_async::IoError::Io(_)) => {
@@ -107,15 +106,4 @@ impl CaptureError {
             CaptureError::Decode(_) | CaptureError::Avro(_) | CaptureError::Definite(_) => false,
         }
     }
-}
-
-/// Connection failures, shutdowns, serialization failures and "slot is active" (another
-/// walsender still holds it, e.g. right after a restart) are worth retrying.
-fn is_transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("57P")
-        || code.starts_with("53")
-        || code == "40001"
-        || code == "40P01"
-        || code == "55006"
 }

@@ -23,6 +23,7 @@
 pub mod avro;
 mod avro_read;
 pub mod compat;
+pub mod dberror;
 pub mod decimal;
 pub mod event;
 pub mod liveness;

@@ -53,14 +53,7 @@ impl SinkError {
     pub fn is_transient(&self) -> bool {
         match self {
             SinkError::Postgres(e) => match e.code() {
-                Some(code) => {
-                    let c = code.code();
-                    c.starts_with("08")
-                        || c.starts_with("57P")
-                        || c.starts_with("53")
-                        || c == "40001"
-                        || c == "40P01"
-                }
+                Some(code) => sluice_schemas::dberror::sqlstate::is_transient(code.code()),
                 // No SQLSTATE: the connection broke, unless TLS refused the server.
                 None => tls_failure(e).is_none(),
             },
@@ -69,10 +62,8 @@ impl SinkError {
                 mysql_async::Error::Io(mysql_async::IoError::Io(_)) => tls_failure(e).is_none(),
                 mysql_async::Error::Io(_) => false,
                 mysql_async::Error::Driver(_) => true,
-                // Too many connections, shutdown, lock wait, deadlock, gone away, lost,
-                // connection killed.
                 mysql_async::Error::Server(s) => {
-                    matches!(s.code, 1040 | 1053 | 1205 | 1213 | 2006 | 2013 | 1927)
+                    sluice_schemas::dberror::mysql::is_transient(s.code)
                 }
                 _ => false,
             },
