@@ -41,7 +41,7 @@ impl Services {
         Services {
             maria,
             pg,
-            kafka: Broker::start().unwrap(),
+            kafka: Broker::shared().unwrap(),
             dir: tempfile::tempdir().unwrap(),
             metrics_port: free_port(),
         }
@@ -61,9 +61,7 @@ impl Services {
         let config = format!(
             r#"
 [kafka]
-bootstrap_servers = "{bootstrap}"
-topic_prefix = "e2e"
-# Three partitions: keys spread over them, truncates and snapshots are barriers across them.
+{kafka}# Three partitions: keys spread over them, truncates and snapshots are barriers across them.
 partitions = 3
 
 [sources.maria]
@@ -79,7 +77,8 @@ url = "{sink}"
 
 [router]
 sink = "warehouse"
-group_id = "e2e-router"
+group_id = "{ns}e2e-router"
+dead_letter_topic = "{ns}_sluice_dead_letter"
 
 [router.batch]
 max_rows = 500
@@ -88,7 +87,8 @@ max_delay_ms = 50
 [observability]
 listen = "127.0.0.1:{port}"
 "#,
-            bootstrap = self.kafka.bootstrap(),
+            kafka = self.kafka.kafka_toml("e2e"),
+            ns = self.kafka.namespace(),
             source = self.maria.url(),
             sink = self.pg.url("sink"),
             port = self.metrics_port,
@@ -352,10 +352,12 @@ fn a_second_deployment_with_the_same_source_name_is_refused_instead_of_taking_th
     // when another deployment on the same Kafka (its own topic prefix) names its source alike,
     let other = services.dir.path().join("other.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("topic_prefix = \"e2e\""));
+    let ns = services.kafka.namespace();
+    let prefix = format!("topic_prefix = \"{ns}e2e\"");
+    assert!(text.contains(&prefix));
     std::fs::write(
         &other,
-        text.replace("topic_prefix = \"e2e\"", "topic_prefix = \"other\"")
+        text.replace(&prefix, &format!("topic_prefix = \"{ns}other\""))
             .replace("e2e-router", "other-router"),
     )
     .unwrap();
@@ -363,9 +365,9 @@ fn a_second_deployment_with_the_same_source_name_is_refused_instead_of_taking_th
     // then it stops with the reason and the fix, instead of resuming from the first's position.
     let log = run_until_it_stops(&services, &other);
     assert!(
-        log.contains(
-            "publishes to topic prefix `e2e.maria`, and this one publishes to `other.maria`"
-        ) && log.contains("kafka.state_topic"),
+        log.contains(&format!(
+            "publishes to topic prefix `{ns}e2e.maria`, and this one publishes to `{ns}other.maria`"
+        )) && log.contains("kafka.state_topic"),
         "{log}"
     );
 }

@@ -293,6 +293,39 @@ impl Drop for Kafka {
 pub enum Broker {
     Kafka(Kafka),
     Tansu(Tansu),
+    /// The test binary's shared Apache Kafka ([`Broker::shared`]), reached with the test's
+    /// own namespace for topics and groups.
+    Shared {
+        bootstrap: String,
+        namespace: String,
+    },
+}
+
+/// The test binary's Apache Kafka, started by the first test that asks for it: on a thread of
+/// its own that lives as long as the binary, so that the broker gets its parent-death signal
+/// (SIGKILL) only when the binary exits. Its temporary directory is not removed then.
+fn shared_kafka() -> Result<String> {
+    static SHARED: std::sync::OnceLock<Result<String>> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("shared-kafka".into())
+                .spawn(move || match Kafka::start() {
+                    Ok(kafka) => {
+                        let _ = tx.send(Ok(kafka.bootstrap()));
+                        loop {
+                            std::thread::park();
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            rx.recv().map_err(|e| e.to_string())?
+        })
+        .clone()
 }
 
 impl Broker {
@@ -318,6 +351,41 @@ impl Broker {
         }
     }
 
+    /// A broker for a test that neither kills nor restarts it: the test binary's shared
+    /// Apache Kafka, with a namespace of the test's own ([`Broker::namespace`]) that its
+    /// topics, internal topics and groups must carry. On Tansu, a broker of the test's own.
+    pub fn shared() -> Result<Broker> {
+        if Broker::configured_is_tansu() {
+            return Broker::start();
+        }
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Broker::Shared {
+            bootstrap: shared_kafka()?,
+            namespace: format!("t{n}."),
+        })
+    }
+
+    /// What the names of this test's topics and groups start with: unique per test on a
+    /// shared broker, empty on a broker of the test's own.
+    pub fn namespace(&self) -> &str {
+        match self {
+            Broker::Shared { namespace, .. } => namespace,
+            _ => "",
+        }
+    }
+
+    /// `[kafka]` lines that keep a test's topics apart on a shared broker: `topic_prefix`
+    /// (namespace + `prefix`) and the schema and state topics (in the namespace).
+    pub fn kafka_toml(&self, prefix: &str) -> String {
+        let ns = self.namespace();
+        format!(
+            "bootstrap_servers = \"{}\"\ntopic_prefix = \"{ns}{prefix}\"\n\
+             schema_topic = \"{ns}_sluice_schemas\"\nstate_topic = \"{ns}_sluice_capture_state\"\n",
+            self.bootstrap()
+        )
+    }
+
     /// Whether `SLUICE_TEST_BROKER` chooses Tansu.
     pub fn configured_is_tansu() -> bool {
         std::env::var("SLUICE_TEST_BROKER").as_deref() == Ok("tansu")
@@ -332,6 +400,7 @@ impl Broker {
         match self {
             Broker::Kafka(k) => k.bootstrap(),
             Broker::Tansu(t) => t.bootstrap(),
+            Broker::Shared { bootstrap, .. } => bootstrap.clone(),
         }
     }
 
@@ -339,20 +408,32 @@ impl Broker {
         match self {
             Broker::Kafka(k) => k.log(),
             Broker::Tansu(t) => t.log(),
+            Broker::Shared { .. } => {
+                "(the shared broker's log is in its temporary directory)".into()
+            }
         }
     }
 
+    /// Kills the broker. Panics on the shared broker: a test that kills its broker starts
+    /// its own ([`Broker::start`]).
     pub fn kill(&mut self) {
         match self {
             Broker::Kafka(k) => k.kill(),
             Broker::Tansu(t) => t.kill(),
+            Broker::Shared { .. } => {
+                panic!("the shared broker cannot be killed: use Broker::start()")
+            }
         }
     }
 
+    /// Restarts the broker. Panics on the shared broker, as [`Broker::kill`] does.
     pub fn restart(&mut self) -> Result<()> {
         match self {
             Broker::Kafka(k) => k.restart(),
             Broker::Tansu(t) => t.restart(),
+            Broker::Shared { .. } => {
+                panic!("the shared broker cannot be restarted: use Broker::start()")
+            }
         }
     }
 }
