@@ -17,6 +17,8 @@ const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 /// config capturing `tables` from `source` into `sink`.
 struct Setup {
     pg: Postgres,
+    /// Topic and group names start with it (the broker is the test binary's shared one).
+    ns: String,
     _kafka: Broker,
     dir: tempfile::TempDir,
     config: PathBuf,
@@ -34,7 +36,8 @@ impl Setup {
         pg.create_database("source").unwrap();
         pg.create_database("sink").unwrap();
         pg.psql("source", ddl).unwrap();
-        let kafka = Broker::start().unwrap();
+        let kafka = Broker::shared().unwrap();
+        let ns = kafka.namespace().to_string();
         let dir = tempfile::tempdir().unwrap();
         let metrics_port = free_port();
         let tables = tables
@@ -48,9 +51,7 @@ impl Setup {
             format!(
                 r#"
 [kafka]
-bootstrap_servers = "{bootstrap}"
-topic_prefix = "shapes"
-{kafka_extra}
+{kafka_toml}{kafka_extra}
 
 [sources.pg_main]
 kind = "postgres"
@@ -65,7 +66,8 @@ url = "{sink}"
 
 [router]
 sink = "warehouse"
-group_id = "shapes-router"
+group_id = "{ns}shapes-router"
+dead_letter_topic = "{ns}_sluice_dead_letter"
 
 [router.batch]
 max_rows = 500
@@ -74,7 +76,7 @@ max_delay_ms = 50
 [observability]
 listen = "127.0.0.1:{metrics_port}"
 "#,
-                bootstrap = kafka.bootstrap(),
+                kafka_toml = kafka.kafka_toml("shapes"),
                 source = pg.url("source"),
                 sink = pg.url("sink"),
             ),
@@ -82,6 +84,7 @@ listen = "127.0.0.1:{metrics_port}"
         .unwrap();
         Setup {
             pg,
+            ns,
             _kafka: kafka,
             dir,
             config,
@@ -483,7 +486,7 @@ fn a_topic_named_the_old_way_stops_capture_until_the_config_says_which_name_to_u
         &old,
         std::fs::read_to_string(&s.config).unwrap().replace(
             "publication = ",
-            "topic_prefix = \"shapes\"\npublication = ",
+            &format!("topic_prefix = \"{}shapes\"\npublication = ", s.ns),
         ),
     )
     .unwrap();
@@ -509,11 +512,16 @@ fn a_topic_named_the_old_way_stops_capture_until_the_config_says_which_name_to_u
     );
 
     // then it refuses, naming the old topic, the new one and both fixes;
+    let ns = &s.ns;
     assert!(
-        log.contains("topic shapes.public.orders exists")
-            && log.contains("would now publish public.orders to shapes.pg_main.public.orders")
-            && log.contains("sources.pg_main.topic_prefix = \"shapes\"")
-            && log.contains("sources.pg_main.topic_prefix = \"shapes.pg_main\""),
+        log.contains(&format!("topic {ns}shapes.public.orders exists"))
+            && log.contains(&format!(
+                "would now publish public.orders to {ns}shapes.pg_main.public.orders"
+            ))
+            && log.contains(&format!("sources.pg_main.topic_prefix = \"{ns}shapes\""))
+            && log.contains(&format!(
+                "sources.pg_main.topic_prefix = \"{ns}shapes.pg_main\""
+            )),
         "{log}"
     );
     // and with the old names kept, the pipeline runs on the old topic.
@@ -564,8 +572,11 @@ fn a_truncate_across_three_partitions_clears_what_came_before_it_and_nothing_aft
         .unwrap()
         .replace("max_rows = 500", "max_rows = 40")
         .replace(
-            "group_id = \"shapes-router\"",
-            "group_id = \"shapes-router\"\nassignment_strategy = \"range\"",
+            &format!("group_id = \"{}shapes-router\"", s.ns),
+            &format!(
+                "group_id = \"{}shapes-router\"\nassignment_strategy = \"range\"",
+                s.ns
+            ),
         );
     std::fs::write(&s.config, text).unwrap();
     let first = s.start("route", "route-1.log", free_port());
@@ -581,7 +592,7 @@ fn a_truncate_across_three_partitions_clears_what_came_before_it_and_nothing_aft
             metric(
                 r,
                 "sluice_router_barrier_waits_total",
-                &[("topic", "shapes.pg_main.public.events")],
+                &[("topic", &format!("{}shapes.pg_main.public.events", s.ns))],
             )
         })
         .sum();
