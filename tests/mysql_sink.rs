@@ -80,19 +80,19 @@ fn a_postgres_table_reaches_mariadb_with_every_value_and_a_lossy_type_waits() {
     .unwrap();
     let maria = MariaDb::start().unwrap();
     maria.create_database("wh").unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),
         "run",
         dir.path(),
         &format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+            "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
              tables = [\"public.t\", \"public.wide\"]\nslot = \"to_maria\"\npublication = \"to_maria\"\n\
              [sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
              [router]\nsink = \"maria\"\ngroup_id = \"to_maria\"\nblocked_retry_ms = 1000\n\
              [router.batch]\nmax_delay_ms = 50\n",
-            kafka.bootstrap(),
+            kafka.kafka_toml("sluice"),
             pg.url("source"),
             maria.url()
         ),
@@ -181,14 +181,14 @@ fn mariadb_to_mariadb_is_exactly_once_across_router_kills() {
          CREATE TRIGGER wh.upd AFTER UPDATE ON wh.acct FOR EACH ROW INSERT INTO wh.applied (id, n) VALUES (NEW.id, NEW.n);",
     )
     .unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\n[sources.shop]\nkind = \"mysql\"\nurl = \"{}\"\n\
+        "[kafka]\n{}[sources.shop]\nkind = \"mysql\"\nurl = \"{}\"\n\
          tables = [\"shop.acct\"]\nserver_id = 5410\n\
          [sinks.wh]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
          [router]\nsink = \"wh\"\ngroup_id = \"maria_kill\"\n[router.batch]\nmax_rows = 100\nmax_delay_ms = 100\n",
-        kafka.bootstrap(),
+        kafka.kafka_toml("sluice"),
         source.url(),
         sink.url()
     );
@@ -272,18 +272,18 @@ fn a_change_mariadb_refuses_is_dead_lettered_and_the_rest_is_applied() {
              CONSTRAINT qty_not_negative CHECK (qty >= 0))",
         )
         .unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),
         "run",
         dir.path(),
         &format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+            "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
              tables = [\"public.orders\"]\nslot = \"maria_poison\"\npublication = \"maria_poison\"\n\
              [sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
              [router]\nsink = \"maria\"\ngroup_id = \"maria_poison\"\n[router.batch]\nmax_delay_ms = 200\n",
-            kafka.bootstrap(),
+            kafka.kafka_toml("sluice"),
             pg.url("source"),
             maria.url()
         ),
@@ -373,14 +373,14 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
     sysbench("prepare", &[]);
     let sink = MariaDb::start().unwrap();
     sink.create_database("wh").unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\n[sources.shop]\nkind = \"mysql\"\nurl = \"{}\"\n\
+        "[kafka]\n{}[sources.shop]\nkind = \"mysql\"\nurl = \"{}\"\n\
          tables = [\"shop.sbtest1\", \"shop.sbtest2\"]\nserver_id = 5411\n\
          [sinks.wh]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
          [router]\nsink = \"wh\"\ngroup_id = \"sysbench_kill\"\n[router.batch]\nmax_rows = 1000\nmax_delay_ms = 100\n",
-        kafka.bootstrap(),
+        kafka.kafka_toml("sluice"),
         source.url(),
         sink.url()
     );
@@ -489,17 +489,17 @@ fn schemes_check_compares_a_scheme_with_the_existing_mariadb_table() {
             "CREATE TABLE wh.t (id int PRIMARY KEY, name varchar(20), n text, audit int NOT NULL)",
         )
         .unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("schemes")).unwrap();
     let config = dir.path().join("sluice.toml");
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+            "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
              tables = [\"public.t\"]\nslot = \"chk\"\npublication = \"chk\"\n[sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
              [router]\nsink = \"maria\"\nschemes = \"schemes\"\n",
-            kafka.bootstrap(),
+            kafka.kafka_toml("sluice"),
             pg.url("source"),
             maria.url()
         ),
@@ -574,18 +574,18 @@ fn a_batch_mariadb_refuses_only_as_a_whole_is_applied_in_pieces_and_nothing_is_d
     maria
         .root_sql("CREATE TABLE wh.seat (id int PRIMARY KEY, code int NOT NULL UNIQUE)")
         .unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),
         "run",
         dir.path(),
         &format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+            "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
              tables = [\"public.seat\"]\nslot = \"maria_whole\"\npublication = \"maria_whole\"\n\
              [sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
              [router]\nsink = \"maria\"\ngroup_id = \"maria_whole\"\n[router.batch]\nmax_delay_ms = 300\n",
-            kafka.bootstrap(),
+            kafka.kafka_toml("sluice"),
             pg.url("source"),
             maria.url()
         ),
@@ -650,18 +650,18 @@ fn an_older_table_version_never_turns_a_mariadb_type_change_back() {
     .unwrap();
     let maria = MariaDb::start().unwrap();
     maria.create_database("wh").unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = |port: u16, max_rows: u32| {
         format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\npartitions = 3\n[schemas]\ncompatibility = \"none\"\n\
+            "[kafka]\n{}partitions = 3\n[schemas]\ncompatibility = \"none\"\n\
              [sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.prices\"]\n\
              slot = \"maria_backwards\"\npublication = \"maria_backwards\"\n\
              [sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\ncolumn_types = \"alter\"\n\
              [router]\nsink = \"maria\"\ngroup_id = \"maria_backwards\"\n\
              [router.batch]\nmax_rows = {max_rows}\nmax_delay_ms = 50\n\
              [observability]\nlisten = \"127.0.0.1:{port}\"\n",
-            kafka.bootstrap(),
+            kafka.kafka_toml("sluice"),
             pg.url("source"),
             maria.url()
         )
