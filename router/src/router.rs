@@ -819,7 +819,11 @@ impl<S: Sink + 'static> Router<S> {
         let found = loop {
             match schemas.resolve(payload).await {
                 Ok(found) => {
-                    outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
+                    // (Only after an outage: the set of partitions paused on purpose is
+                    // not worth building for every message.)
+                    if outage.paused {
+                        outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
+                    }
                     break found;
                 }
                 Err(e) if e.is_transient() => {
