@@ -70,7 +70,7 @@ struct Setup {
 
 impl Setup {
     fn new(source: &str, sink_url: &str, sink: &str) -> Setup {
-        let kafka = Broker::start().unwrap();
+        let kafka = Broker::shared().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let schemes = dir.path().join("schemes");
         std::fs::create_dir(&schemes).unwrap();
@@ -79,11 +79,12 @@ impl Setup {
         std::fs::write(
             &config,
             format!(
-                "[kafka]\nbootstrap_servers = \"{}\"\npartitions = 3\n{source}\n[sinks.{sink}]\nkind = \"postgres\"\n\
-                 url = \"{sink_url}\"\n[router]\nsink = \"{sink}\"\ngroup_id = \"schemes\"\n\
+                "[kafka]\n{}partitions = 3\n{source}\n[sinks.{sink}]\nkind = \"postgres\"\n\
+                 url = \"{sink_url}\"\n[router]\nsink = \"{sink}\"\ngroup_id = \"{ns}schemes\"\n\
                  schemes = \"schemes\"\nschemes_reload_ms = 500\n[router.batch]\nmax_delay_ms = 50\n\
                  [observability]\nlisten = \"127.0.0.1:{port}\"\n",
-                kafka.bootstrap()
+                kafka.kafka_toml("sluice"),
+                ns = kafka.namespace(),
             ),
         )
         .unwrap();

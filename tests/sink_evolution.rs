@@ -31,22 +31,23 @@ fn setup(sink_extra: &str) -> Setup {
          INSERT INTO public.b SELECT i, 'v' || i FROM generate_series(1, 5) i;",
     )
     .unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),
         "run",
         dir.path(),
         &format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\n[schemas]\ncompatibility = \"none\"\n\
+            "[kafka]\n{}[schemas]\ncompatibility = \"none\"\n\
              [sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.a\", \"public.b\"]\n\
              slot = \"evolve\"\npublication = \"evolve\"\n\
              [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n{sink_extra}\n\
-             [router]\nsink = \"wh\"\ngroup_id = \"evolve\"\nblocked_retry_ms = 1000\n\
+             [router]\nsink = \"wh\"\ngroup_id = \"{ns}evolve\"\nblocked_retry_ms = 1000\n\
              [router.batch]\nmax_delay_ms = 50\n",
-            kafka.bootstrap(),
+            kafka.kafka_toml("sluice"),
             pg.url("source"),
-            pg.url("sink")
+            pg.url("sink"),
+            ns = kafka.namespace(),
         ),
     )
     .unwrap();

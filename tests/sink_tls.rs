@@ -29,7 +29,7 @@ impl Source {
         .unwrap();
         Source {
             pg,
-            kafka: Broker::start().unwrap(),
+            kafka: Broker::shared().unwrap(),
             dir: tempfile::tempdir().unwrap(),
         }
     }
@@ -41,12 +41,13 @@ impl Source {
         std::fs::write(
             &path,
             format!(
-                "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+                "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
                  tables = [\"public.items\"]\nslot = \"{slot}\"\npublication = \"{slot}\"\n\
-                 [sinks.wh]\n{sink}\n[router]\nsink = \"wh\"\ngroup_id = \"{slot}\"\n\
+                 [sinks.wh]\n{sink}\n[router]\nsink = \"wh\"\ngroup_id = \"{ns}{slot}\"\n\
                  [router.batch]\nmax_delay_ms = 50\n[observability]\nlisten = \"127.0.0.1:{port}\"\n",
-                self.kafka.bootstrap(),
+                self.kafka.kafka_toml("sluice"),
                 self.pg.url("source"),
+                ns = self.kafka.namespace(),
             ),
         )
         .unwrap();
