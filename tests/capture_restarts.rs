@@ -22,14 +22,12 @@ fn config_file(dir: &Path, kafka: &Broker, metrics_port: u16, source: &str) -> s
         format!(
             r#"
 [kafka]
-bootstrap_servers = "{}"
-topic_prefix = "restarts"
-{source}
+{}{source}
 snapshot = "never"
 [observability]
 listen = "127.0.0.1:{metrics_port}"
 "#,
-            kafka.bootstrap(),
+            kafka.kafka_toml("restarts"),
         ),
     )
     .unwrap();
@@ -49,6 +47,7 @@ fn kill_9_while_counting(
 ) {
     let dir = config.parent().unwrap();
     let log = dir.join("sluice.log");
+    let topic = &format!("{}{topic}", kafka.namespace());
     let port = |c: &Path| -> u16 {
         let text = std::fs::read_to_string(c).unwrap();
         text.rsplit(':')
@@ -83,12 +82,7 @@ fn kill_9_while_counting(
             capture = start();
         }
     }
-    let events = read_until_complete(
-        &kafka.bootstrap(),
-        topic,
-        &expected,
-        Duration::from_secs(90),
-    );
+    let events = read_until_complete(kafka, topic, &expected, Duration::from_secs(90));
     let mut seen: HashMap<i64, Vec<i64>> = HashMap::new();
     for (_, id, v) in &events {
         seen.entry(*id).or_default().push(*v);
@@ -136,7 +130,7 @@ fn kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_position()
         ),
     )
     .unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let source = format!(
         "[sources.pg_main]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.counters\"]\n\
@@ -173,7 +167,7 @@ fn mariadb_kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_po
              INSERT INTO shop.counters SELECT seq, 0 FROM shop.seq_1_to_{KEYS};"
         ))
         .unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let source = format!(
         "[sources.maria]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"shop.counters\"]\nserver_id = 5402",
@@ -201,12 +195,12 @@ fn mariadb_kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_po
 /// Reads `(position, id, v)` of every event on partition 0 until each key's expected final
 /// value has been seen.
 fn read_until_complete(
-    bootstrap: &str,
+    kafka: &Broker,
     topic: &str,
     expected: &HashMap<i64, i64>,
     timeout: Duration,
 ) -> Vec<(Position, i64, i64)> {
-    let mut reader = TopicReader::new(bootstrap, topic);
+    let mut reader = TopicReader::new(&kafka.bootstrap(), kafka.namespace(), topic);
     let mut events = Vec::new();
     let mut latest: HashMap<i64, i64> = HashMap::new();
     let deadline = Instant::now() + timeout;

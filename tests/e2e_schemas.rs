@@ -173,8 +173,12 @@ fn with_a_schema_registry_events_carry_confluent_ids_and_every_version_is_a_subj
     // and every message is framed with the id of a registered schema (magic byte 0), which a
     // reader resolves through the registry alone.
     let reader_registry = s_registry_client(&registry.url());
-    let mut reader =
-        TopicReader::with_registry(&s.kafka.bootstrap(), "e2e.public.t", Some(reader_registry));
+    let mut reader = TopicReader::with_registry(
+        &s.kafka.bootstrap(),
+        "",
+        "e2e.public.t",
+        Some(reader_registry),
+    );
     let mut seen = 0;
     while let Some(e) = reader.next(Duration::from_secs(5)) {
         seen += 1;

@@ -408,7 +408,7 @@ fn read_events(
     n: usize,
     capture: &SluiceProcess,
 ) -> Vec<(Vec<SqlType>, Op, Vec<Datum>)> {
-    let mut reader = TopicReader::new(bootstrap, topic);
+    let mut reader = TopicReader::new(bootstrap, "", topic);
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while out.len() < n {

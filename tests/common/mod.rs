@@ -31,13 +31,16 @@ pub struct TopicReader {
 }
 
 impl TopicReader {
-    pub fn new(bootstrap: &str, topic: &str) -> TopicReader {
-        TopicReader::with_registry(bootstrap, topic, None)
+    /// A reader of `topic`, its schemas read from the schema topic of `namespace` (the test's
+    /// `Broker::namespace`).
+    pub fn new(bootstrap: &str, namespace: &str, topic: &str) -> TopicReader {
+        TopicReader::with_registry(bootstrap, namespace, topic, None)
     }
 
     /// A reader that also resolves Confluent-framed messages through `registry`.
     pub fn with_registry(
         bootstrap: &str,
+        namespace: &str,
         topic: &str,
         registry: Option<Arc<sluice_schemas::registry::Registry>>,
     ) -> TopicReader {
@@ -54,7 +57,7 @@ impl TopicReader {
         consumer.assign(&tpl).unwrap();
         TopicReader {
             consumer,
-            schemas: SchemaStore::new(config, "_sluice_schemas".into(), registry),
+            schemas: SchemaStore::new(config, format!("{namespace}_sluice_schemas"), registry),
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
