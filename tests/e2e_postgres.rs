@@ -1280,39 +1280,20 @@ fn the_broker_killed_and_down_for_a_minute_mid_stream_loses_nothing_and_doubles_
     )
     .unwrap();
     wait_for_sink_to_match(&p.pg, &router, Duration::from_secs(120));
-    p.pg.psql(
-        "sink",
-        "CREATE TABLE public.applies (seq bigserial PRIMARY KEY, id bigint, qty int);
-         CREATE FUNCTION log_apply() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN INSERT INTO public.applies (id, qty) VALUES (NEW.id, NEW.qty); RETURN NEW; END $$;
-         CREATE TRIGGER log_apply AFTER INSERT OR UPDATE ON public.orders
-           FOR EACH ROW EXECUTE FUNCTION log_apply();",
-    )
-    .unwrap();
+    let applies =
+        p.pg.log_applies("sink", "public.orders", ("id", "bigint"), ("qty", "int"))
+            .unwrap();
 
     // when writes go on while the broker is killed -9 and stays down for a minute,
-    let url = p.pg.url("source");
-    let psql = p.pg.tool("psql");
-    let writer = std::thread::spawn(move || {
-        for round in 1..=80 {
-            let out = std::process::Command::new(&psql)
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &url, "-c"])
-                .arg(format!(
-                    "UPDATE public.orders SET qty = qty + 1 WHERE id % 8 = {}; \
-                     INSERT INTO public.orders (id, customer, qty) VALUES ({}, 'late', 0)",
-                    round % 8,
-                    1000 + round
-                ))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(1000));
-        }
-    });
+    let writer =
+        p.pg.write_in_rounds("source", 80, Duration::from_secs(1), |round| {
+            format!(
+                "UPDATE public.orders SET qty = qty + 1 WHERE id % 8 = {}; \
+                 INSERT INTO public.orders (id, customer, qty) VALUES ({}, 'late', 0)",
+                round % 8,
+                1000 + round
+            )
+        });
     std::thread::sleep(Duration::from_secs(5));
     p.kafka.kill();
     let pids = [p.sluice.pid(), router.pid()].map(|pid| pid.expect("both run"));
@@ -1338,27 +1319,17 @@ fn the_broker_killed_and_down_for_a_minute_mid_stream_loses_nothing_and_doubles_
     // written twice or went backwards, and memory stayed bounded meanwhile.
     wait_for_sink_to_match(&p.pg, &router, Duration::from_secs(180));
     assert!(!p.sluice.has_exited(), "{}", p.sluice.log());
-    let twice = p
-        .pg
-        .psql(
-            "sink",
-            "SELECT id, qty, count(*) FROM public.applies GROUP BY id, qty HAVING count(*) > 1 LIMIT 5",
-        )
-        .unwrap();
     assert_eq!(
-        twice.trim(),
+        applies.written_twice(),
         "",
         "row versions written twice (id|qty|times)"
     );
-    let backwards = p
-        .pg
-        .psql(
-            "sink",
-            "SELECT count(*) FROM (SELECT qty, lag(qty) OVER (PARTITION BY id ORDER BY seq) AS prev \
-             FROM public.applies) w WHERE prev IS NOT NULL AND qty < prev",
-        )
-        .unwrap();
-    assert_eq!(backwards.trim(), "0", "a row went back to an older version");
+    assert_eq!(
+        applies.went_back(),
+        0,
+        "a row went back to an older version"
+    );
+
     let [capture, routing] = peak;
     eprintln!(
         "while the broker was down for 60 s, capture peaked at {capture:.0} MiB resident and the router at {routing:.0} MiB"

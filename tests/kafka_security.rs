@@ -235,42 +235,24 @@ fn a_workload_through_tls_and_scram_with_two_routers_a_router_kill_and_a_broker_
     let mut a = s.sluice("route", routers[0].clone(), PASSWORD);
     let mut b = s.sluice("route", routers[1].clone(), PASSWORD);
     s.wait_for_match(&mut [&mut capture, &mut a, &mut b], Duration::from_secs(90));
-    s.sink
-        .psql(
-            "wh",
-            "CREATE TABLE public.applies (seq bigserial PRIMARY KEY, id int, v text);
-             CREATE FUNCTION log_apply() RETURNS trigger LANGUAGE plpgsql AS $$
-               BEGIN INSERT INTO public.applies (id, v) VALUES (NEW.id, NEW.v); RETURN NEW; END $$;
-             CREATE TRIGGER log_apply AFTER INSERT OR UPDATE ON public.t
-               FOR EACH ROW EXECUTE FUNCTION log_apply();",
-        )
+    let applies = s
+        .sink
+        .log_applies("wh", "public.t", ("id", "int"), ("v", "text"))
         .unwrap();
 
     // when writes go on (each round gives the rows it touches a version of their own) while
     // router a is killed -9 and restarted, and then the broker is killed -9 and restarted,
-    let url = s.source.url("shop");
-    let psql = s.source.tool("psql");
-    let writer = std::thread::spawn(move || {
-        for round in 1..=60 {
-            let out = std::process::Command::new(&psql)
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &url, "-c"])
-                .arg(format!(
-                    "UPDATE public.t SET v = 'r{round}' WHERE id % 6 = {}; \
-                     INSERT INTO public.t SELECT i, 'r{round}' FROM generate_series({lo}, {hi}) i",
-                    round % 6,
-                    lo = 1000 + round * 10,
-                    hi = 1009 + round * 10,
-                ))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(400));
-        }
-    });
+    let writer = s
+        .source
+        .write_in_rounds("shop", 60, Duration::from_millis(400), |round| {
+            format!(
+                "UPDATE public.t SET v = 'r{round}' WHERE id % 6 = {}; \
+                 INSERT INTO public.t SELECT i, 'r{round}' FROM generate_series({lo}, {hi}) i",
+                round % 6,
+                lo = 1000 + round * 10,
+                hi = 1009 + round * 10,
+            )
+        });
     std::thread::sleep(Duration::from_secs(4));
     a.kill9();
     std::thread::sleep(Duration::from_secs(3));
@@ -287,20 +269,11 @@ fn a_workload_through_tls_and_scram_with_two_routers_a_router_kill_and_a_broker_
         Duration::from_secs(180),
     );
     // and no row version was written twice.
-    let twice = s
-        .sink
-        .psql(
-            "wh",
-            "SELECT id, v, count(*) FROM public.applies GROUP BY id, v HAVING count(*) > 1 LIMIT 5",
-        )
-        .unwrap();
-    assert_eq!(twice.trim(), "", "row versions written twice (id|v|times)");
-    let written: i64 = s
-        .sink
-        .psql("wh", "SELECT count(*) FROM public.applies")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    assert_eq!(
+        applies.written_twice(),
+        "",
+        "row versions written twice (id|v|times)"
+    );
+    let written = applies.written();
     assert!(written >= 60 * 10, "only {written} row versions observed");
 }

@@ -151,6 +151,63 @@ impl Postgres {
         )
     }
 
+    /// A writer thread: `rounds` times, `sql(round)` (rounds from 1) in a transaction of its
+    /// own through `psql`, then `pause`. Panics (on join) when a statement fails.
+    pub fn write_in_rounds(
+        &self,
+        db: &str,
+        rounds: u32,
+        pause: Duration,
+        sql: impl Fn(u32) -> String + Send + 'static,
+    ) -> std::thread::JoinHandle<()> {
+        let (url, psql) = (self.url(db), self.tool("psql"));
+        std::thread::spawn(move || {
+            for round in 1..=rounds {
+                let out = Command::new(&psql)
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &url, "-c", &sql(round)])
+                    .output()
+                    .expect("psql runs");
+                assert!(
+                    out.status.success(),
+                    "round {round}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                std::thread::sleep(pause);
+            }
+        })
+    }
+
+    /// An observer at a sink table: a trigger logs every row version written to `table`
+    /// (its `key` and `value` columns, with their SQL types) into `public.applies`, in the
+    /// order written. A change applied twice shows as a version written again, which the
+    /// final state alone could not tell.
+    pub fn log_applies(
+        &self,
+        db: &str,
+        table: &str,
+        key: (&str, &str),
+        value: (&str, &str),
+    ) -> Result<ApplyLog<'_>> {
+        let ((k, kt), (v, vt)) = (key, value);
+        self.psql(
+            db,
+            &format!(
+                "CREATE TABLE public.applies (seq bigserial PRIMARY KEY, {k} {kt}, {v} {vt});
+                 CREATE FUNCTION public.log_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+                   BEGIN INSERT INTO public.applies ({k}, {v}) VALUES (NEW.{k}, NEW.{v});
+                   RETURN NEW; END $$;
+                 CREATE TRIGGER log_apply AFTER INSERT OR UPDATE ON {table}
+                   FOR EACH ROW EXECUTE FUNCTION public.log_apply();"
+            ),
+        )?;
+        Ok(ApplyLog {
+            pg: self,
+            db: db.to_string(),
+            key: k.to_string(),
+            value: v.to_string(),
+        })
+    }
+
     /// Makes `user` authenticate with SCRAM-SHA-256 over TCP (everyone else stays on trust).
     pub fn require_scram_for(&self, user: &str) -> Result<()> {
         let hba = self.data_dir().join("pg_hba.conf");
@@ -222,5 +279,51 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What [`Postgres::log_applies`] saw.
+pub struct ApplyLog<'a> {
+    pg: &'a Postgres,
+    db: String,
+    key: String,
+    value: String,
+}
+
+impl ApplyLog<'_> {
+    /// Up to five row versions written more than once, as `key|value|times` lines (empty
+    /// when none was).
+    pub fn written_twice(&self) -> String {
+        let (k, v) = (&self.key, &self.value);
+        self.pg
+            .psql(
+                &self.db,
+                &format!(
+                    "SELECT {k}, {v}, count(*) FROM public.applies GROUP BY {k}, {v} \
+                     HAVING count(*) > 1 LIMIT 5"
+                ),
+            )
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// How many writes replaced a row's value with a smaller one (for values that only grow
+    /// at the source: a row went back to an older version).
+    pub fn went_back(&self) -> i64 {
+        let (k, v) = (&self.key, &self.value);
+        self.count(&format!(
+            "SELECT count(*) FROM (SELECT {v} < lag({v}) OVER (PARTITION BY {k} ORDER BY seq) \
+             AS back FROM public.applies) w WHERE back"
+        ))
+    }
+
+    /// Row versions written in all.
+    pub fn written(&self) -> i64 {
+        self.count("SELECT count(*) FROM public.applies")
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        self.pg.psql(&self.db, sql).unwrap().trim().parse().unwrap()
     }
 }
