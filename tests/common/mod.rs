@@ -49,6 +49,7 @@ impl TopicReader {
         let consumer: BaseConsumer = config
             .clone()
             .set("group.id", format!("test-reader-{topic}"))
+            .set("enable.auto.commit", "false")
             .create()
             .unwrap();
         let mut tpl = TopicPartitionList::new();
@@ -68,7 +69,7 @@ impl TopicReader {
     /// The next event, or `None` when nothing arrives within `wait` (tombstones are skipped).
     pub fn next(&mut self, wait: Duration) -> Option<ReadEvent> {
         let msg = loop {
-            let msg = self.consumer.poll(wait)?.unwrap();
+            let msg = poll_message(&self.consumer, wait)?;
             if msg.payload().is_some() {
                 break msg;
             }
@@ -109,6 +110,7 @@ pub fn read_raw(bootstrap: &str, topic: &str, quiet: Duration) -> Vec<RawMessage
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("raw-reader-{topic}"))
+        .set("enable.auto.commit", "false")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
@@ -116,8 +118,7 @@ pub fn read_raw(bootstrap: &str, topic: &str, quiet: Duration) -> Vec<RawMessage
         .unwrap();
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
-    while let Some(msg) = consumer.poll(quiet) {
-        let msg = msg.unwrap();
+    while let Some(msg) = poll_message(&consumer, quiet) {
         let headers = msg
             .headers()
             .map(|h| {
@@ -138,4 +139,23 @@ pub fn read_raw(bootstrap: &str, topic: &str, quiet: Duration) -> Vec<RawMessage
         });
     }
     out
+}
+
+/// The next message within `wait`. `BaseConsumer::poll` also returns `None` early when it
+/// consumed an event that is not a message (an offset commit, a rebalance), which a reader must
+/// not take for "nothing more came".
+fn poll_message(
+    consumer: &BaseConsumer,
+    wait: Duration,
+) -> Option<rdkafka::message::BorrowedMessage<'_>> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if let Some(msg) = consumer.poll(left) {
+            return Some(msg.unwrap());
+        }
+        if left.is_zero() {
+            return None;
+        }
+    }
 }
