@@ -107,7 +107,7 @@ fn a_running_pipeline_exports_every_metric_the_dashboard_and_alerts_use() {
     maria
         .root_sql("CREATE TABLE shop.m (id int PRIMARY KEY, d date)")
         .unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(env!("CARGO_BIN_EXE_sluice")),
@@ -116,7 +116,7 @@ fn a_running_pipeline_exports_every_metric_the_dashboard_and_alerts_use() {
         &format!(
             r#"
 [kafka]
-bootstrap_servers = "{}"
+{kafka}
 [sources.pg]
 kind = "postgres"
 url = "{}"
@@ -133,12 +133,13 @@ kind = "postgres"
 url = "{}"
 [router]
 sink = "warehouse"
-group_id = "assets"
+group_id = "{ns}assets"
 "#,
-            kafka.bootstrap(),
             pg.url("source"),
             maria.url(),
-            pg.url("sink")
+            pg.url("sink"),
+            kafka = kafka.kafka_toml("sluice"),
+            ns = kafka.namespace(),
         ),
     )
     .unwrap();

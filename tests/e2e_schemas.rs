@@ -14,16 +14,26 @@ use common::TopicReader;
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 const ROWS: &str = "SELECT id, qty, note FROM public.t ORDER BY id";
 
-/// A source with `public.t`, a sink database, a broker and a directory for configs and logs.
+/// A source with `public.t`, a sink database, the binary's shared broker and a directory for
+/// configs and logs.
 struct Services {
     pg: Postgres,
     kafka: Broker,
+    /// The source's topic prefix: `e2e` in the namespace of the test, or plain `e2e` for the one
+    /// test whose Debezium reader schema names its records after it.
+    prefix: String,
     dir: tempfile::TempDir,
     metrics_port: u16,
 }
 
 impl Services {
     fn start() -> Services {
+        Services::start_with_prefix(None)
+    }
+
+    /// [`Services::start`] with the source's topic prefix `prefix` rather than one in the
+    /// test's namespace.
+    fn start_with_prefix(prefix: Option<&str>) -> Services {
         let pg = Postgres::start().unwrap();
         pg.create_database("source").unwrap();
         pg.create_database("sink").unwrap();
@@ -32,9 +42,11 @@ impl Services {
             "CREATE TABLE public.t (id int PRIMARY KEY, qty int, note text)",
         )
         .unwrap();
+        let kafka = Broker::shared().unwrap();
         Services {
+            prefix: prefix.map_or_else(|| format!("{}e2e", kafka.namespace()), str::to_string),
             pg,
-            kafka: Broker::start().unwrap(),
+            kafka,
             dir: tempfile::tempdir().unwrap(),
             metrics_port: free_port(),
         }
@@ -48,13 +60,12 @@ impl Services {
             format!(
                 r#"
 [kafka]
-bootstrap_servers = "{}"
-topic_prefix = "e2e"
+{kafka}
 [sources.pg]
 kind = "postgres"
 url = "{}"
 # Debezium's topic.prefix: the Debezium reader schema below names its records after it.
-topic_prefix = "e2e"
+topic_prefix = "{prefix}"
 tables = ["public.t"]
 slot = "schemas"
 publication = "schemas"
@@ -63,21 +74,28 @@ kind = "postgres"
 url = "{}"
 [router]
 sink = "wh"
-group_id = "schemas"
+group_id = "{ns}schemas"
 [router.batch]
 max_delay_ms = 50
 [observability]
 listen = "127.0.0.1:{}"
 {schemas}
 "#,
-                self.kafka.bootstrap(),
                 self.pg.url("source"),
                 self.pg.url("sink"),
                 self.metrics_port,
+                kafka = self.kafka.kafka_toml("e2e"),
+                prefix = self.prefix,
+                ns = self.kafka.namespace(),
             ),
         )
         .unwrap();
         path
+    }
+
+    /// The registry subject of `public.t`'s key or value (`part`).
+    fn subject(&self, part: &str) -> String {
+        format!("{}.public.t-{part}", self.prefix)
     }
 
     fn sluice(&self, config: &Path, env: &[(&str, &str)]) -> SluiceProcess {
@@ -126,7 +144,7 @@ const PASSWORD_ENV: (&str, &str) = ("SLUICE_SCHEMAS_REGISTRY_PASSWORD", "s3cret"
 #[test]
 fn with_a_schema_registry_events_carry_confluent_ids_and_every_version_is_a_subject_version() {
     // Given a registry that requires basic auth, and sluice configured to use it,
-    let s = Services::start();
+    let s = Services::start_with_prefix(Some("e2e"));
     let registry = SchemaRegistry::start(Some("sluice:s3cret")).unwrap();
     let config = s.config(
         "registry.toml",
@@ -167,15 +185,15 @@ fn with_a_schema_registry_events_carry_confluent_ids_and_every_version_is_a_subj
         ["123456|eu"]
     );
     // each table version is a version of the value subject and the key has one,
-    let value_versions = registry.subject("e2e.public.t-value");
+    let value_versions = registry.subject(&s.subject("value"));
     assert_eq!(value_versions.len(), 3, "{value_versions:?}");
-    assert_eq!(registry.subject("e2e.public.t-key").len(), 1);
+    assert_eq!(registry.subject(&s.subject("key")).len(), 1);
     // and every message is framed with the id of a registered schema (magic byte 0), which a
     // reader resolves through the registry alone.
     let reader_registry = s_registry_client(&registry.url());
     let mut reader = TopicReader::with_registry(
         &s.kafka.bootstrap(),
-        "",
+        s.kafka.namespace(),
         "e2e.public.t",
         Some(reader_registry),
     );
@@ -367,9 +385,10 @@ fn a_change_sluice_allows_but_the_registry_refuses_is_explained_and_waits_for_th
     // then capture stops with the registry's 409 and what to align,
     let log = s.run_until_exit(&config, &[]);
     assert!(
-        log.contains(
-            "schema registry refused the new schema of subject e2e.public.t-value as incompatible (HTTP 409)"
-        ) && log.contains("Sluice's own policy (NONE) allowed the change"),
+        log.contains(&format!(
+            "schema registry refused the new schema of subject {} as incompatible (HTTP 409)",
+            s.subject("value")
+        )) && log.contains("Sluice's own policy (NONE) allowed the change"),
         "{log}"
     );
     // and once the subject's level allows it, the change flows.
@@ -383,13 +402,13 @@ fn a_change_sluice_allows_but_the_registry_refuses_is_explained_and_waits_for_th
             "-d",
         ])
         .arg(r#"{"compatibility": "NONE"}"#)
-        .arg(format!("{}/config/e2e.public.t-value", registry.url()))
+        .arg(format!("{}/config/{}", registry.url(), s.subject("value")))
         .output()
         .unwrap();
     assert!(put.status.success(), "{put:?}");
     let sluice = s.sluice(&config, &[]);
     s.wait_for_sink_to_match(&sluice);
-    assert_eq!(registry.subject("e2e.public.t-value").len(), 2);
+    assert_eq!(registry.subject(&s.subject("value")).len(), 2);
 }
 
 #[test]
@@ -443,7 +462,7 @@ fn a_router_waiting_out_a_registry_outage_says_so_and_stops_at_once_on_sigterm()
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while registry.subject("e2e.public.t-value").len() < 2 {
+    while registry.subject(&s.subject("value")).len() < 2 {
         assert!(Instant::now() < deadline, "{}", capture.log());
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -147,16 +147,16 @@ fn every_mariadb_type_survives_snapshot_and_binlog_exactly() {
             ROWS.replace("ID", "1")
         ))
         .unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (capture, _) = SluiceProcess::start_in(
         Path::new(SLUICE),
         "capture",
         dir.path(),
         &format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"types\"\n\
+            "[kafka]\n{}\
              [sources.maria]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"shop.every_type\"]\nserver_id = 5403\n",
-            kafka.bootstrap(),
+            kafka.kafka_toml("types"),
             maria.url()
         ),
     )
@@ -175,12 +175,7 @@ fn every_mariadb_type_survives_snapshot_and_binlog_exactly() {
         .unwrap();
 
     // then every value read back from the topic is the value written.
-    let events = read_events(
-        &kafka.bootstrap(),
-        "types.maria.shop.every_type",
-        6,
-        &capture,
-    );
+    let events = read_events(&kafka, "types.maria.shop.every_type", 6, &capture);
     let decoded_types: Vec<SqlType> = events[0].0.clone();
     assert_eq!(decoded_types.len(), 35);
     for (first, op) in [(1, Op::Read), (11, Op::Create)] {
@@ -216,12 +211,7 @@ fn every_mariadb_type_survives_snapshot_and_binlog_exactly() {
              VALUES (21, '0000-00-00', '0000-00-00 00:00:00', '0000-00-00 00:00:00', 0, 'zero')",
         )
         .unwrap();
-    let events = read_events(
-        &kafka.bootstrap(),
-        "types.maria.shop.every_type",
-        7,
-        &capture,
-    );
+    let events = read_events(&kafka, "types.maria.shop.every_type", 7, &capture);
     let (_, _, row) = events
         .iter()
         .find(|(_, _, row)| row[0] == Datum::Int(21))
@@ -301,20 +291,21 @@ fn every_mariadb_type_reaches_a_postgres_sink_exactly() {
         .unwrap();
     let pg = Postgres::start().unwrap();
     pg.create_database("sink").unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),
         "run",
         dir.path(),
         &format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\n\
+            "[kafka]\n{}\
              [sources.maria]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"shop.every_type\"]\nserver_id = 5404\n\
              [sinks.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
-             [router]\nsink = \"pg\"\ngroup_id = \"to_pg\"\n[router.batch]\nmax_delay_ms = 50\n",
-            kafka.bootstrap(),
+             [router]\nsink = \"pg\"\ngroup_id = \"{}to_pg\"\n[router.batch]\nmax_delay_ms = 50\n",
+            kafka.kafka_toml("sluice"),
             maria.url(),
-            pg.url("sink")
+            pg.url("sink"),
+            kafka.namespace(),
         ),
     )
     .unwrap();
@@ -403,12 +394,16 @@ fn conversion_errors(capture: &SluiceProcess) -> String {
 
 /// Reads `n` events of `topic`: (column types, op, after image).
 fn read_events(
-    bootstrap: &str,
+    kafka: &Broker,
     topic: &str,
     n: usize,
     capture: &SluiceProcess,
 ) -> Vec<(Vec<SqlType>, Op, Vec<Datum>)> {
-    let mut reader = TopicReader::new(bootstrap, "", topic);
+    let mut reader = TopicReader::new(
+        &kafka.bootstrap(),
+        kafka.namespace(),
+        &format!("{}{topic}", kafka.namespace()),
+    );
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while out.len() < n {

@@ -52,7 +52,7 @@ fn count(pg: &Postgres, db: &str, sql: &str) -> Option<i64> {
 struct Setup {
     source: Postgres,
     sink: Postgres,
-    _kafka: Broker,
+    kafka: Broker,
     _dir: tempfile::TempDir,
     config: std::path::PathBuf,
     sluice: SluiceProcess,
@@ -72,7 +72,7 @@ fn setup(rows: i32) -> Setup {
         .unwrap();
     let sink = Postgres::start().unwrap();
     sink.create_database("wh").unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, config) = SluiceProcess::start_in(
         Path::new(SLUICE),
@@ -81,7 +81,7 @@ fn setup(rows: i32) -> Setup {
         &format!(
             r#"
 [kafka]
-bootstrap_servers = "{}"
+{kafka}
 [sources.pg]
 kind = "postgres"
 url = "{}"
@@ -93,18 +93,19 @@ kind = "postgres"
 url = "{}"
 [router]
 sink = "wh"
-group_id = "status"
+group_id = "{ns}status"
 "#,
-            kafka.bootstrap(),
             source.url("shop"),
-            sink.url("wh")
+            sink.url("wh"),
+            kafka = kafka.kafka_toml("sluice"),
+            ns = kafka.namespace(),
         ),
     )
     .unwrap();
     Setup {
         source,
         sink,
-        _kafka: kafka,
+        kafka,
         _dir: dir,
         config,
         sluice,
@@ -114,15 +115,16 @@ group_id = "status"
 #[test]
 fn status_shows_each_table_and_readyz_follows_a_sink_outage() {
     // Given a source table of 2,000 rows, a sink on its own server, and a pipeline over them,
-    // (`_kafka` and `_dir` are bound so they live to the end of the test.)
+    // (`_dir` is bound so it lives to the end of the test.)
     let Setup {
         source,
         mut sink,
-        _kafka,
+        kafka,
         _dir,
         config,
         sluice,
     } = setup(2000);
+    let topic = format!("{}sluice.pg.public.t", kafka.namespace());
     let port = sluice.metrics_port;
     let log = || sluice.log();
 
@@ -200,7 +202,7 @@ fn status_shows_each_table_and_readyz_follows_a_sink_outage() {
             let lag = metric_value(
                 &text,
                 "sluice_router_consumer_lag_messages",
-                &[("topic", "sluice.pg.public.t")],
+                &[("topic", &topic)],
             )?;
             (lag >= 10.0).then_some(())
         },
@@ -224,7 +226,7 @@ fn status_shows_each_table_and_readyz_follows_a_sink_outage() {
             let lag = metric_value(
                 &sluice.metrics()?,
                 "sluice_router_consumer_lag_messages",
-                &[("topic", "sluice.pg.public.t")],
+                &[("topic", &topic)],
             )?;
             (ready && lag == 0.0).then_some(())
         },
