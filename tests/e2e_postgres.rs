@@ -46,9 +46,7 @@ fn write_config_with(
     let config = format!(
         r#"
 [kafka]
-bootstrap_servers = "{bootstrap}"
-topic_prefix = "e2e"
-# Three partitions: keys spread over them, truncates and snapshots are barriers across them.
+{kafka}# Three partitions: keys spread over them, truncates and snapshots are barriers across them.
 partitions = 3
 
 [sources.pg_main]
@@ -65,7 +63,7 @@ url = "{sink}"
 
 [router]
 sink = "warehouse"
-group_id = "e2e-router"
+group_id = "{ns}e2e-router"
 
 [router.batch]
 max_rows = 500
@@ -75,7 +73,8 @@ max_delay_ms = 50
 listen = "127.0.0.1:{metrics_port}"
 stall_timeout_ms = 3000
 "#,
-        bootstrap = kafka.bootstrap(),
+        kafka = kafka.kafka_toml("e2e"),
+        ns = kafka.namespace(),
         source = pg.url("source"),
         sink = pg.url("sink"),
     );
@@ -91,7 +90,9 @@ fn wait_for_sink_to_match(pg: &Postgres, sluice: &SluiceProcess, timeout: Durati
 }
 
 /// Fresh services: a PostgreSQL cluster with a `source` database (running `ddl`) and an
-/// empty `sink` database, a broker, a working directory and a free metrics port.
+/// empty `sink` database, a broker, a working directory and a free metrics port. The broker is
+/// the binary's shared Kafka, or with `TansuStorage::Sqlite` one of the test's own whose data
+/// survives the kill and restart the test gives it.
 struct Services {
     pg: Postgres,
     kafka: Broker,
@@ -107,7 +108,11 @@ impl Services {
         pg.psql("source", ddl).unwrap();
         Services {
             pg,
-            kafka: Broker::start_with(storage).unwrap(),
+            kafka: match storage {
+                TansuStorage::Memory => Broker::shared(),
+                TansuStorage::Sqlite => Broker::start_durable(),
+            }
+            .unwrap(),
             dir: tempfile::tempdir().unwrap(),
             metrics_port: free_port(),
         }

@@ -44,20 +44,22 @@ fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
         "CREATE TABLE public.orders (id int PRIMARY KEY, qty int CONSTRAINT qty_not_negative CHECK (qty >= 0), note varchar(5))",
     )
     .unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),
         "run",
         dir.path(),
         &format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+            "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
              tables = [\"public.orders\", \"public.other\"]\nslot = \"faults\"\npublication = \"faults\"\n\
-             [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"faults\"\n\
+             [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"{ns}faults\"\n\
+             dead_letter_topic = \"{ns}_sluice_dead_letter\"\n\
              [router.batch]\nmax_delay_ms = 200\n",
-            kafka.bootstrap(),
+            kafka.kafka_toml("sluice"),
             pg.url("source"),
-            pg.url("sink")
+            pg.url("sink"),
+            ns = kafka.namespace(),
         ),
     )
     .unwrap();
@@ -97,7 +99,7 @@ fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
     // the two refused changes are in the dead-letter topic, unchanged, with why and whence,
     let dead = common::read_raw(
         &kafka.bootstrap(),
-        "_sluice_dead_letter",
+        &format!("{}_sluice_dead_letter", kafka.namespace()),
         Duration::from_secs(3),
     );
     assert_eq!(
@@ -131,7 +133,10 @@ fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
         "{details:?}"
     );
     for d in &dead {
-        assert_eq!(d.headers["sluice.dlq.topic"], "sluice.pg.public.orders");
+        assert_eq!(
+            d.headers["sluice.dlq.topic"],
+            format!("{}sluice.pg.public.orders", kafka.namespace())
+        );
         assert_eq!(d.headers["sluice.dlq.partition"], "0");
         assert!(d.headers["sluice.dlq.offset"].parse::<i64>().unwrap() >= 20);
         // The message itself, as it was consumed (Avro single-object encoding).
@@ -198,16 +203,17 @@ fn a_router_killed_mid_batch_again_and_again_applies_every_change_exactly_once()
            FOR EACH ROW EXECUTE FUNCTION record_write();",
     )
     .unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let common = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+        "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
          tables = [\"public.acct\"]\nslot = \"kill9\"\npublication = \"kill9\"\n\
-         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"kill9\"\n\
+         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"{ns}kill9\"\n\
          [router.batch]\nmax_rows = 200\nmax_delay_ms = 100\n",
-        kafka.bootstrap(),
+        kafka.kafka_toml("sluice"),
         pg.url("source"),
-        pg.url("sink")
+        pg.url("sink"),
+        ns = kafka.namespace(),
     );
     let (capture_config, capture_port, router_config, router_port) =
         split_configs(dir.path(), &common);
@@ -394,7 +400,7 @@ fn a_pgbench_workload_with_two_routers_truncates_a_partitioned_table_a_rename_an
          INSERT INTO public.doomed SELECT i, 'before' FROM generate_series(1, 20) i;",
     )
     .unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let compared = [
         "public.pgbench_accounts",
@@ -404,14 +410,15 @@ fn a_pgbench_workload_with_two_routers_truncates_a_partitioned_table_a_rename_an
         "public.scratch",
     ];
     let common = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\npartitions = 3\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+        "[kafka]\n{}partitions = 3\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
          tables = [{}, \"public.doomed\"]\nslot = \"pgbench_kills\"\npublication = \"pgbench_kills\"\n\
-         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"pgbench_kills\"\n\
+         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"{ns}pgbench_kills\"\n\
          [router.batch]\nmax_rows = 1000\nmax_delay_ms = 100\n",
-        kafka.bootstrap(),
+        kafka.kafka_toml("sluice"),
         pg.url("source"),
         compared.map(|t| format!("\"{t}\"")).join(", "),
-        pg.url("sink")
+        pg.url("sink"),
+        ns = kafka.namespace(),
     );
     let (capture_config, capture_port, router_config, router_port) =
         split_configs(dir.path(), &common);
@@ -644,7 +651,7 @@ impl RouterGroup {
         pg.psql("sink", OBSERVED_ITEMS).unwrap();
         let mut g = RouterGroup {
             pg,
-            kafka: Broker::start().unwrap(),
+            kafka: Broker::shared().unwrap(),
             dir: tempfile::tempdir().unwrap(),
             name,
             partitions,
@@ -672,18 +679,19 @@ impl RouterGroup {
             String::new()
         };
         format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\npartitions = {}\n\
+            "[kafka]\n{}partitions = {}\n\
              [sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.items\"]\n\
              slot = \"{name}\"\npublication = \"{name}\"\n\
              [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n\
-             [router]\nsink = \"wh\"\ngroup_id = \"{name}\"\n{membership}\
+             [router]\nsink = \"wh\"\ngroup_id = \"{ns}{name}\"\n{membership}\
              [router.batch]\n{}max_delay_ms = 100\n",
-            self.kafka.bootstrap(),
+            self.kafka.kafka_toml("sluice"),
             self.partitions,
             self.pg.url("source"),
             self.pg.url("sink"),
             self.batch,
             name = self.name,
+            ns = self.kafka.namespace(),
         )
     }
 
@@ -778,7 +786,7 @@ fn a_router_started_before_its_broker_waits_for_it_and_then_routes() {
          [router.batch]\nmax_delay_ms = 100\n",
         kafka.bootstrap(),
         pg.url("source"),
-        pg.url("sink")
+        pg.url("sink"),
     );
     let route_dir = dir.path().join("route");
     std::fs::create_dir(&route_dir).unwrap();
@@ -836,16 +844,17 @@ fn a_sink_restored_from_an_older_backup_reads_again_what_it_lacks() {
          CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON public.item
            FOR EACH ROW EXECUTE FUNCTION slow();";
     pg.psql("sink", slow_sink).unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+        "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
          tables = [\"public.item\"]\nslot = \"backup\"\npublication = \"backup\"\n\
-         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"backup\"\n\
+         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"{ns}backup\"\n\
          [router.batch]\nmax_rows = 100\nmax_delay_ms = 50\n",
-        kafka.bootstrap(),
+        kafka.kafka_toml("sluice"),
         pg.url("source"),
-        pg.url("sink")
+        pg.url("sink"),
+        ns = kafka.namespace(),
     );
     let (mut sluice, config_path) =
         SluiceProcess::start_in(Path::new(SLUICE), "run", dir.path(), &config).unwrap();
@@ -975,20 +984,21 @@ fn a_batch_the_sink_refuses_only_as_a_whole_is_applied_in_pieces_and_nothing_is_
     pg.psql("sink", ddl).unwrap();
     pg.psql("source", "INSERT INTO public.seat VALUES (1, 10), (2, 20);")
         .unwrap();
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (sluice, _) = SluiceProcess::start_in(
         Path::new(SLUICE),
         "run",
         dir.path(),
         &format!(
-            "[kafka]\nbootstrap_servers = \"{}\"\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
+            "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
              tables = [\"public.seat\", \"public.parent\", \"public.child\"]\nslot = \"whole\"\npublication = \"whole\"\n\
-             [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"whole\"\n\
+             [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"{ns}whole\"\n\
              [router.batch]\nmax_delay_ms = 500\n",
-            kafka.bootstrap(),
+            kafka.kafka_toml("sluice"),
             pg.url("source"),
-            pg.url("sink")
+            pg.url("sink"),
+            ns = kafka.namespace(),
         ),
     )
     .unwrap();

@@ -303,7 +303,8 @@ pub enum Broker {
 
 /// The test binary's Apache Kafka, started by the first test that asks for it: on a thread of
 /// its own that lives as long as the binary, so that the broker gets its parent-death signal
-/// (SIGKILL) only when the binary exits. Its temporary directory is not removed then.
+/// (SIGKILL) only when the binary exits. An `atexit` handler kills it then and removes its
+/// temporary directory (statics are never dropped).
 fn shared_kafka() -> Result<String> {
     static SHARED: std::sync::OnceLock<Result<String>> = std::sync::OnceLock::new();
     SHARED
@@ -313,6 +314,11 @@ fn shared_kafka() -> Result<String> {
                 .name("shared-kafka".into())
                 .spawn(move || match Kafka::start() {
                     Ok(kafka) => {
+                        let pid = kafka.server.as_ref().and_then(ChildGuard::pid);
+                        let _ = SHARED_KAFKA_AT_EXIT
+                            .set((pid.map_or(0, |p| p as i32), kafka.dir.path().to_path_buf()));
+                        // SAFETY: registers a plain `extern "C" fn` with no captured state.
+                        unsafe { libc::atexit(remove_shared_kafka) };
                         let _ = tx.send(Ok(kafka.bootstrap()));
                         loop {
                             std::thread::park();
@@ -326,6 +332,22 @@ fn shared_kafka() -> Result<String> {
             rx.recv().map_err(|e| e.to_string())?
         })
         .clone()
+}
+
+/// The shared broker's process id and directory, for [`remove_shared_kafka`].
+static SHARED_KAFKA_AT_EXIT: std::sync::OnceLock<(i32, PathBuf)> = std::sync::OnceLock::new();
+
+extern "C" fn remove_shared_kafka() {
+    if let Some((pid, dir)) = SHARED_KAFKA_AT_EXIT.get() {
+        if *pid > 0 {
+            // SAFETY: signals and reaps our own child; nothing else waits for it at exit.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+                libc::waitpid(*pid, std::ptr::null_mut(), 0);
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 impl Broker {
