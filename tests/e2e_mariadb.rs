@@ -437,7 +437,7 @@ fn capture_talks_tls_to_mariadb_and_refuses_a_certificate_it_cannot_verify() {
     let services = Services {
         maria,
         pg,
-        kafka: Broker::start().unwrap(),
+        kafka: Broker::shared().unwrap(),
         dir: tempfile::tempdir().unwrap(),
         metrics_port: free_port(),
     };

@@ -406,7 +406,7 @@ fn two_sources_with_the_same_table_name_each_deliver_every_change() {
         )
         .unwrap();
     }
-    let kafka = Broker::start().unwrap();
+    let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let source = |name: &str, pg: &Postgres| {
         format!(
@@ -416,13 +416,14 @@ fn two_sources_with_the_same_table_name_each_deliver_every_change() {
         )
     };
     let config = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"two\"\n{}{}\
-         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"two\"\n\
+        "[kafka]\n{}{}{}\
+         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"{}two\"\n\
          [router.batch]\nmax_delay_ms = 50\n",
-        kafka.bootstrap(),
+        kafka.kafka_toml("two"),
         source("east", &east),
         source("west", &west),
-        east.url("sink")
+        east.url("sink"),
+        kafka.namespace(),
     );
     let (sluice, _) =
         SluiceProcess::start_in(Path::new(SLUICE), "run", dir.path(), &config).unwrap();
