@@ -7,12 +7,17 @@
 //! batch commits its rows together with the consumed offsets and applied positions (see
 //! `sluice_sinks::Sink`); Kafka's own committed offsets are only a hint for where to resume.
 
+mod dead_letter;
 pub mod error;
+mod gaps;
 mod lag;
 pub mod mapper;
 pub mod metrics;
+mod outage;
+mod pending;
 pub mod router;
 pub mod schemas;
+mod topics;
 
 pub use error::RouterError;
 pub use mapper::Mapper;

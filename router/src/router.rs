@@ -5,15 +5,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sluice_schemas::event::{BARRIER_HEADER, POSITION_HEADER};
-use sluice_schemas::liveness::{Backoff, Liveness};
+use sluice_schemas::liveness::Liveness;
 use sluice_schemas::Position;
 use sluice_schemas::TableId;
 use sluice_sinks::{Batch, Consumed, Origin, Sink, SinkChange, SinkError};
@@ -21,10 +18,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
+use crate::dead_letter::DeadLetters;
+use crate::gaps::{Gaps, StallSteps};
 use crate::lag::LagContext;
 use crate::mapper::Mapper;
 use crate::metrics as m;
+use crate::outage::Outage;
+use crate::pending::{consumed_list, move_partitions, owned, Pending, Raw};
 use crate::schemas::SchemaStore;
+use crate::topics;
 use crate::RouterError;
 
 /// How long a partition waiting at a barrier waits before its held changes are tried again
@@ -163,53 +165,6 @@ enum Applied {
     },
 }
 
-/// A consumed message as it was, kept while its changes wait in the batch: if the sink refuses
-/// one of them, the message goes to the dead-letter topic unchanged.
-struct Raw {
-    topic: Arc<str>,
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-}
-
-impl Raw {
-    fn of(msg: &impl Message, topic: Arc<str>) -> Raw {
-        Raw {
-            topic,
-            partition: msg.partition(),
-            offset: msg.offset(),
-            key: msg.key().map(<[u8]>::to_vec),
-            payload: msg.payload().map(<[u8]>::to_vec),
-        }
-    }
-}
-
-struct Pending {
-    batch: Batch,
-    /// The messages the batch's changes came from, by topic, partition and offset.
-    raw: HashMap<(Arc<str>, i32, i64), Raw>,
-    consumed: HashMap<(Arc<str>, i32), i64>,
-    bytes: usize,
-    last_source_ts_ms: i64,
-}
-
-impl Pending {
-    fn new() -> Pending {
-        Pending {
-            batch: Batch::default(),
-            raw: HashMap::new(),
-            consumed: HashMap::new(),
-            bytes: 0,
-            last_source_ts_ms: 0,
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.consumed.is_empty()
-    }
-}
-
 impl<S: Sink + 'static> Router<S> {
     /// A router writing every table as it is; see [`Router::with_schemes`].
     pub fn new(client_config: ClientConfig, settings: RouterSettings, sink: S) -> Router<S> {
@@ -256,81 +211,8 @@ impl<S: Sink + 'static> Router<S> {
         .await
     }
 
-    async fn ensure_topics(&self) -> Result<(), RouterError> {
-        let admin: AdminClient<DefaultClientContext> = self.client_config.create()?;
-        let factor = self.settings.replication_factor;
-        let rf = || TopicReplication::Fixed(factor);
-        let mut topics: Vec<NewTopic<'_>> = self
-            .settings
-            .topics
-            .iter()
-            .map(|t| NewTopic::new(t, self.settings.partitions, rf()))
-            .collect();
-        topics.push(
-            NewTopic::new(&self.settings.schema_topic, 1, rf()).set("cleanup.policy", "compact"),
-        );
-        topics.push(NewTopic::new(&self.settings.dead_letter_topic, 1, rf()));
-        let opts = AdminOptions::new()
-            .operation_timeout(Some(Duration::from_secs(30)))
-            .request_timeout(Some(Duration::from_secs(30)));
-        for r in admin.create_topics(topics.iter(), &opts).await? {
-            match r {
-                Ok(t) => info!(topic = %t, "created topic"),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                // What no retry changes: a permission, or a setting the cluster refuses.
-                Err((
-                    t,
-                    code @ (RDKafkaErrorCode::TopicAuthorizationFailed
-                    | RDKafkaErrorCode::ClusterAuthorizationFailed
-                    | RDKafkaErrorCode::InvalidReplicationFactor
-                    | RDKafkaErrorCode::InvalidPartitions
-                    | RDKafkaErrorCode::InvalidConfig
-                    | RDKafkaErrorCode::PolicyViolation
-                    | RDKafkaErrorCode::InvalidTopic),
-                )) => {
-                    return Err(RouterError::Definite(format!(
-                        "create topic {t}: {code}; create it yourself, or grant the router's \
-                         Kafka user CREATE on the cluster, or fix kafka.partitions / \
-                         kafka.replication_factor"
-                    )))
-                }
-                Err((t, code)) => {
-                    return Err(RouterError::Kafka(format!("create topic {t}: {code}")))
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// [`Router::ensure_topics`], retried with backoff while the broker is unavailable (a
-    /// router may start before its broker, or during a broker restart): the broker is shown
-    /// disconnected in `/readyz` and each failure is logged and counted. `false` when shut
-    /// down meanwhile.
-    async fn ensure_topics_with_retry(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Result<bool, RouterError> {
-        let mut backoff = Backoff::default();
-        loop {
-            match self.ensure_topics().await {
-                Ok(()) => return Ok(true),
-                Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
-                    self.settings.liveness.set_connected("broker", false);
-                    metrics::counter!(m::ERRORS_TOTAL, "sink" => self.settings.sink_name.clone(), "kind" => "transient").increment(1);
-                    let wait = backoff.next_wait();
-                    warn!(error = %e, retry_in = ?wait, "the broker did not answer topic creation at start-up; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(false),
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     async fn run_inner(&mut self, shutdown: &CancellationToken) -> Result<(), RouterError> {
-        if !self.ensure_topics_with_retry(shutdown).await? {
+        if !topics::ensure_with_retry(&self.client_config, &self.settings, shutdown).await? {
             return Ok(());
         }
         let mut config = self.client_config.clone();
@@ -380,11 +262,7 @@ impl<S: Sink + 'static> Router<S> {
         // from here on librdkafka's statistics say whether a broker is up.
         self.settings.liveness.set_connected("sink", true);
         self.settings.liveness.set_connected("broker", true);
-        let dlq: FutureProducer = self
-            .client_config
-            .clone()
-            .set("enable.idempotence", "true")
-            .create()?;
+        let dlq = DeadLetters::new(&self.client_config, &self.settings.dead_letter_topic)?;
         let mut schemas = SchemaStore::new(
             self.client_config.clone(),
             self.settings.schema_topic.clone(),
@@ -624,7 +502,7 @@ impl<S: Sink + 'static> Router<S> {
         key: (Arc<str>, i32),
         pending: &mut Pending,
         schemas: &mut SchemaStore,
-        dlq: &FutureProducer,
+        dlq: &DeadLetters,
         shutdown: &CancellationToken,
     ) -> Result<bool, RouterError> {
         let topic = key.0.clone();
@@ -695,7 +573,7 @@ impl<S: Sink + 'static> Router<S> {
         consumer: &StreamConsumer<LagContext>,
         pending: &mut Pending,
         schemas: &mut SchemaStore,
-        dlq: &FutureProducer,
+        dlq: &DeadLetters,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
         let keys: Vec<(Arc<str>, i32)> = self.scheme_held.keys().cloned().collect();
@@ -780,7 +658,7 @@ impl<S: Sink + 'static> Router<S> {
         topic: Arc<str>,
         pending: &mut Pending,
         schemas: &mut SchemaStore,
-        dlq: &FutureProducer,
+        dlq: &DeadLetters,
         shutdown: &CancellationToken,
     ) -> Result<Handled, RouterError> {
         let partition = msg.partition();
@@ -891,73 +769,16 @@ impl<S: Sink + 'static> Router<S> {
                     });
                 }
                 if let Some(r) = rejected {
-                    self.dead_letter(dlq, &Raw::of(msg, topic), r.reason, &r.detail)
-                        .await?;
+                    dlq.send(&Raw::of(msg, topic), r.reason, &r.detail).await?;
                 }
                 Ok(Handled::Taken)
             }
             Err((reason, detail)) => {
                 consume(pending);
-                self.dead_letter(dlq, &Raw::of(msg, topic), reason, &detail)
-                    .await?;
+                dlq.send(&Raw::of(msg, topic), reason, &detail).await?;
                 Ok(Handled::Taken)
             }
         }
-    }
-
-    /// Writes `msg` to the dead-letter topic with the reason and its origin in headers, and
-    /// waits for Kafka to acknowledge it before the offset can be recorded as consumed.
-    async fn dead_letter(
-        &self,
-        dlq: &FutureProducer,
-        msg: &Raw,
-        reason: &str,
-        detail: &str,
-    ) -> Result<(), RouterError> {
-        warn!(
-            topic = %msg.topic,
-            partition = msg.partition,
-            offset = msg.offset,
-            reason,
-            detail,
-            "dead-lettering message"
-        );
-        metrics::counter!(m::DLQ_TOTAL, "topic" => msg.topic.to_string(), "reason" => reason.to_string()).increment(1);
-        let partition = msg.partition.to_string();
-        let offset = msg.offset.to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: "sluice.dlq.reason",
-                value: Some(reason),
-            })
-            .insert(Header {
-                key: "sluice.dlq.detail",
-                value: Some(detail),
-            })
-            .insert(Header {
-                key: "sluice.dlq.topic",
-                value: Some(msg.topic.as_ref()),
-            })
-            .insert(Header {
-                key: "sluice.dlq.partition",
-                value: Some(&partition),
-            })
-            .insert(Header {
-                key: "sluice.dlq.offset",
-                value: Some(&offset),
-            });
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.settings.dead_letter_topic).headers(headers);
-        if let Some(k) = &msg.key {
-            record = record.key(k);
-        }
-        if let Some(p) = &msg.payload {
-            record = record.payload(p);
-        }
-        dlq.send(record, Duration::from_secs(60))
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| RouterError::Kafka(format!("write to dead-letter topic: {e}")))
     }
 
     /// The sink, which is here whenever no apply is in flight: every use of it settles the
@@ -992,7 +813,7 @@ impl<S: Sink + 'static> Router<S> {
         &mut self,
         inflight: &mut Option<InFlight<S>>,
         consumer: &StreamConsumer<LagContext>,
-        dlq: &FutureProducer,
+        dlq: &DeadLetters,
         next: &mut Pending,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
@@ -1012,7 +833,7 @@ impl<S: Sink + 'static> Router<S> {
         &mut self,
         done: Finished<S>,
         consumer: &StreamConsumer<LagContext>,
-        dlq: &FutureProducer,
+        dlq: &DeadLetters,
         next: &mut Pending,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
@@ -1109,7 +930,7 @@ impl<S: Sink + 'static> Router<S> {
     async fn retry_barrier_held(
         &mut self,
         consumer: &StreamConsumer<LagContext>,
-        dlq: &FutureProducer,
+        dlq: &DeadLetters,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
         let now = std::time::Instant::now();
@@ -1174,7 +995,7 @@ impl<S: Sink + 'static> Router<S> {
     async fn flush(
         &mut self,
         consumer: &StreamConsumer<LagContext>,
-        dlq: &FutureProducer,
+        dlq: &DeadLetters,
         mut pending: Pending,
         mut first: Option<Result<sluice_sinks::ApplyOutcome, SinkError>>,
         shutdown: &CancellationToken,
@@ -1226,7 +1047,7 @@ impl<S: Sink + 'static> Router<S> {
     async fn apply_batch(
         &mut self,
         consumer: &StreamConsumer<LagContext>,
-        dlq: &FutureProducer,
+        dlq: &DeadLetters,
         batch: &mut Batch,
         raw: &HashMap<(Arc<str>, i32, i64), Raw>,
         mut first: Option<Result<sluice_sinks::ApplyOutcome, SinkError>>,
@@ -1274,8 +1095,7 @@ impl<S: Sink + 'static> Router<S> {
                                 op_name(change.op),
                                 change.table.id
                             );
-                            self.dead_letter(dlq, raw, "rejected_by_sink", &detail)
-                                .await?;
+                            dlq.send(raw, "rejected_by_sink", &detail).await?;
                         }
                         continue;
                     }
@@ -1395,7 +1215,7 @@ impl<S: Sink + 'static> Router<S> {
     ) {
         let key: (Arc<str>, i32) = (Arc::from(topic), partition);
         resumed.remove(&key);
-        self.gaps.probes.remove(&key);
+        self.gaps.forget(&key);
         self.barrier_held.remove(&key);
         if let Some(held) = self.scheme_held.remove(&key) {
             if !self.scheme_held.values().any(|h| h.table == held.table) {
@@ -1427,7 +1247,7 @@ impl<S: Sink + 'static> Router<S> {
     async fn retry_blocked(
         &mut self,
         consumer: &StreamConsumer<LagContext>,
-        dlq: &FutureProducer,
+        dlq: &DeadLetters,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
         let tables: Vec<TableId> = self.blocked.keys().cloned().collect();
@@ -1474,66 +1294,6 @@ impl<S: Sink + 'static> Router<S> {
         }
         Ok(())
     }
-}
-
-/// Moves every change, consumed offset and kept message of `partitions` from one pending
-/// batch to the end of another, in order.
-fn move_partitions(from: &mut Pending, to: &mut Pending, partitions: &HashSet<(Arc<str>, i32)>) {
-    let (moved, kept): (Vec<SinkChange>, Vec<SinkChange>) = std::mem::take(&mut from.batch.changes)
-        .into_iter()
-        .partition(|c| partitions.contains(&(c.origin.topic.clone(), c.origin.partition)));
-    from.batch.changes = kept;
-    to.batch.changes.extend(moved);
-    for p in partitions {
-        if let Some(offset) = from.consumed.remove(p) {
-            let entry = to.consumed.entry(p.clone()).or_insert(offset);
-            *entry = (*entry).max(offset);
-        }
-    }
-    let raws: Vec<_> = from
-        .raw
-        .keys()
-        .filter(|(t, part, _)| partitions.contains(&(t.clone(), *part)))
-        .cloned()
-        .collect();
-    for k in raws {
-        if let Some(r) = from.raw.remove(&k) {
-            to.raw.insert(k, r);
-        }
-    }
-}
-
-/// A copy of a consumed message that outlives the consumer's buffer.
-fn owned(msg: &impl Message) -> OwnedMessage {
-    let headers = msg.headers().map(|hs| {
-        hs.iter().fold(OwnedHeaders::new(), |acc, h| {
-            acc.insert(Header {
-                key: h.key,
-                value: h.value,
-            })
-        })
-    });
-    OwnedMessage::new(
-        msg.payload().map(<[u8]>::to_vec),
-        msg.key().map(<[u8]>::to_vec),
-        msg.topic().to_string(),
-        msg.timestamp(),
-        msg.partition(),
-        msg.offset(),
-        headers,
-    )
-}
-
-/// The consumed offsets of a batch, as the sink records them.
-fn consumed_list(consumed: &HashMap<(Arc<str>, i32), i64>) -> Vec<Consumed> {
-    consumed
-        .iter()
-        .map(|((topic, partition), offset)| Consumed {
-            topic: topic.clone(),
-            partition: *partition,
-            offset: *offset,
-        })
-        .collect()
 }
 
 /// Commits consumed offsets to Kafka: only a hint, the sink holds the authoritative ones.
@@ -1586,252 +1346,5 @@ fn op_name(op: sluice_schemas::Op) -> &'static str {
         sluice_schemas::Op::Update => "update",
         sluice_schemas::Op::Delete => "delete",
         sluice_schemas::Op::Truncate => "truncate",
-    }
-}
-
-/// Reading a partition on without a gap. After the last message taken (or, on assignment,
-/// after the offset the sink stored) the next must be the one after it. A message past that
-/// means the broker skipped messages — Tansu 0.6's memory storage answers a fetch that starts
-/// inside a record batch with the batches after it, and librdkafka fetches from such an offset
-/// after every pause, seek and assignment — or that the offsets do not exist. Nothing past the
-/// gap is taken: the partition is read again from 1 message before it, then 8, 64… A broker
-/// that answers from a batch boundary delivers a message before the gap; if the gap is still
-/// there after that (or after reading from offset 0), the offsets do not exist, and that is
-/// logged as an error and counted before the router goes on.
-#[derive(Debug, Default)]
-struct Gaps {
-    probes: HashMap<(Arc<str>, i32), GapProbe>,
-}
-
-#[derive(Debug)]
-struct GapProbe {
-    /// The offset the partition must go on from.
-    expect: i64,
-    /// How far before `expect` the last read-again started.
-    step: i64,
-    from: i64,
-    /// A message before `expect` arrived since that read-again began.
-    through: bool,
-}
-
-impl Gaps {
-    /// A message at or below the last one taken arrived.
-    fn before(&mut self, key: &(Arc<str>, i32)) {
-        if let Some(probe) = self.probes.get_mut(key) {
-            probe.through = true;
-        }
-    }
-
-    /// The message the partition had to go on from was taken.
-    fn taken(&mut self, key: &(Arc<str>, i32)) {
-        if !self.probes.is_empty() {
-            self.probes.remove(key);
-        }
-    }
-
-    /// A message at `offset` arrived where `expect` had to: `None` to take it (the offsets
-    /// between do not exist), or the offset to read the partition again from.
-    fn past(&mut self, key: &(Arc<str>, i32), expect: i64, offset: i64) -> Option<i64> {
-        let (topic, partition) = (&key.0, key.1);
-        let probe = self.probes.entry(key.clone()).or_insert(GapProbe {
-            expect,
-            step: 0,
-            from: expect,
-            through: false,
-        });
-        if probe.expect != expect {
-            *probe = GapProbe {
-                expect,
-                step: 0,
-                from: expect,
-                through: false,
-            };
-        }
-        if probe.through || (probe.step > 0 && probe.from == 0) {
-            error!(%topic, partition, from = expect, to = offset - 1, "offsets missing on the broker: deleted by retention before this router read them, compacted away, or transaction markers; whatever they held is not applied");
-            metrics::counter!(m::OFFSET_GAPS_TOTAL, "topic" => topic.to_string(), "kind" => "absent")
-                .increment(1);
-            self.probes.remove(key);
-            return None;
-        }
-        probe.step = if probe.step == 0 {
-            1
-        } else {
-            probe.step.saturating_mul(8)
-        };
-        probe.from = (expect - probe.step).max(0);
-        probe.through = false;
-        warn!(%topic, partition, expected = expect, arrived = offset, from = probe.from, "the broker skipped messages (a fetch that starts inside a record batch, as Tansu 0.6's memory storage answers it); reading the partition again from earlier");
-        metrics::counter!(m::OFFSET_GAPS_TOTAL, "topic" => topic.to_string(), "kind" => "read_again")
-            .increment(1);
-        Some(probe.from)
-    }
-}
-
-/// How far back each stall recovery of a partition reads: 1 message, then 8, 64… while
-/// stalls of that partition recur within [`StallSteps::RECUR`] of each other (each seek moves
-/// the position, so the stall offset itself cannot tell a recurrence), and 1 again once the
-/// partition went that long without one.
-#[derive(Debug, Default)]
-struct StallSteps {
-    last: HashMap<(String, i32), (std::time::Instant, i64)>,
-}
-
-impl StallSteps {
-    const RECUR: Duration = Duration::from_secs(60);
-
-    fn next(&mut self, key: (String, i32), now: std::time::Instant) -> i64 {
-        let step = match self.last.get(&key) {
-            Some((at, step)) if now.duration_since(*at) < Self::RECUR => step.saturating_mul(8),
-            _ => 1,
-        };
-        self.last.insert(key, (now, step));
-        step
-    }
-}
-
-/// Retrying through an outage of the sink or the schema registry: consumption is paused from
-/// the first failure (memory stays at what the router holds) while the consumer goes on being
-/// polled, which keeps the group membership, rebalances and statistics (the consumer-lag
-/// gauge) going. A shutdown ends the wait ([`RouterError::Interrupted`]).
-struct Outage {
-    /// What is out, as `/readyz` names it: `sink` or `registry`.
-    what: &'static str,
-    backoff: Backoff,
-    paused: bool,
-}
-
-impl Outage {
-    fn of(what: &'static str) -> Outage {
-        Outage {
-            what,
-            backoff: Backoff::starting_at(Duration::from_millis(200)),
-            paused: false,
-        }
-    }
-
-    /// After a transient error: reports it, pauses, and waits out the backoff (or until
-    /// shutdown, which interrupts).
-    async fn wait(
-        &mut self,
-        settings: &RouterSettings,
-        consumer: &StreamConsumer<LagContext>,
-        error: &(dyn std::fmt::Display + Sync),
-        doing: &str,
-        shutdown: &CancellationToken,
-    ) -> Result<(), RouterError> {
-        if shutdown.is_cancelled() {
-            return Err(RouterError::Interrupted(self.what));
-        }
-        settings.liveness.set_connected(self.what, false);
-        metrics::counter!(m::ERRORS_TOTAL, "sink" => settings.sink_name.clone(), "kind" => "transient")
-            .increment(1);
-        let wait = self.backoff.next_wait();
-        warn!(%error, retry_in = ?wait, "{} unavailable while {doing}; retrying", self.what);
-        if !self.paused {
-            consumer.pause(&consumer.assignment()?)?;
-            self.paused = true;
-        }
-        tokio::select! {
-            polled = poll_paused(consumer, wait) => polled,
-            _ = shutdown.cancelled() => Err(RouterError::Interrupted(self.what)),
-        }
-    }
-
-    /// The sink answered: resumes consumption if it was paused (but not of the partitions
-    /// of blocked tables).
-    fn over(
-        &self,
-        settings: &RouterSettings,
-        consumer: &StreamConsumer<LagContext>,
-        paused_on_purpose: &HashSet<(Arc<str>, i32)>,
-    ) -> Result<(), RouterError> {
-        if self.paused {
-            let mut tpl = TopicPartitionList::new();
-            for e in consumer.assignment()?.elements() {
-                if !paused_on_purpose.contains(&(Arc::from(e.topic()), e.partition())) {
-                    tpl.add_partition(e.topic(), e.partition());
-                }
-            }
-            consumer.resume(&tpl)?;
-            info!("the {} answers again; consumption resumed", self.what);
-            settings.liveness.set_connected(self.what, true);
-        } else if self.what == "sink" {
-            settings.liveness.set_connected("sink", true);
-        }
-        Ok(())
-    }
-}
-
-/// Polls a paused consumer for `how_long`, serving its events. Paused partitions deliver
-/// nothing; a partition assigned meanwhile is not paused, so a message from it is rewound
-/// (sought back to) and its partition paused too: it is read again after the resume.
-async fn poll_paused(
-    consumer: &StreamConsumer<LagContext>,
-    how_long: Duration,
-) -> Result<(), RouterError> {
-    let until = Instant::now() + how_long;
-    loop {
-        match tokio::time::timeout_at(until, consumer.recv()).await {
-            Err(_) => return Ok(()),
-            Ok(Err(e)) => warn!(error = %e, "consumer error"),
-            Ok(Ok(msg)) => {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(msg.topic(), msg.partition());
-                consumer.pause(&tpl)?;
-                consumer.seek(
-                    msg.topic(),
-                    msg.partition(),
-                    Offset::Offset(msg.offset()),
-                    Duration::from_secs(10),
-                )?;
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Gaps, StallSteps};
-    use std::sync::Arc;
-    use std::time::{Duration, Instant};
-
-    #[test]
-    fn a_gap_is_read_again_from_further_back_until_a_message_before_it_arrives() {
-        let key: (Arc<str>, i32) = (Arc::from("t"), 0);
-        let mut gaps = Gaps::default();
-        // Offset 100 was due, 120 came (a broker that skipped the rest of a record batch):
-        // read again from 1, then 8, then 64 messages before it.
-        assert_eq!(gaps.past(&key, 100, 120), Some(99));
-        assert_eq!(gaps.past(&key, 100, 120), Some(92));
-        assert_eq!(gaps.past(&key, 100, 120), Some(36));
-        // From 36 the broker answered from a batch boundary: a message before 100 arrived, so
-        // a jump past 100 now is offsets that do not exist, taken.
-        gaps.before(&key);
-        assert_eq!(gaps.past(&key, 100, 120), None);
-        // A gap somewhere else starts over, and offset 0 is as far back as it goes: a jump
-        // after reading from there is taken too.
-        assert_eq!(gaps.past(&key, 5, 9), Some(4));
-        assert_eq!(gaps.past(&key, 5, 9), Some(0));
-        assert_eq!(gaps.past(&key, 5, 9), None);
-        // The due message arriving ends a probe.
-        assert_eq!(gaps.past(&key, 50, 60), Some(49));
-        gaps.taken(&key);
-        assert!(gaps.probes.is_empty());
-    }
-
-    #[test]
-    fn stall_steps_grow_while_stalls_recur_wherever_the_seek_left_the_position() {
-        let mut steps = StallSteps::default();
-        let key = || ("t".to_string(), 0);
-        let t0 = Instant::now();
-        let taken: Vec<i64> = (0..4)
-            .map(|i| steps.next(key(), t0 + Duration::from_secs(10 * i)))
-            .collect();
-        assert_eq!(taken, [1, 8, 64, 512]);
-        // A minute without a stall: back to one message.
-        assert_eq!(steps.next(key(), t0 + Duration::from_secs(200)), 1);
-        // Partitions count apart.
-        assert_eq!(steps.next(("t".to_string(), 1), t0), 1);
     }
 }
