@@ -7,9 +7,11 @@
 //! batch commits its rows together with the consumed offsets and applied positions (see
 //! `sluice_sinks::Sink`); Kafka's own committed offsets are only a hint for where to resume.
 
+mod applier;
 mod dead_letter;
 pub mod error;
 mod gaps;
+mod holds;
 mod lag;
 pub mod mapper;
 pub mod metrics;

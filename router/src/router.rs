@@ -1,6 +1,6 @@
 //! The routing loop: consume, decode, batch, apply, record.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +18,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
 
+use crate::applier::{Applier, Attempt};
 use crate::dead_letter::DeadLetters;
 use crate::gaps::{Gaps, StallSteps};
+use crate::holds::Holds;
 use crate::lag::LagContext;
 use crate::mapper::Mapper;
 use crate::metrics as m;
@@ -80,32 +82,14 @@ pub struct RouterSettings {
 pub struct Router<S: Sink> {
     client_config: ClientConfig,
     settings: RouterSettings,
-    /// `None` while a batch is being applied: the apply in flight owns it (see [`InFlight`]).
-    sink: Option<S>,
+    /// The sink and the batch being applied while the next is collected.
+    applier: Applier<S>,
     mapper: Mapper,
-    /// Tables the sink cannot take now (their DDL failed, they are missing, …): their
-    /// partitions are paused and their changes held, tried again every `blocked_retry`.
-    blocked: HashMap<TableId, Held>,
-    /// The partitions of the blocked tables, and which table holds each.
-    blocked_partitions: HashMap<(Arc<str>, i32), TableId>,
-    /// Partitions whose next message a mapping scheme does not fit: paused, that message and
-    /// those fetched after it held as they came, mapped again after each scheme reload.
-    scheme_held: HashMap<(Arc<str>, i32), SchemeHeld>,
-    /// Partitions waiting at a barrier (a truncate not every partition of the topic has
-    /// reached, see [`sluice_sinks::Barrier`]): paused, their changes after it held in order,
-    /// tried again from time to time.
-    barrier_held: HashMap<(Arc<str>, i32), BarrierWait>,
+    /// Partitions held back on purpose: blocked tables', held for a scheme, at a barrier.
+    holds: Holds,
     /// Partitions read again from earlier because a message arrived past the offset they had
     /// to go on from.
     gaps: Gaps,
-}
-
-/// The messages of a partition waiting for their table's scheme to be fixed.
-struct SchemeHeld {
-    table: TableId,
-    detail: String,
-    messages: VecDeque<OwnedMessage>,
-    since: std::time::Instant,
 }
 
 /// What became of one consumed message.
@@ -114,45 +98,6 @@ enum Handled {
     Taken,
     /// A mapping scheme does not fit the version of the table it was written with.
     Mismatch { table: TableId, detail: String },
-}
-
-/// A partition's changes after a barrier it reached first, in order: the sink applies none of
-/// them until every partition has reached it (it says so by holding the partition again).
-struct BarrierWait {
-    pending: Pending,
-    retry_at: std::time::Instant,
-}
-
-/// The changes of a blocked table's partitions, waiting.
-struct Held {
-    pending: Pending,
-    reason: String,
-    since: std::time::Instant,
-}
-
-/// A batch being applied while the next one is collected (depth-1 pipelining): a task of its
-/// own that owns the sink and the batch, and gives both back with the result. (Polled from the
-/// routing loop instead, each of its round trips would wait until that loop yields, which it
-/// does not while messages keep coming.)
-type InFlight<S> = tokio::task::JoinHandle<Finished<S>>;
-
-/// A first apply that has finished, successfully or not.
-struct Finished<S> {
-    sink: S,
-    pending: Pending,
-    result: Result<sluice_sinks::ApplyOutcome, SinkError>,
-}
-
-/// Waits for the apply in flight, if any (else forever, for `select!`), and empties the slot.
-async fn finished<S>(slot: &mut Option<InFlight<S>>) -> Result<Finished<S>, RouterError> {
-    match slot {
-        Some(apply) => {
-            let done = apply.await;
-            *slot = None;
-            done.map_err(|e| RouterError::Definite(format!("the sink's apply task failed: {e}")))
-        }
-        None => std::future::pending().await,
-    }
 }
 
 /// What applying a batch came to.
@@ -172,12 +117,9 @@ impl<S: Sink + 'static> Router<S> {
         Router {
             client_config,
             settings,
-            sink: Some(sink),
+            applier: Applier::new(sink),
             mapper,
-            blocked: HashMap::new(),
-            blocked_partitions: HashMap::new(),
-            scheme_held: HashMap::new(),
-            barrier_held: HashMap::new(),
+            holds: Holds::default(),
             gaps: Gaps::default(),
         }
     }
@@ -285,10 +227,10 @@ impl<S: Sink + 'static> Router<S> {
         let mut skipped: HashMap<(Arc<str>, i32), i64> = HashMap::new();
         let mut retry_blocked = tokio::time::interval(self.settings.blocked_retry);
         retry_blocked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The batch being applied while the next is collected. Its outcome is settled before
-        // the next batch is sent, and before anything else needs the sink, so batches commit
-        // in order and a failed one still takes the retry, dead-letter or blocked-table path.
-        let mut inflight: Option<InFlight<S>> = None;
+        // The batch being applied while the next is collected (`self.applier`) is settled
+        // before the next batch is sent, and before anything else needs the sink, so batches
+        // commit in order and a failed one still takes the retry, dead-letter or blocked-table
+        // path.
         let sink_wait =
             metrics::histogram!(m::SINK_WAIT_SECONDS, "sink" => self.settings.sink_name.clone());
         let mut stopping = false;
@@ -313,22 +255,22 @@ impl<S: Sink + 'static> Router<S> {
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => { stopping = true; break; }
-                    done = finished(&mut inflight) => {
+                    done = self.applier.finished() => {
                         self.settle(done?, &consumer, &dlq, &mut pending, shutdown).await?;
                     }
                     _ = timer => break,
                     _ = reload.tick() => {
                         self.mapper.maybe_reload();
                         self.unstall(&consumer, &mut stall_steps)?;
-                        if self.barrier_held.values().any(|w| w.retry_at <= std::time::Instant::now()) {
-                            self.settle_inflight(&mut inflight, &consumer, &dlq, &mut pending, shutdown).await?;
+                        if self.holds.barrier_due(std::time::Instant::now()) {
+                            self.settle_inflight(&consumer, &dlq, &mut pending, shutdown).await?;
                             self.retry_barrier_held(&consumer, &dlq, shutdown).await?;
                         }
                         if !skipped.is_empty() {
                             commit_hint(&consumer, &consumed_list(&skipped));
                             skipped.clear();
                         }
-                        if !self.scheme_held.is_empty() {
+                        if self.holds.has_scheme_held() {
                             self.retry_scheme_held(&consumer, &mut pending, &mut schemas, &dlq, shutdown).await?;
                             if !pending.is_empty() && deadline.is_none() {
                                 deadline = Some(Box::pin(tokio::time::sleep(self.settings.batch.max_delay)));
@@ -336,11 +278,11 @@ impl<S: Sink + 'static> Router<S> {
                             }
                         }
                     }
-                    _ = retry_blocked.tick(), if !self.blocked.is_empty() => {
+                    _ = retry_blocked.tick(), if self.holds.has_blocked() => {
                         for (t, p) in consumer.context().take_revoked() {
                             self.forget_partition(&mut resumed, &consumer, &t, p);
                         }
-                        self.settle_inflight(&mut inflight, &consumer, &dlq, &mut pending, shutdown).await?;
+                        self.settle_inflight(&consumer, &dlq, &mut pending, shutdown).await?;
                         self.retry_blocked(&consumer, &dlq, shutdown).await?;
                     }
                     msg = consumer.recv() => {
@@ -370,7 +312,7 @@ impl<S: Sink + 'static> Router<S> {
                             // already recorded is skipped as it arrives. (Seeking forward
                             // instead could land inside a record batch, where Tansu 0.6
                             // answers fetches with nothing.)
-                            self.settle_inflight(&mut inflight, &consumer, &dlq, &mut pending, shutdown).await?;
+                            self.settle_inflight(&consumer, &dlq, &mut pending, shutdown).await?;
                             let stored = self
                                 .stored_progress(&consumer, &topic, msg.partition(), shutdown)
                                 .await?
@@ -414,17 +356,20 @@ impl<S: Sink + 'static> Router<S> {
                         // What this router has taken from the partition: a message at or below
                         // it (read again after a seek back) is skipped.
                         resumed.insert(key.clone(), msg.offset());
-                        if let Some(held) = self.scheme_held.get_mut(&key) {
+                        if let Some(queue) = self.holds.scheme_queue(&key) {
                             // Fetched before the pause, behind a message its scheme does not
                             // fit: it waits behind that one, in order.
-                            held.messages.push_back(msg.detach());
+                            queue.push_back(msg.detach());
                             continue;
                         }
-                        if let Some(mut wait) = self.barrier_held.remove(&key) {
+                        if self.holds.barrier_wait(&key).is_some() {
                             // Fetched before the pause, behind changes waiting at a barrier:
                             // it waits behind them, in order.
-                            self.handle_in_order(&consumer, &msg, key.clone(), &mut wait.pending, &mut schemas, &dlq, shutdown).await?;
-                            self.barrier_held.insert(key, wait);
+                            let mut held = Pending::new();
+                            self.handle_in_order(&consumer, &msg, key.clone(), &mut held, &mut schemas, &dlq, shutdown).await?;
+                            if let Some(wait) = self.holds.barrier_wait(&key) {
+                                move_partitions(&mut held, &mut wait.pending, &HashSet::from([key]));
+                            }
                             continue;
                         }
                         if self.handle_in_order(&consumer, &msg, key, &mut pending, &mut schemas, &dlq, shutdown).await? {
@@ -438,9 +383,9 @@ impl<S: Sink + 'static> Router<S> {
                 }
             }
             // The next batch is ready: the one before it must be settled first.
-            if inflight.is_some() {
+            if self.applier.is_busy() {
                 let waiting = Instant::now();
-                self.settle_inflight(&mut inflight, &consumer, &dlq, &mut pending, shutdown)
+                self.settle_inflight(&consumer, &dlq, &mut pending, shutdown)
                     .await?;
                 sink_wait.record(waiting.elapsed().as_secs_f64());
             }
@@ -448,10 +393,10 @@ impl<S: Sink + 'static> Router<S> {
                 if stopping {
                     self.flush(&consumer, &dlq, pending, None, shutdown).await?;
                 } else {
-                    inflight = Some(self.start_apply(pending));
+                    self.applier.start(pending);
                 }
             }
-            if inflight.is_none() {
+            if !self.applier.is_busy() {
                 self.settings.liveness.set_pending(false);
             }
         }
@@ -470,7 +415,7 @@ impl<S: Sink + 'static> Router<S> {
     ) -> Result<Option<sluice_sinks::StoredProgress>, RouterError> {
         let mut outage = Outage::of("sink");
         loop {
-            match self.sink().progress(topic, partition).await {
+            match self.applier.sink().progress(topic, partition).await {
                 Ok(p) => {
                     outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
                     return Ok(p);
@@ -506,10 +451,10 @@ impl<S: Sink + 'static> Router<S> {
         shutdown: &CancellationToken,
     ) -> Result<bool, RouterError> {
         let topic = key.0.clone();
-        let (handled, untouched) = match self.blocked_partitions.get(&key).cloned() {
+        let (handled, untouched) = match self.holds.blocked_table_of(&key) {
             // A message of a blocked table's partition fetched before the pause: it joins
             // what is held, in order.
-            Some(table) => match self.blocked.remove(&table) {
+            Some(table) => match self.holds.take_blocked(&table) {
                 Some(mut held) => {
                     let result = self
                         .handle(
@@ -522,7 +467,7 @@ impl<S: Sink + 'static> Router<S> {
                             shutdown,
                         )
                         .await;
-                    self.blocked.insert(table, held);
+                    self.holds.put_blocked(table, held);
                     (result?, true)
                 }
                 None => (Handled::Taken, true),
@@ -550,19 +495,10 @@ impl<S: Sink + 'static> Router<S> {
         msg: OwnedMessage,
     ) -> Result<(), RouterError> {
         error!(%table, topic = %key.0, partition = key.1, offset = msg.offset(), detail = %detail, "a mapping scheme does not fit this change of its table; the partition waits until the scheme is fixed, the other tables go on");
-        metrics::gauge!(m::TABLE_BLOCKED, "table" => table.to_string()).set(1.0);
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&key.0, key.1);
         consumer.pause(&tpl)?;
-        self.scheme_held.insert(
-            key,
-            SchemeHeld {
-                table,
-                detail,
-                messages: VecDeque::from([msg]),
-                since: std::time::Instant::now(),
-            },
-        );
+        self.holds.hold_for_scheme(key, table, detail, msg);
         Ok(())
     }
 
@@ -576,14 +512,13 @@ impl<S: Sink + 'static> Router<S> {
         dlq: &DeadLetters,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
-        let keys: Vec<(Arc<str>, i32)> = self.scheme_held.keys().cloned().collect();
-        for key in keys {
-            let Some(mut held) = self.scheme_held.remove(&key) else {
+        for key in self.holds.scheme_held_partitions() {
+            let Some(mut held) = self.holds.take_scheme_held(&key) else {
                 continue;
             };
             while let Some(msg) = held.messages.pop_front() {
-                let handled = match self.blocked_partitions.get(&key).cloned() {
-                    Some(table) => match self.blocked.remove(&table) {
+                let handled = match self.holds.blocked_table_of(&key) {
+                    Some(table) => match self.holds.take_blocked(&table) {
                         Some(mut blocked) => {
                             let result = self
                                 .handle(
@@ -596,7 +531,7 @@ impl<S: Sink + 'static> Router<S> {
                                     shutdown,
                                 )
                                 .await;
-                            self.blocked.insert(table, blocked);
+                            self.holds.put_blocked(table, blocked);
                             result?
                         }
                         None => Handled::Taken,
@@ -621,17 +556,14 @@ impl<S: Sink + 'static> Router<S> {
                 }
             }
             if !held.messages.is_empty() {
-                self.scheme_held.insert(key, held);
+                self.holds.put_scheme_held(key, held);
                 continue;
             }
             info!(table = %held.table, topic = %key.0, partition = key.1, waited = ?held.since.elapsed(), "the mapping scheme fits again; the held changes are applied and the partition resumed");
-            if !self.blocked_partitions.contains_key(&key) {
+            if self.holds.release_scheme(&key, &held.table) {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&key.0, key.1);
                 consumer.resume(&tpl)?;
-            }
-            if !self.scheme_held.values().any(|h| h.table == held.table) {
-                metrics::gauge!(m::TABLE_BLOCKED, "table" => held.table.to_string()).set(0.0);
             }
         }
         Ok(())
@@ -640,12 +572,7 @@ impl<S: Sink + 'static> Router<S> {
     /// Partitions paused on purpose (a blocked table's, or held for a scheme), which an end
     /// of a sink outage must not resume.
     fn paused_on_purpose(&self) -> HashSet<(Arc<str>, i32)> {
-        self.blocked_partitions
-            .keys()
-            .chain(self.scheme_held.keys())
-            .chain(self.barrier_held.keys())
-            .cloned()
-            .collect()
+        self.holds.paused_on_purpose()
     }
 
     /// Decodes one message into the batch, or dead-letters it; a message whose scheme does
@@ -781,44 +708,16 @@ impl<S: Sink + 'static> Router<S> {
         }
     }
 
-    /// The sink, which is here whenever no apply is in flight: every use of it settles the
-    /// apply in flight first.
-    fn sink(&mut self) -> &mut S {
-        self.sink
-            .as_mut()
-            .expect("the sink is used only once the apply in flight is settled")
-    }
-
-    /// Sends a batch to the sink and returns at once; the apply goes on while the next batch
-    /// is collected, and [`Router::settle`] takes its outcome.
-    fn start_apply(&mut self, mut pending: Pending) -> InFlight<S> {
-        pending.batch.consumed = consumed_list(&pending.consumed);
-        let mut sink = self.sink.take().expect("one apply in flight at a time");
-        let span = tracing::Span::current();
-        tokio::spawn(
-            async move {
-                let result = sink.apply(&pending.batch).await;
-                Finished {
-                    sink,
-                    pending,
-                    result,
-                }
-            }
-            .instrument(span),
-        )
-    }
-
     /// Waits for the apply in flight, if any, and settles it.
     async fn settle_inflight(
         &mut self,
-        inflight: &mut Option<InFlight<S>>,
         consumer: &StreamConsumer<LagContext>,
         dlq: &DeadLetters,
         next: &mut Pending,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
-        if inflight.is_some() {
-            let done = finished(inflight).await?;
+        if self.applier.is_busy() {
+            let done = self.applier.finished().await?;
             self.settle(done, consumer, dlq, next, shutdown).await?;
         }
         Ok(())
@@ -831,21 +730,18 @@ impl<S: Sink + 'static> Router<S> {
     /// batch's own, so they stay in order.
     async fn settle(
         &mut self,
-        done: Finished<S>,
+        (pending, result): (Pending, Result<sluice_sinks::ApplyOutcome, SinkError>),
         consumer: &StreamConsumer<LagContext>,
         dlq: &DeadLetters,
         next: &mut Pending,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
-        self.sink = Some(done.sink);
-        self.flush(consumer, dlq, done.pending, Some(done.result), shutdown)
+        self.flush(consumer, dlq, pending, Some(result), shutdown)
             .await?;
-        self.divert_blocked(next);
+        self.holds.divert_blocked(next);
         // What the next batch collected of a partition now waiting at a barrier joins its
         // wait, behind what it holds.
-        for (key, wait) in self.barrier_held.iter_mut() {
-            move_partitions(next, &mut wait.pending, &HashSet::from([key.clone()]));
-        }
+        self.holds.divert_to_barriers(next);
         if next.is_empty() {
             // Nothing else in flight or collected: an idle router is never stalled.
             self.settings.liveness.set_pending(false);
@@ -893,33 +789,14 @@ impl<S: Sink + 'static> Router<S> {
                 }
             }
             let retry_at = std::time::Instant::now() + BARRIER_RETRY;
-            match self.barrier_held.remove(&key) {
-                Some(mut wait) => {
-                    // Held again on a retry: its changes stay first.
-                    move_partitions(&mut wait.pending, &mut older, &HashSet::from([key.clone()]));
-                    self.barrier_held.insert(
-                        key,
-                        BarrierWait {
-                            pending: older,
-                            retry_at,
-                        },
-                    );
-                }
-                None => {
-                    info!(topic = %c.topic, partition = c.partition, from = c.offset, "waiting at a truncate until every partition of the topic reaches it");
-                    metrics::counter!(m::BARRIER_WAITS_TOTAL, "topic" => c.topic.to_string())
-                        .increment(1);
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&c.topic, c.partition);
-                    consumer.pause(&tpl)?;
-                    self.barrier_held.insert(
-                        key,
-                        BarrierWait {
-                            pending: older,
-                            retry_at,
-                        },
-                    );
-                }
+            // Held again on a retry, its changes stay first.
+            if self.holds.hold_at_barrier(key, older, retry_at) {
+                info!(topic = %c.topic, partition = c.partition, from = c.offset, "waiting at a truncate until every partition of the topic reaches it");
+                metrics::counter!(m::BARRIER_WAITS_TOTAL, "topic" => c.topic.to_string())
+                    .increment(1);
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&c.topic, c.partition);
+                consumer.pause(&tpl)?;
             }
         }
         Ok(())
@@ -933,30 +810,18 @@ impl<S: Sink + 'static> Router<S> {
         dlq: &DeadLetters,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
-        let now = std::time::Instant::now();
-        let due: Vec<(Arc<str>, i32)> = self
-            .barrier_held
-            .iter()
-            .filter(|(_, w)| w.retry_at <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in due {
+        for key in self.holds.barrier_due_partitions(std::time::Instant::now()) {
             // The wait stays (empty) while its changes are tried: held again, they go back in.
             let Some(pending) = self
-                .barrier_held
-                .get_mut(&key)
+                .holds
+                .barrier_wait(&key)
                 .map(|w| std::mem::replace(&mut w.pending, Pending::new()))
             else {
                 continue;
             };
             self.flush(consumer, dlq, pending, None, shutdown).await?;
-            let released = self
-                .barrier_held
-                .get(&key)
-                .is_some_and(|w| w.pending.is_empty() && w.pending.batch.changes.is_empty());
-            if released {
-                self.barrier_held.remove(&key);
-                if !self.paused_on_purpose().contains(&key) {
+            if let Some(may_resume) = self.holds.release_barrier_if_empty(&key) {
+                if may_resume {
                     let mut tpl = TopicPartitionList::new();
                     tpl.add_partition(&key.0, key.1);
                     consumer.resume(&tpl)?;
@@ -965,28 +830,6 @@ impl<S: Sink + 'static> Router<S> {
             }
         }
         Ok(())
-    }
-
-    /// Moves the changes of blocked tables' partitions out of `pending` into what each table
-    /// holds.
-    fn divert_blocked(&mut self, pending: &mut Pending) {
-        if self.blocked_partitions.is_empty() || pending.is_empty() {
-            return;
-        }
-        let mut by_table: HashMap<TableId, HashSet<(Arc<str>, i32)>> = HashMap::new();
-        for key in pending.consumed.keys() {
-            if let Some(table) = self.blocked_partitions.get(key) {
-                by_table
-                    .entry(table.clone())
-                    .or_default()
-                    .insert(key.clone());
-            }
-        }
-        for (table, partitions) in by_table {
-            if let Some(held) = self.blocked.get_mut(&table) {
-                move_partitions(pending, &mut held.pending, &partitions);
-            }
-        }
     }
 
     /// Applies a batch, holding back the changes of a table the sink cannot take now, then
@@ -1055,59 +898,35 @@ impl<S: Sink + 'static> Router<S> {
     ) -> Result<Applied, RouterError> {
         let mut outage = Outage::of("sink");
         loop {
-            let result = match first.take() {
-                Some(result) => result,
-                None => self.sink().apply(batch).await,
-            };
-            let error = match result {
-                Ok(outcome) => {
+            let error = match self.applier.attempt(batch, first.take()).await {
+                Attempt::Done(outcome) => {
                     outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
                     return Ok(Applied::Done(outcome));
                 }
-                Err(e) => e,
-            };
-            let error = match error {
-                SinkError::Table { table, message } => {
+                Attempt::Blocked { table, reason } => {
                     outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
-                    return Ok(Applied::Blocked {
-                        table,
-                        reason: message,
-                    });
+                    return Ok(Applied::Blocked { table, reason });
                 }
-                // A change whose data the sink refuses is poison: find it, dead-letter its
-                // message (acknowledged before the rest commits, so it is never lost), and
-                // apply the others.
-                e if e.rejects_a_row() => match self.sink().apply_in_pieces(batch).await {
-                    Ok(sluice_sinks::Pieces::Applied(outcome)) => {
-                        outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
-                        warn!(error = %e.detail(), changes = batch.changes.len(), "the sink refused the batch as a whole but no change on its own; it was applied in pieces, in order");
-                        return Ok(Applied::Done(outcome));
+                // A change whose data the sink refuses is poison: dead-letter its message
+                // (acknowledged before the rest commits, so it is never lost), and apply the
+                // others.
+                Attempt::Rejected { index, reason } => {
+                    let change = batch.changes.remove(index);
+                    let origin = &change.origin;
+                    if let Some(raw) =
+                        raw.get(&(origin.topic.clone(), origin.partition, origin.offset))
+                    {
+                        let detail = format!(
+                            "{} refused the {} of a row of {}: {reason}",
+                            self.settings.sink_name,
+                            op_name(change.op),
+                            change.table.id
+                        );
+                        dlq.send(raw, "rejected_by_sink", &detail).await?;
                     }
-                    Ok(sluice_sinks::Pieces::Rejected { index, reason }) => {
-                        let change = batch.changes.remove(index);
-                        let origin = &change.origin;
-                        if let Some(raw) =
-                            raw.get(&(origin.topic.clone(), origin.partition, origin.offset))
-                        {
-                            let detail = format!(
-                                "{} refused the {} of a row of {}: {reason}",
-                                self.settings.sink_name,
-                                op_name(change.op),
-                                change.table.id
-                            );
-                            dlq.send(raw, "rejected_by_sink", &detail).await?;
-                        }
-                        continue;
-                    }
-                    Err(SinkError::Table { table, message }) => {
-                        return Ok(Applied::Blocked {
-                            table,
-                            reason: message,
-                        })
-                    }
-                    Err(split) => split,
-                },
-                e => e,
+                    continue;
+                }
+                Attempt::Failed(error) => error,
             };
             if error.is_transient() && !shutdown.is_cancelled() {
                 outage
@@ -1146,20 +965,11 @@ impl<S: Sink + 'static> Router<S> {
             return Err(RouterError::Definite(reason));
         }
         error!(%table, reason = %reason, "the sink cannot take this table now; its changes wait and the other tables go on");
-        metrics::gauge!(m::TABLE_BLOCKED, "table" => table.to_string()).set(1.0);
-        let held = self.blocked.entry(table.clone()).or_insert_with(|| Held {
-            pending: Pending::new(),
-            reason: reason.clone(),
-            since: std::time::Instant::now(),
-        });
-        held.reason = reason;
-        move_partitions(pending, &mut held.pending, &partitions);
+        self.holds.block(&table, reason, &partitions, pending);
         pending.batch.consumed = consumed_list(&pending.consumed);
         let mut tpl = TopicPartitionList::new();
         for (topic, partition) in &partitions {
             tpl.add_partition(topic, *partition);
-            self.blocked_partitions
-                .insert((topic.clone(), *partition), table.clone());
         }
         consumer.pause(&tpl)?;
         Ok(())
@@ -1180,10 +990,7 @@ impl<S: Sink + 'static> Router<S> {
         }
         for (topic, partition, position, low) in stalled {
             let key = (Arc::from(topic.as_str()), partition);
-            if self.blocked_partitions.contains_key(&key)
-                || self.scheme_held.contains_key(&key)
-                || self.barrier_held.contains_key(&key)
-            {
+            if self.holds.is_paused_on_purpose(&key) {
                 continue; // paused on purpose
             }
             let step = steps.next((topic.clone(), partition), std::time::Instant::now());
@@ -1216,29 +1023,8 @@ impl<S: Sink + 'static> Router<S> {
         let key: (Arc<str>, i32) = (Arc::from(topic), partition);
         resumed.remove(&key);
         self.gaps.forget(&key);
-        self.barrier_held.remove(&key);
-        if let Some(held) = self.scheme_held.remove(&key) {
-            if !self.scheme_held.values().any(|h| h.table == held.table) {
-                metrics::gauge!(m::TABLE_BLOCKED, "table" => held.table.to_string()).set(0.0);
-            }
-        }
-        let Some(table) = self.blocked_partitions.remove(&key) else {
-            return;
-        };
-        if let Some(held) = self.blocked.get_mut(&table) {
-            held.pending
-                .batch
-                .changes
-                .retain(|c| !(c.origin.topic.as_ref() == topic && c.origin.partition == partition));
-            held.pending.consumed.remove(&key);
-            held.pending
-                .raw
-                .retain(|(t, p, _), _| !(t.as_ref() == topic && *p == partition));
-            if held.pending.consumed.is_empty() {
-                self.blocked.remove(&table);
-                metrics::gauge!(m::TABLE_BLOCKED, "table" => table.to_string()).set(0.0);
-                info!(%table, "the partitions of a blocked table were revoked; its next owner takes it over");
-            }
+        if let Some(table) = self.holds.forget(&key) {
+            info!(%table, "the partitions of a blocked table were revoked; its next owner takes it over");
         }
     }
 
@@ -1250,9 +1036,8 @@ impl<S: Sink + 'static> Router<S> {
         dlq: &DeadLetters,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
-        let tables: Vec<TableId> = self.blocked.keys().cloned().collect();
-        for table in tables {
-            let Some(mut held) = self.blocked.remove(&table) else {
+        for table in self.holds.blocked_tables() {
+            let Some(mut held) = self.holds.take_blocked(&table) else {
                 continue;
             };
             held.pending.batch.consumed = consumed_list(&held.pending.consumed);
@@ -1269,26 +1054,17 @@ impl<S: Sink + 'static> Router<S> {
             {
                 Applied::Done(_) => {
                     let mut tpl = TopicPartitionList::new();
-                    let scheme_held = &self.scheme_held;
-                    self.blocked_partitions.retain(|(topic, partition), t| {
-                        if *t == table {
-                            if !scheme_held.contains_key(&(topic.clone(), *partition)) {
-                                tpl.add_partition(topic, *partition);
-                            }
-                            false
-                        } else {
-                            true
-                        }
-                    });
+                    for (topic, partition) in self.holds.unblock(&table) {
+                        tpl.add_partition(&topic, partition);
+                    }
                     consumer.resume(&tpl)?;
                     commit_hint(consumer, &held.pending.batch.consumed);
-                    metrics::gauge!(m::TABLE_BLOCKED, "table" => table.to_string()).set(0.0);
                     info!(%table, waited = ?held.since.elapsed(), "the sink takes the table again; its held changes are applied and its partitions resumed");
                 }
                 Applied::Blocked { reason, .. } => {
                     tracing::debug!(%table, %reason, "still blocked");
                     held.reason = reason;
-                    self.blocked.insert(table, held);
+                    self.holds.put_blocked(table, held);
                 }
             }
         }

@@ -1,0 +1,412 @@
+//! The router's side of the sink: it owns the sink and the batch being applied while the next
+//! is collected (depth-1 pipelining), and turns what an apply came to into one decision for
+//! the routing loop ([`Attempt`]).
+
+use sluice_schemas::TableId;
+use sluice_sinks::{ApplyOutcome, Batch, Pieces, Sink, SinkError};
+use tracing::{warn, Instrument};
+
+use crate::pending::{consumed_list, Pending};
+use crate::RouterError;
+
+/// A batch being applied while the next one is collected: a task of its own that owns the
+/// sink and the batch, and gives both back with the result. (Polled from the routing loop
+/// instead, each of its round trips would wait until that loop yields, which it does not while
+/// messages keep coming.)
+type InFlight<S> = tokio::task::JoinHandle<Finished<S>>;
+
+struct Finished<S> {
+    sink: S,
+    pending: Pending,
+    result: Result<ApplyOutcome, SinkError>,
+}
+
+/// What applying a batch once came to.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// Committed, possibly in pieces.
+    Done(ApplyOutcome),
+    /// One table's own problem (its DDL failed, it is missing): nothing was applied.
+    Blocked { table: TableId, reason: String },
+    /// The change at `index` is refused on its own (its data): nothing was applied; without it
+    /// the rest may be.
+    Rejected { index: usize, reason: String },
+    /// Anything else: transient (an outage) or not.
+    Failed(SinkError),
+}
+
+/// The sink and the apply in flight.
+pub(crate) struct Applier<S> {
+    /// `None` while a batch is being applied: the apply in flight owns it.
+    sink: Option<S>,
+    inflight: Option<InFlight<S>>,
+}
+
+impl<S: Sink + 'static> Applier<S> {
+    pub fn new(sink: S) -> Applier<S> {
+        Applier {
+            sink: Some(sink),
+            inflight: None,
+        }
+    }
+
+    /// Whether a batch is being applied.
+    pub fn is_busy(&self) -> bool {
+        self.inflight.is_some()
+    }
+
+    /// The sink, which is here whenever no apply is in flight: every use of it settles the
+    /// apply in flight first.
+    pub fn sink(&mut self) -> &mut S {
+        self.sink
+            .as_mut()
+            .expect("the sink is used only once the apply in flight is settled")
+    }
+
+    /// Sends a batch to the sink and returns at once; the apply goes on while the next batch
+    /// is collected, and [`Applier::finished`] gives its outcome.
+    pub fn start(&mut self, mut pending: Pending) {
+        pending.batch.consumed = consumed_list(&pending.consumed);
+        let mut sink = self.sink.take().expect("one apply in flight at a time");
+        let span = tracing::Span::current();
+        self.inflight = Some(tokio::spawn(
+            async move {
+                let result = sink.apply(&pending.batch).await;
+                Finished {
+                    sink,
+                    pending,
+                    result,
+                }
+            }
+            .instrument(span),
+        ));
+    }
+
+    /// Waits for the apply in flight (forever when there is none, for `select!`); the sink is
+    /// back afterwards. Returns the batch and what its apply came to.
+    pub async fn finished(
+        &mut self,
+    ) -> Result<(Pending, Result<ApplyOutcome, SinkError>), RouterError> {
+        let Some(apply) = self.inflight.as_mut() else {
+            return std::future::pending().await;
+        };
+        let done = apply.await;
+        self.inflight = None;
+        let done =
+            done.map_err(|e| RouterError::Definite(format!("the sink's apply task failed: {e}")))?;
+        self.sink = Some(done.sink);
+        Ok((done.pending, done.result))
+    }
+
+    /// Applies `batch` once (or takes `first`, the outcome of an apply of it that already
+    /// ran); when the sink refuses its data, applies it again in pieces to tell a batch that
+    /// fails only as a whole from a change refused on its own.
+    pub async fn attempt(
+        &mut self,
+        batch: &Batch,
+        first: Option<Result<ApplyOutcome, SinkError>>,
+    ) -> Attempt {
+        let result = match first {
+            Some(result) => result,
+            None => self.sink().apply(batch).await,
+        };
+        match result {
+            Ok(outcome) => Attempt::Done(outcome),
+            Err(SinkError::Table { table, message }) => Attempt::Blocked {
+                table,
+                reason: message,
+            },
+            Err(e) if e.rejects_a_row() => match self.sink().apply_in_pieces(batch).await {
+                Ok(Pieces::Applied(outcome)) => {
+                    warn!(error = %e.detail(), changes = batch.changes.len(), "the sink refused the batch as a whole but no change on its own; it was applied in pieces, in order");
+                    Attempt::Done(outcome)
+                }
+                Ok(Pieces::Rejected { index, reason }) => Attempt::Rejected { index, reason },
+                Err(SinkError::Table { table, message }) => Attempt::Blocked {
+                    table,
+                    reason: message,
+                },
+                Err(e) => Attempt::Failed(e),
+            },
+            Err(e) => Attempt::Failed(e),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod memory {
+    //! A sink in memory that keeps the [`Sink`] contract (rows and offsets committed together,
+    //! replays skipped), for the router's unit tests; it can be told to be down, to lack a
+    //! table, to refuse a value, or to refuse any batch of more than one change as a whole.
+
+    use std::collections::{BTreeMap, HashMap, HashSet};
+
+    use sluice_schemas::{Datum, Op, TableId};
+    use sluice_sinks::{ApplyOutcome, Batch, Pieces, Sink, SinkError, StoredProgress};
+
+    #[derive(Default)]
+    pub struct MemorySink {
+        /// Per table, the rows by their first column.
+        pub rows: HashMap<TableId, BTreeMap<i64, Vec<Datum>>>,
+        pub offsets: HashMap<(String, i32), i64>,
+        /// Every change written, in order: an observer of applies, like a sink trigger.
+        pub writes: Vec<(TableId, i64)>,
+        pub down: bool,
+        pub missing: HashSet<TableId>,
+        /// A first-column value the sink refuses (a constraint).
+        pub refused: Option<i64>,
+        /// Refuses a batch of more than one change as a whole (a unique swap in one statement).
+        pub whole_batches_fail: bool,
+    }
+
+    fn key(values: &[Datum]) -> i64 {
+        match values.first() {
+            Some(Datum::Int(v)) => i64::from(*v),
+            Some(Datum::Long(v)) => *v,
+            other => panic!("the memory sink keys rows by an integer first column, not {other:?}"),
+        }
+    }
+
+    impl MemorySink {
+        fn check(&self, batch: &Batch) -> Result<(), SinkError> {
+            if self.down {
+                return Err(SinkError::Mysql(mysql_async::Error::Driver(
+                    mysql_async::DriverError::ConnectionClosed,
+                )));
+            }
+            if let Some(c) = batch
+                .changes
+                .iter()
+                .find(|c| self.missing.contains(&c.table.id))
+            {
+                return Err(SinkError::Table {
+                    table: c.table.id.clone(),
+                    message: format!("{} does not exist", c.table.id),
+                });
+            }
+            Ok(())
+        }
+
+        fn refuses(&self, values: &[Datum]) -> bool {
+            self.refused == Some(key(values))
+        }
+
+        /// Writes the changes and records the offsets, skipping what was applied before.
+        fn write(&mut self, batch: &Batch) -> ApplyOutcome {
+            let mut outcome = ApplyOutcome::default();
+            for c in &batch.changes {
+                let stored = self
+                    .offsets
+                    .get(&(c.origin.topic.to_string(), c.origin.partition))
+                    .copied()
+                    .unwrap_or(-1);
+                if c.origin.offset <= stored {
+                    outcome.skipped += 1;
+                    continue;
+                }
+                let rows = self.rows.entry(c.table.id.clone()).or_default();
+                match (c.op, &c.before, &c.after) {
+                    (Op::Delete, Some(before), _) => {
+                        rows.remove(&key(before));
+                    }
+                    (_, _, Some(after)) => {
+                        rows.insert(key(after), after.clone());
+                    }
+                    _ => continue,
+                }
+                let k = c
+                    .after
+                    .as_deref()
+                    .or(c.before.as_deref())
+                    .map(key)
+                    .unwrap_or(0);
+                self.writes.push((c.table.id.clone(), k));
+                outcome.applied += 1;
+            }
+            for c in &batch.consumed {
+                self.offsets
+                    .insert((c.topic.to_string(), c.partition), c.offset);
+            }
+            outcome
+        }
+    }
+
+    impl Sink for MemorySink {
+        async fn apply(&mut self, batch: &Batch) -> Result<ApplyOutcome, SinkError> {
+            self.check(batch)?;
+            let refused = batch
+                .changes
+                .iter()
+                .any(|c| c.after.as_deref().is_some_and(|a| self.refuses(a)));
+            if refused || (self.whole_batches_fail && batch.changes.len() > 1) {
+                return Err(SinkError::Value("new row violates check constraint".into()));
+            }
+            Ok(self.write(batch))
+        }
+
+        async fn apply_in_pieces(&mut self, batch: &Batch) -> Result<Pieces, SinkError> {
+            self.check(batch)?;
+            if let Some(index) = batch
+                .changes
+                .iter()
+                .position(|c| c.after.as_deref().is_some_and(|a| self.refuses(a)))
+            {
+                return Ok(Pieces::Rejected {
+                    index,
+                    reason: "new row violates check constraint".into(),
+                });
+            }
+            Ok(Pieces::Applied(self.write(batch)))
+        }
+
+        async fn progress(
+            &mut self,
+            topic: &str,
+            partition: i32,
+        ) -> Result<Option<StoredProgress>, SinkError> {
+            self.check(&Batch::default())?;
+            Ok(self
+                .offsets
+                .get(&(topic.to_string(), partition))
+                .map(|&offset| StoredProgress {
+                    offset,
+                    position: None,
+                }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sluice_schemas::{Column, Datum, Op, Position, SqlType, TableId, TableSchema};
+    use sluice_sinks::{Origin, SinkChange};
+
+    use super::memory::MemorySink;
+    use super::*;
+
+    fn orders() -> TableId {
+        TableId::new("public", "orders")
+    }
+
+    fn insert(partition: i32, offset: i64, id: i32) -> SinkChange {
+        SinkChange {
+            table: Arc::new(TableSchema {
+                id: orders(),
+                columns: vec![Column {
+                    name: "id".into(),
+                    sql_type: SqlType::Int32,
+                    key: true,
+                    missing: None,
+                }],
+            }),
+            op: Op::Create,
+            before: None,
+            after: Some(vec![Datum::Int(id)]),
+            position: Position::postgres(offset as u64, 0),
+            origin: Origin {
+                topic: Arc::from("t"),
+                partition,
+                offset,
+            },
+            barrier: None,
+        }
+    }
+
+    fn pending(changes: Vec<SinkChange>) -> Pending {
+        let mut p = Pending::new();
+        for c in changes {
+            let key = (c.origin.topic.clone(), c.origin.partition);
+            let offset = p.consumed.entry(key).or_insert(c.origin.offset);
+            *offset = (*offset).max(c.origin.offset);
+            p.batch.changes.push(c);
+        }
+        p.batch.consumed = consumed_list(&p.consumed);
+        p
+    }
+
+    fn applier(sink: MemorySink) -> Applier<MemorySink> {
+        Applier::new(sink)
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_apply_gives_the_sink_back_with_its_outcome() {
+        let mut a = applier(MemorySink::default());
+        a.start(pending(vec![insert(0, 1, 1), insert(0, 2, 2)]));
+        assert!(a.is_busy());
+        let (batch, result) = a.finished().await.unwrap();
+        assert_eq!(result.unwrap().applied, 2);
+        assert_eq!(batch.batch.changes.len(), 2);
+        assert!(!a.is_busy());
+        // The sink is back, with the offsets recorded beside the rows.
+        assert_eq!(a.sink().offsets[&("t".to_string(), 0)], 2);
+        // Applied again (a replay), nothing is written twice.
+        let again = pending(vec![insert(0, 1, 1), insert(0, 2, 2)]);
+        match a.attempt(&again.batch, None).await {
+            Attempt::Done(o) => assert_eq!((o.applied, o.skipped), (0, 2)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(a.sink().writes.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_change_refused_on_its_own_is_named_and_the_rest_applies_without_it() {
+        let mut a = applier(MemorySink {
+            refused: Some(7),
+            ..MemorySink::default()
+        });
+        let mut p = pending(vec![insert(0, 1, 1), insert(0, 2, 7), insert(0, 3, 3)]);
+        let index = match a.attempt(&p.batch, None).await {
+            Attempt::Rejected { index, .. } => index,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(index, 1);
+        assert!(
+            a.sink().writes.is_empty(),
+            "nothing applied with the refused change"
+        );
+        p.batch.changes.remove(index);
+        assert!(matches!(a.attempt(&p.batch, None).await, Attempt::Done(_)));
+        let ids: Vec<i64> = a.sink().writes.iter().map(|(_, k)| *k).collect();
+        assert_eq!(ids, [1, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_only_as_a_whole_is_applied_in_pieces() {
+        let mut a = applier(MemorySink {
+            whole_batches_fail: true,
+            ..MemorySink::default()
+        });
+        let p = pending(vec![insert(0, 1, 1), insert(0, 2, 2)]);
+        match a.attempt(&p.batch, None).await {
+            Attempt::Done(o) => assert_eq!(o.applied, 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_missing_table_blocks_it_and_an_outage_is_transient() {
+        let mut a = applier(MemorySink {
+            missing: [orders()].into(),
+            ..MemorySink::default()
+        });
+        let p = pending(vec![insert(0, 1, 1)]);
+        match a.attempt(&p.batch, None).await {
+            Attempt::Blocked { table, .. } => assert_eq!(table, orders()),
+            other => panic!("{other:?}"),
+        }
+        a.sink().missing.clear();
+        a.sink().down = true;
+        match a.attempt(&p.batch, None).await {
+            Attempt::Failed(e) => assert!(e.is_transient(), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // The outcome of a pipelined apply is taken as it was, not applied again.
+        let first = Err(SinkError::Definite("disk full".into()));
+        match a.attempt(&p.batch, Some(first)).await {
+            Attempt::Failed(e) => assert!(!e.is_transient()),
+            other => panic!("{other:?}"),
+        }
+    }
+}
