@@ -17,6 +17,7 @@ pub mod mapper;
 pub mod metrics;
 mod outage;
 mod pending;
+mod reading;
 pub mod router;
 pub mod schemas;
 mod topics;

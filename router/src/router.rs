@@ -20,13 +20,14 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::applier::{Applier, Attempt};
 use crate::dead_letter::DeadLetters;
-use crate::gaps::{Gaps, StallSteps};
+use crate::gaps::StallSteps;
 use crate::holds::Holds;
 use crate::lag::LagContext;
 use crate::mapper::Mapper;
 use crate::metrics as m;
 use crate::outage::Outage;
 use crate::pending::{consumed_list, move_partitions, owned, Pending, Raw};
+use crate::reading::{Admit, Reading};
 use crate::schemas::SchemaStore;
 use crate::topics;
 use crate::RouterError;
@@ -87,9 +88,8 @@ pub struct Router<S: Sink> {
     mapper: Mapper,
     /// Partitions held back on purpose: blocked tables', held for a scheme, at a barrier.
     holds: Holds,
-    /// Partitions read again from earlier because a message arrived past the offset they had
-    /// to go on from.
-    gaps: Gaps,
+    /// Where the router is in each partition it owns.
+    reading: Reading,
 }
 
 /// What became of one consumed message.
@@ -120,7 +120,7 @@ impl<S: Sink + 'static> Router<S> {
             applier: Applier::new(sink),
             mapper,
             holds: Holds::default(),
-            gaps: Gaps::default(),
+            reading: Reading::default(),
         }
     }
 
@@ -210,8 +210,6 @@ impl<S: Sink + 'static> Router<S> {
             self.settings.schema_topic.clone(),
             self.settings.registry.clone(),
         );
-        // Per partition, the offset the sink had applied up to when the partition came to us.
-        let mut resumed: HashMap<(Arc<str>, i32), i64> = HashMap::new();
         // Per topic, looked up once: the shared name and the consumed counter.
         let mut topics: HashMap<String, (Arc<str>, metrics::Counter)> = HashMap::new();
 
@@ -221,10 +219,6 @@ impl<S: Sink + 'static> Router<S> {
         // Per partition, how far back the last stall recovery read (it grows while stalls
         // recur).
         let mut stall_steps = StallSteps::default();
-        // Per partition, the last message skipped because the sink already has it: committed
-        // to Kafka on the next tick, so the group's offset (which librdkafka's consumer lag is
-        // measured from) does not stay behind messages that will never be applied.
-        let mut skipped: HashMap<(Arc<str>, i32), i64> = HashMap::new();
         let mut retry_blocked = tokio::time::interval(self.settings.blocked_retry);
         retry_blocked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The batch being applied while the next is collected (`self.applier`) is settled
@@ -266,9 +260,12 @@ impl<S: Sink + 'static> Router<S> {
                             self.settle_inflight(&consumer, &dlq, &mut pending, shutdown).await?;
                             self.retry_barrier_held(&consumer, &dlq, shutdown).await?;
                         }
+                        // Messages skipped because the sink has them: their offsets are committed
+                        // to Kafka, so the group's (which the consumer lag is measured from)
+                        // does not stay behind them.
+                        let skipped = self.reading.take_skipped();
                         if !skipped.is_empty() {
                             commit_hint(&consumer, &consumed_list(&skipped));
-                            skipped.clear();
                         }
                         if self.holds.has_scheme_held() {
                             self.retry_scheme_held(&consumer, &mut pending, &mut schemas, &dlq, shutdown).await?;
@@ -280,7 +277,7 @@ impl<S: Sink + 'static> Router<S> {
                     }
                     _ = retry_blocked.tick(), if self.holds.has_blocked() => {
                         for (t, p) in consumer.context().take_revoked() {
-                            self.forget_partition(&mut resumed, &consumer, &t, p);
+                            self.forget_partition(&t, p);
                         }
                         self.settle_inflight(&consumer, &dlq, &mut pending, shutdown).await?;
                         self.retry_blocked(&consumer, &dlq, shutdown).await?;
@@ -304,10 +301,10 @@ impl<S: Sink + 'static> Router<S> {
                         let (topic, consumed) = &topics[msg.topic()];
                         let topic = topic.clone();
                         for (t, p) in consumer.context().take_revoked() {
-                            self.forget_partition(&mut resumed, &consumer, &t, p);
+                            self.forget_partition(&t, p);
                         }
                         let key = (topic.clone(), msg.partition());
-                        if !resumed.contains_key(&key) {
+                        if !self.reading.knows(&key) {
                             // First message of a newly assigned partition: what the sink has
                             // already recorded is skipped as it arrives. (Seeking forward
                             // instead could land inside a record batch, where Tansu 0.6
@@ -317,7 +314,7 @@ impl<S: Sink + 'static> Router<S> {
                                 .stored_progress(&consumer, &topic, msg.partition(), shutdown)
                                 .await?
                                 .map(|p| p.offset);
-                            resumed.insert(key.clone(), stored.unwrap_or(-1));
+                            self.reading.assigned(key.clone(), stored);
                             if let Some(stored) = stored {
                                 info!(topic = %topic, partition = msg.partition(), stored, first = msg.offset(), "resuming after the offset stored in the sink");
                                 if msg.offset() > stored + 1 {
@@ -328,23 +325,19 @@ impl<S: Sink + 'static> Router<S> {
                                 }
                             }
                         }
-                        let taken = resumed[&key];
-                        if msg.offset() <= taken {
-                            self.gaps.before(&key);
-                            metrics::counter!(m::MESSAGES_SKIPPED_TOTAL, "topic" => topic.to_string()).increment(1);
-                            // Reading through what the sink has is progress too.
-                            self.settings.liveness.progressed();
-                            skipped.insert(key, msg.offset());
-                            continue;
-                        }
-                        if taken >= 0 && msg.offset() > taken + 1 {
-                            if let Some(from) = self.gaps.past(&key, taken + 1, msg.offset()) {
-                                // Not taken: the partition is read again from earlier.
+                        match self.reading.admit(&key, msg.offset()) {
+                            Admit::Skip => {
+                                metrics::counter!(m::MESSAGES_SKIPPED_TOTAL, "topic" => topic.to_string()).increment(1);
+                                // Reading through what the sink has is progress too.
+                                self.settings.liveness.progressed();
+                                continue;
+                            }
+                            Admit::ReadAgainFrom(from) => {
                                 consumer.seek(&topic, msg.partition(), Offset::Offset(from), Duration::from_secs(10))?;
                                 continue;
                             }
+                            Admit::Take => {}
                         }
-                        self.gaps.taken(&key);
                         consumed.increment(1);
                         since_yield += 1;
                         if since_yield == YIELD_EVERY {
@@ -353,9 +346,6 @@ impl<S: Sink + 'static> Router<S> {
                             // queued: let the other tasks of this worker run now and then.
                             tokio::task::yield_now().await;
                         }
-                        // What this router has taken from the partition: a message at or below
-                        // it (read again after a seek back) is skipped.
-                        resumed.insert(key.clone(), msg.offset());
                         if let Some(queue) = self.holds.scheme_queue(&key) {
                             // Fetched before the pause, behind a message its scheme does not
                             // fit: it waits behind that one, in order.
@@ -1013,16 +1003,9 @@ impl<S: Sink + 'static> Router<S> {
     /// A partition this router no longer owns: what it knew of it goes (its next owner reads
     /// the offset the sink stored), and changes held for it are dropped — the sink never
     /// recorded them, so they are read again by whoever owns the partition.
-    fn forget_partition(
-        &mut self,
-        resumed: &mut HashMap<(Arc<str>, i32), i64>,
-        _consumer: &StreamConsumer<LagContext>,
-        topic: &str,
-        partition: i32,
-    ) {
+    fn forget_partition(&mut self, topic: &str, partition: i32) {
         let key: (Arc<str>, i32) = (Arc::from(topic), partition);
-        resumed.remove(&key);
-        self.gaps.forget(&key);
+        self.reading.forget(&key);
         if let Some(table) = self.holds.forget(&key) {
             info!(%table, "the partitions of a blocked table were revoked; its next owner takes it over");
         }
