@@ -1,11 +1,13 @@
 //! `sluice-capture` tails source replication logs and publishes every committed row change to
 //! Kafka as an Avro event, one topic per table.
 //!
-//! It owns the PostgreSQL engine ([`postgres`]: walsender client, pgoutput decoder, slot and
-//! publication management, the capture loop) and the Kafka [`publisher`] that tracks
-//! acknowledgements, so that the source position advances only past events Kafka has
-//! acknowledged. It does not own event encoding (`sluice-schemas`) or anything downstream of
-//! Kafka.
+//! It owns the engines — [`postgres`] (walsender client, pgoutput decoder, slot and
+//! publication, snapshot, capture loop) and [`mysql`] (config, positions, preflight, catalog,
+//! snapshot, binlog stream, each in a file of its own) — and what they share: the Kafka
+//! [`publisher`] that tracks acknowledgements, so that the source position advances only past
+//! events Kafka has acknowledged; the [`state`] record of snapshot progress; source
+//! [`epoch`]s; the [`spill`] of changes held until their transaction commits; the reconnect
+//! loop. It does not own event encoding (`sluice-schemas`) or anything downstream of Kafka.
 
 pub mod epoch;
 pub mod error;
@@ -15,6 +17,7 @@ pub mod postgres;
 pub mod publisher;
 mod retry;
 pub mod spill;
+pub mod state;
 /// TLS to the source databases (shared with the sinks).
 pub use sluice_schemas::tls;
 

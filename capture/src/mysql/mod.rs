@@ -1,7 +1,31 @@
 //! MySQL/MariaDB capture: binlog streaming as a replica, consistent snapshot, positions.
 
+mod binlog;
+mod catalog;
+mod config;
+mod position;
+mod preflight;
 mod rows;
+mod snapshot;
 pub mod source;
 pub mod types;
 
-pub use source::{describe, MysqlCapture, MysqlSourceConfig};
+pub use catalog::describe;
+pub use config::MysqlSourceConfig;
+pub use source::MysqlCapture;
+
+use sluice_schemas::TableId;
+use tracing::error;
+
+use crate::metrics as m;
+use crate::CaptureError;
+
+fn mysql_error(e: mysql_async::Error) -> CaptureError {
+    CaptureError::Mysql(e)
+}
+
+fn value_error(source: &str, table: &TableId, column: &str, error: &str) {
+    metrics::counter!(m::ERRORS_TOTAL, "source" => source.to_string(), "kind" => "value")
+        .increment(1);
+    error!(%table, column, error, "value could not be converted; sent as NULL");
+}

@@ -25,6 +25,7 @@ use super::state::{CaptureState, TableState};
 use crate::epoch::Epoch;
 use crate::metrics as m;
 use crate::publisher::{AckHandle, Publisher};
+pub use crate::state::SnapshotMode;
 use crate::tls::{PgConnector, TlsConfig};
 use crate::CaptureError;
 
@@ -46,18 +47,6 @@ fn default_heartbeat_interval_ms() -> u64 {
 
 fn default_snapshot_parallelism() -> usize {
     DEFAULT_SNAPSHOT_PARALLELISM
-}
-
-/// Whether existing rows are captured before streaming.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SnapshotMode {
-    /// Read every table once (`op = r`) in a snapshot consistent with the slot, then stream.
-    /// Tables added to `tables` later are snapshotted when they first appear.
-    #[default]
-    Initial,
-    /// Stream changes only, from the slot's creation on.
-    Never,
 }
 
 /// A PostgreSQL source (`[sources.<name>]` with `kind = "postgres"`).

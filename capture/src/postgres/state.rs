@@ -1,28 +1,14 @@
-//! Capture state that must survive restarts besides the slot itself: which tables have been
-//! snapshotted, and as of which LSN. Kept as JSON in a compacted Kafka topic, keyed by source
-//! name, and written only after the rows it vouches for are acknowledged.
+//! PostgreSQL's state record (see [`crate::state`]): the slot it belongs to, each table's
+//! snapshot progress as of which LSN, and the partitions of partitioned tables.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::state::read_latest_state;
+pub use crate::state::TableState;
 use crate::CaptureError;
-
-/// Snapshot progress of one table.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum TableState {
-    /// Rows may have been published, but not all: re-snapshot, after a truncate.
-    Started,
-    /// Every row as of `snapshot_lsn` is acknowledged; the stream must skip this table's
-    /// transactions that committed before it.
-    Done { snapshot_lsn: u64 },
-    /// Capture stopped taking this table's changes (it lost its key, a value could not be
-    /// encoded, …): once the cause is fixed, capture reads it again, after a truncate.
-    Stopped { reason: String },
-}
 
 /// The state record of one source.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,26 +26,6 @@ pub struct CaptureState {
     /// kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<crate::epoch::Epoch>,
-}
-
-/// The latest state record of `source` in the state topic, if any.
-pub async fn read_latest_state(
-    config: &ClientConfig,
-    topic: &str,
-    source: &str,
-) -> Result<Option<Vec<u8>>, CaptureError> {
-    let (config, topic_owned) = (config.clone(), topic.to_string());
-    let records = tokio::task::spawn_blocking(move || {
-        sluice_schemas::transport::read_to_end(&config, &topic_owned, Duration::from_secs(60))
-    })
-    .await
-    .map_err(|e| CaptureError::Kafka(format!("state reader panicked: {e}")))?
-    .map_err(CaptureError::Kafka)?;
-    Ok(records
-        .into_iter()
-        .rev()
-        .find(|(k, _)| k == source)
-        .and_then(|(_, v)| v))
 }
 
 impl CaptureState {

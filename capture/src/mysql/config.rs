@@ -1,0 +1,51 @@
+//! `[sources.<name>]` with `kind = "mysql"`.
+
+use serde::Deserialize;
+use sluice_schemas::TableId;
+
+use crate::spill::SpillConfig;
+use crate::state::SnapshotMode;
+use crate::tls::TlsConfig;
+
+/// A MySQL/MariaDB source (`[sources.<name>]` with `kind = "mysql"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlSourceConfig {
+    /// `mysql://user@host:port`. The user needs REPLICATION SLAVE and REPLICATION CLIENT
+    /// (MariaDB: BINLOG MONITOR) and SELECT on the tables. The password may instead come
+    /// from `SLUICE_SOURCES_<NAME>_PASSWORD`.
+    pub url: String,
+    /// Tables to capture, as `database.table`.
+    pub tables: Vec<String>,
+    /// Prefix of this source's table topics (Debezium's `topic.prefix`): topics are
+    /// `<topic_prefix>.<schema>.<table>` (MySQL: `<topic_prefix>.<database>.<table>`).
+    /// Default: `<kafka.topic_prefix>.<source name>`, so two sources never share a topic.
+    /// Set it to `kafka.topic_prefix`'s value to keep publishing to the topics of a
+    /// deployment made before topic names carried the source (capture refuses to start
+    /// without it while such topics exist).
+    #[serde(default)]
+    pub topic_prefix: Option<String>,
+    /// The replica `server_id` Sluice registers with; unique among the server's replicas.
+    pub server_id: u32,
+    /// `initial` (default) or `never`.
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// TLS to the source (`mode`, `ca_file`, `cert_file`, `key_file`), as for PostgreSQL.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Where the changes of XA transactions wait for their commit: memory, then a file.
+    #[serde(default)]
+    pub spill: SpillConfig,
+}
+
+impl MysqlSourceConfig {
+    /// The configured tables, parsed; the error names the bad entry.
+    pub fn table_ids(&self) -> Result<Vec<TableId>, String> {
+        self.tables
+            .iter()
+            .map(|t| {
+                TableId::parse(t).ok_or_else(|| format!("`{t}` is not of the form database.table"))
+            })
+            .collect()
+    }
+}
