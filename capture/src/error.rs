@@ -26,6 +26,10 @@ pub enum CaptureError {
     /// A precondition or configuration problem an operator must fix; the message says how.
     #[error("{0}")]
     Definite(String),
+    /// The source closed the replication stream (a restart, a failover, a replica kicked
+    /// off): capture reconnects.
+    #[error("the source ended the {0} stream")]
+    StreamEnded(&'static str),
     /// Capture must start over to read a table again (a partition with rows of its own was
     /// attached to it); the state record already says which.
     #[error("{0}")]
@@ -91,7 +95,9 @@ impl CaptureError {
                 // No SQLSTATE: the connection broke, unless TLS refused the server.
                 None => crate::tls::tls_failure(e).is_none(),
             },
-            CaptureError::Kafka(_) | CaptureError::Resnapshot(_) => true,
+            CaptureError::Kafka(_) | CaptureError::Resnapshot(_) | CaptureError::StreamEnded(_) => {
+                true
+            }
             CaptureError::Registry(e) => e.is_transient(),
             CaptureError::Mysql(e) => match e {
                 mysql_async::Error::Server(s) => {

@@ -246,10 +246,7 @@ impl Stream<'_> {
                     continue;
                 }
                 event = binlog.next() => match event {
-                    None => return Err(CaptureError::Replication(
-                        crate::postgres::replication::ReplicationError::Io(std::io::Error::new(
-                            std::io::ErrorKind::UnexpectedEof, "the server ended the binlog stream")),
-                    )),
+                    None => return Err(CaptureError::StreamEnded("binlog")),
                     Some(event) => event.map_err(stream_error)?,
                 },
             };
