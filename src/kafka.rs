@@ -189,7 +189,10 @@ impl ClientContext for Watch {
     fn error(&self, error: KafkaError, reason: &str) {
         match refusal(&error, reason) {
             Some(why) => {
-                let mut refused = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+                let mut refused = self
+                    .refused
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 refused.get_or_insert(why);
             }
             None => tracing::debug!(%error, reason, "broker check"),

@@ -20,7 +20,7 @@ pub struct Sample {
 
 impl Sample {
     fn label(&self, key: &str) -> &str {
-        self.labels.get(key).map(String::as_str).unwrap_or("")
+        self.labels.get(key).map_or("", String::as_str)
     }
 }
 
@@ -153,14 +153,14 @@ impl Status {
                             .entry(table())
                             .or_default()
                             .snapshot_rows
-                            .get_or_insert(0.0) += s.value
+                            .get_or_insert(0.0) += s.value;
                     }
                     "snapshot_rows_expected" => {
-                        source.tables.entry(table()).or_default().snapshot_expected = Some(s.value)
+                        source.tables.entry(table()).or_default().snapshot_expected = Some(s.value);
                     }
                     "snapshot_table_done" => {
                         source.tables.entry(table()).or_default().snapshot_done =
-                            Some(s.value >= 1.0)
+                            Some(s.value >= 1.0);
                     }
                     "confirmed_lsn" => source.confirmed_lsn = Some(s.value),
                     "slot_lag_bytes" => source.slot_lag_bytes = Some(s.value),
@@ -185,7 +185,7 @@ impl Status {
                 match short {
                     "batches_total" => sink.batches += s.value,
                     "last_applied_source_timestamp_seconds" => {
-                        sink.last_source_ts = Some(sink.last_source_ts.unwrap_or(0.0).max(s.value))
+                        sink.last_source_ts = Some(sink.last_source_ts.unwrap_or(0.0).max(s.value));
                     }
                     "errors_total" => sink.errors += s.value,
                     _ => {}
@@ -196,7 +196,7 @@ impl Status {
         status.sinks.retain(|name, _| !name.is_empty());
         for source in status.sources.values_mut() {
             source.tables.retain(|name, _| !name.is_empty());
-            for (name, table) in source.tables.iter_mut() {
+            for (name, table) in &mut source.tables {
                 table.applied = applied.get(name).copied();
                 let suffix = format!(".{name}");
                 let lags: Vec<f64> = lag_by_topic
@@ -396,8 +396,7 @@ pub fn rfc3339(unix: f64) -> String {
 pub fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Lays rows out in columns, the first row being the header.
@@ -461,7 +460,7 @@ pub fn render(status: &Status, bars: bool) -> String {
                 s.state().into(),
                 s.position(),
                 s.lag(),
-                s.inflight.map(count).unwrap_or_else(|| "-".into()),
+                s.inflight.map_or_else(|| "-".into(), count),
                 count(s.errors),
             ]);
         }
@@ -482,8 +481,8 @@ pub fn render(status: &Status, bars: bool) -> String {
                     table_name.clone(),
                     t.snapshot(bars),
                     count(t.captured),
-                    t.applied.map(count).unwrap_or_else(|| "-".into()),
-                    t.consumer_lag.map(count).unwrap_or_else(|| "-".into()),
+                    t.applied.map_or_else(|| "-".into(), count),
+                    t.consumer_lag.map_or_else(|| "-".into(), count),
                 ]);
             }
         }
@@ -498,10 +497,10 @@ pub fn render(status: &Status, bars: bool) -> String {
             "ERRORS".into(),
         ]];
         for (name, s) in &status.sinks {
-            let last = s
-                .last_source_ts
-                .map(|ts| format!("{:.1} s ago", (now_secs() - ts).max(0.0)))
-                .unwrap_or_else(|| "-".into());
+            let last = s.last_source_ts.map_or_else(
+                || "-".into(),
+                |ts| format!("{:.1} s ago", (now_secs() - ts).max(0.0)),
+            );
             rows.push(vec![name.clone(), count(s.batches), last, count(s.errors)]);
         }
         out.push('\n');
@@ -535,8 +534,8 @@ pub fn render_log_lines(status: &Status) -> String {
                 "source={name} table={table_name} snapshot=\"{}\" captured={} applied={} consumer_lag={}\n",
                 t.snapshot(false),
                 t.captured,
-                t.applied.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
-                t.consumer_lag.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                t.applied.map_or_else(|| "-".into(), |v| v.to_string()),
+                t.consumer_lag.map_or_else(|| "-".into(), |v| v.to_string()),
             ));
         }
     }

@@ -42,7 +42,7 @@ impl Health {
         let liveness = Arc::new(Liveness::new(name, needs));
         self.components
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(liveness.clone());
         liveness
     }
@@ -53,7 +53,7 @@ impl Health {
 
     /// Waits until `/metrics` has been read since a component failed.
     pub async fn failure_scraped(&self) {
-        self.failure_scraped.notified().await
+        self.failure_scraped.notified().await;
     }
 
     fn scraped(&self) {
@@ -72,7 +72,7 @@ impl Health {
         for c in self
             .components
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
         {
             match c.check(self.stall_after) {
@@ -149,7 +149,7 @@ pub async fn serve(
     let upkeep = tokio::spawn({
         let handle = handle.clone();
         async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
             loop {
                 tick.tick().await;
                 handle.run_upkeep();
@@ -182,7 +182,7 @@ pub async fn serve(
                     }
                 }
             };
-            if tokio::time::timeout(std::time::Duration::from_secs(5), read_head)
+            if tokio::time::timeout(Duration::from_secs(5), read_head)
                 .await
                 .is_err()
             {

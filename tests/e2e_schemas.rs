@@ -264,9 +264,10 @@ fn debezium_style_consumer(
     reader_schema: Option<&str>,
 ) -> Vec<serde_json::Value> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/consumers");
-    let venv = std::env::var("SLUICE_PY_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sluice/py"));
+    let venv = std::env::var("SLUICE_PY_VENV").map_or_else(
+        |_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sluice/py"),
+        PathBuf::from,
+    );
     let mut cmd = std::process::Command::new(venv.join("bin/python"));
     cmd.arg(dir.join("confluent_avro_consumer.py"))
         .args([bootstrap, registry, topic, &count.to_string()])

@@ -151,7 +151,7 @@ fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
         "UPDATE public.orders SET qty = 70, note = 'fixed' WHERE id = 7",
     )
     .unwrap();
-    let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    let mut expected: Vec<String> = expected.iter().map(ToString::to_string).collect();
     expected[6] = "7|70|fixed".into();
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
     wait_for(&pg, &expected, orders, &sluice);

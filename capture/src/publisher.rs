@@ -69,7 +69,7 @@ pub struct PublisherSettings {
     pub source: String,
     /// On shutdown, how long to wait for Kafka to acknowledge what was published before
     /// confirming the checkpoint anyway (what is unacknowledged is re-sent after a restart).
-    pub drain_timeout: std::time::Duration,
+    pub drain_timeout: Duration,
     /// Reported to `/readyz`: connected once the broker answers; pending while events await
     /// acknowledgement.
     pub liveness: Arc<Liveness>,
@@ -156,7 +156,9 @@ impl Tracker {
     fn lock(&self) -> std::sync::MutexGuard<'_, Track> {
         // A panic while holding it cannot leave the counts half-updated in a way that matters
         // more than stopping would: keep going with what is there.
-        self.track.lock().unwrap_or_else(|e| e.into_inner())
+        self.track
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Waits for room (one permit per event in flight: the bound that makes capture wait for
@@ -678,7 +680,7 @@ impl Publisher {
         let history: Vec<&TableSchema> = self
             .subjects
             .get(subject)
-            .map(|v| v.iter().map(|t| t.as_ref()).collect())
+            .map(|v| v.iter().map(AsRef::as_ref).collect())
             .unwrap_or_default();
         let policy = self.settings.policy.for_table(&table.id);
         policy.check(&history, table).map_err(|incompatible| {

@@ -253,7 +253,10 @@ impl SpillFile {
     }
 
     fn reader(self) -> std::io::Result<SpillReader> {
-        let mut file = self.writer.into_inner().map_err(|e| e.into_error())?;
+        let mut file = self
+            .writer
+            .into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?;
         file.seek(SeekFrom::Start(0))?;
         Ok(SpillReader {
             reader: BufReader::with_capacity(256 * 1024, file),
@@ -343,7 +346,7 @@ impl Drop for Drain {
 /// About what a change takes in memory: the event, its images' values and their text.
 fn estimate(event: &ChangeEvent) -> u64 {
     fn datum(d: &Datum) -> usize {
-        std::mem::size_of::<Datum>()
+        size_of::<Datum>()
             + match d {
                 Datum::String(s) | Datum::Decimal(s) | Datum::Uuid(s) => s.len(),
                 Datum::Bytes(b) => b.len(),
@@ -352,8 +355,8 @@ fn estimate(event: &ChangeEvent) -> u64 {
             }
     }
     let image = |i: &Option<Vec<Datum>>| i.as_ref().map_or(0, |r| r.iter().map(datum).sum());
-    (std::mem::size_of::<ChangeEvent>()
-        + std::mem::size_of::<(Arc<EnvelopeCodec>, ChangeEvent)>()
+    (size_of::<ChangeEvent>()
+        + size_of::<(Arc<EnvelopeCodec>, ChangeEvent)>()
         + image(&event.before)
         + image(&event.after)
         + event.position.0.len()

@@ -214,12 +214,7 @@ pub(crate) mod memory {
                     }
                     _ => continue,
                 }
-                let k = c
-                    .after
-                    .as_deref()
-                    .or(c.before.as_deref())
-                    .map(key)
-                    .unwrap_or(0);
+                let k = c.after.as_deref().or(c.before.as_deref()).map_or(0, key);
                 self.writes.push((c.table.id.clone(), k));
                 outcome.applied += 1;
             }

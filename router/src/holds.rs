@@ -275,7 +275,7 @@ impl Holds {
     /// What the next batch collected of partitions waiting at a barrier joins their wait,
     /// behind what it holds.
     pub fn divert_to_barriers(&mut self, pending: &mut Pending) {
-        for (key, wait) in self.barrier_held.iter_mut() {
+        for (key, wait) in &mut self.barrier_held {
             move_partitions(pending, &mut wait.pending, &HashSet::from([key.clone()]));
         }
     }

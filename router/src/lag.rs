@@ -45,12 +45,22 @@ impl LagContext {
     /// nothing, and the client asks again for the same offset). A fetch the broker is slow
     /// to answer is not a stall: the client sends no other fetch to it meanwhile.
     pub fn take_stalled(&self) -> Vec<(String, i32, i64, i64)> {
-        std::mem::take(&mut *self.stalled.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(
+            &mut *self
+                .stalled
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// The partitions revoked since the last call.
     pub fn take_revoked(&self) -> Vec<(String, i32)> {
-        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(|e| e.into_inner()))
+        std::mem::take(
+            &mut *self
+                .revoked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 
@@ -72,7 +82,10 @@ impl ClientContext for LagContext {
     fn stats(&self, statistics: Statistics) {
         let broker_up = statistics.brokers.values().any(|b| b.state == "UP");
         self.liveness.set_connected("broker", broker_up);
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut reported = Vec::new();
         for (name, topic) in &statistics.topics {
             if let Some(lag) = topic_lag(topic) {
@@ -125,11 +138,11 @@ impl ClientContext for LagContext {
         let found = self
             .last_fetch
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .stalled(&samples, &fetches);
         self.stalled
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .extend(found);
     }
 }
@@ -202,7 +215,10 @@ impl ConsumerContext for LagContext {
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
         if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
-            let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            let mut revoked = self
+                .revoked
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for e in tpl.elements() {
                 revoked.push((e.topic().to_string(), e.partition()));
             }

@@ -264,7 +264,7 @@ impl Mapper {
                     rejected = Some(Rejected {
                         reason: "scheme_rejected",
                         detail,
-                    })
+                    });
                 }
             }
         }

@@ -451,7 +451,7 @@ fn write_value(out: &mut Vec<u8>, ty: &SqlType, datum: &Datum) -> Result<(), Str
         (SqlType::Date, Datum::Date(d)) => write_long(out, i64::from(*d)),
         (SqlType::Time | SqlType::TimeSpan, Datum::TimeMicros(t)) => write_long(out, *t),
         (SqlType::Timestamp | SqlType::TimestampTz, Datum::TimestampMicros(t)) => {
-            write_long(out, *t)
+            write_long(out, *t);
         }
         (SqlType::Array(elem), Datum::Array(items)) => {
             // One block with all items, then the empty block that ends the array.
@@ -592,7 +592,7 @@ impl EnvelopeDecoder {
                     .to_string(),
                 sql_type,
                 key: attr("sluice.key")
-                    .and_then(|v| v.as_bool())
+                    .and_then(serde_json::Value::as_bool)
                     .unwrap_or(false),
                 missing: attr("sluice.missing")
                     .and_then(|v| v.as_str())
@@ -657,7 +657,7 @@ impl EnvelopeDecoder {
                         for (name, f) in fields {
                             match f {
                                 Node::Long if name == "ts_ms" => {
-                                    source_ts_ms = c.long().map_err(read)?
+                                    source_ts_ms = c.long().map_err(read)?;
                                 }
                                 f => c.skip(f).map_err(read)?,
                             }
@@ -737,9 +737,8 @@ impl EnvelopeDecoder {
             return Err(AvroError::Shape("datum is not a record".into()));
         };
         let mut fields: BTreeMap<String, AvroValue> = fields.into_iter().collect();
-        let op_code = match fields.remove("op") {
-            Some(AvroValue::String(s)) => s,
-            _ => return Err(AvroError::Shape("no `op`".into())),
+        let Some(AvroValue::String(op_code)) = fields.remove("op") else {
+            return Err(AvroError::Shape("no `op`".into()));
         };
         let op = Op::from_code(&op_code)
             .ok_or_else(|| AvroError::Shape(format!("unknown op `{op_code}`")))?;

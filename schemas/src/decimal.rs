@@ -73,7 +73,7 @@ pub fn text_to_unscaled(text: &str, scale: u32) -> Result<Vec<u8>, DecimalError>
         .take(scale as usize);
     for d in int_part.bytes().chain(padded) {
         let mut carry = u32::from(d - b'0');
-        for limb in mag.iter_mut() {
+        for limb in &mut mag {
             let v = u32::from(*limb) * 10 + carry;
             *limb = (v & 0xFF) as u8;
             carry = v >> 8;
@@ -87,7 +87,7 @@ pub fn text_to_unscaled(text: &str, scale: u32) -> Result<Vec<u8>, DecimalError>
     mag.push(0);
     if negative {
         let mut carry = 1u16;
-        for limb in mag.iter_mut() {
+        for limb in &mut mag {
             let v = u16::from(!*limb) + carry;
             *limb = (v & 0xFF) as u8;
             carry = v >> 8;
@@ -120,7 +120,7 @@ pub fn unscaled_to_text(bytes: &[u8], scale: u32) -> String {
     let mut digits = Vec::new();
     while mag.iter().any(|&b| b != 0) {
         let mut rem = 0u32;
-        for limb in mag.iter_mut() {
+        for limb in &mut mag {
             let v = (rem << 8) | u32::from(*limb);
             *limb = (v / 10) as u8;
             rem = v % 10;

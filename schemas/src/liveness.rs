@@ -36,8 +36,7 @@ pub enum NotReady {
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Liveness {
@@ -58,7 +57,10 @@ impl Liveness {
 
     /// Whether `what` (one of the needs given to [`Liveness::new`]) is reached.
     pub fn set_connected(&self, what: &'static str, connected: bool) {
-        let mut all = self.connected.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self
+            .connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match all.iter_mut().find(|(n, _)| *n == what) {
             Some(entry) => entry.1 = connected,
             None => all.push((what, connected)),
@@ -99,7 +101,7 @@ impl Liveness {
         let missing: Vec<&'static str> = self
             .connected
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .filter(|(_, up)| !up)
             .map(|(n, _)| *n)

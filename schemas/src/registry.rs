@@ -501,8 +501,7 @@ fn error_message(body: &Json) -> String {
         Json::Object(o) => o
             .get("message")
             .and_then(Json::as_str)
-            .map(str::to_string)
-            .unwrap_or_else(|| body.to_string()),
+            .map_or_else(|| body.to_string(), str::to_string),
         Json::String(s) => s.clone(),
         other => other.to_string(),
     }

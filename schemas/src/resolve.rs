@@ -74,7 +74,7 @@ impl AvroType {
                         return Err("a union may not contain a union".into());
                     }
                     if out.contains(&t) {
-                        return Err(format!("the union lists {} twice", t));
+                        return Err(format!("the union lists {t} twice"));
                     }
                     out.push(t);
                 }

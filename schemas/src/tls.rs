@@ -135,7 +135,7 @@ impl TlsConfig {
 
 fn read_certs(path: &Path, field: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
         .map_err(|e| {
             format!(
                 "{field}: cannot read PEM certificates from {}: {e}",

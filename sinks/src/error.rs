@@ -134,7 +134,7 @@ impl SinkError {
     /// The SQLSTATE, when the database reported one.
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
-            SinkError::Postgres(e) => e.code().map(|c| c.code()),
+            SinkError::Postgres(e) => e.code().map(tokio_postgres::error::SqlState::code),
             SinkError::Mysql(mysql_async::Error::Server(s)) => Some(s.state.as_str()),
             _ => None,
         }

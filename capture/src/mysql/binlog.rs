@@ -847,11 +847,11 @@ mod tests {
         gtid.extend_from_slice(&[4, 0]);
         gtid.extend_from_slice(b"gone");
         assert_eq!(
-            super::mariadb_prepared_xa(&gtid).as_deref(),
+            mariadb_prepared_xa(&gtid).as_deref(),
             Some("X'676f6e65',X'',1")
         );
         gtid[12] = 8;
-        assert_eq!(super::mariadb_prepared_xa(&gtid), None);
+        assert_eq!(mariadb_prepared_xa(&gtid), None);
         assert!(is_savepoint_statement("SAVEPOINT `a`"));
         assert!(is_savepoint_statement("ROLLBACK TO `a`"));
         assert!(is_savepoint_statement("ROLLBACK WORK TO SAVEPOINT a"));

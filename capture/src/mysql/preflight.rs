@@ -145,8 +145,7 @@ pub(super) fn opts(
 ) -> Result<Opts, CaptureError> {
     let opts = Opts::from_url(&config.url).map_err(|e| {
         CaptureError::Definite(format!(
-            "sources.{}.url is not a valid mysql:// url: {e}",
-            name
+            "sources.{name}.url is not a valid mysql:// url: {e}"
         ))
     })?;
     let mut builder = OptsBuilder::from_opts(opts).prefer_socket(false);

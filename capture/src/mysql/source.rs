@@ -123,7 +123,7 @@ impl MysqlCapture {
             state,
             publisher,
             acks,
-            tables: tables.iter().map(|t| t.to_string()).collect(),
+            tables: tables.iter().map(ToString::to_string).collect(),
             maps: HashMap::new(),
             codecs: HashMap::new(),
             xa: None,

@@ -179,7 +179,7 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Builds the schema of `id` from its columns, keyed by [`Catalog::key_columns`]. A table
+    /// Builds the schema of `id` from its columns, keyed by `Catalog::key_columns`. A table
     /// without a key gets a schema without key columns, which capture refuses to publish.
     pub async fn table_schema(
         &mut self,

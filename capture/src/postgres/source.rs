@@ -1134,8 +1134,7 @@ fn connect_params(
 ) -> Result<(PgConnector, ConnectParams), CaptureError> {
     let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e| {
         CaptureError::Definite(format!(
-            "sources.{}.url is not a valid connection string: {e}",
-            name
+            "sources.{name}.url is not a valid connection string: {e}"
         ))
     })?;
     if let Some(pw) = &password {
@@ -1145,8 +1144,7 @@ fn connect_params(
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => {
             return Err(CaptureError::Definite(format!(
-                "sources.{}.url must name a TCP host (unix sockets are not supported yet)",
-                name
+                "sources.{name}.url must name a TCP host (unix sockets are not supported yet)"
             )))
         }
     };
@@ -1156,15 +1154,14 @@ fn connect_params(
         .map_err(CaptureError::Definite)?;
     if tls.is_none() && pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
         return Err(CaptureError::Definite(format!(
-            "sources.{0}.url asks for sslmode=require; configure TLS in [sources.{0}.tls] instead \
-             (mode = \"verify-full\" and ca_file), which applies to every connection capture makes",
-            name
+            "sources.{name}.url asks for sslmode=require; configure TLS in [sources.{name}.tls] instead \
+             (mode = \"verify-full\" and ca_file), which applies to every connection capture makes"
         )));
     }
     let tls_name = match &tls {
         Some(_) => Some(
             crate::tls::server_name(&host)
-                .map_err(|e| CaptureError::Definite(format!("sources.{}.url: {e}", name)))?,
+                .map_err(|e| CaptureError::Definite(format!("sources.{name}.url: {e}")))?,
         ),
         None => None,
     };
@@ -1181,7 +1178,7 @@ fn connect_params(
             .or(pg.get_user())
             .unwrap_or("postgres")
             .to_string(),
-        application_name: format!("sluice-{}", name),
+        application_name: format!("sluice-{name}"),
     };
     Ok((PgConnector { config: pg, tls }, params))
 }

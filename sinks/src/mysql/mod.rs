@@ -192,8 +192,7 @@ pub fn mysql_value(t: &SqlType, d: &Datum) -> Result<Value, String> {
                     Datum::Long(v) => serde_json::Value::from(*v),
                     // Text keeps every other value exactly (decimals, dates, floats' digits).
                     other => pgtext::render(elem, other)
-                        .map(serde_json::Value::String)
-                        .unwrap_or(serde_json::Value::Null),
+                        .map_or(serde_json::Value::Null, serde_json::Value::String),
                 })
                 .collect();
             Value::Bytes(serde_json::Value::Array(json).to_string().into_bytes())

@@ -150,10 +150,10 @@ impl ColumnArray<'_> {
                         t => t - PG_EPOCH_MICROS,
                     },
                     out,
-                )
+                );
             }
             (Wire::Text, Datum::String(s) | Datum::Decimal(s) | Datum::Uuid(s)) => {
-                wire::text_to_sql(s, out)
+                wire::text_to_sql(s, out);
             }
             (Wire::Text, d) => match pgtext::render(self.sql_type, d) {
                 Some(text) => wire::text_to_sql(&text, out),

@@ -151,7 +151,7 @@ async fn ddl_type(txn: &Transaction<'_>, t: &SqlType) -> Result<String, SinkErro
                 "text".into()
             }
         }
-        t => check::pg_type_name(t).unwrap_or_else(|| "text".into()),
+        t => pg_type_name(t).unwrap_or_else(|| "text".into()),
     })
 }
 
@@ -664,8 +664,7 @@ impl State {
             target
                 .types
                 .get(name)
-                .map(|c| c.cast.clone())
-                .unwrap_or_else(|| "text".into())
+                .map_or_else(|| "text".into(), |c| c.cast.clone())
         };
         let key_idx = schema.key_indices();
         if key_idx.is_empty() && !plan.actions.is_empty() {

@@ -40,11 +40,10 @@ fn kafka_lib() -> Result<PathBuf> {
     let lib = match std::env::var_os("SLUICE_KAFKA_LIB") {
         Some(dir) => PathBuf::from(dir),
         None => {
-            let cache = std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache")
-                });
+            let cache = std::env::var_os("XDG_CACHE_HOME").map_or_else(
+                || PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache"),
+                PathBuf::from,
+            );
             cache.join(format!("sluice/kafka-{KAFKA_VERSION}/lib"))
         }
     };

@@ -408,7 +408,7 @@ fn check(
             .filter_map(|s| EnvelopeDecoder::from_schema_json(s).ok())
             .map(|d| d.table)
             .collect();
-        let old_refs: Vec<_> = old.iter().map(|t| t.as_ref()).collect();
+        let old_refs: Vec<_> = old.iter().map(AsRef::as_ref).collect();
         return level
             .check(&old_refs, &new.table)
             .map_err(|e| e.problems.join(", "));

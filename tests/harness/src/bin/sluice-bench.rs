@@ -75,8 +75,7 @@ impl Settings {
         let num = |name: &str, default: u64| {
             std::env::var(name)
                 .ok()
-                .map(|v| v.replace('_', "").parse().expect("a number"))
-                .unwrap_or(default)
+                .map_or(default, |v| v.replace('_', "").parse().expect("a number"))
         };
         let mut args = std::env::args().skip(1);
         let mut sluice = PathBuf::from("target/release/sluice");
@@ -282,10 +281,7 @@ impl Bench {
         let mut first: Option<Instant> = None;
         let deadline = Instant::now() + Duration::from_secs(3600);
         loop {
-            let value = process
-                .metrics()
-                .map(|m| metric_sum(&m, metric))
-                .unwrap_or(0.0) as u64;
+            let value = process.metrics().map_or(0.0, |m| metric_sum(&m, metric)) as u64;
             let now = Instant::now();
             if value > 0 && first.is_none() {
                 first = Some(now);
@@ -833,8 +829,7 @@ fn vm_hwm(process: &SluiceProcess) -> f64 {
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|kib| (kib / 1024.0 * 10.0).round() / 10.0)
-        .unwrap_or(0.0)
+        .map_or(0.0, |kib| (kib / 1024.0 * 10.0).round() / 10.0)
 }
 
 fn command_output(program: &str, args: &[&str]) -> String {
@@ -860,7 +855,7 @@ fn machine(bench: &Bench) -> Value {
         .map(|kib| (kib / 1024.0 / 1024.0 * 10.0).round() / 10.0);
     json!({
         "cpu": cpu,
-        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cores": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         "memory_gib": mem_gib,
         "kernel": command_output("uname", &["-r"]),
         "postgresql": bench.psql("postgres", "SHOW server_version").trim(),
@@ -1107,7 +1102,7 @@ fn kafka_transactions(bench: &mut Bench) {
 
 /// 1234567.0 → "1,234,567".
 fn group(v: f64) -> String {
-    let digits = format!("{:.0}", v);
+    let digits = format!("{v:.0}");
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
         if i > 0 && (digits.len() - i) % 3 == 0 {
