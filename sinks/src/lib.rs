@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod mysql;
 mod plan;
 pub mod postgres;
+mod skeleton;
 
 pub use error::SinkError;
 

@@ -21,7 +21,8 @@ use tracing::{debug, info, warn};
 
 use crate::error::connect_error;
 use crate::metrics as m;
-use crate::plan::{self, Action, Applied, Plan};
+use crate::plan::{self, Action, Plan};
+use crate::skeleton::{self, InPieces, OffsetsRow};
 use crate::TargetProblem;
 use crate::{
     ApplyOutcome, Batch, ColumnTypes, DroppedColumns, Pieces, Sink, SinkError, StoredProgress,
@@ -71,9 +72,6 @@ pub struct MysqlSinkConfig {
 fn quote(ident: &str) -> String {
     format!("`{}`", ident.replace('`', "``"))
 }
-
-/// An offsets row as the batch transaction locks it: offset, position, barrier.
-type OffsetsRow = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// A string literal for the session's SQL mode (backslash escapes on).
 fn quote_literal(value: &str) -> String {
@@ -836,129 +834,6 @@ impl MysqlSink {
         Ok(target)
     }
 
-    /// The batch's writes and offsets in one transaction (DDL is done before it).
-    async fn apply_in(
-        &mut self,
-        tx: &mut Transaction<'_>,
-        batch: &Batch,
-    ) -> Result<(ApplyOutcome, Applied), SinkError> {
-        let mut stored = HashMap::new();
-        let offsets = self.offsets();
-        let copies = plan::barriers_in(batch);
-        let mut waiting = Vec::new();
-        let mut locked_topic: Option<Arc<str>> = None;
-        // A stable lock order avoids deadlocks between routers sharing a sink.
-        for (topic, partition) in plan::partitions(batch) {
-            if copies.iter().any(|(t, _, _)| *t == topic)
-                && locked_topic.as_deref() != Some(&*topic)
-            {
-                // A barrier reached: the topic's rows are locked in partition order, so
-                // routers sharing the topic count its arrivals one at a time.
-                let rows: Vec<(i32, Option<Vec<u8>>)> = tx
-                    .exec(
-                        format!(
-                            "SELECT kafka_partition, barrier FROM {offsets} \
-                             WHERE consumer_group = ? AND topic = ? ORDER BY kafka_partition FOR UPDATE"
-                        ),
-                        (&self.group, topic.as_ref()),
-                    )
-                    .await?;
-                for (p, b) in rows {
-                    if let Some(b) = b {
-                        waiting.push((topic.clone(), p, Position(b)));
-                    }
-                }
-                locked_topic = Some(topic.clone());
-            }
-            tx.exec_drop(
-                format!(
-                    "INSERT IGNORE INTO {offsets} (consumer_group, topic, kafka_partition, kafka_offset) VALUES (?, ?, ?, -1)"
-                ),
-                (&self.group, topic.as_ref(), partition),
-            )
-            .await?;
-            let row: Option<OffsetsRow> = tx
-                .exec_first(
-                    format!(
-                        "SELECT kafka_offset, position, barrier FROM {offsets} \
-                         WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? FOR UPDATE"
-                    ),
-                    (&self.group, topic.as_ref(), partition),
-                )
-                .await?;
-            let (offset, position, barrier) = row.unwrap_or((-1, None, None));
-            if let Some(b) = barrier {
-                if locked_topic.as_deref() != Some(&*topic) {
-                    waiting.push((topic.clone(), partition, Position(b)));
-                }
-            }
-            stored.insert(
-                (topic, partition),
-                StoredProgress {
-                    offset,
-                    position: position.map(Position),
-                },
-            );
-        }
-        let barriers = plan::stored_barriers(&copies, waiting);
-        let sorted = plan::sort(batch, stored, barriers);
-        let mut outcome = ApplyOutcome {
-            applied: 0,
-            skipped: sorted.skipped,
-            held: sorted.held.clone(),
-        };
-        let mut counts = Applied::default();
-        for step in sorted.steps {
-            counts.add(&step);
-            let target = self
-                .targets
-                .get(&step.schema.id)
-                .map(|(_, t)| t.clone())
-                .ok_or_else(|| SinkError::Definite(format!("no target for {}", step.schema.id)))?;
-            outcome.applied += execute(tx, &target, step).await?;
-        }
-        for ((topic, partition), progress) in &sorted.progress {
-            tx.exec_drop(
-                format!(
-                    "UPDATE {offsets} SET kafka_offset = ?, position = ?, barrier = coalesce(?, barrier), \
-                       updated_at = CURRENT_TIMESTAMP(6) \
-                     WHERE consumer_group = ? AND topic = ? AND kafka_partition = ?"
-                ),
-                (
-                    progress.offset,
-                    progress.position.as_ref().map(|p| p.0.clone()),
-                    plan::waits_at(&sorted.barriers, topic, *partition).map(|p| p.0.clone()),
-                    &self.group,
-                    topic.as_ref(),
-                    partition,
-                ),
-            )
-            .await?;
-        }
-        for (barrier, _) in sorted.barriers.iter().filter(|(_, complete)| *complete) {
-            // Complete: every partition it held goes on.
-            tx.exec_drop(
-                format!(
-                    "UPDATE {offsets} SET barrier = NULL \
-                     WHERE consumer_group = ? AND topic = ? AND barrier = ?"
-                ),
-                (
-                    &self.group,
-                    barrier.topic.as_ref(),
-                    barrier.position.0.clone(),
-                ),
-            )
-            .await?;
-            tracing::info!(sink = %self.name, topic = %barrier.topic, partitions = barrier.partitions, "truncate applied: every partition reached it");
-        }
-        debug!(
-            applied = outcome.applied,
-            skipped = outcome.skipped,
-            "batch applied"
-        );
-        Ok((outcome, counts))
-    }
-
     /// DDL, before the batch's transaction, for the table versions with changes not applied
     /// yet (by a read of the offsets without locks: the transaction decides for good, and it
     /// can only find fewer). An old version replayed from Kafka so never reaches DDL, and
@@ -1124,7 +999,7 @@ impl Sink for MysqlSink {
         let started = Instant::now();
         self.prepare(batch).await?;
         let mut tx = self.pool.start_transaction(TxOpts::default()).await?;
-        let (outcome, counts) = match self.apply_in(&mut tx, batch).await {
+        let (outcome, counts) = match skeleton::apply_in(self, &mut tx, batch).await {
             Ok(o) => o,
             Err(e) => {
                 let _ = tx.rollback().await;
@@ -1132,15 +1007,7 @@ impl Sink for MysqlSink {
             }
         };
         tx.commit().await?;
-        counts.record(&self.name);
-        metrics::histogram!(m::BATCH_DURATION_SECONDS, "sink" => self.name.clone())
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!(m::BATCH_ROWS, "sink" => self.name.clone())
-            .record(batch.changes.len() as f64);
-        if outcome.skipped > 0 {
-            metrics::counter!(m::EVENTS_SKIPPED_TOTAL, "sink" => self.name.clone())
-                .increment(outcome.skipped as u64);
-        }
+        skeleton::committed(&self.name, started, batch, &outcome, counts);
         Ok(outcome)
     }
 
@@ -1148,63 +1015,25 @@ impl Sink for MysqlSink {
         let started = Instant::now();
         self.prepare(batch).await?;
         let mut tx = self.pool.start_transaction(TxOpts::default()).await?;
-        let mut total = ApplyOutcome::default();
-        let mut counts = Applied::default();
-        let mut splitter = plan::Splitter::new(batch);
-        let mut pieces = 0u64;
-        while let Some((lo, hi)) = splitter.next() {
-            let piece = splitter.piece(batch, lo, hi);
-            tx.query_drop("SAVEPOINT sluice_piece").await?;
-            pieces += 1;
-            match self.apply_in(&mut tx, &piece).await {
-                Ok((outcome, applied)) => {
-                    tx.query_drop("RELEASE SAVEPOINT sluice_piece").await?;
-                    plan::Splitter::merge(&mut total, outcome);
-                    counts.merge(applied);
-                }
-                Err(e) if e.rejects_a_row() => {
-                    tx.query_drop("ROLLBACK TO SAVEPOINT sluice_piece").await?;
-                    if let Some(index) = splitter.refused(lo, hi) {
-                        let _ = tx.rollback().await;
-                        debug!(sink = %self.name, pieces, index, "found the change the sink refuses");
-                        return Ok(Pieces::Rejected {
-                            index,
-                            reason: e.detail(),
-                        });
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.rollback().await;
-                    return Err(e);
-                }
+        match skeleton::in_pieces(self, &mut tx, batch).await {
+            Ok(InPieces::Applied {
+                outcome,
+                counts,
+                pieces,
+            }) => {
+                tx.commit().await?;
+                skeleton::split_applied(&self.name, started, batch, &outcome, counts, pieces);
+                Ok(Pieces::Applied(outcome))
             }
-        }
-        // What was consumed past the last change (tombstones, dead letters).
-        let tail = Batch {
-            changes: Vec::new(),
-            consumed: batch.consumed.clone(),
-        };
-        match self.apply_in(&mut tx, &tail).await {
-            Ok((outcome, applied)) => {
-                plan::Splitter::merge(&mut total, outcome);
-                counts.merge(applied);
+            Ok(InPieces::Rejected { index, reason }) => {
+                let _ = tx.rollback().await;
+                Ok(Pieces::Rejected { index, reason })
             }
             Err(e) => {
                 let _ = tx.rollback().await;
-                return Err(e);
+                Err(e)
             }
         }
-        tx.commit().await?;
-        counts.record(&self.name);
-        info!(sink = %self.name, changes = batch.changes.len(), pieces, "a batch refused as a whole (no change refused on its own) was applied in pieces, in order");
-        metrics::counter!(m::BATCHES_SPLIT_TOTAL, "sink" => self.name.clone()).increment(1);
-        metrics::histogram!(m::BATCH_DURATION_SECONDS, "sink" => self.name.clone())
-            .record(started.elapsed().as_secs_f64());
-        if total.skipped > 0 {
-            metrics::counter!(m::EVENTS_SKIPPED_TOTAL, "sink" => self.name.clone())
-                .increment(total.skipped as u64);
-        }
-        Ok(Pieces::Applied(total))
     }
 
     async fn progress(
@@ -1226,5 +1055,121 @@ impl Sink for MysqlSink {
             offset,
             position: position.map(Position),
         }))
+    }
+}
+
+impl<'t> skeleton::Dialect<Transaction<'t>> for MysqlSink {
+    fn sink_name(&self) -> &str {
+        &self.name
+    }
+
+    async fn lock_topic(
+        &mut self,
+        tx: &mut Transaction<'t>,
+        topic: &str,
+    ) -> Result<Vec<(i32, Option<Vec<u8>>)>, SinkError> {
+        Ok(tx
+            .exec(
+                format!(
+                    "SELECT kafka_partition, barrier FROM {} \
+                     WHERE consumer_group = ? AND topic = ? ORDER BY kafka_partition FOR UPDATE",
+                    self.offsets()
+                ),
+                (&self.group, topic),
+            )
+            .await?)
+    }
+
+    async fn claim(
+        &mut self,
+        tx: &mut Transaction<'t>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<OffsetsRow, SinkError> {
+        let offsets = self.offsets();
+        tx.exec_drop(
+            format!(
+                "INSERT IGNORE INTO {offsets} (consumer_group, topic, kafka_partition, kafka_offset) VALUES (?, ?, ?, -1)"
+            ),
+            (&self.group, topic, partition),
+        )
+        .await?;
+        let row: Option<OffsetsRow> = tx
+            .exec_first(
+                format!(
+                    "SELECT kafka_offset, position, barrier FROM {offsets} \
+                     WHERE consumer_group = ? AND topic = ? AND kafka_partition = ? FOR UPDATE"
+                ),
+                (&self.group, topic, partition),
+            )
+            .await?;
+        Ok(row.unwrap_or((-1, None, None)))
+    }
+
+    async fn write(
+        &mut self,
+        tx: &mut Transaction<'t>,
+        plan: Plan<'_>,
+    ) -> Result<usize, SinkError> {
+        let target = self
+            .targets
+            .get(&plan.schema.id)
+            .map(|(_, t)| t.clone())
+            .ok_or_else(|| SinkError::Definite(format!("no target for {}", plan.schema.id)))?;
+        execute(tx, &target, plan).await
+    }
+
+    async fn record(
+        &mut self,
+        tx: &mut Transaction<'t>,
+        topic: &str,
+        partition: i32,
+        progress: &StoredProgress,
+        barrier: Option<&Position>,
+    ) -> Result<(), SinkError> {
+        tx.exec_drop(
+            format!(
+                "UPDATE {} SET kafka_offset = ?, position = ?, barrier = coalesce(?, barrier), \
+                   updated_at = CURRENT_TIMESTAMP(6) \
+                 WHERE consumer_group = ? AND topic = ? AND kafka_partition = ?",
+                self.offsets()
+            ),
+            (
+                progress.offset,
+                progress.position.as_ref().map(|p| p.0.clone()),
+                barrier.map(|p| p.0.clone()),
+                &self.group,
+                topic,
+                partition,
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_barrier(
+        &mut self,
+        tx: &mut Transaction<'t>,
+        topic: &str,
+        barrier: &Position,
+    ) -> Result<(), SinkError> {
+        tx.exec_drop(
+            format!(
+                "UPDATE {} SET barrier = NULL \
+                 WHERE consumer_group = ? AND topic = ? AND barrier = ?",
+                self.offsets()
+            ),
+            (&self.group, topic, barrier.0.clone()),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn savepoint(
+        &mut self,
+        tx: &mut Transaction<'t>,
+        what: skeleton::Savepoint,
+    ) -> Result<(), SinkError> {
+        Ok(tx.query_drop(what.sql()).await?)
     }
 }

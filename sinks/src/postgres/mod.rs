@@ -23,7 +23,8 @@ mod encode;
 pub use check::pg_type_name;
 
 use crate::metrics as m;
-use crate::plan::{self, Action, Applied, Plan};
+use crate::plan::{Action, Plan};
+use crate::skeleton::{self, InPieces, OffsetsRow};
 use crate::{
     ApplyOutcome, Batch, ColumnTypes, DroppedColumns, Pieces, Sink, SinkError, StoredProgress,
 };
@@ -853,107 +854,56 @@ impl Sink for PostgresSink {
     async fn apply(&mut self, batch: &Batch) -> Result<ApplyOutcome, SinkError> {
         self.ensure_connected().await?;
         let started = Instant::now();
-        let txn = self.client.transaction().await?;
-        let applied = match self.state.apply_in(&txn, batch).await {
-            Ok(outcome) => txn
-                .commit()
-                .await
-                .map(|()| outcome)
-                .map_err(SinkError::from),
+        let mut txn = self.client.transaction().await?;
+        let applied = match skeleton::apply_in(&mut self.state, &mut txn, batch).await {
+            Ok(done) => txn.commit().await.map(|()| done).map_err(SinkError::from),
             Err(e) => Err(e),
         };
-        let outcome = match applied {
+        match applied {
             Ok((outcome, counts)) => {
-                counts.record(&self.state.name);
-                outcome
+                skeleton::committed(&self.state.name, started, batch, &outcome, counts);
+                Ok(outcome)
             }
             Err(e) => {
                 // Tables created or altered in the failed transaction are gone again: forget
                 // what the cache learnt in it.
                 self.state.forget();
-                return Err(e);
+                Err(e)
             }
-        };
-        let name = self.state.name.clone();
-        metrics::histogram!(m::BATCH_DURATION_SECONDS, "sink" => name.clone())
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!(m::BATCH_ROWS, "sink" => name.clone())
-            .record(batch.changes.len() as f64);
-        if outcome.skipped > 0 {
-            metrics::counter!(m::EVENTS_SKIPPED_TOTAL, "sink" => name)
-                .increment(outcome.skipped as u64);
         }
-        Ok(outcome)
     }
 
     async fn apply_in_pieces(&mut self, batch: &Batch) -> Result<Pieces, SinkError> {
         self.ensure_connected().await?;
         let started = Instant::now();
-        let txn = self.client.transaction().await?;
-        let mut total = ApplyOutcome::default();
-        let mut counts = Applied::default();
-        let mut splitter = plan::Splitter::new(batch);
-        let mut pieces = 0u64;
-        while let Some((lo, hi)) = splitter.next() {
-            let piece = splitter.piece(batch, lo, hi);
-            txn.batch_execute("SAVEPOINT sluice_piece").await?;
-            pieces += 1;
-            match self.state.apply_in(&txn, &piece).await {
-                Ok((outcome, applied)) => {
-                    txn.batch_execute("RELEASE SAVEPOINT sluice_piece").await?;
-                    plan::Splitter::merge(&mut total, outcome);
-                    counts.merge(applied);
-                }
-                Err(e) if e.rejects_a_row() => {
-                    txn.batch_execute("ROLLBACK TO SAVEPOINT sluice_piece")
-                        .await?;
-                    // Tables created or altered in the piece are gone again.
-                    self.state.forget();
-                    if let Some(index) = splitter.refused(lo, hi) {
-                        drop(txn);
-                        self.state.forget();
-                        debug!(sink = %self.state.name, pieces, index, "found the change the sink refuses");
-                        return Ok(Pieces::Rejected {
-                            index,
-                            reason: e.detail(),
-                        });
-                    }
-                }
-                Err(e) => {
-                    drop(txn);
-                    self.state.forget();
-                    return Err(e);
-                }
-            }
-        }
-        // What was consumed past the last change (tombstones, dead letters).
-        let tail = Batch {
-            changes: Vec::new(),
-            consumed: batch.consumed.clone(),
-        };
-        let committed = match self.state.apply_in(&txn, &tail).await {
-            Ok((outcome, applied)) => {
-                plan::Splitter::merge(&mut total, outcome);
-                counts.merge(applied);
-                txn.commit().await.map_err(SinkError::from)
+        let mut txn = self.client.transaction().await?;
+        let result = match skeleton::in_pieces(&mut self.state, &mut txn, batch).await {
+            Ok(InPieces::Applied {
+                outcome,
+                counts,
+                pieces,
+            }) => txn
+                .commit()
+                .await
+                .map(|()| (outcome, counts, pieces))
+                .map_err(SinkError::from),
+            Ok(InPieces::Rejected { index, reason }) => {
+                drop(txn);
+                self.state.forget();
+                return Ok(Pieces::Rejected { index, reason });
             }
             Err(e) => Err(e),
         };
-        if let Err(e) = committed {
-            self.state.forget();
-            return Err(e);
+        match result {
+            Ok((outcome, counts, pieces)) => {
+                skeleton::split_applied(&self.state.name, started, batch, &outcome, counts, pieces);
+                Ok(Pieces::Applied(outcome))
+            }
+            Err(e) => {
+                self.state.forget();
+                Err(e)
+            }
         }
-        counts.record(&self.state.name);
-        let name = self.state.name.clone();
-        info!(sink = %name, changes = batch.changes.len(), pieces, "a batch refused as a whole (no change refused on its own) was applied in pieces, in order");
-        metrics::counter!(m::BATCHES_SPLIT_TOTAL, "sink" => name.clone()).increment(1);
-        metrics::histogram!(m::BATCH_DURATION_SECONDS, "sink" => name.clone())
-            .record(started.elapsed().as_secs_f64());
-        if total.skipped > 0 {
-            metrics::counter!(m::EVENTS_SKIPPED_TOTAL, "sink" => name)
-                .increment(total.skipped as u64);
-        }
-        Ok(Pieces::Applied(total))
     }
 
     async fn progress(
@@ -979,15 +929,34 @@ impl Sink for PostgresSink {
     }
 }
 
-impl State {
-    /// Locks the offsets rows of the batch's partitions, filters out what is already applied,
-    /// collapses (see [`crate::plan`]), writes, and records the new offsets and positions.
-    async fn apply_in(
+impl<'t> skeleton::Dialect<Transaction<'t>> for State {
+    fn sink_name(&self) -> &str {
+        &self.name
+    }
+
+    async fn lock_topic(
         &mut self,
-        txn: &Transaction<'_>,
-        batch: &Batch,
-    ) -> Result<(ApplyOutcome, Applied), SinkError> {
-        let mut stored = HashMap::new();
+        txn: &mut Transaction<'t>,
+        topic: &str,
+    ) -> Result<Vec<(i32, Option<Vec<u8>>)>, SinkError> {
+        let rows = txn
+            .query(
+                &format!(
+                    "SELECT kafka_partition, barrier FROM {OFFSETS_TABLE} \
+                     WHERE consumer_group = $1 AND topic = $2 ORDER BY kafka_partition FOR UPDATE"
+                ),
+                &[&self.group, &topic],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn claim(
+        &mut self,
+        txn: &mut Transaction<'t>,
+        topic: &str,
+        partition: i32,
+    ) -> Result<OffsetsRow, SinkError> {
         let claim = self
             .prepared(
                 txn,
@@ -1008,63 +977,30 @@ impl State {
                 &[],
             )
             .await?;
-        let copies = plan::barriers_in(batch);
-        let mut waiting = Vec::new();
-        let mut locked_topic: Option<Arc<str>> = None;
-        // A stable lock order avoids deadlocks between routers sharing a sink.
-        for (topic, partition) in plan::partitions(batch) {
-            if copies.iter().any(|(t, _, _)| *t == topic)
-                && locked_topic.as_deref() != Some(&*topic)
-            {
-                // A barrier reached: every partition's row of the topic is locked (in
-                // partition order, as everywhere), so routers sharing the topic count its
-                // arrivals one at a time.
-                let rows = txn
-                    .query(
-                        &format!(
-                            "SELECT kafka_partition, barrier FROM {OFFSETS_TABLE} \
-                             WHERE consumer_group = $1 AND topic = $2 ORDER BY kafka_partition FOR UPDATE"
-                        ),
-                        &[&self.group, &topic.as_ref()],
-                    )
-                    .await?;
-                for r in rows {
-                    if let Some(b) = r.get::<_, Option<Vec<u8>>>(1) {
-                        waiting.push((topic.clone(), r.get::<_, i32>(0), Position(b)));
-                    }
-                }
-                locked_topic = Some(topic.clone());
-            }
-            let params: [&(dyn ToSql + Sync); 3] = [&self.group, &topic.as_ref(), &partition];
-            // Sent together, in one round trip (tokio-postgres pipelines requests polled
-            // concurrently): the row exists once the first has run, and the second locks it.
-            let (_, row) =
-                tokio::try_join!(txn.execute(&claim, &params), txn.query_one(&lock, &params))?;
-            if let Some(b) = row.get::<_, Option<Vec<u8>>>(2) {
-                if locked_topic.as_deref() != Some(&*topic) {
-                    waiting.push((topic.clone(), partition, Position(b)));
-                }
-            }
-            stored.insert(
-                (topic, partition),
-                StoredProgress {
-                    offset: row.get(0),
-                    position: row.get::<_, Option<Vec<u8>>>(1).map(Position),
-                },
-            );
-        }
-        let barriers = plan::stored_barriers(&copies, waiting);
-        let sorted = plan::sort(batch, stored, barriers);
-        let mut outcome = ApplyOutcome {
-            applied: 0,
-            skipped: sorted.skipped,
-            held: sorted.held.clone(),
-        };
-        let mut counts = Applied::default();
-        for step in sorted.steps {
-            counts.add(&step);
-            outcome.applied += self.execute(txn, step).await?;
-        }
+        let params: [&(dyn ToSql + Sync); 3] = [&self.group, &topic, &partition];
+        // Sent together, in one round trip (tokio-postgres pipelines requests polled
+        // concurrently): the row exists once the first has run, and the second locks it.
+        let (_, row) =
+            tokio::try_join!(txn.execute(&claim, &params), txn.query_one(&lock, &params))?;
+        Ok((row.get(0), row.get(1), row.get(2)))
+    }
+
+    async fn write(
+        &mut self,
+        txn: &mut Transaction<'t>,
+        plan: Plan<'_>,
+    ) -> Result<usize, SinkError> {
+        self.execute(txn, plan).await
+    }
+
+    async fn record(
+        &mut self,
+        txn: &mut Transaction<'t>,
+        topic: &str,
+        partition: i32,
+        progress: &StoredProgress,
+        barrier: Option<&Position>,
+    ) -> Result<(), SinkError> {
         let record = self
             .prepared(
                 txn,
@@ -1076,37 +1012,47 @@ impl State {
                 &[],
             )
             .await?;
-        for ((topic, partition), progress) in &sorted.progress {
-            txn.execute(
-                &record,
-                &[
-                    &self.group,
-                    &topic.as_ref(),
-                    partition,
-                    &progress.offset,
-                    &progress.position.as_ref().map(|h| h.0.as_slice()),
-                    &plan::waits_at(&sorted.barriers, topic, *partition).map(|p| p.0.as_slice()),
-                ],
-            )
-            .await?;
-        }
-        for (barrier, _) in sorted.barriers.iter().filter(|(_, complete)| *complete) {
-            // Complete: every partition it held goes on.
-            txn.execute(
-                &format!(
-                    "UPDATE {OFFSETS_TABLE} SET barrier = NULL \
-                     WHERE consumer_group = $1 AND topic = $2 AND barrier = $3"
-                ),
-                &[&self.group, &barrier.topic.as_ref(), &barrier.position.0],
-            )
-            .await?;
-            info!(sink = %self.name, topic = %barrier.topic, partitions = barrier.partitions, "truncate applied: every partition reached it");
-        }
-        debug!(
-            applied = outcome.applied,
-            skipped = outcome.skipped,
-            "batch applied"
-        );
-        Ok((outcome, counts))
+        txn.execute(
+            &record,
+            &[
+                &self.group,
+                &topic,
+                &partition,
+                &progress.offset,
+                &progress.position.as_ref().map(|h| h.0.as_slice()),
+                &barrier.map(|p| p.0.as_slice()),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_barrier(
+        &mut self,
+        txn: &mut Transaction<'t>,
+        topic: &str,
+        barrier: &Position,
+    ) -> Result<(), SinkError> {
+        txn.execute(
+            &format!(
+                "UPDATE {OFFSETS_TABLE} SET barrier = NULL \
+                 WHERE consumer_group = $1 AND topic = $2 AND barrier = $3"
+            ),
+            &[&self.group, &topic, &barrier.0],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn savepoint(
+        &mut self,
+        txn: &mut Transaction<'t>,
+        what: skeleton::Savepoint,
+    ) -> Result<(), SinkError> {
+        Ok(txn.batch_execute(what.sql()).await?)
+    }
+
+    fn forget(&mut self) {
+        State::forget(self);
     }
 }
