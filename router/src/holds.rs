@@ -327,52 +327,9 @@ impl Holds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{orders as table, part, pending_at as pending};
     use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
     use rdkafka::message::Timestamp;
-    use sluice_schemas::{Column, Datum, Op, Position, SqlType, TableSchema};
-    use sluice_sinks::{Origin, SinkChange};
-
-    fn part(p: i32) -> Part {
-        (Arc::from("t"), p)
-    }
-
-    fn table() -> TableId {
-        TableId::new("public", "orders")
-    }
-
-    fn change(p: i32, offset: i64) -> SinkChange {
-        SinkChange {
-            table: Arc::new(TableSchema {
-                id: table(),
-                columns: vec![Column {
-                    name: "id".into(),
-                    sql_type: SqlType::Int32,
-                    key: true,
-                    missing: None,
-                }],
-            }),
-            op: Op::Create,
-            before: None,
-            after: Some(vec![Datum::Int(offset as i32)]),
-            position: Position::postgres(offset as u64, 0),
-            origin: Origin {
-                topic: Arc::from("t"),
-                partition: p,
-                offset,
-            },
-            barrier: None,
-        }
-    }
-
-    /// A batch of `offsets` per partition, in that order.
-    fn pending(changes: &[(i32, i64)]) -> Pending {
-        let mut p = Pending::new();
-        for &(partition, offset) in changes {
-            p.batch.changes.push(change(partition, offset));
-            p.consumed.insert(part(partition), offset);
-        }
-        p
-    }
 
     fn message(p: i32, offset: i64) -> OwnedMessage {
         OwnedMessage::new(

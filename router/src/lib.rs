@@ -20,6 +20,8 @@ mod pending;
 mod reading;
 pub mod router;
 pub mod schemas;
+#[cfg(test)]
+mod testing;
 mod topics;
 
 pub use error::RouterError;
