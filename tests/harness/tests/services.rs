@@ -1,6 +1,6 @@
 //! The harness starts each real service with the settings CDC needs.
 
-use sluice_harness::{MariaDb, Postgres, Tansu, TansuStorage};
+use sluice_harness::{pg_major, MariaDb, Postgres, Tansu, TansuStorage};
 
 #[test]
 fn postgres_starts_with_logical_wal_and_one_database_per_test() {
@@ -15,6 +15,14 @@ fn postgres_starts_with_logical_wal_and_one_database_per_test() {
         .psql("postgres", "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database WHERE datname LIKE 'harness_%'")
         .unwrap();
     assert_eq!(dbs.trim(), "harness_a,harness_b");
+    // The server is of the major the run asks for (SLUICE_TEST_PG_MAJOR; 15 unless set).
+    let version = pg
+        .psql("postgres", "SHOW server_version_num")
+        .unwrap()
+        .trim()
+        .parse::<u32>()
+        .unwrap();
+    assert_eq!(version / 10000, pg_major(), "server_version_num {version}");
 }
 
 #[test]
