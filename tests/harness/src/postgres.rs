@@ -21,7 +21,7 @@ pub fn pg_major() -> u32 {
 fn server_bin_dir() -> Result<PathBuf> {
     let major = pg_major();
     if major == 15 {
-        return Ok(client_bin_dir()?);
+        return client_bin_dir();
     }
     let cache = std::env::var_os("SLUICE_PG_CACHE")
         .map(PathBuf::from)
