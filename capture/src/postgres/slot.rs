@@ -16,10 +16,43 @@ pub struct Refused {
     pub reason: String,
 }
 
+/// The oldest PostgreSQL major capture takes, and the newest it is verified against (the
+/// test matrix: `SLUICE_TEST_PG_MAJOR`, README).
+pub const OLDEST_MAJOR: i32 = 14;
+pub const NEWEST_VERIFIED_MAJOR: i32 = 18;
+
+/// Refuses a server older than [`OLDEST_MAJOR`]; a newer one than the matrix covers is
+/// taken, with a warning.
+fn check_version(version_num: i32, version: &str) -> Result<(), CaptureError> {
+    let major = version_num / 10_000;
+    if major < OLDEST_MAJOR {
+        return Err(CaptureError::Definite(format!(
+            "the source runs PostgreSQL {version}; Sluice captures from PostgreSQL {OLDEST_MAJOR} \
+             to {NEWEST_VERIFIED_MAJOR} (the majors it is tested on): upgrade the source, or \
+             capture from a replica of a supported major"
+        )));
+    }
+    if major > NEWEST_VERIFIED_MAJOR {
+        warn!(
+            version,
+            newest_verified = NEWEST_VERIFIED_MAJOR,
+            "the source runs a PostgreSQL major newer than Sluice is verified against; capture goes on"
+        );
+    }
+    Ok(())
+}
+
 /// Checks what logical replication needs before anything is created, with the fix in each
 /// message. A server-wide problem is an error; a table that cannot be captured correctly is
 /// returned as [`Refused`], so the source goes on with its other tables.
 pub async fn preflight(client: &Client, tables: &[TableId]) -> Result<Vec<Refused>, CaptureError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
+            &[],
+        )
+        .await?;
+    check_version(row.get(0), row.get(1))?;
     let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
     if wal_level != "logical" {
         return Err(CaptureError::Definite(format!(

