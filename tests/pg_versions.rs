@@ -1,9 +1,13 @@
-//! PostgreSQL majors: capture refuses a server older than the oldest it is tested on, naming
-//! the version and the fix, before it creates anything there. (The supported majors, 14 to 18,
-//! are proven by running the PostgreSQL tests with `SLUICE_TEST_PG_MAJOR`; see the README.)
+//! What depends on the PostgreSQL major: capture refuses a server older than the oldest it is
+//! tested on, naming the version and the fix, before it creates anything there; on 16+ it can
+//! leave out the changes another replicator applied (`origin = "none"`), and refuses that
+//! setting on older servers. (The supported majors, 14 to 18, are proven by running the
+//! PostgreSQL tests with `SLUICE_TEST_PG_MAJOR`; see the README.)
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
+use sluice_harness::compare::pg_rows;
 use sluice_harness::{free_port, Broker, Postgres, SluiceProcess};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -59,5 +63,104 @@ fn capture_refuses_postgresql_13_with_the_version_and_the_fix_and_creates_nothin
         .unwrap()
         .trim(),
         "0"
+    );
+}
+
+/// A source and a sink database on one server of `major`, a table `public.orders` in the
+/// source, and a config for `sluice run` between them with `origin` set as given.
+fn origin_pipeline(major: u32, origin: &str) -> (Postgres, tempfile::TempDir, PathBuf, u16) {
+    let pg = Postgres::start_major(major).unwrap();
+    pg.create_database("shop").unwrap();
+    pg.create_database("wh").unwrap();
+    pg.psql(
+        "shop",
+        "CREATE TABLE public.orders (id int PRIMARY KEY, note text)",
+    )
+    .unwrap();
+    let kafka = Broker::shared().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.orders\"]\n\
+             slot = \"origins\"\npublication = \"origins\"\norigin = \"{origin}\"\n\
+             [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n\
+             [router]\nsink = \"wh\"\ngroup_id = \"{}origins\"\n[router.batch]\nmax_delay_ms = 50\n\
+             [observability]\nlisten = \"127.0.0.1:{port}\"\n",
+            kafka.kafka_toml("origins"),
+            pg.url("shop"),
+            pg.url("wh"),
+            kafka.namespace(),
+        ),
+    )
+    .unwrap();
+    (pg, dir, config, port)
+}
+
+/// Runs a pipeline over a PostgreSQL 18 source with `origin` while a local write, a write
+/// applied under a replication origin (as a replicator from another database would apply it),
+/// and another local write commit in that order; returns the sink's rows once the last local
+/// one is there (the peer's committed before it, so it would have arrived first).
+fn rows_after_a_peer_write(origin: &str) -> Vec<String> {
+    let (pg, dir, config, port) = origin_pipeline(18, origin);
+    let sluice = SluiceProcess::start(
+        Path::new(SLUICE),
+        "run",
+        &config,
+        &dir.path().join("sluice.log"),
+        port,
+    )
+    .unwrap();
+    sluice.wait_for_log("starting replication", Duration::from_secs(60));
+    pg.psql("shop", "INSERT INTO public.orders VALUES (1, 'local')")
+        .unwrap();
+    pg.psql(
+        "shop",
+        "SELECT pg_replication_origin_create('peer'); \
+         SELECT pg_replication_origin_session_setup('peer'); \
+         INSERT INTO public.orders VALUES (2, 'from the peer')",
+    )
+    .unwrap();
+    pg.psql("shop", "INSERT INTO public.orders VALUES (3, 'local')")
+        .unwrap();
+    let rows = || pg_rows(&pg, "wh", "SELECT id, note FROM public.orders ORDER BY id");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !rows().is_ok_and(|r| r.last().is_some_and(|l| l == "3|local")) {
+        assert!(Instant::now() < deadline, "{}", sluice.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    rows().unwrap()
+}
+
+#[test]
+fn with_origin_none_a_change_another_replicator_applied_is_not_captured() {
+    assert_eq!(rows_after_a_peer_write("none"), ["1|local", "3|local"]);
+}
+
+#[test]
+fn with_origin_any_a_change_another_replicator_applied_is_captured() {
+    assert_eq!(
+        rows_after_a_peer_write("any"),
+        ["1|local", "2|from the peer", "3|local"]
+    );
+}
+
+#[test]
+fn origin_none_is_refused_before_postgresql_16_with_the_fix() {
+    let (_pg, dir, config, port) = origin_pipeline(15, "none");
+    let log = SluiceProcess::run_until_exit(
+        Path::new(SLUICE),
+        "capture",
+        &config,
+        &dir.path().join("sluice.log"),
+        port,
+        &[],
+    );
+    assert!(
+        log.contains("origin = \"none\" needs PostgreSQL 16 or newer")
+            && log.contains("source runs 15."),
+        "{log}"
     );
 }

@@ -74,7 +74,12 @@ pub enum PgOutput {
         cascade: bool,
         restart_identity: bool,
     },
-    Origin,
+    /// The replication origin of the transaction being read (a change another replicator
+    /// applied, with `pg_replication_origin_session_setup`), sent after its Begin.
+    Origin {
+        commit_lsn: u64,
+        name: String,
+    },
     /// A logical decoding message (`pg_logical_emit_message`).
     Message {
         prefix: String,
@@ -186,7 +191,10 @@ pub fn decode(mut buf: Bytes) -> Result<PgOutput, DecodeError> {
                 restart_identity: options & 2 != 0,
             }
         }
-        b'O' => PgOutput::Origin,
+        b'O' => PgOutput::Origin {
+            commit_lsn: take_u64(&mut buf)?,
+            name: take_cstr(&mut buf)?,
+        },
         b'M' => {
             let _flags = take_u8(&mut buf)?;
             let _lsn = take_u64(&mut buf)?;

@@ -22,8 +22,8 @@ pub const OLDEST_MAJOR: i32 = 14;
 pub const NEWEST_VERIFIED_MAJOR: i32 = 18;
 
 /// Refuses a server older than [`OLDEST_MAJOR`]; a newer one than the matrix covers is
-/// taken, with a warning.
-fn check_version(version_num: i32, version: &str) -> Result<(), CaptureError> {
+/// taken, with a warning. Returns the major.
+fn check_version(version_num: i32, version: &str) -> Result<i32, CaptureError> {
     let major = version_num / 10_000;
     if major < OLDEST_MAJOR {
         return Err(CaptureError::Definite(format!(
@@ -39,20 +39,31 @@ fn check_version(version_num: i32, version: &str) -> Result<(), CaptureError> {
             "the source runs a PostgreSQL major newer than Sluice is verified against; capture goes on"
         );
     }
-    Ok(())
+    Ok(major)
 }
 
 /// Checks what logical replication needs before anything is created, with the fix in each
 /// message. A server-wide problem is an error; a table that cannot be captured correctly is
 /// returned as [`Refused`], so the source goes on with its other tables.
-pub async fn preflight(client: &Client, tables: &[TableId]) -> Result<Vec<Refused>, CaptureError> {
+pub async fn preflight(
+    client: &Client,
+    tables: &[TableId],
+    needs_origin_filter: bool,
+) -> Result<Vec<Refused>, CaptureError> {
     let row = client
         .query_one(
             "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
             &[],
         )
         .await?;
-    check_version(row.get(0), row.get(1))?;
+    let major = check_version(row.get(0), row.get(1))?;
+    if needs_origin_filter && major < 16 {
+        let version: String = row.get(1);
+        return Err(CaptureError::Definite(format!(
+            "origin = \"none\" needs PostgreSQL 16 or newer (pgoutput's origin option) and the \
+             source runs {version}: remove origin from the source's config, or upgrade the source"
+        )));
+    }
     let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
     if wal_level != "logical" {
         return Err(CaptureError::Definite(format!(

@@ -89,6 +89,29 @@ pub struct PostgresSourceConfig {
     /// `cert_file`, `key_file`); off by default.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// `any` (default): capture every change. `none`: leave out the changes another
+    /// replicator applied with a replication origin (pgoutput's `origin` option, PostgreSQL
+    /// 16+), so that two databases replicating into each other do not send a change back.
+    #[serde(default)]
+    pub origin: OriginFilter,
+}
+
+/// Which changes capture asks for by their replication origin (`sources.<name>.origin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OriginFilter {
+    #[default]
+    Any,
+    None,
+}
+
+impl OriginFilter {
+    fn option(self) -> &'static str {
+        match self {
+            OriginFilter::Any => "any",
+            OriginFilter::None => "none",
+        }
+    }
 }
 
 impl PostgresSourceConfig {
@@ -165,6 +188,8 @@ struct Tx {
     commit_time_us: i64,
     index: u64,
     per_table: HashMap<u32, i64>,
+    /// The replication origin its changes came from, when another replicator applied them.
+    origin: Option<Arc<str>>,
 }
 
 /// A running capture of one source of this kind.
@@ -425,7 +450,9 @@ impl PostgresCapture {
         let (client, conn_task) = pg.connect().await?;
         let result = async {
             let mut stopped = StoppedTables::new(&self.name, &tables);
-            for refused in slot::preflight(&client, &tables).await? {
+            for refused in
+                slot::preflight(&client, &tables, self.config.origin == OriginFilter::None).await?
+            {
                 stopped.stop(&refused.table, &refused.reason);
             }
             let tables: Vec<TableId> = tables
@@ -482,16 +509,16 @@ impl PostgresCapture {
                 .collect();
             info!(slot = %self.config.slot, start = %format_lsn(start), "starting replication");
             let publication = quote_ident(&self.config.publication);
-            repl.start_logical(
-                &self.config.slot,
-                0,
-                &[
-                    ("proto_version", "1"),
-                    ("publication_names", &publication),
-                    ("messages", "true"),
-                ],
-            )
-            .await?;
+            let mut options = vec![
+                ("proto_version", "1"),
+                ("publication_names", publication.as_str()),
+                ("messages", "true"),
+            ];
+            // (Servers before 16 know no `origin` option; `any` is what they do.)
+            if self.config.origin != OriginFilter::Any {
+                options.push(("origin", self.config.origin.option()));
+            }
+            repl.start_logical(&self.config.slot, 0, &options).await?;
             let mut oids = HashMap::new();
             for table in &tables {
                 if let Some(oid) = Catalog::oid(&client, table).await? {
@@ -669,6 +696,7 @@ impl Stream<'_> {
                     commit_time_us: pg_time_to_unix_us(commit_time),
                     index: 0,
                     per_table: HashMap::new(),
+                    origin: None,
                 });
             }
             PgOutput::Commit {
@@ -759,7 +787,13 @@ impl Stream<'_> {
                     self.publisher.checkpoint(lsn).await?;
                 }
             }
-            PgOutput::Type { .. } | PgOutput::Origin => {}
+            PgOutput::Origin { name, .. } => {
+                if let Some(tx) = self.tx.as_mut() {
+                    debug!(xid = tx.xid, origin = %name, "transaction from a replication origin");
+                    tx.origin = Some(Arc::from(name.as_str()));
+                }
+            }
+            PgOutput::Type { .. } => {}
             PgOutput::Insert { relation, new } => {
                 if let Some(codec) = self.codec(relation)? {
                     let after = self.row(&codec, &new)?;
