@@ -4,9 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sluice_capture::mysql::MysqlCapture;
-use sluice_capture::postgres::PostgresCapture;
-use sluice_capture::PublisherSettings;
+use sluice_capture::source::Source;
+use sluice_capture::{Capture, PublisherSettings};
 use sluice_router::{BatchSettings, Mapper, Router, RouterSettings};
 use sluice_sinks::mysql::MysqlSink;
 use sluice_sinks::postgres::PostgresSink;
@@ -15,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{Config, SinkConfig, SourceConfig};
+use crate::config::{with_source, Config, SinkConfig};
 use crate::telemetry::{self, Health};
 
 /// Which components a process runs.
@@ -90,26 +89,15 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             let password = Config::env_password("sources", name);
             let (kafka, label) = (config.kafka_client(), ("capture", name.clone()));
             let shutdown = shutdown.clone();
-            match source.clone() {
-                SourceConfig::Postgres(pg) => {
-                    let capture = PostgresCapture::new(name, pg, kafka, settings, password);
-                    tasks.spawn(async move {
-                        (
-                            label,
-                            capture.run(shutdown).await.map_err(anyhow::Error::from),
-                        )
-                    });
-                }
-                SourceConfig::Mysql(my) => {
-                    let capture = MysqlCapture::new(name, my, kafka, settings, password);
-                    tasks.spawn(async move {
-                        (
-                            label,
-                            capture.run(shutdown).await.map_err(anyhow::Error::from),
-                        )
-                    });
-                }
-            }
+            with_source!(source.clone(), s => {
+                let capture = Capture::new(name, s, kafka, settings, password);
+                tasks.spawn(async move {
+                    (
+                        label,
+                        Source::run(capture, shutdown).await.map_err(anyhow::Error::from),
+                    )
+                });
+            });
         }
     }
 
@@ -326,26 +314,7 @@ pub fn reset_state(config: &Config, source: &str) -> anyhow::Result<String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let epoch = serde_json::json!({ "started_ms": started_ms });
-    let tables = |names: &[String]| -> serde_json::Map<String, serde_json::Value> {
-        names
-            .iter()
-            .map(|t| (t.clone(), serde_json::json!({ "state": "started" })))
-            .collect()
-    };
-    let record = match source_config {
-        SourceConfig::Postgres(pg) => serde_json::json!({
-            "slot": pg.slot,
-            "tables": tables(&pg.tables),
-            "epoch": epoch,
-        }),
-        SourceConfig::Mysql(my) => serde_json::json!({
-            "file_base": "",
-            "position": null,
-            "gtid": null,
-            "tables": tables(&my.tables),
-            "epoch": epoch,
-        }),
-    };
+    let record = with_source!(source_config, s => s.reset_state(epoch));
     let topic = &config.kafka.state_topic;
     let producer: BaseProducer = config
         .kafka_client()

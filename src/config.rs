@@ -12,6 +12,7 @@ use crate::kafka::{KafkaSasl, KafkaTls};
 use serde::Deserialize;
 use sluice_capture::mysql::MysqlSourceConfig;
 use sluice_capture::postgres::PostgresSourceConfig;
+use sluice_capture::source::Source;
 use sluice_schemas::registry::{Registry, RegistrySettings};
 use sluice_schemas::TableId;
 use sluice_sinks::postgres::PostgresSinkConfig;
@@ -291,21 +292,27 @@ pub enum SourceConfig {
     Mysql(MysqlSourceConfig),
 }
 
+/// Evaluates `$body` with `$s` bound to the source's own config, whichever its engine: the
+/// one `match` on the engine (everything else goes through [`sluice_capture::source::Source`]).
+macro_rules! with_source {
+    ($config:expr, $s:ident => $body:expr) => {
+        match $config {
+            $crate::config::SourceConfig::Postgres($s) => $body,
+            $crate::config::SourceConfig::Mysql($s) => $body,
+        }
+    };
+}
+pub(crate) use with_source;
+
 impl SourceConfig {
     /// The configured tables, parsed.
     pub fn table_ids(&self) -> Result<Vec<TableId>, String> {
-        match self {
-            SourceConfig::Postgres(pg) => pg.table_ids(),
-            SourceConfig::Mysql(my) => my.table_ids(),
-        }
+        with_source!(self, s => Source::table_ids(s))
     }
 
     /// `sources.<name>.topic_prefix`, when set.
     pub fn topic_prefix(&self) -> Option<&str> {
-        match self {
-            SourceConfig::Postgres(pg) => pg.topic_prefix.as_deref(),
-            SourceConfig::Mysql(my) => my.topic_prefix.as_deref(),
-        }
+        with_source!(self, s => Source::topic_prefix(s))
     }
 }
 
@@ -638,54 +645,7 @@ impl Config {
             owners.insert(topic, (name, table));
         }
         for (name, source) in &self.sources {
-            match source {
-                SourceConfig::Postgres(pg) => {
-                    if pg.tables.is_empty() {
-                        problems.push(format!(
-                            "sources.{name}.tables must list at least one \"schema.table\""
-                        ));
-                    }
-                    if pg.snapshot_parallelism == 0 {
-                        problems.push(format!("sources.{name}.snapshot_parallelism must be > 0"));
-                    }
-                    if let Err(e) = pg.table_ids() {
-                        problems.push(format!("sources.{name}.tables: {e}"));
-                    }
-                    if let Err(e) = pg.tls.client_config(&format!("sources.{name}.tls")) {
-                        problems.push(e);
-                    }
-                    for (field, value) in [("slot", &pg.slot), ("publication", &pg.publication)] {
-                        if value.is_empty()
-                            || value.len() > 63
-                            || !value
-                                .chars()
-                                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                        {
-                            problems.push(format!(
-                                "sources.{name}.{field} must be 1-63 characters of a-z, 0-9 and '_' (got \"{value}\")"
-                            ));
-                        }
-                    }
-                }
-                SourceConfig::Mysql(my) => {
-                    if my.tables.is_empty() {
-                        problems.push(format!(
-                            "sources.{name}.tables must list at least one \"database.table\""
-                        ));
-                    }
-                    if let Err(e) = my.table_ids() {
-                        problems.push(format!("sources.{name}.tables: {e}"));
-                    }
-                    if let Err(e) = my.tls.client_config(&format!("sources.{name}.tls")) {
-                        problems.push(e);
-                    }
-                    if my.server_id == 0 {
-                        problems.push(format!(
-                            "sources.{name}.server_id must be > 0 and differ from every server_id of the source's replication topology"
-                        ));
-                    }
-                }
-            }
+            with_source!(source, s => s.validate(name, &mut problems));
         }
         for (name, sink) in &self.sinks {
             let tls = match sink {

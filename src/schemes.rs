@@ -14,7 +14,8 @@ use sluice_sinks::mysql::MysqlSink;
 use sluice_sinks::postgres::PostgresSink;
 use sluice_sinks::AnySink;
 
-use crate::config::{Config, SinkConfig, SourceConfig};
+use crate::config::{with_source, Config, SinkConfig};
+use sluice_capture::source::Source;
 
 /// The live schema of every captured table, by table, with the source it comes from.
 async fn describe_sources(
@@ -23,15 +24,8 @@ async fn describe_sources(
     let mut out = BTreeMap::new();
     for (name, source) in &config.sources {
         let password = Config::env_password("sources", name);
-        let tables = match source {
-            SourceConfig::Postgres(pg) => {
-                sluice_capture::postgres::describe(name, pg, password.as_deref()).await
-            }
-            SourceConfig::Mysql(my) => {
-                sluice_capture::mysql::describe(name, my, password.as_deref()).await
-            }
-        }
-        .with_context(|| format!("reading the tables of source {name}"))?;
+        let tables = with_source!(source, s => s.describe(name, password.as_deref()).await)
+            .with_context(|| format!("reading the tables of source {name}"))?;
         for t in tables {
             out.insert(t.id.clone(), (name.clone(), Arc::new(t)));
         }

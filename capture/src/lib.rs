@@ -16,6 +16,7 @@ pub mod mysql;
 pub mod postgres;
 pub mod publisher;
 mod retry;
+pub mod source;
 pub mod spill;
 pub mod state;
 /// TLS to the source databases (shared with the sinks).

@@ -49,3 +49,57 @@ impl MysqlSourceConfig {
             .collect()
     }
 }
+
+impl crate::source::Source for MysqlSourceConfig {
+    fn table_ids(&self) -> Result<Vec<TableId>, String> {
+        MysqlSourceConfig::table_ids(self)
+    }
+
+    fn topic_prefix(&self) -> Option<&str> {
+        self.topic_prefix.as_deref()
+    }
+
+    fn validate(&self, name: &str, problems: &mut Vec<String>) {
+        if self.tables.is_empty() {
+            problems.push(format!(
+                "sources.{name}.tables must list at least one \"database.table\""
+            ));
+        }
+        if let Err(e) = MysqlSourceConfig::table_ids(self) {
+            problems.push(format!("sources.{name}.tables: {e}"));
+        }
+        if let Err(e) = self.tls.client_config(&format!("sources.{name}.tls")) {
+            problems.push(e);
+        }
+        if self.server_id == 0 {
+            problems.push(format!(
+                "sources.{name}.server_id must be > 0 and differ from every server_id of the source's replication topology"
+            ));
+        }
+    }
+
+    fn reset_state(&self, epoch: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "file_base": "",
+            "position": null,
+            "gtid": null,
+            "tables": crate::source::tables_started(&self.tables),
+            "epoch": epoch,
+        })
+    }
+
+    async fn describe(
+        &self,
+        name: &str,
+        password: Option<&str>,
+    ) -> Result<Vec<sluice_schemas::TableSchema>, crate::CaptureError> {
+        super::catalog::describe(name, self, password).await
+    }
+
+    async fn run(
+        capture: super::MysqlCapture,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), crate::CaptureError> {
+        capture.run(shutdown).await
+    }
+}

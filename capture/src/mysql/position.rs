@@ -112,4 +112,20 @@ mod tests {
         assert_eq!(split_file("mysql-bin.000042"), Some(("mysql-bin", 42)));
         assert_eq!(file_name("mysql-bin", 42), "mysql-bin.000042");
     }
+
+    #[test]
+    fn a_reset_state_record_reads_as_every_table_to_read_anew_from_no_position() {
+        use crate::source::Source;
+        let my: super::super::config::MysqlSourceConfig =
+            serde_json::from_value(serde_json::json!({
+                "url": "mysql://u@h", "tables": ["shop.a"], "server_id": 7
+            }))
+            .unwrap();
+        let state: MysqlState =
+            serde_json::from_value(my.reset_state(serde_json::json!({ "started_ms": 42 })))
+                .unwrap();
+        assert_eq!(state.position, None);
+        assert_eq!(state.tables.get("shop.a"), Some(&TableState::Started));
+        assert_eq!(state.epoch.map(|e| e.started_ms), Some(42));
+    }
 }

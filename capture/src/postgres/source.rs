@@ -1238,3 +1238,65 @@ pub async fn describe(
     conn_task.abort();
     Ok(out)
 }
+
+impl crate::source::Source for PostgresSourceConfig {
+    fn table_ids(&self) -> Result<Vec<TableId>, String> {
+        PostgresSourceConfig::table_ids(self)
+    }
+
+    fn topic_prefix(&self) -> Option<&str> {
+        self.topic_prefix.as_deref()
+    }
+
+    fn validate(&self, name: &str, problems: &mut Vec<String>) {
+        if self.tables.is_empty() {
+            problems.push(format!(
+                "sources.{name}.tables must list at least one \"schema.table\""
+            ));
+        }
+        if self.snapshot_parallelism == 0 {
+            problems.push(format!("sources.{name}.snapshot_parallelism must be > 0"));
+        }
+        if let Err(e) = PostgresSourceConfig::table_ids(self) {
+            problems.push(format!("sources.{name}.tables: {e}"));
+        }
+        if let Err(e) = self.tls.client_config(&format!("sources.{name}.tls")) {
+            problems.push(e);
+        }
+        for (field, value) in [("slot", &self.slot), ("publication", &self.publication)] {
+            if value.is_empty()
+                || value.len() > 63
+                || !value
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                problems.push(format!(
+                    "sources.{name}.{field} must be 1-63 characters of a-z, 0-9 and '_' (got \"{value}\")"
+                ));
+            }
+        }
+    }
+
+    fn reset_state(&self, epoch: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({
+            "slot": self.slot,
+            "tables": crate::source::tables_started(&self.tables),
+            "epoch": epoch,
+        })
+    }
+
+    async fn describe(
+        &self,
+        name: &str,
+        password: Option<&str>,
+    ) -> Result<Vec<TableSchema>, CaptureError> {
+        describe(name, self, password).await
+    }
+
+    async fn run(
+        capture: PostgresCapture,
+        shutdown: CancellationToken,
+    ) -> Result<(), CaptureError> {
+        capture.run(shutdown).await
+    }
+}
