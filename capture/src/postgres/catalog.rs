@@ -92,18 +92,35 @@ impl Catalog {
         }
     }
 
-    /// The published columns of a table from the catalog (as pgoutput would describe them).
+    /// The published columns of a table from the catalog (as pgoutput would describe them):
+    /// its ordinary columns, and its stored generated columns where `publication` publishes
+    /// them (PostgreSQL 18's `publish_generated_columns`; virtual ones never are).
     pub async fn relation_columns(
         client: &Client,
         table: &TableId,
+        publication: Option<&str>,
     ) -> Result<Vec<RelationColumn>, CaptureError> {
+        let generated: Vec<String> = match publication {
+            // pg_publication_tables lists the published columns from PostgreSQL 15 on.
+            Some(publication) if server_version_num(client).await? >= 150_000 => client
+                .query_opt(
+                    "SELECT attnames::text[] FROM pg_publication_tables \
+                     WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                    &[&publication, &table.namespace, &table.name],
+                )
+                .await?
+                .and_then(|r| r.get::<_, Option<Vec<String>>>(0))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
         let rows = client
             .query(
                 "SELECT a.attname::text, a.atttypid::oid, a.atttypmod FROM pg_attribute a \
                  WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass \
-                   AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' \
+                   AND a.attnum > 0 AND NOT a.attisdropped \
+                   AND (a.attgenerated = '' OR (a.attgenerated = 's' AND a.attname = ANY($3))) \
                  ORDER BY a.attnum",
-                &[&table.namespace, &table.name],
+                &[&table.namespace, &table.name, &generated],
             )
             .await?;
         Ok(rows
@@ -410,6 +427,14 @@ fn constant_default(expr: &str) -> Option<String> {
         return None;
     }
     (expr.parse::<f64>().is_ok() || expr == "true" || expr == "false").then(|| expr.to_string())
+}
+
+/// The server's `server_version_num` (`180004` for 18.4).
+pub async fn server_version_num(client: &Client) -> Result<i32, CaptureError> {
+    Ok(client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0))
 }
 
 #[cfg(test)]

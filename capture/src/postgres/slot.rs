@@ -219,10 +219,18 @@ pub async fn ensure_publication(
         .await?
         .map(|r| r.get(0));
     let Some(via_root) = via_root else {
+        // PostgreSQL 18 can publish stored generated columns: their values reach the sink
+        // like any other column's. (A publication made before keeps its setting: switching
+        // it would leave the rows already at the sink without those columns' values.)
+        let generated = if super::catalog::server_version_num(client).await? >= 180_000 {
+            ", publish_generated_columns = stored"
+        } else {
+            ""
+        };
         info!(publication, tables = quoted.len(), "creating publication");
         client
             .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true)",
+                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true{generated})",
                 quote_ident(publication),
                 quoted.join(", ")
             ))

@@ -27,6 +27,8 @@ pub struct SnapshotJob {
     /// Emit a truncate first: an earlier, interrupted snapshot may have published rows that
     /// have since been deleted.
     pub truncate_first: bool,
+    /// The publication, whose published columns the snapshot reads.
+    pub publication: String,
 }
 
 /// What readers tell the publishing loop.
@@ -72,7 +74,8 @@ async fn read_table_inner(
                 snapshot_name.replace('\'', "''")
             ))
             .await?;
-        let columns = Catalog::relation_columns(&client, &job.table).await?;
+        let columns =
+            Catalog::relation_columns(&client, &job.table, Some(&job.publication)).await?;
         let schema = Arc::new(Catalog::default().table_schema(&client, job.table.clone(), &columns).await?);
         if !schema.has_key() {
             return Err(CaptureError::Definite(format!(

@@ -299,6 +299,7 @@ impl PostgresCapture {
                 needed.then(|| SnapshotJob {
                     table: t.clone(),
                     truncate_first: known.is_some(),
+                    publication: self.config.publication.clone(),
                 })
             })
             .collect();
@@ -1232,7 +1233,7 @@ pub async fn describe(
     let mut catalog = Catalog::default();
     let mut out = Vec::with_capacity(tables.len());
     for id in tables {
-        let columns = Catalog::relation_columns(&client, &id).await?;
+        let columns = Catalog::relation_columns(&client, &id, Some(&config.publication)).await?;
         out.push(catalog.table_schema(&client, id, &columns).await?);
     }
     conn_task.abort();
