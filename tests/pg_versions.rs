@@ -15,28 +15,7 @@ const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 #[test]
 fn capture_refuses_postgresql_13_with_the_version_and_the_fix_and_creates_nothing() {
     // Given a PostgreSQL 13 source with logical WAL and a table fit for capture,
-    let pg = Postgres::start_major(13).unwrap();
-    pg.create_database("shop").unwrap();
-    pg.psql(
-        "shop",
-        "CREATE TABLE public.orders (id int PRIMARY KEY, qty int)",
-    )
-    .unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kafka]\n{}[sources.old]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.orders\"]\n\
-             slot = \"old\"\npublication = \"old\"\n[observability]\nlisten = \"127.0.0.1:{port}\"\n",
-            kafka.kafka_toml("versions"),
-            pg.url("shop"),
-        ),
-    )
-    .unwrap();
-
+    let (pg, dir, config, port) = pipeline(13, "any");
     // when capture starts against it,
     let log = SluiceProcess::run_until_exit(
         Path::new(SLUICE),
@@ -68,7 +47,7 @@ fn capture_refuses_postgresql_13_with_the_version_and_the_fix_and_creates_nothin
 
 /// A source and a sink database on one server of `major`, a table `public.orders` in the
 /// source, and a config for `sluice run` between them with `origin` set as given.
-fn origin_pipeline(major: u32, origin: &str) -> (Postgres, tempfile::TempDir, PathBuf, u16) {
+fn pipeline(major: u32, origin: &str) -> (Postgres, tempfile::TempDir, PathBuf, u16) {
     let pg = Postgres::start_major(major).unwrap();
     pg.create_database("shop").unwrap();
     pg.create_database("wh").unwrap();
@@ -104,7 +83,7 @@ fn origin_pipeline(major: u32, origin: &str) -> (Postgres, tempfile::TempDir, Pa
 /// and another local write commit in that order; returns the sink's rows once the last local
 /// one is there (the peer's committed before it, so it would have arrived first).
 fn rows_after_a_peer_write(origin: &str) -> Vec<String> {
-    let (pg, dir, config, port) = origin_pipeline(18, origin);
+    let (pg, dir, config, port) = pipeline(18, origin);
     let sluice = SluiceProcess::start(
         Path::new(SLUICE),
         "run",
@@ -149,7 +128,7 @@ fn with_origin_any_a_change_another_replicator_applied_is_captured() {
 
 #[test]
 fn origin_none_is_refused_before_postgresql_16_with_the_fix() {
-    let (_pg, dir, config, port) = origin_pipeline(15, "none");
+    let (_pg, dir, config, port) = pipeline(15, "none");
     let log = SluiceProcess::run_until_exit(
         Path::new(SLUICE),
         "capture",
@@ -169,7 +148,7 @@ fn origin_none_is_refused_before_postgresql_16_with_the_fix() {
 fn on_postgresql_18_stored_generated_columns_reach_the_sink_in_snapshot_and_stream() {
     // Given a PostgreSQL 18 table with a stored and a virtual generated column and rows from
     // before capture starts,
-    let (pg, dir, config, port) = origin_pipeline(18, "any");
+    let (pg, dir, config, port) = pipeline(18, "any");
     pg.psql(
         "shop",
         "CREATE TABLE public.lines (id int PRIMARY KEY, qty int, \

@@ -328,7 +328,7 @@ impl Holds {
 mod tests {
     use super::*;
     use crate::testing::{orders as table, part, pending_at as pending};
-    use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
+    use metrics_exporter_prometheus::PrometheusBuilder;
     use rdkafka::message::Timestamp;
 
     fn message(p: i32, offset: i64) -> OwnedMessage {
@@ -343,78 +343,69 @@ mod tests {
         )
     }
 
-    /// The gauge of `public.orders` as the exporter renders it.
-    fn gauge(recorder: &PrometheusRecorder) -> Option<f64> {
-        recorder.handle().render().lines().find_map(|l| {
-            l.strip_prefix("sluice_router_table_blocked{table=\"public.orders\"} ")
-                .and_then(|v| v.parse().ok())
-        })
+    /// Runs `test` with a recorder of its own; `test` reads `public.orders`' gauge with the
+    /// function it is given.
+    fn with_gauge(test: impl FnOnce(&dyn Fn() -> Option<f64>)) {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let gauge = || {
+            recorder.handle().render().lines().find_map(|l| {
+                l.strip_prefix("sluice_router_table_blocked{table=\"public.orders\"} ")
+                    .and_then(|v| v.parse().ok())
+            })
+        };
+        metrics::with_local_recorder(&recorder, || test(&gauge));
+    }
+
+    /// Holds with `public.orders` blocked on `partitions`, holding their changes of `batch`.
+    fn blocked(partitions: &[i32], batch: &mut Pending) -> Holds {
+        let mut holds = Holds::default();
+        let partitions: HashSet<Part> = partitions.iter().map(|&p| part(p)).collect();
+        holds.block(&table(), "missing".into(), &partitions, batch);
+        holds
     }
 
     #[test]
     fn a_table_blocked_and_held_for_its_scheme_reads_blocked_until_both_end() {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        metrics::with_local_recorder(&recorder, || {
+        with_gauge(|gauge| {
             // Given a table the sink refused on partition 0 and whose scheme does not fit a
             // message of partition 1,
-            let mut holds = Holds::default();
-            let mut batch = pending(&[(0, 10), (0, 11)]);
-            holds.block(
-                &table(),
-                "missing".into(),
-                &HashSet::from([part(0)]),
-                &mut batch,
-            );
+            let mut holds = blocked(&[0], &mut pending(&[(0, 10), (0, 11)]));
             holds.hold_for_scheme(part(1), table(), "no fit".into(), message(1, 5));
-            assert_eq!(gauge(&recorder), Some(1.0));
+            assert_eq!(gauge(), Some(1.0));
 
             // when the scheme fits again, the table still reads blocked (the sink still
             // refuses it) and partition 1 may resume;
             let held = holds.take_scheme_held(&part(1)).unwrap();
             assert!(holds.release_scheme(&part(1), &held.table));
-            assert_eq!(gauge(&recorder), Some(1.0));
+            assert_eq!(gauge(), Some(1.0));
             assert!(holds.is_paused_on_purpose(&part(0)));
 
             // and once the sink takes it, it reads 0 and partition 0 resumes.
             let taken = holds.take_blocked(&table()).unwrap();
             assert_eq!(taken.pending.batch.changes.len(), 2);
             assert_eq!(holds.unblock(&table()), vec![part(0)]);
-            assert_eq!(gauge(&recorder), Some(0.0));
+            assert_eq!(gauge(), Some(0.0));
             assert!(holds.paused_on_purpose().is_empty());
         });
     }
 
     #[test]
     fn an_unblocked_table_whose_partition_is_held_for_its_scheme_stays_held_there() {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        metrics::with_local_recorder(&recorder, || {
-            let mut holds = Holds::default();
-            let mut batch = pending(&[(0, 10), (1, 3)]);
-            holds.block(
-                &table(),
-                "missing".into(),
-                &HashSet::from([part(0), part(1)]),
-                &mut batch,
-            );
+        with_gauge(|gauge| {
+            let mut holds = blocked(&[0, 1], &mut pending(&[(0, 10), (1, 3)]));
             holds.hold_for_scheme(part(1), table(), "no fit".into(), message(1, 4));
             holds.take_blocked(&table()).unwrap();
             // Partition 1 stays paused: its scheme still does not fit; so does the gauge.
             assert_eq!(holds.unblock(&table()), vec![part(0)]);
-            assert_eq!(gauge(&recorder), Some(1.0));
+            assert_eq!(gauge(), Some(1.0));
             assert!(holds.is_paused_on_purpose(&part(1)));
         });
     }
 
     #[test]
     fn changes_of_blocked_partitions_join_what_their_table_holds_in_order() {
-        let mut holds = Holds::default();
         let mut first = pending(&[(0, 1), (1, 1), (0, 2)]);
-        holds.block(
-            &table(),
-            "missing".into(),
-            &HashSet::from([part(0)]),
-            &mut first,
-        );
+        let mut holds = blocked(&[0], &mut first);
         // What stays is partition 1's.
         assert_eq!(first.batch.changes.len(), 1);
         assert_eq!(first.batch.changes[0].origin.partition, 1);
@@ -436,22 +427,14 @@ mod tests {
 
     #[test]
     fn a_revoked_partition_takes_its_held_changes_with_it() {
-        let recorder = PrometheusBuilder::new().build_recorder();
-        metrics::with_local_recorder(&recorder, || {
-            let mut holds = Holds::default();
-            let mut batch = pending(&[(0, 1), (1, 1)]);
-            holds.block(
-                &table(),
-                "missing".into(),
-                &HashSet::from([part(0), part(1)]),
-                &mut batch,
-            );
+        with_gauge(|gauge| {
+            let mut holds = blocked(&[0, 1], &mut pending(&[(0, 1), (1, 1)]));
             // One of two partitions revoked: the table stays blocked with the other's.
             assert_eq!(holds.forget(&part(0)), None);
-            assert_eq!(gauge(&recorder), Some(1.0));
+            assert_eq!(gauge(), Some(1.0));
             // The last one: nothing is held of the table any more.
             assert_eq!(holds.forget(&part(1)), Some(table()));
-            assert_eq!(gauge(&recorder), Some(0.0));
+            assert_eq!(gauge(), Some(0.0));
             assert!(!holds.has_blocked());
         });
     }
