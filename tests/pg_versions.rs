@@ -17,14 +17,7 @@ fn capture_refuses_postgresql_13_with_the_version_and_the_fix_and_creates_nothin
     // Given a PostgreSQL 13 source with logical WAL and a table fit for capture,
     let (pg, dir, config, port) = pipeline(13, "any");
     // when capture starts against it,
-    let log = SluiceProcess::run_until_exit(
-        Path::new(SLUICE),
-        "capture",
-        &config,
-        &dir.path().join("sluice.log"),
-        port,
-        &[],
-    );
+    let log = capture_until_exit(&dir, &config, port);
 
     // then it stops with the server's version, the supported range and what to do,
     assert!(
@@ -84,15 +77,7 @@ fn pipeline(major: u32, origin: &str) -> (Postgres, tempfile::TempDir, PathBuf, 
 /// one is there (the peer's committed before it, so it would have arrived first).
 fn rows_after_a_peer_write(origin: &str) -> Vec<String> {
     let (pg, dir, config, port) = pipeline(18, origin);
-    let sluice = SluiceProcess::start(
-        Path::new(SLUICE),
-        "run",
-        &config,
-        &dir.path().join("sluice.log"),
-        port,
-    )
-    .unwrap();
-    sluice.wait_for_log("starting replication", Duration::from_secs(60));
+    let sluice = run_streaming(&dir, &config, port);
     pg.psql("shop", "INSERT INTO public.orders VALUES (1, 'local')")
         .unwrap();
     pg.psql(
@@ -129,14 +114,7 @@ fn with_origin_any_a_change_another_replicator_applied_is_captured() {
 #[test]
 fn origin_none_is_refused_before_postgresql_16_with_the_fix() {
     let (_pg, dir, config, port) = pipeline(15, "none");
-    let log = SluiceProcess::run_until_exit(
-        Path::new(SLUICE),
-        "capture",
-        &config,
-        &dir.path().join("sluice.log"),
-        port,
-        &[],
-    );
+    let log = capture_until_exit(&dir, &config, port);
     assert!(
         log.contains("origin = \"none\" needs PostgreSQL 16 or newer")
             && log.contains("source runs 15."),
@@ -162,15 +140,7 @@ fn on_postgresql_18_stored_generated_columns_reach_the_sink_in_snapshot_and_stre
         "tables = [\"public.lines\"]",
     );
     std::fs::write(&config, text).unwrap();
-    let sluice = SluiceProcess::start(
-        Path::new(SLUICE),
-        "run",
-        &config,
-        &dir.path().join("sluice.log"),
-        port,
-    )
-    .unwrap();
-    sluice.wait_for_log("starting replication", Duration::from_secs(60));
+    let sluice = run_streaming(&dir, &config, port);
 
     // when rows are inserted, updated and deleted while it streams,
     pg.psql(
@@ -204,4 +174,30 @@ fn on_postgresql_18_stored_generated_columns_reach_the_sink_in_snapshot_and_stre
         .trim(),
         "0"
     );
+}
+
+/// Runs `sluice capture` until it stops (on a definite error); returns its log.
+fn capture_until_exit(dir: &tempfile::TempDir, config: &Path, port: u16) -> String {
+    SluiceProcess::run_until_exit(
+        Path::new(SLUICE),
+        "capture",
+        config,
+        &dir.path().join("sluice.log"),
+        port,
+        &[],
+    )
+}
+
+/// Starts `sluice run` and waits until capture streams.
+fn run_streaming(dir: &tempfile::TempDir, config: &Path, port: u16) -> SluiceProcess {
+    let sluice = SluiceProcess::start(
+        Path::new(SLUICE),
+        "run",
+        config,
+        &dir.path().join("sluice.log"),
+        port,
+    )
+    .unwrap();
+    sluice.wait_for_log("starting replication", Duration::from_secs(60));
+    sluice
 }
