@@ -176,6 +176,63 @@ fn on_postgresql_18_stored_generated_columns_reach_the_sink_in_snapshot_and_stre
     );
 }
 
+/// Sets `failover_slot` in the source's section of `config`.
+fn set_failover_slot(config: &Path, on: bool) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let text = match text.find("\nfailover_slot = ") {
+        Some(_) => text
+            .replace("failover_slot = true", &format!("failover_slot = {on}"))
+            .replace("failover_slot = false", &format!("failover_slot = {on}")),
+        None => text.replacen("origin = ", &format!("failover_slot = {on}\norigin = "), 1),
+    };
+    std::fs::write(config, text).unwrap();
+}
+
+/// Whether the `origins` slot is a failover slot.
+fn slot_is_failover(pg: &Postgres) -> String {
+    pg.psql(
+        "shop",
+        "SELECT failover FROM pg_replication_slots WHERE slot_name = 'origins'",
+    )
+    .unwrap()
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn on_postgresql_17_and_later_the_slot_is_created_as_a_failover_slot_or_made_one() {
+    // A new slot with failover_slot = true is created with failover;
+    let (pg, dir, config, port) = pipeline(18, "any");
+    set_failover_slot(&config, true);
+    let sluice = run_streaming(&dir, &config, port);
+    assert_eq!(slot_is_failover(&pg), "t", "{}", sluice.log());
+    drop(sluice);
+
+    // a slot made without it is altered to have it at the next start.
+    let (pg, dir, config, port) = pipeline(17, "any");
+    let sluice = run_streaming(&dir, &config, port);
+    assert_eq!(slot_is_failover(&pg), "f");
+    drop(sluice);
+    set_failover_slot(&config, true);
+    let sluice = run_streaming(&dir, &config, port);
+    assert_eq!(slot_is_failover(&pg), "t", "{}", sluice.log());
+    assert!(sluice
+        .log()
+        .contains("altering the replication slot to be a failover slot"));
+}
+
+#[test]
+fn failover_slot_is_refused_before_postgresql_17_with_the_fix() {
+    let (_pg, dir, config, port) = pipeline(16, "any");
+    set_failover_slot(&config, true);
+    let log = capture_until_exit(&dir, &config, port);
+    assert!(
+        log.contains("failover_slot = true needs PostgreSQL 17 or newer")
+            && log.contains("source runs 16."),
+        "{log}"
+    );
+}
+
 /// Runs `sluice capture` until it stops (on a definite error); returns its log.
 fn capture_until_exit(dir: &tempfile::TempDir, config: &Path, port: u16) -> String {
     SluiceProcess::run_until_exit(

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/local/prereqs.sh
-deploy/local/postgres.sh 13 18
+deploy/local/postgres.sh 13 16 17 18
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo test --workspace --all-targets --locked
 SLUICE_TEST_PG_MAJOR=18 cargo test --locked -p sluice-harness --test services

@@ -16,6 +16,15 @@ pub struct Refused {
     pub reason: String,
 }
 
+/// What the source's config asks of the server beyond logical replication itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    /// `origin = "none"` (16+).
+    pub origin_filter: bool,
+    /// `failover_slot = true` (17+).
+    pub failover_slot: bool,
+}
+
 /// The oldest PostgreSQL major capture takes, and the newest it is verified against (the
 /// test matrix: `SLUICE_TEST_PG_MAJOR`, README).
 pub const OLDEST_MAJOR: i32 = 14;
@@ -48,7 +57,7 @@ fn check_version(version_num: i32, version: &str) -> Result<i32, CaptureError> {
 pub async fn preflight(
     client: &Client,
     tables: &[TableId],
-    needs_origin_filter: bool,
+    needs: Needs,
 ) -> Result<Vec<Refused>, CaptureError> {
     let row = client
         .query_one(
@@ -57,7 +66,14 @@ pub async fn preflight(
         )
         .await?;
     let major = check_version(row.get(0), row.get(1))?;
-    if needs_origin_filter && major < 16 {
+    if needs.failover_slot && major < 17 {
+        let version: String = row.get(1);
+        return Err(CaptureError::Definite(format!(
+            "failover_slot = true needs PostgreSQL 17 or newer (failover slots) and the source \
+             runs {version}: remove failover_slot from the source's config, or upgrade the source"
+        )));
+    }
+    if needs.origin_filter && major < 16 {
         let version: String = row.get(1);
         return Err(CaptureError::Definite(format!(
             "origin = \"none\" needs PostgreSQL 16 or newer (pgoutput's origin option) and the \
@@ -316,10 +332,17 @@ pub async fn create_slot_with_snapshot(
     repl: &mut ReplicationConnection,
     slot: &str,
     temporary: bool,
+    failover: bool,
 ) -> Result<ExportedSnapshot, CaptureError> {
+    // The option list (PostgreSQL 15+) is the only form that takes FAILOVER (17+).
+    let options = if failover {
+        "(SNAPSHOT 'export', FAILOVER true)"
+    } else {
+        "EXPORT_SNAPSHOT"
+    };
     let rows = repl
         .simple_query(&format!(
-            "CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput EXPORT_SNAPSHOT",
+            "CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput {options}",
             quote_ident(slot),
             if temporary { "TEMPORARY " } else { "" }
         ))
@@ -346,6 +369,7 @@ pub async fn ensure_slot(
     client: &Client,
     repl: &mut ReplicationConnection,
     slot: &str,
+    failover: bool,
 ) -> Result<SlotState, CaptureError> {
     let row = client
         .query_opt(
@@ -354,6 +378,24 @@ pub async fn ensure_slot(
             &[&slot],
         )
         .await?;
+    if failover && row.is_some() {
+        // (`failover` is a column from PostgreSQL 17 on, which preflight made sure of.)
+        let has: bool = client
+            .query_one(
+                "SELECT failover FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await?
+            .get(0);
+        if !has {
+            info!(slot, "altering the replication slot to be a failover slot");
+            repl.simple_query(&format!(
+                "ALTER_REPLICATION_SLOT {} (FAILOVER true)",
+                quote_ident(slot)
+            ))
+            .await?;
+        }
+    }
     if let Some(row) = row {
         let plugin: Option<String> = row.get(0);
         let wal_status: Option<String> = row.get(1);
@@ -380,7 +422,7 @@ pub async fn ensure_slot(
     ensure_free(client, "max_replication_slots", "SELECT count(*) FROM pg_replication_slots", "replication slots",
         "drop unused ones (SELECT slot_name FROM pg_replication_slots WHERE NOT active) or raise max_replication_slots").await?;
     info!(slot, "creating replication slot");
-    let exported = create_slot_with_snapshot(repl, slot, false).await?;
+    let exported = create_slot_with_snapshot(repl, slot, false, failover).await?;
     Ok(SlotState {
         confirmed_flush_lsn: Some(exported.consistent_lsn),
         created: Some(exported),

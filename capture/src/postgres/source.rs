@@ -94,6 +94,11 @@ pub struct PostgresSourceConfig {
     /// 16+), so that two databases replicating into each other do not send a change back.
     #[serde(default)]
     pub origin: OriginFilter,
+    /// Create the slot with `failover` (PostgreSQL 17+; refused before): a standby with
+    /// `sync_replication_slots = on` keeps a copy of it in step, so capture resumes on the
+    /// standby once it is promoted. A slot that exists without it is altered to have it.
+    #[serde(default)]
+    pub failover_slot: bool,
 }
 
 /// Which changes capture asks for by their replication origin (`sources.<name>.origin`).
@@ -313,7 +318,7 @@ impl PostgresCapture {
             None => {
                 let mut conn = ReplicationConnection::connect(params).await?;
                 let name = format!("{}_snap_{}", self.config.slot, std::process::id());
-                let e = slot::create_slot_with_snapshot(&mut conn, &name, true).await?;
+                let e = slot::create_slot_with_snapshot(&mut conn, &name, true, false).await?;
                 temporary = Some(conn);
                 e
             }
@@ -451,8 +456,15 @@ impl PostgresCapture {
         let (client, conn_task) = pg.connect().await?;
         let result = async {
             let mut stopped = StoppedTables::new(&self.name, &tables);
-            for refused in
-                slot::preflight(&client, &tables, self.config.origin == OriginFilter::None).await?
+            for refused in slot::preflight(
+                &client,
+                &tables,
+                slot::Needs {
+                    origin_filter: self.config.origin == OriginFilter::None,
+                    failover_slot: self.config.failover_slot,
+                },
+            )
+            .await?
             {
                 stopped.stop(&refused.table, &refused.reason);
             }
@@ -478,7 +490,13 @@ impl PostgresCapture {
             let partitions = Catalog::partitions(&client, &tables, &HashMap::new(), false).await?;
             let mut repl = ReplicationConnection::connect(&params).await?;
             let identity = identify(&mut repl).await?;
-            let slot_state = slot::ensure_slot(&client, &mut repl, &self.config.slot).await?;
+            let slot_state = slot::ensure_slot(
+                &client,
+                &mut repl,
+                &self.config.slot,
+                self.config.failover_slot,
+            )
+            .await?;
             let start = slot_state.confirmed_flush_lsn.unwrap_or(0);
             let (mut publisher, acks) = Publisher::new(&self.kafka, self.settings.clone(), start)?;
             publisher.prepare().await?;
