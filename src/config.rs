@@ -13,7 +13,7 @@ use serde::Deserialize;
 use sluice_capture::mysql::MysqlSourceConfig;
 use sluice_capture::postgres::PostgresSourceConfig;
 use sluice_capture::source::Source;
-use sluice_schemas::registry::{Registry, RegistrySettings};
+use sluice_connect::registry::{Registry, RegistrySettings};
 use sluice_schemas::TableId;
 use sluice_sinks::postgres::PostgresSinkConfig;
 

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use sluice_connect::transport::{read_to_end, TopicSchemas};
 use sluice_schemas::avro::EnvelopeDecoder;
 use sluice_schemas::scheme::{identity, scheme_files, Scheme, SchemeError};
-use sluice_schemas::transport::{read_to_end, TopicSchemas};
 use sluice_schemas::{TableId, TableSchema};
 use sluice_sinks::mysql::MysqlSink;
 use sluice_sinks::postgres::PostgresSink;

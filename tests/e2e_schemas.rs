@@ -290,9 +290,9 @@ fn debezium_style_consumer(
         .collect()
 }
 
-fn s_registry_client(url: &str) -> std::sync::Arc<sluice_schemas::registry::Registry> {
+fn s_registry_client(url: &str) -> std::sync::Arc<sluice_connect::registry::Registry> {
     std::sync::Arc::new(
-        sluice_schemas::registry::Registry::new(&sluice_schemas::registry::RegistrySettings {
+        sluice_connect::registry::Registry::new(&sluice_connect::registry::RegistrySettings {
             url: url.into(),
             username: Some("sluice".into()),
             password: Some("s3cret".into()),

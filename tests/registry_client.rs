@@ -3,8 +3,8 @@
 //! caching, Confluent's error codes, retries, basic auth and TLS.
 
 use serde_json::json;
+use sluice_connect::registry::{Registry, RegistryError, RegistrySettings};
 use sluice_harness::{RegistryTls, SchemaRegistry, TestCerts};
-use sluice_schemas::registry::{Registry, RegistryError, RegistrySettings};
 
 fn client(url: &str) -> Registry {
     Registry::new(&RegistrySettings {

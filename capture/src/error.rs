@@ -18,7 +18,7 @@ pub enum CaptureError {
     #[error("kafka: {0}")]
     Kafka(String),
     #[error(transparent)]
-    Registry(#[from] sluice_schemas::registry::RegistryError),
+    Registry(#[from] sluice_connect::registry::RegistryError),
     /// (Not marked as the source error: its message already says everything, and error
     /// chains would print it twice.)
     #[error("source: {}", mysql_detail(.0))]

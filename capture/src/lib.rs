@@ -20,7 +20,7 @@ pub mod source;
 pub mod spill;
 pub mod state;
 /// TLS to the source databases (shared with the sinks).
-pub use sluice_schemas::tls;
+pub use sluice_connect::tls;
 
 pub use error::CaptureError;
 pub use publisher::{Publisher, PublisherSettings};

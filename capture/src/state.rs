@@ -46,7 +46,7 @@ pub async fn read_latest_state(
 ) -> Result<Option<Vec<u8>>, CaptureError> {
     let (config, topic_owned) = (config.clone(), topic.to_string());
     let records = tokio::task::spawn_blocking(move || {
-        sluice_schemas::transport::read_to_end(&config, &topic_owned, Duration::from_secs(60))
+        sluice_connect::transport::read_to_end(&config, &topic_owned, Duration::from_secs(60))
     })
     .await
     .map_err(|e| CaptureError::Kafka(format!("state reader panicked: {e}")))?

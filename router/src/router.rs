@@ -59,7 +59,7 @@ pub struct RouterSettings {
     pub schema_topic: String,
     /// Resolves Confluent-framed messages (schema ids); single-object framed ones are found in
     /// `schema_topic` either way.
-    pub registry: Option<Arc<sluice_schemas::registry::Registry>>,
+    pub registry: Option<Arc<sluice_connect::registry::Registry>>,
     pub dead_letter_topic: String,
     /// Used when the router has to create a topic that does not exist yet.
     pub partitions: i32,

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use sluice_connect::registry::{parse_confluent, Registry, RegistryError, CONFLUENT_MAGIC};
+use sluice_connect::transport::read_to_end;
 use sluice_schemas::avro::{unframe, EnvelopeDecoder};
-use sluice_schemas::registry::{parse_confluent, Registry, RegistryError, CONFLUENT_MAGIC};
-use sluice_schemas::transport::read_to_end;
 use sluice_schemas::SchemaFingerprint;
 use tracing::debug;
 

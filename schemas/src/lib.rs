@@ -6,19 +6,17 @@
 //!   [`SqlType`]) and their mapping onto Avro types;
 //! - [`avro`]: the Debezium-compatible Avro envelope, its encoding with Avro single-object
 //!   framing, and decoding back into rows;
-//! - [`registry`]: a Confluent Schema Registry client and Confluent's wire format;
 //! - [`compat`]: the compatibility policy between versions of a table's schema;
 //! - [`resolve`]: Avro schema resolution with reasons in words, for the compatibility policy
 //!   and mapping schemes;
 //! - [`scheme`]: mapping schemes (reader schemas with `sluice.` attributes): parse, check
 //!   against a writer schema, apply to changes;
 //! - [`liveness`]: what every component reports to its process's `/readyz` (connected, and
-//!   whether pending work moves);
-//! - [`tls`]: TLS settings and connectors for database connections, shared by sources and
-//!   sinks.
+//!   whether pending work moves).
 //!
-//! It talks to no database itself: capture publishes the schemas it builds here and
-//! the router loads them (see `sluice-capture` and `sluice-router`).
+//! It talks to no database, broker or registry itself and depends on no driver or client
+//! (`sluice-connect` reaches them): capture publishes the schemas it builds here and the
+//! router loads them (see `sluice-capture` and `sluice-router`).
 
 pub mod avro;
 mod avro_read;
@@ -28,12 +26,9 @@ pub mod decimal;
 pub mod event;
 pub mod liveness;
 pub mod pgtext;
-pub mod registry;
 pub mod resolve;
 pub mod scheme;
 pub mod table;
-pub mod tls;
-pub mod transport;
 
 pub use avro::{AvroError, EnvelopeCodec, SchemaFingerprint};
 pub use event::{ChangeEvent, Datum, Op, Position, SourceInfo, TxInfo};

@@ -1,4 +1,4 @@
-use sluice_schemas::tls::tls_failure;
+use sluice_connect::tls::tls_failure;
 
 /// Sink failures. [`SinkError::is_transient`] decides retry versus stop, in one place.
 #[derive(Debug, thiserror::Error)]

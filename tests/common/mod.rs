@@ -42,7 +42,7 @@ impl TopicReader {
         bootstrap: &str,
         namespace: &str,
         topic: &str,
-        registry: Option<Arc<sluice_schemas::registry::Registry>>,
+        registry: Option<Arc<sluice_connect::registry::Registry>>,
     ) -> TopicReader {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", bootstrap);
@@ -91,7 +91,7 @@ impl TopicReader {
             .expect("the schema is registered before its first event");
         Some(ReadEvent {
             position,
-            framing_id: sluice_schemas::registry::parse_confluent(payload).map(|(id, _)| id),
+            framing_id: sluice_connect::registry::parse_confluent(payload).map(|(id, _)| id),
             table: decoder.table.clone(),
             event: decoder.decode(datum).unwrap(),
         })

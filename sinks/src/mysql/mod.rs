@@ -14,8 +14,8 @@ use std::time::Instant;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Params, Pool, Transaction, TxOpts, Value};
 use serde::Deserialize;
+use sluice_connect::tls::TlsConfig;
 use sluice_schemas::pgtext::{self, civil_from_days};
-use sluice_schemas::tls::TlsConfig;
 use sluice_schemas::{Datum, Position, SqlType, TableId, TableSchema};
 use tracing::{debug, info, warn};
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Deserialize;
-use sluice_schemas::tls::{MakeRustls, TlsConfig};
+use sluice_connect::tls::{MakeRustls, TlsConfig};
 use sluice_schemas::{Datum, Position, SqlType, TableId, TableSchema};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Statement, Transaction};

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value as Json};
+use sluice_connect::registry::base64;
 use sluice_schemas::avro::EnvelopeDecoder;
 use sluice_schemas::compat::Compatibility;
-use sluice_schemas::registry::base64;
 
 use crate::Result;
 
