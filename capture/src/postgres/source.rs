@@ -535,6 +535,12 @@ impl PostgresCapture {
             ];
             // (Servers before 16 know no `origin` option; `any` is what they do.)
             if self.config.origin != OriginFilter::Any {
+                // The server drops those changes before they reach capture, so they cannot be
+                // counted here: say once that it does.
+                info!(
+                    origin = self.config.origin.option(),
+                    "changes applied under a replication origin are left out by the server"
+                );
                 options.push(("origin", self.config.origin.option()));
             }
             repl.start_logical(&self.config.slot, 0, &options).await?;
