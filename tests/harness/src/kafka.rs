@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::ChildGuard;
+use crate::process::{share_for_binary, AtExit, ChildGuard};
 use crate::tansu::{Tansu, TansuStorage};
 use crate::{free_port, wait_until, Result};
 
@@ -300,53 +300,19 @@ pub enum Broker {
     },
 }
 
-/// The test binary's Apache Kafka, started by the first test that asks for it: on a thread of
-/// its own that lives as long as the binary, so that the broker gets its parent-death signal
-/// (SIGKILL) only when the binary exits. An `atexit` handler kills it then and removes its
-/// temporary directory (statics are never dropped).
+/// The test binary's Apache Kafka, started by the first test that asks for it and kept until
+/// the binary exits ([`share_for_binary`]).
 fn shared_kafka() -> Result<String> {
     static SHARED: std::sync::OnceLock<Result<String>> = std::sync::OnceLock::new();
-    SHARED
-        .get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::Builder::new()
-                .name("shared-kafka".into())
-                .spawn(move || match Kafka::start() {
-                    Ok(kafka) => {
-                        let pid = kafka.server.as_ref().and_then(ChildGuard::pid);
-                        let _ = SHARED_KAFKA_AT_EXIT
-                            .set((pid.map_or(0, |p| p as i32), kafka.dir.path().to_path_buf()));
-                        // SAFETY: registers a plain `extern "C" fn` with no captured state.
-                        unsafe { libc::atexit(remove_shared_kafka) };
-                        let _ = tx.send(Ok(kafka.bootstrap()));
-                        loop {
-                            std::thread::park();
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
-                })
-                .map_err(|e| e.to_string())?;
-            rx.recv().map_err(|e| e.to_string())?
-        })
-        .clone()
-}
-
-/// The shared broker's process id and directory, for [`remove_shared_kafka`].
-static SHARED_KAFKA_AT_EXIT: std::sync::OnceLock<(i32, PathBuf)> = std::sync::OnceLock::new();
-
-extern "C" fn remove_shared_kafka() {
-    if let Some((pid, dir)) = SHARED_KAFKA_AT_EXIT.get() {
-        if *pid > 0 {
-            // SAFETY: signals and reaps our own child; nothing else waits for it at exit.
-            unsafe {
-                libc::kill(*pid, libc::SIGKILL);
-                libc::waitpid(*pid, std::ptr::null_mut(), 0);
-            }
-        }
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    share_for_binary("kafka", &SHARED, Kafka::start, |kafka| {
+        (
+            kafka.bootstrap(),
+            AtExit {
+                pid: kafka.server.as_ref().and_then(ChildGuard::pid),
+                dir: kafka.dir.path().to_path_buf(),
+            },
+        )
+    })
 }
 
 impl Broker {

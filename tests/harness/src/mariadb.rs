@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::{find_binary, run, ChildGuard};
+use crate::process::{find_binary, run, share_for_binary, AtExit, ChildGuard};
 use crate::{free_port, wait_until, Result};
 
 const MARIADB_BIN_DIRS: &[&str] = &["/usr/sbin", "/usr/bin"];
@@ -10,13 +10,32 @@ const MARIADB_BIN_DIRS: &[&str] = &["/usr/sbin", "/usr/bin"];
 /// A MariaDB server configured for CDC (`log-bin`, `binlog_format=ROW`,
 /// `binlog_row_image=FULL`, `binlog_row_metadata=FULL`, a `server-id`), in its own temporary
 /// directory, with a user `sluice`/`sluice` that has every privilege over TCP.
+///
+/// Or a test's part of the binary's shared server ([`MariaDb::shared`]): its databases are
+/// named with a prefix of its own ([`MariaDb::db`]).
 pub struct MariaDb {
     pub port: u16,
-    dir: tempfile::TempDir,
+    dir: Home,
     client: PathBuf,
     server: Option<ChildGuard>,
     /// `mariadbd` and its arguments, to start it again after [`MariaDb::restart`] stops it.
     server_cmd: (PathBuf, Vec<String>),
+    /// What the test's databases are called with on the shared server; empty on its own.
+    prefix: String,
+}
+
+/// Where a server lives: a temporary directory of the test's own, or the shared server's.
+enum Home {
+    Own(tempfile::TempDir),
+    Shared(PathBuf),
+}
+
+/// What a handle needs to reach the binary's shared server.
+#[derive(Clone)]
+struct SharedServer {
+    port: u16,
+    dir: PathBuf,
+    client: PathBuf,
 }
 
 impl MariaDb {
@@ -77,10 +96,11 @@ impl MariaDb {
         args.extend(extra.iter().cloned());
         let mut db = MariaDb {
             port,
-            dir,
+            dir: Home::Own(dir),
             client,
             server: None,
             server_cmd: (mariadbd, args),
+            prefix: String::new(),
         };
         db.spawn_server()?;
         db.root_sql(
@@ -90,10 +110,62 @@ impl MariaDb {
         Ok(db)
     }
 
+    /// The test's part of the binary's shared server, started by the first test that asks:
+    /// the databases it creates through [`MariaDb::create_database`] and names with
+    /// [`MariaDb::db`] carry a prefix of its own and are dropped when the handle drops. Its
+    /// binlog holds every test's changes: a capture reads past the others'. A test that
+    /// restarts, reconfigures or resets its server starts one of its own.
+    pub fn shared() -> Result<MariaDb> {
+        static SHARED: std::sync::OnceLock<Result<SharedServer>> = std::sync::OnceLock::new();
+        let server = share_for_binary("mariadb", &SHARED, MariaDb::start, |db| {
+            (
+                SharedServer {
+                    port: db.port,
+                    dir: db.home().to_path_buf(),
+                    client: db.client.clone(),
+                },
+                AtExit {
+                    pid: db.server.as_ref().and_then(ChildGuard::pid),
+                    dir: db.home().to_path_buf(),
+                },
+            )
+        })?;
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(MariaDb {
+            port: server.port,
+            dir: Home::Shared(server.dir),
+            client: server.client,
+            server: None,
+            server_cmd: (PathBuf::new(), Vec::new()),
+            prefix: format!("t{n}_"),
+        })
+    }
+
+    /// The name the database the test calls `name` has on the server: the same on a server of
+    /// the test's own, prefixed on the shared one.
+    pub fn db(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// A replica `server_id` for a capture, unique in the test binary (captures of one server
+    /// must differ: the server drops a replica's connection when another registers the same id).
+    pub fn next_server_id() -> u32 {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(5400);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn home(&self) -> &std::path::Path {
+        match &self.dir {
+            Home::Own(dir) => dir.path(),
+            Home::Shared(dir) => dir,
+        }
+    }
+
     fn spawn_server(&mut self) -> Result<()> {
         let mut cmd = Command::new(&self.server_cmd.0);
         cmd.args(&self.server_cmd.1);
-        let log = self.dir.path().join("mariadb.log");
+        let log = self.home().join("mariadb.log");
         self.server = Some(ChildGuard::spawn(
             "mariadbd",
             cmd,
@@ -109,6 +181,10 @@ impl MariaDb {
 
     /// Stops the server (clean shutdown) and starts it again on the same port and data.
     pub fn restart(&mut self) -> Result<()> {
+        assert!(
+            matches!(self.dir, Home::Own(_)),
+            "restarting changes the whole server: the test needs MariaDb::start(), not the shared one"
+        );
         if let Some(mut s) = self.server.take() {
             s.stop(Duration::from_secs(30));
         }
@@ -121,25 +197,26 @@ impl MariaDb {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mariadb.log")).unwrap_or_default()
+        std::fs::read_to_string(self.home().join("mariadb.log")).unwrap_or_default()
     }
 
     /// Runs SQL as root over the server's socket; returns tab-separated rows without headers.
     pub fn root_sql(&self, sql: &str) -> Result<String> {
-        root_sql_via(&self.client, &self.dir.path().join("mysqld.sock"), sql)
+        root_sql_via(&self.client, &self.home().join("mysqld.sock"), sql)
     }
 
     /// A function that runs SQL as root like [`MariaDb::root_sql`] (panicking on failure), for
     /// writer threads that cannot borrow the server.
     pub fn root_sql_command(&self) -> impl Fn(&str) + Send + 'static {
-        let (client, socket) = (self.client.clone(), self.dir.path().join("mysqld.sock"));
+        let (client, socket) = (self.client.clone(), self.home().join("mysqld.sock"));
         move |sql: &str| {
             root_sql_via(&client, &socket, sql).unwrap();
         }
     }
 
+    /// Creates the database the test calls `name` ([`MariaDb::db`]).
     pub fn create_database(&self, name: &str) -> Result<()> {
-        self.root_sql(&format!("CREATE DATABASE `{name}`"))
+        self.root_sql(&format!("CREATE DATABASE `{}`", self.db(name)))
             .map(|_| ())
     }
 }
@@ -148,6 +225,15 @@ impl Drop for MariaDb {
     fn drop(&mut self) {
         if let Some(mut s) = self.server.take() {
             s.stop(Duration::from_secs(30));
+        }
+        if !self.prefix.is_empty() {
+            // The test's databases on the shared server (best effort).
+            let like = self.prefix.replace('_', "\\_");
+            if let Ok(dbs) = self.root_sql(&format!("SHOW DATABASES LIKE '{like}%'")) {
+                for db in dbs.lines().filter(|l| !l.is_empty()) {
+                    let _ = self.root_sql(&format!("DROP DATABASE `{db}`"));
+                }
+            }
         }
     }
 }

@@ -2,7 +2,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::process::{chown_recursive, find_binary, run, system_user_when_root, ChildGuard};
+use crate::process::{
+    chown_recursive, find_binary, run, share_for_binary, system_user_when_root, AtExit, ChildGuard,
+};
 use crate::{free_port, wait_until, Result};
 
 const PG_BIN_DIRS: &[&str] = &["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin"];
@@ -68,15 +70,37 @@ fn client_bin_dir() -> Result<PathBuf> {
 /// A PostgreSQL server with `wal_level=logical`, trust authentication on 127.0.0.1, in its
 /// own temporary directory. Run as the `postgres` user when the tests run as root, because
 /// `initdb` and `postgres` refuse to run as root.
+///
+/// Or a test's part of the binary's shared cluster ([`Postgres::shared`]): the same methods,
+/// with the test's database and slot names carrying a prefix of its own ([`Postgres::name`]).
 pub struct Postgres {
     pub port: u16,
-    dir: tempfile::TempDir,
+    dir: Home,
     /// The server's programs.
     bin: PathBuf,
     /// The client tools.
     client: PathBuf,
     run_as: Option<(u32, u32)>,
     server: Option<ChildGuard>,
+    /// What the test's databases and slots are called with on the shared cluster; empty on a
+    /// cluster of its own.
+    prefix: String,
+}
+
+/// Where a cluster lives: a temporary directory of the test's own, or the shared cluster's.
+enum Home {
+    Own(tempfile::TempDir),
+    Shared(PathBuf),
+}
+
+/// What a handle needs to reach the binary's shared cluster.
+#[derive(Clone)]
+struct SharedCluster {
+    port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+    client: PathBuf,
+    run_as: Option<(u32, u32)>,
 }
 
 impl Postgres {
@@ -114,33 +138,100 @@ impl Postgres {
         )?;
         let mut pg = Postgres {
             port: free_port(),
-            dir,
+            dir: Home::Own(dir),
             bin,
             client,
             run_as,
             server: None,
+            prefix: String::new(),
         };
         pg.start_server()?;
         Ok(pg)
     }
 
+    /// The test's part of the binary's shared cluster (of the run's major), started by the first
+    /// test that asks: its databases and replication slots are named with a prefix of its own
+    /// ([`Postgres::name`], applied by every method that takes a database name), and dropped
+    /// when the handle drops. A test that stops, restarts or reconfigures its server starts one
+    /// of its own ([`Postgres::start`]).
+    pub fn shared() -> Result<Postgres> {
+        static SHARED: std::sync::OnceLock<Result<SharedCluster>> = std::sync::OnceLock::new();
+        let cluster = share_for_binary("postgres", &SHARED, Postgres::start, |pg| {
+            (
+                SharedCluster {
+                    port: pg.port,
+                    dir: pg.home().to_path_buf(),
+                    bin: pg.bin.clone(),
+                    client: pg.client.clone(),
+                    run_as: pg.run_as,
+                },
+                AtExit {
+                    pid: pg.server.as_ref().and_then(ChildGuard::pid),
+                    dir: pg.home().to_path_buf(),
+                },
+            )
+        })?;
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Postgres {
+            port: cluster.port,
+            dir: Home::Shared(cluster.dir),
+            bin: cluster.bin,
+            client: cluster.client,
+            run_as: cluster.run_as,
+            server: None,
+            prefix: format!("t{n}_"),
+        })
+    }
+
+    /// The name a database or replication slot the test calls `name` has on the server: the
+    /// same on a cluster of the test's own, prefixed on the shared one (`postgres` and
+    /// `template1` are the server's own and keep their names).
+    pub fn name(&self, name: &str) -> String {
+        if self.prefix.is_empty() || matches!(name, "postgres" | "template1") {
+            name.to_string()
+        } else {
+            format!("{}{name}", self.prefix)
+        }
+    }
+
+    /// Whether this is a part of the shared cluster.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.dir, Home::Shared(_))
+    }
+
+    fn home(&self) -> &std::path::Path {
+        match &self.dir {
+            Home::Own(dir) => dir.path(),
+            Home::Shared(dir) => dir,
+        }
+    }
+
+    /// Panics on the shared cluster: `what` changes the whole server.
+    fn own(&self, what: &str) {
+        assert!(
+            !self.is_shared(),
+            "{what} changes the whole server: the test needs Postgres::start(), not the shared cluster"
+        );
+    }
+
     fn start_server(&mut self) -> Result<()> {
         let mut cmd = Command::new(self.bin.join("postgres"));
         cmd.arg("-D")
-            .arg(self.dir.path().join("data"))
+            .arg(self.home().join("data"))
             .arg("-p")
             .arg(self.port.to_string())
             .arg("-k")
-            .arg(self.dir.path())
+            .arg(self.home())
             .args([
                 "-c",
                 "listen_addresses=127.0.0.1",
                 "-c",
                 "wal_level=logical",
                 "-c",
-                "max_replication_slots=20",
+                "max_replication_slots=64",
                 "-c",
-                "max_wal_senders=20",
+                "max_wal_senders=64",
                 "-c",
                 "fsync=off",
                 "-c",
@@ -150,7 +241,7 @@ impl Postgres {
                 "-c",
                 "shared_buffers=64MB",
             ]);
-        let log = self.dir.path().join("postgres.log");
+        let log = self.home().join("postgres.log");
         // SIGINT is PostgreSQL's fast shutdown.
         self.server = Some(ChildGuard::spawn(
             "postgres",
@@ -172,7 +263,7 @@ impl Postgres {
 
     /// The server log, for failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default()
+        std::fs::read_to_string(self.home().join("postgres.log")).unwrap_or_default()
     }
 
     /// A PostgreSQL program (`psql`, `pgbench`, `pg_recvlogical`): the server's own where it
@@ -188,13 +279,20 @@ impl Postgres {
 
     /// A connection string for `db` as the superuser.
     pub fn url(&self, db: &str) -> String {
-        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+        format!(
+            "postgresql://postgres@127.0.0.1:{}/{}",
+            self.port,
+            self.name(db)
+        )
     }
 
     /// Creates a database; tests use one each.
     pub fn create_database(&self, name: &str) -> Result<()> {
-        self.psql("postgres", &format!("CREATE DATABASE \"{name}\""))
-            .map(|_| ())
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE \"{}\"", self.name(name)),
+        )
+        .map(|_| ())
     }
 
     /// Runs SQL through `psql` and returns its unaligned, tuples-only output.
@@ -216,7 +314,7 @@ impl Postgres {
                 .arg("-p")
                 .arg(self.port.to_string())
                 .arg("-d")
-                .arg(db)
+                .arg(self.name(db))
                 .arg("-c")
                 .arg(sql),
             None,
@@ -282,6 +380,7 @@ impl Postgres {
 
     /// Makes `user` authenticate with SCRAM-SHA-256 over TCP (everyone else stays on trust).
     pub fn require_scram_for(&self, user: &str) -> Result<()> {
+        self.own("pg_hba.conf");
         let hba = self.data_dir().join("pg_hba.conf");
         let old = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
         let line = format!("host all {user} 127.0.0.1/32 scram-sha-256\nhost replication {user} 127.0.0.1/32 scram-sha-256\n");
@@ -297,6 +396,7 @@ impl Postgres {
         key: &std::path::Path,
         databases: &[&str],
     ) -> Result<()> {
+        self.own("TLS");
         let data = self.data_dir();
         for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
             std::fs::copy(from, data.join(to)).map_err(|e| format!("copy {from:?}: {e}"))?;
@@ -333,6 +433,7 @@ impl Postgres {
 
     /// Stops the server (fast shutdown).
     pub fn stop(&mut self) {
+        self.own("stopping");
         if let Some(mut s) = self.server.take() {
             s.stop(Duration::from_secs(30));
         }
@@ -344,13 +445,59 @@ impl Postgres {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.own("the data directory");
+        self.home().join("data")
     }
 }
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        self.stop();
+        if self.is_shared() {
+            self.drop_own_objects();
+        } else if let Some(mut s) = self.server.take() {
+            s.stop(Duration::from_secs(30));
+        }
+    }
+}
+
+impl Postgres {
+    /// On the shared cluster, drops the test's replication slots and databases (best effort:
+    /// a slot a process still holds keeps its database, and both go when the binary exits).
+    fn drop_own_objects(&self) {
+        let mine = format!(
+            "(starts_with(slot_name, '{p}') OR starts_with(database, '{p}'))",
+            p = self.prefix
+        );
+        let _ = self.psql(
+            "postgres",
+            &format!(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+                 WHERE active_pid IS NOT NULL AND {mine}"
+            ),
+        );
+        let _ = wait_until("slots released", Duration::from_secs(5), || {
+            self.psql(
+                "postgres",
+                &format!(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                     WHERE NOT active AND {mine}; \
+                     SELECT count(*) FROM pg_replication_slots WHERE {mine}"
+                ),
+            )
+            .is_ok_and(|left| left.trim() == "0")
+        });
+        let databases = self
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT datname FROM pg_database WHERE starts_with(datname, '{}')",
+                    self.prefix
+                ),
+            )
+            .unwrap_or_default();
+        for db in databases.lines().filter(|l| !l.is_empty()) {
+            let _ = self.psql("postgres", &format!("DROP DATABASE \"{db}\" WITH (FORCE)"));
+        }
     }
 }
 

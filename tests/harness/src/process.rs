@@ -209,3 +209,77 @@ pub(crate) fn chown_recursive(path: &std::path::Path, ids: Option<(u32, u32)>) -
     }
     Ok(())
 }
+
+/// What a service shared by the test binary leaves behind: its process, killed when the binary
+/// exits, and its temporary directory, removed then.
+pub(crate) struct AtExit {
+    pub pid: Option<u32>,
+    pub dir: std::path::PathBuf,
+}
+
+/// Starts a service the whole test binary shares, once: `start` runs on a thread of its own
+/// that keeps the service and lives as long as the binary, so that the service's parent-death
+/// signal (sent when the thread that spawned it ends) comes only when the binary exits. An
+/// `atexit` handler then kills it and removes its directory (statics are never dropped).
+/// Returns what `describe` says handles need to reach it.
+pub(crate) fn share_for_binary<S, T>(
+    name: &str,
+    cell: &'static std::sync::OnceLock<Result<T>>,
+    start: fn() -> Result<S>,
+    describe: fn(&S) -> (T, AtExit),
+) -> Result<T>
+where
+    S: 'static,
+    T: Clone + Send + Sync + 'static,
+{
+    cell.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("shared-{name}"))
+            .spawn(move || match start() {
+                Ok(service) => {
+                    let (handle, at_exit) = describe(&service);
+                    remember_at_exit(at_exit);
+                    let _ = tx.send(Ok(handle));
+                    loop {
+                        std::thread::park();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        rx.recv().map_err(|e| e.to_string())?
+    })
+    .clone()
+}
+
+static AT_EXIT: std::sync::Mutex<Vec<AtExit>> = std::sync::Mutex::new(Vec::new());
+
+fn remember_at_exit(at_exit: AtExit) {
+    let mut list = AT_EXIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if list.is_empty() {
+        // SAFETY: registers a plain `extern "C" fn` with no captured state.
+        unsafe { libc::atexit(stop_shared_services) };
+    }
+    list.push(at_exit);
+}
+
+extern "C" fn stop_shared_services() {
+    let list = AT_EXIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for service in list.iter() {
+        if let Some(pid) = service.pid.and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: signals and reaps our own child; nothing else waits for it at exit.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&service.dir);
+    }
+}

@@ -151,6 +151,41 @@ impl SluiceProcess {
         None
     }
 
+    /// The value of `name{labels}` (summed over other labels; 0 when absent). Panics with the
+    /// log when `/metrics` cannot be read.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self
+            .metrics()
+            .unwrap_or_else(|| panic!("no /metrics\n--- sluice log ---\n{}", self.log()));
+        metric_value(&text, name, labels).unwrap_or(0.0)
+    }
+
+    /// Waits up to `timeout` until `name{labels}` satisfies `ok` (described by `what` in the
+    /// failure, with the last value and the log).
+    pub fn wait_for_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        timeout: Duration,
+        what: &str,
+        ok: impl Fn(f64) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let value = self.metric(name, labels);
+            if ok(value) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name}{labels:?} never became {what} within {timeout:?} (is {value})\n\
+                 --- sluice log ---\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// SIGTERM, as an orchestrator stopping a pod would; waits up to `grace` for the exit
     /// status (then kills it, and the status says so).
     pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
