@@ -116,6 +116,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             instance_id: config.router_instance_id(),
             assignment_strategy: router.assignment_strategy.clone(),
             topics: config.router_topics(),
+            legacy_topics: config.legacy_topics(),
             schema_topic: config.kafka.schema_topic.clone(),
             registry: registry.clone(),
             dead_letter_topic: router.dead_letter_topic.clone(),

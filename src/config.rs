@@ -813,6 +813,29 @@ impl Config {
             .collect()
     }
 
+    /// The router's topics as they were named before topic names carried the source, for
+    /// sources whose `topic_prefix` is not set (the router refuses to start while one exists
+    /// and its new name does not).
+    pub fn legacy_topics(&self) -> Vec<sluice_schemas::LegacyTopic> {
+        let read = self.router_topics();
+        self.source_topics()
+            .into_iter()
+            .filter(|(name, _, topic)| {
+                read.contains(topic)
+                    && self
+                        .sources
+                        .get(*name)
+                        .is_some_and(|s| s.topic_prefix().is_none())
+            })
+            .map(|(name, table, _)| sluice_schemas::LegacyTopic {
+                source: name.to_string(),
+                table,
+                legacy_prefix: self.kafka.topic_prefix.clone(),
+                prefix: self.source_topic_prefix(name),
+            })
+            .collect()
+    }
+
     /// The topics the router consumes: configured, or every source table's topic.
     pub fn router_topics(&self) -> Vec<String> {
         if let Some(r) = &self.router {

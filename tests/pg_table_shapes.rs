@@ -5,183 +5,64 @@
 //! the fix, counted and alerted on, and read again once fixed; a partitioned table is captured
 //! as itself; every source has topics of its own.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{free_port, metric_value, Broker, Postgres, SluiceProcess};
+use sluice_harness::{Broker, Pipeline, Postgres, SluiceProcess};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
-/// A PostgreSQL cluster with `source` (running `ddl`) and `sink` databases, a broker, and a
-/// config capturing `tables` from `source` into `sink`.
-struct Setup {
-    pg: Postgres,
-    /// Topic and group names start with it (the broker is the test binary's shared one).
-    ns: String,
-    _kafka: Broker,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    metrics_port: u16,
+/// How long a sink may take to equal its source.
+const CONVERGE: Duration = Duration::from_secs(120);
+
+/// A pipeline capturing `tables` from the source (running `ddl`) into the sink.
+fn setup(slot: &str, ddl: &str, tables: &[&str]) -> Pipeline {
+    setup_with(slot, ddl, tables, "")
 }
 
-impl Setup {
-    fn new(slot: &str, ddl: &str, tables: &[&str]) -> Setup {
-        Setup::with(slot, ddl, tables, "")
-    }
-
-    /// [`Setup::new`] with extra `[kafka]` settings.
-    fn with(slot: &str, ddl: &str, tables: &[&str], kafka_extra: &str) -> Setup {
-        let pg = Postgres::start().unwrap();
-        pg.create_database("source").unwrap();
-        pg.create_database("sink").unwrap();
-        pg.psql("source", ddl).unwrap();
-        let kafka = Broker::shared().unwrap();
-        let ns = kafka.namespace().to_string();
-        let dir = tempfile::tempdir().unwrap();
-        let metrics_port = free_port();
-        let tables = tables
-            .iter()
-            .map(|t| format!("\"{t}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let config = dir.path().join("sluice.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[kafka]
-{kafka_toml}{kafka_extra}
-
-[sources.pg_main]
-kind = "postgres"
-url = "{source}"
-tables = [{tables}]
-slot = "{slot}"
-publication = "{slot}"
-
-[sinks.warehouse]
-kind = "postgres"
-url = "{sink}"
-
-[router]
-sink = "warehouse"
-group_id = "{ns}shapes-router"
-dead_letter_topic = "{ns}_sluice_dead_letter"
-
-[router.batch]
-max_rows = 500
-max_delay_ms = 50
-
-[observability]
-listen = "127.0.0.1:{metrics_port}"
-"#,
-                kafka_toml = kafka.kafka_toml("shapes"),
-                source = pg.url("source"),
-                sink = pg.url("sink"),
-            ),
-        )
-        .unwrap();
-        Setup {
-            pg,
-            ns,
-            _kafka: kafka,
-            dir,
-            config,
-            metrics_port,
-        }
-    }
-
-    fn sluice(&self) -> SluiceProcess {
-        self.start("run", "sluice.log", self.metrics_port)
-    }
-
-    fn start(&self, subcommand: &str, log: &str, metrics_port: u16) -> SluiceProcess {
-        let config = if metrics_port == self.metrics_port {
-            self.config.clone()
-        } else {
-            // Another process: its own metrics address.
-            let path = self.dir.path().join(format!("{subcommand}.toml"));
-            let text = std::fs::read_to_string(&self.config).unwrap().replace(
-                &format!("127.0.0.1:{}", self.metrics_port),
-                &format!("127.0.0.1:{metrics_port}"),
-            );
-            std::fs::write(&path, text).unwrap();
-            path
-        };
-        SluiceProcess::start(
-            Path::new(SLUICE),
-            subcommand,
-            &config,
-            &self.dir.path().join(log),
-            metrics_port,
-        )
-        .unwrap()
-    }
-
-    fn source(&self, sql: &str) {
-        self.pg.psql("source", sql).unwrap();
-    }
+/// [`setup`] with extra `[kafka]` settings.
+fn setup_with(slot: &str, ddl: &str, tables: &[&str], kafka_extra: &str) -> Pipeline {
+    Pipeline::postgres(SLUICE, slot)
+        .ddl(ddl)
+        .tables(tables)
+        .kafka(kafka_extra)
+        .build()
 }
 
-/// Waits until `table` holds the same rows at the sink as at the source (ordered by
-/// `order_by`); fails with the first difference and the log.
-fn wait_for_match(pg: &Postgres, sluice: &SluiceProcess, table: &str, order_by: &str) {
-    let query = format!("SELECT * FROM {table} ORDER BY {order_by}");
-    let start = Instant::now();
-    loop {
-        let source = pg_rows(pg, "source", &query).unwrap();
-        let last = match pg_rows(pg, "sink", &query).map(|sink| compare_rows(&source, &sink)) {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) | Err(e) => e,
-        };
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "{table}: sink did not converge: {last}\n--- sluice log ---\n{}",
-            sluice.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn metric(sluice: &SluiceProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = sluice
-        .metrics()
-        .unwrap_or_else(|| panic!("no /metrics\n--- sluice log ---\n{}", sluice.log()));
-    metric_value(&text, name, labels).unwrap_or(0.0)
+/// Waits until `table` holds the same rows at the sink as at the source.
+fn wait_for_match(s: &Pipeline, sluice: &SluiceProcess, table: &str) {
+    s.wait_for_match(sluice, &[table], CONVERGE);
 }
 
 /// Waits until `name{labels}` reads `value`.
 fn wait_for_metric(sluice: &SluiceProcess, name: &str, labels: &[(&str, &str)], value: f64) {
-    wait_for_metric_that(sluice, name, labels, &format!("== {value}"), |v| v == value);
-}
-
-/// Waits until `name{labels}` satisfies `ok` (described by `what`).
-fn wait_for_metric_that(
-    sluice: &SluiceProcess,
-    name: &str,
-    labels: &[(&str, &str)],
-    what: &str,
-    ok: impl Fn(f64) -> bool,
-) {
-    let start = Instant::now();
-    while !ok(metric(sluice, name, labels)) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{name}{labels:?} never became {what} (is {})\n--- sluice log ---\n{}",
-            metric(sluice, name, labels),
-            sluice.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    sluice.wait_for_metric(
+        name,
+        labels,
+        Duration::from_secs(60),
+        &format!("{value}"),
+        |v| v == value,
+    );
 }
 
 const STOPPED: &str = "sluice_capture_table_stopped";
 
+/// Waits until capture has published at least `n` records.
+fn wait_for_acknowledged(capture: &SluiceProcess, n: f64) {
+    capture.wait_for_metric(
+        "sluice_capture_records_acknowledged_total",
+        &[("source", "pg_main")],
+        Duration::from_secs(60),
+        &format!(">= {n}"),
+        |v| v >= n,
+    );
+}
+
 #[test]
 fn a_table_without_a_key_is_refused_by_name_and_the_others_go_on() {
     // Given a keyed table and a REPLICA IDENTITY FULL table without a primary key holding NULLs,
-    let s = Setup::new(
+    let s = setup(
         "shapes_nokey",
         "CREATE TABLE public.orders (id bigint PRIMARY KEY, note text);
          CREATE TABLE public.history (id bigint NOT NULL, delta int, note text);
@@ -190,7 +71,7 @@ fn a_table_without_a_key_is_refused_by_name_and_the_others_go_on() {
          INSERT INTO public.history VALUES (1, NULL, NULL), (2, 5, 'x');",
         &["public.orders", "public.history"],
     );
-    let mut sluice = s.sluice();
+    let mut sluice = s.run();
     let history = [("source", "pg_main"), ("table", "public.history")];
 
     // when both take writes, NULLs included,
@@ -203,7 +84,7 @@ fn a_table_without_a_key_is_refused_by_name_and_the_others_go_on() {
     );
 
     // then the keyed table arrives row for row and capture keeps running,
-    wait_for_match(&s.pg, &sluice, "public.orders", "id");
+    wait_for_match(&s, &sluice, "public.orders");
     assert!(!sluice.has_exited(), "sluice stopped:\n{}", sluice.log());
     // the keyless table is refused by name, with the fix, counted and not silently dropped,
     let log = sluice.log();
@@ -214,8 +95,7 @@ fn a_table_without_a_key_is_refused_by_name_and_the_others_go_on() {
     );
     wait_for_metric(&sluice, STOPPED, &history, 1.0);
     assert_eq!(
-        metric(
-            &sluice,
+        sluice.metric(
             STOPPED,
             &[("source", "pg_main"), ("table", "public.orders")]
         ),
@@ -233,25 +113,25 @@ fn a_table_without_a_key_is_refused_by_name_and_the_others_go_on() {
          ALTER TABLE public.history ADD PRIMARY KEY (id);
          INSERT INTO public.history VALUES (4, NULL, 'after the fix');",
     );
-    let sluice = s.sluice();
-    wait_for_match(&s.pg, &sluice, "public.history", "id");
+    let sluice = s.run();
+    wait_for_match(&s, &sluice, "public.history");
     wait_for_metric(&sluice, STOPPED, &history, 0.0);
     s.source("UPDATE public.history SET note = 'streamed' WHERE id = 3");
-    wait_for_match(&s.pg, &sluice, "public.history", "id");
+    wait_for_match(&s, &sluice, "public.history");
 }
 
 #[test]
 fn a_table_that_loses_its_key_while_streaming_stops_alone_and_is_read_again_once_fixed() {
     // Given two keyed tables streaming to the sink,
-    let s = Setup::new(
+    let s = setup(
         "shapes_lost_key",
         "CREATE TABLE public.orders (id bigint PRIMARY KEY, note text);
          CREATE TABLE public.items (id bigint PRIMARY KEY, qty int);
          INSERT INTO public.items SELECT i, i FROM generate_series(1, 50) i;",
         &["public.orders", "public.items"],
     );
-    let mut sluice = s.sluice();
-    wait_for_match(&s.pg, &sluice, "public.items", "id");
+    let mut sluice = s.run();
+    wait_for_match(&s, &sluice, "public.items");
 
     // when one loses its primary key (REPLICA IDENTITY FULL) and takes a NULL, and the other
     // goes on taking writes,
@@ -264,7 +144,7 @@ fn a_table_that_loses_its_key_while_streaming_stops_alone_and_is_read_again_once
     s.source("INSERT INTO public.orders SELECT i, 'row ' || i FROM generate_series(1, 200) i");
 
     // then the other table still arrives, the lost-key table is stopped by name and counted,
-    wait_for_match(&s.pg, &sluice, "public.orders", "id");
+    wait_for_match(&s, &sluice, "public.orders");
     let items = [("source", "pg_main"), ("table", "public.items")];
     wait_for_metric(&sluice, STOPPED, &items, 1.0);
     assert!(!sluice.has_exited(), "sluice stopped:\n{}", sluice.log());
@@ -276,10 +156,10 @@ fn a_table_that_loses_its_key_while_streaming_stops_alone_and_is_read_again_once
         sluice.log()
     );
     s.source("UPDATE public.items SET qty = 0 WHERE id = 20");
-    wait_for_metric_that(
-        &sluice,
+    sluice.wait_for_metric(
         "sluice_capture_stopped_table_changes_total",
         &items,
+        Duration::from_secs(60),
         ">= 1",
         |v| v >= 1.0,
     );
@@ -288,21 +168,21 @@ fn a_table_that_loses_its_key_while_streaming_stops_alone_and_is_read_again_once
     // exactly the source's rows, those changed while it was stopped included.
     sluice.terminate(Duration::from_secs(20));
     s.source("ALTER TABLE public.items ADD PRIMARY KEY (id); ALTER TABLE public.items REPLICA IDENTITY DEFAULT;");
-    let sluice = s.sluice();
-    wait_for_match(&s.pg, &sluice, "public.items", "id");
+    let sluice = s.run();
+    wait_for_match(&s, &sluice, "public.items");
     wait_for_metric(&sluice, STOPPED, &items, 0.0);
     s.source(
         "DELETE FROM public.items WHERE id > 40; INSERT INTO public.orders VALUES (999, 'last')",
     );
-    wait_for_match(&s.pg, &sluice, "public.items", "id");
-    wait_for_match(&s.pg, &sluice, "public.orders", "id");
+    wait_for_match(&s, &sluice, "public.items");
+    wait_for_match(&s, &sluice, "public.orders");
 }
 
 #[test]
 fn a_partitioned_table_is_captured_as_itself_rows_moving_and_partitions_attached() {
     // Given a partitioned table with rows, published by a publication made without
     // publish_via_partition_root (as an existing deployment's would be),
-    let s = Setup::new(
+    let s = setup(
         "shapes_parts",
         "CREATE TABLE public.measurements (id bigint, region text, v int, PRIMARY KEY (id, region))
              PARTITION BY LIST (region);
@@ -313,8 +193,8 @@ fn a_partitioned_table_is_captured_as_itself_rows_moving_and_partitions_attached
          CREATE PUBLICATION shapes_parts FOR TABLE public.measurements;",
         &["public.measurements"],
     );
-    let sluice = s.sluice();
-    wait_for_match(&s.pg, &sluice, "public.measurements", "id");
+    let sluice = s.run();
+    wait_for_match(&s, &sluice, "public.measurements");
     assert_eq!(
         s.pg.psql(
             "source",
@@ -342,7 +222,7 @@ fn a_partitioned_table_is_captured_as_itself_rows_moving_and_partitions_attached
     );
 
     // then the sink's table holds exactly the source's rows.
-    wait_for_match(&s.pg, &sluice, "public.measurements", "id, region");
+    wait_for_match(&s, &sluice, "public.measurements");
     assert!(!sluice.log().contains("table stopped"), "{}", sluice.log());
 }
 
@@ -350,13 +230,13 @@ fn a_partitioned_table_is_captured_as_itself_rows_moving_and_partitions_attached
 fn a_row_older_than_an_added_column_gets_the_columns_default_from_any_partition() {
     // Given a table streamed through three partitions, where rows written before
     // `ADD COLUMN … DEFAULT` and rows written after it share the topic,
-    let s = Setup::with(
+    let s = setup_with(
         "shapes_default",
         "CREATE TABLE public.accounts (id bigint PRIMARY KEY, owner text)",
         &["public.accounts"],
         "partitions = 3",
     );
-    let capture = s.start("capture", "capture.log", s.metrics_port);
+    let capture = s.start("capture", &[]);
     capture.wait_for_log("starting replication", Duration::from_secs(60));
     s.source("INSERT INTO public.accounts SELECT i, 'owner ' || i FROM generate_series(1, 600) i");
     s.source(
@@ -364,24 +244,15 @@ fn a_row_older_than_an_added_column_gets_the_columns_default_from_any_partition(
          INSERT INTO public.accounts SELECT i, 'owner ' || i, 'us' FROM generate_series(601, 1200) i;
          INSERT INTO public.accounts (id, owner) SELECT i, 'owner ' || i FROM generate_series(1201, 1300) i;",
     );
-    wait_for_metric_that(
-        &capture,
-        "sluice_capture_records_acknowledged_total",
-        &[("source", "pg_main")],
-        ">= 1300",
-        |v| v >= 1300.0,
-    );
+    wait_for_acknowledged(&capture, 1300.0);
 
     // when a router with small batches takes the partitions in whatever order it fetches them
     // (so old-version inserts from one partition come after the column was added for another),
-    let text = std::fs::read_to_string(&s.config)
-        .unwrap()
-        .replace("max_rows = 500", "max_rows = 25");
-    std::fs::write(&s.config, text).unwrap();
-    let router = s.start("route", "route.log", free_port());
+    s.edit_config("max_rows = 500", "max_rows = 25");
+    let router = s.start_other("route", "route");
 
     // then every row reads at the sink what it reads at the source: the old ones the default.
-    wait_for_match(&s.pg, &router, "public.accounts", "id");
+    wait_for_match(&s, &router, "public.accounts");
     drop(capture);
 }
 
@@ -389,7 +260,7 @@ fn a_row_older_than_an_added_column_gets_the_columns_default_from_any_partition(
 fn two_sources_with_the_same_table_name_each_deliver_every_change() {
     // Given two servers that both have public.orders (keys apart), captured into one sink,
     // the second one's WAL far ahead of the first's (positions are per server),
-    let (east, west) = (Postgres::start().unwrap(), Postgres::start().unwrap());
+    let (east, west) = (Postgres::shared().unwrap(), Postgres::start().unwrap());
     for pg in [&east, &west] {
         pg.create_database("shop").unwrap();
         pg.psql(
@@ -411,8 +282,9 @@ fn two_sources_with_the_same_table_name_each_deliver_every_change() {
     let source = |name: &str, pg: &Postgres| {
         format!(
             "[sources.{name}]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.orders\"]\n\
-             slot = \"{name}\"\npublication = \"{name}\"\n",
-            pg.url("shop")
+             slot = \"{}\"\npublication = \"{name}\"\n",
+            pg.url("shop"),
+            pg.name(name)
         )
     };
     let config = format!(
@@ -474,23 +346,20 @@ fn two_sources_with_the_same_table_name_each_deliver_every_change() {
 }
 
 #[test]
-fn a_topic_named_the_old_way_stops_capture_until_the_config_says_which_name_to_use() {
+fn a_topic_named_the_old_way_stops_capture_and_router_until_the_config_says_which_name_to_use() {
     // Given the topic an earlier Sluice published public.orders to (no source in its name),
-    let s = Setup::new(
+    let s = setup(
         "shapes_legacy",
         "CREATE TABLE public.orders (id bigint PRIMARY KEY, note text);
          INSERT INTO public.orders VALUES (1, 'one');",
         &["public.orders"],
     );
-    let old = s.config.with_file_name("old.toml");
-    std::fs::write(
-        &old,
-        std::fs::read_to_string(&s.config).unwrap().replace(
-            "publication = ",
-            &format!("topic_prefix = \"{}shapes\"\npublication = ", s.ns),
-        ),
-    )
-    .unwrap();
+    let ns = s.ns().to_string();
+    let old = s.config_with(
+        "old.toml",
+        "publication = ",
+        &format!("topic_prefix = \"{ns}sluice\"\npublication = "),
+    );
     let mut first = SluiceProcess::start(
         Path::new(SLUICE),
         "capture",
@@ -502,29 +371,25 @@ fn a_topic_named_the_old_way_stops_capture_until_the_config_says_which_name_to_u
     first.wait_for_log("starting replication", Duration::from_secs(60));
     first.terminate(Duration::from_secs(20));
 
-    // when capture starts with a config that does not say which topic names to use,
-    let log = SluiceProcess::run_until_exit(
-        Path::new(SLUICE),
-        "capture",
-        &s.config,
-        &s.dir.path().join("new.log"),
-        s.metrics_port,
-        &[],
-    );
+    // when capture, or capture and router in one process, start with a config that does not
+    // say which topic names to use (the router would create the new topic before capture
+    // could see that it is missing),
+    for subcommand in ["capture", "run"] {
+        let log = s.run_until_exit(subcommand, &s.config, &[]);
 
-    // then it refuses, naming the old topic, the new one and both fixes;
-    let ns = &s.ns;
-    assert!(
-        log.contains(&format!("topic {ns}shapes.public.orders exists"))
-            && log.contains(&format!(
-                "would now publish public.orders to {ns}shapes.pg_main.public.orders"
-            ))
-            && log.contains(&format!("sources.pg_main.topic_prefix = \"{ns}shapes\""))
-            && log.contains(&format!(
-                "sources.pg_main.topic_prefix = \"{ns}shapes.pg_main\""
-            )),
-        "{log}"
-    );
+        // then it refuses, naming the old topic, the new one and both fixes;
+        assert!(
+            log.contains(&format!("topic {ns}sluice.public.orders exists"))
+                && log.contains(&format!(
+                    "would now publish public.orders to {ns}sluice.pg_main.public.orders"
+                ))
+                && log.contains(&format!("sources.pg_main.topic_prefix = \"{ns}sluice\""))
+                && log.contains(&format!(
+                    "sources.pg_main.topic_prefix = \"{ns}sluice.pg_main\""
+                )),
+            "sluice {subcommand}:\n{log}"
+        );
+    }
     // and with the old names kept, the pipeline runs on the old topic.
     let kept = SluiceProcess::start(
         Path::new(SLUICE),
@@ -535,19 +400,19 @@ fn a_topic_named_the_old_way_stops_capture_until_the_config_says_which_name_to_u
     )
     .unwrap();
     s.source("INSERT INTO public.orders VALUES (2, 'two')");
-    wait_for_match(&s.pg, &kept, "public.orders", "id");
+    wait_for_match(&s, &kept, "public.orders");
 }
 
 #[test]
 fn a_truncate_across_three_partitions_clears_what_came_before_it_and_nothing_after() {
     // Given a table streamed through three partitions, and two routers sharing them,
-    let s = Setup::with(
+    let s = setup_with(
         "shapes_truncate",
         "CREATE TABLE public.events (id bigint PRIMARY KEY, note text)",
         &["public.events"],
         "partitions = 3",
     );
-    let capture = s.start("capture", "capture.log", s.metrics_port);
+    let capture = s.start("capture", &[]);
     // (Written once capture streams: rows written before its slot exists are read by the
     // snapshot instead, which the count below does not expect.)
     capture.wait_for_log("starting replication", Duration::from_secs(60));
@@ -562,38 +427,25 @@ fn a_truncate_across_three_partitions_clears_what_came_before_it_and_nothing_aft
         }
     }
     s.source("UPDATE public.events SET note = 'last' WHERE id % 10 = 0");
-    wait_for_metric_that(
-        &capture,
-        "sluice_capture_records_acknowledged_total",
-        &[("source", "pg_main")],
-        ">= 936 (900 inserts, 2 truncates on 3 partitions, 30 updates)",
-        |v| v >= 936.0,
+    wait_for_acknowledged(&capture, 936.0);
+    s.edit_config("max_rows = 500", "max_rows = 40");
+    s.edit_config(
+        "dead_letter_topic",
+        "assignment_strategy = \"range\"\ndead_letter_topic",
     );
-    let text = std::fs::read_to_string(&s.config)
-        .unwrap()
-        .replace("max_rows = 500", "max_rows = 40")
-        .replace(
-            &format!("group_id = \"{}shapes-router\"", s.ns),
-            &format!(
-                "group_id = \"{}shapes-router\"\nassignment_strategy = \"range\"",
-                s.ns
-            ),
-        );
-    std::fs::write(&s.config, text).unwrap();
-    let first = s.start("route", "route-1.log", free_port());
-    let second = s.start("route", "route-2.log", free_port());
+    let first = s.start_other("route", "route-1");
+    let second = s.start_other("route", "route-2");
 
     // then the sink holds exactly the rows written after the last truncate, each once.
-    wait_for_match(&s.pg, &first, "public.events", "id");
+    wait_for_match(&s, &first, "public.events");
     std::thread::sleep(Duration::from_secs(3));
-    wait_for_match(&s.pg, &second, "public.events", "id");
+    wait_for_match(&s, &second, "public.events");
     let waits: f64 = [&first, &second]
         .iter()
         .map(|r| {
-            metric(
-                r,
+            r.metric(
                 "sluice_router_barrier_waits_total",
-                &[("topic", &format!("{}shapes.pg_main.public.events", s.ns))],
+                &[("topic", &format!("{}sluice.pg_main.public.events", s.ns()))],
             )
         })
         .sum();
@@ -605,15 +457,15 @@ fn a_truncate_across_three_partitions_clears_what_came_before_it_and_nothing_aft
 fn a_table_renamed_while_streaming_stops_by_name_with_the_fix_and_is_read_anew_under_its_new_name()
 {
     // Given two tables streaming to the sink,
-    let s = Setup::new(
+    let s = setup(
         "shapes_rename",
         "CREATE TABLE public.orders (id bigint PRIMARY KEY, note text);
          CREATE TABLE public.items (id bigint PRIMARY KEY, qty int);
          INSERT INTO public.items SELECT i, i FROM generate_series(1, 20) i;",
         &["public.orders", "public.items"],
     );
-    let mut sluice = s.sluice();
-    wait_for_match(&s.pg, &sluice, "public.items", "id");
+    let mut sluice = s.run();
+    wait_for_match(&s, &sluice, "public.items");
     let items = [("source", "pg_main"), ("table", "public.items")];
 
     // when one is changed, renamed and changed again, and the other keeps taking writes,
@@ -626,7 +478,7 @@ fn a_table_renamed_while_streaming_stops_by_name_with_the_fix_and_is_read_anew_u
 
     // then the change before the rename arrives, the renamed table is stopped by its
     // configured name with the fix (not silently left behind), and the other goes on;
-    wait_for_match(&s.pg, &sluice, "public.orders", "id");
+    wait_for_match(&s, &sluice, "public.orders");
     wait_for_metric(&sluice, STOPPED, &items, 1.0);
     let log = sluice.log();
     assert!(
@@ -637,10 +489,10 @@ fn a_table_renamed_while_streaming_stops_by_name_with_the_fix_and_is_read_anew_u
         s.pg.psql("sink", "SELECT qty FROM public.items WHERE id = 1")
             .unwrap();
     assert_eq!(qty.trim(), "100", "the change before the rename is lost");
-    wait_for_metric_that(
-        &sluice,
+    sluice.wait_for_metric(
         "sluice_capture_stopped_table_changes_total",
         &items,
+        Duration::from_secs(60),
         ">= 1",
         |v| v >= 1.0,
     );
@@ -648,28 +500,25 @@ fn a_table_renamed_while_streaming_stops_by_name_with_the_fix_and_is_read_anew_u
 
     // and once the config names it by its new name, it is read anew, all of it.
     sluice.terminate(Duration::from_secs(20));
-    let text = std::fs::read_to_string(&s.config)
-        .unwrap()
-        .replace("\"public.items\"", "\"public.goods\"");
-    std::fs::write(&s.config, text).unwrap();
-    let sluice = s.sluice();
-    wait_for_match(&s.pg, &sluice, "public.goods", "id");
+    s.edit_config("\"public.items\"", "\"public.goods\"");
+    let sluice = s.run();
+    wait_for_match(&s, &sluice, "public.goods");
     s.source("UPDATE public.goods SET qty = 300 WHERE id = 3");
-    wait_for_match(&s.pg, &sluice, "public.goods", "id");
+    wait_for_match(&s, &sluice, "public.goods");
 }
 
 #[test]
 fn a_table_dropped_before_its_changes_were_read_is_decoded_and_then_stopped_by_name() {
     // Given two tables streaming to the sink,
-    let s = Setup::new(
+    let s = setup(
         "shapes_drop",
         "CREATE TABLE public.orders (id bigint PRIMARY KEY, note text);
          CREATE TABLE public.items (id bigint PRIMARY KEY, qty int);
          INSERT INTO public.items SELECT i, i FROM generate_series(1, 20) i;",
         &["public.orders", "public.items"],
     );
-    let sluice = s.sluice();
-    wait_for_match(&s.pg, &sluice, "public.items", "id");
+    let sluice = s.run();
+    wait_for_match(&s, &sluice, "public.items");
 
     // when a transaction adds a column to one, writes it, and drops the table (so capture
     // decodes those changes only once the table is gone from the catalog),
@@ -686,7 +535,7 @@ fn a_table_dropped_before_its_changes_were_read_is_decoded_and_then_stopped_by_n
     // then its changes reach the sink all the same (decoded from the stream's own
     // description of the table), the other table goes on, and the dropped table is stopped
     // by name with the fix.
-    wait_for_match(&s.pg, &sluice, "public.orders", "id");
+    wait_for_match(&s, &sluice, "public.orders");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let rows = pg_rows(
@@ -724,45 +573,35 @@ fn a_table_dropped_before_its_changes_were_read_is_decoded_and_then_stopped_by_n
 fn an_older_table_version_from_a_lagging_partition_never_turns_a_type_change_back() {
     // Given a sink that follows every type change, and a table streamed through three
     // partitions whose rows were written as int, then retyped to numeric with fractions,
-    let s = Setup::with(
+    let s = setup_with(
         "shapes_backwards",
         "CREATE TABLE public.prices (id bigint PRIMARY KEY, amount int)",
         &["public.prices"],
         // (int to numeric is not an Avro-compatible change: allowed here on purpose.)
-        "partitions = 3\n[schemas]\ncompatibility = \"none\"",
+        "partitions = 3\n\n[schemas]\ncompatibility = \"none\"",
     );
-    let capture = s.start("capture", "capture.log", s.metrics_port);
+    let capture = s.start("capture", &[]);
     capture.wait_for_log("starting replication", Duration::from_secs(60));
     s.source("INSERT INTO public.prices SELECT i, i FROM generate_series(1, 600) i");
     s.source(
         "ALTER TABLE public.prices ALTER COLUMN amount TYPE numeric(12,2);
          UPDATE public.prices SET amount = amount + 0.25 WHERE id > 300;",
     );
-    wait_for_metric_that(
-        &capture,
-        "sluice_capture_records_acknowledged_total",
-        &[("source", "pg_main")],
-        ">= 900",
-        |v| v >= 900.0,
-    );
+    wait_for_acknowledged(&capture, 900.0);
 
     // when a router with small batches takes the partitions in whatever order it fetches them
     // (so int-version rows of one partition come after numeric-version rows of another),
-    let text = std::fs::read_to_string(&s.config)
-        .unwrap()
-        .replace("max_rows = 500", "max_rows = 20")
-        .replace(
-            "[sinks.warehouse]\nkind = \"postgres\"\n",
-            "[sinks.warehouse]\nkind = \"postgres\"\ncolumn_types = \"alter\"\n",
-        );
-    std::fs::write(&s.config, text).unwrap();
-    let router = s.start("route", "route.log", free_port());
+    s.edit_config("max_rows = 500", "max_rows = 20");
+    s.edit_config(
+        "[sinks.warehouse]\nkind = \"postgres\"\n",
+        "[sinks.warehouse]\nkind = \"postgres\"\ncolumn_types = \"alter\"\n",
+    );
+    let router = s.start_other("route", "route");
 
     // then the column is retyped once, never back to int (which would round the fractions),
     // and every row reads at the sink what it reads at the source.
-    wait_for_match(&s.pg, &router, "public.prices", "id");
-    let altered = metric(
-        &router,
+    wait_for_match(&s, &router, "public.prices");
+    let altered = router.metric(
         "sluice_sink_ddl_total",
         &[("table", "public.prices"), ("ddl", "alter_type")],
     );

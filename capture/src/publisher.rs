@@ -24,7 +24,9 @@ use sluice_schemas::avro::EnvelopeDecoder;
 use sluice_schemas::compat::SchemaPolicy;
 use sluice_schemas::event::{BARRIER_HEADER, POSITION_HEADER};
 use sluice_schemas::liveness::Liveness;
-use sluice_schemas::{ChangeEvent, EnvelopeCodec, Op, SchemaFingerprint, TableId, TableSchema};
+use sluice_schemas::{
+    ChangeEvent, EnvelopeCodec, LegacyTopic, Op, SchemaFingerprint, TableId, TableSchema,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
@@ -523,21 +525,15 @@ impl Publisher {
                 .map(|m| m.topics().iter().map(|t| t.name().to_string()).collect())
         })
         .map_err(|e| CaptureError::Kafka(format!("list topics: {e}")))?;
-        let source = &self.settings.source;
         for table in tables {
-            let (old, new) = (
-                table.topic(&legacy),
-                table.topic(&self.settings.topic_prefix),
-            );
-            if topics.contains(&old) && !topics.contains(&new) {
-                return Err(CaptureError::Definite(format!(
-                    "topic {old} exists, named as topics were before they carried the source \
-                     name; source {source} would now publish {table} to {new}. To keep \
-                     publishing where it did, set sources.{source}.topic_prefix = \"{legacy}\"; \
-                     if {old} belongs to another source, set \
-                     sources.{source}.topic_prefix = \"{}\" to confirm the new name",
-                    self.settings.topic_prefix
-                )));
+            let legacy = LegacyTopic {
+                source: self.settings.source.clone(),
+                table: table.clone(),
+                legacy_prefix: legacy.clone(),
+                prefix: self.settings.topic_prefix.clone(),
+            };
+            if let Some(refusal) = legacy.refusal(|t| topics.contains(t)) {
+                return Err(CaptureError::Definite(refusal));
             }
         }
         Ok(())

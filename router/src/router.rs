@@ -56,6 +56,9 @@ pub struct RouterSettings {
     /// librdkafka's `partition.assignment.strategy` (`cooperative-sticky`, `range`, …).
     pub assignment_strategy: String,
     pub topics: Vec<String>,
+    /// The topics' names from before they carried the source: the router refuses to start
+    /// (and so to create a new topic) while an old one exists without its new one.
+    pub legacy_topics: Vec<sluice_schemas::LegacyTopic>,
     pub schema_topic: String,
     /// Resolves Confluent-framed messages (schema ids); single-object framed ones are found in
     /// `schema_topic` either way.

@@ -1,9 +1,11 @@
 //! The topics a router needs, created at start-up where they are missing.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientConfig;
 use sluice_schemas::liveness::Backoff;
@@ -20,6 +22,7 @@ pub(crate) async fn ensure(
     client_config: &ClientConfig,
     settings: &RouterSettings,
 ) -> Result<(), RouterError> {
+    refuse_legacy_topics(client_config, settings).await?;
     let admin: AdminClient<DefaultClientContext> = client_config.create()?;
     let factor = settings.replication_factor;
     let rf = || TopicReplication::Fixed(factor);
@@ -55,6 +58,32 @@ pub(crate) async fn ensure(
                 )))
             }
             Err((t, code)) => return Err(RouterError::Kafka(format!("create topic {t}: {code}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to create a table's topic while the topic it had before topic names carried the
+/// source exists ([`sluice_schemas::LegacyTopic`]): created by the router, the new topic would
+/// let capture publish there and the old topic's unread tail would never reach the sink.
+async fn refuse_legacy_topics(
+    client_config: &ClientConfig,
+    settings: &RouterSettings,
+) -> Result<(), RouterError> {
+    if settings.legacy_topics.is_empty() {
+        return Ok(());
+    }
+    let consumer: BaseConsumer = client_config.create()?;
+    let topics: HashSet<String> = tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_metadata(None, Duration::from_secs(30))
+            .map(|m| m.topics().iter().map(|t| t.name().to_string()).collect())
+    })
+    .await
+    .map_err(|e| RouterError::Kafka(format!("list topics: {e}")))??;
+    for legacy in &settings.legacy_topics {
+        if let Some(refusal) = legacy.refusal(|t| topics.contains(t)) {
+            return Err(RouterError::Definite(refusal));
         }
     }
     Ok(())

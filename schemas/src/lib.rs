@@ -32,4 +32,4 @@ pub mod table;
 
 pub use avro::{AvroError, EnvelopeCodec, SchemaFingerprint};
 pub use event::{ChangeEvent, Datum, Op, Position, SourceInfo, TxInfo};
-pub use table::{Column, SqlType, TableId, TableSchema};
+pub use table::{Column, LegacyTopic, SqlType, TableId, TableSchema};

@@ -34,6 +34,47 @@ impl TableId {
     }
 }
 
+/// A table's topic as it was named before topic names carried the source (`legacy_prefix`),
+/// beside its name now (`prefix`, the source's). While the old one exists and the new one does
+/// not, neither capture nor the router may start: capture would publish to the new topic while
+/// the router's committed progress and the sink's positions point at the old one, and the old
+/// one's unread tail would never be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyTopic {
+    pub source: String,
+    pub table: TableId,
+    pub legacy_prefix: String,
+    pub prefix: String,
+}
+
+impl LegacyTopic {
+    pub fn old(&self) -> String {
+        self.table.topic(&self.legacy_prefix)
+    }
+
+    pub fn new_name(&self) -> String {
+        self.table.topic(&self.prefix)
+    }
+
+    /// The refusal, with both fixes, when `exists` says the old topic exists and the new does not.
+    pub fn refusal(&self, exists: impl Fn(&str) -> bool) -> Option<String> {
+        let (old, new) = (self.old(), self.new_name());
+        (exists(&old) && !exists(&new)).then(|| {
+            format!(
+                "topic {old} exists, named as topics were before they carried the source \
+                 name; source {source} would now publish {table} to {new}. To keep \
+                 publishing where it did, set sources.{source}.topic_prefix = \"{legacy}\"; \
+                 if {old} belongs to another source, set \
+                 sources.{source}.topic_prefix = \"{prefix}\" to confirm the new name",
+                source = self.source,
+                table = self.table,
+                legacy = self.legacy_prefix,
+                prefix = self.prefix,
+            )
+        })
+    }
+}
+
 impl fmt::Display for TableId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.namespace, self.name)
