@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
 use sluice_harness::{
-    free_port, http_get, metric_value, Broker, Postgres, SluiceProcess, TansuStorage, TestCerts,
+    free_port, http_get, metric_value, Pipeline, PipelineBuilder, Postgres, SluiceProcess,
+    TestCerts,
 };
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -29,177 +30,63 @@ const ORDERS_DDL: &str = "CREATE TABLE public.orders (
 
 const ORDERS_ROWS: &str = "SELECT * FROM public.orders ORDER BY id";
 
-fn write_config_with(
-    dir: &Path,
-    pg: &Postgres,
-    kafka: &Broker,
-    metrics_port: u16,
-    slot: &str,
-    tables: &[&str],
-    source_extra: &str,
-) -> std::path::PathBuf {
-    let tables = tables
-        .iter()
-        .map(|t| format!("\"{t}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let config = format!(
-        r#"
-[kafka]
-{kafka}# Three partitions: keys spread over them, truncates and snapshots are barriers across them.
-partitions = 3
+/// The shape of these tests' pipelines: three partitions (keys spread over them, truncates
+/// and snapshots are barriers across them) and a 3 s stall timeout.
+fn e2e(slot: &str, ddl: &str, tables: &[&str]) -> PipelineBuilder {
+    Pipeline::postgres(SLUICE, slot)
+        .ddl(ddl)
+        .tables(tables)
+        .kafka("partitions = 3")
+        .observability("stall_timeout_ms = 3000")
+}
 
-[sources.pg_main]
-kind = "postgres"
-url = "{source}"
-tables = [{tables}]
-slot = "{slot}"
-publication = "{slot}"
-{source_extra}
-
-[sinks.warehouse]
-kind = "postgres"
-url = "{sink}"
-
-[router]
-sink = "warehouse"
-group_id = "{ns}e2e-router"
-
-[router.batch]
-max_rows = 500
-max_delay_ms = 50
-
-[observability]
-listen = "127.0.0.1:{metrics_port}"
-stall_timeout_ms = 3000
-"#,
-        kafka = kafka.kafka_toml("e2e"),
-        ns = kafka.namespace(),
-        source = pg.url("source"),
-        sink = pg.url("sink"),
-    );
-    let path = dir.join("sluice.toml");
-    std::fs::write(&path, config).unwrap();
-    path
+/// The orders table's pipeline.
+fn orders(slot: &str) -> PipelineBuilder {
+    e2e(slot, ORDERS_DDL, &["public.orders"])
 }
 
 /// Waits until the sink's orders table equals the source's, row by row; fails with the first
 /// difference when it does not within `timeout`.
-fn wait_for_sink_to_match(pg: &Postgres, sluice: &SluiceProcess, timeout: Duration) {
-    wait_for_tables_to_match(pg, sluice, &["public.orders"], timeout);
+fn wait_for_sink_to_match(p: &Pipeline, sluice: &SluiceProcess, timeout: Duration) {
+    p.wait_for_match(sluice, &["public.orders"], timeout);
 }
 
-/// Fresh services: a PostgreSQL cluster with a `source` database (running `ddl`) and an
-/// empty `sink` database, a broker, a working directory and a free metrics port. The broker is
-/// the binary's shared Kafka, or with `TansuStorage::Sqlite` one of the test's own whose data
-/// survives the kill and restart the test gives it.
-struct Services {
-    pg: Postgres,
-    kafka: Broker,
-    dir: tempfile::TempDir,
-    metrics_port: u16,
-}
-
-impl Services {
-    fn start(storage: TansuStorage, ddl: &str) -> Services {
-        let pg = Postgres::start().unwrap();
-        pg.create_database("source").unwrap();
-        pg.create_database("sink").unwrap();
-        pg.psql("source", ddl).unwrap();
-        Services {
-            pg,
-            kafka: match storage {
-                TansuStorage::Memory => Broker::shared(),
-                TansuStorage::Sqlite => Broker::start_durable(),
-            }
-            .unwrap(),
-            dir: tempfile::tempdir().unwrap(),
-            metrics_port: free_port(),
-        }
-    }
-
-    fn config(&self, slot: &str, tables: &[&str], source_extra: &str) -> std::path::PathBuf {
-        write_config_with(
-            self.dir.path(),
-            &self.pg,
-            &self.kafka,
-            self.metrics_port,
-            slot,
-            tables,
-            source_extra,
-        )
-    }
-
-    fn log(&self) -> std::path::PathBuf {
-        self.dir.path().join("sluice.log")
-    }
-
-    fn sluice(&self, config: &Path, env: &[(&str, &str)]) -> SluiceProcess {
-        SluiceProcess::start_with_env(
-            Path::new(SLUICE),
-            "run",
-            config,
-            &self.log(),
-            self.metrics_port,
-            env,
-        )
-        .unwrap()
-    }
-}
-
-/// A running pipeline over fresh services: source and sink databases with the orders table
-/// at the source, a broker, and `sluice run`.
-struct Pipeline {
-    pg: Postgres,
-    kafka: Broker,
-    dir: tempfile::TempDir,
-    config: std::path::PathBuf,
-    metrics_port: u16,
+/// A pipeline with `sluice run` running on it.
+struct Running {
+    p: Pipeline,
     sluice: SluiceProcess,
 }
 
-impl Pipeline {
-    fn start(storage: TansuStorage, slot: &str) -> Pipeline {
-        let services = Services::start(storage, ORDERS_DDL);
-        let config = services.config(slot, &["public.orders"], "");
-        let sluice = services.sluice(&config, &[]);
-        let Services {
-            pg,
-            kafka,
-            dir,
-            metrics_port,
-        } = services;
-        Pipeline {
-            pg,
-            kafka,
-            dir,
-            config,
-            metrics_port,
-            sluice,
-        }
-    }
-
-    fn spawn(dir: &tempfile::TempDir, config: &Path, metrics_port: u16) -> SluiceProcess {
-        SluiceProcess::start(
-            Path::new(SLUICE),
-            "run",
-            config,
-            &dir.path().join("sluice.log"),
-            metrics_port,
-        )
-        .unwrap()
+impl Running {
+    fn start(pipeline: PipelineBuilder) -> Running {
+        let p = pipeline.build();
+        let sluice = p.run();
+        Running { p, sluice }
     }
 
     /// Starts sluice again with the same config (after a kill).
     fn restart_sluice(&mut self) {
-        self.sluice = Pipeline::spawn(&self.dir, &self.config, self.metrics_port);
+        self.sluice = self.p.run();
+    }
+}
+
+impl std::ops::Deref for Running {
+    type Target = Pipeline;
+    fn deref(&self) -> &Pipeline {
+        &self.p
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Pipeline {
+        &mut self.p
     }
 }
 
 #[test]
 fn inserts_updates_and_deletes_reach_the_postgres_sink_row_for_row() {
     // Given a source table, an empty sink database, a broker and sluice running,
-    let p = Pipeline::start(TansuStorage::Memory, "sluice_e2e");
+    let p = Running::start(orders("sluice_e2e"));
     let (pg, sluice) = (&p.pg, &p.sluice);
 
     // when a few thousand rows are inserted, updated and deleted in many transactions,
@@ -256,7 +143,7 @@ fn inserts_updates_and_deletes_reach_the_postgres_sink_row_for_row() {
     .unwrap();
 
     // then the sink holds exactly the source's rows,
-    wait_for_sink_to_match(pg, sluice, Duration::from_secs(180));
+    wait_for_sink_to_match(&p, sluice, Duration::from_secs(180));
     let rows = pg_rows(pg, "sink", ORDERS_ROWS).unwrap();
     assert!(
         rows.len() > 2500,
@@ -323,9 +210,8 @@ fn lsn_at_least(pg: &Postgres, a: &str, b: &str) -> bool {
 #[test]
 fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
     // Given a running pipeline over a broker whose storage survives restarts,
-    let slot = "sluice_restart";
-    let mut p = Pipeline::start(TansuStorage::Sqlite, slot);
-    let pg = &p.pg;
+    let mut p = Running::start(orders("sluice_restart").own_broker());
+    let (pg, slot) = (&p.p.pg, &p.p.slot().to_string());
 
     // when changes are captured and acknowledged, the slot moves past them;
     let before_first = pg
@@ -335,7 +221,7 @@ fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
         .to_string();
     pg.psql("source", "INSERT INTO public.orders (id, customer) SELECT i, 'c' || i FROM generate_series(1, 1000) i")
         .unwrap();
-    wait_for_sink_to_match(pg, &p.sluice, Duration::from_secs(120));
+    wait_for_sink_to_match(&p, &p.sluice, Duration::from_secs(120));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // Strictly past: the slot may still stand exactly where the insert began.
@@ -351,7 +237,7 @@ fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
     }
 
     // when the broker is down, changes are read but not acknowledged: the slot stays behind them;
-    p.kafka.kill();
+    p.p.kafka.kill();
     let before_outage = pg
         .psql("source", "SELECT pg_current_wal_lsn()")
         .unwrap()
@@ -386,7 +272,7 @@ fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
 
     // and when sluice is then killed outright, the broker comes back and more changes arrive,
     p.sluice.kill9();
-    p.kafka.restart().unwrap();
+    p.p.kafka.restart().unwrap();
     let pg = &p.pg;
     pg.psql(
         "source",
@@ -399,7 +285,7 @@ fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
     // a restarted sluice brings the sink to exactly the source's rows.
     p.restart_sluice();
     let pg = &p.pg;
-    wait_for_sink_to_match(pg, &p.sluice, Duration::from_secs(180));
+    wait_for_sink_to_match(&p, &p.sluice, Duration::from_secs(180));
     let offsets = pg
         .psql(
             "sink",
@@ -416,7 +302,7 @@ fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
 #[test]
 fn a_value_avro_cannot_carry_is_sent_as_null_and_the_stream_goes_on() {
     // Given a running pipeline,
-    let p = Pipeline::start(TansuStorage::Memory, "sluice_nan");
+    let p = Running::start(orders("sluice_nan"));
     let (pg, sluice) = (&p.pg, &p.sluice);
 
     // when a numeric(12,2) NaN (no Avro decimal can hold it) is followed by ordinary rows,
@@ -471,57 +357,17 @@ const SNAPSHOT_DDL: &str = "
     INSERT INTO public.big SELECT i, i % 1000, md5(i::text), TIMESTAMPTZ '2026-01-01 00:00:00+00' + i * INTERVAL '1 second'
       FROM generate_series(1, 150000) i;";
 
-fn snapshot_pipeline(slot: &str, parallelism: usize) -> (Services, std::path::PathBuf) {
-    // Memory storage: these tests restart sluice, not the broker (and Tansu 0.6's sqlite
-    // engine stalls under concurrent produce, fetch and commit load).
-    let services = Services::start(TansuStorage::Memory, SNAPSHOT_DDL);
-    let config = services.config(
-        slot,
-        &["public.small", "public.big"],
-        &format!("snapshot_parallelism = {parallelism}"),
-    );
-    (services, config)
-}
-
-fn wait_for_tables_to_match(
-    pg: &Postgres,
-    sluice: &SluiceProcess,
-    tables: &[&str],
-    timeout: Duration,
-) {
-    let start = Instant::now();
-    for table in tables {
-        let query = format!("SELECT * FROM {table} ORDER BY id");
-        loop {
-            let source = pg_rows(pg, "source", &query).unwrap();
-            let last_err =
-                match pg_rows(pg, "sink", &query).map(|sink| compare_rows(&source, &sink)) {
-                    Ok(Ok(())) => break,
-                    Ok(Err(e)) | Err(e) => e,
-                };
-            assert!(
-                start.elapsed() < timeout,
-                "{table}: sink did not converge within {timeout:?}: {last_err}\n--- sluice log ---\n{}",
-                sluice.log()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-}
-
-/// A metric's value, 0 when the series does not exist (yet).
-fn metric(sluice: &SluiceProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let Some(text) = sluice.metrics() else {
-        panic!("cannot read /metrics\n--- sluice log ---\n{}", sluice.log());
-    };
-    metric_value(&text, name, labels).unwrap_or(0.0)
+fn snapshot_pipeline(slot: &str, parallelism: usize) -> Pipeline {
+    e2e(slot, SNAPSHOT_DDL, &["public.small", "public.big"])
+        .source(&format!("snapshot_parallelism = {parallelism}"))
+        .build()
 }
 
 #[test]
 fn existing_rows_and_writes_during_the_snapshot_reach_the_sink_exactly_once() {
     // Given tables with rows, and a writer changing them from before sluice starts,
-    let (services, config) = snapshot_pipeline("sluice_snap", 2);
-    let pg = &services.pg;
+    let p = snapshot_pipeline("sluice_snap", 2);
+    let pg = &p.pg;
     let stop = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
@@ -549,7 +395,7 @@ fn existing_rows_and_writes_during_the_snapshot_reach_the_sink_exactly_once() {
         });
         // when sluice starts and snapshots while the writer keeps going until well after the
         // snapshot has finished,
-        let sluice = services.sluice(&config, &[]);
+        let sluice = p.run();
         let deadline = Instant::now() + Duration::from_secs(180);
         while !sluice.log().contains("snapshot finished") {
             assert!(
@@ -564,20 +410,17 @@ fn existing_rows_and_writes_during_the_snapshot_reach_the_sink_exactly_once() {
         let writes = writer.join().unwrap();
 
         // then both tables match row for row,
-        wait_for_tables_to_match(
-            pg,
+        p.wait_for_match(
             &sluice,
             &["public.small", "public.big"],
             Duration::from_secs(180),
         );
         // the snapshot read the rows and the stream carried the writes made during it.
-        let snapshot_rows = metric(
-            &sluice,
+        let snapshot_rows = sluice.metric(
             "sluice_capture_snapshot_rows_total",
             &[("table", "public.big")],
         );
-        let streamed = metric(
-            &sluice,
+        let streamed = sluice.metric(
             "sluice_capture_events_total",
             &[("table", "public.big"), ("op", "u")],
         );
@@ -595,14 +438,13 @@ fn existing_rows_and_writes_during_the_snapshot_reach_the_sink_exactly_once() {
 #[test]
 fn a_crash_mid_snapshot_resumes_without_redoing_finished_tables() {
     // Given a snapshot reading one table at a time (small first, then big),
-    let (services, config) = snapshot_pipeline("sluice_snap_crash", 1);
-    let pg = &services.pg;
-    let mut sluice = services.sluice(&config, &[]);
+    let p = snapshot_pipeline("sluice_snap_crash", 1);
+    let pg = &p.pg;
+    let mut sluice = p.run();
 
     // when it is killed while reading the second table,
     let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(
-        &sluice,
+    while sluice.metric(
         "sluice_capture_snapshot_rows_total",
         &[("table", "public.big")],
     ) < 5_000.0
@@ -628,16 +470,14 @@ fn a_crash_mid_snapshot_resumes_without_redoing_finished_tables() {
         .unwrap();
 
     // then a restart snapshots only the unfinished table, and both tables match the source.
-    let sluice = services.sluice(&config, &[]);
-    wait_for_tables_to_match(
-        pg,
+    let sluice = p.run();
+    p.wait_for_match(
         &sluice,
         &["public.small", "public.big"],
         Duration::from_secs(240),
     );
     assert_eq!(
-        metric(
-            &sluice,
+        sluice.metric(
             "sluice_capture_snapshot_rows_total",
             &[("table", "public.small")]
         ),
@@ -645,8 +485,7 @@ fn a_crash_mid_snapshot_resumes_without_redoing_finished_tables() {
         "the finished table was not read again"
     );
     assert_eq!(
-        metric(
-            &sluice,
+        sluice.metric(
             "sluice_capture_snapshot_rows_total",
             &[("table", "public.big")]
         ),
@@ -657,7 +496,7 @@ fn a_crash_mid_snapshot_resumes_without_redoing_finished_tables() {
 #[test]
 fn schema_changes_truncate_and_full_identity_flow_through_without_a_restart() {
     // Given a running pipeline over a table with REPLICA IDENTITY FULL,
-    let p = Pipeline::start(TansuStorage::Memory, "sluice_ddl");
+    let p = Running::start(orders("sluice_ddl"));
     let (pg, sluice) = (&p.pg, &p.sluice);
     pg.psql("source", "ALTER TABLE public.orders REPLICA IDENTITY FULL")
         .unwrap();
@@ -668,13 +507,13 @@ fn schema_changes_truncate_and_full_identity_flow_through_without_a_restart() {
         "UPDATE public.orders SET qty = qty * 10 WHERE id <= 10",
     )
     .unwrap();
-    wait_for_sink_to_match(pg, sluice, Duration::from_secs(60));
+    wait_for_sink_to_match(&p, sluice, Duration::from_secs(60));
 
     // when the table is truncated and refilled,
     pg.psql("source", "TRUNCATE public.orders").unwrap();
     pg.psql("source", "INSERT INTO public.orders (id, customer, qty) SELECT i, 'again ' || i, i FROM generate_series(50, 80) i")
         .unwrap();
-    wait_for_sink_to_match(pg, sluice, Duration::from_secs(60));
+    wait_for_sink_to_match(&p, sluice, Duration::from_secs(60));
 
     // and its columns are added, retyped, renamed and dropped between changes,
     pg.psql(
@@ -743,12 +582,12 @@ fn schema_changes_truncate_and_full_identity_flow_through_without_a_restart() {
 #[test]
 fn an_idle_source_does_not_hold_back_wal_while_other_databases_write() {
     // Given capture of an idle database with frequent heartbeats,
-    let services = Services::start(TansuStorage::Memory, ORDERS_DDL);
-    let pg = &services.pg;
+    let p = orders("sluice_idle")
+        .source("heartbeat_interval_ms = 200")
+        .build();
+    let (pg, slot) = (&p.pg, p.slot());
     pg.create_database("busy").unwrap();
-    let slot = "sluice_idle";
-    let config = services.config(slot, &["public.orders"], "heartbeat_interval_ms = 200");
-    let sluice = services.sluice(&config, &[]);
+    let sluice = p.run();
     sluice.wait_for_log("starting replication", Duration::from_secs(60));
 
     // when another database on the same server writes a lot of WAL,
@@ -799,8 +638,9 @@ fn an_idle_source_does_not_hold_back_wal_while_other_databases_write() {
 fn capture_authenticates_with_scram_and_a_password_from_the_environment_never_logged() {
     // Given a source user that must authenticate with SCRAM-SHA-256, its password known only
     // to the environment,
-    let services = Services::start(TansuStorage::Memory, ORDERS_DDL);
-    let pg = &services.pg;
+    // (A cluster of its own: the test changes pg_hba.conf.)
+    let p = orders("sluice_scram").own_postgres().build();
+    let pg = &p.pg;
     pg.psql(
         "source",
         "SET password_encryption = 'scram-sha-256';
@@ -810,17 +650,15 @@ fn capture_authenticates_with_scram_and_a_password_from_the_environment_never_lo
     )
     .unwrap();
     pg.require_scram_for("cdc").unwrap();
-    let config = services.config("sluice_scram", &["public.orders"], "");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
+    p.edit_config(
         &pg.url("source"),
         &format!("postgresql://cdc@127.0.0.1:{}/source", pg.port),
     );
-    std::fs::write(&config, text).unwrap();
 
     // when sluice runs with the wrong password, it stops with the server's reason;
-    let log = run_until_it_stops(
-        &services,
-        &config,
+    let log = p.run_until_exit(
+        "run",
+        &p.config,
         &[("SLUICE_SOURCES_PG_MAIN_PASSWORD", "not-the-password")],
     );
     assert!(
@@ -829,8 +667,8 @@ fn capture_authenticates_with_scram_and_a_password_from_the_environment_never_lo
     );
 
     // and with the right one, changes flow and the password appears in no log line.
-    let sluice = services.sluice(
-        &config,
+    let sluice = p.start(
+        "run",
         &[("SLUICE_SOURCES_PG_MAIN_PASSWORD", "scram-secret-42")],
     );
     pg.psql(
@@ -838,17 +676,22 @@ fn capture_authenticates_with_scram_and_a_password_from_the_environment_never_lo
         "INSERT INTO public.orders (id, customer) SELECT i, 'c' || i FROM generate_series(1, 50) i",
     )
     .unwrap();
-    wait_for_sink_to_match(pg, &sluice, Duration::from_secs(60));
+    wait_for_sink_to_match(&p, &sluice, Duration::from_secs(60));
     assert!(!sluice.log().contains("scram-secret-42"));
 }
 
 #[test]
 fn a_pgbench_workload_running_through_snapshot_and_stream_arrives_row_for_row() {
     // Given pgbench's own schema and data (100,000 accounts),
-    let services = Services::start(TansuStorage::Memory, "SELECT 1");
-    let pg = &services.pg;
+    let tables = [
+        "public.pgbench_accounts",
+        "public.pgbench_branches",
+        "public.pgbench_tellers",
+    ];
+    let p = e2e("sluice_pgbench", "", &tables).build();
+    let pg = &p.pg;
     let pgbench = |args: &[&str]| {
-        let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
+        let out = std::process::Command::new(pg.tool("pgbench"))
             .args([
                 "-h",
                 "127.0.0.1",
@@ -858,7 +701,7 @@ fn a_pgbench_workload_running_through_snapshot_and_stream_arrives_row_for_row() 
                 &pg.port.to_string(),
             ])
             .args(args)
-            .arg("source")
+            .arg(pg.name("source"))
             .output()
             .unwrap();
         assert!(
@@ -869,15 +712,9 @@ fn a_pgbench_workload_running_through_snapshot_and_stream_arrives_row_for_row() 
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     pgbench(&["-i", "-s", "1", "-q"]);
-    let tables = [
-        "public.pgbench_accounts",
-        "public.pgbench_branches",
-        "public.pgbench_tellers",
-    ];
-    let config = services.config("sluice_pgbench", &tables, "");
 
     // when sluice starts (snapshotting) while pgbench's TPC-B-like load runs with 4 clients,
-    let sluice = services.sluice(&config, &[]);
+    let sluice = p.run();
     let report = pgbench(&["-c", "4", "-j", "2", "-T", "15", "-n"]);
     let tps = report
         .lines()
@@ -886,25 +723,8 @@ fn a_pgbench_workload_running_through_snapshot_and_stream_arrives_row_for_row() 
         .to_string();
 
     // then every keyed pgbench table matches the source row for row.
-    let start = Instant::now();
-    for table in tables {
-        let query = format!("SELECT * FROM {table} ORDER BY 1");
-        loop {
-            let source = pg_rows(pg, "source", &query).unwrap();
-            let result = pg_rows(pg, "sink", &query).map(|sink| compare_rows(&source, &sink));
-            if matches!(result, Ok(Ok(()))) {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(240),
-                "{table}: {result:?}\n{}",
-                sluice.log()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
-    let updates = metric(
-        &sluice,
+    p.wait_for_match(&sluice, &tables, Duration::from_secs(240));
+    let updates = sluice.metric(
         "sluice_sink_events_applied_total",
         &[("table", "public.pgbench_accounts"), ("op", "u")],
     );
@@ -974,33 +794,20 @@ const EVERY_TYPE_DDL: &str = r#"
 
 const EVERY_TYPE_ROWS: &str = "SELECT * FROM public.every_type ORDER BY id";
 
-fn wait_for_query_to_match(pg: &Postgres, sluice: &SluiceProcess, query: &str, timeout: Duration) {
-    let start = Instant::now();
-    loop {
-        let source = pg_rows(pg, "source", query).unwrap();
-        let last_err = match pg_rows(pg, "sink", query).map(|sink| compare_rows(&source, &sink)) {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) | Err(e) => e,
-        };
-        assert!(
-            start.elapsed() < timeout,
-            "sink did not converge within {timeout:?}: {last_err}\n--- sluice log ---\n{}",
-            sluice.log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 fn every_postgres_type_survives_snapshot_and_stream_exactly() {
     // Given a table with a column of every type and rows of extreme values and NULLs,
-    let services = Services::start(TansuStorage::Memory, EVERY_TYPE_DDL);
-    let config = services.config("sluice_types", &["public.every_type"], "");
-    let sluice = services.sluice(&config, &[]);
-    let pg = &services.pg;
+    let p = e2e("sluice_types", EVERY_TYPE_DDL, &["public.every_type"]).build();
+    let sluice = p.run();
+    let pg = &p.pg;
 
     // then the snapshot's rows reach the sink with every value's text form unchanged,
-    wait_for_query_to_match(pg, &sluice, EVERY_TYPE_ROWS, Duration::from_secs(90));
+    p.wait_for_query(
+        &sluice,
+        EVERY_TYPE_ROWS,
+        EVERY_TYPE_ROWS,
+        Duration::from_secs(90),
+    );
 
     // and so do the same values when streamed: inserted, updated and deleted.
     pg.psql(
@@ -1012,7 +819,12 @@ fn every_postgres_type_survives_snapshot_and_stream_exactly() {
          DELETE FROM public.every_type WHERE id = 13;",
     )
     .unwrap();
-    wait_for_query_to_match(pg, &sluice, EVERY_TYPE_ROWS, Duration::from_secs(60));
+    p.wait_for_query(
+        &sluice,
+        EVERY_TYPE_ROWS,
+        EVERY_TYPE_ROWS,
+        Duration::from_secs(60),
+    );
 
     // The sink made the same types where it has them; an enum, a composite and an extension
     // type it lacks became text, and domains their base type.
@@ -1057,7 +869,7 @@ fn every_postgres_type_survives_snapshot_and_stream_exactly() {
         "{log}"
     );
     assert_eq!(
-        metric(&sluice, "sluice_capture_errors_total", &[("kind", "value")]),
+        sluice.metric("sluice_capture_errors_total", &[("kind", "value")]),
         0.0
     );
 
@@ -1067,12 +879,8 @@ fn every_postgres_type_survives_snapshot_and_stream_exactly() {
         "INSERT INTO public.every_type (id, ai, t) VALUES (99, '{{1,2},{3,4}}', 'after')",
     )
     .unwrap();
-    wait_for_query_to_match(
-        pg,
-        &sluice,
-        "SELECT id, t FROM public.every_type WHERE id = 99",
-        Duration::from_secs(60),
-    );
+    let query = "SELECT id, t FROM public.every_type WHERE id = 99";
+    p.wait_for_query(&sluice, query, query, Duration::from_secs(60));
     let sink = pg_rows(
         pg,
         "sink",
@@ -1081,7 +889,7 @@ fn every_postgres_type_survives_snapshot_and_stream_exactly() {
     .unwrap();
     assert_eq!(sink, ["t"]);
     assert_eq!(
-        metric(&sluice, "sluice_capture_errors_total", &[("kind", "value")]),
+        sluice.metric("sluice_capture_errors_total", &[("kind", "value")]),
         1.0
     );
     assert!(sluice.log().contains("multi-dimensional"));
@@ -1098,28 +906,17 @@ fn with_source_tls(config: &Path, pg: &Postgres, host: &str, tls: &str) -> std::
     path
 }
 
-/// Runs sluice until it exits on its own (a definite error); returns its log.
-fn run_until_it_stops(services: &Services, config: &Path, env: &[(&str, &str)]) -> String {
-    SluiceProcess::run_until_exit(
-        Path::new(SLUICE),
-        "run",
-        config,
-        &services.log(),
-        services.metrics_port,
-        env,
-    )
-}
-
 #[test]
 fn capture_talks_tls_to_the_source_and_refuses_a_certificate_it_cannot_verify() {
     // Given a source that refuses connections without TLS, with a certificate for `localhost`
     // signed by our CA,
-    let services = Services::start(TansuStorage::Memory, ORDERS_DDL);
-    let pg = &services.pg;
+    // (A cluster of its own: the test turns TLS on.)
+    let p = orders("sluice_tls").own_postgres().build();
+    let pg = &p.pg;
     let certs = TestCerts::generate(&["DNS:localhost"]).unwrap();
     pg.enable_tls(&certs.server_cert, &certs.server_key, &["source"])
         .unwrap();
-    let base = services.config("sluice_tls", &["public.orders"], "");
+    let base = p.config.clone();
     let ca = certs.ca.display();
 
     // when capture trusts another CA, it stops and says why;
@@ -1132,7 +929,7 @@ fn capture_talks_tls_to_the_source_and_refuses_a_certificate_it_cannot_verify() 
             certs.other_ca.display()
         ),
     );
-    let log = run_until_it_stops(&services, &other, &[]);
+    let log = p.run_until_exit("run", &other, &[]);
     assert!(
         log.contains("invalid peer certificate") && log.contains("check tls.ca_file"),
         "{log}"
@@ -1146,7 +943,7 @@ fn capture_talks_tls_to_the_source_and_refuses_a_certificate_it_cannot_verify() 
         "127.0.0.1",
         &format!("mode = \"verify-full\"\nca_file = \"{ca}\""),
     );
-    let log = run_until_it_stops(&services, &by_ip, &[]);
+    let log = p.run_until_exit("run", &by_ip, &[]);
     assert!(
         log.contains("invalid peer certificate") && log.contains("certificate not valid for name"),
         "{log}"
@@ -1160,13 +957,13 @@ fn capture_talks_tls_to_the_source_and_refuses_a_certificate_it_cannot_verify() 
         "localhost",
         &format!("mode = \"verify-full\"\nca_file = \"{ca}\""),
     );
-    let mut sluice = services.sluice(&good, &[]);
+    let mut sluice = p.start_with("run", &good, &[]);
     pg.psql(
         "source",
         "INSERT INTO public.orders (id, customer) SELECT i, 'c' || i FROM generate_series(1, 50) i",
     )
     .unwrap();
-    wait_for_sink_to_match(pg, &sluice, Duration::from_secs(60));
+    wait_for_sink_to_match(&p, &sluice, Duration::from_secs(60));
     let walsenders = pg
         .psql(
             "postgres",
@@ -1183,16 +980,16 @@ fn capture_talks_tls_to_the_source_and_refuses_a_certificate_it_cannot_verify() 
         "127.0.0.1",
         &format!("mode = \"verify-ca\"\nca_file = \"{ca}\""),
     );
-    let sluice = services.sluice(&chain_only, &[]);
+    let sluice = p.start_with("run", &chain_only, &[]);
     pg.psql("source", "UPDATE public.orders SET qty = id WHERE id <= 10")
         .unwrap();
-    wait_for_sink_to_match(pg, &sluice, Duration::from_secs(60));
+    wait_for_sink_to_match(&p, &sluice, Duration::from_secs(60));
 }
 
 #[test]
 fn sigterm_under_load_drains_exits_0_and_a_restart_loses_nothing() {
     // Given a pipeline and a writer that keeps changing the source,
-    let mut p = Pipeline::start(TansuStorage::Memory, "sluice_sigterm");
+    let mut p = Running::start(orders("sluice_sigterm"));
     let url = p.pg.url("source");
     let psql_bin = std::path::PathBuf::from("/usr/lib/postgresql/15/bin/psql");
     let writer = std::thread::spawn(move || {
@@ -1230,7 +1027,7 @@ fn sigterm_under_load_drains_exits_0_and_a_restart_loses_nothing() {
     // and once restarted, the sink ends up equal to the source.
     p.restart_sluice();
     writer.join().unwrap();
-    wait_for_sink_to_match(&p.pg, &p.sluice, Duration::from_secs(90));
+    wait_for_sink_to_match(&p, &p.sluice, Duration::from_secs(90));
     eprintln!("SIGTERM to exit: {took:?}");
 }
 
@@ -1251,9 +1048,10 @@ fn the_broker_killed_and_down_for_a_minute_mid_stream_loses_nothing_and_doubles_
     // Given capture and router running as processes of their own (as a deployment runs
     // them), streaming orders, and an observer at the sink that logs every row version
     // written,
-    let mut p = Pipeline::start(TansuStorage::Sqlite, "sluice_broker_down");
-    p.sluice.terminate(Duration::from_secs(20));
-    p.sluice = SluiceProcess::start(
+    let mut p = orders("sluice_broker_down").own_broker().build();
+    let mut sluice = p.run();
+    sluice.terminate(Duration::from_secs(20));
+    sluice = SluiceProcess::start(
         Path::new(SLUICE),
         "capture",
         &p.config,
@@ -1284,7 +1082,7 @@ fn the_broker_killed_and_down_for_a_minute_mid_stream_loses_nothing_and_doubles_
         "INSERT INTO public.orders (id, customer, qty) SELECT i, 'c' || i, 0 FROM generate_series(1, 200) i",
     )
     .unwrap();
-    wait_for_sink_to_match(&p.pg, &router, Duration::from_secs(120));
+    wait_for_sink_to_match(&p, &router, Duration::from_secs(120));
     let applies =
         p.pg.log_applies("sink", "public.orders", ("id", "bigint"), ("qty", "int"))
             .unwrap();
@@ -1301,7 +1099,7 @@ fn the_broker_killed_and_down_for_a_minute_mid_stream_loses_nothing_and_doubles_
         });
     std::thread::sleep(Duration::from_secs(5));
     p.kafka.kill();
-    let pids = [p.sluice.pid(), router.pid()].map(|pid| pid.expect("both run"));
+    let pids = [sluice.pid(), router.pid()].map(|pid| pid.expect("both run"));
     let mut peak = [0.0f64; 2];
     let down = Instant::now();
     while down.elapsed() < Duration::from_secs(60) {
@@ -1310,7 +1108,7 @@ fn the_broker_killed_and_down_for_a_minute_mid_stream_loses_nothing_and_doubles_
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    for process in [&mut p.sluice, &mut router] {
+    for process in [&mut sluice, &mut router] {
         assert!(
             !process.has_exited(),
             "a process exited while the broker was down:\n{}",
@@ -1322,8 +1120,8 @@ fn the_broker_killed_and_down_for_a_minute_mid_stream_loses_nothing_and_doubles_
 
     // then, once it is back, the sink equals the source row for row, no row version was
     // written twice or went backwards, and memory stayed bounded meanwhile.
-    wait_for_sink_to_match(&p.pg, &router, Duration::from_secs(180));
-    assert!(!p.sluice.has_exited(), "{}", p.sluice.log());
+    wait_for_sink_to_match(&p, &router, Duration::from_secs(180));
+    assert!(!sluice.has_exited(), "{}", sluice.log());
     assert_eq!(
         applies.written_twice(),
         "",
@@ -1350,13 +1148,13 @@ fn the_broker_killed_and_down_for_a_minute_mid_stream_loses_nothing_and_doubles_
 #[test]
 fn reset_state_reads_every_table_anew_in_a_new_epoch_and_a_damaged_sink_is_made_equal() {
     // Given orders captured into the sink,
-    let mut p = Pipeline::start(TansuStorage::Memory, "sluice_reset");
+    let mut p = Running::start(orders("sluice_reset"));
     p.pg.psql(
         "source",
         "INSERT INTO public.orders (id, customer, qty) SELECT i, 'c' || i, i FROM generate_series(1, 200) i",
     )
     .unwrap();
-    wait_for_sink_to_match(&p.pg, &p.sluice, Duration::from_secs(60));
+    wait_for_sink_to_match(&p, &p.sluice, Duration::from_secs(60));
     p.sluice.terminate(Duration::from_secs(20));
 
     // when the sink is damaged by hand (rows deleted, a row changed) and the source changes
@@ -1386,8 +1184,8 @@ fn reset_state_reads_every_table_anew_in_a_new_epoch_and_a_damaged_sink_is_made_
     // above those the sink recorded), the sink equals the source row for row, and changes
     // after that flow as before.
     p.restart_sluice();
-    wait_for_sink_to_match(&p.pg, &p.sluice, Duration::from_secs(90));
+    wait_for_sink_to_match(&p, &p.sluice, Duration::from_secs(90));
     p.pg.psql("source", "UPDATE public.orders SET qty = 7 WHERE id = 1")
         .unwrap();
-    wait_for_sink_to_match(&p.pg, &p.sluice, Duration::from_secs(60));
+    wait_for_sink_to_match(&p, &p.sluice, Duration::from_secs(60));
 }

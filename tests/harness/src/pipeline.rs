@@ -246,10 +246,20 @@ impl Pipeline {
 
     /// `sluice <subcommand>` on the config with extra environment, logging to `sluice.log`.
     pub fn start(&self, subcommand: &str, env: &[(&str, &str)]) -> SluiceProcess {
+        self.start_with(subcommand, &self.config, env)
+    }
+
+    /// [`Pipeline::start`] on another config (one of [`Pipeline::config_with`]'s).
+    pub fn start_with(
+        &self,
+        subcommand: &str,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> SluiceProcess {
         SluiceProcess::start_with_env(
             &self.sluice,
             subcommand,
-            &self.config,
+            config,
             &self.log_path(),
             self.metrics_port,
             env,
