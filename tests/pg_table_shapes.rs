@@ -249,7 +249,7 @@ fn a_row_older_than_an_added_column_gets_the_columns_default_from_any_partition(
     // when a router with small batches takes the partitions in whatever order it fetches them
     // (so old-version inserts from one partition come after the column was added for another),
     s.edit_config("max_rows = 500", "max_rows = 25");
-    let router = s.start_other("route", "route");
+    let router = s.start_other("route", "route", &[]);
 
     // then every row reads at the sink what it reads at the source: the old ones the default.
     wait_for_match(&s, &router, "public.accounts");
@@ -433,8 +433,8 @@ fn a_truncate_across_three_partitions_clears_what_came_before_it_and_nothing_aft
         "dead_letter_topic",
         "assignment_strategy = \"range\"\ndead_letter_topic",
     );
-    let first = s.start_other("route", "route-1");
-    let second = s.start_other("route", "route-2");
+    let first = s.start_other("route", "route-1", &[]);
+    let second = s.start_other("route", "route-2", &[]);
 
     // then the sink holds exactly the rows written after the last truncate, each once.
     wait_for_match(&s, &first, "public.events");
@@ -596,7 +596,7 @@ fn an_older_table_version_from_a_lagging_partition_never_turns_a_type_change_bac
         "[sinks.warehouse]\nkind = \"postgres\"\n",
         "[sinks.warehouse]\nkind = \"postgres\"\ncolumn_types = \"alter\"\n",
     );
-    let router = s.start_other("route", "route");
+    let router = s.start_other("route", "route", &[]);
 
     // then the column is retyped once, never back to int (which would round the fractions),
     // and every row reads at the sink what it reads at the source.

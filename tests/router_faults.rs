@@ -2,11 +2,10 @@
 //! with the reason and its origin, and everything else — other rows of the batch, other
 //! tables, later changes — is applied.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{metric_value, Broker, Postgres, SluiceProcess};
+use sluice_harness::{metric_value, Pipeline, Postgres, SluiceProcess};
 
 mod common;
 
@@ -30,39 +29,20 @@ fn wait_for(pg: &Postgres, expected: &[&str], query: &str, sluice: &SluiceProces
 #[test]
 fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
     // Given a sink table stricter than its source (a CHECK and a shorter column),
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
-    pg.psql(
-        "source",
-        "CREATE TABLE public.orders (id int PRIMARY KEY, qty int, note text);
-         CREATE TABLE public.other (id int PRIMARY KEY, v text);",
-    )
-    .unwrap();
-    pg.psql(
-        "sink",
-        "CREATE TABLE public.orders (id int PRIMARY KEY, qty int CONSTRAINT qty_not_negative CHECK (qty >= 0), note varchar(5))",
-    )
-    .unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (sluice, _) = SluiceProcess::start_in(
-        Path::new(SLUICE),
-        "run",
-        dir.path(),
-        &format!(
-            "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
-             tables = [\"public.orders\", \"public.other\"]\nslot = \"faults\"\npublication = \"faults\"\n\
-             [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"{ns}faults\"\n\
-             dead_letter_topic = \"{ns}_sluice_dead_letter\"\n\
-             [router.batch]\nmax_delay_ms = 200\n",
-            kafka.kafka_toml("sluice"),
-            pg.url("source"),
-            pg.url("sink"),
-            ns = kafka.namespace(),
-        ),
-    )
-    .unwrap();
+    let p = Pipeline::postgres(SLUICE, "faults")
+        .ddl(
+            "CREATE TABLE public.orders (id int PRIMARY KEY, qty int, note text);
+             CREATE TABLE public.other (id int PRIMARY KEY, v text);",
+        )
+        .sink_ddl(
+            "CREATE TABLE public.orders (id int PRIMARY KEY, \
+             qty int CONSTRAINT qty_not_negative CHECK (qty >= 0), note varchar(5))",
+        )
+        .tables(&["public.orders", "public.other"])
+        .batch("max_delay_ms = 200")
+        .build();
+    let (pg, kafka) = (&p.pg, &p.kafka);
+    let sluice = p.run();
     // (The changes below must be streamed: had the snapshot started after them, it would read
     // rows 7 and 12 with the refused values already in them.)
     sluice.wait_for_log("starting replication", Duration::from_secs(60));
@@ -91,10 +71,8 @@ fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
     let mut expected: Vec<String> = (1..=20).map(|i| format!("{i}|{i}|ok")).collect();
     expected.extend((21..=25).map(|i| format!("{i}|{i}|later")));
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
-    wait_for(&pg, &expected, orders, &sluice);
-    let source_other = pg_rows(&pg, "source", "SELECT * FROM public.other ORDER BY id").unwrap();
-    let sink_other = pg_rows(&pg, "sink", "SELECT * FROM public.other ORDER BY id").unwrap();
-    compare_rows(&source_other, &sink_other).unwrap();
+    wait_for(pg, &expected, orders, &sluice);
+    p.wait_for_match(&sluice, &["public.other"], Duration::from_secs(60));
 
     // the two refused changes are in the dead-letter topic, unchanged, with why and whence,
     let dead = common::read_raw(
@@ -118,11 +96,10 @@ fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
         .map(|d| d.headers["sluice.dlq.detail"].as_str())
         .collect();
     assert!(
-        details.iter().any(
-            |d| d.contains("wh refused the update of a row of public.orders")
-                && d.contains("SQLSTATE 23514")
-                && d.contains("constraint: qty_not_negative")
-        ),
+        details.iter().any(|d| d
+            .contains("warehouse refused the update of a row of public.orders")
+            && d.contains("SQLSTATE 23514")
+            && d.contains("constraint: qty_not_negative")),
         "{details:?}"
     );
     assert!(
@@ -135,7 +112,7 @@ fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
     for d in &dead {
         assert_eq!(
             d.headers["sluice.dlq.topic"],
-            format!("{}sluice.pg.public.orders", kafka.namespace())
+            format!("{}sluice.pg_main.public.orders", kafka.namespace())
         );
         assert_eq!(d.headers["sluice.dlq.partition"], "0");
         assert!(d.headers["sluice.dlq.offset"].parse::<i64>().unwrap() >= 20);
@@ -154,90 +131,32 @@ fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
     let mut expected: Vec<String> = expected.iter().map(ToString::to_string).collect();
     expected[6] = "7|70|fixed".into();
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
-    wait_for(&pg, &expected, orders, &sluice);
-    let dlq = metric_value(
-        &sluice.metrics().unwrap(),
-        "sluice_router_dlq_total",
-        &[("reason", "rejected_by_sink")],
+    wait_for(pg, &expected, orders, &sluice);
+    assert_eq!(
+        sluice.metric("sluice_router_dlq_total", &[("reason", "rejected_by_sink")]),
+        2.0
     );
-    assert_eq!(dlq, Some(2.0));
-}
-
-/// Writes `sluice.toml`-style configs for a capture process and a router process that share
-/// everything but their metrics port.
-fn split_configs(dir: &Path, common: &str) -> (std::path::PathBuf, u16, std::path::PathBuf, u16) {
-    let write = |name: &str| {
-        let port = sluice_harness::free_port();
-        let path = dir.join(name);
-        std::fs::write(
-            &path,
-            format!("{common}\n[observability]\nlisten = \"127.0.0.1:{port}\"\n"),
-        )
-        .unwrap();
-        (path, port)
-    };
-    let (capture, capture_port) = write("capture.toml");
-    let (router, router_port) = write("router.toml");
-    (capture, capture_port, router, router_port)
 }
 
 #[test]
 fn a_router_killed_mid_batch_again_and_again_applies_every_change_exactly_once() {
     // Given a sink table with a trigger that records every write the router makes to it,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
-    pg.psql(
-        "source",
-        "CREATE TABLE public.acct (id int PRIMARY KEY, n int NOT NULL, note text);
-         INSERT INTO public.acct SELECT i, 0, 'start' FROM generate_series(1, 50) i;",
-    )
-    .unwrap();
-    pg.psql(
-        "sink",
-        "CREATE TABLE public.acct (id int PRIMARY KEY, n int NOT NULL, note text);
-         CREATE TABLE public.applied (seq bigserial PRIMARY KEY, id int, n int);
-         CREATE FUNCTION record_write() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN INSERT INTO public.applied (id, n) VALUES (NEW.id, NEW.n); RETURN NEW; END $$;
-         CREATE TRIGGER record_write AFTER INSERT OR UPDATE ON public.acct
-           FOR EACH ROW EXECUTE FUNCTION record_write();",
-    )
-    .unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let common = format!(
-        "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
-         tables = [\"public.acct\"]\nslot = \"kill9\"\npublication = \"kill9\"\n\
-         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"{ns}kill9\"\n\
-         [router.batch]\nmax_rows = 200\nmax_delay_ms = 100\n",
-        kafka.kafka_toml("sluice"),
-        pg.url("source"),
-        pg.url("sink"),
-        ns = kafka.namespace(),
-    );
-    let (capture_config, capture_port, router_config, router_port) =
-        split_configs(dir.path(), &common);
-    let start_capture = || {
-        SluiceProcess::start(
-            Path::new(SLUICE),
-            "capture",
-            &capture_config,
-            &dir.path().join("capture.log"),
-            capture_port,
+    let p = Pipeline::postgres(SLUICE, "kill9")
+        .ddl(
+            "CREATE TABLE public.acct (id int PRIMARY KEY, n int NOT NULL, note text);
+             INSERT INTO public.acct SELECT i, 0, 'start' FROM generate_series(1, 50) i;",
         )
-        .unwrap()
-    };
+        .sink_ddl("CREATE TABLE public.acct (id int PRIMARY KEY, n int NOT NULL, note text)")
+        .tables(&["public.acct"])
+        .batch("max_rows = 200\nmax_delay_ms = 100")
+        .build();
+    let (pg, dir) = (&p.pg, &p.dir);
+    let applies = pg
+        .log_applies("sink", "public.acct", ("id", "int"), ("n", "int"))
+        .unwrap();
+    let start_capture = || p.start_other("capture", "capture", &[]);
     let mut capture = start_capture();
-    let start_router = || {
-        SluiceProcess::start(
-            Path::new(SLUICE),
-            "route",
-            &router_config,
-            &dir.path().join("router.log"),
-            router_port,
-        )
-        .unwrap()
-    };
+    let start_router = || p.start_other("route", "router", &[]);
     let mut router = start_router();
 
     // when a writer makes thousands of single-row and multi-row transactions, each of which
@@ -301,40 +220,16 @@ fn a_router_killed_mid_batch_again_and_again_applies_every_change_exactly_once()
     writer.join().unwrap();
 
     // then the sink ends up equal to the source,
-    let query = "SELECT id, n, note FROM public.acct ORDER BY id";
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let source = pg_rows(&pg, "source", query).unwrap();
-        match pg_rows(&pg, "sink", query).map(|sink| compare_rows(&source, &sink)) {
-            Ok(Ok(())) => break,
-            other => assert!(
-                Instant::now() < deadline,
-                "{other:?}\n--- router log ---\n{}",
-                router.log()
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    p.wait_for_match(&router, &["public.acct"], Duration::from_secs(120));
     // and no write was ever applied twice: every row's n only ever went up, one write at a
     // time (a replayed batch would have written an n again, or an older one).
-    let regressions = pg
-        .psql(
-            "sink",
-            "SELECT count(*) FROM (SELECT n, lag(n) OVER (PARTITION BY id ORDER BY seq) AS prev \
-             FROM public.applied) w WHERE prev IS NOT NULL AND n <= prev",
-        )
-        .unwrap();
     assert_eq!(
-        regressions.trim(),
-        "0",
-        "writes applied twice or out of order"
+        applies.written_twice(),
+        "",
+        "row versions written twice (id|n|times)"
     );
-    let writes: i64 = pg
-        .psql("sink", "SELECT count(*) FROM public.applied")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    assert_eq!(applies.went_back(), 0, "rows went back to an older version");
+    let writes = applies.written();
     let total_n: i64 = pg
         .psql("source", "SELECT sum(n) FROM public.acct")
         .unwrap()
@@ -364,11 +259,23 @@ fn a_pgbench_workload_with_two_routers_truncates_a_partitioned_table_a_rename_an
     // that is truncated now and then and one that will be renamed, all captured onto
     // 3-partition topics, with capture and two routers of one group in processes of their own
     // (one router on Tansu, which mishandles a second cooperative member),
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
+    let compared = [
+        "public.pgbench_accounts",
+        "public.pgbench_branches",
+        "public.pgbench_tellers",
+        "public.events",
+        "public.scratch",
+    ];
+    let mut tables = compared.to_vec();
+    tables.push("public.doomed");
+    let p = Pipeline::postgres(SLUICE, "pgbench_kills")
+        .tables(&tables)
+        .kafka("partitions = 3")
+        .batch("max_rows = 1000\nmax_delay_ms = 100")
+        .build();
+    let (pg, kafka) = (&p.pg, &p.kafka);
     let pgbench = |args: &[&str]| {
-        let out = std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
+        let out = std::process::Command::new(pg.tool("pgbench"))
             .args([
                 "-h",
                 "127.0.0.1",
@@ -378,7 +285,7 @@ fn a_pgbench_workload_with_two_routers_truncates_a_partitioned_table_a_rename_an
                 &pg.port.to_string(),
             ])
             .args(args)
-            .arg("source")
+            .arg(pg.name("source"))
             .output()
             .unwrap();
         assert!(
@@ -389,8 +296,7 @@ fn a_pgbench_workload_with_two_routers_truncates_a_partitioned_table_a_rename_an
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     pgbench(&["-i", "-s", "1", "-q"]);
-    pg.psql(
-        "source",
+    p.source(
         "CREATE TABLE public.events (id bigint, region int, v text, PRIMARY KEY (id, region))
            PARTITION BY LIST (region);
          CREATE TABLE public.events_0 PARTITION OF public.events FOR VALUES IN (0);
@@ -398,63 +304,20 @@ fn a_pgbench_workload_with_two_routers_truncates_a_partitioned_table_a_rename_an
          CREATE TABLE public.scratch (id int PRIMARY KEY, v text);
          CREATE TABLE public.doomed (id int PRIMARY KEY, v text);
          INSERT INTO public.doomed SELECT i, 'before' FROM generate_series(1, 20) i;",
-    )
-    .unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let compared = [
-        "public.pgbench_accounts",
-        "public.pgbench_branches",
-        "public.pgbench_tellers",
-        "public.events",
-        "public.scratch",
-    ];
-    let common = format!(
-        "[kafka]\n{}partitions = 3\n[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
-         tables = [{}, \"public.doomed\"]\nslot = \"pgbench_kills\"\npublication = \"pgbench_kills\"\n\
-         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"{ns}pgbench_kills\"\n\
-         [router.batch]\nmax_rows = 1000\nmax_delay_ms = 100\n",
-        kafka.kafka_toml("sluice"),
-        pg.url("source"),
-        compared.map(|t| format!("\"{t}\"")).join(", "),
-        pg.url("sink"),
-        ns = kafka.namespace(),
     );
-    let (capture_config, capture_port, router_config, router_port) =
-        split_configs(dir.path(), &common);
-    let (second_config, second_port) = {
-        let port = sluice_harness::free_port();
-        let path = dir.path().join("router-b.toml");
-        std::fs::write(
-            &path,
-            format!("{common}\n[observability]\nlisten = \"127.0.0.1:{port}\"\n"),
-        )
-        .unwrap();
-        (path, port)
-    };
-    let start = |command: &'static str, config: &Path, port: u16| {
-        SluiceProcess::start(
-            Path::new(SLUICE),
-            command,
-            config,
-            &config.with_extension("log"),
-            port,
-        )
-        .unwrap()
-    };
-    let mut capture = start("capture", &capture_config, capture_port);
-    let mut router = start("route", &router_config, router_port);
-    let mut second = (!kafka.is_tansu()).then(|| start("route", &second_config, second_port));
+    let mut capture = p.start_other("capture", "capture", &[]);
+    let mut router = p.start_other("route", "router-a", &[]);
+    let mut second = (!kafka.is_tansu()).then(|| p.start_other("route", "router-b", &[]));
 
     // when pgbench's TPC-B-like load runs with 4 clients for 20 s, a second writer moves rows
     // between the partitions, truncates `scratch` every fifth round and renames `doomed`
     // halfway, and the routers and capture are killed -9 in turn every two seconds,
     let load = {
-        let port = pg.port;
+        let (port, db, pgbench) = (pg.port, pg.name("source"), pg.tool("pgbench"));
         std::thread::spawn(move || {
-            std::process::Command::new("/usr/lib/postgresql/15/bin/pgbench")
+            std::process::Command::new(pgbench)
                 .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
-                .args(["-c", "4", "-j", "2", "-T", "20", "-n", "source"])
+                .args(["-c", "4", "-j", "2", "-T", "20", "-n", &db])
                 .output()
                 .unwrap()
         })
@@ -506,15 +369,15 @@ fn a_pgbench_workload_with_two_routers_truncates_a_partitioned_table_a_rename_an
         match (kills % 3, second.as_mut()) {
             (0, _) => {
                 router.kill9();
-                router = start("route", &router_config, router_port);
+                router = p.start_other("route", "router-a", &[]);
             }
             (1, Some(b)) => {
                 b.kill9();
-                *b = start("route", &second_config, second_port);
+                *b = p.start_other("route", "router-b", &[]);
             }
             _ => {
                 capture.kill9();
-                capture = start("capture", &capture_config, capture_port);
+                capture = p.start_other("capture", "capture", &[]);
             }
         }
         kills += 1;
@@ -530,27 +393,11 @@ fn a_pgbench_workload_with_two_routers_truncates_a_partitioned_table_a_rename_an
     let tps = report.lines().find(|l| l.starts_with("tps")).unwrap_or("");
 
     // then every compared table matches the source row for row,
-    let started = Instant::now();
-    for table in compared {
-        let query = format!("SELECT * FROM {table} ORDER BY 1, 2");
-        loop {
-            let source = pg_rows(&pg, "source", &query).unwrap();
-            let result = pg_rows(&pg, "sink", &query).map(|sink| compare_rows(&source, &sink));
-            if matches!(result, Ok(Ok(()))) {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(240),
-                "{table}: {result:?}\n--- router log ---\n{}",
-                router.log()
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    }
+    p.wait_for_match(&router, &compared, Duration::from_secs(240));
     // and the renamed table was stopped with what to do, not followed silently: as a rename
     // when a running capture read it, or as a table gone when a restarting capture's
     // preflight found its name missing first.
-    let log = std::fs::read_to_string(capture_config.with_extension("log")).unwrap();
+    let log = std::fs::read_to_string(p.dir.path().join("capture.log")).unwrap();
     assert!(
         log.contains("public.doomed was renamed to public.doomed_renamed")
             || log.contains("table public.doomed does not exist at the source; create it or remove it from sources.<name>.tables"),
@@ -586,13 +433,15 @@ fn two_routers_share_the_partitions_and_one_killed_takes_its_share_back() {
     );
 
     // when rows change while both run,
-    g.pg.psql(
-        "source",
-        "INSERT INTO public.items SELECT i, 0 FROM generate_series(1, 400) i",
-    )
-    .unwrap();
+    g.p.pg
+        .psql(
+            "source",
+            "INSERT INTO public.items SELECT i, 0 FROM generate_series(1, 400) i",
+        )
+        .unwrap();
     for round in 1..=5 {
-        g.pg.psql("source", &format!("UPDATE public.items SET n = {round}"))
+        g.p.pg
+            .psql("source", &format!("UPDATE public.items SET n = {round}"))
             .unwrap();
         std::thread::sleep(Duration::from_millis(300));
     }
@@ -613,95 +462,58 @@ fn two_routers_share_the_partitions_and_one_killed_takes_its_share_back() {
     b.kill9();
     drop(b);
     for round in 6..=8 {
-        g.pg.psql("source", &format!("UPDATE public.items SET n = {round}"))
+        g.p.pg
+            .psql("source", &format!("UPDATE public.items SET n = {round}"))
             .unwrap();
         std::thread::sleep(Duration::from_millis(300));
     }
     let b = router("router-b");
     g.wait_for_items_to_match(&[&a, &b]);
     eprintln!("router a consumed {by_a}, router b {by_b} before b was killed");
-    assert_each_version_applied_once(&g.pg);
+    assert_each_version_applied_once(&g.p.pg);
 }
 
-/// `public.items` captured into a sink with [`OBSERVED_ITEMS`], and a group of routers
+/// `public.items` captured into a sink whose writes are logged ([`Postgres::log_applies`]), and a group of routers
 /// sharing its topic's partitions, each started in a directory of its own: on Kafka with the
 /// defaults (dynamic membership, cooperative-sticky), on Tansu with static ids and range
 /// assignment (Tansu 0.6 mishandles the cooperative protocol with two members, and never
 /// expires a dead dynamic member).
 struct RouterGroup {
-    pg: Postgres,
-    kafka: Broker,
-    dir: tempfile::TempDir,
-    name: &'static str,
-    partitions: i32,
-    batch: &'static str,
-    _capture: Option<SluiceProcess>,
+    p: Pipeline,
+    _capture: SluiceProcess,
 }
 
 impl RouterGroup {
     fn start(name: &'static str, partitions: i32, rows: &str, batch: &'static str) -> RouterGroup {
-        let pg = Postgres::start().unwrap();
-        pg.create_database("source").unwrap();
-        pg.create_database("sink").unwrap();
-        pg.psql(
-            "source",
-            &format!("CREATE TABLE public.items (id int PRIMARY KEY, n int NOT NULL); {rows}"),
-        )
-        .unwrap();
-        pg.psql("sink", OBSERVED_ITEMS).unwrap();
-        let mut g = RouterGroup {
-            pg,
-            kafka: Broker::shared().unwrap(),
-            dir: tempfile::tempdir().unwrap(),
-            name,
-            partitions,
-            batch,
-            _capture: None,
-        };
-        let (capture_config, capture_port, _, _) = split_configs(g.dir.path(), &g.config("unused"));
-        g._capture = Some(
-            SluiceProcess::start(
-                Path::new(SLUICE),
-                "capture",
-                &capture_config,
-                &g.dir.path().join("capture.log"),
-                capture_port,
-            )
-            .unwrap(),
-        );
-        g
+        let p = Pipeline::postgres(SLUICE, name)
+            .ddl(&format!(
+                "CREATE TABLE public.items (id int PRIMARY KEY, n int NOT NULL); {rows}"
+            ))
+            .sink_ddl("CREATE TABLE public.items (id int PRIMARY KEY, n int NOT NULL)")
+            .tables(&["public.items"])
+            .kafka(&format!("partitions = {partitions}"))
+            .batch(&format!("{batch}max_delay_ms = 100"))
+            .build();
+        p.pg.log_applies("sink", "public.items", ("id", "int"), ("n", "int"))
+            .unwrap();
+        let capture = p.start_other("capture", "capture", &[]);
+        RouterGroup {
+            p,
+            _capture: capture,
+        }
     }
 
-    fn config(&self, instance: &str) -> String {
-        let membership = if self.kafka.is_tansu() {
-            format!("instance_id = \"{instance}\"\nassignment_strategy = \"range\"\n")
-        } else {
-            String::new()
-        };
-        format!(
-            "[kafka]\n{}partitions = {}\n\
-             [sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.items\"]\n\
-             slot = \"{name}\"\npublication = \"{name}\"\n\
-             [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n\
-             [router]\nsink = \"wh\"\ngroup_id = \"{ns}{name}\"\n{membership}\
-             [router.batch]\n{}max_delay_ms = 100\n",
-            self.kafka.kafka_toml("sluice"),
-            self.partitions,
-            self.pg.url("source"),
-            self.pg.url("sink"),
-            self.batch,
-            name = self.name,
-            ns = self.kafka.namespace(),
-        )
-    }
-
-    /// A router of the group, in a directory of its own.
+    /// A router of the group, with its own metrics address and log.
     fn router(&self, instance: &str) -> SluiceProcess {
-        let sub = self.dir.path().join(instance);
-        std::fs::create_dir_all(&sub).unwrap();
-        SluiceProcess::start_in(Path::new(SLUICE), "route", &sub, &self.config(instance))
-            .unwrap()
-            .0
+        let membership = format!(
+            "instance_id = \"{instance}\"\nassignment_strategy = \"range\"\ndead_letter_topic"
+        );
+        let edits: &[(&str, &str)] = if self.p.kafka.is_tansu() {
+            &[("dead_letter_topic", &membership)]
+        } else {
+            &[]
+        };
+        self.p.start_other("route", instance, edits)
     }
 
     /// Waits until the sink's items equal the source's; fails with the routers' logs.
@@ -709,8 +521,8 @@ impl RouterGroup {
         let query = "SELECT id, n FROM public.items ORDER BY id";
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let source = pg_rows(&self.pg, "source", query).unwrap();
-            match pg_rows(&self.pg, "sink", query).map(|sink| compare_rows(&source, &sink)) {
+            let source = pg_rows(&self.p.pg, "source", query).unwrap();
+            match pg_rows(&self.p.pg, "sink", query).map(|sink| compare_rows(&source, &sink)) {
                 Ok(Ok(())) => return,
                 other => assert!(
                     Instant::now() < deadline,
@@ -727,71 +539,32 @@ impl RouterGroup {
     }
 }
 
-/// The sink's items table made beforehand, with a trigger that logs every row version the
-/// router writes (`applies`, in the order written).
-const OBSERVED_ITEMS: &str = "
-    CREATE TABLE public.items (id int PRIMARY KEY, n int NOT NULL);
-    CREATE TABLE public.applies (seq bigserial PRIMARY KEY, id int NOT NULL, n int NOT NULL);
-    CREATE FUNCTION public.log_apply() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN INSERT INTO public.applies (id, n) VALUES (NEW.id, NEW.n); RETURN NEW; END $$;
-    CREATE TRIGGER log_apply AFTER INSERT OR UPDATE ON public.items
-        FOR EACH ROW EXECUTE FUNCTION public.log_apply();";
-
 /// Not twice: no row version was written twice, and no row went back to an older version
 /// (each source update raises `n`; a batch may collapse versions, never repeat them).
 fn assert_each_version_applied_once(pg: &Postgres) {
-    let twice = pg
-        .psql(
-            "sink",
-            "SELECT id, n, count(*) FROM public.applies GROUP BY id, n HAVING count(*) > 1 LIMIT 5",
-        )
-        .unwrap();
-    assert_eq!(twice.trim(), "", "row versions written twice (id|n|times)");
-    let back = pg
-        .psql(
-            "sink",
-            "SELECT count(*) FROM (SELECT n < lag(n) OVER (PARTITION BY id ORDER BY seq) AS back \
-             FROM public.applies) v WHERE back",
-        )
-        .unwrap();
-    assert_eq!(back.trim(), "0", "rows went back to an older version");
-    let written: i64 = pg
-        .psql("sink", "SELECT count(*) FROM public.applies")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let applies = pg.apply_log("sink", "id", "n");
+    assert_eq!(
+        applies.written_twice(),
+        "",
+        "row versions written twice (id|n|times)"
+    );
+    assert_eq!(applies.went_back(), 0, "rows went back to an older version");
+    let written = applies.written();
     assert!(written >= 400, "the observer saw {written} writes");
 }
 
 #[test]
 fn a_router_started_before_its_broker_waits_for_it_and_then_routes() {
     // Given a sink and a broker that is down when the router starts,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
-    pg.psql(
-        "source",
-        "CREATE TABLE public.t (id int PRIMARY KEY, v text)",
-    )
-    .unwrap();
-    let mut kafka = Broker::start().unwrap();
-    kafka.kill();
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[kafka]\nbootstrap_servers = \"{}\"\nproperties = {{ \"socket.connection.setup.timeout.ms\" = \"2000\" }}\n\
-         [sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
-         tables = [\"public.t\"]\nslot = \"early\"\npublication = \"early\"\n\
-         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"early\"\n\
-         [router.batch]\nmax_delay_ms = 100\n",
-        kafka.bootstrap(),
-        pg.url("source"),
-        pg.url("sink"),
-    );
-    let route_dir = dir.path().join("route");
-    std::fs::create_dir(&route_dir).unwrap();
-    let (mut router, _) =
-        SluiceProcess::start_in(Path::new(SLUICE), "route", &route_dir, &config).unwrap();
+    let mut p = Pipeline::postgres(SLUICE, "early")
+        .ddl("CREATE TABLE public.t (id int PRIMARY KEY, v text)")
+        .tables(&["public.t"])
+        .kafka("properties = { \"socket.connection.setup.timeout.ms\" = \"2000\" }")
+        .batch("max_delay_ms = 100")
+        .own_broker()
+        .build();
+    p.kafka.kill();
+    let mut router = p.start_other("route", "route", &[]);
 
     // when topic creation fails at start-up for a while,
     router.wait_for_log(
@@ -805,13 +578,10 @@ fn a_router_started_before_its_broker_waits_for_it_and_then_routes() {
     assert!(body.contains("broker"), "{body}");
 
     // and once the broker is back, changes flow through it to the sink.
-    kafka.restart().unwrap();
-    let capture_dir = dir.path().join("capture");
-    std::fs::create_dir(&capture_dir).unwrap();
-    let (capture, _) =
-        SluiceProcess::start_in(Path::new(SLUICE), "capture", &capture_dir, &config).unwrap();
+    p.kafka.restart().unwrap();
+    let capture = p.start_other("capture", "capture", &[]);
     capture.wait_for_log("starting replication", Duration::from_secs(60));
-    pg.psql(
+    p.pg.psql(
         "source",
         "INSERT INTO public.t SELECT i, 'v' || i FROM generate_series(1, 50) i",
     )
@@ -819,7 +589,7 @@ fn a_router_started_before_its_broker_waits_for_it_and_then_routes() {
     let expected: Vec<String> = (1..=50).map(|i| format!("{i}|v{i}")).collect();
     let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
     wait_for(
-        &pg,
+        &p.pg,
         &expected,
         "SELECT * FROM public.t ORDER BY id",
         &router,
@@ -830,34 +600,20 @@ fn a_router_started_before_its_broker_waits_for_it_and_then_routes() {
 #[test]
 fn a_sink_restored_from_an_older_backup_reads_again_what_it_lacks() {
     // Given a sink that applies slowly (a trigger sleeps a little per row),
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
-    pg.psql(
-        "source",
-        "CREATE TABLE public.item (id int PRIMARY KEY, v text NOT NULL);",
-    )
-    .unwrap();
-    let slow_sink = "CREATE TABLE public.item (id int PRIMARY KEY, v text NOT NULL);
-         CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
-           BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;
-         CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON public.item
-           FOR EACH ROW EXECUTE FUNCTION slow();";
-    pg.psql("sink", slow_sink).unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
-         tables = [\"public.item\"]\nslot = \"backup\"\npublication = \"backup\"\n\
-         [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"{ns}backup\"\n\
-         [router.batch]\nmax_rows = 100\nmax_delay_ms = 50\n",
-        kafka.kafka_toml("sluice"),
-        pg.url("source"),
-        pg.url("sink"),
-        ns = kafka.namespace(),
-    );
-    let (mut sluice, config_path) =
-        SluiceProcess::start_in(Path::new(SLUICE), "run", dir.path(), &config).unwrap();
+    let p = Pipeline::postgres(SLUICE, "backup")
+        .ddl("CREATE TABLE public.item (id int PRIMARY KEY, v text NOT NULL);")
+        .sink_ddl(
+            "CREATE TABLE public.item (id int PRIMARY KEY, v text NOT NULL);
+             CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$;
+             CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON public.item
+               FOR EACH ROW EXECUTE FUNCTION slow();",
+        )
+        .tables(&["public.item"])
+        .batch("max_rows = 100\nmax_delay_ms = 50")
+        .build();
+    let (pg, dir) = (&p.pg, &p.dir);
+    let mut sluice = p.run();
     // and one transaction of 3000 rows, published in a few large record batches,
     pg.psql(
         "source",
@@ -872,7 +628,7 @@ fn a_sink_restored_from_an_older_backup_reads_again_what_it_lacks() {
             .unwrap_or(0)
     };
     let deadline = Instant::now() + Duration::from_secs(120);
-    while count(&pg) < 800 {
+    while count(pg) < 800 {
         assert!(Instant::now() < deadline, "{}", sluice.log());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -889,12 +645,13 @@ fn a_sink_restored_from_an_older_backup_reads_again_what_it_lacks() {
         String::from_utf8_lossy(&out.stderr)
     );
     // and, once everything is applied and committed to Kafka, the sink is restored from it,
-    while count(&pg) < 3000 {
+    while count(pg) < 3000 {
         assert!(Instant::now() < deadline, "{}", sluice.log());
         std::thread::sleep(Duration::from_millis(200));
     }
     sluice.terminate(Duration::from_secs(20));
-    pg.psql("postgres", "DROP DATABASE sink").unwrap();
+    pg.psql("postgres", &format!("DROP DATABASE {}", pg.name("sink")))
+        .unwrap();
     pg.create_database("sink").unwrap();
     let out = std::process::Command::new(pg.tool("pg_restore"))
         .args(["-d", &pg.url("sink")])
@@ -906,46 +663,19 @@ fn a_sink_restored_from_an_older_backup_reads_again_what_it_lacks() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let restored = count(&pg);
+    let restored = count(pg);
     assert!(
         (1..3000).contains(&restored),
         "the backup holds part of the rows: {restored}"
     );
     pg.psql("sink", "DROP TRIGGER slow ON public.item").unwrap();
     // and sluice starts again and the source goes on,
-    let port = sluice_harness::free_port();
-    std::fs::write(
-        &config_path,
-        format!("{config}\n[observability]\nlisten = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
-    let sluice = SluiceProcess::start(
-        Path::new(SLUICE),
-        "run",
-        &config_path,
-        &dir.path().join("log2"),
-        port,
-    )
-    .unwrap();
+    let sluice = p.run();
     pg.psql("source", "INSERT INTO public.item VALUES (3001, 'after')")
         .unwrap();
     // then the router reads again what the restored sink lacks, and the sink equals the
     // source row for row.
-    let query = "SELECT id, v FROM public.item ORDER BY id";
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let source = pg_rows(&pg, "source", query).unwrap();
-        match pg_rows(&pg, "sink", query).map(|sink| compare_rows(&source, &sink)) {
-            Ok(Ok(())) => break,
-            other => assert!(
-                Instant::now() < deadline,
-                "restored with {restored} rows: {:?}\n--- log ---\n{}",
-                other.map(|r| r.err().map(|e| e.chars().take(400).collect::<String>())),
-                sluice.log()
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    p.wait_for_match(&sluice, &["public.item"], Duration::from_secs(90));
     let metrics = sluice.metrics().unwrap_or_default();
     eprintln!(
         "restored with {restored} of 3000 rows; read again after a skip: {:?}, absent: {:?}",
@@ -974,36 +704,21 @@ fn a_sink_restored_from_an_older_backup_reads_again_what_it_lacks() {
 #[test]
 fn a_batch_the_sink_refuses_only_as_a_whole_is_applied_in_pieces_and_nothing_is_dead_lettered() {
     // Given sink tables with a unique column and a foreign key, as the source has them,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
     let ddl = "CREATE TABLE public.seat (id int PRIMARY KEY, code int NOT NULL UNIQUE);
          CREATE TABLE public.parent (id int PRIMARY KEY, name text);
          CREATE TABLE public.child (id int PRIMARY KEY, parent_id int NOT NULL REFERENCES public.parent (id));";
-    pg.psql("source", ddl).unwrap();
-    pg.psql("sink", ddl).unwrap();
-    pg.psql("source", "INSERT INTO public.seat VALUES (1, 10), (2, 20);")
-        .unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (sluice, _) = SluiceProcess::start_in(
-        Path::new(SLUICE),
-        "run",
-        dir.path(),
-        &format!(
-            "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
-             tables = [\"public.seat\", \"public.parent\", \"public.child\"]\nslot = \"whole\"\npublication = \"whole\"\n\
-             [sinks.wh]\nkind = \"postgres\"\nurl = \"{}\"\n[router]\nsink = \"wh\"\ngroup_id = \"{ns}whole\"\n\
-             [router.batch]\nmax_delay_ms = 500\n",
-            kafka.kafka_toml("sluice"),
-            pg.url("source"),
-            pg.url("sink"),
-            ns = kafka.namespace(),
-        ),
-    )
-    .unwrap();
+    let p = Pipeline::postgres(SLUICE, "whole")
+        .ddl(&format!(
+            "{ddl} INSERT INTO public.seat VALUES (1, 10), (2, 20);"
+        ))
+        .sink_ddl(ddl)
+        .tables(&["public.seat", "public.parent", "public.child"])
+        .batch("max_delay_ms = 500")
+        .build();
+    let pg = &p.pg;
+    let sluice = p.run();
     wait_for(
-        &pg,
+        pg,
         &["1|10", "2|20"],
         "SELECT id, code FROM public.seat ORDER BY id",
         &sluice,
@@ -1016,7 +731,7 @@ fn a_batch_the_sink_refuses_only_as_a_whole_is_applied_in_pieces_and_nothing_is_
     )
     .unwrap();
     wait_for(
-        &pg,
+        pg,
         &["1|1"],
         "SELECT id, parent_id FROM public.child ORDER BY id",
         &sluice,
@@ -1044,19 +759,19 @@ fn a_batch_the_sink_refuses_only_as_a_whole_is_applied_in_pieces_and_nothing_is_
     // then the sink applies them in pieces, in order, and ends as the source is, with nothing
     // dead-lettered and the router still running.
     wait_for(
-        &pg,
+        pg,
         &["1|20", "2|10"],
         "SELECT id, code FROM public.seat ORDER BY id",
         &sluice,
     );
     wait_for(
-        &pg,
+        pg,
         &["2|two"],
         "SELECT id, name FROM public.parent ORDER BY id",
         &sluice,
     );
     wait_for(
-        &pg,
+        pg,
         &["2|2"],
         "SELECT id, parent_id FROM public.child ORDER BY id",
         &sluice,
@@ -1091,7 +806,7 @@ fn three_routers_one_killed_and_one_scaled_in_apply_every_change_once() {
         "INSERT INTO public.items SELECT i, 0 FROM generate_series(1, 300) i",
         "max_rows = 50\n",
     );
-    if g.kafka.is_tansu() {
+    if g.p.kafka.is_tansu() {
         // A router stopped for good keeps its partitions on Tansu 0.6 (it never expires a
         // member): a scale-in cannot be shown there. See README, Known limits.
         eprintln!("not run on Tansu: it never hands a stopped router's partitions over");
@@ -1110,26 +825,14 @@ fn three_routers_one_killed_and_one_scaled_in_apply_every_change_once() {
 
     // when rows change all along while one router is killed -9 and another is stopped (a
     // scale-in),
-    let url = g.pg.url("source");
-    let psql = g.pg.tool("psql");
-    let writer = std::thread::spawn(move || {
-        for round in 1..=30 {
-            let out = std::process::Command::new(&psql)
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &url, "-c"])
-                .arg(format!(
+    let writer =
+        g.p.pg
+            .write_in_rounds("source", 30, Duration::from_millis(300), |round| {
+                format!(
                     "UPDATE public.items SET n = {round} WHERE id % 3 = {}",
                     round % 3
-                ))
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    });
+                )
+            });
     std::thread::sleep(Duration::from_secs(3));
     c.kill9();
     std::thread::sleep(Duration::from_secs(2));
@@ -1139,6 +842,6 @@ fn three_routers_one_killed_and_one_scaled_in_apply_every_change_once() {
     // then the one router left takes every partition over, the sink equals the source, and
     // no row version was written twice or went backwards.
     g.wait_for_items_to_match(&[&a]);
-    assert_each_version_applied_once(&g.pg);
+    assert_each_version_applied_once(&g.p.pg);
     drop(c);
 }

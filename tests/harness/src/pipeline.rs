@@ -23,6 +23,7 @@ pub struct PipelineBuilder {
     sluice: PathBuf,
     name: String,
     ddl: String,
+    sink_ddl: String,
     tables: Vec<String>,
     kafka: String,
     source: Option<String>,
@@ -41,6 +42,13 @@ impl PipelineBuilder {
     /// SQL run in the source database before anything starts.
     pub fn ddl(mut self, sql: &str) -> Self {
         self.ddl = sql.to_string();
+        self
+    }
+
+    /// SQL run in the sink database before anything starts (tables stricter than the source's,
+    /// observers).
+    pub fn sink_ddl(mut self, sql: &str) -> Self {
+        self.sink_ddl = sql.to_string();
         self
     }
 
@@ -135,6 +143,9 @@ impl PipelineBuilder {
         if !self.ddl.is_empty() {
             pg.psql("source", &self.ddl).unwrap();
         }
+        if !self.sink_ddl.is_empty() {
+            pg.psql("sink", &self.sink_ddl).unwrap();
+        }
         let kafka = match self.broker {
             Some(storage) => Broker::start_with(storage),
             None => Broker::shared(),
@@ -213,6 +224,7 @@ impl Pipeline {
             sluice: PathBuf::from(sluice),
             name: name.to_string(),
             ddl: String::new(),
+            sink_ddl: String::new(),
             tables: Vec::new(),
             kafka: String::new(),
             source: None,
@@ -268,14 +280,24 @@ impl Pipeline {
     }
 
     /// `sluice <subcommand>` as another process called `label`: a copy of the config with a
-    /// metrics address of its own, logging to `<label>.log`.
-    pub fn start_other(&self, subcommand: &str, label: &str) -> SluiceProcess {
+    /// metrics address of its own and each `(from, to)` of `edits` replaced, logging to
+    /// `<label>.log`.
+    pub fn start_other(
+        &self,
+        subcommand: &str,
+        label: &str,
+        edits: &[(&str, &str)],
+    ) -> SluiceProcess {
         let port = free_port();
         let path = self.dir.path().join(format!("{label}.toml"));
-        let text = std::fs::read_to_string(&self.config).unwrap().replace(
+        let mut text = std::fs::read_to_string(&self.config).unwrap().replace(
             &format!("127.0.0.1:{}", self.metrics_port),
             &format!("127.0.0.1:{port}"),
         );
+        for (from, to) in edits {
+            assert!(text.contains(from), "the config has no {from:?}:\n{text}");
+            text = text.replace(from, to);
+        }
         std::fs::write(&path, text).unwrap();
         SluiceProcess::start(
             &self.sluice,

@@ -378,6 +378,17 @@ impl Postgres {
         })
     }
 
+    /// The log [`Postgres::log_applies`] made earlier on `db` (with the same key and value
+    /// columns), read again.
+    pub fn apply_log(&self, db: &str, key: &str, value: &str) -> ApplyLog<'_> {
+        ApplyLog {
+            pg: self,
+            db: db.to_string(),
+            key: key.to_string(),
+            value: value.to_string(),
+        }
+    }
+
     /// Makes `user` authenticate with SCRAM-SHA-256 over TCP (everyone else stays on trust).
     pub fn require_scram_for(&self, user: &str) -> Result<()> {
         self.own("pg_hba.conf");
