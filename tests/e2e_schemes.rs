@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{free_port, metric_value, Broker, Postgres, SluiceProcess};
+use sluice_harness::compare::pg_rows;
+use sluice_harness::{Pipeline, PipelineBuilder, SluiceProcess};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -58,75 +58,21 @@ fn sluice(args: &[&str], config: &Path) -> (i32, String) {
     )
 }
 
-/// A broker, a directory with `schemes/`, and a config with the given source, a PostgreSQL
-/// sink and a router that reads `schemes/` (checked every 500 ms).
-struct Setup {
-    _kafka: Broker,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    schemes: PathBuf,
-    port: u16,
+/// A pipeline whose router reads `schemes/` (checked every 500 ms) and whose topics have
+/// three partitions; the schemes directory's path.
+fn with_schemes(pipeline: PipelineBuilder) -> (Pipeline, PathBuf) {
+    let p = pipeline
+        .kafka("partitions = 3")
+        .router("schemes = \"schemes\"\nschemes_reload_ms = 500")
+        .build();
+    let schemes = p.dir.path().join("schemes");
+    std::fs::create_dir(&schemes).unwrap();
+    (p, schemes)
 }
 
-impl Setup {
-    fn new(source: &str, sink_url: &str, sink: &str) -> Setup {
-        let kafka = Broker::shared().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let schemes = dir.path().join("schemes");
-        std::fs::create_dir(&schemes).unwrap();
-        let port = free_port();
-        let config = dir.path().join("sluice.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[kafka]\n{}partitions = 3\n{source}\n[sinks.{sink}]\nkind = \"postgres\"\n\
-                 url = \"{sink_url}\"\n[router]\nsink = \"{sink}\"\ngroup_id = \"{ns}schemes\"\n\
-                 schemes = \"schemes\"\nschemes_reload_ms = 500\n[router.batch]\nmax_delay_ms = 50\n\
-                 [observability]\nlisten = \"127.0.0.1:{port}\"\n",
-                kafka.kafka_toml("sluice"),
-                ns = kafka.namespace(),
-            ),
-        )
-        .unwrap();
-        Setup {
-            _kafka: kafka,
-            dir,
-            config,
-            schemes,
-            port,
-        }
-    }
-
-    fn run(&self) -> SluiceProcess {
-        SluiceProcess::start(
-            Path::new(SLUICE),
-            "run",
-            &self.config,
-            &self.dir.path().join("sluice.log"),
-            self.port,
-        )
-        .unwrap()
-    }
-}
-
-fn wait_for(pg: &Postgres, source_query: &str, sink_query: &str, sluice: &SluiceProcess) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let source = pg_rows(pg, "source", source_query).unwrap();
-        match pg_rows(pg, "sink", sink_query).map(|sink| compare_rows(&source, &sink)) {
-            Ok(Ok(())) => return,
-            other => assert!(
-                Instant::now() < deadline,
-                "sink did not converge: {other:?}\n--- log ---\n{}",
-                sluice.log()
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
-fn metric(sluice: &SluiceProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric_value(&sluice.metrics().unwrap_or_default(), name, labels).unwrap_or(0.0)
+/// Waits until `sink_query` at the sink reads what `source_query` reads at the source.
+fn wait_for(p: &Pipeline, source_query: &str, sink_query: &str, sluice: &SluiceProcess) {
+    p.wait_for_query(sluice, source_query, sink_query, Duration::from_secs(60));
 }
 
 /// Waits up to 30 s until the metric's value satisfies `done`.
@@ -136,26 +82,18 @@ fn wait_for_metric(
     labels: &[(&str, &str)],
     done: impl Fn(f64) -> bool,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done(metric(sluice, name, labels)) {
-        assert!(Instant::now() < deadline, "{name}: {}", sluice.log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    sluice.wait_for_metric(name, labels, Duration::from_secs(30), "as expected", done);
 }
 
 #[test]
 fn generate_edit_check_run_and_reload_a_scheme() {
     // Given a source table, an empty sink and a config whose router reads schemes/,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
-    pg.psql("source", CUSTOMERS).unwrap();
-    let source = format!(
-        "[sources.crm]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.customers\"]\nslot = \"schemes\"\npublication = \"schemes\"",
-        pg.url("source")
+    let (p, schemes) = with_schemes(
+        Pipeline::postgres(SLUICE, "schemes")
+            .ddl(CUSTOMERS)
+            .tables(&["public.customers"]),
     );
-    let setup = Setup::new(&source, &pg.url("sink"), "wh");
-    let (config, schemes) = (setup.config.clone(), setup.schemes.clone());
+    let (pg, config) = (&p.pg, p.config.clone());
 
     // when the engineer generates the identity schemes,
     let (code, out) = sluice(&["schemes", "generate"], &config);
@@ -163,7 +101,7 @@ fn generate_edit_check_run_and_reload_a_scheme() {
     let file = schemes.join("public.customers.avsc");
     assert!(
         out.contains(&format!(
-            "wrote {} (public.customers from source crm: 6 columns)",
+            "wrote {} (public.customers from source pg_main: 6 columns)",
             file.display()
         )),
         "{out}"
@@ -186,7 +124,7 @@ fn generate_edit_check_run_and_reload_a_scheme() {
     let (code, out) = sluice(&["schemes", "check"], &config);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("ok: public.customers → public.customers in sink wh (6 columns, key id; 0 schema versions in Kafka)"),
+        out.contains("ok: public.customers → public.customers in sink warehouse (6 columns, key id; 0 schema versions in Kafka)"),
         "{out}"
     );
 
@@ -195,12 +133,12 @@ fn generate_edit_check_run_and_reload_a_scheme() {
     let (code, out) = sluice(&["schemes", "check"], &config);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("ok: public.customers → crm.customers in sink wh (7 columns, key id; 0 schema versions in Kafka)"),
+        out.contains("ok: public.customers → crm.customers in sink warehouse (7 columns, key id; 0 schema versions in Kafka)"),
         "{out}"
     );
 
     // while a broken edit is refused with the file, the field and the fix, exit 1,
-    let broken_dir = setup.dir.path().join("broken");
+    let broken_dir = p.dir.path().join("broken");
     std::fs::create_dir(&broken_dir).unwrap();
     let broken = broken_dir.join("customers.avsc");
     std::fs::write(
@@ -254,11 +192,11 @@ fn generate_edit_check_run_and_reload_a_scheme() {
     );
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("sink wh, column `full_name`: the sink column is character varying(20), and the scheme writes text (text) values into it"),
+        out.contains("sink warehouse, column `full_name`: the sink column is character varying(20), and the scheme writes text (text) values into it"),
         "{out}"
     );
     assert!(
-        out.contains("sink wh, column `audit`: legacy.customers.audit is NOT NULL without a default, and no field of the scheme writes it"),
+        out.contains("sink warehouse, column `audit`: legacy.customers.audit is NOT NULL without a default, and no field of the scheme writes it"),
         "{out}"
     );
 
@@ -270,15 +208,15 @@ fn generate_edit_check_run_and_reload_a_scheme() {
          INSERT INTO public.customers (id, name) VALUES (101, 'no email')",
     )
     .unwrap();
-    let sluice_run = setup.run();
-    wait_for(&pg, EXPECTED, SINK, &sluice_run);
+    let sluice_run = p.run();
+    wait_for(&p, EXPECTED, SINK, &sluice_run);
     // and an update that moves a row out of the filter deletes it in the target.
     pg.psql(
         "source",
         "UPDATE public.customers SET status = 'test' WHERE id IN (1, 2); UPDATE public.customers SET qty = 7 WHERE id = 3",
     )
     .unwrap();
-    wait_for(&pg, EXPECTED, SINK, &sluice_run);
+    wait_for(&p, EXPECTED, SINK, &sluice_run);
 
     // When the file is changed into something invalid, the running scheme is kept,
     std::fs::write(&file, EDITED.replace("\"int\"", "\"itn\"")).unwrap();
@@ -302,7 +240,7 @@ fn generate_edit_check_run_and_reload_a_scheme() {
         "INSERT INTO public.customers VALUES (200, 'after a bad edit', 'x@y.org', 'live', 2, 3.00)",
     )
     .unwrap();
-    wait_for(&pg, EXPECTED, SINK, &sluice_run);
+    wait_for(&p, EXPECTED, SINK, &sluice_run);
 
     // and when it is changed into something valid, new changes follow the new scheme.
     std::fs::write(
@@ -326,13 +264,13 @@ fn generate_edit_check_run_and_reload_a_scheme() {
     )
     .unwrap();
     wait_for(
-        &pg,
+        &p,
         "SELECT id, qty * 2 FROM public.customers WHERE id BETWEEN 3 AND 9 ORDER BY id",
         "SELECT id, double_qty FROM crm.customers WHERE id BETWEEN 3 AND 9 ORDER BY id",
         &sluice_run,
     );
-    wait_for(&pg, EXPECTED, SINK, &sluice_run);
-    assert_eq!(metric(&sluice_run, "sluice_router_dlq_total", &[]), 0.0);
+    wait_for(&p, EXPECTED, SINK, &sluice_run);
+    assert_eq!(sluice_run.metric("sluice_router_dlq_total", &[]), 0.0);
 
     // When the source renames a column, a scheme that reads only the new name fits the table
     // as it is now, but reads nothing from the version whose events are still in Kafka: check
@@ -418,29 +356,22 @@ const DOUBLING: &str = r#"{
 #[test]
 fn a_source_change_the_scheme_does_not_fit_holds_its_table_until_the_scheme_is_fixed() {
     // Given a scheme that computes a field from a column, and a table without a scheme,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
-    pg.psql(
-        "source",
-        &format!(
-            "{CUSTOMERS}; CREATE TABLE public.notes (id int PRIMARY KEY, body text); \
-             INSERT INTO public.customers (id, name, qty) SELECT i, 'c' || i, i FROM generate_series(1, 20) i"
-        ),
-    )
-    .unwrap();
-    let source = format!(
-        "[sources.crm]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.customers\", \"public.notes\"]\n\
-         slot = \"held\"\npublication = \"held\"",
-        pg.url("source")
+    let (p, schemes) = with_schemes(
+        Pipeline::postgres(SLUICE, "held")
+            .ddl(&format!(
+                "{CUSTOMERS}; CREATE TABLE public.notes (id int PRIMARY KEY, body text); \
+                 INSERT INTO public.customers (id, name, qty) \
+                 SELECT i, 'c' || i, i FROM generate_series(1, 20) i"
+            ))
+            .tables(&["public.customers", "public.notes"]),
     );
-    let setup = Setup::new(&source, &pg.url("sink"), "wh");
-    let file = setup.schemes.join("public.customers.avsc");
+    let pg = &p.pg;
+    let file = schemes.join("public.customers.avsc");
     std::fs::write(&file, DOUBLING).unwrap();
-    let sluice_run = setup.run();
+    let sluice_run = p.run();
     let customers = "SELECT id, name, double_qty FROM public.customers ORDER BY id";
     wait_for(
-        &pg,
+        &p,
         "SELECT id, name, qty * 2 FROM public.customers ORDER BY id",
         customers,
         &sluice_run,
@@ -462,7 +393,7 @@ fn a_source_change_the_scheme_does_not_fit_holds_its_table_until_the_scheme_is_f
 
     // then the other table goes on, while that table's changes wait, nothing dead-lettered,
     wait_for(
-        &pg,
+        &p,
         "SELECT id, body FROM public.notes ORDER BY id",
         "SELECT id, body FROM public.notes ORDER BY id",
         &sluice_run,
@@ -494,7 +425,7 @@ fn a_source_change_the_scheme_does_not_fit_holds_its_table_until_the_scheme_is_f
         .unwrap(),
         ["0"]
     );
-    assert_eq!(metric(&sluice_run, "sluice_router_dlq_total", &[]), 0.0);
+    assert_eq!(sluice_run.metric("sluice_router_dlq_total", &[]), 0.0);
 
     // and once the engineer fixes the scheme, every held change arrives, in order (the rows
     // changed since the drop have no quantity to double).
@@ -507,7 +438,7 @@ fn a_source_change_the_scheme_does_not_fit_holds_its_table_until_the_scheme_is_f
     )
     .unwrap();
     wait_for(
-        &pg,
+        &p,
         "SELECT id, name, CASE WHEN id > 20 OR id = 1 THEN NULL ELSE id * 2 END FROM public.customers ORDER BY id",
         customers,
         &sluice_run,
@@ -518,7 +449,7 @@ fn a_source_change_the_scheme_does_not_fit_holds_its_table_until_the_scheme_is_f
         &[("table", "public.customers")],
         |v| v == 0.0,
     );
-    assert_eq!(metric(&sluice_run, "sluice_router_dlq_total", &[]), 0.0);
+    assert_eq!(sluice_run.metric("sluice_router_dlq_total", &[]), 0.0);
 }
 
 #[test]
@@ -532,14 +463,11 @@ fn a_mysql_table_maps_into_postgres_with_the_example_scheme() {
              stock int unsigned, attrs json)",
         )
         .unwrap();
-    let pg = Postgres::start().unwrap();
-    pg.create_database("sink").unwrap();
-    let source = format!(
+    let (p, schemes) = with_schemes(Pipeline::postgres(SLUICE, "shop").source_section(&format!(
         "[sources.shop]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"shop.items\"]\nserver_id = 5402",
         maria.url()
-    );
-    let setup = Setup::new(&source, &pg.url("sink"), "warehouse");
-    let (config, schemes) = (setup.config.clone(), setup.schemes.clone());
+    )));
+    let (pg, config) = (&p.pg, p.config.clone());
 
     // generate reads the table from MariaDB's catalog (the exact column name kept aside),
     let (code, out) = sluice(&["schemes", "generate"], &config);
@@ -572,7 +500,7 @@ fn a_mysql_table_maps_into_postgres_with_the_example_scheme() {
              UPDATE shop.items SET stock = 3 WHERE sku = 'A-1'",
         )
         .unwrap();
-    let sluice_run = setup.run();
+    let sluice_run = p.run();
     let deadline = Instant::now() + Duration::from_secs(60);
     let query = "SELECT sku, \"Display Name\", stock, in_stock, attrs->>'w', pg_typeof(attrs) FROM shop.items ORDER BY sku";
     let expected = ["A-1|Lamp|3|t|1|jsonb", "B-2|Desk|4294967295|t||jsonb"];
