@@ -47,8 +47,8 @@ fn count(pg: &Postgres, db: &str, sql: &str) -> Option<i64> {
     pg.psql(db, sql).ok().and_then(|s| s.trim().parse().ok())
 }
 
-/// A source table with `rows` rows (analyzed, so a snapshot has an estimate), a sink on its own
-/// server, and `sluice run` over them.
+/// A source table with `rows` rows (analyzed, so a snapshot has an estimate) on the shared
+/// cluster, a sink on a server of its own (the tests stop it), and `sluice run` over them.
 struct Setup {
     source: Postgres,
     sink: Postgres,
@@ -59,7 +59,7 @@ struct Setup {
 }
 
 fn setup(rows: i32) -> Setup {
-    let source = Postgres::start().unwrap();
+    let source = Postgres::shared().unwrap();
     source.create_database("shop").unwrap();
     source
         .psql(
@@ -86,7 +86,7 @@ fn setup(rows: i32) -> Setup {
 kind = "postgres"
 url = "{}"
 tables = ["public.t"]
-slot = "status"
+slot = "{slot}"
 publication = "status"
 [sinks.wh]
 kind = "postgres"
@@ -99,6 +99,7 @@ group_id = "{ns}status"
             sink.url("wh"),
             kafka = kafka.kafka_toml("sluice"),
             ns = kafka.namespace(),
+            slot = source.name("status"),
         ),
     )
     .unwrap();
