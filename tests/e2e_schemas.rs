@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{free_port, Broker, Postgres, SchemaRegistry, SluiceProcess};
+use sluice_harness::compare::pg_rows;
+use sluice_harness::{Pipeline, SchemaRegistry, SluiceProcess};
 
 mod common;
 use common::TopicReader;
@@ -14,16 +14,12 @@ use common::TopicReader;
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 const ROWS: &str = "SELECT id, qty, note FROM public.t ORDER BY id";
 
-/// A source with `public.t`, a sink database, the binary's shared broker and a directory for
-/// configs and logs.
+/// A pipeline from `public.t` to the sink, whose source publishes under `prefix`.
 struct Services {
-    pg: Postgres,
-    kafka: Broker,
+    p: Pipeline,
     /// The source's topic prefix: `e2e` in the namespace of the test, or plain `e2e` for the one
     /// test whose Debezium reader schema names its records after it.
     prefix: String,
-    dir: tempfile::TempDir,
-    metrics_port: u16,
 }
 
 impl Services {
@@ -34,63 +30,27 @@ impl Services {
     /// [`Services::start`] with the source's topic prefix `prefix` rather than one in the
     /// test's namespace.
     fn start_with_prefix(prefix: Option<&str>) -> Services {
-        let pg = Postgres::start().unwrap();
-        pg.create_database("source").unwrap();
-        pg.create_database("sink").unwrap();
-        pg.psql(
-            "source",
-            "CREATE TABLE public.t (id int PRIMARY KEY, qty int, note text)",
-        )
-        .unwrap();
-        let kafka = Broker::shared().unwrap();
-        Services {
-            prefix: prefix.map_or_else(|| format!("{}e2e", kafka.namespace()), str::to_string),
-            pg,
-            kafka,
-            dir: tempfile::tempdir().unwrap(),
-            metrics_port: free_port(),
-        }
+        let p = Pipeline::postgres(SLUICE, "schemas")
+            .ddl("CREATE TABLE public.t (id int PRIMARY KEY, qty int, note text)")
+            .tables(&["public.t"])
+            .build();
+        let prefix = prefix.map_or_else(|| format!("{}e2e", p.ns()), str::to_string);
+        // Debezium's topic.prefix: the Debezium reader schema names its records after it.
+        p.edit_config(
+            "publication = ",
+            &format!("topic_prefix = \"{prefix}\"\npublication = "),
+        );
+        Services { p, prefix }
     }
 
-    /// Writes a config whose `[schemas]` section is `schemas`; returns its path.
+    /// Writes the config with `schemas` (a `[schemas]` section) added, as `name`; returns its
+    /// path.
     fn config(&self, name: &str, schemas: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(
-            &path,
-            format!(
-                r#"
-[kafka]
-{kafka}
-[sources.pg]
-kind = "postgres"
-url = "{}"
-# Debezium's topic.prefix: the Debezium reader schema below names its records after it.
-topic_prefix = "{prefix}"
-tables = ["public.t"]
-slot = "schemas"
-publication = "schemas"
-[sinks.wh]
-kind = "postgres"
-url = "{}"
-[router]
-sink = "wh"
-group_id = "{ns}schemas"
-[router.batch]
-max_delay_ms = 50
-[observability]
-listen = "127.0.0.1:{}"
-{schemas}
-"#,
-                self.pg.url("source"),
-                self.pg.url("sink"),
-                self.metrics_port,
-                kafka = self.kafka.kafka_toml("e2e"),
-                prefix = self.prefix,
-                ns = self.kafka.namespace(),
-            ),
+        self.p.config_with(
+            name,
+            "[observability]",
+            &format!("{schemas}\n\n[observability]"),
         )
-        .unwrap();
-        path
     }
 
     /// The registry subject of `public.t`'s key or value (`part`).
@@ -99,47 +59,28 @@ listen = "127.0.0.1:{}"
     }
 
     fn sluice(&self, config: &Path, env: &[(&str, &str)]) -> SluiceProcess {
-        SluiceProcess::start_with_env(
-            Path::new(SLUICE),
-            "run",
-            config,
-            &self.dir.path().join("sluice.log"),
-            self.metrics_port,
-            env,
-        )
-        .unwrap()
+        self.p.start_with("run", config, env)
     }
 
     fn run_until_exit(&self, config: &Path, env: &[(&str, &str)]) -> String {
-        SluiceProcess::run_until_exit(
-            Path::new(SLUICE),
-            "run",
-            config,
-            &self.dir.path().join("sluice.log"),
-            self.metrics_port,
-            env,
-        )
+        self.p.run_until_exit("run", config, env)
     }
 
     /// Waits until the sink's `public.t` equals the source's, row by row.
     fn wait_for_sink_to_match(&self, sluice: &SluiceProcess) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let source = pg_rows(&self.pg, "source", ROWS).unwrap();
-            match pg_rows(&self.pg, "sink", ROWS).map(|sink| compare_rows(&source, &sink)) {
-                Ok(Ok(())) => return,
-                other => assert!(
-                    Instant::now() < deadline,
-                    "sink did not converge: {other:?}\n--- log ---\n{}",
-                    sluice.log()
-                ),
-            }
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        self.p
+            .wait_for_query(sluice, ROWS, ROWS, Duration::from_secs(60));
     }
 }
 
 const PASSWORD_ENV: (&str, &str) = ("SLUICE_SCHEMAS_REGISTRY_PASSWORD", "s3cret");
+
+impl std::ops::Deref for Services {
+    type Target = Pipeline;
+    fn deref(&self) -> &Pipeline {
+        &self.p
+    }
+}
 
 #[test]
 fn with_a_schema_registry_events_carry_confluent_ids_and_every_version_is_a_subject_version() {
@@ -417,38 +358,13 @@ fn a_router_waiting_out_a_registry_outage_says_so_and_stops_at_once_on_sigterm()
     // Given capture and router in processes of their own, on a registry, in sync,
     let s = Services::start();
     let registry = SchemaRegistry::start(None).unwrap();
-    let config = s.config(
-        "capture.toml",
-        &format!("[schemas.registry]\nurl = \"{}\"", registry.url()),
+    let registry_section = format!(
+        "[schemas.registry]\nurl = \"{}\"\n\n[observability]",
+        registry.url()
     );
-    let capture = SluiceProcess::start(
-        Path::new(SLUICE),
-        "capture",
-        &config,
-        &s.dir.path().join("capture.log"),
-        s.metrics_port,
-    )
-    .unwrap();
-    let router_port = free_port();
-    let router_config = s.dir.path().join("router.toml");
-    std::fs::write(
-        &router_config,
-        std::fs::read_to_string(&config).unwrap().replace(
-            &format!("127.0.0.1:{}", s.metrics_port),
-            &format!("127.0.0.1:{router_port}"),
-        ),
-    )
-    .unwrap();
-    let route = || {
-        SluiceProcess::start(
-            Path::new(SLUICE),
-            "route",
-            &router_config,
-            &s.dir.path().join("router.log"),
-            router_port,
-        )
-        .unwrap()
-    };
+    let edits = [("[observability]", registry_section.as_str())];
+    let capture = s.start_other("capture", "capture", &edits);
+    let route = || s.start_other("route", "router", &edits);
     let mut router = route();
     s.pg.psql("source", "INSERT INTO public.t VALUES (1, 1, 'one')")
         .unwrap();
@@ -477,7 +393,8 @@ fn a_router_waiting_out_a_registry_outage_says_so_and_stops_at_once_on_sigterm()
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (code, body) = sluice_harness::http_get(router_port, "/readyz").unwrap_or_default();
+        let (code, body) =
+            sluice_harness::http_get(router.metrics_port, "/readyz").unwrap_or_default();
         if code == 503 && body.contains("registry") {
             break;
         }
