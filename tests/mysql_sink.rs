@@ -2,11 +2,10 @@
 //! the reason, when MySQL cannot hold a type exactly), MariaDB → MariaDB, exactly once across
 //! router kills, and sysbench's workload through a pipeline killed -9 again and again.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::pg_rows;
-use sluice_harness::{metric_value, Broker, MariaDb, Postgres, SluiceProcess};
+use sluice_harness::{metric_value, MariaDb, Pipeline};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -35,6 +34,20 @@ fn eventually(what: &str, log: impl Fn() -> String, mut check: impl FnMut() -> R
     }
 }
 
+/// A `[sources.maria]` section capturing `tables` from `maria`, with a replica id of its own.
+fn mysql_source(maria: &MariaDb, tables: &[&str]) -> String {
+    let tables = tables
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[sources.maria]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [{tables}]\nserver_id = {}\n",
+        maria.url(),
+        MariaDb::next_server_id()
+    )
+}
+
 const TYPES_DDL: &str = "CREATE TABLE public.t (
     id int PRIMARY KEY, b boolean, i16 smallint, i64 bigint, f4 real, f8 double precision,
     dec numeric(12,2), txt text, vc varchar(20), by bytea, d date, tm time, ts timestamp,
@@ -54,50 +67,37 @@ const SINK: &str =
 #[test]
 fn a_postgres_table_reaches_mariadb_with_every_value_and_a_lossy_type_waits() {
     // Given PostgreSQL tables, one with a column MySQL cannot hold exactly,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
+    let maria = MariaDb::shared().unwrap();
+    maria.create_database("wh").unwrap();
+    let wh = maria.db("wh");
+    let p = Pipeline::postgres(SLUICE, "to_maria")
+        .ddl(&format!(
+        "{TYPES_DDL}; \
+         CREATE TABLE public.wide (id int PRIMARY KEY, n numeric); \
+         INSERT INTO public.t VALUES
+           (1, true, -32768, 9223372036854775807, 1.5, 0.25, -1234567890.12, 'héllo ☃ 𝄞', 'v', '\\x00ff10', \
+            '2024-02-29', '23:59:59.999999', '1999-12-31 23:59:59.123456', '2024-06-01 12:00:00+02', \
+            'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"a\": [1, 2]}}', '{{1,NULL,3}}', 'P1Y2M3DT4H5M6S', 12.34),
+           (2, false, 0, 0, 0, 0, 0, '', '', '', '1000-01-01', '00:00:00', '1000-01-01 00:00:00', \
+            '1970-01-01 00:00:00+00', '00000000-0000-0000-0000-000000000000', '[]', '{{}}', 'PT0S', 0),
+           (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL); \
+         INSERT INTO public.wide VALUES (1, 1.5)"
+    ))
+        .tables(&["public.t", "public.wide"])
+        .mysql_sink(&maria, &wh)
+        .router("blocked_retry_ms = 1000")
+        .build();
+    let pg = &p.pg;
     // (So that psql shows intervals as capture reads them.)
     pg.psql(
         "source",
-        "ALTER DATABASE source SET IntervalStyle = iso_8601",
-    )
-    .unwrap();
-    pg.psql(
-        "source",
         &format!(
-            "{TYPES_DDL}; \
-             CREATE TABLE public.wide (id int PRIMARY KEY, n numeric); \
-             INSERT INTO public.t VALUES
-               (1, true, -32768, 9223372036854775807, 1.5, 0.25, -1234567890.12, 'héllo ☃ 𝄞', 'v', '\\x00ff10', \
-                '2024-02-29', '23:59:59.999999', '1999-12-31 23:59:59.123456', '2024-06-01 12:00:00+02', \
-                'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '{{\"a\": [1, 2]}}', '{{1,NULL,3}}', 'P1Y2M3DT4H5M6S', 12.34),
-               (2, false, 0, 0, 0, 0, 0, '', '', '', '1000-01-01', '00:00:00', '1000-01-01 00:00:00', \
-                '1970-01-01 00:00:00+00', '00000000-0000-0000-0000-000000000000', '[]', '{{}}', 'PT0S', 0),
-               (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL); \
-             INSERT INTO public.wide VALUES (1, 1.5)"
+            "ALTER DATABASE {} SET IntervalStyle = iso_8601",
+            pg.name("source")
         ),
     )
     .unwrap();
-    let maria = MariaDb::start().unwrap();
-    maria.create_database("wh").unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (sluice, _) = SluiceProcess::start_in(
-        Path::new(SLUICE),
-        "run",
-        dir.path(),
-        &format!(
-            "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
-             tables = [\"public.t\", \"public.wide\"]\nslot = \"to_maria\"\npublication = \"to_maria\"\n\
-             [sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
-             [router]\nsink = \"maria\"\ngroup_id = \"to_maria\"\nblocked_retry_ms = 1000\n\
-             [router.batch]\nmax_delay_ms = 50\n",
-            kafka.kafka_toml("sluice"),
-            pg.url("source"),
-            maria.url()
-        ),
-    )
-    .unwrap();
+    let sluice = p.run();
 
     // when rows are changed after the snapshot too,
     pg.psql(
@@ -112,8 +112,8 @@ fn a_postgres_table_reaches_mariadb_with_every_value_and_a_lossy_type_waits() {
         "public.t in MariaDB",
         || sluice.log(),
         || {
-            let want = pg_rows(&pg, "source", EXPECTED).unwrap();
-            let got = maria_rows(&maria, SINK);
+            let want = pg_rows(pg, "source", EXPECTED).unwrap();
+            let got = maria_rows(&maria, &SINK.replace("wh.", &format!("{wh}.")));
             // MariaDB prints NULL as the text NULL; PostgreSQL as nothing.
             let got: Vec<String> = got
                 .iter()
@@ -134,10 +134,19 @@ fn a_postgres_table_reaches_mariadb_with_every_value_and_a_lossy_type_waits() {
     assert_eq!(
         maria_rows(
             &maria,
-            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'wh' \
-             AND TABLE_NAME = 't' AND COLUMN_NAME IN ('id', 'dec', 'ts', 'j', 'u') ORDER BY ORDINAL_POSITION"
+            &format!(
+                "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = '{wh}' AND TABLE_NAME = 't' \
+                 AND COLUMN_NAME IN ('id', 'dec', 'ts', 'j', 'u') ORDER BY ORDINAL_POSITION"
+            )
         ),
-        ["id|int(11)", "dec|decimal(12,2)", "ts|datetime(6)", "u|char(36)", "j|longtext"]
+        [
+            "id|int(11)",
+            "dec|decimal(12,2)",
+            "ts|datetime(6)",
+            "u|char(36)",
+            "j|longtext"
+        ]
     );
     // and the table with a numeric of no precision waits, saying why, while t went on.
     eventually(
@@ -164,47 +173,44 @@ fn a_postgres_table_reaches_mariadb_with_every_value_and_a_lossy_type_waits() {
 #[test]
 fn mariadb_to_mariadb_is_exactly_once_across_router_kills() {
     // Given a MariaDB source and a MariaDB sink whose table records every write in a trigger,
-    let source = MariaDb::start().unwrap();
+    let (source, sink) = (MariaDb::shared().unwrap(), MariaDb::shared().unwrap());
+    let (shop, wh) = (source.db("shop"), sink.db("wh"));
     source.create_database("shop").unwrap();
     source
-        .root_sql(
-            "USE shop; CREATE TABLE shop.acct (id int PRIMARY KEY, n int NOT NULL, note varchar(40)); \
-             INSERT INTO shop.acct SELECT seq, 0, 'start' FROM seq_1_to_40",
-        )
+        .root_sql(&format!(
+            "USE {shop}; CREATE TABLE {shop}.acct (id int PRIMARY KEY, n int NOT NULL, note varchar(40)); \
+             INSERT INTO {shop}.acct SELECT seq, 0, 'start' FROM seq_1_to_40"
+        ))
         .unwrap();
-    let sink = MariaDb::start().unwrap();
     sink.create_database("wh").unwrap();
-    sink.root_sql(
-        "CREATE TABLE wh.acct (id int PRIMARY KEY, n int NOT NULL, note longtext); \
-         CREATE TABLE wh.applied (seq bigint AUTO_INCREMENT PRIMARY KEY, id int, n int); \
-         CREATE TRIGGER wh.ins AFTER INSERT ON wh.acct FOR EACH ROW INSERT INTO wh.applied (id, n) VALUES (NEW.id, NEW.n); \
-         CREATE TRIGGER wh.upd AFTER UPDATE ON wh.acct FOR EACH ROW INSERT INTO wh.applied (id, n) VALUES (NEW.id, NEW.n);",
-    )
+    sink.root_sql(&format!(
+        "CREATE TABLE {wh}.acct (id int PRIMARY KEY, n int NOT NULL, note longtext); \
+         CREATE TABLE {wh}.applied (seq bigint AUTO_INCREMENT PRIMARY KEY, id int, n int); \
+         CREATE TRIGGER {wh}.ins AFTER INSERT ON {wh}.acct FOR EACH ROW \
+           INSERT INTO {wh}.applied (id, n) VALUES (NEW.id, NEW.n); \
+         CREATE TRIGGER {wh}.upd AFTER UPDATE ON {wh}.acct FOR EACH ROW \
+           INSERT INTO {wh}.applied (id, n) VALUES (NEW.id, NEW.n);",
+    ))
     .unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[kafka]\n{}[sources.shop]\nkind = \"mysql\"\nurl = \"{}\"\n\
-         tables = [\"shop.acct\"]\nserver_id = 5410\n\
-         [sinks.wh]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
-         [router]\nsink = \"wh\"\ngroup_id = \"maria_kill\"\n[router.batch]\nmax_rows = 100\nmax_delay_ms = 100\n",
-        kafka.kafka_toml("sluice"),
-        source.url(),
-        sink.url()
-    );
-    let (mut sluice, config_path) =
-        SluiceProcess::start_in(Path::new(SLUICE), "run", dir.path(), &config).unwrap();
+    let p = Pipeline::postgres(SLUICE, "maria_kill")
+        .source_section(&mysql_source(&source, &[&format!("{shop}.acct")]))
+        .mysql_sink(&sink, &wh)
+        .batch("max_rows = 100\nmax_delay_ms = 100")
+        .build();
+    let mut sluice = p.run();
 
     // when a writer makes 1,500 single-row transactions while the pipeline is killed -9 four
     // times,
     let write = source.root_sql_command();
+    let shop_db = shop.clone();
     let writer = std::thread::spawn(move || {
+        let shop = shop_db;
         for chunk in 0..30 {
             let sql: String = (0..50)
                 .map(|i| {
                     let id = (chunk * 50 + i) % 40 + 1;
                     format!(
-                        "UPDATE shop.acct SET n = n + 1, note = 'w{chunk}.{i}' WHERE id = {id};"
+                        "UPDATE {shop}.acct SET n = n + 1, note = 'w{chunk}.{i}' WHERE id = {id};"
                     )
                 })
                 .collect();
@@ -212,18 +218,10 @@ fn mariadb_to_mariadb_is_exactly_once_across_router_kills() {
             std::thread::sleep(Duration::from_millis(250));
         }
     });
-    let port = sluice.metrics_port;
     for _ in 0..4 {
         std::thread::sleep(Duration::from_millis(1300));
         sluice.kill9();
-        sluice = SluiceProcess::start(
-            Path::new(SLUICE),
-            "run",
-            &config_path,
-            &dir.path().join("log"),
-            port,
-        )
-        .unwrap();
+        sluice = p.run();
     }
     writer.join().unwrap();
 
@@ -233,8 +231,8 @@ fn mariadb_to_mariadb_is_exactly_once_across_router_kills() {
         "wh.acct",
         || sluice.log(),
         || {
-            let want = maria_rows(&source, &query.replace("{}", "shop"));
-            let got = maria_rows(&sink, &query.replace("{}", "wh"));
+            let want = maria_rows(&source, &query.replace("{}", &shop));
+            let got = maria_rows(&sink, &query.replace("{}", &wh));
             (want == got).then_some(()).ok_or(format!(
                 "want {} rows, got {}",
                 want.len(),
@@ -244,11 +242,13 @@ fn mariadb_to_mariadb_is_exactly_once_across_router_kills() {
     );
     let regressions = maria_rows(
         &sink,
-        "SELECT count(*) FROM (SELECT n, LAG(n) OVER (PARTITION BY id ORDER BY seq) AS prev \
-         FROM wh.applied) w WHERE prev IS NOT NULL AND n <= prev",
+        &format!(
+            "SELECT count(*) FROM (SELECT n, LAG(n) OVER (PARTITION BY id ORDER BY seq) AS prev \
+             FROM {wh}.applied) w WHERE prev IS NOT NULL AND n <= prev"
+        ),
     );
     assert_eq!(regressions, ["0"], "writes applied twice or out of order");
-    let total: i64 = maria_rows(&source, "SELECT sum(n) FROM shop.acct")[0]
+    let total: i64 = maria_rows(&source, &format!("SELECT sum(n) FROM {shop}.acct"))[0]
         .parse()
         .unwrap();
     assert_eq!(total, 1500);
@@ -257,38 +257,23 @@ fn mariadb_to_mariadb_is_exactly_once_across_router_kills() {
 #[test]
 fn a_change_mariadb_refuses_is_dead_lettered_and_the_rest_is_applied() {
     // Given a MariaDB table stricter than its PostgreSQL source,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.psql(
-        "source",
-        "CREATE TABLE public.orders (id int PRIMARY KEY, qty int, note text)",
-    )
-    .unwrap();
-    let maria = MariaDb::start().unwrap();
+    let maria = MariaDb::shared().unwrap();
     maria.create_database("wh").unwrap();
+    let wh = maria.db("wh");
     maria
-        .root_sql(
-            "CREATE TABLE wh.orders (id int PRIMARY KEY, qty int, note varchar(5), \
-             CONSTRAINT qty_not_negative CHECK (qty >= 0))",
-        )
+        .root_sql(&format!(
+            "CREATE TABLE {wh}.orders (id int PRIMARY KEY, qty int, note varchar(5), \
+             CONSTRAINT qty_not_negative CHECK (qty >= 0))"
+        ))
         .unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (sluice, _) = SluiceProcess::start_in(
-        Path::new(SLUICE),
-        "run",
-        dir.path(),
-        &format!(
-            "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
-             tables = [\"public.orders\"]\nslot = \"maria_poison\"\npublication = \"maria_poison\"\n\
-             [sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
-             [router]\nsink = \"maria\"\ngroup_id = \"maria_poison\"\n[router.batch]\nmax_delay_ms = 200\n",
-            kafka.kafka_toml("sluice"),
-            pg.url("source"),
-            maria.url()
-        ),
-    )
-    .unwrap();
+    let p = Pipeline::postgres(SLUICE, "maria_poison")
+        .ddl("CREATE TABLE public.orders (id int PRIMARY KEY, qty int, note text)")
+        .tables(&["public.orders"])
+        .mysql_sink(&maria, &wh)
+        .batch("max_delay_ms = 200")
+        .build();
+    let pg = &p.pg;
+    let sluice = p.run();
     // (Written once capture streams: a snapshot taken after them would read rows 3 and 4 with
     // the refused values already in them.)
     sluice.wait_for_log("starting replication", Duration::from_secs(60));
@@ -312,7 +297,10 @@ fn a_change_mariadb_refuses_is_dead_lettered_and_the_rest_is_applied() {
         "wh.orders",
         || sluice.log(),
         || {
-            let got = maria_rows(&maria, "SELECT id, qty, note FROM wh.orders ORDER BY id");
+            let got = maria_rows(
+                &maria,
+                &format!("SELECT id, qty, note FROM {wh}.orders ORDER BY id"),
+            );
             (got == want).then_some(()).ok_or(format!("{got:?}"))
         },
     );
@@ -344,7 +332,8 @@ fn a_change_mariadb_refuses_is_dead_lettered_and_the_rest_is_applied() {
 fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
     // Given sysbench's own schema and data (2 tables of 10,000 rows) in a MariaDB source and a
     // pipeline into another MariaDB,
-    let source = MariaDb::start().unwrap();
+    let (source, sink) = (MariaDb::shared().unwrap(), MariaDb::shared().unwrap());
+    let (shop, wh) = (source.db("shop"), sink.db("wh"));
     source.create_database("shop").unwrap();
     let sysbench = |command: &str, extra: &[&str]| {
         let out = std::process::Command::new("sysbench")
@@ -355,7 +344,7 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
                 &format!("--mysql-port={}", source.port),
                 "--mysql-user=sluice",
                 "--mysql-password=sluice",
-                "--mysql-db=shop",
+                &format!("--mysql-db={shop}"),
                 "--tables=2",
                 "--table-size=10000",
             ])
@@ -371,26 +360,21 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     sysbench("prepare", &[]);
-    let sink = MariaDb::start().unwrap();
     sink.create_database("wh").unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[kafka]\n{}[sources.shop]\nkind = \"mysql\"\nurl = \"{}\"\n\
-         tables = [\"shop.sbtest1\", \"shop.sbtest2\"]\nserver_id = 5411\n\
-         [sinks.wh]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
-         [router]\nsink = \"wh\"\ngroup_id = \"sysbench_kill\"\n[router.batch]\nmax_rows = 1000\nmax_delay_ms = 100\n",
-        kafka.kafka_toml("sluice"),
-        source.url(),
-        sink.url()
-    );
-    let (mut sluice, config_path) =
-        SluiceProcess::start_in(Path::new(SLUICE), "run", dir.path(), &config).unwrap();
+    let p = Pipeline::postgres(SLUICE, "sysbench_kill")
+        .source_section(&mysql_source(
+            &source,
+            &[&format!("{shop}.sbtest1"), &format!("{shop}.sbtest2")],
+        ))
+        .mysql_sink(&sink, &wh)
+        .batch("max_rows = 1000\nmax_delay_ms = 100")
+        .build();
+    let mut sluice = p.run();
 
     // when sysbench's read-write load runs with 4 threads for 20 s, through the snapshot and
     // on, while the pipeline is killed -9 every three seconds,
     let load = {
-        let port = source.port;
+        let (port, shop) = (source.port, shop.clone());
         std::thread::spawn(move || {
             std::process::Command::new("sysbench")
                 .arg("oltp_read_write")
@@ -400,7 +384,7 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
                     &format!("--mysql-port={port}"),
                     "--mysql-user=sluice",
                     "--mysql-password=sluice",
-                    "--mysql-db=shop",
+                    &format!("--mysql-db={shop}"),
                     "--tables=2",
                     "--table-size=10000",
                     "--threads=4",
@@ -412,7 +396,6 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
                 .unwrap()
         })
     };
-    let port = sluice.metrics_port;
     let mut kills = 0;
     while !load.is_finished() {
         std::thread::sleep(Duration::from_secs(3));
@@ -421,14 +404,7 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
         }
         sluice.kill9();
         kills += 1;
-        sluice = SluiceProcess::start(
-            Path::new(SLUICE),
-            "run",
-            &config_path,
-            &dir.path().join("log"),
-            port,
-        )
-        .unwrap();
+        sluice = p.run();
     }
     let out = load.join().unwrap();
     assert!(
@@ -449,8 +425,8 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
         let query = "SELECT id, k, c, pad FROM {}.TABLE ORDER BY id".replace("TABLE", table);
         let deadline = Instant::now() + Duration::from_secs(240);
         loop {
-            let want = maria_rows(&source, &query.replace("{}", "shop"));
-            let got = maria_rows(&sink, &query.replace("{}", "wh"));
+            let want = maria_rows(&source, &query.replace("{}", &shop));
+            let got = maria_rows(&sink, &query.replace("{}", &wh));
             if want == got {
                 assert!(want.len() > 9_000, "{} rows", want.len());
                 break;
@@ -475,41 +451,27 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
 fn schemes_check_compares_a_scheme_with_the_existing_mariadb_table() {
     // Given a PostgreSQL table and, in a MariaDB sink, an existing table for it whose name
     // column is too narrow and which has a NOT NULL column no field writes,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.psql(
-        "source",
-        "CREATE TABLE public.t (id int PRIMARY KEY, name text, n numeric)",
-    )
-    .unwrap();
-    let maria = MariaDb::start().unwrap();
+    let maria = MariaDb::shared().unwrap();
     maria.create_database("wh").unwrap();
+    let wh = maria.db("wh");
     maria
-        .root_sql(
-            "CREATE TABLE wh.t (id int PRIMARY KEY, name varchar(20), n text, audit int NOT NULL)",
-        )
+        .root_sql(&format!(
+            "CREATE TABLE {wh}.t (id int PRIMARY KEY, name varchar(20), n text, audit int NOT NULL)"
+        ))
         .unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let p = Pipeline::postgres(SLUICE, "chk")
+        .ddl("CREATE TABLE public.t (id int PRIMARY KEY, name text, n numeric)")
+        .tables(&["public.t"])
+        .mysql_sink(&maria, &wh)
+        .router("schemes = \"schemes\"")
+        .build();
+    let (config, dir) = (&p.config, &p.dir);
     std::fs::create_dir(dir.path().join("schemes")).unwrap();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
-             tables = [\"public.t\"]\nslot = \"chk\"\npublication = \"chk\"\n[sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
-             [router]\nsink = \"maria\"\nschemes = \"schemes\"\n",
-            kafka.kafka_toml("sluice"),
-            pg.url("source"),
-            maria.url()
-        ),
-    )
-    .unwrap();
     let sluice = |args: &[&str]| {
         let out = std::process::Command::new(SLUICE)
             .args(args)
             .arg("--config")
-            .arg(&config)
+            .arg(config)
             .output()
             .unwrap();
         (
@@ -525,11 +487,11 @@ fn schemes_check_compares_a_scheme_with_the_existing_mariadb_table() {
     let (code, out) = sluice(&["schemes", "check"]);
     assert_eq!(code, Some(1), "{out}");
     for expected in [
-        "sink maria, column `n`: MySQL cannot hold these values exactly: numeric without a precision",
-        "sink maria, column `name`: the sink column is varchar(20), and the scheme writes text (LONGTEXT) values into it\n  fix: ALTER TABLE `wh`.`t` MODIFY `name` LONGTEXT",
-        "sink maria, column `audit`: wh.t.audit is NOT NULL without a default, and no field of the scheme writes it",
+        "sink warehouse, column `n`: MySQL cannot hold these values exactly: numeric without a precision".to_string(),
+        format!("sink warehouse, column `name`: the sink column is varchar(20), and the scheme writes text (LONGTEXT) values into it\n  fix: ALTER TABLE `{wh}`.`t` MODIFY `name` LONGTEXT"),
+        format!("sink warehouse, column `audit`: {wh}.t.audit is NOT NULL without a default, and no field of the scheme writes it"),
     ] {
-        assert!(out.contains(expected), "missing {expected:?} in\n{out}");
+        assert!(out.contains(&expected), "missing {expected:?} in\n{out}");
     }
 
     // With the scheme asking for text, `n` is still too small (MySQL's TEXT holds 64 KB, a
@@ -543,17 +505,20 @@ fn schemes_check_compares_a_scheme_with_the_existing_mariadb_table() {
     let (code, out) = sluice(&["schemes", "check"]);
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains("sink maria, column `n`: the sink column is text, and the scheme writes text (LONGTEXT) values into it"),
+        out.contains("sink warehouse, column `n`: the sink column is text, and the scheme writes text (LONGTEXT) values into it"),
         "{out}"
     );
     // and once the table is fixed too, the check passes.
     maria
-        .root_sql("ALTER TABLE wh.t MODIFY name LONGTEXT, MODIFY n LONGTEXT, MODIFY audit int NOT NULL DEFAULT 0")
+        .root_sql(&format!(
+            "ALTER TABLE {wh}.t MODIFY name LONGTEXT, MODIFY n LONGTEXT, \
+             MODIFY audit int NOT NULL DEFAULT 0"
+        ))
         .unwrap();
     let (code, out) = sluice(&["schemes", "check"]);
     assert_eq!(code, Some(0), "{out}");
     assert!(
-        out.contains("ok: public.t → public.t in sink maria"),
+        out.contains("ok: public.t → public.t in sink warehouse"),
         "{out}"
     );
 }
@@ -561,37 +526,30 @@ fn schemes_check_compares_a_scheme_with_the_existing_mariadb_table() {
 #[test]
 fn a_batch_mariadb_refuses_only_as_a_whole_is_applied_in_pieces_and_nothing_is_dead_lettered() {
     // Given a MariaDB table with a unique column, as its PostgreSQL source has it,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.psql(
-        "source",
-        "CREATE TABLE public.seat (id int PRIMARY KEY, code int NOT NULL UNIQUE);
-         INSERT INTO public.seat VALUES (1, 10), (2, 20);",
-    )
-    .unwrap();
-    let maria = MariaDb::start().unwrap();
+    let maria = MariaDb::shared().unwrap();
     maria.create_database("wh").unwrap();
+    let wh = maria.db("wh");
     maria
-        .root_sql("CREATE TABLE wh.seat (id int PRIMARY KEY, code int NOT NULL UNIQUE)")
+        .root_sql(&format!(
+            "CREATE TABLE {wh}.seat (id int PRIMARY KEY, code int NOT NULL UNIQUE)"
+        ))
         .unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (sluice, _) = SluiceProcess::start_in(
-        Path::new(SLUICE),
-        "run",
-        dir.path(),
-        &format!(
-            "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
-             tables = [\"public.seat\"]\nslot = \"maria_whole\"\npublication = \"maria_whole\"\n\
-             [sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\n\
-             [router]\nsink = \"maria\"\ngroup_id = \"maria_whole\"\n[router.batch]\nmax_delay_ms = 300\n",
-            kafka.kafka_toml("sluice"),
-            pg.url("source"),
-            maria.url()
-        ),
-    )
-    .unwrap();
-    let seats = || maria_rows(&maria, "SELECT id, code FROM wh.seat ORDER BY id");
+    let p = Pipeline::postgres(SLUICE, "maria_whole")
+        .ddl(
+            "CREATE TABLE public.seat (id int PRIMARY KEY, code int NOT NULL UNIQUE);
+             INSERT INTO public.seat VALUES (1, 10), (2, 20);",
+        )
+        .tables(&["public.seat"])
+        .mysql_sink(&maria, &wh)
+        .batch("max_delay_ms = 300")
+        .build();
+    let (pg, sluice) = (&p.pg, p.run());
+    let seats = || {
+        maria_rows(
+            &maria,
+            &format!("SELECT id, code FROM {wh}.seat ORDER BY id"),
+        )
+    };
     eventually(
         "the snapshot",
         || sluice.log(),
@@ -641,43 +599,21 @@ fn a_batch_mariadb_refuses_only_as_a_whole_is_applied_in_pieces_and_nothing_is_d
 fn an_older_table_version_never_turns_a_mariadb_type_change_back() {
     // Given a PostgreSQL table streamed through three partitions, written as int and then
     // retyped to numeric with fractions, and a MariaDB sink that follows every type change,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.psql(
-        "source",
-        "CREATE TABLE public.prices (id bigint PRIMARY KEY, amount int)",
-    )
-    .unwrap();
-    let maria = MariaDb::start().unwrap();
+    let maria = MariaDb::shared().unwrap();
     maria.create_database("wh").unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = |port: u16, max_rows: u32| {
-        format!(
-            "[kafka]\n{}partitions = 3\n[schemas]\ncompatibility = \"none\"\n\
-             [sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.prices\"]\n\
-             slot = \"maria_backwards\"\npublication = \"maria_backwards\"\n\
-             [sinks.maria]\nkind = \"mysql\"\nurl = \"{}/wh\"\ndatabase = \"wh\"\ncolumn_types = \"alter\"\n\
-             [router]\nsink = \"maria\"\ngroup_id = \"maria_backwards\"\n\
-             [router.batch]\nmax_rows = {max_rows}\nmax_delay_ms = 50\n\
-             [observability]\nlisten = \"127.0.0.1:{port}\"\n",
-            kafka.kafka_toml("sluice"),
-            pg.url("source"),
-            maria.url()
-        )
-    };
+    let wh = maria.db("wh");
+    let p = Pipeline::postgres(SLUICE, "maria_backwards")
+        .ddl("CREATE TABLE public.prices (id bigint PRIMARY KEY, amount int)")
+        .tables(&["public.prices"])
+        .kafka("partitions = 3")
+        .sections("[schemas]\ncompatibility = \"none\"")
+        .mysql_sink(&maria, &wh)
+        .sink("column_types = \"alter\"")
+        .build();
+    let pg = &p.pg;
     let start = |command: &str, max_rows: u32| {
-        let port = sluice_harness::free_port();
-        let path = dir.path().join(format!("{command}.toml"));
-        std::fs::write(&path, config(port, max_rows)).unwrap();
-        SluiceProcess::start(
-            Path::new(SLUICE),
-            command,
-            &path,
-            &dir.path().join(format!("{command}.log")),
-            port,
-        )
-        .unwrap()
+        let batch = format!("max_rows = {max_rows}\n");
+        p.start_other(command, command, &[("max_rows = 500\n", &batch)])
     };
     let capture = start("capture", 500);
     capture.wait_for_log("starting replication", Duration::from_secs(60));
@@ -699,7 +635,7 @@ fn an_older_table_version_never_turns_a_mariadb_type_change_back() {
             let acked = metric_value(
                 &capture.metrics().unwrap_or_default(),
                 "sluice_capture_records_acknowledged_total",
-                &[("source", "pg")],
+                &[("source", "pg_main")],
             )
             .unwrap_or(0.0);
             (acked >= 900.0).then_some(()).ok_or(format!("{acked}"))
@@ -710,7 +646,7 @@ fn an_older_table_version_never_turns_a_mariadb_type_change_back() {
     // then MariaDB ends with the source's values (fractions kept: the column was never
     // retyped back to int) and the column retyped at most once.
     let want = pg_rows(
-        &pg,
+        pg,
         "source",
         "SELECT id, amount FROM public.prices ORDER BY id",
     )
@@ -719,7 +655,10 @@ fn an_older_table_version_never_turns_a_mariadb_type_change_back() {
         "wh.prices",
         || router.log(),
         || {
-            let got = maria_rows(&maria, "SELECT id, amount FROM wh.prices ORDER BY id");
+            let got = maria_rows(
+                &maria,
+                &format!("SELECT id, amount FROM {wh}.prices ORDER BY id"),
+            );
             (got == want).then_some(()).ok_or(format!(
                 "{} rows; first difference: {:?}",
                 got.len(),
