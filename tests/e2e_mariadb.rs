@@ -23,6 +23,9 @@ const MARIADB_ROWS: &str = "SELECT id, customer, qty, price, \
 const PG_ROWS: &str = "SELECT id, customer, qty, price, \
     to_char(placed_at, 'YYYY-MM-DD HH24:MI:SS.US'), note FROM shop.orders ORDER BY id";
 
+/// A MariaDB of the test's own (most tests here change server-wide settings, rotate, purge or
+/// reset its binlog, or restart it), a `sink` database on the binary's shared PostgreSQL, the
+/// shared broker, a directory and a metrics port.
 struct Services {
     maria: MariaDb,
     pg: Postgres,
@@ -36,7 +39,7 @@ impl Services {
         let maria = MariaDb::start().unwrap();
         maria.create_database("shop").unwrap();
         maria.root_sql(&format!("USE shop; {setup}")).unwrap();
-        let pg = Postgres::start().unwrap();
+        let pg = Postgres::shared().unwrap();
         pg.create_database("sink").unwrap();
         Services {
             maria,
@@ -432,7 +435,7 @@ fn capture_talks_tls_to_mariadb_and_refuses_a_certificate_it_cannot_verify() {
             insert_orders(1, 50)
         ))
         .unwrap();
-    let pg = Postgres::start().unwrap();
+    let pg = Postgres::shared().unwrap();
     pg.create_database("sink").unwrap();
     let services = Services {
         maria,
