@@ -120,7 +120,7 @@ fn kill_9_while_counting(
 #[test]
 fn kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_position() {
     // Given a counter table and capture running on its own,
-    let pg = Postgres::start().unwrap();
+    let pg = Postgres::shared().unwrap();
     pg.create_database("source").unwrap();
     pg.psql(
         "source",
@@ -134,8 +134,9 @@ fn kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_position()
     let dir = tempfile::tempdir().unwrap();
     let source = format!(
         "[sources.pg_main]\nkind = \"postgres\"\nurl = \"{}\"\ntables = [\"public.counters\"]\n\
-         slot = \"sluice_restarts\"\npublication = \"sluice_restarts\"",
-        pg.url("source")
+         slot = \"{}\"\npublication = \"sluice_restarts\"",
+        pg.url("source"),
+        pg.name("sluice_restarts")
     );
     let config = config_file(dir.path(), &kafka, free_port(), &source);
 
@@ -159,19 +160,21 @@ fn kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_position()
 #[test]
 fn mariadb_kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_position() {
     // Given a MariaDB counter table and capture running on its own,
-    let maria = MariaDb::start().unwrap();
+    let maria = MariaDb::shared().unwrap();
     maria.create_database("shop").unwrap();
+    let shop = maria.db("shop");
     maria
         .root_sql(&format!(
-            "CREATE TABLE shop.counters (id bigint PRIMARY KEY, v bigint NOT NULL);
-             INSERT INTO shop.counters SELECT seq, 0 FROM shop.seq_1_to_{KEYS};"
+            "CREATE TABLE {shop}.counters (id bigint PRIMARY KEY, v bigint NOT NULL);
+             INSERT INTO {shop}.counters SELECT seq, 0 FROM {shop}.seq_1_to_{KEYS};"
         ))
         .unwrap();
     let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let source = format!(
-        "[sources.maria]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"shop.counters\"]\nserver_id = 5402",
-        maria.url()
+        "[sources.maria]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"{shop}.counters\"]\nserver_id = {}",
+        maria.url(),
+        MariaDb::next_server_id()
     );
     let config = config_file(dir.path(), &kafka, free_port(), &source);
 
@@ -180,12 +183,12 @@ fn mariadb_kill_9_during_streaming_loses_nothing_and_repeats_are_droppable_by_po
     kill_9_while_counting(
         &kafka,
         &config,
-        "restarts.maria.shop.counters",
+        &format!("restarts.maria.{shop}.counters"),
         "starting binlog stream",
         |id| {
             maria
                 .root_sql(&format!(
-                    "UPDATE shop.counters SET v = v + 1 WHERE id = {id}"
+                    "UPDATE {shop}.counters SET v = v + 1 WHERE id = {id}"
                 ))
                 .unwrap();
         },

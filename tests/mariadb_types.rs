@@ -289,7 +289,7 @@ fn every_mariadb_type_reaches_a_postgres_sink_exactly() {
             ROWS.replace("ID", "1")
         ))
         .unwrap();
-    let pg = Postgres::start().unwrap();
+    let pg = Postgres::shared().unwrap();
     pg.create_database("sink").unwrap();
     let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
