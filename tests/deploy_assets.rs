@@ -3,10 +3,9 @@
 //! exports them.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use sluice_harness::{Broker, MariaDb, Postgres, SluiceProcess};
+use sluice_harness::{MariaDb, Pipeline};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const ASSETS: &[&str] = &[
@@ -94,55 +93,25 @@ const ON_FIRST_OCCURRENCE: &[&str] = &[
 #[test]
 fn a_running_pipeline_exports_every_metric_the_dashboard_and_alerts_use() {
     // Given a PostgreSQL and a MariaDB source flowing into a PostgreSQL sink,
-    let pg = Postgres::start().unwrap();
-    pg.create_database("source").unwrap();
-    pg.create_database("sink").unwrap();
-    pg.psql(
-        "source",
-        "CREATE TABLE public.t (id int PRIMARY KEY, v text)",
-    )
-    .unwrap();
-    let maria = MariaDb::start().unwrap();
+    let maria = MariaDb::shared().unwrap();
     maria.create_database("shop").unwrap();
+    let shop = maria.db("shop");
     maria
-        .root_sql("CREATE TABLE shop.m (id int PRIMARY KEY, d date)")
+        .root_sql(&format!(
+            "CREATE TABLE {shop}.m (id int PRIMARY KEY, d date)"
+        ))
         .unwrap();
-    let kafka = Broker::shared().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (sluice, _) = SluiceProcess::start_in(
-        Path::new(env!("CARGO_BIN_EXE_sluice")),
-        "run",
-        dir.path(),
-        &format!(
-            r#"
-[kafka]
-{kafka}
-[sources.pg]
-kind = "postgres"
-url = "{}"
-tables = ["public.t"]
-slot = "assets"
-publication = "assets"
-[sources.maria]
-kind = "mysql"
-url = "{}"
-tables = ["shop.m"]
-server_id = 5404
-[sinks.warehouse]
-kind = "postgres"
-url = "{}"
-[router]
-sink = "warehouse"
-group_id = "{ns}assets"
-"#,
-            pg.url("source"),
+    let p = Pipeline::postgres(env!("CARGO_BIN_EXE_sluice"), "assets")
+        .ddl("CREATE TABLE public.t (id int PRIMARY KEY, v text)")
+        .tables(&["public.t"])
+        .sections(&format!(
+            "[sources.maria]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"{shop}.m\"]\n\
+             server_id = {}",
             maria.url(),
-            pg.url("sink"),
-            kafka = kafka.kafka_toml("sluice"),
-            ns = kafka.namespace(),
-        ),
-    )
-    .unwrap();
+            MariaDb::next_server_id()
+        ))
+        .build();
+    let (pg, sluice) = (&p.pg, p.run());
 
     // when rows flow (and one MariaDB zero date makes a conversion error),
     pg.psql(
@@ -151,10 +120,10 @@ group_id = "{ns}assets"
     )
     .unwrap();
     maria
-        .root_sql(
-            "INSERT INTO shop.m SELECT seq, '2026-01-01' FROM shop.seq_1_to_100; \
-             SET SESSION sql_mode = ''; INSERT INTO shop.m VALUES (101, '0000-00-00')",
-        )
+        .root_sql(&format!(
+            "INSERT INTO {shop}.m SELECT seq, '2026-01-01' FROM {shop}.seq_1_to_100; \
+             SET SESSION sql_mode = ''; INSERT INTO {shop}.m VALUES (101, '0000-00-00')"
+        ))
         .unwrap();
 
     // then every metric the dashboard and the alerts use is exported.
