@@ -24,7 +24,7 @@ impl Secured {
     fn start() -> Secured {
         let certs = TestCerts::generate(&["IP:127.0.0.1", "DNS:localhost"]).unwrap();
         let kafka = Kafka::start_secure(&certs, "sluice", PASSWORD).unwrap();
-        let source = Postgres::start().unwrap();
+        let source = Postgres::shared().unwrap();
         source.create_database("shop").unwrap();
         source
             .psql(
@@ -33,7 +33,7 @@ impl Secured {
                  INSERT INTO public.t SELECT i, 'v' || i FROM generate_series(1, 100) i",
             )
             .unwrap();
-        let sink = Postgres::start().unwrap();
+        let sink = Postgres::shared().unwrap();
         sink.create_database("wh").unwrap();
         Secured {
             kafka,
@@ -62,7 +62,7 @@ partitions = 3
 kind = "postgres"
 url = "{source}"
 tables = ["public.t"]
-slot = "secured"
+slot = "{slot}"
 publication = "secured"
 
 [sinks.wh]
@@ -78,6 +78,7 @@ listen = "127.0.0.1:{port}"
 "#,
             source = self.source.url("shop"),
             sink = self.sink.url("wh"),
+            slot = self.source.name("secured"),
         );
         let path = dir.join("sluice.toml");
         std::fs::write(&path, config).unwrap();

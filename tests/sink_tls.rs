@@ -18,8 +18,15 @@ struct Source {
 }
 
 impl Source {
-    fn start() -> Source {
-        let pg = Postgres::start().unwrap();
+    /// On the binary's shared cluster, or with `own_cluster` on one of the test's own (for a
+    /// test that turns TLS on in it).
+    fn start(own_cluster: bool) -> Source {
+        let pg = if own_cluster {
+            Postgres::start()
+        } else {
+            Postgres::shared()
+        }
+        .unwrap();
         pg.create_database("source").unwrap();
         pg.psql(
             "source",
@@ -42,11 +49,12 @@ impl Source {
             &path,
             format!(
                 "[kafka]\n{}[sources.pg]\nkind = \"postgres\"\nurl = \"{}\"\n\
-                 tables = [\"public.items\"]\nslot = \"{slot}\"\npublication = \"{slot}\"\n\
+                 tables = [\"public.items\"]\nslot = \"{}\"\npublication = \"{slot}\"\n\
                  [sinks.wh]\n{sink}\n[router]\nsink = \"wh\"\ngroup_id = \"{ns}{slot}\"\n\
                  [router.batch]\nmax_delay_ms = 50\n[observability]\nlisten = \"127.0.0.1:{port}\"\n",
                 self.kafka.kafka_toml("sluice"),
                 self.pg.url("source"),
+                self.pg.name(slot),
                 ns = self.kafka.namespace(),
             ),
         )
@@ -107,7 +115,7 @@ impl Source {
 fn a_postgres_sink_is_written_over_verified_tls() {
     // Given a sink database that refuses connections without TLS, with a certificate for
     // `localhost` signed by our CA,
-    let source = Source::start();
+    let source = Source::start(true);
     let pg = &source.pg;
     pg.create_database("sink").unwrap();
     let certs = TestCerts::generate(&["DNS:localhost"]).unwrap();
@@ -148,7 +156,7 @@ fn a_postgres_sink_is_written_over_verified_tls() {
 #[test]
 fn a_mariadb_sink_is_written_over_verified_tls() {
     // Given a MariaDB sink whose user must use TLS, with a certificate for `localhost`,
-    let source = Source::start();
+    let source = Source::start(false);
     let certs = TestCerts::generate(&["DNS:localhost"]).unwrap();
     let maria = MariaDb::start_with(&[
         format!("--ssl-cert={}", certs.server_cert.display()),
