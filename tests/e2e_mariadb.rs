@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{free_port, Broker, MariaDb, Postgres, SluiceProcess};
+use sluice_harness::{free_port, output_of, Broker, MariaDb, Postgres, SluiceProcess};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -534,28 +534,7 @@ fn a_sysbench_workload_running_through_snapshot_and_stream_arrives_row_for_row()
     // Given sysbench's own schema and data (2 tables of 10,000 rows),
     let services = Services::start("SELECT 1");
     let sysbench = |command: &str, extra: &[&str]| {
-        let out = std::process::Command::new("sysbench")
-            .arg("oltp_read_write")
-            .args([
-                "--db-driver=mysql",
-                "--mysql-host=127.0.0.1",
-                &format!("--mysql-port={}", services.maria.port),
-                "--mysql-user=sluice",
-                "--mysql-password=sluice",
-                "--mysql-db=shop",
-                "--tables=2",
-                "--table-size=10000",
-            ])
-            .args(extra)
-            .arg(command)
-            .output()
-            .expect("sysbench runs (deploy/local/prereqs.sh installs it)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        services.maria.sysbench("shop", (2, 10_000), command, extra)
     };
     sysbench("prepare", &[]);
     let config = services.config(&["shop.sbtest1", "shop.sbtest2"]);
@@ -662,15 +641,10 @@ fn a_binlog_reset_is_read_anew_after_reset_state_in_a_new_epoch() {
             && log.contains("sluice reset-state --config <file> --source maria"),
         "{log}"
     );
-    let out = std::process::Command::new(SLUICE)
-        .args(["reset-state", "--source", "maria", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_of(
+        std::process::Command::new(SLUICE)
+            .args(["reset-state", "--source", "maria", "--config"])
+            .arg(&config),
     );
     // and after `sluice reset-state` the sink equals the source row for row: the snapshot's
     // positions, in a new epoch, sort above the old binlog's, and the table was cleared first.

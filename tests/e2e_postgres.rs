@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
 use sluice_harness::{
-    free_port, http_get, metric_value, Pipeline, PipelineBuilder, Postgres, SluiceProcess,
-    TestCerts,
+    free_port, http_get, metric_value, output_of, Pipeline, PipelineBuilder, Postgres,
+    SluiceProcess, TestCerts,
 };
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
@@ -690,27 +690,7 @@ fn a_pgbench_workload_running_through_snapshot_and_stream_arrives_row_for_row() 
     ];
     let p = e2e("sluice_pgbench", "", &tables).build();
     let pg = &p.pg;
-    let pgbench = |args: &[&str]| {
-        let out = std::process::Command::new(pg.tool("pgbench"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-p",
-                &pg.port.to_string(),
-            ])
-            .args(args)
-            .arg(pg.name("source"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pgbench {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let pgbench = |args: &[&str]| pg.pgbench("source", args);
     pgbench(&["-i", "-s", "1", "-q"]);
 
     // when sluice starts (snapshotting) while pgbench's TPC-B-like load runs with 4 clients,
@@ -1169,15 +1149,10 @@ fn reset_state_reads_every_table_anew_in_a_new_epoch_and_a_damaged_sink_is_made_
         "UPDATE public.orders SET qty = 0 WHERE id % 10 = 0; DELETE FROM public.orders WHERE id = 150",
     )
     .unwrap();
-    let out = std::process::Command::new(SLUICE)
-        .args(["reset-state", "--source", "pg_main", "--config"])
-        .arg(&p.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_of(
+        std::process::Command::new(SLUICE)
+            .args(["reset-state", "--source", "pg_main", "--config"])
+            .arg(&p.config),
     );
 
     // then sluice reads the table anew (cleared first, in a new epoch whose positions sort

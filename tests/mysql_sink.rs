@@ -335,31 +335,7 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
     let (source, sink) = (MariaDb::shared().unwrap(), MariaDb::shared().unwrap());
     let (shop, wh) = (source.db("shop"), sink.db("wh"));
     source.create_database("shop").unwrap();
-    let sysbench = |command: &str, extra: &[&str]| {
-        let out = std::process::Command::new("sysbench")
-            .arg("oltp_read_write")
-            .args([
-                "--db-driver=mysql",
-                "--mysql-host=127.0.0.1",
-                &format!("--mysql-port={}", source.port),
-                "--mysql-user=sluice",
-                "--mysql-password=sluice",
-                &format!("--mysql-db={shop}"),
-                "--tables=2",
-                "--table-size=10000",
-            ])
-            .args(extra)
-            .arg(command)
-            .output()
-            .expect("sysbench runs (deploy/local/prereqs.sh installs it)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    sysbench("prepare", &[]);
+    source.sysbench("shop", (2, 10_000), "prepare", &[]);
     sink.create_database("wh").unwrap();
     let p = Pipeline::postgres(SLUICE, "sysbench_kill")
         .source_section(&mysql_source(
@@ -373,29 +349,12 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
 
     // when sysbench's read-write load runs with 4 threads for 20 s, through the snapshot and
     // on, while the pipeline is killed -9 every three seconds,
-    let load = {
-        let (port, shop) = (source.port, shop.clone());
-        std::thread::spawn(move || {
-            std::process::Command::new("sysbench")
-                .arg("oltp_read_write")
-                .args([
-                    "--db-driver=mysql",
-                    "--mysql-host=127.0.0.1",
-                    &format!("--mysql-port={port}"),
-                    "--mysql-user=sluice",
-                    "--mysql-password=sluice",
-                    &format!("--mysql-db={shop}"),
-                    "--tables=2",
-                    "--table-size=10000",
-                    "--threads=4",
-                    "--time=20",
-                    "--report-interval=0",
-                    "run",
-                ])
-                .output()
-                .unwrap()
-        })
-    };
+    let load = source.sysbench_in_background(
+        "shop",
+        (2, 10_000),
+        "run",
+        &["--threads=4", "--time=20", "--report-interval=0"],
+    );
     let mut kills = 0;
     while !load.is_finished() {
         std::thread::sleep(Duration::from_secs(3));
@@ -406,13 +365,7 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
         kills += 1;
         sluice = p.run();
     }
-    let out = load.join().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = String::from_utf8_lossy(&out.stdout);
+    let report = load.join().unwrap();
     let tps = report
         .lines()
         .find(|l| l.contains("transactions:"))

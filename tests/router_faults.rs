@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
-use sluice_harness::{metric_value, Pipeline, Postgres, SluiceProcess};
+use sluice_harness::{metric_value, output_of, Pipeline, Postgres, SluiceProcess};
 
 mod common;
 
@@ -274,28 +274,7 @@ fn a_pgbench_workload_with_two_routers_truncates_a_partitioned_table_a_rename_an
         .batch("max_rows = 1000\nmax_delay_ms = 100")
         .build();
     let (pg, kafka) = (&p.pg, &p.kafka);
-    let pgbench = |args: &[&str]| {
-        let out = std::process::Command::new(pg.tool("pgbench"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-                "-p",
-                &pg.port.to_string(),
-            ])
-            .args(args)
-            .arg(pg.name("source"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pgbench {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    pgbench(&["-i", "-s", "1", "-q"]);
+    pg.pgbench("source", &["-i", "-s", "1", "-q"]);
     p.source(
         "CREATE TABLE public.events (id bigint, region int, v text, PRIMARY KEY (id, region))
            PARTITION BY LIST (region);
@@ -312,54 +291,31 @@ fn a_pgbench_workload_with_two_routers_truncates_a_partitioned_table_a_rename_an
     // when pgbench's TPC-B-like load runs with 4 clients for 20 s, a second writer moves rows
     // between the partitions, truncates `scratch` every fifth round and renames `doomed`
     // halfway, and the routers and capture are killed -9 in turn every two seconds,
-    let load = {
-        let (port, db, pgbench) = (pg.port, pg.name("source"), pg.tool("pgbench"));
-        std::thread::spawn(move || {
-            std::process::Command::new(pgbench)
-                .args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
-                .args(["-c", "4", "-j", "2", "-T", "20", "-n", &db])
-                .output()
-                .unwrap()
-        })
-    };
-    let side = {
-        let (url, psql) = (pg.url("source"), pg.tool("psql"));
-        std::thread::spawn(move || {
-            for round in 1..=36 {
-                let mut sql = format!(
-                    "INSERT INTO public.events SELECT {round} * 100 + k, k % 2, 'e{round}' \
-                       FROM generate_series(0, 9) k; \
-                     UPDATE public.events SET region = 1 - region, v = 'moved{round}' \
-                       WHERE id % 7 = {}; \
-                     INSERT INTO public.scratch SELECT {round} * 100 + k, 's' \
-                       FROM generate_series(0, 4) k;",
-                    round % 7
-                );
-                if round % 5 == 0 {
-                    sql.push_str("TRUNCATE public.scratch;");
-                }
-                if round == 18 {
-                    sql.push_str("ALTER TABLE public.doomed RENAME TO doomed_renamed;");
-                }
-                if round > 18 {
-                    sql.push_str(&format!(
-                        "UPDATE public.doomed_renamed SET v = 'after{round}' WHERE id = {};",
-                        round % 20 + 1
-                    ));
-                }
-                let out = std::process::Command::new(&psql)
-                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &url, "-c", &sql])
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                std::thread::sleep(Duration::from_millis(500));
-            }
-        })
-    };
+    let load = pg.pgbench_in_background("source", &["-c", "4", "-j", "2", "-T", "20", "-n"]);
+    let side = pg.write_in_rounds("source", 36, Duration::from_millis(500), |round| {
+        let mut sql = format!(
+            "INSERT INTO public.events SELECT {round} * 100 + k, k % 2, 'e{round}' \
+                   FROM generate_series(0, 9) k; \
+                 UPDATE public.events SET region = 1 - region, v = 'moved{round}' \
+                   WHERE id % 7 = {}; \
+                 INSERT INTO public.scratch SELECT {round} * 100 + k, 's' \
+                   FROM generate_series(0, 4) k;",
+            round % 7
+        );
+        if round % 5 == 0 {
+            sql.push_str("TRUNCATE public.scratch;");
+        }
+        if round == 18 {
+            sql.push_str("ALTER TABLE public.doomed RENAME TO doomed_renamed;");
+        }
+        if round > 18 {
+            sql.push_str(&format!(
+                "UPDATE public.doomed_renamed SET v = 'after{round}' WHERE id = {};",
+                round % 20 + 1
+            ));
+        }
+        sql
+    });
     let mut kills = 0;
     while !load.is_finished() {
         std::thread::sleep(Duration::from_secs(2));
@@ -382,14 +338,8 @@ fn a_pgbench_workload_with_two_routers_truncates_a_partitioned_table_a_rename_an
         }
         kills += 1;
     }
-    let out = load.join().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let report = load.join().unwrap();
     side.join().unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
     let tps = report.lines().find(|l| l.starts_with("tps")).unwrap_or("");
 
     // then every compared table matches the source row for row,
@@ -633,16 +583,11 @@ fn a_sink_restored_from_an_older_backup_reads_again_what_it_lacks() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let backup = dir.path().join("sink.dump");
-    let out = std::process::Command::new(pg.tool("pg_dump"))
-        .args(["-Fc", "-f"])
-        .arg(&backup)
-        .arg(pg.url("sink"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_of(
+        std::process::Command::new(pg.tool("pg_dump"))
+            .args(["-Fc", "-f"])
+            .arg(&backup)
+            .arg(pg.url("sink")),
     );
     // and, once everything is applied and committed to Kafka, the sink is restored from it,
     while count(pg) < 3000 {
@@ -653,15 +598,10 @@ fn a_sink_restored_from_an_older_backup_reads_again_what_it_lacks() {
     pg.psql("postgres", &format!("DROP DATABASE {}", pg.name("sink")))
         .unwrap();
     pg.create_database("sink").unwrap();
-    let out = std::process::Command::new(pg.tool("pg_restore"))
-        .args(["-d", &pg.url("sink")])
-        .arg(&backup)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    output_of(
+        std::process::Command::new(pg.tool("pg_restore"))
+            .args(["-d", &pg.url("sink")])
+            .arg(&backup),
     );
     let restored = count(pg);
     assert!(

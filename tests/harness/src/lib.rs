@@ -28,7 +28,7 @@ pub use kafka::{Broker, Kafka, KAFKA_VERSION};
 pub use mariadb::MariaDb;
 pub use pipeline::{wait_for_rows, Pipeline, PipelineBuilder};
 pub use postgres::{pg_major, ApplyLog, Postgres};
-pub use process::{free_port, wait_until, ChildGuard};
+pub use process::{free_port, output_of, wait_until, ChildGuard};
 pub use registry::{RegistryTls, SchemaRegistry};
 pub use sluice::{http_get, metric_value, try_http_get, SluiceProcess};
 pub use tansu::{Tansu, TansuStorage};

@@ -214,6 +214,55 @@ impl MariaDb {
         }
     }
 
+    /// `sysbench oltp_read_write <command>` over `tables` tables of `rows` rows in the database
+    /// the test calls `db`, as the `sluice` user, with `extra` options; its report. Panics when
+    /// it fails (`deploy/local/prereqs.sh` installs sysbench).
+    pub fn sysbench(
+        &self,
+        db: &str,
+        (tables, rows): (u32, u32),
+        command: &str,
+        extra: &[&str],
+    ) -> String {
+        crate::output_of(&mut self.sysbench_command(db, (tables, rows), command, extra))
+    }
+
+    /// [`MariaDb::sysbench`] on a thread of its own (a load that runs while the test acts).
+    pub fn sysbench_in_background(
+        &self,
+        db: &str,
+        (tables, rows): (u32, u32),
+        command: &str,
+        extra: &[&str],
+    ) -> std::thread::JoinHandle<String> {
+        let mut cmd = self.sysbench_command(db, (tables, rows), command, extra);
+        std::thread::spawn(move || crate::output_of(&mut cmd))
+    }
+
+    fn sysbench_command(
+        &self,
+        db: &str,
+        (tables, rows): (u32, u32),
+        command: &str,
+        extra: &[&str],
+    ) -> Command {
+        let mut cmd = Command::new("sysbench");
+        cmd.arg("oltp_read_write")
+            .args([
+                "--db-driver=mysql".to_string(),
+                "--mysql-host=127.0.0.1".to_string(),
+                format!("--mysql-port={}", self.port),
+                "--mysql-user=sluice".to_string(),
+                "--mysql-password=sluice".to_string(),
+                format!("--mysql-db={}", self.db(db)),
+                format!("--tables={tables}"),
+                format!("--table-size={rows}"),
+            ])
+            .args(extra)
+            .arg(command);
+        cmd
+    }
+
     /// Creates the database the test calls `name` ([`MariaDb::db`]).
     pub fn create_database(&self, name: &str) -> Result<()> {
         self.root_sql(&format!("CREATE DATABASE `{}`", self.db(name)))

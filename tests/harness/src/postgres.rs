@@ -321,6 +321,44 @@ impl Postgres {
         )
     }
 
+    /// `pgbench <args> <db>` against this server as the superuser; its report. Panics when it
+    /// fails.
+    pub fn pgbench(&self, db: &str, args: &[&str]) -> String {
+        crate::output_of(
+            Command::new(self.tool("pgbench"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-p",
+                    &self.port.to_string(),
+                ])
+                .args(args)
+                .arg(self.name(db)),
+        )
+    }
+
+    /// [`Postgres::pgbench`] on a thread of its own (a load that runs while the test acts).
+    pub fn pgbench_in_background(
+        &self,
+        db: &str,
+        args: &[&str],
+    ) -> std::thread::JoinHandle<String> {
+        let mut cmd = Command::new(self.tool("pgbench"));
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-p",
+            &self.port.to_string(),
+        ])
+        .args(args)
+        .arg(self.name(db));
+        std::thread::spawn(move || crate::output_of(&mut cmd))
+    }
+
     /// A writer thread: `rounds` times, `sql(round)` (rounds from 1) in a transaction of its
     /// own through `psql`, then `pause`. Panics (on join) when a statement fails.
     pub fn write_in_rounds(

@@ -146,6 +146,12 @@ pub(crate) fn run(cmd: &mut Command, run_as: Option<(u32, u32)>) -> Result<Strin
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `cmd` to its end and returns its standard output; panics with what it printed when it
+/// fails (for a test's own tools: `pgbench`, `sysbench`, `pg_dump`, `sluice reset-state`).
+pub fn output_of(cmd: &mut Command) -> String {
+    run(cmd, None).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// Finds `name` in `env_dir`, then on PATH, then in `fallbacks`.
 pub(crate) fn find_binary(
     name: &str,
