@@ -136,9 +136,8 @@ fn expected(id: i32) -> Vec<Vec<Datum>> {
     ]
 }
 
-#[test]
-fn every_mariadb_type_survives_snapshot_and_binlog_exactly() {
-    // Given rows of every type before capture starts (snapshot) and after (binlog),
+/// A MariaDB with `shop.every_type` and its first rows (ids 1 to 3).
+fn with_first_rows() -> MariaDb {
     let maria = MariaDb::start().unwrap();
     maria.create_database("shop").unwrap();
     maria
@@ -147,6 +146,13 @@ fn every_mariadb_type_survives_snapshot_and_binlog_exactly() {
             ROWS.replace("ID", "1")
         ))
         .unwrap();
+    maria
+}
+
+#[test]
+fn every_mariadb_type_survives_snapshot_and_binlog_exactly() {
+    // Given rows of every type before capture starts (snapshot) and after (binlog),
+    let maria = with_first_rows();
     let kafka = Broker::shared().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (capture, _) = SluiceProcess::start_in(
@@ -281,14 +287,7 @@ const PG_COLUMNS: [&str; 35] = [
 #[test]
 fn every_mariadb_type_reaches_a_postgres_sink_exactly() {
     // Given a MariaDB table of every type with rows before capture starts,
-    let maria = MariaDb::start().unwrap();
-    maria.create_database("shop").unwrap();
-    maria
-        .root_sql(&format!(
-            "{DDL}; INSERT INTO shop.every_type VALUES {}",
-            ROWS.replace("ID", "1")
-        ))
-        .unwrap();
+    let maria = with_first_rows();
     let pg = Postgres::shared().unwrap();
     pg.create_database("sink").unwrap();
     let kafka = Broker::shared().unwrap();
