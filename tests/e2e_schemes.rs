@@ -418,7 +418,7 @@ fn a_source_change_the_scheme_does_not_fit_holds_its_table_until_the_scheme_is_f
     );
     assert_eq!(
         pg_rows(
-            &pg,
+            pg,
             "sink",
             "SELECT count(*) FROM public.customers WHERE id > 20 OR name = 'renamed'"
         )
@@ -505,7 +505,7 @@ fn a_mysql_table_maps_into_postgres_with_the_example_scheme() {
     let query = "SELECT sku, \"Display Name\", stock, in_stock, attrs->>'w', pg_typeof(attrs) FROM shop.items ORDER BY sku";
     let expected = ["A-1|Lamp|3|t|1|jsonb", "B-2|Desk|4294967295|t||jsonb"];
     loop {
-        match pg_rows(&pg, "sink", query) {
+        match pg_rows(pg, "sink", query) {
             Ok(rows) if rows == expected => break,
             other => assert!(
                 Instant::now() < deadline,

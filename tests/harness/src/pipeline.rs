@@ -39,95 +39,89 @@ pub struct PipelineBuilder {
 }
 
 impl PipelineBuilder {
-    /// SQL run in the source database before anything starts.
-    pub fn ddl(mut self, sql: &str) -> Self {
-        self.ddl = sql.to_string();
+    fn set(mut self, change: impl FnOnce(&mut Self)) -> Self {
+        change(&mut self);
         self
+    }
+
+    /// SQL run in the source database before anything starts.
+    pub fn ddl(self, sql: &str) -> Self {
+        self.set(|b| b.ddl = sql.into())
     }
 
     /// SQL run in the sink database before anything starts (tables stricter than the source's,
     /// observers).
-    pub fn sink_ddl(mut self, sql: &str) -> Self {
-        self.sink_ddl = sql.to_string();
-        self
+    pub fn sink_ddl(self, sql: &str) -> Self {
+        self.set(|b| b.sink_ddl = sql.into())
     }
 
     /// The source tables to capture.
-    pub fn tables(mut self, tables: &[&str]) -> Self {
-        self.tables = tables.iter().map(|t| (*t).to_string()).collect();
-        self
+    pub fn tables(self, tables: &[&str]) -> Self {
+        self.set(|b| b.tables = tables.iter().map(|t| (*t).to_string()).collect())
     }
 
     /// Extra `[kafka]` lines (`partitions = 3`).
-    pub fn kafka(mut self, lines: &str) -> Self {
-        self.kafka = lines.to_string();
-        self
+    pub fn kafka(self, lines: &str) -> Self {
+        self.set(|b| b.kafka = lines.into())
     }
 
     /// Extra lines in the PostgreSQL source's section.
-    pub fn source(mut self, lines: &str) -> Self {
-        self.source_extra = lines.to_string();
-        self
+    pub fn source(self, lines: &str) -> Self {
+        self.set(|b| b.source_extra = lines.into())
     }
 
     /// A source section of the test's own instead of the PostgreSQL one (a MariaDB source:
     /// `[sources.maria]` and its lines).
-    pub fn source_section(mut self, section: &str) -> Self {
-        self.source = Some(section.to_string());
-        self
+    pub fn source_section(self, section: &str) -> Self {
+        self.set(|b| b.source = Some(section.into()))
     }
 
     /// Extra lines in the sink's section.
-    pub fn sink(mut self, lines: &str) -> Self {
-        self.sink_extra = lines.to_string();
-        self
+    pub fn sink(self, lines: &str) -> Self {
+        self.set(|b| b.sink_extra = lines.into())
     }
 
     /// A MariaDB sink: `database` (the server's name for it) on `maria`.
-    pub fn mysql_sink(mut self, maria: &MariaDb, database: &str) -> Self {
-        self.sink = Sink::Mysql {
-            url: format!("{}/{database}", maria.url()),
-            database: database.to_string(),
-        };
-        self
+    pub fn mysql_sink(self, maria: &MariaDb, database: &str) -> Self {
+        let url = format!("{}/{database}", maria.url());
+        self.set(|b| {
+            b.sink = Sink::Mysql {
+                url,
+                database: database.into(),
+            }
+        })
     }
 
     /// Extra `[router]` lines.
-    pub fn router(mut self, lines: &str) -> Self {
-        self.router = lines.to_string();
-        self
+    pub fn router(self, lines: &str) -> Self {
+        self.set(|b| b.router = lines.into())
     }
 
     /// The `[router.batch]` lines (default: `max_rows = 500`, `max_delay_ms = 50`).
-    pub fn batch(mut self, lines: &str) -> Self {
-        self.batch = lines.to_string();
-        self
+    pub fn batch(self, lines: &str) -> Self {
+        self.set(|b| b.batch = lines.into())
     }
 
     /// Extra `[observability]` lines (`stall_timeout_ms = 3000`).
-    pub fn observability(mut self, lines: &str) -> Self {
-        self.observability = lines.to_string();
-        self
+    pub fn observability(self, lines: &str) -> Self {
+        self.set(|b| b.observability = lines.into())
     }
 
     /// Whole sections of the test's own (`[schemas]`, `[sinks.other]`), placed before
     /// `[router]`.
-    pub fn sections(mut self, toml: &str) -> Self {
-        self.sections = toml.to_string();
-        self
+    pub fn sections(self, toml: &str) -> Self {
+        self.set(|b| b.sections = toml.into())
     }
 
     /// A PostgreSQL cluster of the test's own (for a test that stops it or changes its
     /// settings), instead of its part of the shared one.
-    pub fn own_postgres(mut self) -> Self {
-        self.own_postgres = true;
-        self
+    pub fn own_postgres(self) -> Self {
+        self.set(|b| b.own_postgres = true)
     }
 
     /// A broker of the test's own that survives [`Broker::kill`] and [`Broker::restart`].
-    pub fn own_broker(mut self) -> Self {
-        self.broker = Some(TansuStorage::Sqlite);
-        self
+    pub fn own_broker(self) -> Self {
+        self.set(|b| b.broker = Some(TansuStorage::Sqlite))
     }
 
     /// Starts the services, creates the databases, runs the DDL and writes the config.

@@ -324,19 +324,7 @@ impl Postgres {
     /// `pgbench <args> <db>` against this server as the superuser; its report. Panics when it
     /// fails.
     pub fn pgbench(&self, db: &str, args: &[&str]) -> String {
-        crate::output_of(
-            Command::new(self.tool("pgbench"))
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-U",
-                    "postgres",
-                    "-p",
-                    &self.port.to_string(),
-                ])
-                .args(args)
-                .arg(self.name(db)),
-        )
+        crate::output_of(&mut self.pgbench_command(db, args))
     }
 
     /// [`Postgres::pgbench`] on a thread of its own (a load that runs while the test acts).
@@ -345,18 +333,17 @@ impl Postgres {
         db: &str,
         args: &[&str],
     ) -> std::thread::JoinHandle<String> {
-        let mut cmd = Command::new(self.tool("pgbench"));
-        cmd.args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-p",
-            &self.port.to_string(),
-        ])
-        .args(args)
-        .arg(self.name(db));
+        let mut cmd = self.pgbench_command(db, args);
         std::thread::spawn(move || crate::output_of(&mut cmd))
+    }
+
+    fn pgbench_command(&self, db: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.tool("pgbench"));
+        let port = self.port.to_string();
+        cmd.args(["-h", "127.0.0.1", "-U", "postgres", "-p", &port])
+            .args(args)
+            .arg(self.name(db));
+        cmd
     }
 
     /// A writer thread: `rounds` times, `sql(round)` (rounds from 1) in a transaction of its
