@@ -215,7 +215,7 @@ fn read_until_complete(
         let Some(read) = reader.next(Duration::from_millis(200)) else {
             continue;
         };
-        let after = read.event.after.expect("updates carry the after image");
+        let after = read.event.row.after.expect("updates carry the after image");
         let (Datum::Long(id), Datum::Long(v)) = (&after[0], &after[1]) else {
             panic!("{after:?}")
         };

@@ -424,7 +424,7 @@ fn read_events(
         out.push((
             types,
             read.event.op,
-            read.event.after.expect("inserts carry the after image"),
+            read.event.row.after.expect("inserts carry the after image"),
         ));
     }
     out

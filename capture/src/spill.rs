@@ -234,13 +234,13 @@ impl SpillFile {
     /// Appends one change; returns the bytes written.
     fn write(&mut self, codec: Arc<EnvelopeCodec>, event: ChangeEvent) -> std::io::Result<u64> {
         let codec = index_of(&mut self.codecs, codec);
-        let table = index_of(&mut self.tables, event.table);
+        let table = index_of(&mut self.tables, event.row.table);
         let record = Record {
             codec,
             table,
-            op: event.op,
-            before: event.before,
-            after: event.after,
+            op: event.row.op,
+            before: event.row.before,
+            after: event.row.after,
             source: event.source,
             transaction: event.transaction,
             position: event.position,
@@ -300,10 +300,12 @@ impl SpillReader {
         Ok((
             codec.clone(),
             ChangeEvent {
-                table: table.clone(),
-                op: record.op,
-                before: record.before,
-                after: record.after,
+                row: sluice_schemas::RowChange {
+                    table: table.clone(),
+                    op: record.op,
+                    before: record.before,
+                    after: record.after,
+                },
                 source: record.source,
                 transaction: record.transaction,
                 position: record.position,
@@ -402,10 +404,12 @@ mod tests {
             Datum::Unchanged,
         ];
         ChangeEvent {
-            table: codec.table.clone(),
-            op: if n % 3 == 0 { Op::Delete } else { Op::Update },
-            before: Some(row.clone()),
-            after: (n % 3 != 0).then_some(row),
+            row: sluice_schemas::RowChange {
+                table: codec.table.clone(),
+                op: if n % 3 == 0 { Op::Delete } else { Op::Update },
+                before: Some(row.clone()),
+                after: (n % 3 != 0).then_some(row),
+            },
             source: SourceInfo {
                 name: "src".into(),
                 db: "shop".into(),

@@ -13,18 +13,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use sluice_schemas::avro::DecodedEvent;
 use sluice_schemas::scheme::{scheme_files, Mapping, Scheme, SchemeErrors};
-use sluice_schemas::{Datum, Op, TableId, TableSchema};
+use sluice_schemas::{RowChange, TableId, TableSchema};
 use tracing::{error, info, warn};
 
 use crate::metrics as m;
-
-/// One change for the sink, after mapping.
-pub struct Routed {
-    pub table: Arc<TableSchema>,
-    pub op: Op,
-    pub before: Option<Vec<Datum>>,
-    pub after: Option<Vec<Datum>>,
-}
 
 /// Why a change could not be mapped: the dead-letter reason and the detail.
 pub struct Rejected {
@@ -221,17 +213,9 @@ impl Mapper {
         &mut self,
         table: &Arc<TableSchema>,
         event: DecodedEvent,
-    ) -> Result<(Vec<Routed>, Option<Rejected>), Mismatch> {
+    ) -> Result<(Vec<RowChange>, Option<Rejected>), Mismatch> {
         let Some(schemes) = self.by_source.get(&table.id).cloned() else {
-            return Ok((
-                vec![Routed {
-                    table: table.clone(),
-                    op: event.op,
-                    before: event.before,
-                    after: event.after,
-                }],
-                None,
-            ));
+            return Ok((vec![event.row], None));
         };
         if !self
             .latest
@@ -254,12 +238,7 @@ impl Mapper {
                 event.after.as_deref(),
                 event.source_ts_ms,
             ) {
-                Ok(mapped) => out.extend(mapped.into_iter().map(|c| Routed {
-                    table: mapping.target.clone(),
-                    op: c.op,
-                    before: c.before,
-                    after: c.after,
-                })),
+                Ok(mapped) => out.extend(mapped),
                 Err(detail) => {
                     rejected = Some(Rejected {
                         reason: "scheme_rejected",

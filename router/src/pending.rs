@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::Message;
-use sluice_sinks::{Batch, Consumed, SinkChange};
+use sluice_sinks::{Batch, Origin, SinkChange};
 
 /// A consumed message as it was, kept while its changes wait in the batch: if the sink refuses
 /// one of them, the message goes to the dead-letter topic unchanged.
@@ -111,10 +111,10 @@ pub(crate) fn owned(msg: &impl Message) -> OwnedMessage {
 }
 
 /// The consumed offsets of a batch, as the sink records them.
-pub(crate) fn consumed_list(consumed: &HashMap<(Arc<str>, i32), i64>) -> Vec<Consumed> {
+pub(crate) fn consumed_list(consumed: &HashMap<(Arc<str>, i32), i64>) -> Vec<Origin> {
     consumed
         .iter()
-        .map(|((topic, partition), offset)| Consumed {
+        .map(|((topic, partition), offset)| Origin {
             topic: topic.clone(),
             partition: *partition,
             offset: *offset,

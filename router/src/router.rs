@@ -6,14 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
-use sluice_schemas::event::{BARRIER_HEADER, POSITION_HEADER};
+use sluice_schemas::event::POSITION_HEADER;
 use sluice_schemas::liveness::Liveness;
-use sluice_schemas::Position;
 use sluice_schemas::TableId;
-use sluice_sinks::{Batch, Consumed, Origin, Sink, SinkChange, SinkError};
+use sluice_sinks::{Batch, Origin, Sink, SinkChange, SinkError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, info_span, warn, Instrument};
@@ -594,21 +593,9 @@ impl<S: Sink + 'static> Router<S> {
             consume(pending);
             return Ok(Handled::Taken); // tombstone: nothing to apply
         };
-        let position = msg.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == POSITION_HEADER)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(Position::from_hex)
-        });
+        let position = sluice_connect::headers::position(msg);
         // A truncate published to every partition of its topic: how many (see the sink).
-        let barrier = msg.headers().and_then(|h| {
-            h.iter()
-                .find(|h| h.key == BARRIER_HEADER)
-                .and_then(|h| h.value)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|v| v.parse::<i32>().ok())
-        });
+        let barrier = sluice_connect::headers::barrier_width(msg);
         // Failing to reach the schema topic or the registry is transient: wait and retry,
         // holding the message (and so the partition), consumption paused and the consumer
         // polled meanwhile (so the group keeps the router). Only a schema the transport does
@@ -673,19 +660,18 @@ impl<S: Sink + 'static> Router<S> {
                         Raw::of(msg, topic.clone()),
                     );
                 }
-                for r in routed {
+                for row in routed {
+                    // Only a table-wide change is a barrier.
+                    let barrier = barrier.filter(|_| row.op == sluice_schemas::Op::Truncate);
                     pending.batch.changes.push(SinkChange {
-                        table: r.table,
-                        op: r.op,
-                        before: r.before,
-                        after: r.after,
+                        row,
                         position: position.clone(),
                         origin: Origin {
                             topic: topic.clone(),
                             partition,
                             offset,
                         },
-                        barrier: barrier.filter(|_| r.op == sluice_schemas::Op::Truncate),
+                        barrier,
                     });
                 }
                 if let Some(r) = rejected {
@@ -750,7 +736,7 @@ impl<S: Sink + 'static> Router<S> {
         &mut self,
         consumer: &StreamConsumer<LagContext>,
         applied: &mut Pending,
-        held: &[Consumed],
+        held: &[Origin],
     ) -> Result<(), RouterError> {
         for c in held {
             let key = (c.topic.clone(), c.partition);
@@ -1059,7 +1045,7 @@ impl<S: Sink + 'static> Router<S> {
 }
 
 /// Commits consumed offsets to Kafka: only a hint, the sink holds the authoritative ones.
-fn commit_hint(consumer: &StreamConsumer<LagContext>, consumed: &[Consumed]) {
+fn commit_hint(consumer: &StreamConsumer<LagContext>, consumed: &[Origin]) {
     let mut tpl = TopicPartitionList::new();
     for c in consumed {
         if tpl

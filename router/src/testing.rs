@@ -22,18 +22,20 @@ pub fn part(p: i32) -> Part {
 /// `partition` of topic `t`.
 pub fn insert(partition: i32, offset: i64, id: i32) -> SinkChange {
     SinkChange {
-        table: Arc::new(TableSchema {
-            id: orders(),
-            columns: vec![Column {
-                name: "id".into(),
-                sql_type: SqlType::Int32,
-                key: true,
-                missing: None,
-            }],
-        }),
-        op: Op::Create,
-        before: None,
-        after: Some(vec![Datum::Int(id)]),
+        row: sluice_schemas::RowChange {
+            table: Arc::new(TableSchema {
+                id: orders(),
+                columns: vec![Column {
+                    name: "id".into(),
+                    sql_type: SqlType::Int32,
+                    key: true,
+                    missing: None,
+                }],
+            }),
+            op: Op::Create,
+            before: None,
+            after: Some(vec![Datum::Int(id)]),
+        },
         position: Position::postgres(offset as u64, 0),
         origin: Origin {
             topic: Arc::from("t"),

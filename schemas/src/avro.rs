@@ -29,7 +29,7 @@ use crate::avro_read::{Cursor, Node};
 use crate::decimal::text_to_unscaled;
 #[cfg(test)]
 use crate::decimal::unscaled_to_text;
-use crate::event::{ChangeEvent, Datum, Op};
+use crate::event::{ChangeEvent, Datum, Op, RowChange};
 use crate::table::{avro_name, Column, SqlType, TableId, TableSchema};
 
 /// First two bytes of an Avro single-object encoded message.
@@ -512,17 +512,16 @@ fn write_opt_long(out: &mut Vec<u8>, v: Option<i64>) {
     }
 }
 
-/// One decoded change event, as the router needs it.
+/// One decoded change event, as the router needs it: the row change (of
+/// [`EnvelopeDecoder::table`]) and its commit time at the source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedEvent {
-    pub op: Op,
-    /// In [`EnvelopeDecoder::table`] column order.
-    pub before: Option<Vec<Datum>>,
-    /// In column order; columns the source did not send are [`Datum::Unchanged`].
-    pub after: Option<Vec<Datum>>,
+    pub row: RowChange,
     /// Commit time at the source, milliseconds since the epoch.
     pub source_ts_ms: i64,
 }
+
+crate::carries_row_change!(DecodedEvent);
 
 /// Decodes envelopes written with one value schema.
 #[derive(Debug)]
@@ -694,9 +693,12 @@ impl EnvelopeDecoder {
             }
         }
         Ok(DecodedEvent {
-            op,
-            before,
-            after,
+            row: RowChange {
+                table: self.table.clone(),
+                op,
+                before,
+                after,
+            },
             source_ts_ms,
         })
     }
@@ -773,9 +775,12 @@ impl EnvelopeDecoder {
             }
         }
         Ok(DecodedEvent {
-            op,
-            before,
-            after,
+            row: RowChange {
+                table: self.table.clone(),
+                op,
+                before,
+                after,
+            },
             source_ts_ms,
         })
     }
@@ -907,10 +912,12 @@ mod tests {
 
     fn event(op: Op, before: Option<Vec<Datum>>, after: Option<Vec<Datum>>) -> ChangeEvent {
         ChangeEvent {
-            table: table(),
-            op,
-            before,
-            after,
+            row: RowChange {
+                table: table(),
+                op,
+                before,
+                after,
+            },
             source: SourceInfo {
                 name: Arc::from("pg_main"),
                 db: Arc::from("shop"),
@@ -972,7 +979,7 @@ mod tests {
         let decoded = decoder.decode(datum).unwrap();
         assert_eq!(decoded.op, Op::Update);
         assert_eq!(decoded.source_ts_ms, 1_700_000_000_000);
-        let after = decoded.after.unwrap();
+        let after = decoded.row.after.unwrap();
         // NaN != NaN, so compare the rest and NaN by bits.
         assert_eq!(after[..8], row()[..8]);
         assert!(matches!(after[8], Datum::Double(f) if f.is_nan()));
@@ -1095,8 +1102,8 @@ mod tests {
             .unwrap();
         let decoder = EnvelopeDecoder::from_schema_json(&codec.value_schema_json).unwrap();
         let decoded = decoder.decode(unframe(&bytes).unwrap().1).unwrap();
-        assert_eq!(decoded.after.unwrap()[3], Datum::Unchanged);
-        assert_eq!(decoded.before, None);
+        assert_eq!(decoded.row.after.unwrap()[3], Datum::Unchanged);
+        assert_eq!(decoded.row.before, None);
     }
 
     #[test]
@@ -1113,7 +1120,7 @@ mod tests {
         let decoded = decoder.decode(unframe(&bytes).unwrap().1).unwrap();
         assert_eq!(decoded.op, Op::Delete);
         assert!(decoded.after.is_none());
-        assert_eq!(decoded.before.unwrap()[0], Datum::Long(7));
+        assert_eq!(decoded.row.before.unwrap()[0], Datum::Long(7));
     }
 
     #[test]

@@ -102,6 +102,11 @@ impl Position {
         Some(out)
     }
 
+    /// Parses a [`POSITION_HEADER`] value (UTF-8 hex); `None` when it is not one.
+    pub fn from_header(value: &[u8]) -> Option<Position> {
+        Position::from_hex(std::str::from_utf8(value).ok()?)
+    }
+
     /// Parses the hex form; `None` when it is not even-length hex.
     pub fn from_hex(hex: &str) -> Option<Position> {
         if !hex.len().is_multiple_of(2) {
@@ -210,19 +215,50 @@ pub struct TxInfo {
     pub data_collection_order: i64,
 }
 
-/// One row change, as capture produces it.
-#[derive(Debug, Clone)]
-pub struct ChangeEvent {
+/// One row change: the table, what happened, and the row images. Every stage carries it:
+/// capture's [`ChangeEvent`], the decoder's [`crate::avro::DecodedEvent`], the sink's
+/// `SinkChange`, each adding what that stage knows (through `Deref`, `event.op` reads the row's).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowChange {
     pub table: Arc<TableSchema>,
     pub op: Op,
     /// Row image before the change, column by column in `table.columns` order, when known.
+    /// Deletes need at least the key columns.
     pub before: Option<Vec<Datum>>,
     /// Row image after the change, in `table.columns` order; `None` for deletes and truncates.
+    /// Columns the source did not send are [`Datum::Unchanged`].
     pub after: Option<Vec<Datum>>,
+}
+
+/// Gives a stage's change type the fields of the [`RowChange`] it carries in `row`.
+#[macro_export]
+macro_rules! carries_row_change {
+    ($ty:ty) => {
+        impl std::ops::Deref for $ty {
+            type Target = $crate::event::RowChange;
+            fn deref(&self) -> &$crate::event::RowChange {
+                &self.row
+            }
+        }
+
+        impl std::ops::DerefMut for $ty {
+            fn deref_mut(&mut self) -> &mut $crate::event::RowChange {
+                &mut self.row
+            }
+        }
+    };
+}
+
+/// One row change, as capture produces it.
+#[derive(Debug, Clone)]
+pub struct ChangeEvent {
+    pub row: RowChange,
     pub source: SourceInfo,
     pub transaction: Option<TxInfo>,
     pub position: Position,
 }
+
+carries_row_change!(ChangeEvent);
 
 #[cfg(test)]
 mod tests {
@@ -252,6 +288,11 @@ mod tests {
         let mut buf = [0; 64];
         assert_eq!(p.write_hex(&mut buf), Some(p.to_hex().as_bytes()));
         assert_eq!(p.write_hex(&mut [0; 31]), None);
+        assert_eq!(
+            Position::from_header(p.to_hex().as_bytes()),
+            Some(p.clone())
+        );
+        assert_eq!(Position::from_header(&[0xff, 0xfe]), None);
         assert_eq!(Position::from_hex("abc"), None);
         assert_eq!(Position::from_hex("zz"), None);
     }

@@ -31,5 +31,5 @@ pub mod scheme;
 pub mod table;
 
 pub use avro::{AvroError, EnvelopeCodec, SchemaFingerprint};
-pub use event::{ChangeEvent, Datum, Op, Position, SourceInfo, TxInfo};
+pub use event::{ChangeEvent, Datum, Op, Position, RowChange, SourceInfo, TxInfo};
 pub use table::{Column, LegacyTopic, SqlType, TableId, TableSchema};

@@ -65,10 +65,12 @@ fn row() -> Vec<Datum> {
 
 fn event(table: Arc<TableSchema>, connector: Connector) -> ChangeEvent {
     ChangeEvent {
-        table,
-        op: Op::Update,
-        before: Some(row()),
-        after: Some(row()),
+        row: sluice_schemas::RowChange {
+            table,
+            op: Op::Update,
+            before: Some(row()),
+            after: Some(row()),
+        },
         source: SourceInfo {
             name: Arc::from("dbserver1"),
             db: Arc::from("shop"),

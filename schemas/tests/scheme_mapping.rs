@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
-use sluice_schemas::scheme::{identity, Mapped, Mapping, Scheme, SchemeErrors};
+use sluice_schemas::scheme::{identity, Mapping, Scheme, SchemeErrors};
 use sluice_schemas::{Column, Datum, Op, SqlType, TableId};
 
 mod common;
@@ -38,7 +38,7 @@ fn compile(fields: Json, extra: Json) -> Result<Mapping, SchemeErrors> {
     scheme(fields, extra).compile(&orders(), Some(b"0123456789abcdef0123456789abcdef"))
 }
 
-fn insert(m: &Mapping, r: Vec<Datum>) -> Vec<Mapped> {
+fn insert(m: &Mapping, r: Vec<Datum>) -> Vec<sluice_schemas::RowChange> {
     m.apply(Op::Create, None, Some(&r), 0).unwrap()
 }
 
@@ -177,7 +177,8 @@ fn expressions_compute_fields_and_filters_keep_rows_in_or_out() {
         .unwrap();
     assert_eq!(
         moved,
-        [Mapped {
+        [sluice_schemas::RowChange {
+            table: m.target.clone(),
             op: Op::Delete,
             before: Some(vec![Datum::Long(2), Datum::Null, Datum::Null, Datum::Null]),
             after: None

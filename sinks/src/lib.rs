@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use sluice_schemas::{Datum, Op, Position, TableSchema};
+use sluice_schemas::{Position, RowChange, TableSchema};
 
 /// One reason a sink table cannot take a mapping scheme's rows, with the fix
 /// (`sluice schemes check`).
@@ -51,7 +51,9 @@ pub enum DroppedColumns {
     Drop,
 }
 
-/// Where a change was read from.
+/// A place in a topic: where a change was read from, the last offset a batch consumed from a
+/// topic-partition (whether or not it produced a change: tombstones, dead-lettered messages),
+/// or where a partition held at a barrier is read again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     pub topic: Arc<str>,
@@ -62,13 +64,9 @@ pub struct Origin {
 /// One change to apply, decoded from a Kafka message.
 #[derive(Debug, Clone)]
 pub struct SinkChange {
-    /// The source table's schema (the writer schema's columns).
-    pub table: Arc<TableSchema>,
-    pub op: Op,
-    /// In `table.columns` order. Deletes need at least the key columns.
-    pub before: Option<Vec<Datum>>,
-    /// In `table.columns` order; [`Datum::Unchanged`] columns must be left as they are.
-    pub after: Option<Vec<Datum>>,
+    /// The change, of the source table's schema (the writer schema's columns);
+    /// [`Datum::Unchanged`] columns must be left as they are.
+    pub row: RowChange,
     pub position: Position,
     pub origin: Origin,
     /// For a table-wide change (a truncate) published to every partition of its topic: how
@@ -77,20 +75,13 @@ pub struct SinkChange {
     pub barrier: Option<i32>,
 }
 
-/// The last Kafka offset consumed from a topic-partition in a batch, whether or not it
-/// produced a change (tombstones, dead-lettered messages).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Consumed {
-    pub topic: Arc<str>,
-    pub partition: i32,
-    pub offset: i64,
-}
+sluice_schemas::carries_row_change!(SinkChange);
 
 /// A batch: changes in consumption order, and the consumed offsets to record with them.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
     pub changes: Vec<SinkChange>,
-    pub consumed: Vec<Consumed>,
+    pub consumed: Vec<Origin>,
 }
 
 /// What an apply did.
@@ -103,7 +94,7 @@ pub struct ApplyOutcome {
     /// Partitions waiting at a barrier (a truncate not every partition has reached): nothing
     /// of theirs after the barrier was applied or recorded. The router reads each again from
     /// `offset` a little later, until the barrier is complete.
-    pub held: Vec<Consumed>,
+    pub held: Vec<Origin>,
 }
 
 /// What came of applying a refused batch in pieces ([`Sink::apply_in_pieces`]).

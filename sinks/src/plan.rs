@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sluice_schemas::{pgtext, Datum, Op, Position, TableId, TableSchema};
 
-use crate::{Barrier, Batch, Consumed, SinkChange, StoredProgress};
+use crate::{Barrier, Batch, Origin, SinkChange, StoredProgress};
 
 /// The maps of the per-change path: keys are Sluice's own, so a fast hasher is safe.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -307,7 +307,7 @@ pub(crate) struct Sorted<'a> {
     /// Barriers this batch reached: to store (`false`) or, complete, to delete (`true`).
     pub barriers: Vec<(Barrier, bool)>,
     /// Partitions held at a barrier, with the offset to read them again from.
-    pub held: Vec<Consumed>,
+    pub held: Vec<Origin>,
 }
 
 /// The barriers partitions wait at, from what the sink stored: `waiting` are
@@ -547,7 +547,7 @@ pub(crate) fn sort(
     // offset.
     held.sort();
     held.dedup();
-    let held_from: Vec<Consumed> = held
+    let held_from: Vec<Origin> = held
         .into_iter()
         .filter_map(|(topic, number)| {
             let (_, p) = parts
@@ -559,7 +559,7 @@ pub(crate) fn sort(
                 || batch.consumed.iter().any(|c| {
                     c.partition == number && *c.topic == *topic && c.offset > p.last_offset
                 });
-            behind.then(|| Consumed {
+            behind.then(|| Origin {
                 offset: p.last_offset + 1,
                 topic,
                 partition: number,
@@ -599,7 +599,7 @@ pub(crate) fn sort(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Consumed, Origin};
+    use crate::Origin;
     use sluice_schemas::{Column, SqlType};
 
     fn table(keys: &[&str], others: &[&str]) -> Arc<TableSchema> {
@@ -629,10 +629,12 @@ mod tests {
             _ => (None, Some(row)),
         };
         SinkChange {
-            table: table.clone(),
-            op,
-            before,
-            after,
+            row: sluice_schemas::RowChange {
+                table: table.clone(),
+                op,
+                before,
+                after,
+            },
             position: Position(offset.to_be_bytes().to_vec()),
             origin: Origin {
                 topic: Arc::from("t"),
@@ -690,7 +692,7 @@ mod tests {
         let last = changes.iter().map(|c| c.origin.offset).max().unwrap_or(-1);
         let batch = Batch {
             changes,
-            consumed: vec![Consumed {
+            consumed: vec![Origin {
                 topic: Arc::from("t"),
                 partition: 0,
                 offset: last,
@@ -934,7 +936,7 @@ mod tests {
         );
         assert_eq!(
             s.held,
-            [Consumed {
+            [Origin {
                 topic: Arc::from("t"),
                 partition: 0,
                 offset: 2

@@ -12,7 +12,6 @@ use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sluice_router::schemas::SchemaStore;
 use sluice_schemas::avro::DecodedEvent;
-use sluice_schemas::event::POSITION_HEADER;
 use sluice_schemas::{Position, TableSchema};
 
 /// One decoded event with its position header and the table version it was written with.
@@ -75,15 +74,8 @@ impl TopicReader {
             }
         };
         let payload = msg.payload()?;
-        let position = msg
-            .headers()
-            .and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == POSITION_HEADER)
-                    .and_then(|h| h.value)
-            })
-            .and_then(|v| Position::from_hex(std::str::from_utf8(v).ok()?))
-            .expect("every event carries its position");
+        let position =
+            sluice_connect::headers::position(&msg).expect("every event carries its position");
         let (decoder, datum) = self
             .runtime
             .block_on(self.schemas.resolve(payload))

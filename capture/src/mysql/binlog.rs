@@ -417,10 +417,12 @@ impl Stream<'_> {
                         };
                         if let Some(codec) = codec {
                             let event = ChangeEvent {
-                                table: codec.table.clone(),
-                                op: Op::Truncate,
-                                before: None,
-                                after: None,
+                                row: sluice_schemas::RowChange {
+                                    table: codec.table.clone(),
+                                    op: Op::Truncate,
+                                    before: None,
+                                    after: None,
+                                },
                                 source: self.source_info(
                                     &Arc::from(table.namespace.as_str()),
                                     &file,
@@ -638,10 +640,12 @@ impl Stream<'_> {
             tx.index += 1;
             per_table += 1;
             let event = ChangeEvent {
-                table: schema.clone(),
-                op,
-                before,
-                after: if op == Op::Delete { None } else { after },
+                row: sluice_schemas::RowChange {
+                    table: schema.clone(),
+                    op,
+                    before,
+                    after: if op == Op::Delete { None } else { after },
+                },
                 source: self.source_info(&mapped.db, file, log_pos, row_index as i32, at, tx),
                 transaction: tx.id.clone().map(|id| TxInfo {
                     id,

@@ -139,10 +139,12 @@ impl Snapshot<'_> {
             ) {
                 // Rows of an unfinished earlier attempt may be in the topic: clear them first.
                 let event = ChangeEvent {
-                    table: schema.clone(),
-                    op: Op::Truncate,
-                    before: None,
-                    after: None,
+                    row: sluice_schemas::RowChange {
+                        table: schema.clone(),
+                        op: Op::Truncate,
+                        before: None,
+                        after: None,
+                    },
                     source: self.source_info(table, &file, pos),
                     transaction: None,
                     position: Position::mysql(seq, pos, 0),
@@ -193,13 +195,14 @@ impl Snapshot<'_> {
                 }
                 n += 1;
                 let event = ChangeEvent {
-                    table: schema.clone(),
-                    op: Op::Read,
-                    before: None,
-                    after: Some(after),
+                    row: sluice_schemas::RowChange {
+                        table: schema.clone(),
+                        op: Op::Read,
+                        before: None,
+                        after: Some(after),
+                    },
                     source: row_source.clone(),
-                    transaction: None,
-                    // Below every streamed change (those end past `pos`), in read order.
+                    transaction: None, // Below every streamed change (those end past `pos`), in read order.
                     position: Position::mysql(seq, pos, n),
                 };
                 publisher.publish(&codec, &event).await?;

@@ -99,15 +99,7 @@ async fn read_table_inner(
         let mut n: u64 = 0;
         let mut source = source.clone();
         source.snapshot = true;
-        let event = |op: Op, after: Option<Vec<Datum>>, n: u64| ChangeEvent {
-            table: schema.clone(),
-            op,
-            before: None,
-            after,
-            source: source.clone(),
-            transaction: None,
-            position: Position::postgres(snapshot_lsn.saturating_sub(1), n),
-        };
+        let event = |op: Op, after: Option<Vec<Datum>>, n: u64| ChangeEvent { row: sluice_schemas::RowChange { table: schema.clone(), op, before: None, after }, source: source.clone(), transaction: None, position: Position::postgres(snapshot_lsn.saturating_sub(1), n) };
         if job.truncate_first {
             send(SnapshotMessage::Event(event(Op::Truncate, None, n))).await?;
             n += 1;

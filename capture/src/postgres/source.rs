@@ -948,10 +948,12 @@ impl Stream<'_> {
         let per_table = tx.per_table.entry(relation).or_insert(0);
         *per_table += 1;
         let event = ChangeEvent {
-            table: codec.table.clone(),
-            op,
-            before,
-            after,
+            row: sluice_schemas::RowChange {
+                table: codec.table.clone(),
+                op,
+                before,
+                after,
+            },
             source: SourceInfo {
                 name: self.source_name.clone(),
                 db: self.dbname.clone(),

@@ -6,7 +6,7 @@ use super::expr::{from_cel, Reads, RowContext};
 use super::mask::{Mask, HMAC_KEY_ENV};
 use super::{did_you_mean, Errors, Expr, Scheme, SchemeError, SchemeErrors};
 use crate::avro::field_names;
-use crate::event::{Datum, Op};
+use crate::event::{Datum, Op, RowChange};
 use crate::pgtext;
 use crate::resolve::{default_datum, resolve, AvroType, Conversion};
 use crate::table::{Column, SqlType, TableSchema};
@@ -47,16 +47,6 @@ pub struct Mapping {
     fields: Vec<FieldPlan>,
     filter: Option<Arc<Expr>>,
     hmac_key: Option<ring::hmac::Key>,
-}
-
-/// One change for the target table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Mapped {
-    pub op: Op,
-    /// For deletes: the target key values in key columns (others null).
-    pub before: Option<Vec<Datum>>,
-    /// For inserts and updates: the target row.
-    pub after: Option<Vec<Datum>>,
 }
 
 fn column_list(table: &TableSchema) -> String {
@@ -385,16 +375,19 @@ impl Mapping {
     /// Applies the mapping to one change of the source table (written with this mapping's
     /// writer schema). Returns the target changes: none when the filter keeps the row out, a
     /// delete when an update moves it out. The error says which field failed and why; the
-    /// router dead-letters that change.
+    /// router dead-letters that change. A target change is a [`RowChange`] of
+    /// [`Mapping::target`]: a delete's before-image holds the target key values in key columns
+    /// (others null), an insert's or update's after-image the target row.
     pub fn apply(
         &self,
         op: Op,
         before: Option<&[Datum]>,
         after: Option<&[Datum]>,
         ts_ms: i64,
-    ) -> Result<Vec<Mapped>, String> {
+    ) -> Result<Vec<RowChange>, String> {
         match op {
-            Op::Truncate => Ok(vec![Mapped {
+            Op::Truncate => Ok(vec![RowChange {
+                table: self.target.clone(),
                 op,
                 before: None,
                 after: None,
@@ -404,7 +397,8 @@ impl Mapping {
                     return Err("a delete without its before-image".into());
                 };
                 let key = self.key_row(op, before, None, ts_ms)?;
-                Ok(vec![Mapped {
+                Ok(vec![RowChange {
+                    table: self.target.clone(),
                     op,
                     before: Some(key),
                     after: None,
@@ -441,7 +435,8 @@ impl Mapping {
                         cel::Value::Bool(false) if op == Op::Update => {
                             // The row no longer belongs in the target.
                             let key = self.key_row(Op::Delete, after, before, ts_ms)?;
-                            return Ok(vec![Mapped {
+                            return Ok(vec![RowChange {
+                                table: self.target.clone(),
                                 op: Op::Delete,
                                 before: Some(key),
                                 after: None,
@@ -457,7 +452,8 @@ impl Mapping {
                     }
                 }
                 let row = self.row(op, after, before, ts_ms, false)?;
-                Ok(vec![Mapped {
+                Ok(vec![RowChange {
+                    table: self.target.clone(),
                     op,
                     before: None,
                     after: Some(row),

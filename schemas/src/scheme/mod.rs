@@ -33,7 +33,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value as Json};
 
-pub use compile::{Mapped, Mapping};
+pub use compile::Mapping;
 pub use expr::Expr;
 pub use mask::{Mask, HMAC_KEY_ENV};
 
