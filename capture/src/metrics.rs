@@ -31,11 +31,16 @@ pub const STOPPED_TABLE_CHANGES_TOTAL: &str = "sluice_capture_stopped_table_chan
 /// server or timeline than the one last read). See `capture/src/epoch.rs`.
 pub const EPOCHS_TOTAL: &str = "sluice_capture_epochs_total";
 /// Memory held by changes of open transactions waiting for their commit (MySQL/MariaDB XA
-/// transactions), label `source`; bounded by the source's `spill.memory_mb`.
+/// transactions, PostgreSQL transactions streamed while in progress), label `source`; bounded
+/// by the source's `spill.memory_mb`.
 pub const HELD_BYTES: &str = "sluice_capture_held_bytes";
 /// Bytes of held changes written to spill files because the memory budget was used up,
 /// label `source`.
 pub const SPILLED_BYTES_TOTAL: &str = "sluice_capture_spilled_bytes_total";
+/// PostgreSQL transactions the server streamed while they were in progress, labels `source`
+/// and `outcome` (`committed`: published at their commit; `aborted`: dropped, nothing of them
+/// published).
+pub const STREAMED_TRANSACTIONS_TOTAL: &str = "sluice_capture_streamed_transactions_total";
 /// Table schema versions registered (schema topic or registry), label `source`.
 pub const SCHEMAS_PUBLISHED_TOTAL: &str = "sluice_capture_schemas_published_total";
 /// New table schema versions refused by the compatibility policy, labels `source`, `table`.
@@ -95,6 +100,11 @@ pub fn describe() {
         HELD_BYTES,
         Unit::Bytes,
         "Memory held by changes of open transactions waiting for their commit"
+    );
+    describe_counter!(
+        STREAMED_TRANSACTIONS_TOTAL,
+        Unit::Count,
+        "PostgreSQL transactions streamed while in progress, by outcome"
     );
     describe_counter!(
         SPILLED_BYTES_TOTAL,

@@ -1,9 +1,10 @@
 //! Changes held back until their transaction commits — a MySQL/MariaDB XA transaction between
-//! `XA START` and `XA COMMIT` — in memory up to a budget shared by all of a source's open
-//! transactions, and past it in a file, so a huge or long-open transaction cannot exhaust
-//! capture's memory.
+//! `XA START` and `XA COMMIT`, a PostgreSQL transaction the server streams while it is still in
+//! progress — in memory up to a budget shared by all of a source's open transactions, and past
+//! it in a file, so a huge or long-open transaction cannot exhaust capture's memory.
 //!
-//! A [`Held`] keeps its changes in order: the first ones in memory while the budget allows,
+//! What is held is a [`Spill`]: MySQL holds encoded changes (`(codec, ChangeEvent)`),
+//! PostgreSQL the stream's raw messages ([`RawMessage`]). A [`Held`] keeps its items in order: the first ones in memory while the budget allows,
 //! every one after the first that does not fit in an unnamed temporary file (gone when it is
 //! dropped, or when the process dies). Reading it back ([`Held::drain`]) yields them in the
 //! order they were pushed. Nothing here is durable: a restart reads the transaction again from
@@ -106,21 +107,30 @@ impl Budget {
     }
 }
 
+/// What a [`Held`] can hold: its size in memory, and how it is written to and read from a
+/// spill file (with side tables of what the file's records refer to, kept in memory).
+pub trait Spill: Sized {
+    /// What records refer to instead of carrying it (shared codecs and tables).
+    type Side: Default;
+    /// About what the item takes in memory.
+    fn estimate(&self) -> u64;
+    fn encode(self, side: &mut Self::Side) -> std::io::Result<Vec<u8>>;
+    fn decode(bytes: &[u8], side: &Self::Side) -> std::io::Result<Self>;
+}
+
 /// The changes of one open transaction, in order.
-pub struct Held {
+pub struct Held<T: Spill = (Arc<EnvelopeCodec>, ChangeEvent)> {
     budget: Budget,
-    memory: Vec<(Arc<EnvelopeCodec>, ChangeEvent)>,
+    memory: Vec<T>,
     /// What `memory` holds of the budget.
     memory_bytes: u64,
     /// Everything pushed after the first change that did not fit in memory.
-    file: Option<SpillFile>,
+    file: Option<SpillFile<T>>,
 }
 
-struct SpillFile {
+struct SpillFile<T: Spill> {
     writer: BufWriter<File>,
-    /// The codecs of the spilled changes; a record names one by index.
-    codecs: Vec<Arc<EnvelopeCodec>>,
-    tables: Vec<Arc<TableSchema>>,
+    side: T::Side,
     records: usize,
 }
 
@@ -137,8 +147,8 @@ struct Record {
     position: Position,
 }
 
-impl Held {
-    pub fn new(budget: &Budget) -> Held {
+impl<T: Spill> Held<T> {
+    pub fn new(budget: &Budget) -> Held<T> {
         Held {
             budget: budget.clone(),
             memory: Vec::new(),
@@ -162,16 +172,12 @@ impl Held {
     }
 
     /// Adds a change after the ones held.
-    pub fn push(
-        &mut self,
-        codec: Arc<EnvelopeCodec>,
-        event: ChangeEvent,
-    ) -> Result<(), CaptureError> {
+    pub fn push(&mut self, item: T) -> Result<(), CaptureError> {
         if self.file.is_none() {
-            let bytes = estimate(&event);
+            let bytes = item.estimate();
             if self.budget.take(bytes) {
                 self.memory_bytes += bytes;
-                self.memory.push((codec, event));
+                self.memory.push(item);
                 return Ok(());
             }
             let dir = &self.budget.0.dir;
@@ -184,14 +190,13 @@ impl Held {
             );
             self.file = Some(SpillFile {
                 writer: BufWriter::with_capacity(256 * 1024, file),
-                codecs: Vec::new(),
-                tables: Vec::new(),
+                side: T::Side::default(),
                 records: 0,
             });
         }
         let file = self.file.as_mut().expect("set above");
         let written = file
-            .write(codec, event)
+            .write(item)
             .map_err(|e| spill_error(&self.budget.0.dir, &e))?;
         metrics::counter!(m::SPILLED_BYTES_TOTAL, "source" => self.budget.0.source.clone())
             .increment(written);
@@ -200,7 +205,7 @@ impl Held {
 
     /// The changes in the order they were pushed; the memory they held is released when the
     /// iterator is dropped.
-    pub fn drain(mut self) -> Result<Drain, CaptureError> {
+    pub fn drain(mut self) -> Result<Drain<T>, CaptureError> {
         let dir = self.budget.0.dir.clone();
         let file = match self.file.take() {
             None => None,
@@ -216,7 +221,7 @@ impl Held {
     }
 }
 
-impl Drop for Held {
+impl<T: Spill> Drop for Held<T> {
     fn drop(&mut self) {
         self.budget.release(self.memory_bytes);
     }
@@ -230,29 +235,17 @@ fn spill_error(dir: &Path, e: &std::io::Error) -> CaptureError {
     ))
 }
 
-impl SpillFile {
-    /// Appends one change; returns the bytes written.
-    fn write(&mut self, codec: Arc<EnvelopeCodec>, event: ChangeEvent) -> std::io::Result<u64> {
-        let codec = index_of(&mut self.codecs, codec);
-        let table = index_of(&mut self.tables, event.row.table);
-        let record = Record {
-            codec,
-            table,
-            op: event.row.op,
-            before: event.row.before,
-            after: event.row.after,
-            source: event.source,
-            transaction: event.transaction,
-            position: event.position,
-        };
-        let bytes = postcard::to_stdvec(&record).map_err(std::io::Error::other)?;
+impl<T: Spill> SpillFile<T> {
+    /// Appends one item; returns the bytes written.
+    fn write(&mut self, item: T) -> std::io::Result<u64> {
+        let bytes = item.encode(&mut self.side)?;
         self.writer.write_all(&(bytes.len() as u32).to_le_bytes())?;
         self.writer.write_all(&bytes)?;
         self.records += 1;
         Ok(4 + bytes.len() as u64)
     }
 
-    fn reader(self) -> std::io::Result<SpillReader> {
+    fn reader(self) -> std::io::Result<SpillReader<T>> {
         let mut file = self
             .writer
             .into_inner()
@@ -260,43 +253,42 @@ impl SpillFile {
         file.seek(SeekFrom::Start(0))?;
         Ok(SpillReader {
             reader: BufReader::with_capacity(256 * 1024, file),
-            codecs: self.codecs,
-            tables: self.tables,
+            side: self.side,
             left: self.records,
             buf: Vec::new(),
         })
     }
 }
 
-/// The index of `item` in `items` (by identity), adding it when new.
-fn index_of<T>(items: &mut Vec<Arc<T>>, item: Arc<T>) -> u32 {
-    match items.iter().rposition(|i| Arc::ptr_eq(i, &item)) {
-        Some(i) => i as u32,
-        None => {
-            items.push(item);
-            (items.len() - 1) as u32
-        }
+/// A MySQL change: its codec and the event, spilled without the codec and table (kept beside
+/// the file, named by index).
+impl Spill for (Arc<EnvelopeCodec>, ChangeEvent) {
+    type Side = (Vec<Arc<EnvelopeCodec>>, Vec<Arc<TableSchema>>);
+
+    fn estimate(&self) -> u64 {
+        estimate(&self.1)
     }
-}
 
-struct SpillReader {
-    reader: BufReader<File>,
-    codecs: Vec<Arc<EnvelopeCodec>>,
-    tables: Vec<Arc<TableSchema>>,
-    left: usize,
-    buf: Vec<u8>,
-}
+    fn encode(self, (codecs, tables): &mut Self::Side) -> std::io::Result<Vec<u8>> {
+        let (codec, event) = self;
+        let record = Record {
+            codec: index_of(codecs, codec),
+            table: index_of(tables, event.row.table),
+            op: event.row.op,
+            before: event.row.before,
+            after: event.row.after,
+            source: event.source,
+            transaction: event.transaction,
+            position: event.position,
+        };
+        postcard::to_stdvec(&record).map_err(std::io::Error::other)
+    }
 
-impl SpillReader {
-    fn next_change(&mut self) -> std::io::Result<(Arc<EnvelopeCodec>, ChangeEvent)> {
-        let mut len = [0; 4];
-        self.reader.read_exact(&mut len)?;
-        self.buf.resize(u32::from_le_bytes(len) as usize, 0);
-        self.reader.read_exact(&mut self.buf)?;
-        let record: Record = postcard::from_bytes(&self.buf).map_err(std::io::Error::other)?;
+    fn decode(bytes: &[u8], (codecs, tables): &Self::Side) -> std::io::Result<Self> {
+        let record: Record = postcard::from_bytes(bytes).map_err(std::io::Error::other)?;
         let missing = || std::io::Error::other("spill record names no known codec");
-        let codec = self.codecs.get(record.codec as usize).ok_or_else(missing)?;
-        let table = self.tables.get(record.table as usize).ok_or_else(missing)?;
+        let codec = codecs.get(record.codec as usize).ok_or_else(missing)?;
+        let table = tables.get(record.table as usize).ok_or_else(missing)?;
         Ok((
             codec.clone(),
             ChangeEvent {
@@ -314,17 +306,94 @@ impl SpillReader {
     }
 }
 
+/// One pgoutput message of a transaction the server streams while it is in progress, as
+/// received: the (sub)transaction it belongs to, where in the WAL it was sent from, and its
+/// bytes (decoded again when the transaction commits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawMessage {
+    pub subxid: u32,
+    pub lsn: u64,
+    pub data: bytes::Bytes,
+}
+
+impl Spill for RawMessage {
+    type Side = ();
+
+    fn estimate(&self) -> u64 {
+        (size_of::<RawMessage>() + self.data.len()) as u64
+    }
+
+    fn encode(self, (): &mut ()) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(12 + self.data.len());
+        out.extend_from_slice(&self.subxid.to_le_bytes());
+        out.extend_from_slice(&self.lsn.to_le_bytes());
+        out.extend_from_slice(&self.data);
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8], (): &()) -> std::io::Result<Self> {
+        let short = || std::io::Error::other("spilled message shorter than its header");
+        let subxid = u32::from_le_bytes(
+            bytes
+                .get(..4)
+                .ok_or_else(short)?
+                .try_into()
+                .map_err(|_| short())?,
+        );
+        let lsn = u64::from_le_bytes(
+            bytes
+                .get(4..12)
+                .ok_or_else(short)?
+                .try_into()
+                .map_err(|_| short())?,
+        );
+        Ok(RawMessage {
+            subxid,
+            lsn,
+            data: bytes::Bytes::copy_from_slice(&bytes[12..]),
+        })
+    }
+}
+
+/// The index of `item` in `items` (by identity), adding it when new.
+fn index_of<T>(items: &mut Vec<Arc<T>>, item: Arc<T>) -> u32 {
+    match items.iter().rposition(|i| Arc::ptr_eq(i, &item)) {
+        Some(i) => i as u32,
+        None => {
+            items.push(item);
+            (items.len() - 1) as u32
+        }
+    }
+}
+
+struct SpillReader<T: Spill> {
+    reader: BufReader<File>,
+    side: T::Side,
+    left: usize,
+    buf: Vec<u8>,
+}
+
+impl<T: Spill> SpillReader<T> {
+    fn next_item(&mut self) -> std::io::Result<T> {
+        let mut len = [0; 4];
+        self.reader.read_exact(&mut len)?;
+        self.buf.resize(u32::from_le_bytes(len) as usize, 0);
+        self.reader.read_exact(&mut self.buf)?;
+        T::decode(&self.buf, &self.side)
+    }
+}
+
 /// What [`Held::drain`] yields: the changes in memory, then those in the file.
-pub struct Drain {
+pub struct Drain<T: Spill> {
     budget: Budget,
     memory_bytes: u64,
-    memory: std::vec::IntoIter<(Arc<EnvelopeCodec>, ChangeEvent)>,
-    file: Option<SpillReader>,
+    memory: std::vec::IntoIter<T>,
+    file: Option<SpillReader<T>>,
     dir: PathBuf,
 }
 
-impl Iterator for Drain {
-    type Item = Result<(Arc<EnvelopeCodec>, ChangeEvent), CaptureError>;
+impl<T: Spill> Iterator for Drain<T> {
+    type Item = Result<T, CaptureError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if let Some(change) = self.memory.next() {
@@ -335,11 +404,11 @@ impl Iterator for Drain {
             return None;
         }
         file.left -= 1;
-        Some(file.next_change().map_err(|e| spill_error(&self.dir, &e)))
+        Some(file.next_item().map_err(|e| spill_error(&self.dir, &e)))
     }
 }
 
-impl Drop for Drain {
+impl<T: Spill> Drop for Drain<T> {
     fn drop(&mut self) {
         self.budget.release(self.memory_bytes);
     }
@@ -452,7 +521,7 @@ mod tests {
         let (orders, lines) = (codec("orders"), codec("lines"));
         let probe = estimate(&event(&orders, 1));
         let budget = Budget::of_bytes("src", probe * 3, dir.path().to_path_buf());
-        let mut held = Held::new(&budget);
+        let mut held: Held = Held::new(&budget);
         let expected: Vec<_> = (1..=50)
             .map(|n| {
                 let codec = if n % 2 == 0 { &orders } else { &lines };
@@ -460,7 +529,7 @@ mod tests {
             })
             .collect();
         for (codec, event) in &expected {
-            held.push(codec.clone(), event.clone()).unwrap();
+            held.push((codec.clone(), event.clone())).unwrap();
         }
         assert!(held.spilled());
         assert_eq!(held.len(), 50);
@@ -480,10 +549,10 @@ mod tests {
     fn the_budget_is_shared_and_given_back_when_a_transaction_is_dropped() {
         let budget = Budget::new("src", &SpillConfig::default());
         let orders = codec("orders");
-        let mut a = Held::new(&budget);
-        let mut b = Held::new(&budget);
-        a.push(orders.clone(), event(&orders, 1)).unwrap();
-        b.push(orders.clone(), event(&orders, 2)).unwrap();
+        let mut a: Held = Held::new(&budget);
+        let mut b: Held = Held::new(&budget);
+        a.push((orders.clone(), event(&orders, 1))).unwrap();
+        b.push((orders.clone(), event(&orders, 2))).unwrap();
         let one = estimate(&event(&orders, 1));
         assert!(!a.spilled() && !b.spilled());
         assert!(budget.0.used.load(Ordering::Relaxed) >= 2 * one - 8);

@@ -359,7 +359,7 @@ impl Stream<'_> {
                     match &mut self.xa {
                         Some(xa) => {
                             for (codec, event) in events {
-                                xa.events.push(codec, event)?;
+                                xa.events.push((codec, event))?;
                             }
                         }
                         None => {

@@ -1,7 +1,11 @@
-//! Parser for the `pgoutput` logical decoding format, protocol version 1.
+//! Parser for the `pgoutput` logical decoding format, protocol versions 1 and 2.
 //!
 //! Layout per the PostgreSQL documentation, "Logical Replication Message Formats": one message
-//! per XLogData, integers big-endian, strings NUL-terminated.
+//! per XLogData, integers big-endian, strings NUL-terminated. Version 2 adds the messages of a
+//! transaction streamed while it is in progress (Stream Start, Stop, Commit, Abort); between a
+//! Stream Start and its Stop, Relation, Type, Insert, Update, Delete, Truncate and Message carry
+//! the xid of the (sub)transaction they belong to right after their tag ([`decode`] with
+//! `in_stream`, [`stream_xid`]).
 
 use bytes::{Buf, Bytes};
 
@@ -85,11 +89,52 @@ pub enum PgOutput {
         prefix: String,
         content: Bytes,
     },
+    /// The start of a block of a streamed (in-progress) transaction's changes; `first` on its
+    /// first block.
+    StreamStart {
+        xid: u32,
+        first: bool,
+    },
+    /// The end of that block.
+    StreamStop,
+    /// A streamed transaction committed: its changes are final, in commit order with the
+    /// others.
+    StreamCommit {
+        xid: u32,
+        commit_lsn: u64,
+        end_lsn: u64,
+        commit_time: i64,
+    },
+    /// A streamed transaction (`subxid == xid`) or one of its subtransactions rolled back:
+    /// nothing of it may be published.
+    StreamAbort {
+        xid: u32,
+        subxid: u32,
+    },
 }
 
-/// Decodes one pgoutput message.
-pub fn decode(mut buf: Bytes) -> Result<PgOutput, DecodeError> {
+/// The tags whose messages carry a (sub)transaction xid inside a stream block.
+fn carries_xid(tag: u8) -> bool {
+    matches!(tag, b'R' | b'Y' | b'I' | b'U' | b'D' | b'T' | b'M')
+}
+
+/// The (sub)transaction xid of a message inside a stream block; `None` for a message that
+/// carries none (an Origin).
+pub fn stream_xid(data: &[u8]) -> Option<u32> {
+    let (&tag, rest) = data.split_first()?;
+    carries_xid(tag).then(|| {
+        rest.get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    })?
+}
+
+/// Decodes one pgoutput message; `in_stream` between a Stream Start and its Stop, where most
+/// messages carry an xid (skipped here: see [`stream_xid`]).
+pub fn decode(mut buf: Bytes, in_stream: bool) -> Result<PgOutput, DecodeError> {
     let tag = take_u8(&mut buf)?;
+    if in_stream && carries_xid(tag) {
+        let _xid = take_u32(&mut buf)?;
+    }
     Ok(match tag {
         b'B' => PgOutput::Begin {
             final_lsn: take_u64(&mut buf)?,
@@ -208,6 +253,26 @@ pub fn decode(mut buf: Bytes) -> Result<PgOutput, DecodeError> {
                 content: buf.split_to(len),
             }
         }
+        b'S' => PgOutput::StreamStart {
+            xid: take_u32(&mut buf)?,
+            first: take_u8(&mut buf)? == 1,
+        },
+        b'E' => PgOutput::StreamStop,
+        b'c' => {
+            let xid = take_u32(&mut buf)?;
+            let _flags = take_u8(&mut buf)?;
+            PgOutput::StreamCommit {
+                xid,
+                commit_lsn: take_u64(&mut buf)?,
+                end_lsn: take_u64(&mut buf)?,
+                commit_time: take_u64(&mut buf)? as i64,
+            }
+        }
+        // (Protocol 4 with parallel streaming adds the abort's LSN and time; not asked for.)
+        b'A' => PgOutput::StreamAbort {
+            xid: take_u32(&mut buf)?,
+            subxid: take_u32(&mut buf)?,
+        },
         other => {
             return Err(DecodeError(format!(
                 "unknown message type {:?}",
@@ -330,7 +395,7 @@ mod tests {
         b.put_slice(b"body\0");
         b.put_u32(25);
         b.put_i32(-1);
-        let rel = decode(b.freeze()).unwrap();
+        let rel = decode(b.freeze(), false).unwrap();
         assert!(matches!(&rel, PgOutput::Relation { name, columns, .. }
             if name == "orders" && columns.len() == 2 && columns[0].key && !columns[1].key));
 
@@ -341,7 +406,7 @@ mod tests {
         tuple(&mut b, &[Some("1"), None]);
         b.put_u8(b'N');
         tuple(&mut b, &[Some("2"), Some("\u{0}unchanged")]);
-        let upd = decode(b.freeze()).unwrap();
+        let upd = decode(b.freeze(), false).unwrap();
         assert_eq!(
             upd,
             PgOutput::Update {
@@ -359,6 +424,74 @@ mod tests {
     }
 
     #[test]
+    fn decodes_the_stream_messages_and_the_xid_inside_a_stream_block() {
+        let mut b = BytesMut::new();
+        b.put_u8(b'S');
+        b.put_u32(731);
+        b.put_u8(1);
+        assert_eq!(
+            decode(b.freeze(), false).unwrap(),
+            PgOutput::StreamStart {
+                xid: 731,
+                first: true
+            }
+        );
+        // An insert of subtransaction 733 inside the block: the xid comes first.
+        let mut b = BytesMut::new();
+        b.put_u8(b'I');
+        b.put_u32(733);
+        b.put_u32(16384);
+        b.put_u8(b'N');
+        tuple(&mut b, &[Some("7")]);
+        let data = b.freeze();
+        assert_eq!(stream_xid(&data), Some(733));
+        assert_eq!(
+            decode(data, true).unwrap(),
+            PgOutput::Insert {
+                relation: 16384,
+                new: vec![TupleValue::Text(Bytes::from_static(b"7"))],
+            }
+        );
+        // An origin carries none.
+        let mut b = BytesMut::new();
+        b.put_u8(b'O');
+        b.put_u64(0);
+        b.put_slice(b"peer\0");
+        assert_eq!(stream_xid(&b.freeze()), None);
+        assert_eq!(
+            decode(Bytes::from_static(b"E"), false).unwrap(),
+            PgOutput::StreamStop
+        );
+        let mut b = BytesMut::new();
+        b.put_u8(b'c');
+        b.put_u32(731);
+        b.put_u8(0);
+        b.put_u64(0x1_0000_0010);
+        b.put_u64(0x1_0000_0040);
+        b.put_u64(42);
+        assert_eq!(
+            decode(b.freeze(), false).unwrap(),
+            PgOutput::StreamCommit {
+                xid: 731,
+                commit_lsn: 0x1_0000_0010,
+                end_lsn: 0x1_0000_0040,
+                commit_time: 42
+            }
+        );
+        let mut b = BytesMut::new();
+        b.put_u8(b'A');
+        b.put_u32(731);
+        b.put_u32(733);
+        assert_eq!(
+            decode(b.freeze(), false).unwrap(),
+            PgOutput::StreamAbort {
+                xid: 731,
+                subxid: 733
+            }
+        );
+    }
+
+    #[test]
     fn truncated_input_is_an_error_not_a_panic() {
         let mut b = BytesMut::new();
         b.put_u8(b'I');
@@ -368,8 +501,8 @@ mod tests {
         b.put_u8(b't');
         b.put_u32(100);
         b.put_slice(b"short");
-        assert!(decode(b.freeze()).is_err());
-        assert!(decode(Bytes::from_static(b"B\0\0")).is_err());
-        assert!(decode(Bytes::from_static(b"?")).is_err());
+        assert!(decode(b.freeze(), false).is_err());
+        assert!(decode(Bytes::from_static(b"B\0\0"), false).is_err());
+        assert!(decode(Bytes::from_static(b"?"), false).is_err());
     }
 }

@@ -25,6 +25,7 @@ use super::state::{CaptureState, TableState};
 use crate::epoch::Epoch;
 use crate::metrics as m;
 use crate::publisher::{AckHandle, Publisher};
+use crate::spill::{Budget, Held, RawMessage, SpillConfig};
 pub use crate::state::SnapshotMode;
 use crate::tls::{PgConnector, TlsConfig};
 use crate::CaptureError;
@@ -99,6 +100,21 @@ pub struct PostgresSourceConfig {
     /// standby once it is promoted. A slot that exists without it is altered to have it.
     #[serde(default)]
     pub failover_slot: bool,
+    /// Ask the server to stream a large transaction while it is still in progress (pgoutput
+    /// protocol 2, once it passes the server's `logical_decoding_work_mem`) instead of spilling
+    /// it to the server's disk and sending it after its commit. Capture holds the streamed
+    /// changes ([`Self::spill`]) and publishes them only when the transaction commits, in
+    /// commit order; an aborted transaction or subtransaction is dropped. Default `true`.
+    #[serde(default = "default_true")]
+    pub streaming: bool,
+    /// Where the changes of streamed transactions wait for their commit: memory up to
+    /// `memory_mb` (64) for all of them together, then a file in `dir`.
+    #[serde(default)]
+    pub spill: SpillConfig,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Which changes capture asks for by their replication origin (`sources.<name>.origin`).
@@ -195,6 +211,13 @@ struct Tx {
     per_table: HashMap<u32, i64>,
     /// The replication origin its changes came from, when another replicator applied them.
     origin: Option<Arc<str>>,
+}
+
+/// A transaction the server streams while it is in progress.
+struct Streamed {
+    held: Held<RawMessage>,
+    /// Subtransactions rolled back: their held messages are skipped at the commit.
+    aborted: HashSet<u32>,
 }
 
 /// A running capture of one source of this kind.
@@ -529,10 +552,16 @@ impl PostgresCapture {
             info!(slot = %self.config.slot, start = %format_lsn(start), "starting replication");
             let publication = quote_ident(&self.config.publication);
             let mut options = vec![
-                ("proto_version", "1"),
+                (
+                    "proto_version",
+                    if self.config.streaming { "2" } else { "1" },
+                ),
                 ("publication_names", publication.as_str()),
                 ("messages", "true"),
             ];
+            if self.config.streaming {
+                options.push(("streaming", "on"));
+            }
             // (Servers before 16 know no `origin` option; `any` is what they do.)
             if self.config.origin != OriginFilter::Any {
                 // The server drops those changes before they reach capture, so they cannot be
@@ -577,6 +606,9 @@ impl PostgresCapture {
                 stopped,
                 state: (self.config.snapshot == SnapshotMode::Initial).then_some(state),
                 tx: None,
+                streamed: HashMap::new(),
+                in_stream: None,
+                budget: Budget::new(&self.name, &self.config.spill),
                 last_received: start,
                 server_wal_end: start,
                 last_committed: start,
@@ -617,6 +649,13 @@ struct Stream<'a> {
     /// marked in it, so that it is read again once fixed.
     state: Option<CaptureState>,
     tx: Option<Tx>,
+    /// Transactions the server streams while they are in progress, by xid: their messages,
+    /// held until they commit (dropped when they abort).
+    streamed: HashMap<u32, Streamed>,
+    /// The xid of the stream block being read (between a Stream Start and its Stop).
+    in_stream: Option<u32>,
+    /// The memory the held messages of streamed transactions share.
+    budget: Budget,
     last_received: u64,
     server_wal_end: u64,
     last_committed: u64,
@@ -673,8 +712,16 @@ impl Stream<'_> {
                     ReplicationMessage::XLogData { wal_start, wal_end, data } => {
                         self.last_received = self.last_received.max(wal_end);
                         self.server_wal_end = self.server_wal_end.max(wal_end);
-                        let message = decoder::decode(data)?;
-                        self.handle(message, wal_start).await?;
+                        match self.in_stream {
+                            // A streamed transaction's change: held until it commits.
+                            Some(xid) if data.first() != Some(&b'E') => {
+                                self.hold(xid, wal_start, data)?;
+                            }
+                            _ => {
+                                let message = decoder::decode(data, false)?;
+                                self.handle(message, wal_start).await?;
+                            }
+                        }
                     }
                     ReplicationMessage::Keepalive { wal_end, reply_requested } => {
                         self.server_wal_end = self.server_wal_end.max(wal_end);
@@ -707,34 +754,117 @@ impl Stream<'_> {
         Ok(())
     }
 
+    /// Holds a message of the streamed transaction `xid` (or of one of its subtransactions)
+    /// until it commits. Type and logical-decoding messages are not needed and not kept.
+    fn hold(&mut self, xid: u32, lsn: u64, data: bytes::Bytes) -> Result<(), CaptureError> {
+        if matches!(data.first(), Some(b'Y' | b'M')) {
+            return Ok(());
+        }
+        let subxid = decoder::stream_xid(&data).unwrap_or(xid);
+        let budget = &self.budget;
+        self.streamed
+            .entry(xid)
+            .or_insert_with(|| Streamed {
+                held: Held::new(budget),
+                aborted: HashSet::new(),
+            })
+            .held
+            .push(RawMessage { subxid, lsn, data })
+    }
+
     async fn handle(&mut self, message: PgOutput, lsn: u64) -> Result<(), CaptureError> {
         match message {
+            PgOutput::StreamStart { xid, first } => {
+                if first {
+                    debug!(xid, "a transaction in progress is streamed");
+                }
+                self.in_stream = Some(xid);
+            }
+            PgOutput::StreamStop => self.in_stream = None,
+            PgOutput::StreamAbort { xid, subxid } => {
+                if xid == subxid {
+                    // Dropped with everything held of it: none of it was published.
+                    if self.streamed.remove(&xid).is_some() {
+                        metrics::counter!(m::STREAMED_TRANSACTIONS_TOTAL, "source" => self.capture.name.clone(), "outcome" => "aborted").increment(1);
+                    }
+                } else if let Some(streamed) = self.streamed.get_mut(&xid) {
+                    streamed.aborted.insert(subxid);
+                }
+            }
+            PgOutput::StreamCommit {
+                xid,
+                commit_lsn,
+                end_lsn,
+                commit_time,
+            } => {
+                let Some(Streamed { held, aborted }) = self.streamed.remove(&xid) else {
+                    return Err(CaptureError::Decode(decoder::DecodeError(format!(
+                        "commit of streamed transaction {xid}, which never started"
+                    ))));
+                };
+                self.begin(xid, commit_lsn, commit_time);
+                for raw in held.drain()? {
+                    let raw = raw?;
+                    if aborted.contains(&raw.subxid) {
+                        continue;
+                    }
+                    let message = decoder::decode(raw.data, true)?;
+                    self.handle_in_transaction(message, raw.lsn).await?;
+                }
+                metrics::counter!(m::STREAMED_TRANSACTIONS_TOTAL, "source" => self.capture.name.clone(), "outcome" => "committed").increment(1);
+                self.commit(commit_lsn, end_lsn).await?;
+            }
             PgOutput::Begin {
                 final_lsn,
                 commit_time,
                 xid,
-            } => {
-                self.tx = Some(Tx {
-                    xid,
-                    id: Arc::from(format!("{xid}:{final_lsn}")),
-                    commit_lsn: final_lsn,
-                    commit_time_us: pg_time_to_unix_us(commit_time),
-                    index: 0,
-                    per_table: HashMap::new(),
-                    origin: None,
-                });
-            }
+            } => self.begin(xid, final_lsn, commit_time),
             PgOutput::Commit {
                 end_lsn,
                 commit_lsn,
                 ..
-            } => {
-                self.tx = None;
-                self.last_committed = commit_lsn;
-                metrics::counter!(m::TRANSACTIONS_TOTAL, "source" => self.capture.name.clone())
-                    .increment(1);
-                self.publisher.checkpoint(end_lsn).await?;
+            } => self.commit(commit_lsn, end_lsn).await?,
+            PgOutput::Message { prefix, .. } => {
+                // Our heartbeat, outside any transaction: everything before it has been read.
+                if prefix == HEARTBEAT_PREFIX && self.tx.is_none() {
+                    self.publisher.checkpoint(lsn).await?;
+                }
             }
+            other => self.handle_in_transaction(other, lsn).await?,
+        }
+        Ok(())
+    }
+
+    /// Starts reading a committed transaction (sent after its commit, or streamed and now
+    /// committed).
+    fn begin(&mut self, xid: u32, commit_lsn: u64, commit_time: i64) {
+        self.tx = Some(Tx {
+            xid,
+            id: Arc::from(format!("{xid}:{commit_lsn}")),
+            commit_lsn,
+            commit_time_us: pg_time_to_unix_us(commit_time),
+            index: 0,
+            per_table: HashMap::new(),
+            origin: None,
+        });
+    }
+
+    /// Ends it: once Kafka has every change published so far, the slot may pass `end_lsn`.
+    async fn commit(&mut self, commit_lsn: u64, end_lsn: u64) -> Result<(), CaptureError> {
+        self.tx = None;
+        self.last_committed = commit_lsn;
+        metrics::counter!(m::TRANSACTIONS_TOTAL, "source" => self.capture.name.clone())
+            .increment(1);
+        self.publisher.checkpoint(end_lsn).await
+    }
+
+    /// A message inside a transaction: a relation's description, the origin, or a change.
+    async fn handle_in_transaction(
+        &mut self,
+        message: PgOutput,
+        lsn: u64,
+    ) -> Result<(), CaptureError> {
+        match message {
             PgOutput::Relation {
                 id,
                 namespace,
@@ -806,12 +936,6 @@ impl Stream<'_> {
                 }
                 self.relations.insert(id, relation);
             }
-            PgOutput::Message { prefix, .. } => {
-                // Our heartbeat, outside any transaction: everything before it has been read.
-                if prefix == HEARTBEAT_PREFIX && self.tx.is_none() {
-                    self.publisher.checkpoint(lsn).await?;
-                }
-            }
             PgOutput::Origin { name, .. } => {
                 if let Some(tx) = self.tx.as_mut() {
                     debug!(xid = tx.xid, origin = %name, "transaction from a replication origin");
@@ -868,6 +992,15 @@ impl Stream<'_> {
                     }
                 }
             }
+            // Transaction boundaries, stream messages and logical-decoding messages are
+            // handled by `handle`.
+            PgOutput::Begin { .. }
+            | PgOutput::Commit { .. }
+            | PgOutput::Message { .. }
+            | PgOutput::StreamStart { .. }
+            | PgOutput::StreamStop
+            | PgOutput::StreamCommit { .. }
+            | PgOutput::StreamAbort { .. } => {}
         }
         Ok(())
     }

@@ -763,22 +763,34 @@ fn latency(bench: &mut Bench) {
     );
 }
 
-/// Peak resident memory of capture and router (separate processes) while one transaction of
-/// many rows goes through.
+/// One transaction of many rows through capture and router (separate processes), twice: sent
+/// by the server after its commit (pgoutput protocol 1, the server spilling it to its disk
+/// meanwhile) and streamed while in progress (protocol 2, capture holding it). Peak resident
+/// memory of both processes, commit-to-Kafka and commit-to-sink time, and what the server
+/// spilled and streamed (`pg_stat_replication_slots`).
 fn large_transaction(bench: &mut Bench) {
+    for (mode, streaming) in [("after_commit", false), ("streamed", true)] {
+        large_transaction_in(bench, mode, streaming);
+    }
+}
+
+fn large_transaction_in(bench: &mut Bench, mode: &str, streaming: bool) {
     let rows = bench.settings.big_rows;
-    bench.psql("source", &format!("CREATE TABLE public.big ({PG_COLUMNS})"));
-    bench.psql("postgres", "CREATE DATABASE sink_big");
-    let (mut capture, spawned) = bench.sluice(
-        "big_capture",
-        "big",
-        "capture",
-        &pg_source(&bench.pg, "big", "public.big"),
+    let (table, sink, slot) = (
+        format!("public.big_{mode}"),
+        format!("sink_big_{mode}"),
+        format!("big_{mode}"),
     );
-    let body = pg_source(&bench.pg, "big", "public.big") + &pg_sink(&bench.pg, "sink_big", "big");
-    let (mut router, router_spawned) = bench.sluice("big_router", "big", "route", &body);
+    bench.psql("source", &format!("CREATE TABLE {table} ({PG_COLUMNS})"));
+    bench.psql("postgres", &format!("CREATE DATABASE {sink}"));
+    let source = pg_source(&bench.pg, &slot, &table) + &format!("streaming = {streaming}\n");
+    let (mut capture, spawned) =
+        bench.sluice(&format!("{slot}_capture"), &slot, "capture", &source);
+    let body = source + &pg_sink(&bench.pg, &sink, &slot);
+    let (mut router, router_spawned) =
+        bench.sluice(&format!("{slot}_router"), &slot, "route", &body);
     bench.until_streaming(&mut capture);
-    bench.psql("source", &pg_rows("public.big", 0, 0));
+    bench.psql("source", &pg_rows(&table, 0, 0));
     bench.watch(&mut capture, spawned, "sluice_capture_events_total", 1);
     bench.watch(
         &mut router,
@@ -786,17 +798,22 @@ fn large_transaction(bench: &mut Bench) {
         "sluice_sink_events_applied_total",
         1,
     );
+    bench.psql(
+        "source",
+        &format!("SELECT pg_stat_reset_replication_slot('{slot}')"),
+    );
     let baseline = [vm_hwm(&capture), vm_hwm(&router)];
-    let insert = timed(&format!("one transaction of {rows} rows"), || {
-        bench.psql("source", &pg_rows("public.big", 1, rows));
+    let insert = timed(&format!("one transaction of {rows} rows ({mode})"), || {
+        bench.psql("source", &pg_rows(&table, 1, rows));
     });
     let committed = Instant::now();
     bench.watch(
         &mut capture,
         spawned,
-        "sluice_capture_events_total",
+        "sluice_capture_records_acknowledged_total",
         rows + 1,
     );
+    let to_kafka = committed.elapsed();
     bench.watch(
         &mut router,
         router_spawned,
@@ -805,18 +822,43 @@ fn large_transaction(bench: &mut Bench) {
     );
     let through = committed.elapsed();
     let peak = [vm_hwm(&capture), vm_hwm(&router)];
+    let held_spilled = capture.metrics().map_or(0.0, |m| {
+        metric_sum(&m, "sluice_capture_spilled_bytes_total")
+    });
     stop(capture);
     stop(router);
+    // (The statistics are sent by the walsender now and then: read after it stopped.)
+    std::thread::sleep(Duration::from_secs(1));
+    let server: Vec<f64> = bench
+        .psql(
+            "source",
+            &format!(
+                "SELECT spill_bytes, spill_txns, stream_bytes, stream_txns \
+                 FROM pg_stat_replication_slots WHERE slot_name = '{slot}'"
+            ),
+        )
+        .trim()
+        .split('|')
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    let server = |i: usize| server.get(i).copied().unwrap_or(0.0);
     bench.record(
-        "large_transaction",
+        &format!("large_transaction_{mode}"),
         json!({
             "rows": rows,
+            "streaming": streaming,
             "insert_seconds": insert.as_secs_f64(),
+            "commit_to_kafka_seconds": to_kafka.as_secs_f64(),
             "commit_to_sink_seconds": through.as_secs_f64(),
             "capture_peak_rss_mib": peak[0],
             "router_peak_rss_mib": peak[1],
             "capture_rss_before_mib": baseline[0],
             "router_rss_before_mib": baseline[1],
+            "capture_spilled_bytes": held_spilled,
+            "server_spill_bytes": server(0),
+            "server_spill_txns": server(1),
+            "server_stream_bytes": server(2),
+            "server_stream_txns": server(3),
         }),
     );
 }
@@ -980,12 +1022,21 @@ fn print_table(report: &Value) {
             l["rate_rows_per_s"], l["p50_ms"], l["p99_ms"], l["max_ms"]
         );
     }
-    if let Some(b) = find(report, "large_transaction") {
-        println!(
-            "one transaction of {} rows: capture peak RSS {} MiB, router peak RSS {} MiB (goal < 150 MB each); commit → sink {:.1} s",
-            b["rows"], b["capture_peak_rss_mib"], b["router_peak_rss_mib"],
-            b["commit_to_sink_seconds"].as_f64().unwrap_or(0.0)
-        );
+    for (label, name) in [
+        ("sent after its commit", "large_transaction_after_commit"),
+        ("streamed in progress", "large_transaction_streamed"),
+    ] {
+        if let Some(b) = find(report, name) {
+            let mib = |k: &str| (b[k].as_f64().unwrap_or(0.0) / 1048576.0).round();
+            println!(
+                "one transaction of {} rows, {label}: commit → Kafka {:.1} s, commit → sink {:.1} s; capture peak RSS {} MiB, router {} MiB (goal < 150 MB); server spilled {} MiB, streamed {} MiB; capture spilled {} MiB",
+                b["rows"],
+                b["commit_to_kafka_seconds"].as_f64().unwrap_or(0.0),
+                b["commit_to_sink_seconds"].as_f64().unwrap_or(0.0),
+                b["capture_peak_rss_mib"], b["router_peak_rss_mib"],
+                mib("server_spill_bytes"), mib("server_stream_bytes"), mib("capture_spilled_bytes")
+            );
+        }
     }
     for (label, name) in [
         ("MariaDB capture", "mariadb_capture_to_kafka"),
