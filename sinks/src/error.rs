@@ -17,7 +17,7 @@ pub enum SinkError {
     Definite(String),
     /// A problem with one target table (its DDL failed, it is missing and may not be
     /// created, it has no key): only that table's changes wait, the others go on. `table` is
-    /// the id of the changes' table ([`crate::SinkChange::table`]).
+    /// the id of the changes' table ([`sluice_schemas::RowChange::table`]).
     #[error("{message}")]
     Table {
         table: sluice_schemas::TableId,

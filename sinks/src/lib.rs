@@ -65,7 +65,7 @@ pub struct Origin {
 #[derive(Debug, Clone)]
 pub struct SinkChange {
     /// The change, of the source table's schema (the writer schema's columns);
-    /// [`Datum::Unchanged`] columns must be left as they are.
+    /// [`sluice_schemas::Datum::Unchanged`] columns must be left as they are.
     pub row: RowChange,
     pub position: Position,
     pub origin: Origin,
@@ -140,7 +140,7 @@ pub struct StoredProgress {
 ///   change takes effect once. Changes of one message (a mapping scheme may route one source
 ///   change into several tables) share its offset and position and are all applied.
 /// - Within a batch, changes take effect in order per key; the final state of each row is what
-///   the last change says. Columns marked [`Datum::Unchanged`] keep their stored value.
+///   the last change says. Columns marked [`sluice_schemas::Datum::Unchanged`] keep their stored value.
 /// - A change whose data the database refuses (a constraint, a value out of range) fails the
 ///   whole batch; [`Sink::apply_in_pieces`] then either applies it in pieces, in order (the
 ///   batch failed only as a whole), or names the change refused on its own, so the router can
