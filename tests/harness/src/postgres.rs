@@ -85,6 +85,11 @@ pub struct Postgres {
     /// What the test's databases and slots are called with on the shared cluster; empty on a
     /// cluster of its own.
     prefix: String,
+    /// The server's major version.
+    major: u32,
+    /// On a standby ([`Postgres::start_standby`]): the physical slot it streams from on its
+    /// primary.
+    upstream_slot: Option<String>,
 }
 
 /// Where a cluster lives: a temporary directory of the test's own, or the shared cluster's.
@@ -96,6 +101,7 @@ enum Home {
 /// What a handle needs to reach the binary's shared cluster.
 #[derive(Clone)]
 struct SharedCluster {
+    major: u32,
     port: u16,
     dir: PathBuf,
     bin: PathBuf,
@@ -144,6 +150,8 @@ impl Postgres {
             run_as,
             server: None,
             prefix: String::new(),
+            major,
+            upstream_slot: None,
         };
         pg.start_server()?;
         Ok(pg)
@@ -159,6 +167,7 @@ impl Postgres {
         let cluster = share_for_binary("postgres", &SHARED, Postgres::start, |pg| {
             (
                 SharedCluster {
+                    major: pg.major,
                     port: pg.port,
                     dir: pg.home().to_path_buf(),
                     bin: pg.bin.clone(),
@@ -181,6 +190,8 @@ impl Postgres {
             run_as: cluster.run_as,
             server: None,
             prefix: format!("t{n}_"),
+            major: cluster.major,
+            upstream_slot: None,
         })
     }
 
@@ -465,6 +476,101 @@ impl Postgres {
             .is_ok_and(|out| out.trim() == "t")
         })
         .map_err(|e| format!("{e}; log:\n{}", self.log()))
+    }
+
+    /// A physical standby of this server (a cluster of the test's own), streaming from it
+    /// through a physical slot, with `hot_standby_feedback` and, on 17+,
+    /// `sync_replication_slots` (failover slots are kept in step). Made from a copy of the data
+    /// directory taken while this server is stopped for a moment.
+    pub fn start_standby(&mut self) -> Result<Postgres> {
+        self.own("a standby");
+        let slot = format!("standby_{}", free_port());
+        self.psql(
+            "postgres",
+            &format!("SELECT pg_create_physical_replication_slot('{slot}', true)"),
+        )?;
+        self.stop();
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-pg-standby-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let data = dir.path().join("data");
+        run(
+            Command::new("cp").arg("-a").arg(self.data_dir()).arg(&data),
+            None,
+        )?;
+        self.start_again()?;
+        // Not the primary's: its lock file and its slots.
+        let _ = std::fs::remove_file(data.join("postmaster.pid"));
+        for entry in std::fs::read_dir(data.join("pg_replslot")).map_err(|e| e.to_string())? {
+            let path = entry.map_err(|e| e.to_string())?.path();
+            std::fs::remove_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        std::fs::write(data.join("standby.signal"), "").map_err(|e| e.to_string())?;
+        let mut conf = format!(
+            "primary_conninfo = 'host=127.0.0.1 port={} user=postgres dbname=postgres'\n\
+             primary_slot_name = '{slot}'\nhot_standby_feedback = on\n",
+            self.port
+        );
+        if self.major >= 17 {
+            conf.push_str("sync_replication_slots = on\n");
+        }
+        let auto = data.join("postgresql.auto.conf");
+        let old = std::fs::read_to_string(&auto).unwrap_or_default();
+        std::fs::write(&auto, old + &conf).map_err(|e| e.to_string())?;
+        chown_recursive(dir.path(), self.run_as)?;
+        let mut standby = Postgres {
+            port: free_port(),
+            dir: Home::Own(dir),
+            bin: self.bin.clone(),
+            client: self.client.clone(),
+            run_as: self.run_as,
+            server: None,
+            prefix: String::new(),
+            major: self.major,
+            upstream_slot: Some(slot),
+        };
+        standby.start_server()?;
+        wait_until("the standby to stream", Duration::from_secs(60), || {
+            standby
+                .psql("postgres", "SELECT status FROM pg_stat_wal_receiver")
+                .is_ok_and(|s| s.trim() == "streaming")
+        })
+        .map_err(|e| format!("{e}; log:\n{}", standby.log()))?;
+        Ok(standby)
+    }
+
+    /// On a standby: the physical slot it streams from on its primary.
+    pub fn upstream_slot(&self) -> &str {
+        self.upstream_slot.as_deref().unwrap_or_default()
+    }
+
+    /// On a standby (17+): waits until the failover slot `name` is synchronized to it.
+    pub fn wait_for_synced_slot(&self, name: &str, timeout: Duration) -> Result<()> {
+        wait_until(&format!("slot {name} synchronized"), timeout, || {
+            self.psql(
+                "postgres",
+                &format!("SELECT synced AND NOT temporary FROM pg_replication_slots WHERE slot_name = '{name}'"),
+            )
+            .is_ok_and(|s| s.trim() == "t")
+        })
+    }
+
+    /// Promotes a standby to a primary (a new timeline) and waits until it takes writes.
+    pub fn promote(&self) -> Result<()> {
+        self.psql("postgres", "SELECT pg_promote(true, 60)")?;
+        wait_until("the promoted standby", Duration::from_secs(60), || {
+            self.psql("postgres", "SELECT pg_is_in_recovery()")
+                .is_ok_and(|s| s.trim() == "f")
+        })
+    }
+
+    /// Kills the server with SIGKILL, as a crash of its host would.
+    pub fn kill9(&mut self) {
+        self.own("killing the server");
+        if let Some(mut s) = self.server.take() {
+            s.kill9();
+        }
     }
 
     /// Stops the server (fast shutdown).
