@@ -337,6 +337,9 @@ pub struct Publisher {
     topic_schemas: Option<TopicSchemas>,
     /// The source epoch's position prefix (see [`crate::epoch`]) in hex; none in epoch 0.
     epoch_prefix: Option<[u8; 18]>,
+    /// The hex prefixes of positions below a promotion's switch point (see
+    /// [`crate::epoch::Inherited`]).
+    inherited_prefixes: Vec<(u64, Option<[u8; 18]>)>,
 }
 
 /// Follows acknowledgements: `acked` is the highest checkpoint whose events Kafka acknowledged.
@@ -404,6 +407,7 @@ impl Publisher {
                 subjects: HashMap::new(),
                 topic_schemas: None,
                 epoch_prefix: None,
+                inherited_prefixes: Vec::new(),
             },
             AckHandle {
                 acked: acked_rx,
@@ -415,11 +419,38 @@ impl Publisher {
     /// Publishes every event from here on in `epoch`: its positions carry the epoch's
     /// prefix. Set before anything of the epoch is published.
     pub fn set_epoch(&mut self, epoch: &crate::epoch::Epoch) {
-        self.epoch_prefix = epoch.prefix().map(|p| {
-            let mut hex = [0; 18];
-            sluice_schemas::Position(p.to_vec()).write_hex(&mut hex);
-            hex
-        });
+        let hex = |prefix: Option<[u8; 9]>| {
+            prefix.map(|p| {
+                let mut hex = [0; 18];
+                sluice_schemas::Position(p.to_vec()).write_hex(&mut hex);
+                hex
+            })
+        };
+        self.epoch_prefix = hex(epoch.prefix());
+        self.inherited_prefixes = epoch
+            .inherited
+            .iter()
+            .map(|i| (i.until_lsn, hex(i.prefix())))
+            .collect();
+    }
+
+    /// The hex prefix of `position` in the epoch ([`crate::epoch::Epoch::prefix_for`]).
+    fn prefix_hex(&self, position: &sluice_schemas::Position) -> Option<[u8; 18]> {
+        if !self.inherited_prefixes.is_empty() {
+            let lsn = position
+                .0
+                .get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_be_bytes);
+            if let Some((_, hex)) = self
+                .inherited_prefixes
+                .iter()
+                .find(|(until, _)| lsn.is_some_and(|lsn| lsn < *until))
+            {
+                return *hex;
+            }
+        }
+        self.epoch_prefix
     }
 
     /// The last checkpoint handed to the ack task.
@@ -857,7 +888,7 @@ impl Publisher {
         let value = codec.encode_value(event, now_us, &out.value_header)?;
         let mut hex = [0; 80];
         let owned;
-        let position = match self.epoch_prefix {
+        let position = match self.prefix_hex(&event.position) {
             None => match event.position.write_hex(&mut hex) {
                 Some(p) => p,
                 None => {

@@ -72,7 +72,8 @@ impl MysqlCapture {
         )?;
         // The source epoch, decided and recorded before anything is published in it.
         let identity = identify(&mut conn).await?;
-        let (epoch, changed) = Epoch::decide(&self.name, state.epoch.as_ref(), existed, &identity);
+        let (epoch, changed) =
+            Epoch::decide(&self.name, state.epoch.as_ref(), existed, &identity, None);
         publisher.set_epoch(&epoch);
         state.epoch = Some(epoch);
         if changed {

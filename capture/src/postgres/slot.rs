@@ -223,6 +223,20 @@ pub async fn ensure_publication(
     publication: &str,
     tables: &[TableId],
 ) -> Result<Vec<TableId>, CaptureError> {
+    // A standby is read-only: what the publication lacks is made on its primary.
+    let standby: bool = client
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await?
+        .get(0);
+    let ddl = |sql: String| async move {
+        if standby {
+            return Err(CaptureError::Definite(format!(
+                "the source is a standby, where publication {publication} cannot be made or \
+                 changed; run this on its primary, then start capture again: {sql}"
+            )));
+        }
+        client.batch_execute(&sql).await.map_err(CaptureError::from)
+    };
     let quoted: Vec<String> = tables
         .iter()
         .map(|t| format!("{}.{}", quote_ident(&t.namespace), quote_ident(&t.name)))
@@ -244,13 +258,12 @@ pub async fn ensure_publication(
             ""
         };
         info!(publication, tables = quoted.len(), "creating publication");
-        client
-            .batch_execute(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true{generated})",
-                quote_ident(publication),
-                quoted.join(", ")
-            ))
-            .await?;
+        ddl(format!(
+            "CREATE PUBLICATION {} FOR TABLE {} WITH (publish_via_partition_root = true{generated})",
+            quote_ident(publication),
+            quoted.join(", ")
+        ))
+        .await?;
         return Ok(Vec::new());
     };
     // The view lists the partitions of a partitioned table unless the publication publishes
@@ -271,12 +284,11 @@ pub async fn ensure_publication(
     for (table, q) in tables.iter().zip(&quoted) {
         if !published.contains(&(table.namespace.clone(), table.name.clone())) {
             info!(publication, %table, "adding table to publication");
-            client
-                .batch_execute(&format!(
-                    "ALTER PUBLICATION {} ADD TABLE {q}",
-                    quote_ident(publication)
-                ))
-                .await?;
+            ddl(format!(
+                "ALTER PUBLICATION {} ADD TABLE {q}",
+                quote_ident(publication)
+            ))
+            .await?;
         }
     }
     if via_root {
@@ -302,12 +314,11 @@ pub async fn ensure_publication(
         "the publication published partitioned tables under their partitions' names; \
          switching it to publish_via_partition_root and snapshotting those tables again"
     );
-    client
-        .batch_execute(&format!(
-            "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
-            quote_ident(publication)
-        ))
-        .await?;
+    ddl(format!(
+        "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+        quote_ident(publication)
+    ))
+    .await?;
     Ok(partitioned)
 }
 

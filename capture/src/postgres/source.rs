@@ -254,7 +254,7 @@ impl PostgresCapture {
         resnapshot: &[TableId],
         partitions: &HashMap<TableId, HashMap<u32, bool>>,
         created: Option<ExportedSnapshot>,
-        identity: &str,
+        (identity, history): (&str, &[(u32, u64)]),
         publisher: &mut Publisher,
         shutdown: &CancellationToken,
     ) -> Result<Option<CaptureState>, CaptureError> {
@@ -269,7 +269,15 @@ impl PostgresCapture {
             ..CaptureState::default()
         });
         // The source epoch, decided and recorded before anything is published in it.
-        let (epoch, changed) = Epoch::decide(&self.name, state.epoch.as_ref(), existed, identity);
+        let stored = state.epoch.as_ref().and_then(|e| e.identity.as_deref());
+        let continues = promotion_point(stored, identity, history);
+        let (epoch, changed) = Epoch::decide(
+            &self.name,
+            state.epoch.as_ref(),
+            existed,
+            identity,
+            continues,
+        );
         publisher.set_epoch(&epoch);
         state.epoch = Some(epoch);
         if changed {
@@ -513,6 +521,15 @@ impl PostgresCapture {
             let partitions = Catalog::partitions(&client, &tables, &HashMap::new(), false).await?;
             let mut repl = ReplicationConnection::connect(&params).await?;
             let identity = identify(&mut repl).await?;
+            let history = timeline_history(&mut repl, &identity).await?;
+            let standby: bool = client
+                .query_one("SELECT pg_is_in_recovery()", &[])
+                .await?
+                .get(0);
+            if standby {
+                // (A slot made on a standby waits for the primary to log what is running.)
+                info!("the source is a standby: capture decodes there (no heartbeats: it is read-only; a new slot waits for the primary's next running-transactions record)");
+            }
             let slot_state = slot::ensure_slot(
                 &client,
                 &mut repl,
@@ -533,7 +550,7 @@ impl PostgresCapture {
                     &resnapshot,
                     &partitions,
                     slot_state.created,
-                    &identity,
+                    (&identity, &history),
                     &mut publisher,
                     shutdown,
                 )
@@ -606,6 +623,7 @@ impl PostgresCapture {
                 stopped,
                 state: (self.config.snapshot == SnapshotMode::Initial).then_some(state),
                 tx: None,
+                standby,
                 streamed: HashMap::new(),
                 in_stream: None,
                 budget: Budget::new(&self.name, &self.config.spill),
@@ -649,6 +667,8 @@ struct Stream<'a> {
     /// marked in it, so that it is read again once fixed.
     state: Option<CaptureState>,
     tx: Option<Tx>,
+    /// The source is a standby (read-only: no heartbeats).
+    standby: bool,
     /// Transactions the server streams while they are in progress, by xid: their messages,
     /// held until they commit (dropped when they abort).
     streamed: HashMap<u32, Streamed>,
@@ -675,7 +695,7 @@ impl Stream<'_> {
         let heartbeat_ms = self.capture.config.heartbeat_interval_ms;
         let mut heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(1)));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut heartbeats_on = heartbeat_ms > 0;
+        let mut heartbeats_on = heartbeat_ms > 0 && !self.standby;
         let mut catalog_check = tokio::time::interval(CATALOG_CHECK_INTERVAL);
         catalog_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1170,7 +1190,12 @@ impl Stream<'_> {
         let wal: u64 = {
             let row = self
                 .client
-                .query_one("SELECT (pg_current_wal_lsn() - '0/0')::bigint", &[])
+                // (On a standby the catalog read is as of the WAL replayed.)
+                .query_one(
+                    "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                     ELSE pg_current_wal_lsn() END - '0/0')::bigint",
+                    &[],
+                )
                 .await?;
             row.get::<_, i64>(0) as u64
         };
@@ -1294,6 +1319,61 @@ async fn identify(repl: &mut ReplicationConnection) -> Result<String, CaptureErr
         field(0),
         field(1)
     ))
+}
+
+/// The system identifier and timeline of an identity ([`identify`]).
+fn system_and_timeline(identity: &str) -> Option<(&str, u32)> {
+    let (system, timeline) = identity
+        .strip_prefix("postgres system ")?
+        .split_once(" timeline ")?;
+    Some((system, timeline.parse().ok()?))
+}
+
+/// The server's timeline history (`TIMELINE_HISTORY`): for each earlier timeline of its
+/// lineage, the point where the next one branched off it. Empty on timeline 1.
+async fn timeline_history(
+    repl: &mut ReplicationConnection,
+    identity: &str,
+) -> Result<Vec<(u32, u64)>, CaptureError> {
+    let Some((_, timeline)) = system_and_timeline(identity).filter(|(_, t)| *t > 1) else {
+        return Ok(Vec::new());
+    };
+    let rows = repl
+        .simple_query(&format!("TIMELINE_HISTORY {timeline}"))
+        .await?;
+    let content = rows
+        .first()
+        .and_then(|r| r.get(1).cloned().flatten())
+        .unwrap_or_default();
+    Ok(parse_history(&content))
+}
+
+/// The lines of a timeline history file: `<parent timeline> <switch point> <reason>`.
+fn parse_history(content: &str) -> Vec<(u32, u64)> {
+    content
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let parent = fields.next()?.parse().ok()?;
+            let switch = super::replication::parse_lsn(fields.next()?)?;
+            Some((parent, switch))
+        })
+        .collect()
+}
+
+/// When the source is the cluster capture last read (`stored`) promoted since to a later
+/// timeline of the same lineage: where the timeline capture read ended, below which the WAL
+/// is the same on both (see [`crate::epoch`]).
+fn promotion_point(stored: Option<&str>, identity: &str, history: &[(u32, u64)]) -> Option<u64> {
+    let (old_system, old_timeline) = system_and_timeline(stored?)?;
+    let (system, timeline) = system_and_timeline(identity)?;
+    if old_system != system || timeline <= old_timeline {
+        return None;
+    }
+    history
+        .iter()
+        .find(|(parent, _)| *parent == old_timeline)
+        .map(|(_, switch)| *switch)
 }
 
 /// Why a renamed table stops, and the fix.
@@ -1458,5 +1538,44 @@ impl crate::source::Source for PostgresSourceConfig {
         shutdown: CancellationToken,
     ) -> Result<(), CaptureError> {
         capture.run(shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_promotion_is_recognized_by_the_timeline_history_and_nothing_else_is() {
+        let history = parse_history(
+            "1\t0/3000158\tno recovery target specified\n2\t0/5000000\tbefore 2026\n",
+        );
+        assert_eq!(history, [(1, 0x300_0158), (2, 0x500_0000)]);
+        let (one, three) = (
+            "postgres system 7 timeline 1",
+            "postgres system 7 timeline 3",
+        );
+        // Read on timeline 1, now on 3: shared up to where 1 ended.
+        assert_eq!(
+            promotion_point(Some(one), three, &history),
+            Some(0x300_0158)
+        );
+        // Another cluster, the same timeline, an older timeline, nothing stored: no promotion.
+        assert_eq!(
+            promotion_point(Some("postgres system 8 timeline 1"), three, &history),
+            None
+        );
+        assert_eq!(promotion_point(Some(three), three, &history), None);
+        assert_eq!(promotion_point(Some(three), one, &[]), None);
+        assert_eq!(promotion_point(None, three, &history), None);
+        // A timeline not in the lineage (a sibling branch): no shared history is assumed.
+        assert_eq!(
+            promotion_point(
+                Some("postgres system 7 timeline 4"),
+                "postgres system 7 timeline 5",
+                &history
+            ),
+            None
+        );
     }
 }
