@@ -546,6 +546,27 @@ mod tests {
     }
 
     #[test]
+    fn streamed_messages_past_the_budget_come_back_from_the_file_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = Budget::of_bytes("src", 200, dir.path().to_path_buf());
+        let mut held: Held<RawMessage> = Held::new(&budget);
+        let expected: Vec<RawMessage> = (0..40u32)
+            .map(|n| RawMessage {
+                subxid: 700 + n % 3,
+                lsn: 0x1_0000_0000 + u64::from(n),
+                data: bytes::Bytes::from(vec![b'I'; n as usize]),
+            })
+            .collect();
+        for m in &expected {
+            held.push(m.clone()).unwrap();
+        }
+        assert!(held.spilled());
+        let got: Vec<RawMessage> = held.drain().unwrap().map(Result::unwrap).collect();
+        assert_eq!(got, expected);
+        assert_eq!(budget.0.used.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
     fn the_budget_is_shared_and_given_back_when_a_transaction_is_dropped() {
         let budget = Budget::new("src", &SpillConfig::default());
         let orders = codec("orders");

@@ -74,9 +74,11 @@ async fn refuse_legacy_topics(
         return Ok(());
     }
     let consumer: BaseConsumer = client_config.create()?;
+    // A short wait: librdkafka's call cannot be cancelled, and a shutdown (a broker refusing
+    // Sluice's credentials stops the process) waits for it; the check is retried anyway.
     let topics: HashSet<String> = tokio::task::spawn_blocking(move || {
         consumer
-            .fetch_metadata(None, Duration::from_secs(30))
+            .fetch_metadata(None, Duration::from_secs(5))
             .map(|m| m.topics().iter().map(|t| t.name().to_string()).collect())
     })
     .await

@@ -252,7 +252,11 @@ impl Bench {
         std::fs::write(
             &config,
             format!(
-                "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{topic_prefix}\"\n{body}\n\
+                "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{topic_prefix}\"\n\
+                 [kafka.properties]\n\
+                 # Tansu 0.6 holds every fetch for part of this wait even when it has data \
+                 (Apache Kafka answers at once; 500 ms by default): as the quickstart sets it.\n\
+                 \"fetch.wait.max.ms\" = \"10\"\n{body}\n\
                  [observability]\nlisten = \"127.0.0.1:{port}\"\n",
                 self.kafka.bootstrap()
             ),
