@@ -7,3 +7,4 @@ pub mod kafka;
 pub mod schemes;
 pub mod status;
 pub mod telemetry;
+pub mod verify;

@@ -42,10 +42,35 @@ enum Command {
     /// Reads each process's /readyz and /metrics. Exits 0 when every process answered and is
     /// ready, 1 otherwise.
     Status(StatusArgs),
+    /// Compare each sink table with its source table, row by row, and report every difference.
+    ///
+    /// Exits 0 only when every table compared equal.
+    Verify(VerifyArgs),
     /// Delete a source's capture state (snapshot progress and binlog position) from the state
     /// topic, so that its next start reads every table anew in a new source epoch (after a
     /// binlog purged or reset, a source rebuilt). Stop that source's capture first.
     ResetState(ResetStateArgs),
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The TOML config file (sources, the router's sink).
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    config: PathBuf,
+    /// Only this source table (`schema.table`); repeat it for more. Default: every table.
+    #[arg(long = "table")]
+    tables: Vec<String>,
+    /// Write every difference as a JSON line to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// About how many rows a compared bucket holds (only differing buckets are read row by
+    /// row).
+    #[arg(long, default_value_t = 1000)]
+    bucket_rows: u64,
+    /// How long a differing row may take to become equal (a change still on its way through
+    /// the pipeline) before it is reported, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    settle_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -131,6 +156,7 @@ fn main() -> ExitCode {
         ),
         Command::Status(a) => return status(a),
         Command::ResetState(a) => return reset_state(a),
+        Command::Verify(a) => return verify(a),
         Command::Schemes(c) => return schemes(c),
         Command::CheckConfig(a) => {
             return match Config::load(&a.config) {
@@ -210,6 +236,49 @@ fn schemes(command: &SchemesCommand) -> ExitCode {
                 println!("{line}");
             }
             if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify(args: &VerifyArgs) -> ExitCode {
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime(true) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let options = sluice::verify::Options {
+        tables: args.tables.clone(),
+        bucket_rows: args.bucket_rows,
+        settle: std::time::Duration::from_millis(args.settle_ms),
+    };
+    match runtime.block_on(sluice::verify::verify(&config, &options)) {
+        Ok(reports) => {
+            for report in &reports {
+                println!("{}", report.line());
+            }
+            if let Some(out) = &args.out {
+                if let Err(e) = sluice::verify::write_out(out, &reports) {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let equal = reports.iter().filter(|r| r.equal()).count();
+            println!("{equal} of {} tables equal", reports.len());
+            if equal == reports.len() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -1,0 +1,477 @@
+//! `sluice verify`: is each sink table equal to its source table, row by row?
+//!
+//! Both sides are read at once and compared inside the databases: every row's key text is hashed
+//! into one of `buckets` (about `rows / bucket_rows`), and each side returns per bucket its row
+//! count and the sum of its rows' hashes — one scan and a few numbers per bucket. Only the
+//! buckets that differ are read row by row (key and row hash), so an equal table costs a scan of
+//! each side and almost no transfer. Hashing is MD5 of each value's text form (the key's and the
+//! row's), which is the same on both sides when the sink holds the source's types.
+//!
+//! Writes may go on meanwhile: a row that differs is read again on both sides after a pause, up
+//! to `settle` in all; one that became equal was in flight (the pipeline had not applied it
+//! yet) and is not a difference.
+//!
+//! This first version compares PostgreSQL sources with PostgreSQL sinks for tables written
+//! without a mapping scheme. Any other table is reported as not compared, with the reason.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use sluice_capture::tls::PgConnector;
+use sluice_schemas::TableId;
+
+use crate::config::{Config, SinkConfig, SourceConfig};
+
+/// How `sluice verify` runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Only these tables (`schema.table`, as configured at the source); all when empty.
+    pub tables: Vec<String>,
+    /// About how many rows a bucket holds.
+    pub bucket_rows: u64,
+    /// How long a differing row may take to settle (writes still in flight).
+    pub settle: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            tables: Vec::new(),
+            bucket_rows: 1_000,
+            settle: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What differs for one row, by its key's text form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Difference {
+    /// At the source, not at the sink.
+    Missing(String),
+    /// At the sink, not at the source.
+    Extra(String),
+    /// At both, with other values.
+    Differing(String),
+}
+
+impl Difference {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Difference::Missing(_) => "missing",
+            Difference::Extra(_) => "extra",
+            Difference::Differing(_) => "differing",
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            Difference::Missing(k) | Difference::Extra(k) | Difference::Differing(k) => k,
+        }
+    }
+}
+
+/// One table's result.
+#[derive(Debug, Clone)]
+pub struct TableReport {
+    pub source: String,
+    pub table: TableId,
+    /// The sink table it was compared with.
+    pub sink_table: String,
+    pub source_rows: u64,
+    pub sink_rows: u64,
+    pub differences: Vec<Difference>,
+    /// Rows that differed at first and became equal while writes went on.
+    pub in_flight: u64,
+    /// Why the table was not compared, when it was not.
+    pub not_compared: Option<String>,
+}
+
+impl TableReport {
+    pub fn equal(&self) -> bool {
+        self.not_compared.is_none() && self.differences.is_empty()
+    }
+
+    fn count(&self, kind: &str) -> usize {
+        self.differences.iter().filter(|d| d.kind() == kind).count()
+    }
+
+    /// `key=value` summary line.
+    pub fn line(&self) -> String {
+        if let Some(why) = &self.not_compared {
+            return format!(
+                "source={} table={} status=not_compared reason={why:?}",
+                self.source, self.table
+            );
+        }
+        let first: Vec<String> = self
+            .differences
+            .iter()
+            .take(5)
+            .map(|d| format!("{}:{}", d.kind(), d.key()))
+            .collect();
+        format!(
+            "source={} table={} sink_table={} status={} source_rows={} sink_rows={} missing={} extra={} differing={} in_flight={}{}",
+            self.source,
+            self.table,
+            self.sink_table,
+            if self.equal() { "equal" } else { "different" },
+            self.source_rows,
+            self.sink_rows,
+            self.count("missing"),
+            self.count("extra"),
+            self.count("differing"),
+            self.in_flight,
+            if first.is_empty() {
+                String::new()
+            } else {
+                format!(" first={first:?}")
+            }
+        )
+    }
+
+    /// One JSON line per difference.
+    pub fn json_lines(&self) -> Vec<String> {
+        self.differences
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "source": self.source,
+                    "table": self.table.to_string(),
+                    "sink_table": self.sink_table,
+                    "kind": d.kind(),
+                    "key": d.key(),
+                })
+                .to_string()
+            })
+            .collect()
+    }
+}
+
+/// Verifies every routed table (or those in `options.tables`).
+pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<TableReport>> {
+    let router = config
+        .router
+        .as_ref()
+        .context("verify compares sources with the router's sink: the config has no [router]")?;
+    let sink = config
+        .sinks
+        .get(&router.sink)
+        .with_context(|| format!("router.sink = \"{}\" names no sink", router.sink))?;
+    let schemed = schemed_tables(config)?;
+    let mut reports = Vec::new();
+    for (name, source) in &config.sources {
+        let tables = source.table_ids().map_err(anyhow::Error::msg)?;
+        for table in tables {
+            if !options.tables.is_empty() && !options.tables.contains(&table.to_string()) {
+                continue;
+            }
+            let not_compared = |why: String| TableReport {
+                source: name.clone(),
+                table: table.clone(),
+                sink_table: String::new(),
+                source_rows: 0,
+                sink_rows: 0,
+                differences: Vec::new(),
+                in_flight: 0,
+                not_compared: Some(why),
+            };
+            let (SourceConfig::Postgres(src), SinkConfig::Postgres(dst)) = (source, sink) else {
+                reports.push(not_compared(
+                    "comparing a MySQL/MariaDB source or sink is not built yet; only PostgreSQL → PostgreSQL".into(),
+                ));
+                continue;
+            };
+            if schemed.contains(&table) {
+                reports.push(not_compared(format!(
+                    "{table} is written through a mapping scheme, and comparing through a scheme is not built yet"
+                )));
+                continue;
+            }
+            let sink_table = match &dst.schema {
+                Some(schema) => TableId::new(schema.clone(), table.name.clone()),
+                None => table.clone(),
+            };
+            let source_db = connector(&src.url, &src.tls, "sources", name)?;
+            let sink_db = connector(&dst.url, &dst.tls, "sinks", &router.sink)?;
+            let report = compare_table((&source_db, &table), (&sink_db, &sink_table), options)
+                .await
+                .with_context(|| format!("comparing {table} of source {name} with {sink_table}"))?;
+            reports.push(TableReport {
+                source: name.clone(),
+                table: table.clone(),
+                sink_table: sink_table.to_string(),
+                ..report
+            });
+        }
+    }
+    Ok(reports)
+}
+
+/// The source tables some scheme maps (compared only once comparing through schemes is built).
+fn schemed_tables(config: &Config) -> anyhow::Result<Vec<TableId>> {
+    let Some(dir) = config.schemes_dir() else {
+        return Ok(Vec::new());
+    };
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let files = sluice_schemas::scheme::scheme_files(&dir).map_err(anyhow::Error::msg)?;
+    Ok(files
+        .iter()
+        .filter_map(|f| sluice_schemas::scheme::Scheme::load(f).ok())
+        .map(|s| s.source)
+        .collect())
+}
+
+fn connector(
+    url: &str,
+    tls: &sluice_capture::tls::TlsConfig,
+    section: &str,
+    name: &str,
+) -> anyhow::Result<PgConnector> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .with_context(|| format!("{section}.{name}.url is not a valid connection string"))?;
+    if let Some(pw) = Config::env_password(section, name) {
+        config.password(pw);
+    }
+    config.application_name("sluice-verify");
+    let tls = tls
+        .client_config(&format!("{section}.{name}.tls"))
+        .map_err(anyhow::Error::msg)?;
+    Ok(PgConnector { config, tls })
+}
+
+/// The columns both sides compare (the source's, in its order) and the source's key columns.
+async fn columns(
+    client: &tokio_postgres::Client,
+    table: &TableId,
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, coalesce(a.attnum = ANY(i.indkey), false) \
+             FROM pg_attribute a \
+             LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
+             WHERE a.attrelid = to_regclass(format('%I.%I', $1::text, $2::text)) \
+               AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&table.namespace, &table.name],
+        )
+        .await?;
+    let all: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    let key: Vec<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, bool>(1))
+        .map(|r| r.get(0))
+        .collect();
+    Ok((all, key))
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The SQL text forms the comparison hashes: the key's and the row's.
+struct Shape {
+    qualified_source: String,
+    qualified_sink: String,
+    key: String,
+    row: String,
+}
+
+/// `(count, sum of row hashes)` per bucket.
+type Buckets = HashMap<i64, (i64, String)>;
+
+async fn buckets(
+    client: &tokio_postgres::Client,
+    table: &str,
+    shape: &Shape,
+    buckets: i64,
+) -> anyhow::Result<Buckets> {
+    let sql = format!(
+        "SELECT (('x' || substr(md5({key}), 1, 8))::bit(32)::bigint % {buckets}), count(*), \
+         sum(('x' || substr(md5({row}), 1, 15))::bit(60)::bigint::numeric)::text \
+         FROM {table} t GROUP BY 1",
+        key = shape.key,
+        row = shape.row,
+    );
+    Ok(client
+        .query(&sql, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect())
+}
+
+/// Key text → row hash of the rows in `bucket` (or, with `keys`, of those keys).
+async fn rows_of(
+    client: &tokio_postgres::Client,
+    table: &str,
+    shape: &Shape,
+    filter: Filter<'_>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let (condition, keys): (String, Vec<String>) = match filter {
+        Filter::Bucket(b, n) => (
+            format!(
+                "('x' || substr(md5({}), 1, 8))::bit(32)::bigint % {n} = {b}",
+                shape.key
+            ),
+            Vec::new(),
+        ),
+        Filter::Keys(keys) => (format!("{} = ANY($1)", shape.key), keys.to_vec()),
+    };
+    let sql = format!(
+        "SELECT {key}, md5({row}) FROM {table} t WHERE {condition}",
+        key = shape.key,
+        row = shape.row
+    );
+    let rows = if keys.is_empty() {
+        client.query(&sql, &[]).await?
+    } else {
+        client.query(&sql, &[&keys]).await?
+    };
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+enum Filter<'a> {
+    Bucket(i64, i64),
+    Keys(&'a [String]),
+}
+
+fn differences(
+    source: &BTreeMap<String, String>,
+    sink: &BTreeMap<String, String>,
+) -> Vec<Difference> {
+    let mut out = Vec::new();
+    for (key, hash) in source {
+        match sink.get(key) {
+            None => out.push(Difference::Missing(key.clone())),
+            Some(h) if h != hash => out.push(Difference::Differing(key.clone())),
+            Some(_) => {}
+        }
+    }
+    out.extend(
+        sink.keys()
+            .filter(|k| !source.contains_key(*k))
+            .map(|k| Difference::Extra(k.clone())),
+    );
+    out
+}
+
+async fn compare_table(
+    (source, table): (&PgConnector, &TableId),
+    (sink, sink_table): (&PgConnector, &TableId),
+    options: &Options,
+) -> anyhow::Result<TableReport> {
+    let (src, src_task) = source.connect().await.context("connecting to the source")?;
+    let (dst, dst_task) = sink.connect().await.context("connecting to the sink")?;
+    let result = async {
+        let (columns_at_source, key) = columns(&src, table).await?;
+        anyhow::ensure!(
+            !columns_at_source.is_empty(),
+            "{table} does not exist at the source"
+        );
+        anyhow::ensure!(
+            !key.is_empty(),
+            "{table} has no primary key at the source, so its rows cannot be matched: add one"
+        );
+        let (columns_at_sink, _) = columns(&dst, sink_table).await?;
+        anyhow::ensure!(
+            !columns_at_sink.is_empty(),
+            "the sink has no table {sink_table}"
+        );
+        // The sink may keep columns the source dropped; what the source has, it must have.
+        let missing: Vec<&String> = columns_at_source
+            .iter()
+            .filter(|c| !columns_at_sink.contains(c))
+            .collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "the sink table {sink_table} lacks the source's columns {missing:?}"
+        );
+        let list = |cols: &[String]| {
+            cols.iter()
+                .map(|c| format!("t.{}", quote(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let shape = Shape {
+            qualified_source: format!("{}.{}", quote(&table.namespace), quote(&table.name)),
+            qualified_sink: format!(
+                "{}.{}",
+                quote(&sink_table.namespace),
+                quote(&sink_table.name)
+            ),
+            key: format!("ROW({})::text", list(&key)),
+            row: format!("ROW({})::text", list(&columns_at_source)),
+        };
+        let estimate: i64 = src
+            .query_one(
+                &format!("SELECT count(*) FROM {}", shape.qualified_source),
+                &[],
+            )
+            .await?
+            .get(0);
+        let n = (estimate as u64 / options.bucket_rows.max(1)).max(1) as i64;
+        // Both sides at once.
+        let (at_source, at_sink) = tokio::try_join!(
+            buckets(&src, &shape.qualified_source, &shape, n),
+            buckets(&dst, &shape.qualified_sink, &shape, n)
+        )?;
+        let rows = |b: &Buckets| b.values().map(|(c, _)| *c as u64).sum::<u64>();
+        let (source_rows, sink_rows) = (rows(&at_source), rows(&at_sink));
+        let mut suspects: Vec<Difference> = Vec::new();
+        let mut differing: Vec<i64> = at_source
+            .keys()
+            .chain(at_sink.keys())
+            .copied()
+            .filter(|b| at_source.get(b) != at_sink.get(b))
+            .collect();
+        differing.sort_unstable();
+        differing.dedup();
+        for b in differing {
+            let (s, d) = tokio::try_join!(
+                rows_of(&src, &shape.qualified_source, &shape, Filter::Bucket(b, n)),
+                rows_of(&dst, &shape.qualified_sink, &shape, Filter::Bucket(b, n))
+            )?;
+            suspects.extend(differences(&s, &d));
+        }
+        // Rows still moving through the pipeline settle; what does not is a difference.
+        let total = suspects.len();
+        let deadline = Instant::now() + options.settle;
+        while !suspects.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let keys: Vec<String> = suspects.iter().map(|d| d.key().to_string()).collect();
+            let (s, d) = tokio::try_join!(
+                rows_of(&src, &shape.qualified_source, &shape, Filter::Keys(&keys)),
+                rows_of(&dst, &shape.qualified_sink, &shape, Filter::Keys(&keys))
+            )?;
+            suspects = differences(&s, &d);
+        }
+        Ok(TableReport {
+            source: String::new(),
+            table: table.clone(),
+            sink_table: String::new(),
+            source_rows,
+            sink_rows,
+            in_flight: (total - suspects.len()) as u64,
+            differences: suspects,
+            not_compared: None,
+        })
+    }
+    .await;
+    src_task.abort();
+    dst_task.abort();
+    result
+}
+
+/// Where `--out` writes.
+pub fn write_out(path: &PathBuf, reports: &[TableReport]) -> anyhow::Result<()> {
+    let text: String = reports
+        .iter()
+        .flat_map(TableReport::json_lines)
+        .map(|l| l + "\n")
+        .collect();
+    std::fs::write(path, text).with_context(|| format!("write {}", path.display()))
+}
