@@ -3,9 +3,11 @@
 //! Both sides are read at once and compared inside the databases: every row's key text is hashed
 //! into one of `buckets` (about `rows / bucket_rows`), and each side returns per bucket its row
 //! count and the sum of its rows' hashes — one scan and a few numbers per bucket. Only the
-//! buckets that differ are read row by row (key and row hash), so an equal table costs a scan of
-//! each side and almost no transfer. Hashing is MD5 of each value's text form (the key's and the
-//! row's), which is the same on both sides when the sink holds the source's types.
+//! buckets that differ are read row by row (key and row hash), all in one more scan of each
+//! side, so an equal table costs a scan of each side and almost no transfer. Hashes are
+//! PostgreSQL's `hashtextextended` (64 bits, the hash partitioning uses, stable across servers
+//! and majors) of the key's and the row's text forms, which are the same on both sides when the
+//! sink holds the source's types.
 //!
 //! Writes may go on meanwhile: a row that differs is read again on both sides after a pause, up
 //! to `settle` in all; one that became equal was in flight (the pipeline had not applied it
@@ -280,6 +282,12 @@ struct Shape {
     row: String,
 }
 
+/// The bucket of a key text, `0..n`. `hashtextextended` is the hash PostgreSQL's hash
+/// partitioning stores rows by, so it is the same on every server and major (11+).
+fn bucket_of(key: &str, n: i64) -> String {
+    format!("(((hashtextextended({key}, 0) % {n}) + {n}) % {n})")
+}
+
 /// `(count, sum of row hashes)` per bucket.
 type Buckets = HashMap<i64, (i64, String)>;
 
@@ -290,11 +298,10 @@ async fn buckets(
     buckets: i64,
 ) -> anyhow::Result<Buckets> {
     let sql = format!(
-        "SELECT (('x' || substr(md5({key}), 1, 8))::bit(32)::bigint % {buckets}), count(*), \
-         sum(('x' || substr(md5({row}), 1, 15))::bit(60)::bigint::numeric)::text \
+        "SELECT {bucket}, count(*), sum(hashtextextended({row}, 0)::numeric)::text \
          FROM {table} t GROUP BY 1",
-        key = shape.key,
         row = shape.row,
+        bucket = bucket_of(&shape.key, buckets),
     );
     Ok(client
         .query(&sql, &[])
@@ -304,38 +311,37 @@ async fn buckets(
         .collect())
 }
 
-/// Key text → row hash of the rows in `bucket` (or, with `keys`, of those keys).
+/// Key text → row hash of the rows in the given buckets (one scan for all of them) or with the
+/// given keys.
 async fn rows_of(
     client: &tokio_postgres::Client,
     table: &str,
     shape: &Shape,
     filter: Filter<'_>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let (condition, keys): (String, Vec<String>) = match filter {
-        Filter::Bucket(b, n) => (
-            format!(
-                "('x' || substr(md5({}), 1, 8))::bit(32)::bigint % {n} = {b}",
-                shape.key
-            ),
-            Vec::new(),
-        ),
-        Filter::Keys(keys) => (format!("{} = ANY($1)", shape.key), keys.to_vec()),
+    let sql = |condition: String| {
+        format!(
+            "SELECT {key}, hashtextextended({row}, 0)::text FROM {table} t WHERE {condition}",
+            key = shape.key,
+            row = shape.row
+        )
     };
-    let sql = format!(
-        "SELECT {key}, md5({row}) FROM {table} t WHERE {condition}",
-        key = shape.key,
-        row = shape.row
-    );
-    let rows = if keys.is_empty() {
-        client.query(&sql, &[]).await?
-    } else {
-        client.query(&sql, &[&keys]).await?
+    let rows = match filter {
+        Filter::Buckets(buckets, n) => {
+            let condition = format!("{} = ANY($1)", bucket_of(&shape.key, n));
+            client.query(&sql(condition), &[&buckets]).await?
+        }
+        Filter::Keys(keys) => {
+            let condition = format!("{} = ANY($1)", shape.key);
+            client.query(&sql(condition), &[&keys]).await?
+        }
     };
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 enum Filter<'a> {
-    Bucket(i64, i64),
+    /// The buckets, of how many.
+    Buckets(&'a [i64], i64),
     Keys(&'a [String]),
 }
 
@@ -430,10 +436,11 @@ async fn compare_table(
             .collect();
         differing.sort_unstable();
         differing.dedup();
-        for b in differing {
+        // Every differing bucket in one more scan of each side.
+        for part in differing.chunks(10_000) {
             let (s, d) = tokio::try_join!(
-                rows_of(&src, &shape.qualified_source, &shape, Filter::Bucket(b, n)),
-                rows_of(&dst, &shape.qualified_sink, &shape, Filter::Bucket(b, n))
+                rows_of(&src, &shape.qualified_source, &shape, Filter::Buckets(part, n)),
+                rows_of(&dst, &shape.qualified_sink, &shape, Filter::Buckets(part, n))
             )?;
             suspects.extend(differences(&s, &d));
         }

@@ -11,7 +11,7 @@
 //! Settings (environment): `SLUICE_BENCH_ROWS` (default 1,000,000), `SLUICE_BENCH_BIG_ROWS`
 //! (5,000,000), `SLUICE_BENCH_LATENCY_RATE` (rows/s, 5,000), `SLUICE_BENCH_LATENCY_SECS`
 //! (30), `SLUICE_BENCH_REPEATS` (3), `SLUICE_BENCH_ONLY` (comma-separated: pg, maria,
-//! router, latency, rss, txn).
+//! router, latency, rss, txn, verify).
 //!
 //! `txn` starts an Apache Kafka of its own and measures what publishing atomically would cost:
 //! capture's producer as it is (idempotent) beside a transactional producer committing one
@@ -395,6 +395,9 @@ fn main() {
     }
     if bench.settings.runs("txn") {
         kafka_transactions(&mut bench);
+    }
+    if bench.settings.runs("verify") {
+        verify_speed(&mut bench);
     }
     let report = json!({
         "machine": machine(&bench),
@@ -867,6 +870,101 @@ fn large_transaction_in(bench: &mut Bench, mode: &str, streaming: bool) {
     );
 }
 
+/// `sluice verify` on an equal table of `rows` rows and on one with 100 scattered differences,
+/// beside a plain scan of both sides at once (`COPY … TO STDOUT` of each, in parallel).
+fn verify_speed(bench: &mut Bench) {
+    let rows = bench.settings.rows;
+    bench.psql("source", &format!("CREATE TABLE public.verify ({PG_COLUMNS})"));
+    bench.psql("source", &pg_rows("public.verify", 1, rows));
+    bench.psql("postgres", "CREATE DATABASE sink_verify");
+    bench.psql(
+        "sink_verify",
+        &format!("CREATE TABLE public.verify ({PG_COLUMNS})"),
+    );
+    let copy = bench.path("verify.copy");
+    bench.psql(
+        "source",
+        &format!("COPY public.verify TO '{}'", copy.display()),
+    );
+    bench.psql(
+        "sink_verify",
+        &format!("COPY public.verify FROM '{}'", copy.display()),
+    );
+    for db in ["source", "sink_verify"] {
+        bench.psql(db, "VACUUM ANALYZE public.verify");
+    }
+    let config = bench.path("verify.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\n{}{}",
+            bench.kafka.bootstrap(),
+            pg_source(&bench.pg, "verify", "public.verify"),
+            pg_sink(&bench.pg, "sink_verify", "verify")
+        ),
+    )
+    .unwrap();
+    let scan = timed("a scan of both sides", || {
+        let scans: Vec<_> = ["source", "sink_verify"]
+            .iter()
+            .map(|db| {
+                let (psql, url) = (bench.pg.tool("psql"), bench.pg.url(db));
+                std::thread::spawn(move || {
+                    let out = Command::new(psql)
+                        .args(["-X", "-q", &url, "-c", "COPY public.verify TO STDOUT"])
+                        .stdout(std::process::Stdio::null())
+                        .status()
+                        .unwrap();
+                    assert!(out.success());
+                })
+            })
+            .collect();
+        for s in scans {
+            s.join().unwrap();
+        }
+    });
+    let run = |what: &str, expect: &str| {
+        let mut out = None;
+        let took = timed(what, || {
+            out = Some(
+                Command::new(&bench.settings.sluice)
+                    .args(["verify", "--settle-ms", "0", "--config"])
+                    .arg(&config)
+                    .output()
+                    .unwrap(),
+            );
+        });
+        let out = out.expect("ran");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(expect), "sluice verify: {text}");
+        took
+    };
+    let equal = run("sluice verify, equal", "status=equal");
+    let every = (rows / 100).max(1);
+    bench.psql(
+        "sink_verify",
+        &format!("UPDATE public.verify SET score = score + 1 WHERE id % {every} = 0"),
+    );
+    let damaged = run(
+        "sluice verify, 100 differences",
+        "missing=0 extra=0 differing=100",
+    );
+    let rate = |d: Duration| (rows as f64 / d.as_secs_f64()).round();
+    bench.record(
+        "verify",
+        json!({
+            "rows": rows,
+            "scan_both_seconds": scan.as_secs_f64(),
+            "scan_both_rows_per_s": rate(scan),
+            "equal_seconds": equal.as_secs_f64(),
+            "equal_rows_per_s": rate(equal),
+            "differences_100_seconds": damaged.as_secs_f64(),
+            "differences_100_rows_per_s": rate(damaged),
+        }),
+    );
+}
+
 /// Peak resident set size (VmHWM) of a running process, in MiB.
 fn vm_hwm(process: &SluiceProcess) -> f64 {
     let pid = process.pid().expect("running");
@@ -1059,6 +1157,13 @@ fn print_table(report: &Value) {
         println!(
             "Kafka producer, records/s: idempotent {}; a transaction per 1 change {}, per 10 {}, per 100 {}, per 1,000 {}, per 10,000 {}",
             rate("idempotent"), rate("per_1"), rate("per_10"), rate("per_100"), rate("per_1000"), rate("per_10000")
+        );
+    }
+    if let Some(v) = find(report, "verify") {
+        let rate = |k: &str| v[k].as_f64().map_or("—".into(), group);
+        println!(
+            "sluice verify, {} rows a side: equal {} rows/s, 100 differences {} rows/s; a plain scan of both sides {} rows/s",
+            v["rows"], rate("equal_rows_per_s"), rate("differences_100_rows_per_s"), rate("scan_both_rows_per_s")
         );
     }
     println!("Sluice rates are steady-state (first row to last); startup is in the JSON.");
