@@ -439,8 +439,18 @@ async fn compare_table(
         // Every differing bucket in one more scan of each side.
         for part in differing.chunks(10_000) {
             let (s, d) = tokio::try_join!(
-                rows_of(&src, &shape.qualified_source, &shape, Filter::Buckets(part, n)),
-                rows_of(&dst, &shape.qualified_sink, &shape, Filter::Buckets(part, n))
+                rows_of(
+                    &src,
+                    &shape.qualified_source,
+                    &shape,
+                    Filter::Buckets(part, n)
+                ),
+                rows_of(
+                    &dst,
+                    &shape.qualified_sink,
+                    &shape,
+                    Filter::Buckets(part, n)
+                )
             )?;
             suspects.extend(differences(&s, &d));
         }

@@ -874,7 +874,10 @@ fn large_transaction_in(bench: &mut Bench, mode: &str, streaming: bool) {
 /// beside a plain scan of both sides at once (`COPY … TO STDOUT` of each, in parallel).
 fn verify_speed(bench: &mut Bench) {
     let rows = bench.settings.rows;
-    bench.psql("source", &format!("CREATE TABLE public.verify ({PG_COLUMNS})"));
+    bench.psql(
+        "source",
+        &format!("CREATE TABLE public.verify ({PG_COLUMNS})"),
+    );
     bench.psql("source", &pg_rows("public.verify", 1, rows));
     bench.psql("postgres", "CREATE DATABASE sink_verify");
     bench.psql(
