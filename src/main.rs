@@ -159,24 +159,18 @@ fn main() -> ExitCode {
         Command::Verify(a) => return verify(a),
         Command::Schemes(c) => return schemes(c),
         Command::CheckConfig(a) => {
-            return match Config::load(&a.config) {
+            return match load(&a.config) {
                 Ok(_) => {
                     println!("{}: ok", a.config.display());
                     ExitCode::SUCCESS
                 }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(2)
-                }
+                Err(code) => code,
             };
         }
     };
-    let config = match Config::load(&arg.config) {
+    let config = match load(&arg.config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     telemetry::init_logging(&config.observability);
     let runtime = match runtime(true) {
@@ -190,6 +184,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The config at `path`; a config that does not load is said on stderr, exit code 2.
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
 }
 
 /// The async runtime: multi-threaded for the pipeline, one thread for short commands.
@@ -207,12 +209,9 @@ fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, ExitCode> {
 
 fn schemes(command: &SchemesCommand) -> ExitCode {
     let (SchemesCommand::Generate(args) | SchemesCommand::Check(args)) = command;
-    let config = match Config::load(&args.config) {
+    let config = match load(&args.config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let runtime = match runtime(false) {
         Ok(r) => r,
@@ -249,12 +248,9 @@ fn schemes(command: &SchemesCommand) -> ExitCode {
 }
 
 fn verify(args: &VerifyArgs) -> ExitCode {
-    let config = match Config::load(&args.config) {
+    let config = match load(&args.config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let runtime = match runtime(true) {
         Ok(r) => r,
@@ -292,12 +288,9 @@ fn verify(args: &VerifyArgs) -> ExitCode {
 }
 
 fn reset_state(args: &ResetStateArgs) -> ExitCode {
-    let config = match Config::load(&args.config) {
+    let config = match load(&args.config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     match commands::reset_state(&config, &args.source) {
         Ok(line) => {

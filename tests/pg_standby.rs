@@ -21,6 +21,24 @@ fn major_from(least: u32) -> u32 {
     }
 }
 
+/// A primary of the run's major (at least `least`) with `public.t` of 100 rows in `source`, and
+/// `extra` SQL run there.
+fn primary(least: u32, extra: &str) -> Postgres {
+    let major = major_from(least);
+    let primary = Postgres::start_major(major).unwrap();
+    primary.create_database("source").unwrap();
+    primary
+        .psql(
+            "source",
+            &format!(
+                "CREATE TABLE public.t (id int PRIMARY KEY, n int NOT NULL);
+                 INSERT INTO public.t SELECT i, 0 FROM generate_series(1, 100) i; {extra}"
+            ),
+        )
+        .unwrap();
+    primary
+}
+
 /// A config capturing `public.t` from `source` (its database `source`) into the `sink`
 /// database of `sink`.
 fn config(
@@ -93,16 +111,7 @@ fn wait_for_sink(source: &Postgres, sink: &Postgres, sluice: &SluiceProcess) {
 fn a_promoted_standby_with_a_synchronized_failover_slot_loses_and_doubles_nothing() {
     // Given a primary (17+) and a physical standby that synchronizes failover slots, the
     // primary holding back logical changes the standby has not received,
-    let major = major_from(17);
-    let mut primary = Postgres::start_major(major).unwrap();
-    primary.create_database("source").unwrap();
-    primary
-        .psql(
-            "source",
-            "CREATE TABLE public.t (id int PRIMARY KEY, n int NOT NULL);
-             INSERT INTO public.t SELECT i, 0 FROM generate_series(1, 100) i;",
-        )
-        .unwrap();
+    let mut primary = primary(17, "");
     let standby = primary.start_standby().unwrap();
     primary
         .psql(
@@ -247,17 +256,7 @@ fn a_promoted_standby_with_a_synchronized_failover_slot_loses_and_doubles_nothin
 #[test]
 fn capture_reads_a_physical_standby() {
     // Given a primary (16+) with a publication, and a physical standby of it,
-    let major = major_from(16);
-    let mut primary = Postgres::start_major(major).unwrap();
-    primary.create_database("source").unwrap();
-    primary
-        .psql(
-            "source",
-            "CREATE TABLE public.t (id int PRIMARY KEY, n int NOT NULL);
-             INSERT INTO public.t SELECT i, 0 FROM generate_series(1, 100) i;
-             CREATE PUBLICATION failover FOR TABLE public.t;",
-        )
-        .unwrap();
+    let mut primary = primary(16, "CREATE PUBLICATION failover FOR TABLE public.t;");
     let standby = primary.start_standby().unwrap();
     let sink = Postgres::shared().unwrap();
     sink.create_database("sink").unwrap();

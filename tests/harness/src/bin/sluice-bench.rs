@@ -915,7 +915,7 @@ fn verify_speed(bench: &mut Bench) {
                 std::thread::spawn(move || {
                     let out = Command::new(psql)
                         .args(["-X", "-q", &url, "-c", "COPY public.verify TO STDOUT"])
-                        .stdout(std::process::Stdio::null())
+                        .stdout(Stdio::null())
                         .status()
                         .unwrap();
                     assert!(out.success());
