@@ -86,9 +86,11 @@ impl SluiceProcess {
         Ok((process, path))
     }
 
-    /// Runs sluice expecting it to stop on its own (a definite error) within 30 s, reading its
+    /// Runs sluice expecting it to stop on its own (a definite error) within 60 s, reading its
     /// `/metrics` meanwhile (a failed process serves the failure until it is read); returns its
-    /// log. Panics when it keeps running.
+    /// log. Panics when it keeps running. (A failed process gives the others up to
+    /// `shutdown.drain_timeout_ms` + 5 s, 35 s by default, to stop: a router leaving its group
+    /// in the middle of a rebalance on a loaded machine has taken that long.)
     pub fn run_until_exit(
         bin: &Path,
         subcommand: &str,
@@ -103,7 +105,7 @@ impl SluiceProcess {
                 // It stopped before it was ever healthy; the error carries its log.
                 Err(e) => return e,
             };
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while !sluice.has_exited() {
             assert!(
                 std::time::Instant::now() < deadline,
