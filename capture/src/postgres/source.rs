@@ -781,15 +781,19 @@ impl Stream<'_> {
             return Ok(());
         }
         let subxid = decoder::stream_xid(&data).unwrap_or(xid);
-        let budget = &self.budget;
-        self.streamed
-            .entry(xid)
-            .or_insert_with(|| Streamed {
-                held: Held::new(budget),
-                aborted: HashSet::new(),
-            })
+        self.streamed(xid)
             .held
             .push(RawMessage { subxid, lsn, data })
+    }
+
+    /// The streamed transaction `xid`, known from its first Stream Start on (a transaction
+    /// streamed with nothing capture takes in it still commits, as an empty one).
+    fn streamed(&mut self, xid: u32) -> &mut Streamed {
+        let budget = &self.budget;
+        self.streamed.entry(xid).or_insert_with(|| Streamed {
+            held: Held::new(budget),
+            aborted: HashSet::new(),
+        })
     }
 
     async fn handle(&mut self, message: PgOutput, lsn: u64) -> Result<(), CaptureError> {
@@ -798,6 +802,7 @@ impl Stream<'_> {
                 if first {
                     debug!(xid, "a transaction in progress is streamed");
                 }
+                self.streamed(xid);
                 self.in_stream = Some(xid);
             }
             PgOutput::StreamStop => self.in_stream = None,
