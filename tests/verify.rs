@@ -123,10 +123,24 @@ fn an_equal_sink_passes_and_a_damaged_one_is_found_row_for_row() {
         .map(|(k, v)| (k.to_string(), v.to_string())),
         "{lines:?}"
     );
-    // and --table limits it to one table.
+    // and --table limits it to one table;
     let (code, out) = verify(&p, &["--table", "public.pairs", "--settle-ms", "0"]);
     assert_eq!(code, 1, "{out}");
     assert!(!out.contains("public.items"), "{out}");
+
+    // a table that cannot be compared is named with why, and the others are still compared.
+    p.pg.psql("sink", "DROP TABLE public.pairs").unwrap();
+    let (code, out) = verify(&p, &["--settle-ms", "0"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("table=public.pairs status=not_compared")
+            && out.contains("the sink has no table public.pairs"),
+        "{out}"
+    );
+    assert!(
+        out.contains("table=public.items sink_table=public.items status=different"),
+        "{out}"
+    );
 }
 
 #[test]

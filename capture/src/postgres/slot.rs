@@ -217,17 +217,15 @@ async fn ensure_free(
 /// (`publish_via_partition_root`), so rows keep one identity when they move between
 /// partitions and a partition attached later is captured with no configuration. Returns the
 /// partitioned tables whose changes an existing publication had published under their
-/// partitions' names until now: capture skipped those, so they must be snapshotted again.
+/// partitions' names until now: capture skipped those, so they must be snapshotted again. On
+/// a `standby` (read-only) anything it would change is refused with the SQL for the primary.
 pub async fn ensure_publication(
     client: &Client,
     publication: &str,
     tables: &[TableId],
+    standby: bool,
 ) -> Result<Vec<TableId>, CaptureError> {
     // A standby is read-only: what the publication lacks is made on its primary.
-    let standby: bool = client
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await?
-        .get(0);
     let ddl = |sql: String| async move {
         if standby {
             return Err(CaptureError::Definite(format!(

@@ -514,14 +514,6 @@ impl PostgresCapture {
                         .join("; ")
                 )));
             }
-            let resnapshot =
-                slot::ensure_publication(&client, &self.config.publication, &tables).await?;
-            // Read before the slot and any snapshot: a partition attached after this is new
-            // to the stream's check, and at worst read twice, never missed.
-            let partitions = Catalog::partitions(&client, &tables, &HashMap::new(), false).await?;
-            let mut repl = ReplicationConnection::connect(&params).await?;
-            let identity = identify(&mut repl).await?;
-            let history = timeline_history(&mut repl, &identity).await?;
             let standby: bool = client
                 .query_one("SELECT pg_is_in_recovery()", &[])
                 .await?
@@ -530,6 +522,15 @@ impl PostgresCapture {
                 // (A slot made on a standby waits for the primary to log what is running.)
                 info!("the source is a standby: capture decodes there (no heartbeats: it is read-only; a new slot waits for the primary's next running-transactions record)");
             }
+            let resnapshot =
+                slot::ensure_publication(&client, &self.config.publication, &tables, standby)
+                    .await?;
+            // Read before the slot and any snapshot: a partition attached after this is new
+            // to the stream's check, and at worst read twice, never missed.
+            let partitions = Catalog::partitions(&client, &tables, &HashMap::new(), false).await?;
+            let mut repl = ReplicationConnection::connect(&params).await?;
+            let identity = identify(&mut repl).await?;
+            let history = timeline_history(&mut repl, &identity).await?;
             let slot_state = slot::ensure_slot(
                 &client,
                 &mut repl,
