@@ -14,7 +14,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::config::{with_source, Config, SinkConfig};
+use sluice_connect::transport::Transport;
+
+use crate::config::{with_source, Config, Mode, SinkConfig};
 use crate::telemetry::{self, Health};
 
 /// Which components a process runs.
@@ -30,9 +32,33 @@ const BROKER_CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 /// Runs the chosen components until SIGTERM/SIGINT (or until one fails definitively, which
 /// stops the others). Returns an error when any component failed.
 pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
+    let mode = config.mode();
+    if mode == Mode::Local
+        && components
+            != (Components {
+                capture: true,
+                router: true,
+            })
+    {
+        anyhow::bail!(
+            "this config has no [kafka] section, so it runs in local mode: capture and router \
+             in one process, with `sluice run`. To run them apart, add [kafka]"
+        );
+    }
+    let transport = config.transport().map_err(anyhow::Error::msg)?;
+    if let Transport::Local(local) = &transport {
+        info!(state_dir = %local.dir().display(), "local mode: no broker; capture state, schemas and dead letters are kept in the state directory");
+    }
     let handle = telemetry::init_metrics()?;
     let health = Arc::new(Health::new(config.observability.stall_timeout()));
     let shutdown = CancellationToken::new();
+    // Routers stop on this. In local mode only once every capture stopped: a capture
+    // draining on shutdown waits for its changes to reach the sinks.
+    let router_shutdown = match mode {
+        Mode::Kafka => shutdown.clone(),
+        Mode::Local => CancellationToken::new(),
+    };
+    let (captures_alive, mut captures_gone) = tokio::sync::mpsc::channel::<()>(1);
     let registry = config
         .schemas
         .registry()
@@ -50,18 +76,110 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
 
     // Credentials and certificates the brokers refuse stop the process with what to fix
     // (otherwise every client would retry forever); a broker that is down is waited for.
-    tasks.spawn_blocking({
-        let (client, shutdown) = (config.kafka_client(), shutdown.clone());
-        move || {
-            let checked = crate::kafka::check_brokers(&client, BROKER_CHECK_TIMEOUT, || {
-                shutdown.is_cancelled()
+    if mode == Mode::Kafka {
+        tasks.spawn_blocking({
+            let (client, shutdown) = (config.kafka_client(), shutdown.clone());
+            move || {
+                let checked = crate::kafka::check_brokers(&client, BROKER_CHECK_TIMEOUT, || {
+                    shutdown.is_cancelled()
+                });
+                (
+                    ("kafka", "brokers".to_string()),
+                    checked.map_err(anyhow::Error::msg),
+                )
+            }
+        });
+    }
+
+    if components.router {
+        let router = config
+            .router
+            .clone()
+            .context("`route` needs a [router] section")?;
+        // Local mode feeds every sink named from the same captures, each by its own router.
+        let sinks: Vec<String> = match mode {
+            Mode::Kafka => vec![router.sink.clone()],
+            Mode::Local => std::iter::once(router.sink.clone())
+                .chain(router.also_sinks.iter().cloned())
+                .collect(),
+        };
+        for sink_name in sinks {
+            let sink_config = config
+                .sinks
+                .get(&sink_name)
+                .cloned()
+                .with_context(|| format!("router: sink \"{sink_name}\" names no sink"))?;
+            let component = if sink_name == router.sink {
+                "router".to_string()
+            } else {
+                format!("router {sink_name}")
+            };
+            let settings = RouterSettings {
+                group_id: router.group_id.clone(),
+                instance_id: config.router_instance_id(),
+                assignment_strategy: router.assignment_strategy.clone(),
+                topics: config.router_topics(),
+                legacy_topics: config.legacy_topics(),
+                schema_topic: config.kafka.schema_topic.clone(),
+                registry: registry.clone(),
+                dead_letter_topic: router.dead_letter_topic.clone(),
+                partitions: config.kafka.partitions,
+                replication_factor: config.kafka.replication_factor,
+                batch: BatchSettings {
+                    max_rows: router.batch.max_rows,
+                    max_bytes: router.batch.max_bytes,
+                    max_delay: Duration::from_millis(router.batch.max_delay_ms),
+                },
+                blocked_retry: Duration::from_millis(router.blocked_retry_ms),
+                fetch_stall_recovery: router.fetch_stall_recovery,
+                sink_name: sink_name.clone(),
+                liveness: health.component(
+                    &component,
+                    match mode {
+                        Mode::Kafka => &["sink", "broker"],
+                        Mode::Local => &["sink"],
+                    },
+                ),
+            };
+            // Invalid schemes stop the start with every problem listed: nothing runs yet to
+            // fall back on.
+            let mapper = match config.schemes_dir() {
+                None => Mapper::identity(&sink_name),
+                Some(dir) => Mapper::load(
+                    &dir,
+                    &sink_name,
+                    Config::hmac_key().map_err(|e| anyhow::anyhow!(e))?,
+                    Duration::from_millis(router.schemes_reload_ms),
+                )
+                .map_err(|e| anyhow::anyhow!("mapping schemes in {}:\n{e}", dir.display()))?,
+            };
+            // In local mode the router subscribes now, before any capture starts publishing.
+            let subscription = transport.local().map(|l| l.subscribe(&settings.topics));
+            let (shutdown, group_id) = (router_shutdown.clone(), router.group_id.clone());
+            let transport = transport.clone();
+            tasks.spawn(async move {
+                let password = Config::env_password("sinks", &sink_name);
+                let result = async {
+                    let sink = connect_sink_with_retry(
+                        &sink_name,
+                        &group_id,
+                        &sink_config,
+                        password,
+                        &shutdown,
+                    )
+                    .await?;
+                    Router::new(transport, settings, sink)
+                        .with_schemes(mapper)
+                        .with_subscription(subscription)
+                        .run(shutdown)
+                        .await?;
+                    Ok(())
+                }
+                .await;
+                (("router", sink_name), result)
             });
-            (
-                ("kafka", "brokers".to_string()),
-                checked.map_err(anyhow::Error::msg),
-            )
         }
-    });
+    }
 
     if components.capture {
         if config.sources.is_empty() {
@@ -78,20 +196,30 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 state_topic: config.kafka.state_topic.clone(),
                 partitions: config.kafka.partitions,
                 replication_factor: config.kafka.replication_factor,
-                tombstones: config.kafka.tombstones,
-                max_in_flight: config.kafka.max_in_flight,
+                tombstones: config.kafka.tombstones && mode == Mode::Kafka,
+                max_in_flight: match (&config.local, mode) {
+                    (Some(local), Mode::Local) => local.max_in_flight,
+                    _ => config.kafka.max_in_flight,
+                },
                 source: name.clone(),
                 drain_timeout: config.shutdown.drain_timeout(),
-                liveness: health.component(&format!("capture {name}"), &["source", "broker"]),
+                liveness: health.component(
+                    &format!("capture {name}"),
+                    match mode {
+                        Mode::Kafka => &["source", "broker"],
+                        Mode::Local => &["source"],
+                    },
+                ),
                 policy: config.schemas.policy(),
                 registry: registry.clone(),
             };
             let password = Config::env_password("sources", name);
-            let (kafka, label) = (config.kafka_client(), ("capture", name.clone()));
-            let shutdown = shutdown.clone();
+            let (transport, label) = (transport.clone(), ("capture", name.clone()));
+            let (shutdown, alive) = (shutdown.clone(), captures_alive.clone());
             with_source!(source.clone(), s => {
-                let capture = Capture::new(name, s, kafka, settings, password);
+                let capture = Capture::new(name, s, transport, settings, password);
                 tasks.spawn(async move {
+                    let _alive = alive;
                     (
                         label,
                         Source::run(capture, shutdown).await.map_err(anyhow::Error::from),
@@ -101,70 +229,14 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         }
     }
 
-    if components.router {
-        let router = config
-            .router
-            .clone()
-            .context("`route` needs a [router] section")?;
-        let sink_config = config
-            .sinks
-            .get(&router.sink)
-            .cloned()
-            .with_context(|| format!("router.sink = \"{}\" names no sink", router.sink))?;
-        let settings = RouterSettings {
-            group_id: router.group_id.clone(),
-            instance_id: config.router_instance_id(),
-            assignment_strategy: router.assignment_strategy.clone(),
-            topics: config.router_topics(),
-            legacy_topics: config.legacy_topics(),
-            schema_topic: config.kafka.schema_topic.clone(),
-            registry: registry.clone(),
-            dead_letter_topic: router.dead_letter_topic.clone(),
-            partitions: config.kafka.partitions,
-            replication_factor: config.kafka.replication_factor,
-            batch: BatchSettings {
-                max_rows: router.batch.max_rows,
-                max_bytes: router.batch.max_bytes,
-                max_delay: Duration::from_millis(router.batch.max_delay_ms),
-            },
-            blocked_retry: Duration::from_millis(router.blocked_retry_ms),
-            fetch_stall_recovery: router.fetch_stall_recovery,
-            sink_name: router.sink.clone(),
-            liveness: health.component("router", &["sink", "broker"]),
-        };
-        let client = config.kafka_client();
-        let shutdown = shutdown.clone();
-        // Invalid schemes stop the start with every problem listed: nothing runs yet to fall
-        // back on.
-        let mapper = match config.schemes_dir() {
-            None => Mapper::identity(&router.sink),
-            Some(dir) => Mapper::load(
-                &dir,
-                &router.sink,
-                Config::hmac_key().map_err(|e| anyhow::anyhow!(e))?,
-                Duration::from_millis(router.schemes_reload_ms),
-            )
-            .map_err(|e| anyhow::anyhow!("mapping schemes in {}:\n{e}", dir.display()))?,
-        };
-        tasks.spawn(async move {
-            let password = Config::env_password("sinks", &router.sink);
-            let result = async {
-                let sink = connect_sink_with_retry(
-                    &router.sink,
-                    &router.group_id,
-                    &sink_config,
-                    password,
-                    &shutdown,
-                )
-                .await?;
-                Router::new(client, settings, sink)
-                    .with_schemes(mapper)
-                    .run(shutdown)
-                    .await?;
-                Ok(())
-            }
-            .await;
-            (("router", router.sink.clone()), result)
+    drop(captures_alive);
+    if mode == Mode::Local {
+        let (shutdown, router_shutdown) = (shutdown.clone(), router_shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            // Every capture has drained (its changes reached the sinks) or given up.
+            while captures_gone.recv().await.is_some() {}
+            router_shutdown.cancel();
         });
     }
 
@@ -317,6 +389,18 @@ pub fn reset_state(config: &Config, source: &str) -> anyhow::Result<String> {
     let epoch = serde_json::json!({ "started_ms": started_ms });
     let record = with_source!(source_config, s => s.reset_state(epoch));
     let topic = &config.kafka.state_topic;
+    if config.mode() == Mode::Local {
+        let dir = config.local_state_dir();
+        let local = sluice_connect::local::Local::open(&dir).map_err(anyhow::Error::msg)?;
+        local
+            .write_control(topic, source, Some(record.to_string().as_bytes()))
+            .map_err(anyhow::Error::msg)?;
+        return Ok(format!(
+            "source {source}: its capture state in {} is reset; its next start clears each \
+             table at the sink and reads it anew, in a new source epoch",
+            dir.display()
+        ));
+    }
     let producer: BaseProducer = config
         .kafka_client()
         .set("enable.idempotence", "true")

@@ -56,8 +56,17 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// The Kafka-protocol cluster events travel through.
+    /// The Kafka-protocol cluster events travel through. Without this section Sluice runs in
+    /// local mode (see `local`).
+    #[serde(default, rename = "kafka")]
+    kafka_section: Option<KafkaConfig>,
+    /// `[kafka]` as given, or its defaults in local mode (topic names still name things).
+    #[serde(skip)]
     pub kafka: KafkaConfig,
+    /// Local mode (`sluice run` with no `[kafka]` section): capture, mapping schemes and sinks
+    /// in one process, with no broker.
+    #[serde(default)]
+    pub local: Option<LocalConfig>,
     /// Databases to capture, by name. The name appears in topics' `source.name`, metrics and logs.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
@@ -239,6 +248,33 @@ impl ShutdownConfig {
     }
 }
 
+/// `[local]`: local mode's settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Where local mode keeps what Kafka's control topics hold in Kafka mode: each source's
+    /// capture state (snapshot progress, source epoch) and the schemas it published, and
+    /// `dead-letters.jsonl`. Keep it on a persistent volume: without it capture snapshots
+    /// again. Relative to the config file's directory; default `sluice-state`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Changes capture may hand to the routers before their sinks commit them; capture waits
+    /// beyond it (this bounds memory: a slow sink slows capture). Default 20000.
+    #[serde(default = "default_local_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_local_max_in_flight() -> usize {
+    20_000
+}
+
+/// Which transport the processes of a config run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Kafka,
+    Local,
+}
+
 /// `[kafka]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -280,6 +316,26 @@ pub struct KafkaConfig {
     /// properties belong in `tls` and `sasl` when those are set.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    /// Local mode's: no brokers; the topic names still name each table's stream (in the
+    /// sink's `sluice_offsets`, in metrics) and the control records' files.
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: String::new(),
+            topic_prefix: default_topic_prefix(),
+            schema_topic: default_schema_topic(),
+            state_topic: default_state_topic(),
+            partitions: 1,
+            replication_factor: default_replication_factor(),
+            tombstones: false,
+            max_in_flight: default_local_max_in_flight(),
+            tls: None,
+            sasl: None,
+            properties: BTreeMap::new(),
+        }
+    }
 }
 
 /// `[sources.<name>]`, by `kind`.
@@ -355,6 +411,10 @@ pub struct RouterConfig {
     /// Topics to consume. Default: the topics of every table of every source in this file.
     #[serde(default)]
     pub topics: Vec<String>,
+    /// Local mode: more sinks fed from the same captures in this process, each with its own
+    /// applied positions (capture confirms a position once every sink committed it).
+    #[serde(default)]
+    pub also_sinks: Vec<String>,
     /// Where undecodable or rejected events go, with the reason in headers.
     #[serde(default = "default_dead_letter_topic")]
     pub dead_letter_topic: String,
@@ -548,7 +608,7 @@ impl Config {
     /// Parses TOML; on error returns the dotted path of the offending key and the message.
     pub fn parse(text: &str) -> Result<Config, (String, String)> {
         let de = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
             let message = inner.message().to_string();
@@ -567,11 +627,50 @@ impl Config {
                 },
                 format!("{message}{location}"),
             )
+        })?;
+        config.kafka = config.kafka_section.clone().unwrap_or_default();
+        Ok(config)
+    }
+
+    /// Kafka mode when the config has a `[kafka]` section, else local mode.
+    pub fn mode(&self) -> Mode {
+        if self.kafka_section.is_some() {
+            Mode::Kafka
+        } else {
+            Mode::Local
+        }
+    }
+
+    /// The transport this config runs on: Kafka's client config, or local mode's state
+    /// directory (opened, created when missing).
+    pub fn transport(&self) -> Result<sluice_connect::transport::Transport, String> {
+        Ok(match self.mode() {
+            Mode::Kafka => sluice_connect::transport::Transport::Kafka(self.kafka_client()),
+            Mode::Local => sluice_connect::transport::Transport::Local(
+                sluice_connect::local::Local::open(&self.local_state_dir())?,
+            ),
         })
+    }
+
+    /// Local mode's state directory, resolved against the config file's directory.
+    pub fn local_state_dir(&self) -> PathBuf {
+        let dir = self
+            .local
+            .as_ref()
+            .and_then(|l| l.state_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("sluice-state"));
+        if dir.is_absolute() {
+            dir
+        } else {
+            self.dir.join(dir)
+        }
     }
 
     fn apply_env(&mut self) {
         if let Ok(v) = std::env::var("SLUICE_KAFKA_BOOTSTRAP_SERVERS") {
+            if let Some(k) = self.kafka_section.as_mut() {
+                k.bootstrap_servers = v.clone();
+            }
             self.kafka.bootstrap_servers = v;
         }
         if let (Ok(v), Some(router)) = (
@@ -595,6 +694,49 @@ impl Config {
     /// Checks values serde cannot; every problem names its field and the fix.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        if self.mode() == Mode::Local {
+            self.validate_local(&mut problems);
+        } else {
+            self.validate_kafka(&mut problems);
+        }
+        self.validate_rest(problems)
+    }
+
+    fn validate_local(&self, problems: &mut Vec<String>) {
+        if self.schemas.registry.is_some() {
+            problems.push(
+                "schemas.registry needs Kafka mode: in local mode (no [kafka] section) schemas                  stay in the state directory; remove [schemas.registry] or add [kafka]"
+                    .into(),
+            );
+        }
+        if self.local.as_ref().is_some_and(|l| l.max_in_flight == 0) {
+            problems.push("local.max_in_flight must be > 0 (e.g. 20000)".into());
+        }
+        if let Some(r) = &self.router {
+            if !r.topics.is_empty() {
+                problems.push(
+                    "router.topics lists Kafka topics; in local mode the router takes every                      source table of this config: remove it (or add [kafka])"
+                        .into(),
+                );
+            }
+        }
+    }
+
+    fn validate_kafka(&self, problems: &mut Vec<String>) {
+        if self.local.is_some() {
+            problems.push(
+                "[local] and [kafka] are both set: a config runs in Kafka mode (with [kafka])                  or local mode (without it); remove one"
+                    .into(),
+            );
+        }
+        if let Some(r) = &self.router {
+            if !r.also_sinks.is_empty() {
+                problems.push(
+                    "router.also_sinks is for local mode; in Kafka mode run a router per sink                      (each its own [router] and group_id)"
+                        .into(),
+                );
+            }
+        }
         let k = &self.kafka;
         if k.bootstrap_servers.trim().is_empty() {
             problems
@@ -617,8 +759,11 @@ impl Config {
             k.sasl.as_ref(),
             &k.properties,
             Self::kafka_password().as_deref(),
-            &mut problems,
+            problems,
         );
+    }
+
+    fn validate_rest(&self, mut problems: Vec<String>) -> Result<(), Vec<String>> {
         for name in self.sources.keys() {
             let prefix = self.source_topic_prefix(name);
             if !is_topic_name(&prefix) {
@@ -664,12 +809,15 @@ impl Config {
             problems.push("shutdown.drain_timeout_ms must be > 0 (e.g. 30000)".into());
         }
         if let Some(router) = &self.router {
-            if !self.sinks.contains_key(&router.sink) {
-                let known: Vec<&str> = self.sinks.keys().map(String::as_str).collect();
-                problems.push(format!(
-                    "router.sink = \"{}\" names no sink; define [sinks.{}] or use one of {known:?}",
-                    router.sink, router.sink
-                ));
+            let named = std::iter::once(("router.sink =", &router.sink))
+                .chain(router.also_sinks.iter().map(|s| ("router.also_sinks:", s)));
+            for (field, sink) in named {
+                if !self.sinks.contains_key(sink) {
+                    let known: Vec<&str> = self.sinks.keys().map(String::as_str).collect();
+                    problems.push(format!(
+                        "{field} \"{sink}\" names no sink; define [sinks.{sink}] or use one of {known:?}"
+                    ));
+                }
             }
             if router.group_id.is_empty() {
                 problems.push("router.group_id must not be empty".into());
@@ -983,6 +1131,57 @@ sink = "warehouse"
         assert_eq!(
             config.schemas.policy().default,
             sluice_schemas::compat::Compatibility::FullTransitive
+        );
+    }
+
+    #[test]
+    fn a_config_without_kafka_runs_in_local_mode_and_says_what_does_not_fit() {
+        let kafka = Config::parse(MINIMAL).unwrap();
+        assert_eq!(kafka.mode(), Mode::Kafka);
+        let start = MINIMAL.find("[kafka]").unwrap();
+        let end = start + MINIMAL[start..].find("\n\n").unwrap();
+        let local_text = format!("{}{}", &MINIMAL[..start], &MINIMAL[end..]);
+        let mut local = Config::parse(&local_text).unwrap();
+        assert_eq!(local.mode(), Mode::Local);
+        local.validate().unwrap();
+        local.dir = PathBuf::from("/etc/sluice");
+        assert_eq!(
+            local.local_state_dir(),
+            PathBuf::from("/etc/sluice/sluice-state")
+        );
+        assert_eq!(local.kafka.partitions, 1);
+        let problems = Config::parse(&format!(
+            "{local_text}\n[schemas.registry]\nurl = \"http://r:8081\"\n"
+        ))
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .join("\n");
+        assert!(
+            problems.contains("schemas.registry needs Kafka mode"),
+            "{problems}"
+        );
+        let both = Config::parse(&format!("{MINIMAL}\n[local]\nstate_dir = \"s\"\n"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .join("\n");
+        assert!(both.contains("[local] and [kafka] are both set"), "{both}");
+        let also = Config::parse(&MINIMAL.replace(
+            "sink = \"warehouse\"",
+            "sink = \"warehouse\"\nalso_sinks = [\"other\"]",
+        ))
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .join("\n");
+        assert!(
+            also.contains("router.also_sinks is for local mode"),
+            "{also}"
+        );
+        assert!(
+            also.contains("router.also_sinks: \"other\" names no sink"),
+            "{also}"
         );
     }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use sluice_connect::transport::{read_to_end, TopicSchemas};
+use sluice_connect::transport::{read_to_end, TopicSchemas, Transport};
 use sluice_schemas::avro::EnvelopeDecoder;
 use sluice_schemas::scheme::{identity, scheme_files, Scheme, SchemeError};
 use sluice_schemas::{TableId, TableSchema};
@@ -41,7 +41,7 @@ async fn registered_versions(
     tables: Vec<(TableId, String)>,
 ) -> Result<BTreeMap<TableId, Vec<Arc<TableSchema>>>, String> {
     let registry = config.schemas.registry()?;
-    let (kafka, schema_topic) = (config.kafka_client(), config.kafka.schema_topic.clone());
+    let (transport, schema_topic) = (config.transport()?, config.kafka.schema_topic.clone());
     let schemas =
         tokio::task::spawn_blocking(move || -> Result<Vec<(TableId, Vec<String>)>, String> {
             let subject = |topic: &str| format!("{topic}-value");
@@ -60,11 +60,13 @@ async fn registered_versions(
                     })
                     .collect(),
                 None => {
-                    let records = match read_to_end(
-                        &kafka,
-                        &schema_topic,
-                        std::time::Duration::from_secs(10),
-                    ) {
+                    let read = match &transport {
+                        Transport::Kafka(kafka) => {
+                            read_to_end(kafka, &schema_topic, std::time::Duration::from_secs(10))
+                        }
+                        Transport::Local(local) => local.read_control(&schema_topic),
+                    };
+                    let records = match read {
                         Ok(r) => r,
                         // Nothing captured yet: no versions.
                         Err(e)

@@ -237,7 +237,7 @@ fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
     }
 
     // when the broker is down, changes are read but not acknowledged: the slot stays behind them;
-    p.p.kafka.kill();
+    p.p.broker.as_mut().unwrap().kill();
     let before_outage = pg
         .psql("source", "SELECT pg_current_wal_lsn()")
         .unwrap()
@@ -272,7 +272,7 @@ fn slot_advances_only_past_what_kafka_acknowledged_and_a_crash_loses_nothing() {
 
     // and when sluice is then killed outright, the broker comes back and more changes arrive,
     p.sluice.kill9();
-    p.p.kafka.restart().unwrap();
+    p.p.broker.as_mut().unwrap().restart().unwrap();
     let pg = &p.pg;
     pg.psql(
         "source",
@@ -1078,7 +1078,7 @@ fn the_broker_killed_and_down_for_a_minute_mid_stream_loses_nothing_and_doubles_
             )
         });
     std::thread::sleep(Duration::from_secs(5));
-    p.kafka.kill();
+    p.broker.as_mut().unwrap().kill();
     let pids = [sluice.pid(), router.pid()].map(|pid| pid.expect("both run"));
     let mut peak = [0.0f64; 2];
     let down = Instant::now();
@@ -1095,7 +1095,7 @@ fn the_broker_killed_and_down_for_a_minute_mid_stream_loses_nothing_and_doubles_
             process.log()
         );
     }
-    p.kafka.restart().unwrap();
+    p.broker.as_mut().unwrap().restart().unwrap();
     writer.join().unwrap();
 
     // then, once it is back, the sink equals the source row for row, no row version was

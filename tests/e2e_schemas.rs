@@ -133,8 +133,8 @@ fn with_a_schema_registry_events_carry_confluent_ids_and_every_version_is_a_subj
     // reader resolves through the registry alone.
     let reader_registry = s_registry_client(&registry.url());
     let mut reader = TopicReader::with_registry(
-        &s.kafka.bootstrap(),
-        s.kafka.namespace(),
+        &s.kafka().bootstrap(),
+        s.kafka().namespace(),
         "e2e.public.t",
         Some(reader_registry),
     );
@@ -159,7 +159,7 @@ fn with_a_schema_registry_events_carry_confluent_ids_and_every_version_is_a_subj
     // schema for the final table as its reader schema) reads every message, across the three
     // versions, into the source's rows.
     let consumed = debezium_style_consumer(
-        &s.kafka.bootstrap(),
+        &s.kafka().bootstrap(),
         &registry.url(),
         "e2e.public.t",
         288 + 20,

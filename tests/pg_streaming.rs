@@ -115,7 +115,7 @@ fn interleaved_streamed_transactions_publish_in_commit_order_and_aborted_work_ne
     assert!(streamed(&sluice, "aborted") >= 1.0, "{}", sluice.log());
     // and Kafka holds nothing of the aborted work, `b` entirely before `a`, positions rising.
     let topic = format!("{}sluice.pg_main.public.big", p.ns());
-    let mut reader = TopicReader::new(&p.kafka.bootstrap(), p.ns(), &topic);
+    let mut reader = TopicReader::new(&p.kafka().bootstrap(), p.ns(), &topic);
     let mut seen = Vec::new();
     let mut last = None;
     while let Some(read) = reader.next(Duration::from_secs(5)) {

@@ -41,7 +41,7 @@ fn a_change_the_sink_refuses_is_dead_lettered_and_the_rest_is_applied() {
         .tables(&["public.orders", "public.other"])
         .batch("max_delay_ms = 200")
         .build();
-    let (pg, kafka) = (&p.pg, &p.kafka);
+    let (pg, kafka) = (&p.pg, p.kafka());
     let sluice = p.run();
     // (The changes below must be streamed: had the snapshot started after them, it would read
     // rows 7 and 12 with the refused values already in them.)
@@ -273,7 +273,7 @@ fn a_pgbench_workload_with_two_routers_truncates_a_partitioned_table_a_rename_an
         .kafka("partitions = 3")
         .batch("max_rows = 1000\nmax_delay_ms = 100")
         .build();
-    let (pg, kafka) = (&p.pg, &p.kafka);
+    let (pg, kafka) = (&p.pg, p.kafka());
     pg.pgbench("source", &["-i", "-s", "1", "-q"]);
     p.source(
         "CREATE TABLE public.events (id bigint, region int, v text, PRIMARY KEY (id, region))
@@ -458,7 +458,7 @@ impl RouterGroup {
         let membership = format!(
             "instance_id = \"{instance}\"\nassignment_strategy = \"range\"\ndead_letter_topic"
         );
-        let edits: &[(&str, &str)] = if self.p.kafka.is_tansu() {
+        let edits: &[(&str, &str)] = if self.p.kafka().is_tansu() {
             &[("dead_letter_topic", &membership)]
         } else {
             &[]
@@ -513,7 +513,7 @@ fn a_router_started_before_its_broker_waits_for_it_and_then_routes() {
         .batch("max_delay_ms = 100")
         .own_broker()
         .build();
-    p.kafka.kill();
+    p.broker.as_mut().unwrap().kill();
     let mut router = p.start_other("route", "route", &[]);
 
     // when topic creation fails at start-up for a while,
@@ -528,7 +528,7 @@ fn a_router_started_before_its_broker_waits_for_it_and_then_routes() {
     assert!(body.contains("broker"), "{body}");
 
     // and once the broker is back, changes flow through it to the sink.
-    p.kafka.restart().unwrap();
+    p.broker.as_mut().unwrap().restart().unwrap();
     let capture = p.start_other("capture", "capture", &[]);
     capture.wait_for_log("starting replication", Duration::from_secs(60));
     p.pg.psql(
@@ -741,7 +741,7 @@ fn three_routers_one_killed_and_one_scaled_in_apply_every_change_once() {
         "INSERT INTO public.items SELECT i, 0 FROM generate_series(1, 300) i",
         "max_rows = 50\n",
     );
-    if g.p.kafka.is_tansu() {
+    if g.p.kafka().is_tansu() {
         // A router stopped for good keeps its partitions on Tansu 0.6 (it never expires a
         // member): a scale-in cannot be shown there. See README, Known limits.
         eprintln!("not run on Tansu: it never hands a stopped router's partitions over");

@@ -30,7 +30,7 @@ pub use publisher::{Publisher, PublisherSettings};
 pub struct Capture<C> {
     name: String,
     config: C,
-    kafka: rdkafka::ClientConfig,
+    transport: sluice_connect::transport::Transport,
     settings: PublisherSettings,
     password: Option<String>,
 }
@@ -39,14 +39,14 @@ impl<C> Capture<C> {
     pub fn new(
         name: &str,
         config: C,
-        kafka: rdkafka::ClientConfig,
+        transport: sluice_connect::transport::Transport,
         settings: PublisherSettings,
         password: Option<String>,
     ) -> Capture<C> {
         Capture {
             name: name.to_string(),
             config,
-            kafka,
+            transport,
             settings,
             password,
         }

@@ -18,8 +18,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext};
+use sluice_connect::local::Local;
 use sluice_connect::registry::{confluent_header, Registry, RegistryError};
-use sluice_connect::transport::{read_to_end, TopicSchemas};
+use sluice_connect::transport::{TopicSchemas, Transport};
 use sluice_schemas::avro::EnvelopeDecoder;
 use sluice_schemas::compat::SchemaPolicy;
 use sluice_schemas::event::{BARRIER_HEADER, POSITION_HEADER};
@@ -317,13 +318,22 @@ fn op_index(op: Op) -> usize {
     }
 }
 
+/// Where records go.
+enum Wire {
+    Kafka {
+        producer: ThreadedProducer<AckContext>,
+        admin: AdminClient<DefaultClientContext>,
+    },
+    /// Local mode: to the routers of this process; delivered once their sinks committed.
+    Local(Arc<Local>),
+}
+
 /// Publishes events and checkpoints; see the module docs.
 pub struct Publisher {
-    producer: ThreadedProducer<AckContext>,
+    wire: Wire,
     tracker: Arc<Tracker>,
-    /// For reading the schema topic.
-    client_config: ClientConfig,
-    admin: AdminClient<DefaultClientContext>,
+    /// For reading the control topics.
+    transport: Transport,
     settings: PublisherSettings,
     known_topics: HashSet<String>,
     published_schemas: HashSet<SchemaFingerprint>,
@@ -349,13 +359,53 @@ pub struct AckHandle {
 }
 
 impl Publisher {
-    /// Creates the producer (idempotent, acks=all) and the ack task; `start` is the position
-    /// already confirmed.
+    /// Creates the producer (idempotent, acks=all; in local mode, the hand-over to this
+    /// process's routers) and the ack task; `start` is the position already confirmed.
     pub fn new(
-        client_config: &ClientConfig,
+        transport: &Transport,
         settings: PublisherSettings,
         start: u64,
     ) -> Result<(Publisher, AckHandle), CaptureError> {
+        let (acked_tx, acked_rx) = watch::channel(start);
+        let tracker = Arc::new(Tracker::new(
+            settings.max_in_flight,
+            acked_tx,
+            settings.liveness.clone(),
+            &settings.source,
+        ));
+        let wire = match transport {
+            Transport::Kafka(client_config) => Publisher::kafka(client_config, &tracker)?,
+            Transport::Local(local) => Wire::Local(local.clone()),
+        };
+        let watching = tracker.clone();
+        let task = tokio::spawn(async move {
+            watching.failure.notified().await;
+            let failed = watching.lock().failed.clone().unwrap_or_default();
+            Err(CaptureError::Kafka(format!("delivery failed: {failed}")))
+        });
+        Ok((
+            Publisher {
+                wire,
+                tracker,
+                transport: transport.clone(),
+                settings,
+                known_topics: HashSet::new(),
+                published_schemas: HashSet::new(),
+                tables: HashMap::new(),
+                last_checkpoint: start,
+                subjects: HashMap::new(),
+                topic_schemas: None,
+                epoch_prefix: None,
+                inherited_prefixes: Vec::new(),
+            },
+            AckHandle {
+                acked: acked_rx,
+                task,
+            },
+        ))
+    }
+
+    fn kafka(client_config: &ClientConfig, tracker: &Arc<Tracker>) -> Result<Wire, CaptureError> {
         let mut config = client_config.clone();
         config
             .set("enable.idempotence", "true")
@@ -374,46 +424,13 @@ impl Publisher {
                 config.set(key, value);
             }
         }
-        let (acked_tx, acked_rx) = watch::channel(start);
-        let tracker = Arc::new(Tracker::new(
-            settings.max_in_flight,
-            acked_tx,
-            settings.liveness.clone(),
-            &settings.source,
-        ));
         let producer: ThreadedProducer<AckContext> = config
             .create_with_context(AckContext(tracker.clone()))
             .map_err(|e| CaptureError::Kafka(e.to_string()))?;
         let admin: AdminClient<DefaultClientContext> = client_config
             .create()
             .map_err(|e| CaptureError::Kafka(e.to_string()))?;
-        let watching = tracker.clone();
-        let task = tokio::spawn(async move {
-            watching.failure.notified().await;
-            let failed = watching.lock().failed.clone().unwrap_or_default();
-            Err(CaptureError::Kafka(format!("delivery failed: {failed}")))
-        });
-        Ok((
-            Publisher {
-                producer,
-                tracker,
-                client_config: client_config.clone(),
-                admin,
-                settings,
-                known_topics: HashSet::new(),
-                published_schemas: HashSet::new(),
-                tables: HashMap::new(),
-                last_checkpoint: start,
-                subjects: HashMap::new(),
-                topic_schemas: None,
-                epoch_prefix: None,
-                inherited_prefixes: Vec::new(),
-            },
-            AckHandle {
-                acked: acked_rx,
-                task,
-            },
-        ))
+        Ok(Wire::Kafka { producer, admin })
     }
 
     /// Publishes every event from here on in `epoch`: its positions carry the epoch's
@@ -460,12 +477,15 @@ impl Publisher {
 
     /// Creates the schema and state topics (compacted) if missing.
     pub async fn prepare(&mut self) -> Result<(), CaptureError> {
+        // Every engine connects to its source before it prepares the publisher.
+        self.settings.liveness.set_connected("source", true);
+        if matches!(self.wire, Wire::Local(_)) {
+            return Ok(());
+        }
         let topic = self.settings.schema_topic.clone();
         self.ensure_topic(&topic, 1, true).await?;
         let topic = self.settings.state_topic.clone();
         self.ensure_topic(&topic, 1, true).await?;
-        // Every engine connects to its source before it prepares the publisher.
-        self.settings.liveness.set_connected("source", true);
         self.settings.liveness.set_connected("broker", true);
         Ok(())
     }
@@ -499,12 +519,30 @@ impl Publisher {
         payload: &[u8],
         what: &str,
     ) -> Result<(), CaptureError> {
+        let producer = match &self.wire {
+            Wire::Kafka { producer, .. } => producer,
+            Wire::Local(local) => {
+                let (local, topic, key, payload) = (
+                    local.clone(),
+                    topic.to_string(),
+                    key.to_string(),
+                    payload.to_vec(),
+                );
+                // A file written and synced: off the async threads.
+                return tokio::task::spawn_blocking(move || {
+                    local.write_control(&topic, &key, Some(&payload))
+                })
+                .await
+                .map_err(|e| CaptureError::Kafka(format!("{what}: {e}")))?
+                .map_err(|e| CaptureError::Kafka(format!("{what}: {e}")));
+            }
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let id = self.tracker.open_control(tx);
         let record = BaseRecord::with_opaque_to(topic, id)
             .key(key)
             .payload(payload);
-        if let Err(e) = self.produce(record).await {
+        if let Err(e) = produce(producer, record).await {
             self.tracker.lock().controls.remove(&id);
             return Err(CaptureError::Kafka(format!("{what}: {e}")));
         }
@@ -517,13 +555,16 @@ impl Publisher {
 
     /// How many partitions `topic` has (it exists: [`Publisher::ensure_topic`] ran).
     fn partition_count(&self, topic: &str) -> Result<i32, CaptureError> {
+        let producer = match &self.wire {
+            Wire::Kafka { producer, .. } => producer,
+            Wire::Local(_) => return Ok(1),
+        };
         // Once per table version: librdkafka's metadata call blocks, so the worker is handed
         // over. A topic just created may list no partitions for a moment.
         tokio::task::block_in_place(|| {
             let mut last = String::new();
             for _ in 0..50 {
-                match self
-                    .producer
+                match producer
                     .client()
                     .fetch_metadata(Some(topic), Duration::from_secs(30))
                 {
@@ -548,9 +589,12 @@ impl Publisher {
         let Some(legacy) = self.settings.legacy_topic_prefix.clone() else {
             return Ok(());
         };
+        let Wire::Kafka { producer, .. } = &self.wire else {
+            return Ok(()); // no topics in local mode
+        };
         // Once per start: librdkafka's metadata call blocks, so the worker is handed over.
         let topics: HashSet<String> = tokio::task::block_in_place(|| {
-            self.producer
+            producer
                 .client()
                 .fetch_metadata(None, Duration::from_secs(30))
                 .map(|m| m.topics().iter().map(|t| t.name().to_string()).collect())
@@ -576,6 +620,9 @@ impl Publisher {
         partitions: i32,
         compact: bool,
     ) -> Result<(), CaptureError> {
+        let Wire::Kafka { admin, .. } = &self.wire else {
+            return Ok(()); // local mode: a topic is only a name
+        };
         if self.known_topics.contains(topic) {
             return Ok(());
         }
@@ -588,8 +635,7 @@ impl Publisher {
             new = new.set("cleanup.policy", "compact");
         }
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let results = self
-            .admin
+        let results = admin
             .create_topics([&new], &opts)
             .await
             .map_err(|e| CaptureError::Kafka(format!("create topic {topic}: {e}")))?;
@@ -617,9 +663,12 @@ impl Publisher {
     /// leader: Kafka answers CreateTopics once the controller has the topic, before every
     /// broker serves it, and a record sent meanwhile fails with an unknown partition.
     async fn await_leaders(&self, topic: &str) -> Result<(), CaptureError> {
+        let Wire::Kafka { producer, .. } = &self.wire else {
+            return Ok(());
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let client = self.producer.client();
+            let client = producer.client();
             let ready = match client.fetch_metadata(Some(topic), Duration::from_secs(5)) {
                 Ok(md) => md.topics().iter().any(|t| {
                     t.name() == topic
@@ -777,16 +826,11 @@ impl Publisher {
     /// Reads the schema topic to its end: what is already published, and each subject's
     /// versions.
     async fn load_schema_topic(&mut self) -> Result<TopicSchemas, CaptureError> {
-        let (config, topic) = (
-            self.client_config.clone(),
-            self.settings.schema_topic.clone(),
-        );
-        let records = tokio::task::spawn_blocking(move || {
-            read_to_end(&config, &topic, Duration::from_secs(60))
-        })
-        .await
-        .map_err(|e| CaptureError::Kafka(format!("schema topic reader panicked: {e}")))?
-        .map_err(CaptureError::Kafka)?;
+        let records = self
+            .transport
+            .read_control(&self.settings.schema_topic, Duration::from_secs(60))
+            .await
+            .map_err(CaptureError::Kafka)?;
         let out = TopicSchemas::from_records(records);
         self.published_schemas.extend(out.schemas.keys().copied());
         debug!(
@@ -959,6 +1003,31 @@ impl Publisher {
             });
         }
         let epoch = self.tracker.open_event().await?;
+        let producer = match &self.wire {
+            Wire::Kafka { producer, .. } => producer,
+            Wire::Local(local) => {
+                let mut headers = vec![(POSITION_HEADER, at.position.to_vec())];
+                if let Some((_, width)) = at.partition {
+                    headers.push((BARRIER_HEADER, width.to_vec()));
+                }
+                let tracker = self.tracker.clone();
+                let report: sluice_connect::local::Report =
+                    Arc::new(move |opaque, error| tracker.delivered(opaque, error));
+                if let Err(e) = local.publish(
+                    at.topic,
+                    at.key,
+                    value,
+                    headers,
+                    at.timestamp_ms,
+                    epoch,
+                    report,
+                ) {
+                    self.tracker.delivered(epoch, Some(e.clone()));
+                    return Err(CaptureError::Definite(e));
+                }
+                return Ok(());
+            }
+        };
         let mut record: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(at.topic, epoch)
                 .headers(headers)
@@ -972,31 +1041,13 @@ impl Publisher {
         if let Some(v) = value {
             record = record.payload(v);
         }
-        if let Err(e) = self.produce(record).await {
+        if let Err(e) = produce(producer, record).await {
             let message = format!("produce to {}: {e}", at.topic);
             // Counted off as failed, so nothing after it is confirmed.
             self.tracker.delivered(epoch, Some(message.clone()));
             return Err(CaptureError::Kafka(message));
         }
         Ok(())
-    }
-
-    /// Hands a record to the producer, waiting while its queue is full.
-    async fn produce<K, P>(&self, mut record: BaseRecord<'_, K, P, usize>) -> Result<(), KafkaError>
-    where
-        K: rdkafka::message::ToBytes + ?Sized,
-        P: rdkafka::message::ToBytes + ?Sized,
-    {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err((e, _)) => return Err(e),
-            }
-        }
     }
 
     /// Marks `lsn` as confirmable once every event published before it is acknowledged.
@@ -1015,6 +1066,27 @@ impl Publisher {
         tokio::time::timeout(timeout, acked.wait_for(|v| *v >= target))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Hands a record to the producer, waiting while its queue is full.
+async fn produce<K, P>(
+    producer: &ThreadedProducer<AckContext>,
+    mut record: BaseRecord<'_, K, P, usize>,
+) -> Result<(), KafkaError>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(e),
+        }
     }
 }
 

@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
+use sluice_connect::transport::Transport;
 
 use crate::CaptureError;
 
@@ -40,17 +40,14 @@ pub enum TableState {
 
 /// The latest state record of `source` in the state topic, if any.
 pub async fn read_latest_state(
-    config: &ClientConfig,
+    transport: &Transport,
     topic: &str,
     source: &str,
 ) -> Result<Option<Vec<u8>>, CaptureError> {
-    let (config, topic_owned) = (config.clone(), topic.to_string());
-    let records = tokio::task::spawn_blocking(move || {
-        sluice_connect::transport::read_to_end(&config, &topic_owned, Duration::from_secs(60))
-    })
-    .await
-    .map_err(|e| CaptureError::Kafka(format!("state reader panicked: {e}")))?
-    .map_err(CaptureError::Kafka)?;
+    let records = transport
+        .read_control(topic, Duration::from_secs(60))
+        .await
+        .map_err(CaptureError::Kafka)?;
     Ok(records
         .into_iter()
         .rev()

@@ -6,12 +6,59 @@
 //! oldest first.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_schemas::SchemaFingerprint;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+/// What carries changes and control records from capture to routers.
+#[derive(Clone)]
+pub enum Transport {
+    /// A Kafka-protocol cluster, reached with this client config.
+    Kafka(ClientConfig),
+    /// No broker: capture and routers in one process (`sluice run` without `[kafka]`).
+    Local(Arc<crate::local::Local>),
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Kafka(_) => f.write_str("Kafka"),
+            Transport::Local(l) => write!(f, "Local({})", l.dir().display()),
+        }
+    }
+}
+
+impl Transport {
+    /// Every record of a control topic up to its end ([`read_to_end`] on Kafka; the topic's
+    /// file in local mode).
+    pub async fn read_control(
+        &self,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Record>, String> {
+        match self {
+            Transport::Kafka(config) => {
+                let (config, topic) = (config.clone(), topic.to_string());
+                tokio::task::spawn_blocking(move || read_to_end(&config, &topic, timeout))
+                    .await
+                    .map_err(|e| format!("the control-topic reader panicked: {e}"))?
+            }
+            Transport::Local(local) => local.read_control(topic),
+        }
+    }
+
+    /// The local transport, when this is local mode.
+    pub fn local(&self) -> Option<&Arc<crate::local::Local>> {
+        match self {
+            Transport::Local(l) => Some(l),
+            Transport::Kafka(_) => None,
+        }
+    }
+}
 
 /// A record of a control topic: its key and its value (`None` for a tombstone).
 pub type Record = (String, Option<Vec<u8>>);

@@ -10,6 +10,7 @@
 mod applier;
 mod dead_letter;
 pub mod error;
+mod feed;
 mod gaps;
 mod holds;
 mod lag;

@@ -4,14 +4,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sluice_schemas::liveness::Backoff;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::lag::LagContext;
+use crate::feed::Feed;
 use crate::metrics as m;
 use crate::router::RouterSettings;
 use crate::RouterError;
@@ -41,7 +40,7 @@ impl Outage {
     pub async fn wait(
         &mut self,
         settings: &RouterSettings,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         error: &(dyn std::fmt::Display + Sync),
         doing: &str,
         shutdown: &CancellationToken,
@@ -69,7 +68,7 @@ impl Outage {
     pub fn over(
         &self,
         settings: &RouterSettings,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         paused_on_purpose: &HashSet<(Arc<str>, i32)>,
     ) -> Result<(), RouterError> {
         if self.paused {
@@ -92,10 +91,7 @@ impl Outage {
 /// Polls a paused consumer for `how_long`, serving its events. Paused partitions deliver
 /// nothing; a partition assigned meanwhile is not paused, so a message from it is rewound
 /// (sought back to) and its partition paused too: it is read again after the resume.
-async fn poll_paused(
-    consumer: &StreamConsumer<LagContext>,
-    how_long: Duration,
-) -> Result<(), RouterError> {
+async fn poll_paused(consumer: &impl Feed, how_long: Duration) -> Result<(), RouterError> {
     let until = Instant::now() + how_long;
     loop {
         match tokio::time::timeout_at(until, consumer.recv()).await {

@@ -5,10 +5,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use sluice_connect::transport::Transport;
 use sluice_schemas::event::POSITION_HEADER;
 use sluice_schemas::liveness::Liveness;
 use sluice_schemas::TableId;
@@ -19,6 +20,7 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::applier::{Applier, Attempt};
 use crate::dead_letter::DeadLetters;
+use crate::feed::{Feed, LocalFeed};
 use crate::gaps::StallSteps;
 use crate::holds::Holds;
 use crate::lag::LagContext;
@@ -83,7 +85,7 @@ pub struct RouterSettings {
 
 /// A router feeding one sink.
 pub struct Router<S: Sink> {
-    client_config: ClientConfig,
+    transport: Transport,
     settings: RouterSettings,
     /// The sink and the batch being applied while the next is collected.
     applier: Applier<S>,
@@ -92,6 +94,9 @@ pub struct Router<S: Sink> {
     holds: Holds,
     /// Where the router is in each partition it owns.
     reading: Reading,
+    /// Local mode: the subscription made before captures started (else made at the start).
+    subscription:
+        Option<tokio::sync::mpsc::UnboundedReceiver<Arc<sluice_connect::local::LocalMessage>>>,
 }
 
 /// What became of one consumed message.
@@ -114,16 +119,31 @@ enum Applied {
 
 impl<S: Sink + 'static> Router<S> {
     /// A router writing every table as it is; see [`Router::with_schemes`].
-    pub fn new(client_config: ClientConfig, settings: RouterSettings, sink: S) -> Router<S> {
+    /// A router reading from `transport`: a Kafka consumer group, or in local mode this
+    /// process's captures.
+    pub fn new(transport: Transport, settings: RouterSettings, sink: S) -> Router<S> {
         let mapper = Mapper::identity(&settings.sink_name);
         Router {
-            client_config,
+            transport,
             settings,
             applier: Applier::new(sink),
             mapper,
             holds: Holds::default(),
             reading: Reading::default(),
+            subscription: None,
         }
+    }
+
+    /// Local mode: reads this subscription (made before the captures started, so nothing
+    /// they publish passes the router by).
+    pub fn with_subscription(
+        mut self,
+        subscription: Option<
+            tokio::sync::mpsc::UnboundedReceiver<Arc<sluice_connect::local::LocalMessage>>,
+        >,
+    ) -> Router<S> {
+        self.subscription = subscription;
+        self
     }
 
     /// Applies these mapping schemes (reloading them as their files change).
@@ -156,10 +176,17 @@ impl<S: Sink + 'static> Router<S> {
     }
 
     async fn run_inner(&mut self, shutdown: &CancellationToken) -> Result<(), RouterError> {
-        if !topics::ensure_with_retry(&self.client_config, &self.settings, shutdown).await? {
+        let client_config = match &self.transport {
+            Transport::Kafka(config) => config.clone(),
+            Transport::Local(local) => {
+                let local = local.clone();
+                return self.run_local(&local, shutdown).await;
+            }
+        };
+        if !topics::ensure_with_retry(&client_config, &self.settings, shutdown).await? {
             return Ok(());
         }
-        let mut config = self.client_config.clone();
+        let mut config = client_config.clone();
         config
             .set("group.id", &self.settings.group_id)
             .set("enable.auto.commit", "false")
@@ -206,12 +233,56 @@ impl<S: Sink + 'static> Router<S> {
         // from here on librdkafka's statistics say whether a broker is up.
         self.settings.liveness.set_connected("sink", true);
         self.settings.liveness.set_connected("broker", true);
-        let dlq = DeadLetters::new(&self.client_config, &self.settings.dead_letter_topic)?;
-        let mut schemas = SchemaStore::new(
-            self.client_config.clone(),
+        let dlq = DeadLetters::new(&self.transport, &self.settings.dead_letter_topic)?;
+        let schemas = SchemaStore::new(
+            self.transport.clone(),
             self.settings.schema_topic.clone(),
             self.settings.registry.clone(),
         );
+        self.route(&consumer, &dlq, schemas, shutdown).await
+    }
+
+    /// Local mode: reads this process's captures (see [`LocalFeed`]), each topic's offsets
+    /// going on from what the sink stored.
+    async fn run_local(
+        &mut self,
+        local: &Arc<sluice_connect::local::Local>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RouterError> {
+        let rx = match self.subscription.take() {
+            Some(rx) => rx,
+            None => local.subscribe(&self.settings.topics),
+        };
+        let mut stored = Vec::new();
+        for topic in self.settings.topics.clone() {
+            let last = self
+                .applier
+                .sink()
+                .progress(&topic, sluice_connect::local::PARTITION)
+                .await?
+                .map_or(-1, |p| p.offset);
+            stored.push((topic, last));
+        }
+        let feed = LocalFeed::new(rx, stored);
+        info!(topics = ?self.settings.topics, state = %local.dir().display(), "local mode: reading this process's captures");
+        self.settings.liveness.set_connected("sink", true);
+        let dlq = DeadLetters::new(&self.transport, &self.settings.dead_letter_topic)?;
+        let schemas = SchemaStore::new(
+            self.transport.clone(),
+            self.settings.schema_topic.clone(),
+            None,
+        );
+        self.route(&feed, &dlq, schemas, shutdown).await
+    }
+
+    /// The routing loop, whichever transport `consumer` reads.
+    async fn route(
+        &mut self,
+        consumer: &impl Feed,
+        dlq: &DeadLetters,
+        mut schemas: SchemaStore,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RouterError> {
         // Per topic, looked up once: the shared name and the consumed counter.
         let mut topics: HashMap<String, (Arc<str>, metrics::Counter)> = HashMap::new();
 
@@ -252,25 +323,25 @@ impl<S: Sink + 'static> Router<S> {
                     biased;
                     _ = shutdown.cancelled() => { stopping = true; break; }
                     done = self.applier.finished() => {
-                        self.settle(done?, &consumer, &dlq, &mut pending, shutdown).await?;
+                        self.settle(done?, consumer, dlq, &mut pending, shutdown).await?;
                     }
                     _ = timer => break,
                     _ = reload.tick() => {
                         self.mapper.maybe_reload();
-                        self.unstall(&consumer, &mut stall_steps)?;
+                        self.unstall(consumer, &mut stall_steps)?;
                         if self.holds.barrier_due(std::time::Instant::now()) {
-                            self.settle_inflight(&consumer, &dlq, &mut pending, shutdown).await?;
-                            self.retry_barrier_held(&consumer, &dlq, shutdown).await?;
+                            self.settle_inflight(consumer, dlq, &mut pending, shutdown).await?;
+                            self.retry_barrier_held(consumer, dlq, shutdown).await?;
                         }
                         // Messages skipped because the sink has them: their offsets are committed
                         // to Kafka, so the group's (which the consumer lag is measured from)
                         // does not stay behind them.
                         let skipped = self.reading.take_skipped();
                         if !skipped.is_empty() {
-                            commit_hint(&consumer, &consumed_list(&skipped));
+                            commit_hint(consumer, &consumed_list(&skipped));
                         }
                         if self.holds.has_scheme_held() {
-                            self.retry_scheme_held(&consumer, &mut pending, &mut schemas, &dlq, shutdown).await?;
+                            self.retry_scheme_held(consumer, &mut pending, &mut schemas, dlq, shutdown).await?;
                             if !pending.is_empty() && deadline.is_none() {
                                 deadline = Some(Box::pin(tokio::time::sleep(self.settings.batch.max_delay)));
                                 self.settings.liveness.set_pending(true);
@@ -278,11 +349,11 @@ impl<S: Sink + 'static> Router<S> {
                         }
                     }
                     _ = retry_blocked.tick(), if self.holds.has_blocked() => {
-                        for (t, p) in consumer.context().take_revoked() {
+                        for (t, p) in consumer.take_revoked() {
                             self.forget_partition(&t, p);
                         }
-                        self.settle_inflight(&consumer, &dlq, &mut pending, shutdown).await?;
-                        self.retry_blocked(&consumer, &dlq, shutdown).await?;
+                        self.settle_inflight(consumer, dlq, &mut pending, shutdown).await?;
+                        self.retry_blocked(consumer, dlq, shutdown).await?;
                     }
                     msg = consumer.recv() => {
                         let msg = match msg {
@@ -302,7 +373,7 @@ impl<S: Sink + 'static> Router<S> {
                         }
                         let (topic, consumed) = &topics[msg.topic()];
                         let topic = topic.clone();
-                        for (t, p) in consumer.context().take_revoked() {
+                        for (t, p) in consumer.take_revoked() {
                             self.forget_partition(&t, p);
                         }
                         let key = (topic.clone(), msg.partition());
@@ -311,9 +382,9 @@ impl<S: Sink + 'static> Router<S> {
                             // already recorded is skipped as it arrives. (Seeking forward
                             // instead could land inside a record batch, where Tansu 0.6
                             // answers fetches with nothing.)
-                            self.settle_inflight(&consumer, &dlq, &mut pending, shutdown).await?;
+                            self.settle_inflight(consumer, dlq, &mut pending, shutdown).await?;
                             let stored = self
-                                .stored_progress(&consumer, &topic, msg.partition(), shutdown)
+                                .stored_progress(consumer, &topic, msg.partition(), shutdown)
                                 .await?
                                 .map(|p| p.offset);
                             self.reading.assigned(key.clone(), stored);
@@ -351,20 +422,20 @@ impl<S: Sink + 'static> Router<S> {
                         if let Some(queue) = self.holds.scheme_queue(&key) {
                             // Fetched before the pause, behind a message its scheme does not
                             // fit: it waits behind that one, in order.
-                            queue.push_back(msg.detach());
+                            queue.push_back(owned(&msg));
                             continue;
                         }
                         if self.holds.barrier_wait(&key).is_some() {
                             // Fetched before the pause, behind changes waiting at a barrier:
                             // it waits behind them, in order.
                             let mut held = Pending::new();
-                            self.handle_in_order(&consumer, &msg, key.clone(), &mut held, &mut schemas, &dlq, shutdown).await?;
+                            self.handle_in_order(consumer, &msg, key.clone(), &mut held, &mut schemas, dlq, shutdown).await?;
                             if let Some(wait) = self.holds.barrier_wait(&key) {
                                 move_partitions(&mut held, &mut wait.pending, &HashSet::from([key]));
                             }
                             continue;
                         }
-                        if self.handle_in_order(&consumer, &msg, key, &mut pending, &mut schemas, &dlq, shutdown).await? {
+                        if self.handle_in_order(consumer, &msg, key, &mut pending, &mut schemas, dlq, shutdown).await? {
                             continue;
                         }
                         if deadline.is_none() {
@@ -377,13 +448,13 @@ impl<S: Sink + 'static> Router<S> {
             // The next batch is ready: the one before it must be settled first.
             if self.applier.is_busy() {
                 let waiting = Instant::now();
-                self.settle_inflight(&consumer, &dlq, &mut pending, shutdown)
+                self.settle_inflight(consumer, dlq, &mut pending, shutdown)
                     .await?;
                 sink_wait.record(waiting.elapsed().as_secs_f64());
             }
             if !pending.is_empty() {
                 if stopping {
-                    self.flush(&consumer, &dlq, pending, None, shutdown).await?;
+                    self.flush(consumer, dlq, pending, None, shutdown).await?;
                 } else {
                     self.applier.start(pending);
                 }
@@ -400,7 +471,7 @@ impl<S: Sink + 'static> Router<S> {
     /// unreachable (consumption paused meanwhile, as in [`Router::flush`]).
     async fn stored_progress(
         &mut self,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         topic: &str,
         partition: i32,
         shutdown: &CancellationToken,
@@ -434,7 +505,7 @@ impl<S: Sink + 'static> Router<S> {
     #[allow(clippy::too_many_arguments)]
     async fn handle_in_order(
         &mut self,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         msg: &impl Message,
         key: (Arc<str>, i32),
         pending: &mut Pending,
@@ -480,7 +551,7 @@ impl<S: Sink + 'static> Router<S> {
     /// Pauses a partition whose message a mapping scheme does not fit, and holds the message.
     fn hold_for_scheme(
         &mut self,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         key: (Arc<str>, i32),
         table: TableId,
         detail: String,
@@ -498,7 +569,7 @@ impl<S: Sink + 'static> Router<S> {
     /// partition whose messages all fit now is resumed.
     async fn retry_scheme_held(
         &mut self,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         pending: &mut Pending,
         schemas: &mut SchemaStore,
         dlq: &DeadLetters,
@@ -572,7 +643,7 @@ impl<S: Sink + 'static> Router<S> {
     #[allow(clippy::too_many_arguments)]
     async fn handle(
         &mut self,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         msg: &impl Message,
         topic: Arc<str>,
         pending: &mut Pending,
@@ -690,7 +761,7 @@ impl<S: Sink + 'static> Router<S> {
     /// Waits for the apply in flight, if any, and settles it.
     async fn settle_inflight(
         &mut self,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         dlq: &DeadLetters,
         next: &mut Pending,
         shutdown: &CancellationToken,
@@ -710,7 +781,7 @@ impl<S: Sink + 'static> Router<S> {
     async fn settle(
         &mut self,
         (pending, result): (Pending, Result<sluice_sinks::ApplyOutcome, SinkError>),
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         dlq: &DeadLetters,
         next: &mut Pending,
         shutdown: &CancellationToken,
@@ -734,7 +805,7 @@ impl<S: Sink + 'static> Router<S> {
     /// what was fetched is kept in order, and resuming goes on after it.
     fn hold_at_barriers(
         &mut self,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         applied: &mut Pending,
         held: &[Origin],
     ) -> Result<(), RouterError> {
@@ -785,7 +856,7 @@ impl<S: Sink + 'static> Router<S> {
     /// no longer holds is resumed.
     async fn retry_barrier_held(
         &mut self,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         dlq: &DeadLetters,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
@@ -816,7 +887,7 @@ impl<S: Sink + 'static> Router<S> {
     /// this batch that already ran (pipelined), taken instead of applying it again.
     async fn flush(
         &mut self,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         dlq: &DeadLetters,
         mut pending: Pending,
         mut first: Option<Result<sluice_sinks::ApplyOutcome, SinkError>>,
@@ -868,7 +939,7 @@ impl<S: Sink + 'static> Router<S> {
     /// a problem of one table is returned, with nothing applied.
     async fn apply_batch(
         &mut self,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         dlq: &DeadLetters,
         batch: &mut Batch,
         raw: &HashMap<(Arc<str>, i32, i64), Raw>,
@@ -927,7 +998,7 @@ impl<S: Sink + 'static> Router<S> {
     /// offsets stay in order) and pauses them; the rest of `pending` goes on.
     fn block(
         &mut self,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         pending: &mut Pending,
         table: TableId,
         reason: String,
@@ -958,12 +1029,8 @@ impl<S: Sink + 'static> Router<S> {
     /// fetching stalled inside a record batch (see `LagContext::take_stalled`): what was read
     /// already is skipped as it comes. The step grows eightfold while stalls recur (see [`StallSteps`]), until it
     /// reaches the batch's start.
-    fn unstall(
-        &mut self,
-        consumer: &StreamConsumer<LagContext>,
-        steps: &mut StallSteps,
-    ) -> Result<(), RouterError> {
-        let stalled = consumer.context().take_stalled();
+    fn unstall(&mut self, consumer: &impl Feed, steps: &mut StallSteps) -> Result<(), RouterError> {
+        let stalled = consumer.take_stalled();
         if !self.settings.fetch_stall_recovery {
             return Ok(());
         }
@@ -1004,7 +1071,7 @@ impl<S: Sink + 'static> Router<S> {
     /// unblocked and its partitions resumed.
     async fn retry_blocked(
         &mut self,
-        consumer: &StreamConsumer<LagContext>,
+        consumer: &impl Feed,
         dlq: &DeadLetters,
         shutdown: &CancellationToken,
     ) -> Result<(), RouterError> {
@@ -1045,7 +1112,7 @@ impl<S: Sink + 'static> Router<S> {
 }
 
 /// Commits consumed offsets to Kafka: only a hint, the sink holds the authoritative ones.
-fn commit_hint(consumer: &StreamConsumer<LagContext>, consumed: &[Origin]) {
+fn commit_hint(consumer: &impl Feed, consumed: &[Origin]) {
     let mut tpl = TopicPartitionList::new();
     for c in consumed {
         if tpl
@@ -1055,7 +1122,7 @@ fn commit_hint(consumer: &StreamConsumer<LagContext>, consumed: &[Origin]) {
             return;
         }
     }
-    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+    if let Err(e) = consumer.commit(&tpl) {
         warn!(error = %e, "could not commit offsets to Kafka");
     }
 }

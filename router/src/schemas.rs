@@ -5,9 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use sluice_connect::registry::{parse_confluent, Registry, RegistryError, CONFLUENT_MAGIC};
-use sluice_connect::transport::read_to_end;
+use sluice_connect::transport::Transport;
 use sluice_schemas::avro::{unframe, EnvelopeDecoder};
 use sluice_schemas::SchemaFingerprint;
 use tracing::debug;
@@ -18,7 +17,7 @@ use crate::RouterError;
 /// Envelope decoders by value-schema fingerprint, filled from the compacted schema topic, and
 /// by schema id, filled from the registry.
 pub struct SchemaStore {
-    client_config: ClientConfig,
+    transport: Transport,
     topic: String,
     decoders: HashMap<SchemaFingerprint, Arc<EnvelopeDecoder>>,
     registry: Option<Arc<Registry>>,
@@ -34,12 +33,12 @@ pub struct Unresolved {
 
 impl SchemaStore {
     pub fn new(
-        client_config: ClientConfig,
+        transport: Transport,
         topic: String,
         registry: Option<Arc<Registry>>,
     ) -> SchemaStore {
         SchemaStore {
-            client_config,
+            transport,
             topic,
             decoders: HashMap::new(),
             registry,
@@ -136,14 +135,11 @@ impl SchemaStore {
         if let Some(d) = self.decoders.get(&fp) {
             return Ok(Some(d.clone()));
         }
-        let config = self.client_config.clone();
-        let topic = self.topic.clone();
-        let records = tokio::task::spawn_blocking(move || {
-            read_to_end(&config, &topic, Duration::from_secs(60))
-        })
-        .await
-        .map_err(|e| RouterError::Kafka(format!("schema loader panicked: {e}")))?
-        .map_err(RouterError::Kafka)?;
+        let records = self
+            .transport
+            .read_control(&self.topic, Duration::from_secs(60))
+            .await
+            .map_err(RouterError::Kafka)?;
         for (key, value) in records {
             let Some(json) = value.map(|v| String::from_utf8_lossy(&v).into_owned()) else {
                 continue;

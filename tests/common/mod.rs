@@ -57,7 +57,11 @@ impl TopicReader {
         consumer.assign(&tpl).unwrap();
         TopicReader {
             consumer,
-            schemas: SchemaStore::new(config, format!("{namespace}_sluice_schemas"), registry),
+            schemas: SchemaStore::new(
+                sluice_connect::transport::Transport::Kafka(config),
+                format!("{namespace}_sluice_schemas"),
+                registry,
+            ),
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

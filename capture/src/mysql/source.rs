@@ -51,10 +51,11 @@ impl MysqlCapture {
         let server_id = preflight(&mut conn, &tables, self.config.server_id).await?;
         let collations = load_collations(&mut conn).await?;
         // The state topic must exist before it is read.
-        let (mut publisher, acks) = Publisher::new(&self.kafka, self.settings.clone(), 0)?;
+        let (mut publisher, acks) = Publisher::new(&self.transport, self.settings.clone(), 0)?;
         publisher.prepare().await?;
         publisher.refuse_legacy_topics(&tables).await?;
-        let stored = read_latest_state(&self.kafka, &self.settings.state_topic, &self.name).await?;
+        let stored =
+            read_latest_state(&self.transport, &self.settings.state_topic, &self.name).await?;
         let existed = stored.is_some();
         let mut state = match stored {
             None => MysqlState::default(),

@@ -262,7 +262,7 @@ impl PostgresCapture {
             return Ok(Some(CaptureState::default()));
         }
         let loaded =
-            CaptureState::load(&self.kafka, &self.settings.state_topic, &self.name).await?;
+            CaptureState::load(&self.transport, &self.settings.state_topic, &self.name).await?;
         let existed = loaded.as_ref().is_some_and(|s| s.slot == self.config.slot);
         let mut state = loaded.filter(|_| existed).unwrap_or_else(|| CaptureState {
             slot: self.config.slot.clone(),
@@ -539,7 +539,7 @@ impl PostgresCapture {
             )
             .await?;
             let start = slot_state.confirmed_flush_lsn.unwrap_or(0);
-            let (mut publisher, acks) = Publisher::new(&self.kafka, self.settings.clone(), start)?;
+            let (mut publisher, acks) = Publisher::new(&self.transport, self.settings.clone(), start)?;
             publisher.prepare().await?;
             publisher.refuse_legacy_topics(&tables).await?;
             let state = self

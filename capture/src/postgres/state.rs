@@ -3,8 +3,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
+use sluice_connect::transport::Transport;
 
 use crate::state::read_latest_state;
 pub use crate::state::TableState;
@@ -31,11 +31,11 @@ pub struct CaptureState {
 impl CaptureState {
     /// Reads the latest state of `source` from the state topic, if there is one.
     pub async fn load(
-        config: &ClientConfig,
+        transport: &Transport,
         topic: &str,
         source: &str,
     ) -> Result<Option<CaptureState>, CaptureError> {
-        match read_latest_state(config, topic, source).await? {
+        match read_latest_state(transport, topic, source).await? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
                 CaptureError::Definite(format!(

@@ -36,6 +36,7 @@ pub struct PipelineBuilder {
     sections: String,
     own_postgres: bool,
     broker: Option<TansuStorage>,
+    local: bool,
 }
 
 impl PipelineBuilder {
@@ -124,6 +125,12 @@ impl PipelineBuilder {
         self.set(|b| b.broker = Some(TansuStorage::Sqlite))
     }
 
+    /// Local mode: no broker, no `[kafka]` section; `[local]` keeps its state in the
+    /// pipeline's directory (`state/`).
+    pub fn local(self) -> Self {
+        self.set(|b| b.local = true)
+    }
+
     /// Starts the services, creates the databases, runs the DDL and writes the config.
     pub fn build(self) -> Pipeline {
         let pg = if self.own_postgres {
@@ -140,15 +147,15 @@ impl PipelineBuilder {
         if !self.sink_ddl.is_empty() {
             pg.psql("sink", &self.sink_ddl).unwrap();
         }
-        let kafka = match self.broker {
-            Some(storage) => Broker::start_with(storage),
-            None => Broker::shared(),
-        }
-        .unwrap();
+        let kafka = match (self.local, self.broker) {
+            (true, _) => None,
+            (false, Some(storage)) => Some(Broker::start_with(storage).unwrap()),
+            (false, None) => Some(Broker::shared().unwrap()),
+        };
         let dir = tempfile::tempdir().unwrap();
         let metrics_port = free_port();
         let slot = pg.name(&self.name);
-        let ns = kafka.namespace().to_string();
+        let ns = kafka.as_ref().map_or("", Broker::namespace).to_string();
         let tables = self
             .tables
             .iter()
@@ -170,14 +177,16 @@ impl PipelineBuilder {
                 format!("kind = \"mysql\"\nurl = \"{url}\"\ndatabase = \"{database}\"")
             }
         };
+        let transport = match &kafka {
+            Some(kafka) => format!("[kafka]\n{}{}", kafka.kafka_toml("sluice"), self.kafka),
+            None => format!("[local]\nstate_dir = \"state\"\n{}", self.kafka),
+        };
         let config = format!(
-            "[kafka]\n{kafka}{kafka_extra}\n\n{source}\n\n[sinks.warehouse]\n{sink}\n{sink_extra}\n\n\
+            "{transport}\n\n{source}\n\n[sinks.warehouse]\n{sink}\n{sink_extra}\n\n\
              {sections}\n\n[router]\nsink = \"warehouse\"\ngroup_id = \"{ns}{name}\"\n\
              dead_letter_topic = \"{ns}_sluice_dead_letter\"\n{router}\n\n\
              [router.batch]\n{batch}\n\n[observability]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
              {observability}\n",
-            kafka = kafka.kafka_toml("sluice"),
-            kafka_extra = self.kafka,
             sink_extra = self.sink_extra,
             sections = self.sections,
             name = self.name,
@@ -191,7 +200,7 @@ impl PipelineBuilder {
             sluice: self.sluice,
             slot,
             pg,
-            kafka,
+            broker: kafka,
             dir,
             config: config_path,
             metrics_port,
@@ -204,7 +213,8 @@ pub struct Pipeline {
     sluice: PathBuf,
     slot: String,
     pub pg: Postgres,
-    pub kafka: Broker,
+    /// `None` in local mode ([`Pipeline::kafka`] otherwise).
+    pub broker: Option<Broker>,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub metrics_port: u16,
@@ -231,6 +241,7 @@ impl Pipeline {
             sections: String::new(),
             own_postgres: false,
             broker: None,
+            local: false,
         }
     }
 
@@ -242,7 +253,14 @@ impl Pipeline {
 
     /// What the test's topics and groups start with.
     pub fn ns(&self) -> &str {
-        self.kafka.namespace()
+        self.broker.as_ref().map_or("", Broker::namespace)
+    }
+
+    /// The pipeline's broker (not in local mode).
+    pub fn kafka(&self) -> &Broker {
+        self.broker
+            .as_ref()
+            .expect("a local-mode pipeline has no broker")
     }
 
     /// `sluice run` on the config, logging to `sluice.log`; waits for `/healthz`.

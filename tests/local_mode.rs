@@ -1,0 +1,240 @@
+//! Local mode: `sluice run` with no `[kafka]` section streams capture → schemes → sink in one
+//! process. The contract is Kafka mode's: the sink stores the applied source position in its
+//! transaction, and capture confirms a position to the slot only after every sink committed
+//! everything before it — so a `kill -9` anywhere replays, and the sink skips what it has.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sluice_harness::Pipeline;
+
+const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
+
+const ORDERS: &str =
+    "CREATE TABLE public.orders (id bigint PRIMARY KEY, customer text NOT NULL, qty int NOT NULL);
+     INSERT INTO public.orders SELECT i, 'c' || i, 0 FROM generate_series(1, 2000) i;";
+
+/// The slot's confirmed position, as an LSN number.
+fn confirmed_lsn(p: &Pipeline) -> u64 {
+    let out =
+        p.pg.psql(
+            "source",
+            &format!(
+                "SELECT confirmed_flush_lsn - '0/0' FROM pg_replication_slots WHERE slot_name = '{}'",
+                p.slot()
+            ),
+        )
+        .unwrap();
+    out.trim().parse().unwrap_or(0)
+}
+
+#[test]
+fn local_mode_loses_and_doubles_nothing_across_kill_9_and_needs_no_broker() {
+    // Given a local-mode pipeline (no [kafka] section, no broker anywhere) that snapshotted
+    // 2000 orders,
+    let p = Pipeline::postgres(SLUICE, "local_kill")
+        .local()
+        .ddl(ORDERS)
+        .tables(&["public.orders"])
+        .build();
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    assert!(!config.contains("[kafka]"), "{config}");
+    let mut sluice = p.run();
+    p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(120));
+    let state = p.dir.path().join("state");
+    assert!(
+        state.join("_sluice_capture_state.json").exists(),
+        "capture state is kept in the state directory: {:?}",
+        std::fs::read_dir(&state).map(Iterator::count)
+    );
+    let applies =
+        p.pg.log_applies("sink", "public.orders", ("id", "bigint"), ("qty", "int"))
+            .unwrap();
+
+    // when writes go on while the process is killed -9 three times and restarted,
+    let writer =
+        p.pg.write_in_rounds("source", 60, Duration::from_millis(150), |round| {
+            format!(
+                "UPDATE public.orders SET qty = qty + 1 WHERE id % 10 = {}; \
+                 INSERT INTO public.orders VALUES ({}, 'late', 0); \
+                 DELETE FROM public.orders WHERE id = {}",
+                round % 10,
+                10_000 + round,
+                round * 7
+            )
+        });
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(2));
+        sluice.kill9();
+        sluice = p.run();
+    }
+    writer.join().unwrap();
+
+    // then the sink equals the source row for row, no row version was written twice and
+    // none went back.
+    p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(120));
+    assert_eq!(
+        applies.written_twice(),
+        "",
+        "row versions written twice (id|qty|times)"
+    );
+    assert_eq!(
+        applies.went_back(),
+        0,
+        "a row went back to an older version"
+    );
+    assert!(applies.written() > 0, "the observer saw the changes");
+    let applied = sluice.metric(
+        "sluice_sink_events_applied_total",
+        &[("sink", "warehouse"), ("table", "public.orders")],
+    );
+    assert!(applied > 0.0, "the same metrics as Kafka mode: {applied}");
+}
+
+#[test]
+fn capture_confirms_nothing_the_sink_has_not_committed() {
+    // Given a local-mode pipeline whose sink is held: every write to its table waits for an
+    // advisory lock the test holds,
+    let p = Pipeline::postgres(SLUICE, "local_held")
+        .local()
+        .ddl(ORDERS)
+        .tables(&["public.orders"])
+        .build();
+    let mut sluice = p.run();
+    p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(120));
+    p.pg.psql(
+        "sink",
+        "CREATE FUNCTION public.wait_for_test() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$;
+         CREATE TRIGGER held BEFORE INSERT OR UPDATE ON public.orders
+           FOR EACH ROW EXECUTE FUNCTION public.wait_for_test();",
+    )
+    .unwrap();
+    let mut holder = Command::new(p.pg.tool("psql"))
+        .args([
+            "-X",
+            "-q",
+            &p.pg.url("sink"),
+            "-c",
+            "SELECT pg_advisory_lock(4242); SELECT pg_sleep(600)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = confirmed_lsn(&p);
+
+    // when the source commits changes (and moves on well past them) while the sink cannot
+    // commit,
+    p.source(
+        "UPDATE public.orders SET qty = 1 WHERE id <= 100;
+         INSERT INTO public.orders SELECT i, 'held', 1 FROM generate_series(5001, 5100) i;",
+    );
+    let after_writes: u64 =
+        p.pg.psql("source", "SELECT pg_current_wal_lsn() - '0/0'")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    p.source("CREATE TABLE public.unrelated (x int); DROP TABLE public.unrelated;");
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_secs(8) {
+        // then the slot is never confirmed past the held changes,
+        let confirmed = confirmed_lsn(&p);
+        assert!(
+            confirmed < after_writes,
+            "the slot was confirmed to {confirmed} (before the writes: {before}, after: \
+             {after_writes}) while the sink had not committed them"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // and after a kill -9 and the sink's release, a restart delivers every change.
+    sluice.kill9();
+    // (The holder's backend sleeps on after its client goes: end it from the server. Until
+    // then, the sink transaction it blocks holds back new slots across the cluster.)
+    p.pg.psql(
+        "sink",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query LIKE 'SELECT pg_advisory_lock(4242)%'",
+    )
+    .unwrap();
+    let _ = holder.wait();
+    let sluice = p.run();
+    p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(120));
+}
+
+#[test]
+fn one_capture_feeds_two_sinks_each_with_its_own_progress() {
+    // Given a local-mode pipeline with a second sink database fed from the same capture,
+    let p = Pipeline::postgres(SLUICE, "local_two")
+        .local()
+        .ddl(ORDERS)
+        .tables(&["public.orders"])
+        .router("also_sinks = [\"second\"]")
+        .build();
+    p.pg.create_database("second").unwrap();
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        config.replace(
+            "[router]",
+            &format!(
+                "[sinks.second]\nkind = \"postgres\"\nurl = \"{}\"\n\n[router]",
+                p.pg.url("second")
+            ),
+        ),
+    )
+    .unwrap();
+    let sluice = p.run();
+    p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(120));
+
+    // when the source changes,
+    p.source(
+        "UPDATE public.orders SET qty = 5 WHERE id <= 50; DELETE FROM public.orders WHERE id > 1900;",
+    );
+
+    // then both sinks hold the source's rows, each recording its own progress.
+    p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(60));
+    let source =
+        p.pg.psql("source", "SELECT count(*), sum(qty) FROM public.orders")
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let second =
+            p.pg.psql("second", "SELECT count(*), sum(qty) FROM public.orders")
+                .unwrap_or_default();
+        if second == source {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second sink has {second}, the source {source}\n{}",
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for db in ["sink", "second"] {
+        let rows =
+            p.pg.psql(
+                db,
+                "SELECT count(*) FROM public.sluice_offsets WHERE kafka_partition = -1",
+            )
+            .unwrap();
+        assert_eq!(rows.trim(), "1", "{db}: local mode's progress row");
+    }
+}
+
+#[test]
+fn a_local_config_refuses_to_run_capture_or_router_apart() {
+    let p = Pipeline::postgres(SLUICE, "local_apart")
+        .local()
+        .ddl(ORDERS)
+        .tables(&["public.orders"])
+        .build();
+    let out = p.run_until_exit("capture", &p.config, &[]);
+    assert!(
+        out.contains("local mode") && out.contains("sluice run"),
+        "{out}"
+    );
+}
