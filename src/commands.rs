@@ -321,6 +321,23 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
     }
 }
 
+/// Connects to a sink once (for commands that are not long-running).
+pub(crate) async fn connect_sink(
+    name: &str,
+    group: &str,
+    config: &SinkConfig,
+) -> anyhow::Result<AnySink> {
+    let password = Config::env_password("sinks", name);
+    Ok(match config {
+        SinkConfig::Postgres(pg) => {
+            AnySink::Postgres(PostgresSink::connect(name, group, pg.clone(), password).await?)
+        }
+        SinkConfig::Mysql(my) => {
+            AnySink::Mysql(MysqlSink::connect(name, group, my.clone(), password).await?)
+        }
+    })
+}
+
 async fn connect_sink_with_retry(
     name: &str,
     group: &str,

@@ -6,5 +6,6 @@ pub mod config;
 pub mod kafka;
 pub mod schemes;
 pub mod status;
+pub mod switch;
 pub mod telemetry;
 pub mod verify;

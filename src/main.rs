@@ -50,6 +50,20 @@ enum Command {
     /// topic, so that its next start reads every table anew in a new source epoch (after a
     /// binlog purged or reset, a source rebuilt). Stop that source's capture first.
     ResetState(ResetStateArgs),
+    /// Move a stopped deployment between Kafka mode and local mode (no broker) without a
+    /// re-snapshot: capture state, schemas and each sink's applied positions are carried
+    /// over. From Kafka mode, every change in Kafka must be applied first (the switch checks).
+    Switch(SwitchArgs),
+}
+
+#[derive(clap::Args)]
+struct SwitchArgs {
+    /// The config the deployment ran with.
+    #[arg(long)]
+    from: PathBuf,
+    /// The config it will run with (the same sources, sinks and group, in the other mode).
+    #[arg(long)]
+    to: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -156,6 +170,7 @@ fn main() -> ExitCode {
         ),
         Command::Status(a) => return status(a),
         Command::ResetState(a) => return reset_state(a),
+        Command::Switch(a) => return switch(a),
         Command::Verify(a) => return verify(a),
         Command::Schemes(c) => return schemes(c),
         Command::CheckConfig(a) => {
@@ -279,6 +294,27 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn switch(args: &SwitchArgs) -> ExitCode {
+    let (from, to) = match (load(&args.from), load(&args.to)) {
+        (Ok(from), Ok(to)) => (from, to),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let runtime = match runtime(true) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    match runtime.block_on(sluice::switch::switch(&from, &to)) {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("error: {e:#}");

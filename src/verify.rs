@@ -240,7 +240,7 @@ fn schemed_tables(config: &Config) -> anyhow::Result<Vec<TableId>> {
         .collect()
 }
 
-fn connector(
+pub(crate) fn connector(
     url: &str,
     tls: &sluice_capture::tls::TlsConfig,
     section: &str,

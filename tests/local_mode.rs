@@ -3,10 +3,11 @@
 //! transaction, and capture confirms a position to the slot only after every sink committed
 //! everything before it — so a `kill -9` anywhere replays, and the sink skips what it has.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sluice_harness::Pipeline;
+use sluice_harness::{Broker, Pipeline};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -235,6 +236,161 @@ fn a_local_config_refuses_to_run_capture_or_router_apart() {
     let out = p.run_until_exit("capture", &p.config, &[]);
     assert!(
         out.contains("local mode") && out.contains("sluice run"),
+        "{out}"
+    );
+}
+
+/// The pipeline's config in the other mode: its first section (`[local]` or `[kafka]`)
+/// replaced, everything else (sources, their topic prefix, sinks, group) the same.
+fn in_other_mode(p: &Pipeline, broker: &Broker, prefix: &str, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let end = text.find("\n\n").unwrap();
+    let first = if text.starts_with("[local]") {
+        format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\nschema_topic = \"{prefix}_schemas\"\n\
+             state_topic = \"{prefix}_state\"",
+            broker.bootstrap()
+        )
+    } else {
+        "[local]\nstate_dir = \"state\"".to_string()
+    };
+    let path = p.dir.path().join(name);
+    std::fs::write(&path, format!("{first}{}", &text[end..])).unwrap();
+    path
+}
+
+/// `sluice switch --from <from> --to <to>`: its exit status and output.
+fn switch(from: &Path, to: &Path) -> (bool, String) {
+    let out = Command::new(SLUICE)
+        .args(["switch", "--from"])
+        .arg(from)
+        .arg("--to")
+        .arg(to)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn snapshot_rows(sluice: &sluice_harness::SluiceProcess) -> f64 {
+    sluice.metric(
+        "sluice_capture_snapshot_rows_total",
+        &[("source", "pg_main"), ("table", "public.orders")],
+    )
+}
+
+#[test]
+fn a_deployment_moves_to_kafka_mode_and_back_without_a_snapshot_a_loss_or_a_double() {
+    // Given a local-mode pipeline (its table topics named the same in both modes) whose slot
+    // is confirmed rarely, so that after a crash the slot is well behind the sink,
+    let prefix = format!("switch{}", std::process::id());
+    let p = Pipeline::postgres(SLUICE, "local_switch")
+        .local()
+        .ddl(ORDERS)
+        .tables(&["public.orders"])
+        .source(&format!(
+            "topic_prefix = \"{prefix}.pg_main\"\nstatus_interval_ms = 600000"
+        ))
+        .build();
+    let broker = Broker::shared().unwrap();
+    let kafka = in_other_mode(&p, &broker, &prefix, "kafka.toml");
+    let mut sluice = p.run();
+    p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(120));
+    let applies =
+        p.pg.log_applies("sink", "public.orders", ("id", "bigint"), ("qty", "int"))
+            .unwrap();
+    let round = |n: i64| {
+        p.source(&format!(
+            "UPDATE public.orders SET qty = qty + 1 WHERE id % 5 = {}; \
+             INSERT INTO public.orders VALUES ({}, 'r', 0); DELETE FROM public.orders WHERE id = {};",
+            n % 5,
+            20_000 + n,
+            n * 11
+        ));
+    };
+    round(1);
+    p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(60));
+    sluice.kill9();
+    // (changes made while nothing runs are in the slot only)
+    round(2);
+
+    // when, after a crash, it is switched to Kafka mode and runs there,
+    let (ok, out) = switch(&p.config, &kafka);
+    assert!(ok, "{out}");
+    let mut sluice = p.start_with("run", &kafka, &[]);
+    p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(120));
+    assert_eq!(snapshot_rows(&sluice), 0.0, "Kafka mode snapshotted again");
+    round(3);
+    p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(60));
+    sluice.kill9();
+    round(4);
+
+    // and after another crash back to local mode,
+    let (ok, out) = switch(&kafka, &p.config);
+    assert!(ok, "{out}");
+    let sluice = p.run();
+    round(5);
+
+    // then the sink equals the source, nothing was snapshotted again, and no row version was
+    // written twice.
+    p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(120));
+    assert_eq!(snapshot_rows(&sluice), 0.0, "local mode snapshotted again");
+    assert_eq!(
+        applies.written_twice(),
+        "",
+        "row versions written twice (id|qty|times)"
+    );
+    assert_eq!(applies.went_back(), 0);
+}
+
+#[test]
+fn switching_away_from_kafka_waits_until_the_sink_has_everything_in_kafka() {
+    // Given a Kafka-mode deployment whose capture published changes no router applied,
+    let prefix = format!("undrained{}", std::process::id());
+    let p = Pipeline::postgres(SLUICE, "local_undrained")
+        .ddl(ORDERS)
+        .tables(&["public.orders"])
+        .source(&format!("topic_prefix = \"{prefix}.pg_main\""))
+        .build();
+    let local = in_other_mode(&p, p.kafka(), &prefix, "local.toml");
+    let mut capture = p.start("capture", &[]);
+    capture.wait_for_metric(
+        "sluice_capture_snapshot_rows_total",
+        &[("source", "pg_main"), ("table", "public.orders")],
+        Duration::from_secs(60),
+        "the snapshot published",
+        |v| v >= 2000.0,
+    );
+    // (a switch while capture runs is refused too)
+    let active = format!(
+        "SELECT active FROM pg_replication_slots WHERE slot_name = '{}'",
+        p.slot()
+    );
+    let waited = Instant::now();
+    while p.pg.psql("source", &active).unwrap().trim() != "t" {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "capture never streamed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, out) = switch(&p.config, &local);
+    assert!(!ok && out.contains("stop Sluice"), "{out}");
+    capture.terminate(Duration::from_secs(20));
+
+    // when it is switched to local mode,
+    let (ok, out) = switch(&p.config, &local);
+
+    // then the switch is refused with the lag and what to do.
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("has not applied everything in Kafka yet") && out.contains("sluice route"),
         "{out}"
     );
 }

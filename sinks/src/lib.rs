@@ -177,6 +177,19 @@ pub enum AnySink {
 }
 
 impl AnySink {
+    /// Raises a partition's applied position (see `PostgresSink::raise_position`).
+    pub async fn raise_position(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        position: &Position,
+    ) -> Result<(), SinkError> {
+        match self {
+            AnySink::Postgres(s) => s.raise_position(topic, partition, position).await,
+            AnySink::Mysql(s) => s.raise_position(topic, partition, position).await,
+        }
+    }
+
     /// What keeps the sink's table for a scheme's `target` from taking its rows.
     pub async fn check_target(
         &mut self,

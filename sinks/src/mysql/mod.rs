@@ -994,6 +994,29 @@ async fn execute(
     Ok(plan.counts.iter().sum::<u64>() as usize)
 }
 
+impl MysqlSink {
+    /// See [`crate::postgres::PostgresSink::raise_position`].
+    pub async fn raise_position(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        position: &Position,
+    ) -> Result<(), SinkError> {
+        let mut conn = self.pool.get_conn().await?;
+        conn.exec_drop(
+            format!(
+                "INSERT INTO {} (consumer_group, topic, kafka_partition, kafka_offset, position) \
+                 VALUES (?, ?, ?, -1, ?) ON DUPLICATE KEY UPDATE \
+                 position = IF(position IS NULL OR position < VALUES(position), VALUES(position), position)",
+                self.offsets()
+            ),
+            (&self.group, topic, partition, &position.0),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
 impl Sink for MysqlSink {
     async fn apply(&mut self, batch: &Batch) -> Result<ApplyOutcome, SinkError> {
         let started = Instant::now();

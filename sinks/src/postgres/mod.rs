@@ -850,6 +850,32 @@ impl State {
     }
 }
 
+impl PostgresSink {
+    /// Raises a partition's applied position to at least `position` (creating its offsets row,
+    /// offset -1, when missing): changes at or below it are skipped as applied. For switching
+    /// modes, where another transport's progress says what the sink has.
+    pub async fn raise_position(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        position: &Position,
+    ) -> Result<(), SinkError> {
+        self.ensure_connected().await?;
+        self.client
+            .execute(
+                &format!(
+                    "INSERT INTO {OFFSETS_TABLE} AS o (consumer_group, topic, kafka_partition, kafka_offset, position) \
+                     VALUES ($1, $2, $3, -1, $4) ON CONFLICT (consumer_group, topic, kafka_partition) \
+                     DO UPDATE SET position = EXCLUDED.position, updated_at = now() \
+                     WHERE o.position IS NULL OR o.position < EXCLUDED.position"
+                ),
+                &[&self.state.group, &topic, &partition, &position.0],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 impl Sink for PostgresSink {
     async fn apply(&mut self, batch: &Batch) -> Result<ApplyOutcome, SinkError> {
         self.ensure_connected().await?;
