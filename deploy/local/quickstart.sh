@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Sluice on one machine: installs what is missing, starts PostgreSQL (wal_level=logical),
-# MariaDB (binlog ROW) and Tansu (Kafka protocol) under .sluice-local/ on non-default ports,
-# creates a demo table, runs `sluice run`, makes changes at the source and shows them
-# arriving in the sink. Everything stops at the end; pass --keep to leave it running, and
-# --stop later to stop what --keep left running.
+# Sluice on one machine: installs what is missing, starts PostgreSQL (wal_level=logical) under
+# .sluice-local/ on a non-default port, creates a demo table, runs `sluice run` in local mode
+# (no broker: capture → schemes → sink in one process), makes changes at the source and shows
+# them arriving in the sink. Everything stops at the end.
+#
+#   quickstart.sh           local mode (the default): PostgreSQL → Sluice → PostgreSQL
+#   quickstart.sh --kafka   through a broker: also starts MariaDB and Tansu (a Kafka-protocol
+#                           broker, built with `cargo install` the first time, ~10 minutes)
+#   --keep                  leave everything running; --stop stops what --keep left running
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 STATE=$ROOT/.sluice-local
-KEEP=${1:-}
+KAFKA=0
+KEEP=
+for arg in "$@"; do
+  case "$arg" in
+    --kafka) KAFKA=1 ;;
+    --keep|--stop) KEEP=$arg ;;
+    *) echo "usage: quickstart.sh [--kafka] [--keep|--stop]" >&2; exit 2 ;;
+  esac
+done
 
 PG_PORT=${SLUICE_PG_PORT:-54329}
 MARIADB_PORT=${SLUICE_MARIADB_PORT:-33069}
@@ -32,14 +44,14 @@ stop_all() {
 
 if [ "$KEEP" = "--stop" ]; then
   stop_all
-  echo "stopped sluice, Tansu, MariaDB and PostgreSQL under .sluice-local/"
+  echo "stopped what ran under .sluice-local/"
   exit 0
 fi
 
 mkdir -p "$STATE"
 stop_all
 
-deploy/local/prereqs.sh
+if [ "$KAFKA" = 1 ]; then deploy/local/prereqs.sh --tansu; else deploy/local/prereqs.sh --local; fi
 export PATH="$HOME/.cargo/bin:$PATH"
 
 say "building sluice (release)"
@@ -55,6 +67,7 @@ fi
 as_postgres "$PG_BIN/pg_ctl" -D "$STATE/pg/data" -l "$STATE/pg/postgres.log" -w start \
   -o "-p $PG_PORT -k $STATE/pg -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_replication_slots=10 -c max_wal_senders=10" >/dev/null
 
+if [ "$KAFKA" = 1 ]; then
 say "MariaDB on port $MARIADB_PORT (binlog ROW, full image and metadata; ready for MySQL sources)"
 mkdir -p "$STATE/mariadb"
 if [ ! -d "$STATE/mariadb/data" ]; then
@@ -72,6 +85,7 @@ say "Tansu (Kafka protocol) on port $KAFKA_PORT, sqlite storage"
   --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" --storage-engine sqlite://tansu.db >"$STATE/tansu.log" 2>&1) &
 echo $! >"$STATE/tansu.pid"
 for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null && break; sleep 0.2; done
+fi
 
 say "demo databases: shop (source) and warehouse (sink); table public.orders"
 psql_ -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'shop'" | grep -q 1 || psql_ -d postgres -c "CREATE DATABASE shop"
@@ -79,14 +93,27 @@ psql_ -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'warehouse'" |
 psql_ -d shop -c "CREATE TABLE IF NOT EXISTS public.orders (
   id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(10,2), status text, placed_at timestamptz DEFAULT now())"
 
-cat >"$STATE/sluice.toml" <<TOML
-[kafka]
-bootstrap_servers = "127.0.0.1:$KAFKA_PORT"
-topic_prefix = "demo"
+if [ "$KAFKA" = 1 ]; then
+  TRANSPORT="[kafka]
+bootstrap_servers = \"127.0.0.1:$KAFKA_PORT\"
+topic_prefix = \"demo\"
 
 [kafka.properties]
 # Tansu 0.6 holds every fetch for up to this long even when it has data (Kafka answers at once).
-"fetch.wait.max.ms" = "10"
+\"fetch.wait.max.ms\" = \"10\""
+  ROUTER_EXTRA="instance_id = \"quickstart-router\"
+# Tansu 0.6 answers a fetch that starts inside a record batch with nothing; read such a
+# partition again from earlier. (Leave this out on Apache Kafka.)
+fetch_stall_recovery = true"
+else
+  TRANSPORT="# No [kafka] section: local mode. Capture state, schemas and dead letters are kept here.
+[local]
+state_dir = \"state\""
+  ROUTER_EXTRA=""
+fi
+
+cat >"$STATE/sluice.toml" <<TOML
+$TRANSPORT
 
 [sources.shop]
 kind = "postgres"
@@ -101,16 +128,14 @@ url = "postgresql://postgres@127.0.0.1:$PG_PORT/warehouse"
 
 [router]
 sink = "warehouse"
-instance_id = "quickstart-router"
-# Tansu 0.6 answers a fetch that starts inside a record batch with nothing; read such a
-# partition again from earlier. (Leave this out on Apache Kafka.)
-fetch_stall_recovery = true
+$ROUTER_EXTRA
 
 [observability]
 listen = "127.0.0.1:$METRICS_PORT"
 TOML
 
 say "starting: sluice run --config .sluice-local/sluice.toml (log: .sluice-local/sluice.log)"
+started=$(date +%s.%N)
 "$SLUICE" run --config "$STATE/sluice.toml" >"$STATE/sluice.log" 2>&1 &
 echo $! >"$STATE/sluice.pid"
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$METRICS_PORT/readyz" >/dev/null && break; sleep 0.2; done
@@ -126,7 +151,7 @@ say "waiting for the sink to match the source"
 query="SELECT id, customer, amount, status FROM public.orders ORDER BY id"
 for i in $(seq 1 150); do
   if [ "$(psql_ -d shop -tAc "$query")" = "$(psql_ -d warehouse -tAc "$query" 2>/dev/null)" ]; then
-    echo "in sync after ~$((i / 5)).$((i % 5 * 2))s"; synced=1; break
+    echo "in sync $(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $started }") s after sluice started"; synced=1; break
   fi
   sleep 0.2
 done

@@ -42,6 +42,11 @@ pub(crate) trait Feed: Send + Sync {
     fn take_revoked(&self) -> Vec<(String, i32)>;
     /// See [`LagContext::take_stalled`].
     fn take_stalled(&self) -> Vec<(String, i32, i64, i64)>;
+    /// Whether no message is waiting to be received: the batch collected so far is all there
+    /// is for now. Kafka cannot tell (fetches are in flight), so never.
+    fn is_idle(&self) -> bool {
+        false
+    }
 }
 
 impl Feed for StreamConsumer<LagContext> {
@@ -322,6 +327,15 @@ impl Feed for LocalFeed {
 
     fn take_stalled(&self) -> Vec<(String, i32, i64, i64)> {
         Vec::new()
+    }
+
+    fn is_idle(&self) -> bool {
+        let deliverable = self
+            .state()
+            .topics
+            .iter()
+            .any(|t| t.next_arrival().is_some());
+        !deliverable && self.rx.try_lock().is_ok_and(|rx| rx.is_empty())
     }
 }
 

@@ -324,6 +324,9 @@ impl<S: Sink + 'static> Router<S> {
                     _ = shutdown.cancelled() => { stopping = true; break; }
                     done = self.applier.finished() => {
                         self.settle(done?, consumer, dlq, &mut pending, shutdown).await?;
+                        if !pending.is_empty() && consumer.is_idle() {
+                            break;
+                        }
                     }
                     _ = timer => break,
                     _ = reload.tick() => {
@@ -441,6 +444,12 @@ impl<S: Sink + 'static> Router<S> {
                         if deadline.is_none() {
                             deadline = Some(Box::pin(tokio::time::sleep(self.settings.batch.max_delay)));
                             self.settings.liveness.set_pending(true);
+                        }
+                        // Nothing more waiting and the sink free: apply what there is now
+                        // rather than at the batch's time limit (local mode knows; Kafka
+                        // never says).
+                        if !self.applier.is_busy() && consumer.is_idle() {
+                            break;
                         }
                     }
                 }

@@ -247,19 +247,39 @@ impl Bench {
         command: &str,
         body: &str,
     ) -> (SluiceProcess, Instant) {
+        let transport = format!(
+            "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{topic_prefix}\"\n\
+             [kafka.properties]\n\
+             # Tansu 0.6 holds every fetch for part of this wait even when it has data \
+             (Apache Kafka answers at once; 500 ms by default): as the quickstart sets it.\n\
+             \"fetch.wait.max.ms\" = \"10\"\n",
+            self.kafka.bootstrap()
+        );
+        self.sluice_on(name, &transport, command, body)
+    }
+
+    /// [`Bench::sluice`] in local mode: `sluice run` with no broker, its state in the bench's
+    /// directory.
+    fn sluice_local(&self, name: &str, body: &str) -> (SluiceProcess, Instant) {
+        let transport = format!(
+            "[local]\nstate_dir = \"{}\"\n",
+            self.path(&format!("{name}-state")).display()
+        );
+        self.sluice_on(name, &transport, "run", body)
+    }
+
+    fn sluice_on(
+        &self,
+        name: &str,
+        transport: &str,
+        command: &str,
+        body: &str,
+    ) -> (SluiceProcess, Instant) {
         let port = free_port();
         let config = self.path(&format!("{name}.toml"));
         std::fs::write(
             &config,
-            format!(
-                "[kafka]\nbootstrap_servers = \"{}\"\ntopic_prefix = \"{topic_prefix}\"\n\
-                 [kafka.properties]\n\
-                 # Tansu 0.6 holds every fetch for part of this wait even when it has data \
-                 (Apache Kafka answers at once; 500 ms by default): as the quickstart sets it.\n\
-                 \"fetch.wait.max.ms\" = \"10\"\n{body}\n\
-                 [observability]\nlisten = \"127.0.0.1:{port}\"\n",
-                self.kafka.bootstrap()
-            ),
+            format!("{transport}{body}\n[observability]\nlisten = \"127.0.0.1:{port}\"\n"),
         )
         .unwrap();
         let spawned = Instant::now();
@@ -441,15 +461,27 @@ fn postgres_throughput(bench: &mut Bench) {
     // WAL for every reader alike.
     let capture_body = pg_source(&bench.pg, "cap", "public.bench");
     let e2e_body = pg_source(&bench.pg, "e2e", "public.bench") + &pg_sink(&bench.pg, "sink", "e2e");
+    bench.psql("postgres", "CREATE DATABASE sink_local");
+    let local_body =
+        pg_source(&bench.pg, "loc", "public.bench") + &pg_sink(&bench.pg, "sink_local", "loc");
     let (mut capture, spawned) = bench.sluice("pg_capture_setup", "cap", "capture", &capture_body);
     let (mut e2e, e2e_spawned) = bench.sluice("pg_e2e_setup", "e2e", "run", &e2e_body);
+    let (mut local, local_spawned) = bench.sluice_local("pg_local", &local_body);
     bench.until_streaming(&mut capture);
     bench.until_streaming(&mut e2e);
+    bench.until_streaming(&mut local);
     bench.psql("source", &pg_rows("public.bench", 0, 0));
     bench.watch(&mut capture, spawned, "sluice_capture_events_total", 1);
     bench.watch(&mut e2e, e2e_spawned, "sluice_sink_events_applied_total", 1);
+    bench.watch(
+        &mut local,
+        local_spawned,
+        "sluice_sink_events_applied_total",
+        1,
+    );
     stop(capture);
     stop(e2e);
+    stop(local);
     bench.psql(
         "source",
         "SELECT pg_create_logical_replication_slot('reference', 'pgoutput')",
@@ -502,6 +534,19 @@ fn postgres_throughput(bench: &mut Bench) {
         figures["router"] = router_breakdown(&e2e, t.first_to_last.as_secs_f64());
         stop(e2e);
         bench.record("postgres_to_postgres", figures);
+        // The same rows through local mode: no broker, capture and sink in one process.
+        let (mut local, spawned) = bench.sluice_local("pg_local", &local_body);
+        let t = bench.watch(
+            &mut local,
+            spawned,
+            "sluice_sink_events_applied_total",
+            rows + 1,
+        );
+        let mut figures = t.json();
+        figures["router"] = router_breakdown(&local, t.first_to_last.as_secs_f64());
+        figures["peak_rss_mib"] = json!(vm_hwm(&local));
+        stop(local);
+        bench.record("postgres_to_postgres_local", figures);
     }
 
     // The sink's references: COPY of the same rows into an empty table of the same shape, and
@@ -683,20 +728,30 @@ fn mariadb_throughput(bench: &mut Bench) {
 /// Commit-to-sink latency at a steady rate: each source row carries its insert time, each sink
 /// row the time the sink wrote it (a column default), on one server's clock.
 fn latency(bench: &mut Bench) {
+    latency_in(bench, "lat", false);
+    latency_in(bench, "lat_local", true);
+}
+
+/// Commit-to-sink latency at a steady rate, through Kafka (`name` = `lat`) or local mode.
+fn latency_in(bench: &mut Bench, name: &str, local: bool) {
     let (rate, secs) = (bench.settings.latency_rate, bench.settings.latency_secs);
-    bench.psql("source", &format!("CREATE TABLE public.lat ({PG_COLUMNS})"));
-    bench.psql("postgres", "CREATE DATABASE sink_latency");
+    let (table, sink_db) = (format!("public.{name}"), format!("sink_{name}"));
+    bench.psql("source", &format!("CREATE TABLE {table} ({PG_COLUMNS})"));
+    bench.psql("postgres", &format!("CREATE DATABASE {sink_db}"));
     bench.psql(
-        "sink_latency",
+        &sink_db,
         &format!(
-            "CREATE TABLE public.lat ({PG_COLUMNS}, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            "CREATE TABLE {table} ({PG_COLUMNS}, applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
         ),
     );
-    let body =
-        pg_source(&bench.pg, "lat", "public.lat") + &pg_sink(&bench.pg, "sink_latency", "lat");
-    let (mut sluice, spawned) = bench.sluice("latency", "lat", "run", &body);
+    let body = pg_source(&bench.pg, name, &table) + &pg_sink(&bench.pg, &sink_db, name);
+    let (mut sluice, spawned) = if local {
+        bench.sluice_local(name, &body)
+    } else {
+        bench.sluice("latency", name, "run", &body)
+    };
     bench.until_streaming(&mut sluice);
-    bench.psql("source", &pg_rows("public.lat", 0, 0));
+    bench.psql("source", &pg_rows(&table, 0, 0));
     bench.watch(&mut sluice, spawned, "sluice_sink_events_applied_total", 1);
 
     // A writer at the rate, 100 transactions a second, on one connection.
@@ -729,12 +784,7 @@ fn latency(bench: &mut Bench) {
             std::thread::sleep(wait);
         }
         let from = 1 + tick * per_tick;
-        writeln!(
-            stdin,
-            "{};",
-            pg_rows("public.lat", from, from + per_tick - 1)
-        )
-        .unwrap();
+        writeln!(stdin, "{};", pg_rows(&table, from, from + per_tick - 1)).unwrap();
     }
     drop(stdin);
     assert!(writer.wait().unwrap().success());
@@ -748,10 +798,12 @@ fn latency(bench: &mut Bench) {
     );
     stop(sluice);
     let stats = bench.psql(
-        "sink_latency",
-        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY l) * 1000, \
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY l) * 1000, max(l) * 1000, count(*) \
-         FROM (SELECT extract(epoch FROM applied_at - created_at) AS l FROM public.lat WHERE id > 0) t",
+        &sink_db,
+        &format!(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY l) * 1000, \
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY l) * 1000, max(l) * 1000, count(*) \
+             FROM (SELECT extract(epoch FROM applied_at - created_at) AS l FROM {table} WHERE id > 0) t"
+        ),
     );
     let v: Vec<f64> = stats
         .trim()
@@ -759,7 +811,7 @@ fn latency(bench: &mut Bench) {
         .map(|x| x.parse().unwrap())
         .collect();
     bench.record(
-        "latency",
+        if local { "latency_local" } else { "latency" },
         json!({
             "rows": v[3],
             "rate_rows_per_s": (total as f64 / written.as_secs_f64()).round(),
@@ -779,6 +831,7 @@ fn large_transaction(bench: &mut Bench) {
     for (mode, streaming) in [("after_commit", false), ("streamed", true)] {
         large_transaction_in(bench, mode, streaming);
     }
+    large_transaction_local(bench);
 }
 
 fn large_transaction_in(bench: &mut Bench, mode: &str, streaming: bool) {
@@ -866,6 +919,49 @@ fn large_transaction_in(bench: &mut Bench, mode: &str, streaming: bool) {
             "server_spill_txns": server(1),
             "server_stream_bytes": server(2),
             "server_stream_txns": server(3),
+        }),
+    );
+}
+
+/// The same transaction, streamed, through local mode: capture and sink in one process, whose
+/// peak resident memory is both together.
+fn large_transaction_local(bench: &mut Bench) {
+    let rows = bench.settings.big_rows;
+    let (table, sink, slot) = ("public.big_local", "sink_big_local", "big_local");
+    bench.psql("source", &format!("CREATE TABLE {table} ({PG_COLUMNS})"));
+    bench.psql("postgres", &format!("CREATE DATABASE {sink}"));
+    let body =
+        pg_source(&bench.pg, slot, table) + "streaming = true\n" + &pg_sink(&bench.pg, sink, slot);
+    let (mut sluice, spawned) = bench.sluice_local(slot, &body);
+    bench.until_streaming(&mut sluice);
+    bench.psql("source", &pg_rows(table, 0, 0));
+    bench.watch(&mut sluice, spawned, "sluice_sink_events_applied_total", 1);
+    let baseline = vm_hwm(&sluice);
+    let insert = timed(
+        &format!("one transaction of {rows} rows (local mode)"),
+        || {
+            bench.psql("source", &pg_rows(table, 1, rows));
+        },
+    );
+    let committed = Instant::now();
+    bench.watch(
+        &mut sluice,
+        spawned,
+        "sluice_sink_events_applied_total",
+        rows + 1,
+    );
+    let through = committed.elapsed();
+    let peak = vm_hwm(&sluice);
+    stop(sluice);
+    bench.record(
+        "large_transaction_local",
+        json!({
+            "rows": rows,
+            "streaming": true,
+            "insert_seconds": insert.as_secs_f64(),
+            "commit_to_sink_seconds": through.as_secs_f64(),
+            "peak_rss_mib": peak,
+            "rss_before_mib": baseline,
         }),
     );
 }
@@ -1033,7 +1129,7 @@ fn print_table(report: &Value) {
         "measure (rows/s)", "Sluice", "reference", "reference", "ratio", "goal"
     );
     println!("{}", "-".repeat(100));
-    let rows: [(&str, &str, &str, &str, &str); 9] = [
+    let rows: [(&str, &str, &str, &str, &str); 11] = [
         (
             "PostgreSQL capture → Kafka",
             "postgres_capture_to_kafka",
@@ -1060,6 +1156,20 @@ fn print_table(report: &Value) {
             "postgres_to_postgres",
             "COPY into the sink table",
             "copy_into_sink",
+            "",
+        ),
+        (
+            "PostgreSQL → PostgreSQL, local mode",
+            "postgres_to_postgres_local",
+            "the Kafka path (above)",
+            "postgres_to_postgres",
+            "≥1×",
+        ),
+        (
+            "",
+            "postgres_to_postgres_local",
+            "pg_recvlogical",
+            "pg_recvlogical",
             "",
         ),
         (
@@ -1121,11 +1231,16 @@ fn print_table(report: &Value) {
         );
     }
     println!("{}", "-".repeat(100));
-    if let Some(l) = find(report, "latency") {
-        println!(
-            "commit → sink latency at {} rows/s: p50 {} ms, p99 {} ms, max {} ms (goal p99 < 250 ms)",
-            l["rate_rows_per_s"], l["p50_ms"], l["p99_ms"], l["max_ms"]
-        );
+    for (name, label, goal) in [
+        ("latency", "through Kafka", "250"),
+        ("latency_local", "local mode", "50"),
+    ] {
+        if let Some(l) = find(report, name) {
+            println!(
+                "commit → sink latency {label} at {} rows/s: p50 {} ms, p99 {} ms, max {} ms (goal p99 < {goal} ms)",
+                l["rate_rows_per_s"], l["p50_ms"], l["p99_ms"], l["max_ms"]
+            );
+        }
     }
     for (label, name) in [
         ("sent after its commit", "large_transaction_after_commit"),
@@ -1142,6 +1257,14 @@ fn print_table(report: &Value) {
                 mib("server_spill_bytes"), mib("server_stream_bytes"), mib("capture_spilled_bytes")
             );
         }
+    }
+    if let Some(b) = find(report, "large_transaction_local") {
+        println!(
+            "one transaction of {} rows, local mode (streamed): commit → sink {:.1} s; peak RSS of the one process {} MiB (goal < 150 MB)",
+            b["rows"],
+            b["commit_to_sink_seconds"].as_f64().unwrap_or(0.0),
+            b["peak_rss_mib"]
+        );
     }
     for (label, name) in [
         ("MariaDB capture", "mariadb_capture_to_kafka"),
