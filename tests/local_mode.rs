@@ -90,6 +90,17 @@ fn local_mode_loses_and_doubles_nothing_across_kill_9_and_needs_no_broker() {
         &[("sink", "warehouse"), ("table", "public.orders")],
     );
     assert!(applied > 0.0, "the same metrics as Kafka mode: {applied}");
+    let status = Command::new(SLUICE)
+        .args(["status", "--config"])
+        .arg(&p.config)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success() && report.contains("public.orders"),
+        "sluice status on local mode:\n{report}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
 }
 
 #[test]
@@ -223,6 +234,72 @@ fn one_capture_feeds_two_sinks_each_with_its_own_progress() {
             )
             .unwrap();
         assert_eq!(rows.trim(), "1", "{db}: local mode's progress row");
+    }
+}
+
+#[test]
+fn two_sources_feed_one_sink() {
+    // Given a local-mode pipeline with a second PostgreSQL source (another database, its own
+    // slot and table) into the same sink,
+    let p = Pipeline::postgres(SLUICE, "local_many")
+        .local()
+        .ddl(ORDERS)
+        .tables(&["public.orders"])
+        .build();
+    p.pg.create_database("billing").unwrap();
+    p.pg.psql(
+        "billing",
+        "CREATE TABLE public.invoices (id bigint PRIMARY KEY, total numeric(10,2) NOT NULL);
+         INSERT INTO public.invoices SELECT i, i * 1.5 FROM generate_series(1, 500) i;",
+    )
+    .unwrap();
+    let slot = p.pg.name("local_many_billing");
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        config.replace(
+            "[sinks.warehouse]",
+            &format!(
+                "[sources.billing]\nkind = \"postgres\"\nurl = \"{}\"\n\
+                 tables = [\"public.invoices\"]\nslot = \"{slot}\"\npublication = \"billing\"\n\n\
+                 [sinks.warehouse]",
+                p.pg.url("billing")
+            ),
+        ),
+    )
+    .unwrap();
+    let sluice = p.run();
+
+    // when both sources change,
+    p.source("UPDATE public.orders SET qty = 9 WHERE id <= 10");
+    p.pg.psql(
+        "billing",
+        "UPDATE public.invoices SET total = 0 WHERE id <= 10; DELETE FROM public.invoices WHERE id > 490",
+    )
+    .unwrap();
+
+    // then the sink holds both sources' tables as they are.
+    p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(120));
+    let billing =
+        p.pg.psql(
+            "billing",
+            "SELECT count(*), sum(total) FROM public.invoices",
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let sink =
+            p.pg.psql("sink", "SELECT count(*), sum(total) FROM public.invoices")
+                .unwrap_or_default();
+        if sink == billing {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink has {sink}, billing {billing}\n{}",
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
 

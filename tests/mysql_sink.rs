@@ -172,17 +172,31 @@ fn a_postgres_table_reaches_mariadb_with_every_value_and_a_lossy_type_waits() {
 
 #[test]
 fn mariadb_to_mariadb_is_exactly_once_across_router_kills() {
+    mariadb_to_mariadb_killed("maria_kill", false);
+}
+
+#[test]
+fn mariadb_to_mariadb_is_exactly_once_across_kills_in_local_mode() {
+    mariadb_to_mariadb_killed("maria_kill_local", true);
+}
+
+/// MariaDB → MariaDB with the pipeline killed -9 four times under writes, through Kafka or in
+/// local mode (`local`).
+fn mariadb_to_mariadb_killed(name: &str, local: bool) {
     // Given a MariaDB source and a MariaDB sink whose table records every write in a trigger,
     let (source, sink) = (MariaDb::shared().unwrap(), MariaDb::shared().unwrap());
-    let (shop, wh) = (source.db("shop"), sink.db("wh"));
-    source.create_database("shop").unwrap();
+    let (shop, wh) = (
+        source.db(&format!("{name}_shop")),
+        sink.db(&format!("{name}_wh")),
+    );
+    source.create_database(&format!("{name}_shop")).unwrap();
     source
         .root_sql(&format!(
             "USE {shop}; CREATE TABLE {shop}.acct (id int PRIMARY KEY, n int NOT NULL, note varchar(40)); \
              INSERT INTO {shop}.acct SELECT seq, 0, 'start' FROM seq_1_to_40"
         ))
         .unwrap();
-    sink.create_database("wh").unwrap();
+    sink.create_database(&format!("{name}_wh")).unwrap();
     sink.root_sql(&format!(
         "CREATE TABLE {wh}.acct (id int PRIMARY KEY, n int NOT NULL, note longtext); \
          CREATE TABLE {wh}.applied (seq bigint AUTO_INCREMENT PRIMARY KEY, id int, n int); \
@@ -192,11 +206,11 @@ fn mariadb_to_mariadb_is_exactly_once_across_router_kills() {
            INSERT INTO {wh}.applied (id, n) VALUES (NEW.id, NEW.n);",
     ))
     .unwrap();
-    let p = Pipeline::postgres(SLUICE, "maria_kill")
+    let p = Pipeline::postgres(SLUICE, name)
         .source_section(&mysql_source(&source, &[&format!("{shop}.acct")]))
         .mysql_sink(&sink, &wh)
-        .batch("max_rows = 100\nmax_delay_ms = 100")
-        .build();
+        .batch("max_rows = 100\nmax_delay_ms = 100");
+    let p = if local { p.local() } else { p }.build();
     let mut sluice = p.run();
 
     // when a writer makes 1,500 single-row transactions while the pipeline is killed -9 four

@@ -108,7 +108,7 @@ pub struct PostgresSourceConfig {
     #[serde(default = "default_true")]
     pub streaming: bool,
     /// Where the changes of streamed transactions wait for their commit: memory up to
-    /// `memory_mb` (64) for all of them together, then a file in `dir`.
+    /// `memory_mb` (32) for all of them together, then a file in `dir`.
     #[serde(default)]
     pub spill: SpillConfig,
 }

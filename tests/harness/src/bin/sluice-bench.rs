@@ -11,7 +11,8 @@
 //! Settings (environment): `SLUICE_BENCH_ROWS` (default 1,000,000), `SLUICE_BENCH_BIG_ROWS`
 //! (5,000,000), `SLUICE_BENCH_LATENCY_RATE` (rows/s, 5,000), `SLUICE_BENCH_LATENCY_SECS`
 //! (30), `SLUICE_BENCH_REPEATS` (3), `SLUICE_BENCH_ONLY` (comma-separated: pg, maria,
-//! router, latency, rss, txn, verify).
+//! router, latency, rss, rss_local, txn, verify; `rss_local` is the 5M-row transaction through
+//! local mode alone).
 //!
 //! `txn` starts an Apache Kafka of its own and measures what publishing atomically would cost:
 //! capture's producer as it is (idempotent) beside a transactional producer committing one
@@ -412,6 +413,8 @@ fn main() {
     }
     if bench.settings.runs("rss") {
         large_transaction(&mut bench);
+    } else if bench.settings.runs("rss_local") {
+        large_transaction_local(&mut bench);
     }
     if bench.settings.runs("txn") {
         kafka_transactions(&mut bench);
@@ -540,7 +543,7 @@ fn postgres_throughput(bench: &mut Bench) {
             &mut local,
             spawned,
             "sluice_sink_events_applied_total",
-            rows + 1,
+            rows,
         );
         let mut figures = t.json();
         figures["router"] = router_breakdown(&local, t.first_to_last.as_secs_f64());
