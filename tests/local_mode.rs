@@ -104,6 +104,44 @@ fn local_mode_loses_and_doubles_nothing_across_kill_9_and_needs_no_broker() {
 }
 
 #[test]
+fn pgbench_through_snapshot_and_stream_with_kills_arrives_row_for_row() {
+    // Given pgbench's schema and data (100,000 accounts) and a local-mode pipeline,
+    let tables = [
+        "public.pgbench_accounts",
+        "public.pgbench_branches",
+        "public.pgbench_tellers",
+    ];
+    let p = Pipeline::postgres(SLUICE, "local_pgbench")
+        .local()
+        .tables(&tables)
+        .build();
+    p.pg.pgbench("source", &["-i", "-s", "1", "-q"]);
+
+    // when it starts (snapshotting) while pgbench's TPC-B-like load runs with 4 clients for
+    // 20 s, and is killed -9 every 4 s,
+    let mut sluice = p.run();
+    let load =
+        p.pg.pgbench_in_background("source", &["-c", "4", "-j", "2", "-T", "20", "-n"]);
+    let mut kills = 0;
+    while !load.is_finished() {
+        std::thread::sleep(Duration::from_secs(4));
+        if load.is_finished() {
+            break;
+        }
+        sluice.kill9();
+        kills += 1;
+        sluice = p.run();
+    }
+    let report = load.join().unwrap();
+
+    // then every keyed pgbench table matches the source row for row.
+    p.wait_for_match(&sluice, &tables, Duration::from_secs(240));
+    assert!(kills >= 3, "killed {kills} times");
+    let tps = report.lines().find(|l| l.starts_with("tps")).unwrap_or("");
+    eprintln!("pgbench {tps}; killed -9 {kills} times");
+}
+
+#[test]
 fn capture_confirms_nothing_the_sink_has_not_committed() {
     // Given a local-mode pipeline whose sink is held: every write to its table waits for an
     // advisory lock the test holds,

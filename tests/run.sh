@@ -13,4 +13,4 @@ cargo test --workspace --all-targets --locked
 SLUICE_TEST_PG_MAJOR=18 cargo test --locked -p sluice-harness --test services
 SLUICE_TEST_PG_MAJOR=18 cargo test --locked \
   --test e2e_postgres --test pg_table_shapes --test e2e_schemas --test sink_evolution \
-  --test pg_streaming
+  --test pg_streaming --test local_mode
