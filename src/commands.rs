@@ -91,6 +91,45 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         });
     }
 
+    // Each capture's settings (and its place in /readyz, before the routers'), made now; the
+    // captures start after the routers subscribed.
+    let mut captures = Vec::new();
+    if components.capture {
+        if config.sources.is_empty() {
+            anyhow::bail!("`capture` needs at least one [sources.<name>] section");
+        }
+        for (name, source) in &config.sources {
+            let settings = PublisherSettings {
+                topic_prefix: config.source_topic_prefix(name),
+                legacy_topic_prefix: source
+                    .topic_prefix()
+                    .is_none()
+                    .then(|| config.kafka.topic_prefix.clone()),
+                schema_topic: config.kafka.schema_topic.clone(),
+                state_topic: config.kafka.state_topic.clone(),
+                partitions: config.kafka.partitions,
+                replication_factor: config.kafka.replication_factor,
+                tombstones: config.kafka.tombstones && mode == Mode::Kafka,
+                max_in_flight: match (&config.local, mode) {
+                    (Some(local), Mode::Local) => local.max_in_flight,
+                    _ => config.kafka.max_in_flight,
+                },
+                source: name.clone(),
+                drain_timeout: config.shutdown.drain_timeout(),
+                liveness: health.component(
+                    &format!("capture {name}"),
+                    match mode {
+                        Mode::Kafka => &["source", "broker"],
+                        Mode::Local => &["source"],
+                    },
+                ),
+                policy: config.schemas.policy(),
+                registry: registry.clone(),
+            };
+            captures.push((name.clone(), source.clone(), settings));
+        }
+    }
+
     if components.router {
         let router = config
             .router
@@ -181,52 +220,20 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         }
     }
 
-    if components.capture {
-        if config.sources.is_empty() {
-            anyhow::bail!("`capture` needs at least one [sources.<name>] section");
-        }
-        for (name, source) in &config.sources {
-            let settings = PublisherSettings {
-                topic_prefix: config.source_topic_prefix(name),
-                legacy_topic_prefix: source
-                    .topic_prefix()
-                    .is_none()
-                    .then(|| config.kafka.topic_prefix.clone()),
-                schema_topic: config.kafka.schema_topic.clone(),
-                state_topic: config.kafka.state_topic.clone(),
-                partitions: config.kafka.partitions,
-                replication_factor: config.kafka.replication_factor,
-                tombstones: config.kafka.tombstones && mode == Mode::Kafka,
-                max_in_flight: match (&config.local, mode) {
-                    (Some(local), Mode::Local) => local.max_in_flight,
-                    _ => config.kafka.max_in_flight,
-                },
-                source: name.clone(),
-                drain_timeout: config.shutdown.drain_timeout(),
-                liveness: health.component(
-                    &format!("capture {name}"),
-                    match mode {
-                        Mode::Kafka => &["source", "broker"],
-                        Mode::Local => &["source"],
-                    },
-                ),
-                policy: config.schemas.policy(),
-                registry: registry.clone(),
-            };
-            let password = Config::env_password("sources", name);
-            let (transport, label) = (transport.clone(), ("capture", name.clone()));
-            let (shutdown, alive) = (shutdown.clone(), captures_alive.clone());
-            with_source!(source.clone(), s => {
-                let capture = Capture::new(name, s, transport, settings, password);
-                tasks.spawn(async move {
-                    let _alive = alive;
-                    (
-                        label,
-                        Source::run(capture, shutdown).await.map_err(anyhow::Error::from),
-                    )
-                });
+    for (name, source, settings) in captures {
+        let password = Config::env_password("sources", &name);
+        let (transport, label) = (transport.clone(), ("capture", name.clone()));
+        let (shutdown, alive) = (shutdown.clone(), captures_alive.clone());
+        with_source!(source, s => {
+            let capture = Capture::new(&name, s, transport, settings, password);
+            tasks.spawn(async move {
+                let _alive = alive;
+                (
+                    label,
+                    Source::run(capture, shutdown).await.map_err(anyhow::Error::from),
+                )
             });
-        }
+        });
     }
 
     drop(captures_alive);
