@@ -236,6 +236,18 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         });
     }
 
+    if let (true, Some(v)) = (components.router, config.verify.clone()) {
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        info!(
+            interval_s = v.interval_s,
+            "verify runs on a schedule ([verify])"
+        );
+        tasks.spawn(async move {
+            crate::verify::scheduled(config, v, shutdown).await;
+            (("verify", "schedule".to_string()), Ok(()))
+        });
+    }
+
     drop(captures_alive);
     if mode == Mode::Local {
         let (shutdown, router_shutdown) = (shutdown.clone(), router_shutdown.clone());

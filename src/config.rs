@@ -85,6 +85,9 @@ pub struct Config {
     /// How schemas travel (schema topic or Schema Registry) and how they may evolve.
     #[serde(default)]
     pub schemas: SchemasConfig,
+    /// `sluice verify` on a schedule inside `sluice run` / `sluice route`.
+    #[serde(default)]
+    pub verify: Option<VerifyConfig>,
     /// The directory of the config file (relative paths in it are relative to this).
     #[serde(skip)]
     pub dir: PathBuf,
@@ -246,6 +249,41 @@ impl ShutdownConfig {
     pub fn linger_on_failure(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.linger_on_failure_ms)
     }
+}
+
+/// `[verify]`: the router's process compares its sink with the sources now and then (what
+/// `sluice verify` does), and exposes what it found as `sluice_verify_*` metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// Seconds from the end of one run to the start of the next.
+    pub interval_s: u64,
+    /// Seconds after start before the first run. Default: one interval.
+    #[serde(default)]
+    pub first_after_s: Option<u64>,
+    /// Only these source tables (`schema.table`). Default: every routed table.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// About how many rows a compared bucket holds. Default 1000.
+    #[serde(default = "default_verify_bucket_rows")]
+    pub bucket_rows: u64,
+    /// How long a differing row may take to settle (a change still on its way) before it
+    /// counts, in milliseconds. Default 10000.
+    #[serde(default = "default_verify_settle_ms")]
+    pub settle_ms: u64,
+    /// Tables compared at once. Default 1 (light on busy databases).
+    #[serde(default = "default_verify_parallel")]
+    pub parallel: usize,
+}
+
+fn default_verify_bucket_rows() -> u64 {
+    1_000
+}
+fn default_verify_settle_ms() -> u64 {
+    10_000
+}
+fn default_verify_parallel() -> usize {
+    1
 }
 
 /// `[local]`: local mode's settings.
@@ -864,6 +902,24 @@ impl Config {
             }
             if router.topics.is_empty() && self.sources.is_empty() {
                 problems.push("router.topics is empty and there are no [sources] to derive topics from; list the topics to consume".into());
+            }
+        }
+        if let Some(v) = &self.verify {
+            if self.router.is_none() {
+                problems.push(
+                    "[verify] runs beside the router and compares its sink: add [router] or \
+                     remove [verify]"
+                        .into(),
+                );
+            }
+            if v.interval_s == 0 {
+                problems.push("verify.interval_s must be > 0 (e.g. 3600)".into());
+            }
+            if v.bucket_rows == 0 {
+                problems.push("verify.bucket_rows must be > 0 (e.g. 1000)".into());
+            }
+            if v.parallel == 0 {
+                problems.push("verify.parallel must be > 0 (e.g. 1)".into());
             }
         }
         if self

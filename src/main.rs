@@ -85,6 +85,9 @@ struct VerifyArgs {
     /// the pipeline) before it is reported, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     settle_ms: u64,
+    /// Tables compared at once.
+    #[arg(long, default_value_t = 1)]
+    parallel: usize,
 }
 
 #[derive(clap::Args)]
@@ -275,6 +278,7 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         tables: args.tables.clone(),
         bucket_rows: args.bucket_rows,
         settle: std::time::Duration::from_millis(args.settle_ms),
+        parallel: args.parallel,
     };
     match runtime.block_on(sluice::verify::verify(&config, &options)) {
         Ok(reports) => {
@@ -287,6 +291,8 @@ fn verify(args: &VerifyArgs) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
+            println!();
+            print!("{}", sluice::verify::summary(&reports));
             let equal = reports.iter().filter(|r| r.equal()).count();
             println!("{equal} of {} tables equal", reports.len());
             if equal == reports.len() {

@@ -111,6 +111,21 @@ pub const PROCESS_START_TIME: &str = "sluice_process_start_time_seconds";
 /// `shutdown.linger_on_failure_ms`).
 pub const COMPONENT_FAILED: &str = "sluice_component_failed";
 
+/// `[verify]` runs inside `sluice run` / `sluice route`: per compared table (`source`, `table`)
+/// what the last run found — rows at the source, and rows missing from, extra at and differing
+/// in the sink, rows that were still in flight — whether it could not be compared, and per run
+/// when it ended, how long it took and how it came out (`outcome`: `equal`, `different`,
+/// `error`).
+pub const VERIFY_ROWS_CHECKED: &str = "sluice_verify_rows_checked";
+pub const VERIFY_ROWS_MISSING: &str = "sluice_verify_rows_missing";
+pub const VERIFY_ROWS_EXTRA: &str = "sluice_verify_rows_extra";
+pub const VERIFY_ROWS_DIFFERING: &str = "sluice_verify_rows_differing";
+pub const VERIFY_ROWS_IN_FLIGHT: &str = "sluice_verify_rows_in_flight";
+pub const VERIFY_NOT_COMPARED: &str = "sluice_verify_table_not_compared";
+pub const VERIFY_LAST_RUN: &str = "sluice_verify_last_run_timestamp_seconds";
+pub const VERIFY_RUN_SECONDS: &str = "sluice_verify_run_duration_seconds";
+pub const VERIFY_RUNS_TOTAL: &str = "sluice_verify_runs_total";
+
 /// Installs the Prometheus recorder and describes every metric.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
@@ -129,6 +144,43 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         COMPONENT_FAILED,
         "1 for a component that stopped on a definite error"
     );
+    for (name, help) in [
+        (
+            VERIFY_ROWS_CHECKED,
+            "Rows of the source table the last scheduled verify compared",
+        ),
+        (
+            VERIFY_ROWS_MISSING,
+            "Rows at the source and not at the sink, last scheduled verify",
+        ),
+        (
+            VERIFY_ROWS_EXTRA,
+            "Rows at the sink and not at the source, last scheduled verify",
+        ),
+        (
+            VERIFY_ROWS_DIFFERING,
+            "Rows whose values differ, last scheduled verify",
+        ),
+        (
+            VERIFY_ROWS_IN_FLIGHT,
+            "Rows that differed and settled while verify waited, last run",
+        ),
+        (
+            VERIFY_NOT_COMPARED,
+            "1 when the last scheduled verify could not compare the table",
+        ),
+        (
+            VERIFY_LAST_RUN,
+            "When the last scheduled verify ended, Unix seconds",
+        ),
+        (
+            VERIFY_RUN_SECONDS,
+            "How long the last scheduled verify took",
+        ),
+    ] {
+        metrics::describe_gauge!(name, help);
+    }
+    metrics::describe_counter!(VERIFY_RUNS_TOTAL, "Scheduled verify runs, by outcome");
     let started = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures::StreamExt;
 use sluice_capture::tls::PgConnector;
 use sluice_schemas::TableId;
 
@@ -35,6 +36,8 @@ pub struct Options {
     pub bucket_rows: u64,
     /// How long a differing row may take to settle (writes still in flight).
     pub settle: Duration,
+    /// Tables compared at once.
+    pub parallel: usize,
 }
 
 impl Default for Options {
@@ -43,6 +46,7 @@ impl Default for Options {
             tables: Vec::new(),
             bucket_rows: 1_000,
             settle: Duration::from_secs(10),
+            parallel: 1,
         }
     }
 }
@@ -95,7 +99,7 @@ impl TableReport {
         self.not_compared.is_none() && self.differences.is_empty()
     }
 
-    fn count(&self, kind: &str) -> usize {
+    pub fn count(&self, kind: &str) -> usize {
         self.differences.iter().filter(|d| d.kind() == kind).count()
     }
 
@@ -162,7 +166,8 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
         .get(&router.sink)
         .with_context(|| format!("router.sink = \"{}\" names no sink", router.sink))?;
     let schemed = schemed_tables(config)?;
-    let mut reports = Vec::new();
+    // What each table comes to: a report already (not comparable), or a comparison to run.
+    let mut jobs: Vec<Job> = Vec::new();
     for (name, source) in &config.sources {
         let tables = source.table_ids().map_err(anyhow::Error::msg)?;
         for table in tables {
@@ -180,43 +185,206 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 not_compared: Some(why),
             };
             let (SourceConfig::Postgres(src), SinkConfig::Postgres(dst)) = (source, sink) else {
-                reports.push(not_compared(
+                jobs.push(Job::Done(not_compared(
                     "comparing a MySQL/MariaDB source or sink is not built yet; only PostgreSQL → PostgreSQL".into(),
-                ));
+                )));
                 continue;
             };
             if schemed.contains(&table) {
-                reports.push(not_compared(format!(
+                jobs.push(Job::Done(not_compared(format!(
                     "{table} is written through a mapping scheme, and comparing through a scheme is not built yet"
-                )));
+                ))));
                 continue;
             }
             let sink_table = match &dst.schema {
                 Some(schema) => TableId::new(schema.clone(), table.name.clone()),
                 None => table.clone(),
             };
-            let source_db = connector(&src.url, &src.tls, "sources", name)?;
-            let sink_db = connector(&dst.url, &dst.tls, "sinks", &router.sink)?;
-            // A table that cannot be compared (gone, keyless, a sink table without the
-            // source's columns, a server that does not answer) is named with why; the
-            // others are still compared.
-            let report =
-                match compare_table((&source_db, &table), (&sink_db, &sink_table), options).await {
-                    Ok(report) => report,
-                    Err(e) => {
-                        reports.push(not_compared(format!("{e:#}")));
-                        continue;
-                    }
-                };
-            reports.push(TableReport {
-                source: name.clone(),
-                table: table.clone(),
-                sink_table: sink_table.to_string(),
-                ..report
+            jobs.push(Job::Compare {
+                source_db: Box::new(connector(&src.url, &src.tls, "sources", name)?),
+                sink_db: Box::new(connector(&dst.url, &dst.tls, "sinks", &router.sink)?),
+                sink_table,
+                base: not_compared(String::new()),
             });
         }
     }
+    // `options.parallel` tables at once, reported in the configured order.
+    let reports = futures::stream::iter(jobs.into_iter().map(|job| async move {
+        match job {
+            Job::Done(report) => report,
+            Job::Compare {
+                source_db,
+                sink_db,
+                sink_table,
+                base,
+            } => {
+                // A table that cannot be compared (gone, keyless, a sink table without the
+                // source's columns, a server that does not answer) is named with why; the
+                // others are still compared.
+                match compare_table((&source_db, &base.table), (&sink_db, &sink_table), options)
+                    .await
+                {
+                    Ok(report) => TableReport {
+                        source: base.source,
+                        table: base.table,
+                        sink_table: sink_table.to_string(),
+                        ..report
+                    },
+                    Err(e) => TableReport {
+                        not_compared: Some(format!("{e:#}")),
+                        ..base
+                    },
+                }
+            }
+        }
+    }))
+    .buffered(options.parallel.max(1))
+    .collect()
+    .await;
     Ok(reports)
+}
+
+/// One table of a verify run.
+enum Job {
+    Done(TableReport),
+    Compare {
+        source_db: Box<PgConnector>,
+        sink_db: Box<PgConnector>,
+        sink_table: TableId,
+        /// The source and table, to report under.
+        base: TableReport,
+    },
+}
+
+/// The reports as a table, for a terminal.
+pub fn summary(reports: &[TableReport]) -> String {
+    let mut rows = vec![[
+        "source".to_string(),
+        "table".into(),
+        "source rows".into(),
+        "sink rows".into(),
+        "missing".into(),
+        "extra".into(),
+        "differing".into(),
+        "in flight".into(),
+        "status".into(),
+    ]];
+    for r in reports {
+        let n = |v: u64| v.to_string();
+        rows.push(match &r.not_compared {
+            Some(_) => [
+                r.source.clone(),
+                r.table.to_string(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "not compared".into(),
+            ],
+            None => [
+                r.source.clone(),
+                r.table.to_string(),
+                n(r.source_rows),
+                n(r.sink_rows),
+                r.count("missing").to_string(),
+                r.count("extra").to_string(),
+                r.count("differing").to_string(),
+                n(r.in_flight),
+                if r.equal() { "equal" } else { "different" }.into(),
+            ],
+        });
+    }
+    let widths: Vec<usize> = (0..9)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, v)| {
+                if (2..8).contains(&c) {
+                    format!("{v:>w$}", w = widths[c])
+                } else {
+                    format!("{v:<w$}", w = widths[c])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// `[verify]`: runs verify every `interval_s` until `shutdown`, and exposes what each run found
+/// as `sluice_verify_*` metrics (a run that fails is logged and counted, and tried again after
+/// the interval).
+pub async fn scheduled(
+    config: Config,
+    settings: crate::config::VerifyConfig,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use crate::telemetry as t;
+    let options = Options {
+        tables: settings.tables.clone(),
+        bucket_rows: settings.bucket_rows,
+        settle: Duration::from_millis(settings.settle_ms),
+        parallel: settings.parallel,
+    };
+    let mut wait = Duration::from_secs(settings.first_after_s.unwrap_or(settings.interval_s));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = Duration::from_secs(settings.interval_s);
+        let started = Instant::now();
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = verify(&config, &options) => result,
+        };
+        let outcome = match result {
+            Ok(reports) => {
+                for r in &reports {
+                    let labels = [("source", r.source.clone()), ("table", r.table.to_string())];
+                    metrics::gauge!(t::VERIFY_NOT_COMPARED, &labels)
+                        .set(if r.not_compared.is_some() { 1.0 } else { 0.0 });
+                    if r.not_compared.is_some() {
+                        tracing::warn!(report = %r.line(), "scheduled verify could not compare a table");
+                        continue;
+                    }
+                    metrics::gauge!(t::VERIFY_ROWS_CHECKED, &labels).set(r.source_rows as f64);
+                    metrics::gauge!(t::VERIFY_ROWS_MISSING, &labels).set(r.count("missing") as f64);
+                    metrics::gauge!(t::VERIFY_ROWS_EXTRA, &labels).set(r.count("extra") as f64);
+                    metrics::gauge!(t::VERIFY_ROWS_DIFFERING, &labels)
+                        .set(r.count("differing") as f64);
+                    metrics::gauge!(t::VERIFY_ROWS_IN_FLIGHT, &labels).set(r.in_flight as f64);
+                    if r.equal() {
+                        tracing::info!(report = %r.line(), "scheduled verify");
+                    } else {
+                        tracing::warn!(report = %r.line(), "scheduled verify found differences");
+                    }
+                }
+                if reports.iter().all(TableReport::equal) {
+                    "equal"
+                } else {
+                    "different"
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "scheduled verify failed; it runs again after the interval");
+                "error"
+            }
+        };
+        metrics::counter!(t::VERIFY_RUNS_TOTAL, "outcome" => outcome).increment(1);
+        metrics::gauge!(t::VERIFY_RUN_SECONDS).set(started.elapsed().as_secs_f64());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!(t::VERIFY_LAST_RUN).set(now);
+    }
 }
 
 /// The source tables some scheme maps (compared only once comparing through schemes is built).

@@ -92,7 +92,8 @@ const ON_FIRST_OCCURRENCE: &[&str] = &[
 
 #[test]
 fn a_running_pipeline_exports_every_metric_the_dashboard_and_alerts_use() {
-    // Given a PostgreSQL and a MariaDB source flowing into a PostgreSQL sink,
+    // Given a PostgreSQL and a MariaDB source flowing into a PostgreSQL sink, verified every
+    // second,
     let maria = MariaDb::shared().unwrap();
     maria.create_database("shop").unwrap();
     let shop = maria.db("shop");
@@ -106,7 +107,7 @@ fn a_running_pipeline_exports_every_metric_the_dashboard_and_alerts_use() {
         .tables(&["public.t"])
         .sections(&format!(
             "[sources.maria]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"{shop}.m\"]\n\
-             server_id = {}",
+             server_id = {}\n\n[verify]\ninterval_s = 1\nfirst_after_s = 0\nsettle_ms = 100",
             maria.url(),
             MariaDb::next_server_id()
         ))

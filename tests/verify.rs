@@ -77,9 +77,51 @@ fn an_equal_sink_passes_and_a_damaged_one_is_found_row_for_row() {
     // then verify reports each one by its key, exit 1, and writes them all as JSON lines.
     let (code, out) = verify(
         &p,
-        &["--out", out_file.to_str().unwrap(), "--settle-ms", "0"],
+        &[
+            "--out",
+            out_file.to_str().unwrap(),
+            "--settle-ms",
+            "0",
+            "--parallel",
+            "2",
+        ],
     );
     assert_eq!(code, 1, "{out}");
+    // (and a summary table, in the configured order)
+    let summary: Vec<Vec<&str>> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("source "))
+        .take(3)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        summary[1..],
+        [
+            [
+                "pg_main",
+                "public.items",
+                "20000",
+                "19998",
+                "3",
+                "1",
+                "2",
+                "0",
+                "different"
+            ],
+            [
+                "pg_main",
+                "public.pairs",
+                "3000",
+                "3000",
+                "0",
+                "0",
+                "1",
+                "0",
+                "different"
+            ],
+        ],
+        "{out}"
+    );
     assert!(
         out.contains("table=public.items sink_table=public.items status=different source_rows=20000 sink_rows=19998 missing=3 extra=1 differing=2"),
         "{out}"
@@ -166,4 +208,58 @@ fn writes_in_flight_are_not_differences() {
     // then it reports the table equal (rows read while moving settle, and are counted so).
     assert_eq!(code, 0, "{out}\n--- sluice log ---\n{}", sluice.log());
     assert!(out.contains("status=equal"), "{out}");
+}
+
+#[test]
+fn a_scheduled_verify_exposes_what_it_finds_as_metrics() {
+    // Given a local-mode pipeline that verifies its sink every second,
+    let p = Pipeline::postgres(SLUICE, "verify_scheduled")
+        .local()
+        .ddl(
+            "CREATE TABLE public.items (id bigint PRIMARY KEY, name text, qty int);
+             INSERT INTO public.items SELECT i, 'item ' || i, i % 7 FROM generate_series(1, 5000) i;",
+        )
+        .tables(&["public.items"])
+        .sections("[verify]\ninterval_s = 1\nfirst_after_s = 0\nsettle_ms = 300\n")
+        .build();
+    let sluice = p.run();
+    p.wait_for_match(&sluice, &["public.items"], Duration::from_secs(120));
+    let labels = [("source", "pg_main"), ("table", "public.items")];
+    let wait = |metric: &str, want: f64, what: &str| {
+        sluice.wait_for_metric(metric, &labels, Duration::from_secs(60), what, |v| {
+            v == want
+        });
+    };
+    wait(
+        "sluice_verify_rows_checked",
+        5000.0,
+        "a run compared every row",
+    );
+    wait("sluice_verify_rows_missing", 0.0, "an equal sink");
+
+    // when the sink is damaged behind the pipeline's back,
+    p.pg.psql(
+        "sink",
+        "DELETE FROM public.items WHERE id IN (1, 2, 3); UPDATE public.items SET qty = -1 WHERE id IN (10, 11);",
+    )
+    .unwrap();
+
+    // then the next runs say so, by kind,
+    wait("sluice_verify_rows_missing", 3.0, "the deleted rows");
+    wait("sluice_verify_rows_differing", 2.0, "the changed rows");
+    assert!(
+        sluice.metric("sluice_verify_runs_total", &[("outcome", "different")]) >= 1.0,
+        "{}",
+        sluice.log()
+    );
+    assert_eq!(
+        sluice.metric("sluice_verify_table_not_compared", &labels),
+        0.0
+    );
+
+    // and once the rows are sent again from the source, the sink is equal again.
+    p.source("UPDATE public.items SET qty = qty WHERE id IN (1, 2, 3, 10, 11)");
+    wait("sluice_verify_rows_missing", 0.0, "the rows back");
+    wait("sluice_verify_rows_differing", 0.0, "the rows equal");
+    assert!(sluice.metric("sluice_verify_last_run_timestamp_seconds", &[]) > 0.0);
 }
