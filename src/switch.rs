@@ -50,11 +50,7 @@ pub async fn switch(from: &Config, to: &Config) -> anyhow::Result<String> {
     if from.mode() == Mode::Kafka {
         // Every change in Kafka must be in every sink: the slot will not send it again.
         let client = kafka.kafka_client();
-        let ends = tokio::task::spawn_blocking({
-            let (client, topics) = (client.clone(), topics.clone());
-            move || partition_ends(&client, &topics)
-        })
-        .await??;
+        let ends = partition_ends(&client, &topics).await?;
         for (name, sink) in &mut sinks {
             for topic in &topics {
                 let mut highest: Option<Position> = None;
@@ -115,11 +111,7 @@ pub async fn switch(from: &Config, to: &Config) -> anyhow::Result<String> {
     } else {
         let client = kafka.kafka_client();
         create_topics(kafka, &topics).await?;
-        let ends = tokio::task::spawn_blocking({
-            let (client, topics) = (client.clone(), topics.clone());
-            move || partition_ends(&client, &topics)
-        })
-        .await??;
+        let ends = partition_ends(&client, &topics).await?;
         for (name, sink) in &mut sinks {
             for topic in &topics {
                 let Some(position) = sink
@@ -259,8 +251,16 @@ async fn connect_sinks(config: &Config) -> anyhow::Result<Vec<(String, AnySink)>
     Ok(out)
 }
 
-/// Per topic, each partition and its end offset. Blocking.
-fn partition_ends(
+/// Per topic, each partition and its end offset.
+async fn partition_ends(
+    client: &rdkafka::ClientConfig,
+    topics: &[String],
+) -> anyhow::Result<Vec<(String, (i32, i64))>> {
+    let (client, topics) = (client.clone(), topics.to_vec());
+    tokio::task::spawn_blocking(move || partition_ends_blocking(&client, &topics)).await?
+}
+
+fn partition_ends_blocking(
     client: &rdkafka::ClientConfig,
     topics: &[String],
 ) -> anyhow::Result<Vec<(String, (i32, i64))>> {

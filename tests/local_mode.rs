@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sluice_harness::{Broker, Pipeline};
+use sluice_harness::{wait_for_rows, Broker, Pipeline};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -119,19 +119,11 @@ fn pgbench_through_snapshot_and_stream_with_kills_arrives_row_for_row() {
 
     // when it starts (snapshotting) while pgbench's TPC-B-like load runs with 4 clients for
     // 20 s, and is killed -9 every 4 s,
-    let mut sluice = p.run();
+    let sluice = p.run();
     let load =
         p.pg.pgbench_in_background("source", &["-c", "4", "-j", "2", "-T", "20", "-n"]);
-    let mut kills = 0;
-    while !load.is_finished() {
-        std::thread::sleep(Duration::from_secs(4));
-        if load.is_finished() {
-            break;
-        }
-        sluice.kill9();
-        kills += 1;
-        sluice = p.run();
-    }
+    let (sluice, kills) =
+        p.run_killed_while(sluice, Duration::from_secs(4), || !load.is_finished());
     let report = load.join().unwrap();
 
     // then every keyed pgbench table matches the source row for row.
@@ -246,24 +238,14 @@ fn one_capture_feeds_two_sinks_each_with_its_own_progress() {
 
     // then both sinks hold the source's rows, each recording its own progress.
     p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(60));
-    let source =
-        p.pg.psql("source", "SELECT count(*), sum(qty) FROM public.orders")
-            .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let second =
-            p.pg.psql("second", "SELECT count(*), sum(qty) FROM public.orders")
-                .unwrap_or_default();
-        if second == source {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the second sink has {second}, the source {source}\n{}",
-            sluice.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let orders = "SELECT * FROM public.orders t ORDER BY t::text";
+    wait_for_rows(
+        &p.pg,
+        &sluice,
+        ("source", orders),
+        ("second", orders),
+        Duration::from_secs(60),
+    );
     for db in ["sink", "second"] {
         let rows =
             p.pg.psql(
@@ -318,27 +300,14 @@ fn two_sources_feed_one_sink() {
 
     // then the sink holds both sources' tables as they are.
     p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(120));
-    let billing =
-        p.pg.psql(
-            "billing",
-            "SELECT count(*), sum(total) FROM public.invoices",
-        )
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let sink =
-            p.pg.psql("sink", "SELECT count(*), sum(total) FROM public.invoices")
-                .unwrap_or_default();
-        if sink == billing {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the sink has {sink}, billing {billing}\n{}",
-            sluice.log()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let invoices = "SELECT * FROM public.invoices t ORDER BY t::text";
+    wait_for_rows(
+        &p.pg,
+        &sluice,
+        ("billing", invoices),
+        ("sink", invoices),
+        Duration::from_secs(60),
+    );
 }
 
 #[test]

@@ -359,7 +359,7 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
         .mysql_sink(&sink, &wh)
         .batch("max_rows = 1000\nmax_delay_ms = 100")
         .build();
-    let mut sluice = p.run();
+    let sluice = p.run();
 
     // when sysbench's read-write load runs with 4 threads for 20 s, through the snapshot and
     // on, while the pipeline is killed -9 every three seconds,
@@ -369,16 +369,8 @@ fn a_sysbench_workload_with_the_pipeline_killed_reaches_mariadb_row_for_row() {
         "run",
         &["--threads=4", "--time=20", "--report-interval=0"],
     );
-    let mut kills = 0;
-    while !load.is_finished() {
-        std::thread::sleep(Duration::from_secs(3));
-        if load.is_finished() {
-            break;
-        }
-        sluice.kill9();
-        kills += 1;
-        sluice = p.run();
-    }
+    let (sluice, kills) =
+        p.run_killed_while(sluice, Duration::from_secs(3), || !load.is_finished());
     let report = load.join().unwrap();
     let tps = report
         .lines()

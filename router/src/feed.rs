@@ -187,6 +187,15 @@ impl LocalFeed {
         s.topics[i].kept.push_back((arrival, message));
     }
 
+    fn set_paused(&self, tpl: &TopicPartitionList, paused: bool) {
+        let mut s = self.state();
+        for (topic, _) in Self::each(tpl) {
+            if let Some(&i) = s.by_name.get(&topic) {
+                s.topics[i].paused = paused;
+            }
+        }
+    }
+
     fn each<'t>(tpl: &'t TopicPartitionList) -> impl Iterator<Item = (String, Option<i64>)> + 't {
         tpl.elements().into_iter().map(|e| {
             let offset = match e.offset() {
@@ -258,22 +267,12 @@ impl Feed for LocalFeed {
     }
 
     fn pause(&self, tpl: &TopicPartitionList) -> KafkaResult<()> {
-        let mut s = self.state();
-        for (topic, _) in Self::each(tpl) {
-            if let Some(&i) = s.by_name.get(&topic) {
-                s.topics[i].paused = true;
-            }
-        }
+        self.set_paused(tpl, true);
         Ok(())
     }
 
     fn resume(&self, tpl: &TopicPartitionList) -> KafkaResult<()> {
-        let mut s = self.state();
-        for (topic, _) in Self::each(tpl) {
-            if let Some(&i) = s.by_name.get(&topic) {
-                s.topics[i].paused = false;
-            }
-        }
+        self.set_paused(tpl, false);
         Ok(())
     }
 

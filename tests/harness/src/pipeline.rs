@@ -268,6 +268,27 @@ impl Pipeline {
         self.start("run", &[])
     }
 
+    /// While `busy()` holds, kills `sluice` -9 every `every` and starts `sluice run` again;
+    /// returns the process running at the end and how many times it was killed.
+    pub fn run_killed_while(
+        &self,
+        mut sluice: SluiceProcess,
+        every: Duration,
+        busy: impl Fn() -> bool,
+    ) -> (SluiceProcess, u32) {
+        let mut kills = 0;
+        while busy() {
+            std::thread::sleep(every);
+            if !busy() {
+                break;
+            }
+            sluice.kill9();
+            kills += 1;
+            sluice = self.run();
+        }
+        (sluice, kills)
+    }
+
     /// `sluice <subcommand>` on the config with extra environment, logging to `sluice.log`.
     pub fn start(&self, subcommand: &str, env: &[(&str, &str)]) -> SluiceProcess {
         self.start_with(subcommand, &self.config, env)
