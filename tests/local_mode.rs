@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sluice_harness::{wait_for_rows, Broker, Pipeline};
+use sluice_harness::compare::pg_rows;
+use sluice_harness::{wait_for_rows, Broker, Pipeline, Postgres, SluiceProcess};
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -206,6 +207,84 @@ fn capture_confirms_nothing_the_sink_has_not_committed() {
     p.wait_for_match(&sluice, &["public.orders"], Duration::from_secs(120));
 }
 
+/// Waits until `sink`'s orders equal the source's (another cluster's).
+fn wait_for_orders(p: &Pipeline, sink: &Postgres, sluice: &SluiceProcess) {
+    let query = "SELECT * FROM public.orders t ORDER BY t::text";
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let want = pg_rows(&p.pg, "source", query).unwrap();
+        let got = pg_rows(sink, "sink", query).unwrap_or_default();
+        if want == got {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sink has {} rows, the source {}\n{}",
+            got.len(),
+            want.len(),
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn a_sink_outage_holds_capture_back_and_loses_nothing() {
+    // Given a local-mode pipeline into a sink on a server of its own,
+    let p = Pipeline::postgres(SLUICE, "local_outage")
+        .local()
+        .ddl(ORDERS)
+        .tables(&["public.orders"])
+        .build();
+    let mut sink = Postgres::start().unwrap();
+    sink.create_database("sink").unwrap();
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        config.replace(&p.pg.url("sink"), &sink.url("sink")),
+    )
+    .unwrap();
+    let mut sluice = p.run();
+    wait_for_orders(&p, &sink, &sluice);
+
+    // when the sink's server stops while the source keeps changing,
+    sink.stop();
+    let writer =
+        p.pg.write_in_rounds("source", 30, Duration::from_millis(100), |round| {
+            format!(
+                "UPDATE public.orders SET qty = qty + 1 WHERE id % 7 = {}; \
+                 INSERT INTO public.orders VALUES ({}, 'during', 0)",
+                round % 7,
+                30_000 + round
+            )
+        });
+    writer.join().unwrap();
+    let after_writes: u64 =
+        p.pg.psql("source", "SELECT pg_current_wal_lsn() - '0/0'")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+
+    // then the process waits it out (alive, not ready), the slot is not confirmed past what
+    // the sink lacks,
+    assert!(!sluice.has_exited(), "{}", sluice.log());
+    assert!(
+        confirmed_lsn(&p) < after_writes,
+        "the slot was confirmed past changes the stopped sink never committed"
+    );
+    let (code, body) = sluice_harness::http_get(p.metrics_port, "/readyz").unwrap_or_default();
+    assert!(
+        code == 503 && body.contains("sink"),
+        "/readyz: {code} {body}"
+    );
+
+    // and once the sink is back, everything arrives.
+    sink.start_again().unwrap();
+    wait_for_orders(&p, &sink, &sluice);
+}
+
 #[test]
 fn one_capture_feeds_two_sinks_each_with_its_own_progress() {
     // Given a local-mode pipeline with a second sink database fed from the same capture,
@@ -362,7 +441,7 @@ fn switch(from: &Path, to: &Path) -> (bool, String) {
     )
 }
 
-fn snapshot_rows(sluice: &sluice_harness::SluiceProcess) -> f64 {
+fn snapshot_rows(sluice: &SluiceProcess) -> f64 {
     sluice.metric(
         "sluice_capture_snapshot_rows_total",
         &[("source", "pg_main"), ("table", "public.orders")],
