@@ -516,3 +516,30 @@ fn a_mysql_table_maps_into_postgres_with_the_example_scheme() {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+#[test]
+fn the_edited_scheme_maps_the_same_in_local_mode() {
+    // Given a local-mode pipeline (no broker) whose router reads the edited scheme,
+    let p = Pipeline::postgres(SLUICE, "schemes_local")
+        .local()
+        .ddl(CUSTOMERS)
+        .tables(&["public.customers"])
+        .router("schemes = \"schemes\"")
+        .build();
+    let schemes = p.dir.path().join("schemes");
+    std::fs::create_dir(&schemes).unwrap();
+    std::fs::write(schemes.join("public.customers.avsc"), EDITED).unwrap();
+
+    // when rows are written (some filtered out, one without an email) and one moves out of
+    // the filter,
+    p.source(
+        "INSERT INTO public.customers SELECT i, 'name ' || i, 'user' || i || '@Example.COM', \
+         CASE WHEN i % 10 = 0 THEN 'test' ELSE 'live' END, i, 1.25 FROM generate_series(1, 100) i;
+         INSERT INTO public.customers (id, name) VALUES (101, 'no email')",
+    );
+    let sluice = p.run();
+    p.source("UPDATE public.customers SET status = 'test' WHERE id = 7");
+
+    // then the sink holds what the scheme says, as through Kafka.
+    wait_for(&p, EXPECTED, SINK, &sluice);
+}
