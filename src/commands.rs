@@ -130,6 +130,8 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         }
     }
 
+    // The routers' tasks, spawned after the captures'.
+    let mut routers = Vec::new();
     if components.router {
         let router = config
             .router
@@ -196,7 +198,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             let subscription = transport.local().map(|l| l.subscribe(&settings.topics));
             let (shutdown, group_id) = (router_shutdown.clone(), router.group_id.clone());
             let transport = transport.clone();
-            tasks.spawn(async move {
+            routers.push(async move {
                 let password = Config::env_password("sinks", &sink_name);
                 let result = async {
                     let sink = connect_sink_with_retry(
@@ -220,6 +222,9 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         }
     }
 
+    // Captures start first, then the routers (as before local mode: a router that joins its
+    // group while a capture fails at once is stopped mid-rebalance, and librdkafka's close
+    // can then take past the drain timeout). In local mode the routers subscribed above.
     for (name, source, settings) in captures {
         let password = Config::env_password("sources", &name);
         let (transport, label) = (transport.clone(), ("capture", name.clone()));
@@ -246,6 +251,10 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             crate::verify::scheduled(config, v, shutdown).await;
             (("verify", "schedule".to_string()), Ok(()))
         });
+    }
+
+    for router in routers {
+        tasks.spawn(router);
     }
 
     drop(captures_alive);
