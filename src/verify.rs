@@ -427,16 +427,19 @@ pub(crate) fn connector(
     Ok(PgConnector { config, tls })
 }
 
-/// The columns both sides compare (the source's, in its order) and the source's key columns.
+/// The columns both sides compare (the source's, in its order) and the source's key columns:
+/// its replica identity index's when it has one, else its primary key's (as capture keys it).
 async fn columns(
     client: &tokio_postgres::Client,
     table: &TableId,
 ) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let rows = client
         .query(
-            "SELECT a.attname::text, coalesce(a.attnum = ANY(i.indkey), false) \
+            "SELECT a.attname::text, coalesce(a.attnum = ANY(k.indkey), false) \
              FROM pg_attribute a \
-             LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
+             LEFT JOIN LATERAL (SELECT i.indkey FROM pg_index i \
+               WHERE i.indrelid = a.attrelid AND (i.indisreplident OR i.indisprimary) \
+               ORDER BY i.indisreplident DESC LIMIT 1) k ON true \
              WHERE a.attrelid = to_regclass(format('%I.%I', $1::text, $2::text)) \
                AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
             &[&table.namespace, &table.name],
@@ -561,7 +564,9 @@ async fn compare_table(
         );
         anyhow::ensure!(
             !key.is_empty(),
-            "{table} has no primary key at the source, so its rows cannot be matched: add one"
+            "{table} has neither a replica identity index nor a primary key at the source, so \
+             its rows cannot be matched (capture refuses it too): add a primary key, or a unique \
+             index on NOT NULL columns made its replica identity"
         );
         let (columns_at_sink, _) = columns(&dst, sink_table).await?;
         anyhow::ensure!(

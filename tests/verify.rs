@@ -263,3 +263,35 @@ fn a_scheduled_verify_exposes_what_it_finds_as_metrics() {
     wait("sluice_verify_rows_differing", 0.0, "the rows equal");
     assert!(sluice.metric("sluice_verify_last_run_timestamp_seconds", &[]) > 0.0);
 }
+
+#[test]
+fn a_table_keyed_by_its_replica_identity_index_is_compared_by_it() {
+    // Given a table with no primary key, keyed (as capture keys it) by a unique index made its
+    // replica identity,
+    let p = Pipeline::postgres(SLUICE, "verify_replident")
+        .local()
+        .ddl(
+            "CREATE TABLE public.codes (code text NOT NULL, n int);
+             CREATE UNIQUE INDEX codes_code ON public.codes (code);
+             ALTER TABLE public.codes REPLICA IDENTITY USING INDEX codes_code;
+             INSERT INTO public.codes SELECT 'c' || i, i FROM generate_series(1, 500) i;",
+        )
+        .tables(&["public.codes"])
+        .build();
+    let mut sluice = p.run();
+    p.wait_for_match(&sluice, &["public.codes"], Duration::from_secs(120));
+    sluice.terminate(Duration::from_secs(20));
+
+    // when one row is changed at the sink,
+    p.pg.psql("sink", "UPDATE public.codes SET n = -1 WHERE code = 'c42'")
+        .unwrap();
+
+    // then verify compares the table by that key and names the row.
+    let (code, out) = verify(&p, &["--settle-ms", "0"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("table=public.codes sink_table=public.codes status=different source_rows=500 sink_rows=500 missing=0 extra=0 differing=1")
+            && out.contains("differing:(c42)"),
+        "{out}"
+    );
+}
