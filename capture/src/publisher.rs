@@ -324,8 +324,12 @@ enum Wire {
         producer: ThreadedProducer<AckContext>,
         admin: AdminClient<DefaultClientContext>,
     },
-    /// Local mode: to the routers of this process; delivered once their sinks committed.
-    Local(Arc<Local>),
+    /// Local mode: to the routers of this process; delivered once their sinks committed,
+    /// which `report` tells the tracker.
+    Local {
+        local: Arc<Local>,
+        report: sluice_connect::local::Report,
+    },
 }
 
 /// Publishes events and checkpoints; see the module docs.
@@ -375,7 +379,13 @@ impl Publisher {
         ));
         let wire = match transport {
             Transport::Kafka(client_config) => Publisher::kafka(client_config, &tracker)?,
-            Transport::Local(local) => Wire::Local(local.clone()),
+            Transport::Local(local) => {
+                let tracker = tracker.clone();
+                Wire::Local {
+                    local: local.clone(),
+                    report: Arc::new(move |opaque, error| tracker.delivered(opaque, error)),
+                }
+            }
         };
         let watching = tracker.clone();
         let task = tokio::spawn(async move {
@@ -479,7 +489,7 @@ impl Publisher {
     pub async fn prepare(&mut self) -> Result<(), CaptureError> {
         // Every engine connects to its source before it prepares the publisher.
         self.settings.liveness.set_connected("source", true);
-        if matches!(self.wire, Wire::Local(_)) {
+        if matches!(self.wire, Wire::Local { .. }) {
             return Ok(());
         }
         let topic = self.settings.schema_topic.clone();
@@ -521,7 +531,7 @@ impl Publisher {
     ) -> Result<(), CaptureError> {
         let producer = match &self.wire {
             Wire::Kafka { producer, .. } => producer,
-            Wire::Local(local) => {
+            Wire::Local { local, .. } => {
                 let (local, topic, key, payload) = (
                     local.clone(),
                     topic.to_string(),
@@ -557,7 +567,7 @@ impl Publisher {
     fn partition_count(&self, topic: &str) -> Result<i32, CaptureError> {
         let producer = match &self.wire {
             Wire::Kafka { producer, .. } => producer,
-            Wire::Local(_) => return Ok(1),
+            Wire::Local { .. } => return Ok(1),
         };
         // Once per table version: librdkafka's metadata call blocks, so the worker is handed
         // over. A topic just created may list no partitions for a moment.
@@ -1005,14 +1015,11 @@ impl Publisher {
         let epoch = self.tracker.open_event().await?;
         let producer = match &self.wire {
             Wire::Kafka { producer, .. } => producer,
-            Wire::Local(local) => {
+            Wire::Local { local, report } => {
                 let mut headers = vec![(POSITION_HEADER, at.position.to_vec())];
                 if let Some((_, width)) = at.partition {
                     headers.push((BARRIER_HEADER, width.to_vec()));
                 }
-                let tracker = self.tracker.clone();
-                let report: sluice_connect::local::Report =
-                    Arc::new(move |opaque, error| tracker.delivered(opaque, error));
                 if let Err(e) = local.publish(
                     at.topic,
                     at.key,
@@ -1020,7 +1027,7 @@ impl Publisher {
                     headers,
                     at.timestamp_ms,
                     epoch,
-                    report,
+                    report.clone(),
                 ) {
                     self.tracker.delivered(epoch, Some(e.clone()));
                     return Err(CaptureError::Definite(e));

@@ -11,7 +11,7 @@
 //! the state directory, one JSON object per topic, replaced atomically on each write; messages
 //! a router cannot apply are appended to `dead-letters.jsonl` there.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,7 +31,7 @@ pub type Report = Arc<dyn Fn(usize, Option<String>) + Send + Sync>;
 
 /// One published change message.
 pub struct LocalMessage {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<(&'static str, Vec<u8>)>,
@@ -75,15 +75,20 @@ impl LocalMessage {
     }
 }
 
-struct Subscriber {
-    topics: HashSet<String>,
-    tx: mpsc::UnboundedSender<Arc<LocalMessage>>,
+/// What a router reads: every message of the topics it subscribed to.
+pub type Subscription = mpsc::UnboundedReceiver<Arc<LocalMessage>>;
+
+/// A topic's name (shared by its messages) and its subscribers.
+struct Route {
+    name: Arc<str>,
+    subscribers: Vec<mpsc::UnboundedSender<Arc<LocalMessage>>>,
 }
 
 /// The in-process transport and its state directory.
 pub struct Local {
     dir: PathBuf,
-    subscribers: Mutex<Vec<Subscriber>>,
+    /// By topic.
+    routes: Mutex<HashMap<String, Route>>,
     /// Control topics as loaded from (and written to) their files.
     control: Mutex<HashMap<String, BTreeMap<String, String>>>,
     dead_letters: Mutex<()>,
@@ -106,7 +111,7 @@ impl Local {
             .map_err(|e| format!("cannot write in the state directory {}: {e}", dir.display()))?;
         Ok(Arc::new(Local {
             dir: dir.to_path_buf(),
-            subscribers: Mutex::new(Vec::new()),
+            routes: Mutex::new(HashMap::new()),
             control: Mutex::new(HashMap::new()),
             dead_letters: Mutex::new(()),
         }))
@@ -117,17 +122,26 @@ impl Local {
     }
 
     /// A router's feed of `topics`: every message published to one of them from now on.
-    pub fn subscribe(&self, topics: &[String]) -> mpsc::UnboundedReceiver<Arc<LocalMessage>> {
+    pub fn subscribe(&self, topics: &[String]) -> Subscription {
         let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.subscribers).push(Subscriber {
-            topics: topics.iter().cloned().collect(),
-            tx,
-        });
+        let mut routes = lock(&self.routes);
+        for topic in topics {
+            routes
+                .entry(topic.clone())
+                .or_insert_with(|| Route {
+                    name: Arc::from(topic.as_str()),
+                    subscribers: Vec::new(),
+                })
+                .subscribers
+                .push(tx.clone());
+        }
         rx
     }
 
     /// Hands a message to every router subscribed to its topic; `report` hears when all of
     /// them committed it. A topic no router takes is an error: the change would go nowhere.
+    /// A router that stopped stays subscribed: its share is reported undelivered, so capture
+    /// confirms nothing its sink never got.
     #[allow(clippy::too_many_arguments)]
     pub fn publish(
         &self,
@@ -139,32 +153,27 @@ impl Local {
         opaque: usize,
         report: Report,
     ) -> Result<(), String> {
-        let mut subscribers = lock(&self.subscribers);
-        subscribers.retain(|s| !s.tx.is_closed());
-        let takers: Vec<&Subscriber> = subscribers
-            .iter()
-            .filter(|s| s.topics.contains(topic))
-            .collect();
-        if takers.is_empty() {
+        let routes = lock(&self.routes);
+        let Some(route) = routes.get(topic).filter(|r| !r.subscribers.is_empty()) else {
             return Err(format!(
                 "no router in this process takes {topic}: a local-mode capture publishes only \
                  to the routers `sluice run` starts beside it (check router.topics)"
             ));
-        }
+        };
         let message = Arc::new(LocalMessage {
-            topic: topic.to_string(),
+            topic: route.name.clone(),
             key: key.map(<[u8]>::to_vec),
             payload: payload.map(<[u8]>::to_vec),
             headers,
             timestamp_ms,
             delivery: Delivery {
-                remaining: AtomicUsize::new(takers.len()),
+                remaining: AtomicUsize::new(route.subscribers.len()),
                 opaque,
                 report,
             },
         });
-        for s in takers {
-            if s.tx.send(message.clone()).is_err() {
+        for tx in &route.subscribers {
+            if tx.send(message.clone()).is_err() {
                 message.abandoned("a router stopped before taking it");
             }
         }
@@ -289,11 +298,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Lower-case hex of `bytes` (dead letters keep keys and payloads this way).
 pub fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes
+        .iter()
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
+        .map(char::from)
+        .collect()
 }
 
 #[cfg(test)]
@@ -346,6 +356,27 @@ mod tests {
         m.abandoned("router stopped");
         m.committed();
         assert_eq!(*lock(&heard), vec![(1, Some("router stopped".into()))]);
+    }
+
+    #[tokio::test]
+    async fn a_router_that_stopped_before_a_publish_keeps_it_from_being_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Local::open(dir.path()).unwrap();
+        let topics = vec!["t".to_string()];
+        let stopped = local.subscribe(&topics);
+        let mut running = local.subscribe(&topics);
+        drop(stopped);
+        let (report, heard) = reporter();
+        local
+            .publish("t", None, Some(b"v"), vec![], 0, 2, report)
+            .unwrap();
+        running.recv().await.unwrap().committed();
+        let heard = lock(&heard);
+        assert_eq!(heard.len(), 1, "{heard:?}");
+        assert!(
+            heard[0].1.is_some(),
+            "one sink having it is not delivered: the stopped router's sink never got it"
+        );
     }
 
     #[test]

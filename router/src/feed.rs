@@ -11,8 +11,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
 use rdkafka::{Message, Offset, TopicPartitionList};
-use sluice_connect::local::{LocalMessage, PARTITION};
-use tokio::sync::mpsc;
+use sluice_connect::local::{LocalMessage, Subscription, PARTITION};
 
 use crate::lag::LagContext;
 
@@ -118,16 +117,13 @@ struct LocalState {
 /// sink's replay checks work as on Kafka. Messages are handed out in the order they arrived
 /// (a paused topic's wait, in order, behind it).
 pub(crate) struct LocalFeed {
-    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Arc<LocalMessage>>>,
+    rx: tokio::sync::Mutex<Subscription>,
     state: Mutex<LocalState>,
 }
 
 impl LocalFeed {
     /// `stored` is each topic's last offset the sink recorded (`-1`: none).
-    pub fn new(
-        rx: mpsc::UnboundedReceiver<Arc<LocalMessage>>,
-        stored: Vec<(String, i64)>,
-    ) -> LocalFeed {
+    pub fn new(rx: Subscription, stored: Vec<(String, i64)>) -> LocalFeed {
         let mut by_name = HashMap::new();
         let topics = stored
             .into_iter()
@@ -179,7 +175,7 @@ impl LocalFeed {
         let mut s = self.state();
         s.arrivals += 1;
         let arrival = s.arrivals;
-        let Some(&i) = s.by_name.get(&message.topic) else {
+        let Some(&i) = s.by_name.get(&*message.topic) else {
             // Not subscribed (cannot happen: the transport sends only subscribed topics).
             message.abandoned("the router does not take this topic");
             return;
@@ -220,7 +216,7 @@ fn owned(m: &LocalMessage, offset: i64) -> OwnedMessage {
     OwnedMessage::new(
         m.payload.clone(),
         m.key.clone(),
-        m.topic.clone(),
+        m.topic.to_string(),
         Timestamp::CreateTime(m.timestamp_ms),
         PARTITION,
         offset,

@@ -95,8 +95,7 @@ pub struct Router<S: Sink> {
     /// Where the router is in each partition it owns.
     reading: Reading,
     /// Local mode: the subscription made before captures started (else made at the start).
-    subscription:
-        Option<tokio::sync::mpsc::UnboundedReceiver<Arc<sluice_connect::local::LocalMessage>>>,
+    subscription: Option<sluice_connect::local::Subscription>,
 }
 
 /// What became of one consumed message.
@@ -118,9 +117,8 @@ enum Applied {
 }
 
 impl<S: Sink + 'static> Router<S> {
-    /// A router writing every table as it is; see [`Router::with_schemes`].
-    /// A router reading from `transport`: a Kafka consumer group, or in local mode this
-    /// process's captures.
+    /// A router reading from `transport` (a Kafka consumer group, or in local mode this
+    /// process's captures) and writing every table as it is; see [`Router::with_schemes`].
     pub fn new(transport: Transport, settings: RouterSettings, sink: S) -> Router<S> {
         let mapper = Mapper::identity(&settings.sink_name);
         Router {
@@ -138,9 +136,7 @@ impl<S: Sink + 'static> Router<S> {
     /// they publish passes the router by).
     pub fn with_subscription(
         mut self,
-        subscription: Option<
-            tokio::sync::mpsc::UnboundedReceiver<Arc<sluice_connect::local::LocalMessage>>,
-        >,
+        subscription: Option<sluice_connect::local::Subscription>,
     ) -> Router<S> {
         self.subscription = subscription;
         self
@@ -1120,7 +1116,8 @@ impl<S: Sink + 'static> Router<S> {
     }
 }
 
-/// Commits consumed offsets to Kafka: only a hint, the sink holds the authoritative ones.
+/// Commits consumed offsets, after the sink committed them: on Kafka only a hint (the sink
+/// holds the authoritative ones); in local mode what acknowledges the messages to capture.
 fn commit_hint(consumer: &impl Feed, consumed: &[Origin]) {
     let mut tpl = TopicPartitionList::new();
     for c in consumed {
