@@ -26,6 +26,10 @@ pub const ERRORS_TOTAL: &str = "sluice_capture_errors_total";
 pub const TABLE_STOPPED: &str = "sluice_capture_table_stopped";
 /// Changes of stopped tables that capture read and did not publish, labels `source`, `table`.
 pub const STOPPED_TABLE_CHANGES_TOTAL: &str = "sluice_capture_stopped_table_changes_total";
+/// Captured PostgreSQL tables renamed at the source and followed (`renames = "follow"`):
+/// still captured and published under their configured names; labels `source`, `table` (the
+/// configured name).
+pub const TABLES_RENAMED_TOTAL: &str = "sluice_capture_tables_renamed_total";
 /// Source epochs begun, labels `source`, `reason` (`new_state`: no capture state, a first
 /// start or a record deleted to read the source anew; `identity`: the source is another
 /// server or timeline than the one last read). See `capture/src/epoch.rs`.
@@ -119,6 +123,11 @@ pub fn describe() {
         STOPPED_TABLE_CHANGES_TOTAL,
         Unit::Count,
         "Changes of stopped tables that capture did not publish"
+    );
+    describe_counter!(
+        TABLES_RENAMED_TOTAL,
+        Unit::Count,
+        "Captured tables renamed at the source and followed under their configured names"
     );
     describe_counter!(
         BYTES_TOTAL,

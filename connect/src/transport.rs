@@ -51,6 +51,29 @@ impl Transport {
         }
     }
 
+    /// Whether a control topic exists yet (on Kafka, one that was never created holds no
+    /// records, and reading it fails). Always `true` in local mode, where a missing topic
+    /// reads as empty.
+    pub async fn control_exists(&self, topic: &str, timeout: Duration) -> Result<bool, String> {
+        match self {
+            Transport::Kafka(config) => {
+                let (config, topic) = (config.clone(), topic.to_string());
+                tokio::task::spawn_blocking(move || {
+                    let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+                    let metadata = consumer
+                        .fetch_metadata(Some(&topic), timeout)
+                        .map_err(|e| format!("metadata of {topic}: {e}"))?;
+                    Ok(metadata.topics().iter().any(|t| {
+                        t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                    }))
+                })
+                .await
+                .map_err(|e| format!("the metadata reader panicked: {e}"))?
+            }
+            Transport::Local(_) => Ok(true),
+        }
+    }
+
     /// The local transport, when this is local mode.
     pub fn local(&self) -> Option<&Arc<crate::local::Local>> {
         match self {

@@ -2,6 +2,7 @@
 
 pub mod catalog;
 pub mod decoder;
+pub mod names;
 pub mod replication;
 pub mod slot;
 pub mod snapshot;

@@ -23,7 +23,10 @@ use crate::CaptureError;
 /// One table to read.
 #[derive(Debug, Clone)]
 pub struct SnapshotJob {
+    /// The configured table: what its events are published as.
     pub table: TableId,
+    /// Its name at the source now (another than `table` once it was renamed and followed).
+    pub source_name: TableId,
     /// Emit a truncate first: an earlier, interrupted snapshot may have published rows that
     /// have since been deleted.
     pub truncate_first: bool,
@@ -75,8 +78,10 @@ async fn read_table_inner(
             ))
             .await?;
         let columns =
-            Catalog::relation_columns(&client, &job.table, Some(&job.publication)).await?;
-        let schema = Arc::new(Catalog::default().table_schema(&client, job.table.clone(), &columns).await?);
+            Catalog::relation_columns(&client, &job.source_name, Some(&job.publication)).await?;
+        let mut schema = Catalog::default().table_schema(&client, job.source_name.clone(), &columns).await?;
+        schema.id = job.table.clone();
+        let schema = Arc::new(schema);
         if !schema.has_key() {
             return Err(CaptureError::Definite(format!(
                 "table {} lost its key before its snapshot: add a primary key and restart capture",
@@ -90,7 +95,7 @@ async fn read_table_inner(
             .query_opt(
                 "SELECT c.reltuples::float8 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2",
-                &[&job.table.namespace, &job.table.name],
+                &[&job.source_name.namespace, &job.source_name.name],
             )
             .await?
             .map(|r| r.get(0));
@@ -108,8 +113,8 @@ async fn read_table_inner(
         let sql = format!(
             "COPY (SELECT {} FROM {}.{}) TO STDOUT",
             column_list.join(", "),
-            quote_ident(&job.table.namespace),
-            quote_ident(&job.table.name)
+            quote_ident(&job.source_name.namespace),
+            quote_ident(&job.source_name.name)
         );
         let stream = client.copy_out(&sql).await?;
         futures::pin_mut!(stream);

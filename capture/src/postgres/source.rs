@@ -15,6 +15,8 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::catalog::Catalog;
 use super::decoder::{self, PgOutput, TupleValue};
+pub use super::names::Renames;
+use super::names::{self, Names};
 use super::replication::{
     format_lsn, pg_time_to_unix_us, quote_ident, ConnectParams, ReplicationConnection,
     ReplicationMessage,
@@ -111,6 +113,11 @@ pub struct PostgresSourceConfig {
     /// `memory_mb` (32) for all of them together, then a file in `dir`.
     #[serde(default)]
     pub spill: SpillConfig,
+    /// What capture does when a captured table is renamed at the source: `follow` (default)
+    /// keeps capturing it as the configured table (same topic, schemes and sink table; found
+    /// by its OID, across restarts too), `stop` stops the table with the fix.
+    #[serde(default)]
+    pub renames: Renames,
 }
 
 fn default_true() -> bool {
@@ -251,6 +258,7 @@ impl PostgresCapture {
         params: &ConnectParams,
         tables: &[TableId],
         stopped: &StoppedTables,
+        (loaded, names): (Option<CaptureState>, &Names),
         resnapshot: &[TableId],
         partitions: &HashMap<TableId, HashMap<u32, bool>>,
         created: Option<ExportedSnapshot>,
@@ -261,8 +269,6 @@ impl PostgresCapture {
         if self.config.snapshot == SnapshotMode::Never {
             return Ok(Some(CaptureState::default()));
         }
-        let loaded =
-            CaptureState::load(&self.transport, &self.settings.state_topic, &self.name).await?;
         let existed = loaded.as_ref().is_some_and(|s| s.slot == self.config.slot);
         let mut state = loaded.filter(|_| existed).unwrap_or_else(|| CaptureState {
             slot: self.config.slot.clone(),
@@ -334,6 +340,7 @@ impl PostgresCapture {
                 // Rows from an earlier (interrupted, or pre-slot-loss) snapshot may be stale.
                 needed.then(|| SnapshotJob {
                     table: t.clone(),
+                    source_name: names.now(t).clone(),
                     truncate_first: known.is_some(),
                     publication: self.config.publication.clone(),
                 })
@@ -487,9 +494,29 @@ impl PostgresCapture {
         let (client, conn_task) = pg.connect().await?;
         let result = async {
             let mut stopped = StoppedTables::new(&self.name, &tables);
+            let loaded = match self.config.snapshot {
+                SnapshotMode::Initial => {
+                    CaptureState::load_if_created(
+                        &self.transport,
+                        &self.settings.state_topic,
+                        &self.name,
+                    )
+                    .await?
+                }
+                SnapshotMode::Never => None,
+            };
+            // Where each configured table is at the source now (renamed tables followed).
+            let resolved = match self.config.renames {
+                Renames::Follow => {
+                    let recorded = loaded.as_ref().filter(|s| s.slot == self.config.slot);
+                    names::resolve(&client, recorded, &tables).await?
+                }
+                Renames::Stop => names::Resolved::default(),
+            };
+            let names = resolved.names;
             for refused in slot::preflight(
                 &client,
-                &tables,
+                &names.all_now(&tables),
                 slot::Needs {
                     origin_filter: self.config.origin == OriginFilter::None,
                     failover_slot: self.config.failover_slot,
@@ -497,7 +524,7 @@ impl PostgresCapture {
             )
             .await?
             {
-                stopped.stop(&refused.table, &refused.reason);
+                stopped.stop(&names.configured(&refused.table), &refused.reason);
             }
             let tables: Vec<TableId> = tables
                 .into_iter()
@@ -522,12 +549,21 @@ impl PostgresCapture {
                 // (A slot made on a standby waits for the primary to log what is running.)
                 info!("the source is a standby: capture decodes there (no heartbeats: it is read-only; a new slot waits for the primary's next running-transactions record)");
             }
-            let resnapshot =
-                slot::ensure_publication(&client, &self.config.publication, &tables, standby)
-                    .await?;
+            let mut resnapshot: Vec<TableId> = slot::ensure_publication(
+                &client,
+                &self.config.publication,
+                &names.all_now(&tables),
+                standby,
+            )
+            .await?
+            .iter()
+            .map(|t| names.configured(t))
+            .collect();
+            resnapshot.extend(resolved.recreated);
             // Read before the slot and any snapshot: a partition attached after this is new
             // to the stream's check, and at worst read twice, never missed.
-            let partitions = Catalog::partitions(&client, &tables, &HashMap::new(), false).await?;
+            let partitions =
+                partitions_of(&client, &names, &tables, &HashMap::new(), false).await?;
             let mut repl = ReplicationConnection::connect(&params).await?;
             let identity = identify(&mut repl).await?;
             let history = timeline_history(&mut repl, &identity).await?;
@@ -548,6 +584,7 @@ impl PostgresCapture {
                     &params,
                     &tables,
                     &stopped,
+                    (loaded, &names),
                     &resnapshot,
                     &partitions,
                     slot_state.created,
@@ -556,9 +593,23 @@ impl PostgresCapture {
                     shutdown,
                 )
                 .await?;
-            let Some(state) = state else {
+            let Some(mut state) = state else {
                 return Ok(()); // shut down during the snapshot
             };
+            let mut oids = HashMap::new();
+            let recorded = names::current_oids(&client, &names, &tables).await?;
+            for (table, oid) in &recorded {
+                if let Some(t) = TableId::parse(table) {
+                    oids.insert(*oid, t);
+                }
+            }
+            if self.config.snapshot == SnapshotMode::Initial && state.oids != recorded {
+                state.oids = recorded;
+                publisher.write_state(&state_json(&state)?).await?;
+            }
+            if !names.renamed().is_empty() {
+                info!(renamed = ?names.renamed(), "capturing renamed tables under their configured names");
+            }
             let snapshot_lsn: HashMap<TableId, u64> = state
                 .tables
                 .iter()
@@ -591,15 +642,10 @@ impl PostgresCapture {
                 options.push(("origin", self.config.origin.option()));
             }
             repl.start_logical(&self.config.slot, 0, &options).await?;
-            let mut oids = HashMap::new();
-            for table in &tables {
-                if let Some(oid) = Catalog::oid(&client, table).await? {
-                    oids.insert(oid, table.clone());
-                }
-            }
             let mut stream = Stream {
                 capture: self,
                 oids,
+                names,
                 gone: HashMap::new(),
                 client: &client,
                 repl,
@@ -656,6 +702,8 @@ struct Stream<'a> {
     /// The OID of each captured table when streaming started: a Relation message with one
     /// of them under another name is a rename.
     oids: HashMap<u32, TableId>,
+    /// The name each configured table has at the source now (renamed ones followed).
+    names: Names,
     /// Captured tables found dropped, renamed or replaced by the catalog check, with the WAL
     /// position then and why: stopped once the stream has read past that position (their
     /// changes before it are still captured).
@@ -898,21 +946,33 @@ impl Stream<'_> {
                 replica_identity,
                 columns,
             } => {
-                let table = TableId::new(namespace, name);
+                let named = TableId::new(namespace, name);
+                // Which configured table this is: by OID for one captured since the stream
+                // started (renamed or not), else by name, unless a captured table that had
+                // that name was renamed and followed (this is then another table).
+                let (table, another) = match self.oids.get(&id) {
+                    Some(known) => (known.clone(), false),
+                    None => (named.clone(), self.names.moved_away(&named)),
+                };
+                if !another && *self.names.now(&table) != named && self.wanted.contains(&table) {
+                    // A captured table under a new name: everything before this message was
+                    // read under the old one.
+                    match self.capture.config.renames {
+                        Renames::Stop => {
+                            let reason = renamed_reason(&self.capture.name, &table, &named);
+                            self.stop_table(&table, &reason).await?;
+                        }
+                        // Known by its OID: the catalog check follows the name.
+                        Renames::Follow => {
+                            debug!(%table, now = %named, "a captured table's changes under another name");
+                        }
+                    }
+                }
                 let mut relation = Relation {
                     codec: None,
                     stopped: self.stopped.contains(&table).then(|| table.clone()),
                 };
-                if let Some(known) = self.oids.get(&id).filter(|k| **k != table).cloned() {
-                    // A captured table under a new name: everything before this message was
-                    // read under the old one.
-                    if self.wanted.contains(&known) {
-                        let reason = renamed_reason(&self.capture.name, &known, &table);
-                        self.stop_table(&known, &reason).await?;
-                    }
-                    relation.stopped = Some(known);
-                }
-                if self.wanted.contains(&table) {
+                if self.wanted.contains(&table) && !another {
                     let before = self
                         .relations
                         .get(&id)
@@ -1150,7 +1210,8 @@ impl Stream<'_> {
     /// state record, then capture starts over (a transient error), which snapshots it.
     async fn check_partitions(&mut self) -> Result<(), CaptureError> {
         let tables: Vec<TableId> = self.partitions.keys().cloned().collect();
-        let current = Catalog::partitions(self.client, &tables, &self.partitions, true).await?;
+        let current =
+            partitions_of(self.client, &self.names, &tables, &self.partitions, true).await?;
         for (table, parts) in current {
             let known = self.partitions.entry(table.clone()).or_default();
             if parts.keys().all(|oid| known.contains(oid)) && parts.len() == known.len() {
@@ -1214,9 +1275,10 @@ impl Stream<'_> {
         if known.is_empty() {
             return Ok(());
         }
-        // One round trip for every table.
-        let namespaces: Vec<&str> = known.iter().map(|(_, t)| t.namespace.as_str()).collect();
-        let names: Vec<&str> = known.iter().map(|(_, t)| t.name.as_str()).collect();
+        // One round trip for every table, each under its name now.
+        let now: Vec<&TableId> = known.iter().map(|(_, t)| self.names.now(t)).collect();
+        let namespaces: Vec<&str> = now.iter().map(|t| t.namespace.as_str()).collect();
+        let names: Vec<&str> = now.iter().map(|t| t.name.as_str()).collect();
         let rows = self
             .client
             .query(
@@ -1242,7 +1304,14 @@ impl Stream<'_> {
             let source = &self.capture.name;
             let reason = match (renamed, now) {
                 (Some((namespace, name)), _) => {
-                    renamed_reason(source, &table, &TableId::new(namespace, name))
+                    let now = TableId::new(namespace, name);
+                    if self.capture.config.renames == Renames::Follow {
+                        info!(%table, %now, "a captured table was renamed at the source; followed: its changes are published as {table}'s, as before");
+                        metrics::counter!(m::TABLES_RENAMED_TOTAL, "source" => source.clone(), "table" => table.to_string()).increment(1);
+                        self.names.follow(&table, now);
+                        continue;
+                    }
+                    renamed_reason(source, &table, &now)
                 }
                 (None, Some(_)) => format!(
                     "{table} was dropped and created again; the new table is not in the \
@@ -1380,6 +1449,28 @@ fn promotion_point(stored: Option<&str>, identity: &str, history: &[(u32, u64)])
         .iter()
         .find(|(parent, _)| *parent == old_timeline)
         .map(|(_, switch)| *switch)
+}
+
+/// [`Catalog::partitions`] of `tables` (configured), read under their names now and keyed by
+/// the configured ones.
+async fn partitions_of(
+    client: &tokio_postgres::Client,
+    names: &Names,
+    tables: &[TableId],
+    known: &HashMap<TableId, std::collections::BTreeSet<u32>>,
+    probe: bool,
+) -> Result<HashMap<TableId, HashMap<u32, bool>>, CaptureError> {
+    let known_now: HashMap<TableId, std::collections::BTreeSet<u32>> = known
+        .iter()
+        .map(|(t, p)| (names.now(t).clone(), p.clone()))
+        .collect();
+    Ok(
+        Catalog::partitions(client, &names.all_now(tables), &known_now, probe)
+            .await?
+            .into_iter()
+            .map(|(t, p)| (names.configured(&t), p))
+            .collect(),
+    )
 }
 
 /// Why a renamed table stops, and the fix.

@@ -1,5 +1,6 @@
 //! PostgreSQL's state record (see [`crate::state`]): the slot it belongs to, each table's
-//! snapshot progress as of which LSN, and the partitions of partitioned tables.
+//! snapshot progress as of which LSN, the partitions of partitioned tables, and the tables'
+//! OIDs.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -26,9 +27,29 @@ pub struct CaptureState {
     /// kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<crate::epoch::Epoch>,
+    /// The OID of each captured table, by its configured `schema.table`, in the cluster of
+    /// `epoch`: a table renamed at the source is found by it ([`super::names`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub oids: BTreeMap<String, u32>,
 }
 
 impl CaptureState {
+    /// [`Self::load`], or `None` while the state topic was never created (a first start).
+    pub async fn load_if_created(
+        transport: &Transport,
+        topic: &str,
+        source: &str,
+    ) -> Result<Option<CaptureState>, CaptureError> {
+        let exists = transport
+            .control_exists(topic, std::time::Duration::from_secs(30))
+            .await
+            .map_err(CaptureError::Kafka)?;
+        if !exists {
+            return Ok(None);
+        }
+        Self::load(transport, topic, source).await
+    }
+
     /// Reads the latest state of `source` from the state topic, if there is one.
     pub async fn load(
         transport: &Transport,
