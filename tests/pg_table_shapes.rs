@@ -537,6 +537,35 @@ fn a_table_renamed_while_streaming_and_while_capture_is_down_is_followed_as_the_
 }
 
 #[test]
+fn a_table_dropped_and_created_again_while_capture_is_down_is_read_anew() {
+    // Given two tables streamed to the sink,
+    let s = setup(
+        "shapes_recreate",
+        "CREATE TABLE public.orders (id bigint PRIMARY KEY, note text);
+         CREATE TABLE public.items (id bigint PRIMARY KEY, qty int);
+         INSERT INTO public.items SELECT i, i FROM generate_series(1, 20) i;",
+        &["public.orders", "public.items"],
+    );
+    let mut sluice = s.run();
+    wait_for_match(&s, &sluice, "public.items");
+
+    // when, while sluice is down, one is dropped and created again with other rows,
+    sluice.terminate(Duration::from_secs(20));
+    s.source(
+        "DROP TABLE public.items;
+         CREATE TABLE public.items (id bigint PRIMARY KEY, qty int);
+         INSERT INTO public.items SELECT i, -i FROM generate_series(15, 30) i;",
+    );
+    let sluice = s.run();
+    s.source("UPDATE public.items SET qty = 0 WHERE id = 30");
+
+    // then the new table is read anew (its predecessor's rows are gone from the sink).
+    wait_for_match(&s, &sluice, "public.items");
+    s.source("INSERT INTO public.orders VALUES (1, 'after')");
+    wait_for_match(&s, &sluice, "public.orders");
+}
+
+#[test]
 fn with_renames_stop_a_table_renamed_while_streaming_stops_by_name_with_the_fix_and_is_read_anew_under_its_new_name(
 ) {
     // Given two tables streaming to the sink, renames set to stop a table,

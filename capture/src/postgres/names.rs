@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 use sluice_schemas::TableId;
 use tokio_postgres::Client;
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::state::CaptureState;
 use crate::CaptureError;
@@ -97,6 +97,9 @@ pub struct Resolved {
     /// Configured tables whose recorded table is gone while a table of that name exists: it
     /// was dropped and created again while capture was down, so it is read anew.
     pub recreated: Vec<TableId>,
+    /// Configured tables renamed away while another table took their name: under
+    /// `renames = "stop"` the configured name means that other table, which is read anew.
+    pub taken_over: Vec<TableId>,
 }
 
 /// Finds each configured table by the OID the state record holds for it (see the module's
@@ -151,9 +154,8 @@ pub async fn resolve(
             (Some((namespace, name)), _) => {
                 let now = TableId::new(namespace, name);
                 if now != table {
-                    info!(%table, %now, "a captured table was renamed at the source; it is captured under its new name and published as before");
                     if by_name.is_some() {
-                        warn!(%table, "a table named as the configured one exists too; it is another table (not the one captured) and is not captured");
+                        out.taken_over.push(table.clone());
                     }
                     out.names.follow(&table, now);
                 }

@@ -505,15 +505,23 @@ impl PostgresCapture {
                 }
                 SnapshotMode::Never => None,
             };
-            // Where each configured table is at the source now (renamed tables followed).
-            let resolved = match self.config.renames {
+            // Where each configured table is at the source now (renamed tables followed), and
+            // which were dropped and created again while capture was down.
+            let recorded = loaded.as_ref().filter(|s| s.slot == self.config.slot);
+            let resolved = names::resolve(&client, recorded, &tables).await?;
+            let (names, mut reread) = match self.config.renames {
                 Renames::Follow => {
-                    let recorded = loaded.as_ref().filter(|s| s.slot == self.config.slot);
-                    names::resolve(&client, recorded, &tables).await?
+                    for table in &resolved.taken_over {
+                        warn!(%table, "a table named as the configured one exists too; it is another table (not the one captured) and is not captured");
+                    }
+                    (resolved.names, resolved.recreated)
                 }
-                Renames::Stop => names::Resolved::default(),
+                Renames::Stop => {
+                    let mut reread = resolved.recreated;
+                    reread.extend(resolved.taken_over);
+                    (Names::default(), reread)
+                }
             };
-            let names = resolved.names;
             for refused in slot::preflight(
                 &client,
                 &names.all_now(&tables),
@@ -559,7 +567,7 @@ impl PostgresCapture {
             .iter()
             .map(|t| names.configured(t))
             .collect();
-            resnapshot.extend(resolved.recreated);
+            resnapshot.append(&mut reread);
             // Read before the slot and any snapshot: a partition attached after this is new
             // to the stream's check, and at worst read twice, never missed.
             let partitions =
