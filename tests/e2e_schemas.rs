@@ -58,8 +58,12 @@ impl Services {
         format!("{}.public.t-{part}", self.prefix)
     }
 
+    /// `sluice run` with `config`, once it streams: rows written before its slot exists would
+    /// reach Kafka as the snapshot's reads, not as the changes the tests count.
     fn sluice(&self, config: &Path, env: &[(&str, &str)]) -> SluiceProcess {
-        self.p.start_with("run", config, env)
+        let sluice = self.p.start_with("run", config, env);
+        sluice.wait_for_log("starting replication", Duration::from_secs(60));
+        sluice
     }
 
     fn run_until_exit(&self, config: &Path, env: &[(&str, &str)]) -> String {
