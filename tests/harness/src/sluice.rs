@@ -9,6 +9,9 @@ use crate::{wait_until, Result};
 pub struct SluiceProcess {
     guard: ChildGuard,
     log: PathBuf,
+    /// Where this process's part of `log` begins (a restarted process appends to the log of
+    /// the one before).
+    log_start: usize,
     pub metrics_port: u16,
 }
 
@@ -44,10 +47,12 @@ impl SluiceProcess {
             "RUST_LOG",
             std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
         );
+        let log_start = std::fs::metadata(log).map_or(0, |m| m.len() as usize);
         let guard = ChildGuard::spawn("sluice", cmd, log, None, libc::SIGTERM)?;
         let mut p = SluiceProcess {
             guard,
             log: log.to_path_buf(),
+            log_start,
             metrics_port,
         };
         let port = metrics_port;
@@ -125,12 +130,13 @@ impl SluiceProcess {
 
     /// The Prometheus text from `/metrics`; a failed request is tried again (up to five
     /// times, 200 ms apart) before giving up.
-    /// Waits until the log contains `needle` (for example `starting replication`: changes
+    /// Waits until this process has logged `needle` (for example `starting replication`: changes
     /// written after it are streamed, not read by the snapshot); panics with the log after
     /// `timeout`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
         let deadline = std::time::Instant::now() + timeout;
-        while !self.log().contains(needle) {
+        // Only what this process logged: an earlier start's line must not count.
+        while !self.log().get(self.log_start..).unwrap_or("").contains(needle) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "sluice never logged {needle:?}:\n{}",
