@@ -274,6 +274,17 @@ pub struct VerifyConfig {
     /// Tables compared at once. Default 1 (light on busy databases).
     #[serde(default = "default_verify_parallel")]
     pub parallel: usize,
+    /// Repair what differs: the rows are sent through the pipeline again (as `sluice verify
+    /// --repair` does). Default false: differences are reported and alerted on only.
+    #[serde(default)]
+    pub repair: bool,
+    /// How long repaired rows may take to arrive, in milliseconds. Default 120000.
+    #[serde(default = "default_verify_repair_wait_ms")]
+    pub repair_wait_ms: u64,
+}
+
+fn default_verify_repair_wait_ms() -> u64 {
+    120_000
 }
 
 fn default_verify_bucket_rows() -> u64 {

@@ -88,6 +88,16 @@ struct VerifyArgs {
     /// Tables compared at once.
     #[arg(long, default_value_t = 1)]
     parallel: usize,
+    /// Make the sink equal: the rows that differ are sent through the pipeline again (capture
+    /// of their source must be running), then checked until equal.
+    #[arg(long)]
+    repair: bool,
+    /// With --repair: say what would be sent, and send nothing.
+    #[arg(long, requires = "repair")]
+    dry_run: bool,
+    /// How long repaired rows may take to arrive, in milliseconds.
+    #[arg(long, default_value_t = 120_000)]
+    repair_wait_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -279,6 +289,12 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         bucket_rows: args.bucket_rows,
         settle: std::time::Duration::from_millis(args.settle_ms),
         parallel: args.parallel,
+        repair: match (args.repair, args.dry_run) {
+            (false, _) => sluice::verify::Repair::No,
+            (true, true) => sluice::verify::Repair::DryRun,
+            (true, false) => sluice::verify::Repair::Yes,
+        },
+        repair_wait: std::time::Duration::from_millis(args.repair_wait_ms),
     };
     match runtime.block_on(sluice::verify::verify(&config, &options)) {
         Ok(reports) => {

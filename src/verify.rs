@@ -13,8 +13,15 @@
 //! to `settle` in all; one that became equal was in flight (the pipeline had not applied it
 //! yet) and is not a difference.
 //!
-//! This first version compares PostgreSQL sources with PostgreSQL sinks for tables written
-//! without a mapping scheme. Any other table is reported as not compared, with the reason.
+//! With `repair`, the rows that still differ are sent through the pipeline again: verify
+//! signals the source's capture (a logical-decoding message, see
+//! `capture/src/postgres/reread.rs`), which reads those rows between two watermarks and
+//! publishes them as reads (deletes for keys the source no longer has) at a source position of
+//! their own, so the sink's exactly-once rules hold while writes go on; verify then waits for
+//! them to become equal.
+//!
+//! This version compares PostgreSQL sources with PostgreSQL sinks for tables written without a
+//! mapping scheme. Any other table is reported as not compared, with the reason.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -38,6 +45,34 @@ pub struct Options {
     pub settle: Duration,
     /// Tables compared at once.
     pub parallel: usize,
+    /// What to do about the rows that differ.
+    pub repair: Repair,
+    /// How long repaired rows may take to arrive at the sink.
+    pub repair_wait: Duration,
+}
+
+/// `--repair` and `--dry-run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Repair {
+    /// Report the differences only.
+    #[default]
+    No,
+    /// Say what a repair would send, and send nothing.
+    DryRun,
+    /// Send the differing rows through the pipeline again and wait for them.
+    Yes,
+}
+
+/// What a repair did (or, in a dry run, would do) for one table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    pub dry_run: bool,
+    /// Rows asked to be read again at the source (missing or differing at the sink).
+    pub reread: u64,
+    /// Keys only the sink has, asked to be deleted.
+    pub delete: u64,
+    /// Differences gone once the repair arrived.
+    pub repaired: u64,
 }
 
 impl Default for Options {
@@ -47,6 +82,8 @@ impl Default for Options {
             bucket_rows: 1_000,
             settle: Duration::from_secs(10),
             parallel: 1,
+            repair: Repair::No,
+            repair_wait: Duration::from_secs(120),
         }
     }
 }
@@ -92,6 +129,8 @@ pub struct TableReport {
     pub in_flight: u64,
     /// Why the table was not compared, when it was not.
     pub not_compared: Option<String>,
+    /// What a repair did, when one was asked for and something differed.
+    pub repair: Option<RepairReport>,
 }
 
 impl TableReport {
@@ -117,8 +156,16 @@ impl TableReport {
             .take(5)
             .map(|d| format!("{}:{}", d.kind(), d.key()))
             .collect();
+        let repair = match &self.repair {
+            None => String::new(),
+            Some(r) if r.dry_run => format!(" would_reread={} would_delete={}", r.reread, r.delete),
+            Some(r) => format!(
+                " reread={} deleted={} repaired={}",
+                r.reread, r.delete, r.repaired
+            ),
+        };
         format!(
-            "source={} table={} sink_table={} status={} source_rows={} sink_rows={} missing={} extra={} differing={} in_flight={}{}",
+            "source={} table={} sink_table={} status={} source_rows={} sink_rows={} missing={} extra={} differing={} in_flight={}{repair}{}",
             self.source,
             self.table,
             self.sink_table,
@@ -183,6 +230,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 differences: Vec::new(),
                 in_flight: 0,
                 not_compared: Some(why),
+                repair: None,
             };
             let (SourceConfig::Postgres(src), SinkConfig::Postgres(dst)) = (source, sink) else {
                 jobs.push(Job::Done(not_compared(
@@ -201,6 +249,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 None => table.clone(),
             };
             jobs.push(Job::Compare {
+                slot: src.slot.clone(),
                 source_db: Box::new(connector(&src.url, &src.tls, "sources", name)?),
                 sink_db: Box::new(connector(&dst.url, &dst.tls, "sinks", &router.sink)?),
                 sink_table,
@@ -213,6 +262,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
         match job {
             Job::Done(report) => report,
             Job::Compare {
+                slot,
                 source_db,
                 sink_db,
                 sink_table,
@@ -221,8 +271,12 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 // A table that cannot be compared (gone, keyless, a sink table without the
                 // source's columns, a server that does not answer) is named with why; the
                 // others are still compared.
-                match compare_table((&source_db, &base.table), (&sink_db, &sink_table), options)
-                    .await
+                match compare_table(
+                    (&source_db, &base.table, &slot),
+                    (&sink_db, &sink_table),
+                    options,
+                )
+                .await
                 {
                     Ok(report) => TableReport {
                         source: base.source,
@@ -248,6 +302,8 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
 enum Job {
     Done(TableReport),
     Compare {
+        /// The source's slot: its capture takes the repair's signal.
+        slot: String,
         source_db: Box<PgConnector>,
         sink_db: Box<PgConnector>,
         sink_table: TableId,
@@ -332,6 +388,12 @@ pub async fn scheduled(
         bucket_rows: settings.bucket_rows,
         settle: Duration::from_millis(settings.settle_ms),
         parallel: settings.parallel,
+        repair: if settings.repair {
+            Repair::Yes
+        } else {
+            Repair::No
+        },
+        repair_wait: Duration::from_millis(settings.repair_wait_ms),
     };
     let mut wait = Duration::from_secs(settings.first_after_s.unwrap_or(settings.interval_s));
     loop {
@@ -550,13 +612,16 @@ fn differences(
 }
 
 async fn compare_table(
-    (source, table): (&PgConnector, &TableId),
+    (source, table, slot): (&PgConnector, &TableId, &str),
     (sink, sink_table): (&PgConnector, &TableId),
     options: &Options,
 ) -> anyhow::Result<TableReport> {
     let (src, src_task) = source.connect().await.context("connecting to the source")?;
     let (dst, dst_task) = sink.connect().await.context("connecting to the sink")?;
     let result = async {
+        // Both sides write values as text the same way (and as capture parses them).
+        let settings = sluice_capture::postgres::reread::TEXT_SETTINGS.replace("SET LOCAL", "SET");
+        tokio::try_join!(src.batch_execute(&settings), dst.batch_execute(&settings))?;
         let (columns_at_source, key) = columns(&src, table).await?;
         anyhow::ensure!(
             !columns_at_source.is_empty(),
@@ -652,21 +717,145 @@ async fn compare_table(
             )?;
             suspects = differences(&s, &d);
         }
+        let in_flight = (total - suspects.len()) as u64;
+        let repair = match options.repair {
+            Repair::No => None,
+            _ if suspects.is_empty() => None,
+            mode => {
+                let (report, left) = repair(
+                    mode,
+                    (&src, table, slot),
+                    &dst,
+                    &shape,
+                    &key,
+                    suspects,
+                    options,
+                )
+                .await?;
+                suspects = left;
+                Some(report)
+            }
+        };
         Ok(TableReport {
             source: String::new(),
             table: table.clone(),
             sink_table: String::new(),
             source_rows,
             sink_rows,
-            in_flight: (total - suspects.len()) as u64,
+            in_flight,
             differences: suspects,
             not_compared: None,
+            repair,
         })
     }
     .await;
     src_task.abort();
     dst_task.abort();
     result
+}
+
+/// The text of each key column of the rows with these key texts, read from `client`.
+async fn key_texts(
+    client: &tokio_postgres::Client,
+    table: &str,
+    shape: &Shape,
+    key: &[String],
+    keys: &[String],
+) -> anyhow::Result<Vec<Vec<String>>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let columns: Vec<String> = key
+        .iter()
+        .map(|c| format!("t.{}::text", quote(c)))
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {table} t WHERE {} = ANY($1)",
+        columns.join(", "),
+        shape.key
+    );
+    Ok(client
+        .query(&sql, &[&keys])
+        .await?
+        .iter()
+        .map(|r| (0..key.len()).map(|i| r.get(i)).collect())
+        .collect())
+}
+
+/// Sends the rows that differ through the pipeline again (or, in a dry run, counts them) and
+/// waits until they are equal; returns what it did and the differences left.
+#[allow(clippy::too_many_arguments)]
+async fn repair(
+    mode: Repair,
+    (src, table, slot): (&tokio_postgres::Client, &TableId, &str),
+    dst: &tokio_postgres::Client,
+    shape: &Shape,
+    key: &[String],
+    suspects: Vec<Difference>,
+    options: &Options,
+) -> anyhow::Result<(RepairReport, Vec<Difference>)> {
+    let at_source: Vec<String> = suspects
+        .iter()
+        .filter(|d| !matches!(d, Difference::Extra(_)))
+        .map(|d| d.key().to_string())
+        .collect();
+    let at_sink: Vec<String> = suspects
+        .iter()
+        .filter(|d| matches!(d, Difference::Extra(_)))
+        .map(|d| d.key().to_string())
+        .collect();
+    let mut report = RepairReport {
+        dry_run: mode == Repair::DryRun,
+        reread: at_source.len() as u64,
+        delete: at_sink.len() as u64,
+        repaired: 0,
+    };
+    if mode == Repair::DryRun {
+        return Ok((report, suspects));
+    }
+    let (mut keys, extra) = tokio::try_join!(
+        key_texts(src, &shape.qualified_source, shape, key, &at_source),
+        key_texts(dst, &shape.qualified_sink, shape, key, &at_sink)
+    )?;
+    keys.extend(extra);
+    for part in keys.chunks(10_000) {
+        let signal = sluice_capture::postgres::reread::Signal {
+            slot: slot.to_string(),
+            op: "reread".into(),
+            table: table.to_string(),
+            columns: key.to_vec(),
+            keys: part.to_vec(),
+        };
+        src.execute(
+            "SELECT pg_logical_emit_message(true, $1, $2::text)",
+            &[
+                &sluice_capture::postgres::reread::SIGNAL_PREFIX,
+                &serde_json::to_string(&signal)?,
+            ],
+        )
+        .await
+        .context(
+            "signalling capture at the source (the user needs EXECUTE on pg_logical_emit_message)",
+        )?;
+    }
+    tracing::info!(%table, rows = keys.len(), "repair: asked capture to send the differing rows again");
+    let total = suspects.len();
+    let mut left = suspects;
+    let deadline = Instant::now() + options.repair_wait;
+    while !left.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let keys: Vec<String> = left.iter().map(|d| d.key().to_string()).collect();
+        let (s, d) = tokio::try_join!(
+            rows_of(src, &shape.qualified_source, shape, Filter::Keys(&keys)),
+            rows_of(dst, &shape.qualified_sink, shape, Filter::Keys(&keys))
+        )?;
+        left = differences(&s, &d);
+    }
+    report.repaired = (total - left.len()) as u64;
+    if !left.is_empty() {
+        tracing::warn!(%table, left = left.len(), "repair: rows still differ after the wait; is capture of this source running?");
+    }
+    Ok((report, left))
 }
 
 /// Where `--out` writes.

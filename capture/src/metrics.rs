@@ -30,6 +30,11 @@ pub const STOPPED_TABLE_CHANGES_TOTAL: &str = "sluice_capture_stopped_table_chan
 /// still captured and published under their configured names; labels `source`, `table` (the
 /// configured name).
 pub const TABLES_RENAMED_TOTAL: &str = "sluice_capture_tables_renamed_total";
+/// Rows read again on request (`sluice verify --repair`, see `capture/src/postgres/reread.rs`),
+/// labels `source`, `table`, `outcome`: `read` (published as a read), `deleted` (the source no
+/// longer has the key: published as a delete), `skipped` (a change touched it meanwhile and
+/// carries it), `refused` (the request could not be served; the log says why).
+pub const REREAD_ROWS_TOTAL: &str = "sluice_capture_reread_rows_total";
 /// Source epochs begun, labels `source`, `reason` (`new_state`: no capture state, a first
 /// start or a record deleted to read the source anew; `identity`: the source is another
 /// server or timeline than the one last read). See `capture/src/epoch.rs`.
@@ -128,6 +133,11 @@ pub fn describe() {
         TABLES_RENAMED_TOTAL,
         Unit::Count,
         "Captured tables renamed at the source and followed under their configured names"
+    );
+    describe_counter!(
+        REREAD_ROWS_TOTAL,
+        Unit::Count,
+        "Rows read again on request (sluice verify --repair), by outcome"
     );
     describe_counter!(
         BYTES_TOTAL,

@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod decoder;
 pub mod names;
 pub mod replication;
+pub mod reread;
 pub mod slot;
 pub mod snapshot;
 pub mod source;

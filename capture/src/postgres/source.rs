@@ -21,6 +21,7 @@ use super::replication::{
     format_lsn, pg_time_to_unix_us, quote_ident, ConnectParams, ReplicationConnection,
     ReplicationMessage,
 };
+use super::reread::{self, Rereads, Signal, Watermark, Window};
 use super::slot::{self, ExportedSnapshot};
 use super::snapshot::{self, SnapshotJob, SnapshotMessage};
 use super::state::{CaptureState, TableState};
@@ -686,6 +687,7 @@ impl PostgresCapture {
                 server_wal_end: start,
                 last_committed: start,
                 source_name: Arc::from(self.name.as_str()),
+                rereads: Rereads::default(),
                 dbname: Arc::from(params.dbname.as_str()),
             };
             stream.run(shutdown).await
@@ -738,6 +740,8 @@ struct Stream<'a> {
     last_committed: u64,
     source_name: Arc<str>,
     dbname: Arc<str>,
+    /// Rows asked to be read again (`sluice verify --repair`), and the window open now.
+    rereads: Rereads,
 }
 
 impl Stream<'_> {
@@ -906,10 +910,14 @@ impl Stream<'_> {
                 commit_lsn,
                 ..
             } => self.commit(commit_lsn, end_lsn).await?,
-            PgOutput::Message { prefix, .. } => {
+            PgOutput::Message { prefix, content } => {
                 // Our heartbeat, outside any transaction: everything before it has been read.
                 if prefix == HEARTBEAT_PREFIX && self.tx.is_none() {
                     self.publisher.checkpoint(lsn).await?;
+                } else if prefix == reread::SIGNAL_PREFIX {
+                    self.signal(&content).await?;
+                } else if prefix == reread::WATERMARK_PREFIX {
+                    self.watermark(&content, lsn).await?;
                 }
             }
             other => self.handle_in_transaction(other, lsn).await?,
@@ -1170,6 +1178,17 @@ impl Stream<'_> {
             metrics::counter!(m::SNAPSHOT_SKIPPED_CHANGES_TOTAL, "source" => self.capture.name.clone()).increment(1);
             return Ok(());
         }
+        if self.rereads.window.is_some() {
+            // A row being read again that this change touches is left to this change.
+            match (op, after.as_ref().or(before.as_ref())) {
+                (Op::Truncate, _) => self.rereads.truncated(&codec.table.id),
+                (_, Some(row)) => {
+                    self.rereads
+                        .observe(&codec.table.id, &key_of(codec, row), tx.xid);
+                }
+                (_, None) => {}
+            }
+        }
         let index = tx.index;
         tx.index += 1;
         let per_table = tx.per_table.entry(relation).or_insert(0);
@@ -1210,6 +1229,246 @@ impl Stream<'_> {
             }
             other => other,
         }
+    }
+
+    /// A signal (see [`reread`]): rows of a captured table to read again.
+    async fn signal(&mut self, content: &[u8]) -> Result<(), CaptureError> {
+        let source = self.capture.name.clone();
+        let signal: Signal = match serde_json::from_slice(content) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "a signal that does not parse is ignored");
+                metrics::counter!(m::ERRORS_TOTAL, "source" => source, "kind" => "signal")
+                    .increment(1);
+                return Ok(());
+            }
+        };
+        if signal.slot != self.capture.config.slot {
+            return Ok(()); // another capture's
+        }
+        let table = TableId::parse(&signal.table).filter(|t| self.wanted.contains(t));
+        let (Some(table), "reread") = (table, signal.op.as_str()) else {
+            warn!(table = %signal.table, op = %signal.op, "a signal for a table this capture does not take, or of an unknown kind, is ignored");
+            metrics::counter!(m::REREAD_ROWS_TOTAL, "source" => source, "table" => signal.table.clone(), "outcome" => "refused").increment(signal.keys.len() as u64);
+            return Ok(());
+        };
+        info!(%table, keys = signal.keys.len(), "reading rows again on request");
+        self.rereads.push(table, signal);
+        self.next_window().await
+    }
+
+    /// Opens the next window of queued re-reads, while none is open.
+    async fn next_window(&mut self) -> Result<(), CaptureError> {
+        while self.rereads.window.is_none() {
+            let Some(chunk) = self.rereads.queue.pop_front() else {
+                return Ok(());
+            };
+            let refused = |why: &str, chunk: &reread::Chunk| {
+                warn!(table = %chunk.table, keys = chunk.keys.len(), "{why}; the rows are not read again");
+                metrics::counter!(m::REREAD_ROWS_TOTAL, "source" => self.capture.name.clone(), "table" => chunk.table.to_string(), "outcome" => "refused").increment(chunk.keys.len() as u64);
+            };
+            if self.standby {
+                refused("a standby cannot take the watermarks a re-read needs: capture from the primary to repair", &chunk);
+                continue;
+            }
+            if !self.wanted.contains(&chunk.table) {
+                refused("the table is no longer captured", &chunk);
+                continue;
+            }
+            match self.read_window(&chunk).await? {
+                Ok(window) => self.rereads.window = Some(window),
+                Err(why) => refused(&why, &chunk),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the low watermark, reads the chunk's rows (and the transactions in progress
+    /// then), writes the high watermark. The inner error is why the chunk cannot be read.
+    async fn read_window(
+        &mut self,
+        chunk: &reread::Chunk,
+    ) -> Result<Result<Window, String>, CaptureError> {
+        let now = self.names.now(&chunk.table).clone();
+        let publication = self.capture.config.publication.clone();
+        let columns = Catalog::relation_columns(self.client, &now, Some(&publication)).await?;
+        let mut schema = self
+            .catalog
+            .table_schema(self.client, now.clone(), &columns)
+            .await?;
+        schema.id = chunk.table.clone();
+        let key: Vec<String> = schema.key_columns().map(|c| c.name.clone()).collect();
+        if key != chunk.columns {
+            return Ok(Err(format!(
+                "the request names the key columns {:?}, the table's key is {key:?}",
+                chunk.columns
+            )));
+        }
+        let types: HashMap<String, String> = self
+            .client
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+                 WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass AND a.attname = ANY($3)",
+                &[&now.namespace, &now.name, &key],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let key_types: Vec<(String, String)> = key
+            .iter()
+            .map(|k| {
+                (
+                    k.clone(),
+                    types.get(k).cloned().unwrap_or_else(|| "text".into()),
+                )
+            })
+            .collect();
+        let names: Vec<String> = schema.columns.iter().map(|c| c.name.clone()).collect();
+        let codec = Arc::new(EnvelopeCodec::new(
+            &self.capture.settings.topic_prefix,
+            &self.capture.name,
+            Connector::Postgres,
+            Arc::new(schema),
+        )?);
+        let id = format!("{}-{}", self.capture.config.slot, self.rereads.next_id());
+        let mark = |mark: &str| {
+            serde_json::to_string(&Watermark {
+                id: id.clone(),
+                mark: mark.into(),
+            })
+            .expect("a watermark serializes")
+        };
+        let emit = "SELECT pg_logical_emit_message(false, $1, $2::text)";
+        self.client
+            .execute(emit, &[&reread::WATERMARK_PREFIX, &mark("low")])
+            .await?;
+        let sql = reread::select_sql(
+            &format!("{}.{}", quote_ident(&now.namespace), quote_ident(&now.name)),
+            &names,
+            &key_types,
+        );
+        let params: Vec<Vec<String>> = (0..key.len())
+            .map(|i| {
+                chunk
+                    .keys
+                    .iter()
+                    .map(|k| k.get(i).cloned().unwrap_or_default())
+                    .collect()
+            })
+            .collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        self.client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {}",
+                reread::TEXT_SETTINGS
+            ))
+            .await?;
+        let read = async {
+            let xip: Vec<i64> = self
+                .client
+                .query_one(
+                    "SELECT ARRAY(SELECT x::text::bigint % 4294967296 \
+                     FROM pg_snapshot_xip(pg_current_snapshot()) x)",
+                    &[],
+                )
+                .await?
+                .get(0);
+            let rows = self.client.query(&sql, &params).await?;
+            Ok::<_, CaptureError>((xip, rows))
+        }
+        .await;
+        let end = self
+            .client
+            .batch_execute(if read.is_ok() { "COMMIT" } else { "ROLLBACK" })
+            .await;
+        let (xip, rows) = read?;
+        end?;
+        self.client
+            .execute(emit, &[&reread::WATERMARK_PREFIX, &mark("high")])
+            .await?;
+        let found: Vec<Vec<Option<String>>> = rows
+            .iter()
+            .map(|r| (0..r.len()).map(|i| r.get(i)).collect())
+            .collect();
+        let in_progress = xip.into_iter().map(|x| x as u32).collect();
+        Ok(Window::new(id, codec, in_progress, found, &chunk.keys))
+    }
+
+    /// A watermark: the window it opens, or the one it closes (published here, at its
+    /// position), when it is this capture's open window.
+    async fn watermark(&mut self, content: &[u8], lsn: u64) -> Result<(), CaptureError> {
+        let Ok(mark) = serde_json::from_slice::<Watermark>(content) else {
+            return Ok(());
+        };
+        // Another capture's, or one from before a restart (whose rows are gone).
+        let Some(window) = self.rereads.window.as_mut().filter(|w| w.id == mark.id) else {
+            return Ok(());
+        };
+        if mark.mark == "low" {
+            window.open = true;
+            return Ok(());
+        }
+        let window = self.rereads.window.take().expect("checked above");
+        self.publish_window(window, lsn).await?;
+        self.next_window().await
+    }
+
+    /// Publishes what a window kept: its rows as reads, its absent keys as deletes, at the
+    /// high watermark's position.
+    async fn publish_window(&mut self, window: Window, lsn: u64) -> Result<(), CaptureError> {
+        let table = window.codec.table.id.clone();
+        let source = self.capture.name.clone();
+        let count = |outcome: &'static str, n: usize| {
+            metrics::counter!(m::REREAD_ROWS_TOTAL, "source" => source.clone(), "table" => table.to_string(), "outcome" => outcome).increment(n as u64);
+        };
+        if self.stopped.contains(&table) {
+            count("refused", window.rows.len() + window.absent.len());
+            return Ok(());
+        }
+        let info = SourceInfo {
+            name: self.source_name.clone(),
+            db: self.dbname.clone(),
+            ts_us: sluice_schemas::event::unix_now_us(),
+            snapshot: true,
+            tx_id: None,
+            lsn: Some(lsn as i64),
+            sequence: None,
+            binlog: None,
+        };
+        let reads = window
+            .rows
+            .iter()
+            .map(|r| (Op::Read, None, Some(r.clone())));
+        let deletes = window
+            .absent
+            .iter()
+            .map(|k| (Op::Delete, Some(window.delete_image(k)), None));
+        for (index, (op, before, after)) in reads.chain(deletes).enumerate() {
+            let event = ChangeEvent {
+                row: sluice_schemas::RowChange {
+                    table: window.codec.table.clone(),
+                    op,
+                    before,
+                    after,
+                },
+                source: info.clone(),
+                transaction: None,
+                position: Position::postgres(lsn, index as u64),
+            };
+            self.publisher.publish(&window.codec, &event).await?;
+        }
+        count("read", window.rows.len());
+        count("deleted", window.absent.len());
+        count("skipped", window.skipped as usize);
+        info!(%table, read = window.rows.len(), deleted = window.absent.len(), skipped = window.skipped, "rows read again were published");
+        if self.tx.is_none() {
+            self.publisher.checkpoint(lsn).await?;
+        }
+        Ok(())
     }
 
     /// Compares the partitions of each captured partitioned table with those last seen. A

@@ -136,7 +136,12 @@ impl SluiceProcess {
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
         let deadline = std::time::Instant::now() + timeout;
         // Only what this process logged: an earlier start's line must not count.
-        while !self.log().get(self.log_start..).unwrap_or("").contains(needle) {
+        while !self
+            .log()
+            .get(self.log_start..)
+            .unwrap_or("")
+            .contains(needle)
+        {
             assert!(
                 std::time::Instant::now() < deadline,
                 "sluice never logged {needle:?}:\n{}",
