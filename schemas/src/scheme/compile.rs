@@ -363,6 +363,19 @@ fn quoted(t: &AvroType) -> String {
 }
 
 impl Mapping {
+    /// The source column (its index in the writer schema) that target column `target` copies,
+    /// when it is a plain copy.
+    pub fn source_column(&self, target: usize) -> Option<usize> {
+        match self.fields.get(target) {
+            Some(FieldPlan {
+                from: Input::Column(i, _),
+                mask: None,
+                ..
+            }) => Some(*i),
+            _ => None,
+        }
+    }
+
     /// The fields that take their default because the writer schema has no column for them.
     pub fn defaulted_fields(&self) -> Vec<&str> {
         self.fields
@@ -432,8 +445,10 @@ impl Mapping {
                     let keep = self.eval(filter, &ctx, after, "\"sluice.filter\"")?;
                     match keep {
                         cel::Value::Bool(true) => {}
-                        cel::Value::Bool(false) if op == Op::Update => {
-                            // The row no longer belongs in the target.
+                        cel::Value::Bool(false) if matches!(op, Op::Update | Op::Read) => {
+                            // The row no longer belongs in the target (a read, from a
+                            // snapshot or a repair, may meet a row the target holds from
+                            // before the filter kept it out).
                             let key = self.key_row(Op::Delete, after, before, ts_ms)?;
                             return Ok(vec![RowChange {
                                 table: self.target.clone(),

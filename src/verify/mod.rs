@@ -20,8 +20,12 @@
 //! their own, so the sink's exactly-once rules hold while writes go on; verify then waits for
 //! them to become equal.
 //!
-//! This version compares PostgreSQL sources with PostgreSQL sinks for tables written without a
-//! mapping scheme. Any other table is reported as not compared, with the reason.
+//! A table the router writes through a mapping scheme is compared through that scheme
+//! (`mapped.rs`): the source's rows are mapped in Sluice as the router maps them, and hashed
+//! there rather than in SQL.
+//!
+//! This version compares PostgreSQL sources with PostgreSQL sinks. Any other table is reported
+//! as not compared, with the reason.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -30,9 +34,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::StreamExt;
 use sluice_capture::tls::PgConnector;
+use sluice_schemas::scheme::Scheme;
 use sluice_schemas::TableId;
 
 use crate::config::{Config, SinkConfig, SourceConfig};
+
+mod mapped;
 
 /// How `sluice verify` runs.
 #[derive(Debug, Clone)]
@@ -212,7 +219,8 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
         .sinks
         .get(&router.sink)
         .with_context(|| format!("router.sink = \"{}\" names no sink", router.sink))?;
-    let schemed = schemed_tables(config)?;
+    let schemes = schemes_of(config, &router.sink)?;
+    let hmac_key = Config::hmac_key().map_err(anyhow::Error::msg)?;
     // What each table comes to: a report already (not comparable), or a comparison to run.
     let mut jobs: Vec<Job> = Vec::new();
     for (name, source) in &config.sources {
@@ -238,10 +246,25 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 )));
                 continue;
             };
-            if schemed.contains(&table) {
-                jobs.push(Job::Done(not_compared(format!(
-                    "{table} is written through a mapping scheme, and comparing through a scheme is not built yet"
-                ))));
+            let through: Vec<&Scheme> = schemes.iter().filter(|s| s.source == table).collect();
+            if !through.is_empty() {
+                for scheme in through {
+                    let target = scheme.target_of(&table);
+                    let sink_table = match &dst.schema {
+                        Some(schema) => TableId::new(schema.clone(), target.name.clone()),
+                        None => target,
+                    };
+                    jobs.push(Job::Mapped {
+                        slot: src.slot.clone(),
+                        publication: src.publication.clone(),
+                        scheme: Box::new(scheme.clone()),
+                        hmac_key: hmac_key.clone(),
+                        source_db: Box::new(connector(&src.url, &src.tls, "sources", name)?),
+                        sink_db: Box::new(connector(&dst.url, &dst.tls, "sinks", &router.sink)?),
+                        sink_table,
+                        base: not_compared(String::new()),
+                    });
+                }
                 continue;
             }
             let sink_table = match &dst.schema {
@@ -261,6 +284,36 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
     let reports = futures::stream::iter(jobs.into_iter().map(|job| async move {
         match job {
             Job::Done(report) => report,
+            Job::Mapped {
+                slot,
+                publication,
+                scheme,
+                hmac_key,
+                source_db,
+                sink_db,
+                sink_table,
+                base,
+            } => {
+                let compared = compare_mapped(
+                    (&source_db, &base.table, &slot, &publication),
+                    (&sink_db, &sink_table),
+                    (&scheme, hmac_key.as_deref()),
+                    options,
+                )
+                .await;
+                match compared {
+                    Ok(report) => TableReport {
+                        source: base.source,
+                        table: base.table,
+                        sink_table: sink_table.to_string(),
+                        ..report
+                    },
+                    Err(e) => TableReport {
+                        not_compared: Some(format!("{e:#}")),
+                        ..base
+                    },
+                }
+            }
             Job::Compare {
                 slot,
                 source_db,
@@ -301,6 +354,17 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
 /// One table of a verify run.
 enum Job {
     Done(TableReport),
+    /// A table written through a scheme (one job per scheme of it).
+    Mapped {
+        slot: String,
+        publication: String,
+        scheme: Box<Scheme>,
+        hmac_key: Option<Vec<u8>>,
+        source_db: Box<PgConnector>,
+        sink_db: Box<PgConnector>,
+        sink_table: TableId,
+        base: TableReport,
+    },
     Compare {
         /// The source's slot: its capture takes the repair's signal.
         slot: String,
@@ -449,8 +513,8 @@ pub async fn scheduled(
     }
 }
 
-/// The source tables some scheme maps (compared only once comparing through schemes is built).
-fn schemed_tables(config: &Config) -> anyhow::Result<Vec<TableId>> {
+/// The schemes the router applies for `sink`.
+fn schemes_of(config: &Config, sink: &str) -> anyhow::Result<Vec<Scheme>> {
     let Some(dir) = config.schemes_dir() else {
         return Ok(Vec::new());
     };
@@ -462,11 +526,8 @@ fn schemed_tables(config: &Config) -> anyhow::Result<Vec<TableId>> {
     let files = sluice_schemas::scheme::scheme_files(&dir).map_err(anyhow::Error::msg)?;
     files
         .iter()
-        .map(|f| {
-            sluice_schemas::scheme::Scheme::load(f)
-                .map(|s| s.source)
-                .map_err(|e| anyhow::anyhow!("{e}"))
-        })
+        .map(|f| Scheme::load(f).map_err(|e| anyhow::anyhow!("{e}")))
+        .filter(|s| s.as_ref().map_or(true, |s| s.is_for(sink)))
         .collect()
 }
 
@@ -818,6 +879,35 @@ async fn repair(
         key_texts(dst, &shape.qualified_sink, shape, key, &at_sink)
     )?;
     keys.extend(extra);
+    signal(src, slot, table, key, &keys).await?;
+    let total = suspects.len();
+    let mut left = suspects;
+    let deadline = Instant::now() + options.repair_wait;
+    while !left.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let keys: Vec<String> = left.iter().map(|d| d.key().to_string()).collect();
+        let (s, d) = tokio::try_join!(
+            rows_of(src, &shape.qualified_source, shape, Filter::Keys(&keys)),
+            rows_of(dst, &shape.qualified_sink, shape, Filter::Keys(&keys))
+        )?;
+        left = differences(&s, &d);
+    }
+    report.repaired = (total - left.len()) as u64;
+    if !left.is_empty() {
+        tracing::warn!(%table, left = left.len(), "repair: rows still differ after the wait; is capture of this source running?");
+    }
+    Ok((report, left))
+}
+
+/// Asks the capture of `slot` to read the rows of `keys` (the text of each of `key`'s columns)
+/// of `table` again and send them through the pipeline (see `capture/src/postgres/reread.rs`).
+async fn signal(
+    src: &tokio_postgres::Client,
+    slot: &str,
+    table: &TableId,
+    key: &[String],
+    keys: &[Vec<String>],
+) -> anyhow::Result<()> {
     for part in keys.chunks(10_000) {
         let signal = sluice_capture::postgres::reread::Signal {
             slot: slot.to_string(),
@@ -839,23 +929,51 @@ async fn repair(
         )?;
     }
     tracing::info!(%table, rows = keys.len(), "repair: asked capture to send the differing rows again");
-    let total = suspects.len();
-    let mut left = suspects;
-    let deadline = Instant::now() + options.repair_wait;
-    while !left.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let keys: Vec<String> = left.iter().map(|d| d.key().to_string()).collect();
-        let (s, d) = tokio::try_join!(
-            rows_of(src, &shape.qualified_source, shape, Filter::Keys(&keys)),
-            rows_of(dst, &shape.qualified_sink, shape, Filter::Keys(&keys))
-        )?;
-        left = differences(&s, &d);
+    Ok(())
+}
+
+/// Compares a table written through `scheme` (see `mapped.rs`).
+async fn compare_mapped(
+    (source, table, slot, publication): (&PgConnector, &TableId, &str, &str),
+    (sink, sink_table): (&PgConnector, &TableId),
+    (scheme, hmac_key): (&Scheme, Option<&[u8]>),
+    options: &Options,
+) -> anyhow::Result<TableReport> {
+    let (src, src_task) = source.connect().await.context("connecting to the source")?;
+    let (dst, dst_task) = sink.connect().await.context("connecting to the sink")?;
+    let result = async {
+        let settings = sluice_capture::postgres::reread::TEXT_SETTINGS.replace("SET LOCAL", "SET");
+        tokio::try_join!(src.batch_execute(&settings), dst.batch_execute(&settings))?;
+        use sluice_capture::postgres::catalog::Catalog;
+        let columns = Catalog::relation_columns(&src, table, Some(publication))
+            .await
+            .map_err(|e| anyhow::anyhow!("{table} at the source: {e}"))?;
+        let writer = Catalog::default()
+            .table_schema(&src, table.clone(), &columns)
+            .await
+            .map_err(|e| anyhow::anyhow!("{table} at the source: {e}"))?;
+        let writer = std::sync::Arc::new(writer);
+        let mapping = scheme
+            .compile(&writer, hmac_key)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        mapped::compare(
+            mapped::Mapped {
+                src: &src,
+                dst: &dst,
+                table,
+                sink_table,
+                writer: &writer,
+                mapping: &mapping,
+            },
+            slot,
+            options,
+        )
+        .await
     }
-    report.repaired = (total - left.len()) as u64;
-    if !left.is_empty() {
-        tracing::warn!(%table, left = left.len(), "repair: rows still differ after the wait; is capture of this source running?");
-    }
-    Ok((report, left))
+    .await;
+    src_task.abort();
+    dst_task.abort();
+    result
 }
 
 /// Where `--out` writes.

@@ -1,0 +1,380 @@
+//! Comparing a table the router writes through a mapping scheme.
+//!
+//! The scheme runs in Sluice, not in SQL, so the comparison does too: verify reads the source
+//! table's rows, maps each one through the scheme exactly as the router does (renames, drops,
+//! defaults, computed and masked fields, the filter, a new key) and compares what comes out with
+//! the sink table's rows, read with the target's types. Each side is hashed per bucket of key
+//! hashes (a count and a hash sum), then the rows of the buckets that differ are read again; so
+//! both tables travel once in full, and the differing buckets once more.
+//!
+//! Every target field is compared: masks are functions of the value. A field computed from the
+//! event's operation or time (rather than the row) is computed here as for a read.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use futures::{pin_mut, TryStreamExt};
+use sluice_schemas::scheme::Mapping;
+use sluice_schemas::{pgtext, Datum, Op, TableId, TableSchema};
+
+use super::{differences, quote, Difference, Options, Repair, RepairReport, TableReport};
+
+/// A key's text at one side and its row's hash.
+#[derive(Debug, Clone)]
+struct Kept {
+    hash: u64,
+    /// The text of each key column, as the rows at that side can be asked for again by it
+    /// (at the source: the source key; at the sink: the target key).
+    key: Vec<String>,
+}
+
+/// What a full read of one side gives.
+#[derive(Default)]
+struct Scan {
+    rows: u64,
+    buckets: HashMap<u64, (u64, u64)>,
+    /// Rows of the buckets asked for, by the canonical text of their target key.
+    kept: BTreeMap<String, Kept>,
+    /// Source rows the scheme refuses (the router dead-letters them).
+    refused: u64,
+}
+
+impl Scan {
+    fn add(
+        &mut self,
+        key: String,
+        row_hash: u64,
+        key_texts: impl FnOnce() -> Vec<String>,
+        n: u64,
+        keep: Option<&HashSet<u64>>,
+    ) {
+        let key_hash = hash(&key);
+        let bucket = key_hash % n;
+        self.rows += 1;
+        let entry = self.buckets.entry(bucket).or_default();
+        entry.0 += 1;
+        entry.1 = entry.1.wrapping_add(row_hash ^ key_hash.rotate_left(17));
+        if keep.is_some_and(|k| k.contains(&bucket)) {
+            self.kept.insert(
+                key,
+                Kept {
+                    hash: row_hash,
+                    key: key_texts(),
+                },
+            );
+        }
+    }
+}
+
+fn hash<T: Hash + ?Sized>(value: &T) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
+/// The texts of `row`'s values at `indices`, as `::text` writes them.
+fn texts(table: &TableSchema, row: &[Datum], indices: &[usize]) -> Vec<String> {
+    indices
+        .iter()
+        .map(|i| {
+            pgtext::render(&table.columns[*i].sql_type, &row[*i]).unwrap_or_else(|| "NULL".into())
+        })
+        .collect()
+}
+
+/// A row's hash.
+fn row_hash(row: &[Datum]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for value in row {
+        format!("{value:?}").hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Parses a row read as text with `table`'s types.
+fn parse(table: &TableSchema, row: &tokio_postgres::Row) -> anyhow::Result<Vec<Datum>> {
+    table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match row.get::<_, Option<String>>(i) {
+            None => Ok(Datum::Null),
+            Some(text) => pgtext::parse(&c.sql_type, &text)
+                .map_err(|e| anyhow::anyhow!("{}.{}: {e}", table.id, c.name)),
+        })
+        .collect()
+}
+
+fn select(table: &TableId, columns: &[String]) -> String {
+    let list: Vec<String> = columns
+        .iter()
+        .map(|c| format!("t.{}::text", quote(c)))
+        .collect();
+    format!(
+        "SELECT {} FROM {}.{} t",
+        list.join(", "),
+        quote(&table.namespace),
+        quote(&table.name)
+    )
+}
+
+/// What is compared, read from both sides.
+pub(super) struct Mapped<'a> {
+    pub src: &'a tokio_postgres::Client,
+    pub dst: &'a tokio_postgres::Client,
+    pub table: &'a TableId,
+    pub sink_table: &'a TableId,
+    pub writer: &'a TableSchema,
+    pub mapping: &'a Mapping,
+}
+
+impl Mapped<'_> {
+    async fn scan_source(&self, n: u64, keep: Option<&HashSet<u64>>) -> anyhow::Result<Scan> {
+        let names: Vec<String> = self.writer.columns.iter().map(|c| c.name.clone()).collect();
+        let stream = self
+            .src
+            .query_raw(&select(self.table, &names), Vec::<String>::new())
+            .await?;
+        pin_mut!(stream);
+        let target = &self.mapping.target;
+        let target_key = target.key_indices();
+        let source_key = self.writer.key_indices();
+        let mut scan = Scan::default();
+        while let Some(row) = stream.try_next().await? {
+            let values = parse(self.writer, &row)?;
+            let Ok(changes) = self.mapping.apply(Op::Read, None, Some(&values), 0) else {
+                scan.refused += 1;
+                continue;
+            };
+            for change in changes {
+                let Some(after) = change.after else { continue };
+                let key = format!("({})", texts(target, &after, &target_key).join(","));
+                scan.add(
+                    key,
+                    row_hash(&after),
+                    || texts(self.writer, &values, &source_key),
+                    n,
+                    keep,
+                );
+            }
+        }
+        Ok(scan)
+    }
+
+    async fn scan_sink(&self, n: u64, keep: Option<&HashSet<u64>>) -> anyhow::Result<Scan> {
+        let target = &self.mapping.target;
+        let names: Vec<String> = target.columns.iter().map(|c| c.name.clone()).collect();
+        let stream = self
+            .dst
+            .query_raw(&select(self.sink_table, &names), Vec::<String>::new())
+            .await?;
+        pin_mut!(stream);
+        let target_key = target.key_indices();
+        let mut scan = Scan::default();
+        while let Some(row) = stream.try_next().await? {
+            let values = parse(target, &row)?;
+            let key_texts = texts(target, &values, &target_key);
+            let key = format!("({})", key_texts.join(","));
+            scan.add(key, row_hash(&values), || key_texts, n, keep);
+        }
+        Ok(scan)
+    }
+
+    /// Both sides' rows in `buckets`.
+    async fn rows_in(&self, n: u64, buckets: &HashSet<u64>) -> anyhow::Result<(Scan, Scan)> {
+        tokio::try_join!(
+            self.scan_source(n, Some(buckets)),
+            self.scan_sink(n, Some(buckets))
+        )
+    }
+
+    /// The differences between what the source maps to and the sink, by target key.
+    fn differences(source: &Scan, sink: &Scan) -> Vec<Difference> {
+        let as_text = |s: &Scan| -> BTreeMap<String, String> {
+            s.kept
+                .iter()
+                .map(|(k, v)| (k.clone(), v.hash.to_string()))
+                .collect()
+        };
+        differences(&as_text(source), &as_text(sink))
+    }
+
+    /// The sink's target key text of a source key column, when the scheme copies that column
+    /// into the target's key: the way back from a row only the sink has to its source key.
+    fn source_key_of(&self, sink_key: &[String]) -> Option<Vec<String>> {
+        let target_key = self.mapping.target.key_indices();
+        self.writer
+            .key_indices()
+            .iter()
+            .map(|s| {
+                target_key
+                    .iter()
+                    .position(|t| self.mapping.source_column(*t) == Some(*s))
+                    .map(|at| sink_key[at].clone())
+            })
+            .collect()
+    }
+}
+
+/// Compares one schemed table (see the module's doc).
+pub(super) async fn compare(
+    mapped: Mapped<'_>,
+    slot: &str,
+    options: &Options,
+) -> anyhow::Result<TableReport> {
+    let missing: Vec<&str> = {
+        let (at_sink, _) = super::columns(mapped.dst, mapped.sink_table).await?;
+        anyhow::ensure!(
+            !at_sink.is_empty(),
+            "the sink has no table {}",
+            mapped.sink_table
+        );
+        mapped
+            .mapping
+            .target
+            .columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .filter(|c| !at_sink.iter().any(|s| s == c))
+            .collect()
+    };
+    anyhow::ensure!(
+        missing.is_empty(),
+        "the sink table {} lacks the scheme's fields {missing:?}",
+        mapped.sink_table
+    );
+    let estimate: i64 = mapped
+        .src
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {}.{}",
+                quote(&mapped.table.namespace),
+                quote(&mapped.table.name)
+            ),
+            &[],
+        )
+        .await?
+        .get(0);
+    let n = (estimate as u64 / options.bucket_rows.max(1)).max(1);
+    let (source, sink) = tokio::try_join!(mapped.scan_source(n, None), mapped.scan_sink(n, None))?;
+    let differing: HashSet<u64> = source
+        .buckets
+        .keys()
+        .chain(sink.buckets.keys())
+        .copied()
+        .filter(|b| source.buckets.get(b) != sink.buckets.get(b))
+        .collect();
+    let mut report = TableReport {
+        source: String::new(),
+        table: mapped.table.clone(),
+        sink_table: String::new(),
+        source_rows: source.rows,
+        sink_rows: sink.rows,
+        differences: Vec::new(),
+        in_flight: 0,
+        not_compared: None,
+        repair: None,
+    };
+    if differing.is_empty() {
+        return Ok(report);
+    }
+    // Rows still moving settle: the differing buckets are read again (both sides in full)
+    // until they agree or `settle` has passed.
+    let (mut at_source, mut at_sink) = mapped.rows_in(n, &differing).await?;
+    let mut suspects = Mapped::differences(&at_source, &at_sink);
+    let total = suspects.len();
+    let deadline = Instant::now() + options.settle;
+    while !suspects.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        (at_source, at_sink) = mapped.rows_in(n, &differing).await?;
+        let still: HashSet<String> = Mapped::differences(&at_source, &at_sink)
+            .into_iter()
+            .map(|d| d.key().to_string())
+            .collect();
+        suspects.retain(|d| still.contains(d.key()));
+    }
+    report.in_flight = (total - suspects.len()) as u64;
+    if options.repair == Repair::No || suspects.is_empty() {
+        report.differences = suspects;
+        return Ok(report);
+    }
+    // The source keys to read again: a missing or differing row's from the source; a row only
+    // the sink has, through the target key columns the scheme copies from the source's key.
+    let mut keys = Vec::new();
+    let mut untraced = 0u64;
+    for d in &suspects {
+        match d {
+            Difference::Extra(k) => match at_sink
+                .kept
+                .get(k)
+                .and_then(|s| mapped.source_key_of(&s.key))
+            {
+                Some(key) => keys.push(key),
+                None => untraced += 1,
+            },
+            Difference::Missing(k) | Difference::Differing(k) => {
+                if let Some(s) = at_source.kept.get(k) {
+                    keys.push(s.key.clone());
+                }
+            }
+        }
+    }
+    let mut repair = RepairReport {
+        dry_run: options.repair == Repair::DryRun,
+        reread: suspects
+            .iter()
+            .filter(|d| !matches!(d, Difference::Extra(_)))
+            .count() as u64,
+        delete: suspects
+            .iter()
+            .filter(|d| matches!(d, Difference::Extra(_)))
+            .count() as u64,
+        repaired: 0,
+    };
+    if untraced > 0 {
+        tracing::warn!(table = %mapped.table, rows = untraced, "rows only the sink has whose source key the scheme does not copy into the target key cannot be deleted by a repair; delete them at the sink by hand");
+    }
+    if options.repair == Repair::Yes {
+        let key_columns: Vec<String> = mapped
+            .writer
+            .key_columns()
+            .map(|c| c.name.clone())
+            .collect();
+        super::signal(mapped.src, slot, mapped.table, &key_columns, &keys).await?;
+        let deadline = Instant::now() + options.repair_wait;
+        let total = suspects.len();
+        while !suspects.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+            let (s, d) = mapped.rows_in(n, &differing).await?;
+            let still: HashSet<String> = Mapped::differences(&s, &d)
+                .into_iter()
+                .map(|d| d.key().to_string())
+                .collect();
+            suspects.retain(|d| still.contains(d.key()));
+        }
+        repair.repaired = (total - suspects.len()) as u64;
+    }
+    report.repair = Some(repair);
+    report.differences = suspects;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_sums_key_and_row_so_a_value_moved_between_keys_is_seen() {
+        let (mut a, mut b) = (Scan::default(), Scan::default());
+        a.add("(1)".into(), 10, Vec::new, 1, None);
+        a.add("(2)".into(), 20, Vec::new, 1, None);
+        b.add("(1)".into(), 20, Vec::new, 1, None);
+        b.add("(2)".into(), 10, Vec::new, 1, None);
+        assert_ne!(a.buckets, b.buckets);
+        let mut c = Scan::default();
+        c.add("(2)".into(), 20, Vec::new, 1, None);
+        c.add("(1)".into(), 10, Vec::new, 1, None);
+        assert_eq!(a.buckets, c.buckets);
+    }
+}
