@@ -119,9 +119,20 @@ fn select(table: &TableId, columns: &[String]) -> String {
     )
 }
 
+/// Where the source's rows are read.
+pub(super) enum Source<'a> {
+    Postgres(&'a tokio_postgres::Client),
+    /// Read as MySQL/MariaDB capture's snapshot reads them.
+    Mysql {
+        name: &'a str,
+        config: &'a sluice_capture::mysql::MysqlSourceConfig,
+        password: Option<&'a str>,
+    },
+}
+
 /// What is compared, read from both sides.
 pub(super) struct Mapped<'a> {
-    pub src: &'a tokio_postgres::Client,
+    pub src: Source<'a>,
     pub dst: &'a tokio_postgres::Client,
     pub table: &'a TableId,
     pub sink_table: &'a TableId,
@@ -131,35 +142,62 @@ pub(super) struct Mapped<'a> {
 
 impl Mapped<'_> {
     async fn scan_source(&self, n: u64, keep: Option<&HashSet<u64>>) -> anyhow::Result<Scan> {
-        let names: Vec<String> = self.writer.columns.iter().map(|c| c.name.clone()).collect();
-        let stream = self
-            .src
-            .query_raw(&select(self.table, &names), Vec::<String>::new())
-            .await?;
-        pin_mut!(stream);
-        let target = &self.mapping.target;
-        let target_key = target.key_indices();
-        let source_key = self.writer.key_indices();
         let mut scan = Scan::default();
-        while let Some(row) = stream.try_next().await? {
-            let values = parse(self.writer, &row)?;
-            let Ok(changes) = self.mapping.apply(Op::Read, None, Some(&values), 0) else {
-                scan.refused += 1;
-                continue;
-            };
-            for change in changes {
-                let Some(after) = change.after else { continue };
-                let key = format!("({})", texts(target, &after, &target_key).join(","));
-                scan.add(
-                    key,
-                    row_hash(&after),
-                    || texts(self.writer, &values, &source_key),
-                    n,
-                    keep,
-                );
+        match &self.src {
+            Source::Postgres(client) => {
+                let names: Vec<String> =
+                    self.writer.columns.iter().map(|c| c.name.clone()).collect();
+                let stream = client
+                    .query_raw(&select(self.table, &names), Vec::<String>::new())
+                    .await?;
+                pin_mut!(stream);
+                while let Some(row) = stream.try_next().await? {
+                    self.add_source_row(&mut scan, parse(self.writer, &row)?, n, keep);
+                }
+            }
+            Source::Mysql {
+                name,
+                config,
+                password,
+            } => {
+                sluice_capture::mysql::read_rows(name, config, *password, self.table, |_, row| {
+                    self.add_source_row(&mut scan, row, n, keep);
+                    Ok(())
+                })
+                .await
+                .map_err(|e| anyhow::anyhow!("reading {} at the source: {e}", self.table))?;
             }
         }
         Ok(scan)
+    }
+
+    /// Maps one source row through the scheme and adds what comes out.
+    fn add_source_row(
+        &self,
+        scan: &mut Scan,
+        values: Vec<Datum>,
+        n: u64,
+        keep: Option<&HashSet<u64>>,
+    ) {
+        let target = &self.mapping.target;
+        let Ok(changes) = self.mapping.apply(Op::Read, None, Some(&values), 0) else {
+            scan.refused += 1;
+            return;
+        };
+        for change in changes {
+            let Some(after) = change.after else { continue };
+            let key = format!(
+                "({})",
+                texts(target, &after, &target.key_indices()).join(",")
+            );
+            scan.add(
+                key,
+                row_hash(&after),
+                || texts(self.writer, &values, &self.writer.key_indices()),
+                n,
+                keep,
+            );
+        }
     }
 
     async fn scan_sink(&self, n: u64, keep: Option<&HashSet<u64>>) -> anyhow::Result<Scan> {
@@ -244,13 +282,14 @@ pub(super) async fn compare(
         "the sink table {} lacks the scheme's fields {missing:?}",
         mapped.sink_table
     );
+    // (The sink's count sizes the buckets: it is one query whatever the source's engine.)
     let estimate: i64 = mapped
-        .src
+        .dst
         .query_one(
             &format!(
                 "SELECT count(*) FROM {}.{}",
-                quote(&mapped.table.namespace),
-                quote(&mapped.table.name)
+                quote(&mapped.sink_table.namespace),
+                quote(&mapped.sink_table.name)
             ),
             &[],
         )
@@ -321,7 +360,8 @@ pub(super) async fn compare(
         }
     }
     let mut repair = RepairReport {
-        dry_run: options.repair == Repair::DryRun,
+        // (A MySQL/MariaDB source's repair only reports what it would send.)
+        dry_run: options.repair == Repair::DryRun || matches!(mapped.src, Source::Mysql { .. }),
         reread: suspects
             .iter()
             .filter(|d| !matches!(d, Difference::Extra(_)))
@@ -335,13 +375,21 @@ pub(super) async fn compare(
     if untraced > 0 {
         tracing::warn!(table = %mapped.table, rows = untraced, "rows only the sink has whose source key the scheme does not copy into the target key cannot be deleted by a repair; delete them at the sink by hand");
     }
-    if options.repair == Repair::Yes {
+    let signalled = match (&mapped.src, options.repair) {
+        (Source::Postgres(src), Repair::Yes) => Some(*src),
+        (Source::Mysql { .. }, Repair::Yes) => {
+            tracing::warn!(table = %mapped.table, "repair sends rows again through PostgreSQL capture's signals; a MySQL/MariaDB source cannot be repaired yet, so this only reports");
+            None
+        }
+        _ => None,
+    };
+    if let Some(src) = signalled {
         let key_columns: Vec<String> = mapped
             .writer
             .key_columns()
             .map(|c| c.name.clone())
             .collect();
-        super::signal(mapped.src, slot, mapped.table, &key_columns, &keys).await?;
+        super::signal(src, slot, mapped.table, &key_columns, &keys).await?;
         let deadline = Instant::now() + options.repair_wait;
         let total = suspects.len();
         while !suspects.is_empty() && Instant::now() < deadline {

@@ -24,8 +24,11 @@
 //! (`mapped.rs`): the source's rows are mapped in Sluice as the router maps them, and hashed
 //! there rather than in SQL.
 //!
-//! This version compares PostgreSQL sources with PostgreSQL sinks. Any other table is reported
-//! as not compared, with the reason.
+//! A MySQL/MariaDB source's table is compared the same way, through its identity scheme when it
+//! has none: its rows are read as capture's snapshot reads them.
+//!
+//! This version compares with PostgreSQL sinks. A MySQL/MariaDB sink is reported as not
+//! compared, with the reason.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -240,26 +243,43 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 not_compared: Some(why),
                 repair: None,
             };
-            let (SourceConfig::Postgres(src), SinkConfig::Postgres(dst)) = (source, sink) else {
+            let SinkConfig::Postgres(dst) = sink else {
                 jobs.push(Job::Done(not_compared(
-                    "comparing a MySQL/MariaDB source or sink is not built yet; only PostgreSQL → PostgreSQL".into(),
+                    "comparing a MySQL/MariaDB sink is not built yet; only PostgreSQL sinks".into(),
                 )));
                 continue;
             };
+            let source_db = || -> anyhow::Result<SourceDb> {
+                Ok(match source {
+                    SourceConfig::Postgres(src) => SourceDb::Postgres {
+                        db: Box::new(connector(&src.url, &src.tls, "sources", name)?),
+                        slot: src.slot.clone(),
+                        publication: src.publication.clone(),
+                    },
+                    SourceConfig::Mysql(src) => SourceDb::Mysql {
+                        name: name.clone(),
+                        config: Box::new(src.clone()),
+                        password: Config::env_password("sources", name),
+                    },
+                })
+            };
             let through: Vec<&Scheme> = schemes.iter().filter(|s| s.source == table).collect();
-            if !through.is_empty() {
-                for scheme in through {
-                    let target = scheme.target_of(&table);
+            // A MySQL/MariaDB source is compared through its identity scheme when it has none.
+            let mut plans: Vec<Option<&Scheme>> = through.into_iter().map(Some).collect();
+            if plans.is_empty() && matches!(source, SourceConfig::Mysql(_)) {
+                plans.push(None);
+            }
+            if !plans.is_empty() {
+                for scheme in plans {
+                    let target = scheme.map_or_else(|| table.clone(), |s| s.target_of(&table));
                     let sink_table = match &dst.schema {
                         Some(schema) => TableId::new(schema.clone(), target.name.clone()),
                         None => target,
                     };
                     jobs.push(Job::Mapped {
-                        slot: src.slot.clone(),
-                        publication: src.publication.clone(),
-                        scheme: Box::new(scheme.clone()),
+                        source: source_db()?,
+                        scheme: scheme.map(|s| Box::new(s.clone())),
                         hmac_key: hmac_key.clone(),
-                        source_db: Box::new(connector(&src.url, &src.tls, "sources", name)?),
                         sink_db: Box::new(connector(&dst.url, &dst.tls, "sinks", &router.sink)?),
                         sink_table,
                         base: not_compared(String::new()),
@@ -267,6 +287,9 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 }
                 continue;
             }
+            let SourceConfig::Postgres(src) = source else {
+                unreachable!("a MySQL/MariaDB source always has a plan above");
+            };
             let sink_table = match &dst.schema {
                 Some(schema) => TableId::new(schema.clone(), table.name.clone()),
                 None => table.clone(),
@@ -285,19 +308,17 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
         match job {
             Job::Done(report) => report,
             Job::Mapped {
-                slot,
-                publication,
+                source,
                 scheme,
                 hmac_key,
-                source_db,
                 sink_db,
                 sink_table,
                 base,
             } => {
                 let compared = compare_mapped(
-                    (&source_db, &base.table, &slot, &publication),
+                    (&source, &base.table),
                     (&sink_db, &sink_table),
-                    (&scheme, hmac_key.as_deref()),
+                    (scheme.as_deref(), hmac_key.as_deref()),
                     options,
                 )
                 .await;
@@ -356,11 +377,10 @@ enum Job {
     Done(TableReport),
     /// A table written through a scheme (one job per scheme of it).
     Mapped {
-        slot: String,
-        publication: String,
-        scheme: Box<Scheme>,
+        source: SourceDb,
+        /// `None`: the table's identity scheme.
+        scheme: Option<Box<Scheme>>,
         hmac_key: Option<Vec<u8>>,
-        source_db: Box<PgConnector>,
         sink_db: Box<PgConnector>,
         sink_table: TableId,
         base: TableReport,
@@ -932,33 +952,100 @@ async fn signal(
     Ok(())
 }
 
-/// Compares a table written through `scheme` (see `mapped.rs`).
+/// Where a table compared through a scheme is read at the source.
+enum SourceDb {
+    Postgres {
+        db: Box<PgConnector>,
+        /// Its capture takes a repair's signal.
+        slot: String,
+        publication: String,
+    },
+    Mysql {
+        name: String,
+        config: Box<sluice_capture::mysql::MysqlSourceConfig>,
+        password: Option<String>,
+    },
+}
+
+/// Compares a table written through `scheme` (its identity scheme when `None`; see
+/// `mapped.rs`).
 async fn compare_mapped(
-    (source, table, slot, publication): (&PgConnector, &TableId, &str, &str),
+    (source, table): (&SourceDb, &TableId),
     (sink, sink_table): (&PgConnector, &TableId),
-    (scheme, hmac_key): (&Scheme, Option<&[u8]>),
+    (scheme, hmac_key): (Option<&Scheme>, Option<&[u8]>),
     options: &Options,
 ) -> anyhow::Result<TableReport> {
-    let (src, src_task) = source.connect().await.context("connecting to the source")?;
+    let settings = sluice_capture::postgres::reread::TEXT_SETTINGS.replace("SET LOCAL", "SET");
     let (dst, dst_task) = sink.connect().await.context("connecting to the sink")?;
+    let pg = match source {
+        SourceDb::Postgres { db, .. } => {
+            Some(db.connect().await.context("connecting to the source")?)
+        }
+        SourceDb::Mysql { .. } => None,
+    };
     let result = async {
-        let settings = sluice_capture::postgres::reread::TEXT_SETTINGS.replace("SET LOCAL", "SET");
-        tokio::try_join!(src.batch_execute(&settings), dst.batch_execute(&settings))?;
-        use sluice_capture::postgres::catalog::Catalog;
-        let columns = Catalog::relation_columns(&src, table, Some(publication))
-            .await
-            .map_err(|e| anyhow::anyhow!("{table} at the source: {e}"))?;
-        let writer = Catalog::default()
-            .table_schema(&src, table.clone(), &columns)
-            .await
-            .map_err(|e| anyhow::anyhow!("{table} at the source: {e}"))?;
+        dst.batch_execute(&settings).await?;
+        let (writer, src, slot) = match (source, &pg) {
+            (
+                SourceDb::Postgres {
+                    slot, publication, ..
+                },
+                Some((src, _)),
+            ) => {
+                use sluice_capture::postgres::catalog::Catalog;
+                src.batch_execute(&settings).await?;
+                let columns = Catalog::relation_columns(src, table, Some(publication))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{table} at the source: {e}"))?;
+                let writer = Catalog::default()
+                    .table_schema(src, table.clone(), &columns)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{table} at the source: {e}"))?;
+                (writer, mapped::Source::Postgres(src), slot.as_str())
+            }
+            (
+                SourceDb::Mysql {
+                    name,
+                    config,
+                    password,
+                },
+                _,
+            ) => {
+                let writer = sluice_capture::mysql::describe(name, config, password.as_deref())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{table} at the source: {e}"))?
+                    .into_iter()
+                    .find(|t| t.id == *table)
+                    .with_context(|| format!("{table} is not among the source's tables"))?;
+                let src = mapped::Source::Mysql {
+                    name,
+                    config,
+                    password: password.as_deref(),
+                };
+                (writer, src, "")
+            }
+            (SourceDb::Postgres { .. }, None) => unreachable!("connected above"),
+        };
         let writer = std::sync::Arc::new(writer);
+        let identity;
+        let scheme = match scheme {
+            Some(s) => s,
+            None => {
+                let json = sluice_schemas::scheme::identity(&writer, &table.to_string(), None);
+                identity = Scheme::parse(
+                    std::path::Path::new(&format!("{table} (identity)")),
+                    &json.to_string(),
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                &identity
+            }
+        };
         let mapping = scheme
             .compile(&writer, hmac_key)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         mapped::compare(
             mapped::Mapped {
-                src: &src,
+                src,
                 dst: &dst,
                 table,
                 sink_table,
@@ -971,7 +1058,9 @@ async fn compare_mapped(
         .await
     }
     .await;
-    src_task.abort();
+    if let Some((_, task)) = pg {
+        task.abort();
+    }
     dst_task.abort();
     result
 }

@@ -1,8 +1,9 @@
 //! Table schemas from `information_schema`, as the table map will describe them.
 
+use futures::StreamExt;
 use mysql_async::prelude::Queryable;
-use mysql_async::Conn;
-use sluice_schemas::{Column, TableId, TableSchema};
+use mysql_async::{Conn, Row};
+use sluice_schemas::{Column, Datum, TableId, TableSchema};
 
 use super::preflight::opts;
 use super::types::{self};
@@ -97,4 +98,61 @@ pub async fn describe(
     }
     let _ = conn.disconnect().await;
     Ok(out)
+}
+
+/// Reads every row of `table` as capture's snapshot reads it (each value converted as capture
+/// converts it), handing each to `row`; returns the table's schema (for `sluice verify`). A
+/// value that does not convert is an error here, not a NULL.
+pub async fn read_rows(
+    name: &str,
+    config: &MysqlSourceConfig,
+    password: Option<&str>,
+    table: &TableId,
+    mut row: impl FnMut(&TableSchema, Vec<Datum>) -> Result<(), String>,
+) -> Result<TableSchema, CaptureError> {
+    let mut conn = Conn::new(opts(name, config, password)?)
+        .await
+        .map_err(mysql_error)?;
+    let result = async {
+        conn.query_drop("SET SESSION time_zone = '+00:00'")
+            .await
+            .map_err(mysql_error)?;
+        let (schema, selects) = catalog_schema(&mut conn, table).await?;
+        if schema.columns.is_empty() {
+            return Err(CaptureError::Definite(format!(
+                "{table} does not exist at the source"
+            )));
+        }
+        let sql = format!(
+            "SELECT {} FROM `{}`.`{}`",
+            selects.join(", "),
+            table.namespace.replace('`', "``"),
+            table.name.replace('`', "``")
+        );
+        let mut result = conn.query_iter(sql).await.map_err(mysql_error)?;
+        let mut stream = result
+            .stream::<Row>()
+            .await
+            .map_err(mysql_error)?
+            .ok_or_else(|| CaptureError::Definite(format!("no result reading {table}")))?;
+        while let Some(r) = stream.next().await {
+            let values = r.map_err(mysql_error)?.unwrap();
+            let datums = values
+                .into_iter()
+                .zip(&schema.columns)
+                .map(|(v, c)| {
+                    types::text_datum(&c.sql_type, v)
+                        .map_err(|e| format!("{table}.{}: {e}", c.name))
+                })
+                .collect::<Result<Vec<Datum>, String>>()
+                .map_err(CaptureError::Definite)?;
+            row(&schema, datums).map_err(CaptureError::Definite)?;
+        }
+        drop(stream);
+        drop(result);
+        Ok(schema)
+    }
+    .await;
+    let _ = conn.disconnect().await;
+    result
 }

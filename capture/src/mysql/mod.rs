@@ -10,7 +10,7 @@ mod snapshot;
 pub mod source;
 pub mod types;
 
-pub use catalog::describe;
+pub use catalog::{describe, read_rows};
 pub use config::MysqlSourceConfig;
 pub use source::MysqlCapture;
 
