@@ -25,7 +25,7 @@
 //! ratios.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -1025,13 +1025,13 @@ fn verify_speed(bench: &mut Bench) {
             s.join().unwrap();
         }
     });
-    let run = |what: &str, expect: &str| {
+    let run = |what: &str, config: &Path, expect: &str| {
         let mut out = None;
         let took = timed(what, || {
             out = Some(
                 Command::new(&bench.settings.sluice)
                     .args(["verify", "--settle-ms", "0", "--config"])
-                    .arg(&config)
+                    .arg(config)
                     .output()
                     .unwrap(),
             );
@@ -1042,7 +1042,30 @@ fn verify_speed(bench: &mut Bench) {
         assert!(text.contains(expect), "sluice verify: {text}");
         took
     };
-    let equal = run("sluice verify, equal", "status=equal");
+    let equal = run("sluice verify, equal", &config, "status=equal");
+    // The same table through its identity scheme: mapped and hashed in Sluice, not in SQL.
+    let schemed = bench.path("verify-schemed.toml");
+    let schemes = bench.path("verify-schemes");
+    std::fs::create_dir_all(&schemes).unwrap();
+    std::fs::write(
+        &schemed,
+        std::fs::read_to_string(&config).unwrap().replace(
+            "[router]\n",
+            &format!("[router]\nschemes = \"{}\"\n", schemes.display()),
+        ),
+    )
+    .unwrap();
+    let generated = Command::new(&bench.settings.sluice)
+        .args(["schemes", "generate", "--config"])
+        .arg(&schemed)
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{generated:?}");
+    let through_scheme = run(
+        "sluice verify through a scheme, equal",
+        &schemed,
+        "status=equal",
+    );
     let every = (rows / 100).max(1);
     bench.psql(
         "sink_verify",
@@ -1050,6 +1073,12 @@ fn verify_speed(bench: &mut Bench) {
     );
     let damaged = run(
         "sluice verify, 100 differences",
+        &config,
+        "missing=0 extra=0 differing=100",
+    );
+    let damaged_through_scheme = run(
+        "sluice verify through a scheme, 100 differences",
+        &schemed,
         "missing=0 extra=0 differing=100",
     );
     let rate = |d: Duration| (rows as f64 / d.as_secs_f64()).round();
@@ -1063,6 +1092,10 @@ fn verify_speed(bench: &mut Bench) {
             "equal_rows_per_s": rate(equal),
             "differences_100_seconds": damaged.as_secs_f64(),
             "differences_100_rows_per_s": rate(damaged),
+            "scheme_equal_seconds": through_scheme.as_secs_f64(),
+            "scheme_equal_rows_per_s": rate(through_scheme),
+            "scheme_differences_100_seconds": damaged_through_scheme.as_secs_f64(),
+            "scheme_differences_100_rows_per_s": rate(damaged_through_scheme),
         }),
     );
 }
@@ -1293,6 +1326,10 @@ fn print_table(report: &Value) {
         println!(
             "sluice verify, {} rows a side: equal {} rows/s, 100 differences {} rows/s; a plain scan of both sides {} rows/s",
             v["rows"], rate("equal_rows_per_s"), rate("differences_100_rows_per_s"), rate("scan_both_rows_per_s")
+        );
+        println!(
+            "sluice verify through a scheme (mapped and hashed in Sluice): equal {} rows/s, 100 differences {} rows/s",
+            rate("scheme_equal_rows_per_s"), rate("scheme_differences_100_rows_per_s")
         );
     }
     println!("Sluice rates are steady-state (first row to last); startup is in the JSON.");
