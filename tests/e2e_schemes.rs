@@ -19,24 +19,7 @@ const CUSTOMERS: &str = "CREATE TABLE public.customers (
 
 /// The edited scheme: renamed, dropped, defaulted, computed, masked and filtered fields, into
 /// another table.
-const EDITED: &str = r#"{
-  "type": "record",
-  "name": "customers",
-  "sluice.source": "public.customers",
-  "sluice.table": "crm.customers",
-  "sluice.filter": "row.status != 'test'",
-  "fields": [
-    {"name": "id", "type": "int"},
-    {"name": "full_name", "type": ["null", "string"], "default": null, "aliases": ["name"]},
-    {"name": "email", "type": ["null", "string"], "default": null, "sluice.mask": "sha256"},
-    {"name": "email_domain", "type": ["null", "string"], "default": null,
-     "sluice.expr": "row.email == null ? null : row.email.split('@')[1].lowerAscii()"},
-    {"name": "qty", "type": ["null", "long"], "default": null},
-    {"name": "total", "type": ["null", {"type": "bytes", "logicalType": "decimal", "precision": 14, "scale": 2}], "default": null,
-     "sluice.expr": "row.qty == null || row.price == null ? null : double(row.qty) * row.price"},
-    {"name": "region", "type": "string", "default": "eu"}
-  ]
-}"#;
+const EDITED: &str = include_str!("schemes/customers.edited.avsc");
 
 /// What the sink must hold for the edited scheme, computed by PostgreSQL from the source.
 const EXPECTED: &str = "SELECT id, name, encode(sha256(convert_to(email, 'UTF8')), 'hex'), \

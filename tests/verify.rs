@@ -375,26 +375,9 @@ fn repair_makes_a_damaged_sink_equal_through_the_pipeline_while_writes_go_on() {
     assert_eq!(code, 0, "{out}");
 }
 
-/// The scheme of e2e_schemes: renamed, dropped, defaulted, computed, masked and filtered
+/// The scheme e2e_schemes edits: renamed, dropped, defaulted, computed, masked and filtered
 /// fields, into another table.
-const EDITED: &str = r#"{
-  "type": "record",
-  "name": "customers",
-  "sluice.source": "public.customers",
-  "sluice.table": "crm.customers",
-  "sluice.filter": "row.status != 'test'",
-  "fields": [
-    {"name": "id", "type": "int"},
-    {"name": "full_name", "type": ["null", "string"], "default": null, "aliases": ["name"]},
-    {"name": "email", "type": ["null", "string"], "default": null, "sluice.mask": "sha256"},
-    {"name": "email_domain", "type": ["null", "string"], "default": null,
-     "sluice.expr": "row.email == null ? null : row.email.split('@')[1].lowerAscii()"},
-    {"name": "qty", "type": ["null", "long"], "default": null},
-    {"name": "total", "type": ["null", {"type": "bytes", "logicalType": "decimal", "precision": 14, "scale": 2}], "default": null,
-     "sluice.expr": "row.qty == null || row.price == null ? null : double(row.qty) * row.price"},
-    {"name": "region", "type": "string", "default": "eu"}
-  ]
-}"#;
+const EDITED: &str = include_str!("schemes/customers.edited.avsc");
 
 #[test]
 fn a_table_written_through_a_scheme_is_compared_through_it_and_repaired() {

@@ -227,6 +227,29 @@ impl Mapped<'_> {
         )
     }
 
+    /// Reads the `differing` buckets again every second, keeping in `suspects` only what still
+    /// differs, until none does or `wait` has passed; `last` is the last read.
+    async fn settle(
+        &self,
+        n: u64,
+        differing: &HashSet<u64>,
+        suspects: &mut Vec<Difference>,
+        wait: Duration,
+        last: &mut (Scan, Scan),
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + wait;
+        while !suspects.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1_000)).await;
+            *last = self.rows_in(n, differing).await?;
+            let still: HashSet<String> = Mapped::differences(&last.0, &last.1)
+                .into_iter()
+                .map(|d| d.key().to_string())
+                .collect();
+            suspects.retain(|d| still.contains(d.key()));
+        }
+        Ok(())
+    }
+
     /// The differences between what the source maps to and the sink, by target key.
     fn differences(source: &Scan, sink: &Scan) -> Vec<Difference> {
         let as_text = |s: &Scan| -> BTreeMap<String, String> {
@@ -320,19 +343,13 @@ pub(super) async fn compare(
     }
     // Rows still moving settle: the differing buckets are read again (both sides in full)
     // until they agree or `settle` has passed.
-    let (mut at_source, mut at_sink) = mapped.rows_in(n, &differing).await?;
-    let mut suspects = Mapped::differences(&at_source, &at_sink);
+    let mut read = mapped.rows_in(n, &differing).await?;
+    let mut suspects = Mapped::differences(&read.0, &read.1);
     let total = suspects.len();
-    let deadline = Instant::now() + options.settle;
-    while !suspects.is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
-        (at_source, at_sink) = mapped.rows_in(n, &differing).await?;
-        let still: HashSet<String> = Mapped::differences(&at_source, &at_sink)
-            .into_iter()
-            .map(|d| d.key().to_string())
-            .collect();
-        suspects.retain(|d| still.contains(d.key()));
-    }
+    mapped
+        .settle(n, &differing, &mut suspects, options.settle, &mut read)
+        .await?;
+    let (at_source, at_sink) = read;
     report.in_flight = (total - suspects.len()) as u64;
     if options.repair == Repair::No || suspects.is_empty() {
         report.differences = suspects;
@@ -390,17 +407,11 @@ pub(super) async fn compare(
             .map(|c| c.name.clone())
             .collect();
         super::signal(src, slot, mapped.table, &key_columns, &keys).await?;
-        let deadline = Instant::now() + options.repair_wait;
         let total = suspects.len();
-        while !suspects.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(1_000)).await;
-            let (s, d) = mapped.rows_in(n, &differing).await?;
-            let still: HashSet<String> = Mapped::differences(&s, &d)
-                .into_iter()
-                .map(|d| d.key().to_string())
-                .collect();
-            suspects.retain(|d| still.contains(d.key()));
-        }
+        let mut read = (at_source, at_sink);
+        mapped
+            .settle(n, &differing, &mut suspects, options.repair_wait, &mut read)
+            .await?;
         repair.repaired = (total - suspects.len()) as u64;
     }
     report.repair = Some(repair);

@@ -322,18 +322,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                     options,
                 )
                 .await;
-                match compared {
-                    Ok(report) => TableReport {
-                        source: base.source,
-                        table: base.table,
-                        sink_table: sink_table.to_string(),
-                        ..report
-                    },
-                    Err(e) => TableReport {
-                        not_compared: Some(format!("{e:#}")),
-                        ..base
-                    },
-                }
+                finish(base, &sink_table, compared)
             }
             Job::Compare {
                 slot,
@@ -345,24 +334,13 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 // A table that cannot be compared (gone, keyless, a sink table without the
                 // source's columns, a server that does not answer) is named with why; the
                 // others are still compared.
-                match compare_table(
+                let compared = compare_table(
                     (&source_db, &base.table, &slot),
                     (&sink_db, &sink_table),
                     options,
                 )
-                .await
-                {
-                    Ok(report) => TableReport {
-                        source: base.source,
-                        table: base.table,
-                        sink_table: sink_table.to_string(),
-                        ..report
-                    },
-                    Err(e) => TableReport {
-                        not_compared: Some(format!("{e:#}")),
-                        ..base
-                    },
-                }
+                .await;
+                finish(base, &sink_table, compared)
             }
         }
     }))
@@ -370,6 +348,26 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
     .collect()
     .await;
     Ok(reports)
+}
+
+/// A comparison's report under its source and table, or why it could not be made.
+fn finish(
+    base: TableReport,
+    sink_table: &TableId,
+    compared: anyhow::Result<TableReport>,
+) -> TableReport {
+    match compared {
+        Ok(report) => TableReport {
+            source: base.source,
+            table: base.table,
+            sink_table: sink_table.to_string(),
+            ..report
+        },
+        Err(e) => TableReport {
+            not_compared: Some(format!("{e:#}")),
+            ..base
+        },
+    }
 }
 
 /// One table of a verify run.
