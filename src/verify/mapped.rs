@@ -54,7 +54,7 @@ impl Scan {
         self.rows += 1;
         let entry = self.buckets.entry(bucket).or_default();
         entry.0 += 1;
-        entry.1 = entry.1.wrapping_add(row_hash ^ key_hash.rotate_left(17));
+        entry.1 = entry.1.wrapping_add(hash(&(key_hash, row_hash)));
         if keep.is_some_and(|k| k.contains(&bucket)) {
             self.kept.insert(
                 key,
