@@ -534,6 +534,21 @@ fn a_table_renamed_while_streaming_and_while_capture_is_down_is_followed_as_the_
         "{}",
         sluice.log()
     );
+    // and verify, too, compares the configured table under its name now.
+    let out = std::process::Command::new(SLUICE)
+        .args(["verify", "--settle-ms", "2000", "--config"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "table=public.items sink_table=public.items status=equal source_rows=20 sink_rows=20"
+        ),
+        "{text}"
+    );
 }
 
 #[test]

@@ -121,7 +121,11 @@ fn select(table: &TableId, columns: &[String]) -> String {
 
 /// Where the source's rows are read.
 pub(super) enum Source<'a> {
-    Postgres(&'a tokio_postgres::Client),
+    /// `table`: the configured table's name at the source now (it may have been renamed).
+    Postgres {
+        client: &'a tokio_postgres::Client,
+        table: TableId,
+    },
     /// Read as MySQL/MariaDB capture's snapshot reads them.
     Mysql {
         name: &'a str,
@@ -144,11 +148,11 @@ impl Mapped<'_> {
     async fn scan_source(&self, n: u64, keep: Option<&HashSet<u64>>) -> anyhow::Result<Scan> {
         let mut scan = Scan::default();
         match &self.src {
-            Source::Postgres(client) => {
+            Source::Postgres { client, table } => {
                 let names: Vec<String> =
                     self.writer.columns.iter().map(|c| c.name.clone()).collect();
                 let stream = client
-                    .query_raw(&select(self.table, &names), Vec::<String>::new())
+                    .query_raw(&select(table, &names), Vec::<String>::new())
                     .await?;
                 pin_mut!(stream);
                 while let Some(row) = stream.try_next().await? {
@@ -393,7 +397,7 @@ pub(super) async fn compare(
         tracing::warn!(table = %mapped.table, rows = untraced, "rows only the sink has whose source key the scheme does not copy into the target key cannot be deleted by a repair; delete them at the sink by hand");
     }
     let signalled = match (&mapped.src, options.repair) {
-        (Source::Postgres(src), Repair::Yes) => Some(*src),
+        (Source::Postgres { client, .. }, Repair::Yes) => Some(*client),
         (Source::Mysql { .. }, Repair::Yes) => {
             tracing::warn!(table = %mapped.table, "repair sends rows again through PostgreSQL capture's signals; a MySQL/MariaDB source cannot be repaired yet, so this only reports");
             None

@@ -32,10 +32,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
+use sluice_capture::postgres::names;
+use sluice_capture::postgres::state::CaptureState;
 use sluice_capture::tls::PgConnector;
 use sluice_schemas::scheme::Scheme;
 use sluice_schemas::TableId;
@@ -226,7 +229,23 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
     let hmac_key = Config::hmac_key().map_err(anyhow::Error::msg)?;
     // What each table comes to: a report already (not comparable), or a comparison to run.
     let mut jobs: Vec<Job> = Vec::new();
+    // Capture's state records: a renamed table is found by the OID they keep.
+    let transport = config.transport().map_err(anyhow::Error::msg)?;
     for (name, source) in &config.sources {
+        let recorded: Option<Arc<CaptureState>> = match source {
+            SourceConfig::Postgres(src) => {
+                match CaptureState::load_if_created(&transport, &config.kafka.state_topic, name)
+                    .await
+                {
+                    Ok(s) => s.filter(|s| s.slot == src.slot).map(Arc::new),
+                    Err(e) => {
+                        tracing::warn!(source = %name, error = %e, "cannot read capture's state record; renamed tables are looked up by their configured names");
+                        None
+                    }
+                }
+            }
+            SourceConfig::Mysql(_) => None,
+        };
         let tables = source.table_ids().map_err(anyhow::Error::msg)?;
         for table in tables {
             if !options.tables.is_empty() && !options.tables.contains(&table.to_string()) {
@@ -255,6 +274,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                         db: Box::new(connector(&src.url, &src.tls, "sources", name)?),
                         slot: src.slot.clone(),
                         publication: src.publication.clone(),
+                        state: recorded.clone(),
                     },
                     SourceConfig::Mysql(src) => SourceDb::Mysql {
                         name: name.clone(),
@@ -296,6 +316,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
             };
             jobs.push(Job::Compare {
                 slot: src.slot.clone(),
+                state: recorded.clone(),
                 source_db: Box::new(connector(&src.url, &src.tls, "sources", name)?),
                 sink_db: Box::new(connector(&dst.url, &dst.tls, "sinks", &router.sink)?),
                 sink_table,
@@ -326,6 +347,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
             }
             Job::Compare {
                 slot,
+                state,
                 source_db,
                 sink_db,
                 sink_table,
@@ -335,7 +357,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 // source's columns, a server that does not answer) is named with why; the
                 // others are still compared.
                 let compared = compare_table(
-                    (&source_db, &base.table, &slot),
+                    (&source_db, &base.table, &slot, state.as_deref()),
                     (&sink_db, &sink_table),
                     options,
                 )
@@ -386,6 +408,8 @@ enum Job {
     Compare {
         /// The source's slot: its capture takes the repair's signal.
         slot: String,
+        /// Its capture's state record (where a renamed table is now).
+        state: Option<Arc<CaptureState>>,
         source_db: Box<PgConnector>,
         sink_db: Box<PgConnector>,
         sink_table: TableId,
@@ -691,7 +715,7 @@ fn differences(
 }
 
 async fn compare_table(
-    (source, table, slot): (&PgConnector, &TableId, &str),
+    (source, table, slot, state): (&PgConnector, &TableId, &str, Option<&CaptureState>),
     (sink, sink_table): (&PgConnector, &TableId),
     options: &Options,
 ) -> anyhow::Result<TableReport> {
@@ -701,7 +725,8 @@ async fn compare_table(
         // Both sides write values as text the same way (and as capture parses them).
         let settings = sluice_capture::postgres::reread::TEXT_SETTINGS.replace("SET LOCAL", "SET");
         tokio::try_join!(src.batch_execute(&settings), dst.batch_execute(&settings))?;
-        let (columns_at_source, key) = columns(&src, table).await?;
+        let now = name_now(&src, state, table).await;
+        let (columns_at_source, key) = columns(&src, &now).await?;
         anyhow::ensure!(
             !columns_at_source.is_empty(),
             "{table} does not exist at the source"
@@ -733,7 +758,7 @@ async fn compare_table(
                 .join(", ")
         };
         let shape = Shape {
-            qualified_source: format!("{}.{}", quote(&table.namespace), quote(&table.name)),
+            qualified_source: format!("{}.{}", quote(&now.namespace), quote(&now.name)),
             qualified_sink: format!(
                 "{}.{}",
                 quote(&sink_table.namespace),
@@ -950,6 +975,22 @@ async fn signal(
     Ok(())
 }
 
+/// The name a configured PostgreSQL table has at the source now: capture follows a renamed
+/// table by the OID its state record keeps (`renames = "follow"`), and so does verify.
+async fn name_now(
+    client: &tokio_postgres::Client,
+    state: Option<&CaptureState>,
+    table: &TableId,
+) -> TableId {
+    match names::resolve(client, state, std::slice::from_ref(table)).await {
+        Ok(resolved) => resolved.names.now(table).clone(),
+        Err(e) => {
+            tracing::warn!(%table, error = %e, "cannot look the table up by its OID; using its configured name");
+            table.clone()
+        }
+    }
+}
+
 /// Where a table compared through a scheme is read at the source.
 enum SourceDb {
     Postgres {
@@ -957,6 +998,8 @@ enum SourceDb {
         /// Its capture takes a repair's signal.
         slot: String,
         publication: String,
+        /// Its capture's state record (where a renamed table is now).
+        state: Option<Arc<CaptureState>>,
     },
     Mysql {
         name: String,
@@ -986,20 +1029,32 @@ async fn compare_mapped(
         let (writer, src, slot) = match (source, &pg) {
             (
                 SourceDb::Postgres {
-                    slot, publication, ..
+                    slot,
+                    publication,
+                    state,
+                    ..
                 },
                 Some((src, _)),
             ) => {
                 use sluice_capture::postgres::catalog::Catalog;
                 src.batch_execute(&settings).await?;
-                let columns = Catalog::relation_columns(src, table, Some(publication))
+                let now = name_now(src, state.as_deref(), table).await;
+                let columns = Catalog::relation_columns(src, &now, Some(publication))
                     .await
                     .map_err(|e| anyhow::anyhow!("{table} at the source: {e}"))?;
-                let writer = Catalog::default()
-                    .table_schema(src, table.clone(), &columns)
+                let mut writer = Catalog::default()
+                    .table_schema(src, now.clone(), &columns)
                     .await
                     .map_err(|e| anyhow::anyhow!("{table} at the source: {e}"))?;
-                (writer, mapped::Source::Postgres(src), slot.as_str())
+                writer.id = table.clone();
+                (
+                    writer,
+                    mapped::Source::Postgres {
+                        client: src,
+                        table: now,
+                    },
+                    slot.as_str(),
+                )
             }
             (
                 SourceDb::Mysql {
@@ -1024,7 +1079,7 @@ async fn compare_mapped(
             }
             (SourceDb::Postgres { .. }, None) => unreachable!("connected above"),
         };
-        let writer = std::sync::Arc::new(writer);
+        let writer = Arc::new(writer);
         let identity;
         let scheme = match scheme {
             Some(s) => s,
