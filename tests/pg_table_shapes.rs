@@ -552,6 +552,43 @@ fn a_table_renamed_while_streaming_and_while_capture_is_down_is_followed_as_the_
 }
 
 #[test]
+fn a_table_renamed_while_capture_is_down_mid_snapshot_is_followed() {
+    // Given a table whose snapshot is under way,
+    let s = setup(
+        "shapes_follow_snap",
+        "CREATE TABLE public.big (id bigint PRIMARY KEY, v text);
+         INSERT INTO public.big SELECT i, 'v' || i FROM generate_series(1, 300000) i;",
+        &["public.big"],
+    );
+    let mut capture = s.start_other("capture", "capture", &[]);
+    capture.wait_for_metric(
+        "sluice_capture_snapshot_rows_total",
+        &[("table", "public.big")],
+        Duration::from_secs(60),
+        "> 0",
+        |v| v > 0.0,
+    );
+
+    // when capture is killed before it finished, and the table is renamed and changed while
+    // it is down,
+    capture.kill9();
+    s.source(
+        "ALTER TABLE public.big RENAME TO huge;
+         UPDATE public.huge SET v = 'after' WHERE id <= 10;",
+    );
+
+    // then the restarted pipeline follows it (its OID was recorded before the snapshot began)
+    // and the sink's table of the configured name equals it.
+    let sluice = s.run();
+    s.wait_for_query(
+        &sluice,
+        "SELECT * FROM public.huge t ORDER BY t::text",
+        "SELECT * FROM public.big t ORDER BY t::text",
+        CONVERGE,
+    );
+}
+
+#[test]
 fn a_table_dropped_and_created_again_while_capture_is_down_is_read_anew() {
     // Given two tables streamed to the sink,
     let s = setup(

@@ -523,3 +523,48 @@ fn a_mariadb_source_is_compared_with_its_postgres_sink_through_its_identity_sche
     }
     drop(sluice);
 }
+
+#[test]
+fn a_repair_request_the_source_refuses_is_counted_and_capture_goes_on() {
+    // Given a running pipeline,
+    let p = pipeline("verify_refused");
+    let sluice = p.run();
+    p.wait_for_match(&sluice, &["public.items"], Duration::from_secs(120));
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    let slot = config
+        .lines()
+        .find_map(|l| l.strip_prefix("slot = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap();
+
+    // when a repair request names a key the source cannot read (not a bigint),
+    p.pg.psql(
+        "source",
+        &format!(
+            "SELECT pg_logical_emit_message(true, 'sluice.signal', \
+             '{{\"slot\": \"{slot}\", \"op\": \"reread\", \"table\": \"public.items\", \
+               \"columns\": [\"id\"], \"keys\": [[\"abc\"]]}}')"
+        ),
+    )
+    .unwrap();
+
+    // then that request is refused and counted, and capture goes on streaming.
+    sluice.wait_for_metric(
+        "sluice_capture_reread_rows_total",
+        &[("table", "public.items"), ("outcome", "refused")],
+        Duration::from_secs(30),
+        "1",
+        |v| v == 1.0,
+    );
+    p.source("UPDATE public.items SET qty = 99 WHERE id = 1");
+    p.wait_for_match(&sluice, &["public.items"], Duration::from_secs(60));
+    assert_eq!(
+        sluice.metric(
+            "sluice_capture_errors_total",
+            &[("source", "pg_main"), ("kind", "transient")]
+        ),
+        0.0,
+        "{}",
+        sluice.log()
+    );
+}

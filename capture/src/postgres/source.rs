@@ -259,7 +259,11 @@ impl PostgresCapture {
         params: &ConnectParams,
         tables: &[TableId],
         stopped: &StoppedTables,
-        (loaded, names): (Option<CaptureState>, &Names),
+        (loaded, names, oids): (
+            Option<CaptureState>,
+            &Names,
+            &std::collections::BTreeMap<String, u32>,
+        ),
         resnapshot: &[TableId],
         partitions: &HashMap<TableId, HashMap<u32, bool>>,
         created: Option<ExportedSnapshot>,
@@ -287,6 +291,10 @@ impl PostgresCapture {
         );
         publisher.set_epoch(&epoch);
         state.epoch = Some(epoch);
+        // The tables' OIDs, recorded before anything is read: a rename from here on, even
+        // while capture is down mid-snapshot, is followed by them.
+        let changed = changed || state.oids != *oids;
+        state.oids.clone_from(oids);
         if changed {
             publisher.write_state(&state_json(&state)?).await?;
         }
@@ -587,13 +595,14 @@ impl PostgresCapture {
             let (mut publisher, acks) = Publisher::new(&self.transport, self.settings.clone(), start)?;
             publisher.prepare().await?;
             publisher.refuse_legacy_topics(&tables).await?;
+            let recorded = names::current_oids(&client, &names, &tables).await?;
             let state = self
                 .snapshot_if_needed(
                     &pg,
                     &params,
                     &tables,
                     &stopped,
-                    (loaded, &names),
+                    (loaded, &names, &recorded),
                     &resnapshot,
                     &partitions,
                     slot_state.created,
@@ -606,7 +615,6 @@ impl PostgresCapture {
                 return Ok(()); // shut down during the snapshot
             };
             let mut oids = HashMap::new();
-            let recorded = names::current_oids(&client, &names, &tables).await?;
             for (table, oid) in &recorded {
                 if let Some(t) = TableId::parse(table) {
                     oids.insert(*oid, t);
@@ -1340,9 +1348,23 @@ impl Stream<'_> {
             .expect("a watermark serializes")
         };
         let emit = "SELECT pg_logical_emit_message(false, $1, $2::text)";
-        self.client
+        // What the server refuses (a permission, a key that does not cast) refuses this
+        // request alone: capture reads the signal again after a restart, so failing would
+        // stop it over and over. A lost connection is capture's error as any other.
+        let refused = |what: &str, e: tokio_postgres::Error| match e.as_db_error() {
+            Some(db) => Ok(Err(format!("{what}: {}", db.message()))),
+            None => Err(CaptureError::from(e)),
+        };
+        if let Err(e) = self
+            .client
             .execute(emit, &[&reread::WATERMARK_PREFIX, &mark("low")])
-            .await?;
+            .await
+        {
+            return refused(
+                "cannot write the watermark (the user needs EXECUTE on pg_logical_emit_message)",
+                e,
+            );
+        }
         let sql = reread::select_sql(
             &format!("{}.{}", quote_ident(&now.namespace), quote_ident(&now.name)),
             &names,
@@ -1378,18 +1400,28 @@ impl Stream<'_> {
                 .await?
                 .get(0);
             let rows = self.client.query(&sql, &params).await?;
-            Ok::<_, CaptureError>((xip, rows))
+            Ok::<_, tokio_postgres::Error>((xip, rows))
         }
         .await;
         let end = self
             .client
             .batch_execute(if read.is_ok() { "COMMIT" } else { "ROLLBACK" })
             .await;
-        let (xip, rows) = read?;
+        let (xip, rows) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                end?;
+                return refused("cannot read the rows", e);
+            }
+        };
         end?;
-        self.client
+        if let Err(e) = self
+            .client
             .execute(emit, &[&reread::WATERMARK_PREFIX, &mark("high")])
-            .await?;
+            .await
+        {
+            return refused("cannot write the watermark", e);
+        }
         let found: Vec<Vec<Option<String>>> = rows
             .iter()
             .map(|r| (0..r.len()).map(|i| r.get(i)).collect())
