@@ -128,6 +128,8 @@ pub struct Window {
     pub absent: Vec<Vec<Datum>>,
     /// Rows and keys left out because a change touched them meanwhile.
     pub skipped: u64,
+    /// The positions of the table's key columns (looked at for every change in the window).
+    key_indices: Vec<usize>,
 }
 
 impl Window {
@@ -180,6 +182,7 @@ impl Window {
             rows,
             absent,
             skipped: 0,
+            key_indices,
         })
     }
 
@@ -187,8 +190,8 @@ impl Window {
         if self.codec.table.id != *table || !(self.open || self.in_progress.contains(&xid)) {
             return;
         }
-        let indices = self.codec.table.key_indices();
         let before = self.rows.len() + self.absent.len();
+        let indices = &self.key_indices;
         self.rows
             .retain(|r| !indices.iter().map(|i| &r[*i]).eq(key.iter().copied()));
         self.absent.retain(|k| !k.iter().eq(key.iter().copied()));
@@ -199,7 +202,7 @@ impl Window {
     /// under the default replica identity carries it).
     pub fn delete_image(&self, key: &[Datum]) -> Vec<Datum> {
         let mut row = vec![Datum::Null; self.codec.table.columns.len()];
-        for (i, v) in self.codec.table.key_indices().into_iter().zip(key) {
+        for (i, v) in self.key_indices.iter().copied().zip(key) {
             row[i] = v.clone();
         }
         row

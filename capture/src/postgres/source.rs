@@ -1438,6 +1438,16 @@ impl Stream<'_> {
         };
         // Another capture's, or one from before a restart (whose rows are gone).
         let Some(window) = self.rereads.window.as_mut().filter(|w| w.id == mark.id) else {
+            let ours = mark.id.strip_prefix(self.capture.config.slot.as_str());
+            // (`<slot>-<pid>-<n>`: another slot's name may start with this one's.)
+            let numbered = |rest: &str| {
+                rest.strip_prefix('-').is_some_and(|r| {
+                    r.split('-').count() == 2 && r.split('-').all(|p| p.parse::<u64>().is_ok())
+                })
+            };
+            if mark.mark == "high" && ours.is_some_and(numbered) {
+                warn!(window = %mark.id, "rows read again before capture restarted were not published; sluice verify reports them still different (run --repair again)");
+            }
             return Ok(());
         };
         if mark.mark == "low" {
