@@ -125,6 +125,8 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 ),
                 policy: config.schemas.policy(),
                 registry: registry.clone(),
+                apply_in_progress: mode == Mode::Local
+                    && config.local.as_ref().is_none_or(|l| l.apply_in_progress),
             };
             captures.push((name.clone(), source.clone(), settings));
         }

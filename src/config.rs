@@ -298,7 +298,7 @@ fn default_verify_parallel() -> usize {
 }
 
 /// `[local]`: local mode's settings.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
     /// Where local mode keeps what Kafka's control topics hold in Kafka mode: each source's
@@ -311,10 +311,29 @@ pub struct LocalConfig {
     /// beyond it (this bounds memory: a slow sink slows capture). Default 20000.
     #[serde(default = "default_local_max_in_flight")]
     pub max_in_flight: usize,
+    /// A large transaction a PostgreSQL source streams while it is in progress (`streaming`)
+    /// goes to the routers as it comes, and each PostgreSQL sink writes it into a transaction
+    /// of its own, held open and committed once the source committed and everything before it
+    /// reached the sink: the sink holds it moments after its commit instead of applying all of
+    /// it then. Nothing of it is visible at the sink before that. Whatever keeps a sink from
+    /// holding it (a MySQL/MariaDB sink, a session waiting for its row locks, a change the sink
+    /// refuses) only means it is applied after its commit, as with `false`. Default `true`.
+    #[serde(default = "default_true")]
+    pub apply_in_progress: bool,
 }
 
 fn default_local_max_in_flight() -> usize {
     20_000
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            state_dir: None,
+            max_in_flight: default_local_max_in_flight(),
+            apply_in_progress: true,
+        }
+    }
 }
 
 /// Which transport the processes of a config run on.

@@ -207,3 +207,287 @@ fn a_streamed_transaction_with_nothing_captured_in_it_commits_as_an_empty_one() 
     assert!(!log.contains("capture stopped"), "{log}");
     assert!(!log.contains("capture interrupted"), "{log}");
 }
+
+/// [`streaming`] in local mode (no broker): a streamed transaction is applied at the sink
+/// while in progress. On a cluster of its own: another test creating a slot on the shared one
+/// waits for every open transaction there — the sink's open one too, which then gives way.
+fn local_streaming(name: &str, sink_ddl: &str) -> Pipeline {
+    let p = Pipeline::postgres(SLUICE, name)
+        .local()
+        .own_postgres()
+        .ddl("CREATE TABLE public.big (id bigint PRIMARY KEY, who text NOT NULL, n int NOT NULL)")
+        .sink_ddl(sink_ddl)
+        .tables(&["public.big"])
+        .build();
+    let source = p.pg.name("source");
+    p.pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE {source} SET logical_decoding_work_mem = '64kB'"),
+    )
+    .unwrap();
+    p
+}
+
+const BIG: &str =
+    "CREATE TABLE public.big (id bigint PRIMARY KEY, who text NOT NULL, n int NOT NULL)";
+
+fn in_progress(sluice: &SluiceProcess, outcome: &str) -> f64 {
+    sluice.metric(
+        "sluice_router_provisional_transactions_total",
+        &[("sink", "warehouse"), ("outcome", outcome)],
+    )
+}
+
+/// Waits until `sql` at the sink answers `expected`.
+fn wait_sql(p: &Pipeline, sql: &str, expected: &str, timeout: Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let got = p.pg.psql("sink", sql).unwrap_or_default();
+        if got.trim() == expected {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{sql} at the sink answered {got:?}, not {expected}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn sink_count(p: &Pipeline) -> i64 {
+    p.pg.psql("sink", "SELECT count(*) FROM public.big")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn in_local_mode_a_large_transaction_is_written_while_in_progress_and_seen_only_with_its_commit() {
+    // Given a local-mode pipeline whose source streams transactions in progress,
+    let p = local_streaming("inprog", BIG);
+    let applies =
+        p.pg.log_applies("sink", "public.big", ("id", "bigint"), ("n", "int"))
+            .unwrap();
+    let sluice = p.run();
+    sluice.wait_for_log("starting replication", Duration::from_secs(60));
+
+    // when a large transaction writes, waits, and writes again while small transactions
+    // commit around it,
+    let open = session(
+        &p,
+        format!(
+            "BEGIN; {} SELECT pg_sleep(8); {} COMMIT;",
+            inserts("open", 1, 20_000),
+            inserts("open", 20_001, 10_000)
+        ),
+    );
+    let small =
+        p.pg.write_in_rounds("source", 40, Duration::from_millis(200), |round| {
+            format!(
+                "INSERT INTO public.big VALUES ({}, 'small', 0); \
+                 UPDATE public.big SET n = n + 1 WHERE who = 'small'",
+                900_000 + round
+            )
+        });
+    // then its rows are written into a sink transaction of their own while it is open,
+    sluice.wait_for_metric(
+        "sluice_sink_provisional_rows_total",
+        &[("sink", "warehouse")],
+        Duration::from_secs(30),
+        ">= 10000 (rows of the open transaction written at the sink)",
+        |v| v >= 10_000.0,
+    );
+    // none of them visible there (nor to the observer of the sink's writes) before the
+    // commit, while the small transactions arrive,
+    std::thread::sleep(Duration::from_secs(1));
+    let opened =
+        p.pg.psql(
+            "sink",
+            "SELECT count(*) FILTER (WHERE who = 'open'), count(*) FILTER (WHERE who = 'small') FROM public.big",
+        )
+        .unwrap();
+    let (open_rows, small_rows) = opened.trim().split_once('|').unwrap();
+    assert_eq!(
+        open_rows, "0",
+        "rows of a transaction still in progress were visible"
+    );
+    assert!(
+        small_rows.parse::<i64>().unwrap() > 0,
+        "small transactions wait for nothing"
+    );
+    open.join().unwrap();
+    small.join().unwrap();
+
+    // and after it the sink equals the source, each row version written once, the
+    // transaction committed at the sink as one (capture published nothing of it again).
+    p.wait_for_match(&sluice, &["public.big"], CONVERGE);
+    assert_eq!(sink_count(&p), 30_040);
+    assert_eq!(
+        applies.written_twice(),
+        "",
+        "rows written twice (id|n|times)"
+    );
+    assert_eq!(in_progress(&sluice, "committed"), 1.0, "{}", sluice.log());
+    assert_eq!(
+        sluice.metric(
+            "sluice_capture_in_progress_transactions_total",
+            &[("source", "pg_main"), ("outcome", "applied")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn in_local_mode_interleaved_transactions_in_progress_commit_in_order_and_rollbacks_leave_nothing()
+{
+    // Given a local-mode pipeline whose source streams transactions in progress,
+    let p = local_streaming("inprog_mix", BIG);
+    let applies =
+        p.pg.log_applies("sink", "public.big", ("id", "bigint"), ("n", "int"))
+            .unwrap();
+    let sluice = p.run();
+    sluice.wait_for_log("starting replication", Duration::from_secs(60));
+
+    // when `a` commits last, `b` rolls back a subtransaction (with one nested in it) and
+    // commits first, and `c` rolls back, all streamed at once — and a row `a` writes last was
+    // written by `b` first —
+    let a = session(
+        &p,
+        format!(
+            "BEGIN; {} SELECT pg_sleep(4); {} UPDATE public.big SET n = 7 WHERE id = 100001; COMMIT;",
+            inserts("a", 1, 20_000),
+            inserts("a", 20_001, 10_000)
+        ),
+    );
+    let b = session(
+        &p,
+        format!(
+            "BEGIN; {} SAVEPOINT s; {} SAVEPOINT t; {} RELEASE SAVEPOINT t; ROLLBACK TO SAVEPOINT s; \
+             SAVEPOINT u; {} RELEASE SAVEPOINT u; SELECT pg_sleep(1); {} COMMIT;",
+            inserts("b", 100_001, 20_000),
+            inserts("rolled back", 130_001, 5_000),
+            inserts("rolled back", 140_001, 5_000),
+            inserts("b", 150_001, 2_000),
+            inserts("b", 120_001, 5_000)
+        ),
+    );
+    let c = session(
+        &p,
+        format!(
+            "BEGIN; {} SELECT pg_sleep(1); ROLLBACK;",
+            inserts("c", 200_001, 20_000)
+        ),
+    );
+    for s in [a, b, c] {
+        s.join().unwrap();
+    }
+
+    // then the sink equals the source, each row version written once,
+    p.wait_for_match(&sluice, &["public.big"], CONVERGE);
+    assert_eq!(sink_count(&p), 57_000);
+    assert_eq!(
+        applies.written_twice(),
+        "",
+        "rows written twice (id|n|times)"
+    );
+    let n =
+        p.pg.psql("sink", "SELECT n FROM public.big WHERE id = 100001")
+            .unwrap();
+    assert_eq!(n.trim(), "7", "`a`'s update, after `b`'s insert");
+    // and the two committed ones were held open at the sink, the rolled-back one let go.
+    assert_eq!(in_progress(&sluice, "committed"), 2.0, "{}", sluice.log());
+    assert!(in_progress(&sluice, "aborted") >= 1.0, "{}", sluice.log());
+}
+
+#[test]
+fn in_local_mode_a_kill_while_a_transaction_is_written_in_progress_loses_and_doubles_nothing() {
+    // Given a local-mode pipeline writing a large open transaction at the sink,
+    let p = local_streaming("inprog_kill", BIG);
+    let applies =
+        p.pg.log_applies("sink", "public.big", ("id", "bigint"), ("n", "int"))
+            .unwrap();
+    let mut sluice = p.run();
+    sluice.wait_for_log("starting replication", Duration::from_secs(60));
+    p.source(&inserts("before", 1, 1_000));
+    let open = session(
+        &p,
+        format!(
+            "BEGIN; {} SELECT pg_sleep(6); {} COMMIT;",
+            inserts("open", 10_001, 20_000),
+            inserts("open", 30_001, 10_000)
+        ),
+    );
+    sluice.wait_for_metric(
+        "sluice_sink_provisional_rows_total",
+        &[("sink", "warehouse")],
+        Duration::from_secs(30),
+        "> 0 (rows of the open transaction written at the sink)",
+        |v| v > 0.0,
+    );
+
+    // when the process is killed -9 then, the transaction commits while it is down, and it
+    // starts again,
+    sluice.kill9();
+    open.join().unwrap();
+    p.source("UPDATE public.big SET n = 1 WHERE id % 100 = 0");
+    let sluice = p.run();
+
+    // then the sink equals the source and no row version was written twice.
+    p.wait_for_match(&sluice, &["public.big"], CONVERGE);
+    assert_eq!(
+        applies.written_twice(),
+        "",
+        "rows written twice (id|n|times)"
+    );
+}
+
+#[test]
+fn in_local_mode_a_transaction_in_progress_that_blocks_the_sink_is_let_go_and_applied_after_its_commit(
+) {
+    // Given a sink with a unique index the source does not have,
+    let p = local_streaming(
+        "inprog_block",
+        &format!("{BIG}; CREATE UNIQUE INDEX big_n_once ON public.big (n) WHERE n > 0"),
+    );
+    let sluice = p.run();
+    sluice.wait_for_log("starting replication", Duration::from_secs(60));
+
+    // when a large open transaction writes n = 7, and a transaction committed meanwhile writes
+    // n = 7 too (at the sink it would wait for the open one's commit, which waits for it),
+    let open = session(
+        &p,
+        format!(
+            "BEGIN; INSERT INTO public.big VALUES (1, 'open', 7); {} SELECT pg_sleep(6); {} COMMIT;",
+            inserts("open", 10_001, 20_000),
+            inserts("open", 30_001, 10_000)
+        ),
+    );
+    sluice.wait_for_metric(
+        "sluice_sink_provisional_rows_total",
+        &[("sink", "warehouse")],
+        Duration::from_secs(30),
+        "> 0 (rows of the open transaction written at the sink)",
+        |v| v > 0.0,
+    );
+    p.source("INSERT INTO public.big VALUES (2, 'committed first', 7)");
+
+    // then the sink's transaction of the open one is rolled back so the other goes on, and
+    // the open one is applied after its commit — its row the sink refuses dead-lettered, the
+    // rest there: nothing lost, nothing in a deadlock.
+    let dead_letters = p.dir.path().join("state").join("dead-letters.jsonl");
+    wait_sql(
+        &p,
+        "SELECT count(*) FROM public.big WHERE id = 2",
+        "1",
+        Duration::from_secs(30),
+    );
+    open.join().unwrap();
+    wait_sql(&p, "SELECT count(*) FROM public.big", "30001", CONVERGE);
+    assert_eq!(in_progress(&sluice, "abandoned"), 1.0, "{}", sluice.log());
+    assert_eq!(in_progress(&sluice, "committed"), 0.0);
+    let letters = std::fs::read_to_string(&dead_letters).unwrap_or_default();
+    assert_eq!(letters.lines().count(), 1, "{letters}");
+    assert!(letters.contains("rejected_by_sink"), "{letters}");
+    assert!(sluice.log().contains("waited"), "the reason is logged");
+}

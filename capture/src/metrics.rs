@@ -50,6 +50,11 @@ pub const SPILLED_BYTES_TOTAL: &str = "sluice_capture_spilled_bytes_total";
 /// and `outcome` (`committed`: published at their commit; `aborted`: dropped, nothing of them
 /// published).
 pub const STREAMED_TRANSACTIONS_TOTAL: &str = "sluice_capture_streamed_transactions_total";
+/// Local mode: streamed transactions whose changes went to the routers while in progress,
+/// labels `source` and `outcome` (`applied`: every sink committed them with their commit, so
+/// nothing more was published; `after_commit`: published at their commit as usual instead — a
+/// sink could not hold them, or capture could not vouch for them; logged with the reason).
+pub const IN_PROGRESS_TRANSACTIONS_TOTAL: &str = "sluice_capture_in_progress_transactions_total";
 /// Table schema versions registered (schema topic or registry), label `source`.
 pub const SCHEMAS_PUBLISHED_TOTAL: &str = "sluice_capture_schemas_published_total";
 /// New table schema versions refused by the compatibility policy, labels `source`, `table`.
@@ -109,6 +114,11 @@ pub fn describe() {
         HELD_BYTES,
         Unit::Bytes,
         "Memory held by changes of open transactions waiting for their commit"
+    );
+    describe_counter!(
+        IN_PROGRESS_TRANSACTIONS_TOTAL,
+        Unit::Count,
+        "Streamed transactions handed to the routers while in progress, by outcome"
     );
     describe_counter!(
         STREAMED_TRANSACTIONS_TOTAL,

@@ -81,11 +81,19 @@ pub struct PublisherSettings {
     /// Where schemas are registered: a Confluent Schema Registry (Confluent framing), or
     /// without one the schema topic (single-object framing).
     pub registry: Option<Arc<Registry>>,
+    /// Local mode: hand the changes of a transaction the source streams while in progress to
+    /// the routers as they come, for their sinks to apply into a transaction held open until
+    /// it commits (`[local] apply_in_progress`).
+    pub apply_in_progress: bool,
 }
 
 /// A delivery opaque with this bit set is a control record (state, schema) whose sender waits
 /// for its own acknowledgement; otherwise it is an event's epoch.
 const CONTROL: usize = 1 << (usize::BITS - 1);
+
+/// The delivery opaque of a change of a transaction still in progress (local mode): it
+/// belongs to no epoch, and its permit comes back once a router took it.
+const IN_PROGRESS: usize = 1 << (usize::BITS - 2);
 
 /// What closes an epoch.
 enum Close {
@@ -210,6 +218,10 @@ impl Tracker {
 
     /// From the producer's delivery callback (librdkafka's thread).
     fn delivered(&self, opaque: usize, error: Option<String>) {
+        if opaque == IN_PROGRESS {
+            self.permits.add_permits(1);
+            return;
+        }
         let mut t = self.lock();
         if opaque & CONTROL != 0 {
             if let Some(done) = t.controls.remove(&opaque) {
@@ -1055,6 +1067,146 @@ impl Publisher {
             return Err(CaptureError::Kafka(message));
         }
         Ok(())
+    }
+
+    /// The position header's value: the epoch's prefix, then the position, in hex.
+    fn position_hex(&self, position: &sluice_schemas::Position) -> Vec<u8> {
+        let mut out = self
+            .prefix_hex(position)
+            .map(|p| p.to_vec())
+            .unwrap_or_default();
+        out.extend_from_slice(position.to_hex().as_bytes());
+        out
+    }
+
+    /// Whether changes of transactions in progress go to the routers as they come (local
+    /// mode, `[local] apply_in_progress`).
+    pub fn applies_in_progress(&self) -> bool {
+        self.settings.apply_in_progress && matches!(self.wire, Wire::Local { .. })
+    }
+
+    fn local(&self) -> Result<(&Arc<Local>, &sluice_connect::local::Report), CaptureError> {
+        match &self.wire {
+            Wire::Local { local, report } => Ok((local, report)),
+            Wire::Kafka { .. } => Err(CaptureError::Definite(
+                "a transaction in progress is handed over only in local mode".into(),
+            )),
+        }
+    }
+
+    /// Publishes a change of a transaction still in progress (local mode), with its
+    /// [`sluice_connect::headers::PROVISIONAL_HEADER`] `note`: it takes an in-flight permit
+    /// until a router takes it, and belongs to no epoch (the transaction's commit marker is
+    /// what capture waits for). Returns its topic.
+    pub async fn publish_in_progress(
+        &mut self,
+        codec: &EnvelopeCodec,
+        event: &ChangeEvent,
+        note: &[u8],
+    ) -> Result<&str, CaptureError> {
+        self.prepare_table(codec).await?;
+        let out = &self.tables[&codec.value_fingerprint];
+        let key = codec.encode_key(event, &out.key_header)?;
+        let now_us = sluice_schemas::event::unix_now_us();
+        let value = codec.encode_value(event, now_us, &out.value_header)?;
+        let position = self.position_hex(&event.position);
+        self.tracker
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| CaptureError::Kafka("the publisher stopped".into()))?
+            .forget();
+        let (local, report) = self.local()?;
+        let headers = vec![
+            (POSITION_HEADER, position),
+            (sluice_connect::headers::PROVISIONAL_HEADER, note.to_vec()),
+        ];
+        if let Err(e) = local.publish(
+            &out.topic,
+            key.as_deref(),
+            Some(&value),
+            headers,
+            now_us.div_euclid(1000),
+            IN_PROGRESS,
+            report.clone(),
+        ) {
+            self.tracker.permits.add_permits(1);
+            return Err(CaptureError::Definite(e));
+        }
+        Ok(&out.topic)
+    }
+
+    /// Publishes a rollback `note` of a transaction in progress (or of a subtransaction of
+    /// it) on each of `topics`, in order with its changes.
+    pub async fn publish_in_progress_note(
+        &self,
+        topics: &std::collections::BTreeSet<String>,
+        note: &[u8],
+    ) -> Result<(), CaptureError> {
+        for topic in topics {
+            self.tracker
+                .permits
+                .acquire()
+                .await
+                .map_err(|_| CaptureError::Kafka("the publisher stopped".into()))?
+                .forget();
+            let (local, report) = self.local()?;
+            let headers = vec![(sluice_connect::headers::PROVISIONAL_HEADER, note.to_vec())];
+            let now_ms = sluice_schemas::event::unix_now_us().div_euclid(1000);
+            if let Err(e) = local.publish(
+                topic,
+                None,
+                None,
+                headers,
+                now_ms,
+                IN_PROGRESS,
+                report.clone(),
+            ) {
+                self.tracker.permits.add_permits(1);
+                return Err(CaptureError::Definite(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes a committed transaction's commit marker on each of `topics` (local mode),
+    /// together — nothing comes between them in any router's feed — each taking an offset,
+    /// with the commit's `position`. Each receiver hears whether every router of its topic
+    /// committed the transaction at its sink.
+    pub fn publish_commit_markers(
+        &self,
+        topics: &std::collections::BTreeSet<String>,
+        position: &sluice_schemas::Position,
+        marker: &[u8],
+    ) -> Result<Vec<tokio::sync::oneshot::Receiver<Result<(), String>>>, CaptureError> {
+        let (local, report) = self.local()?;
+        let position = self.position_hex(position);
+        let now_ms = sluice_schemas::event::unix_now_us().div_euclid(1000);
+        let mut waits = Vec::with_capacity(topics.len());
+        let mut outgoing = Vec::with_capacity(topics.len());
+        for topic in topics {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            waits.push(wait);
+            outgoing.push(sluice_connect::local::Outgoing {
+                topic,
+                key: None,
+                payload: None,
+                headers: vec![
+                    (POSITION_HEADER, position.clone()),
+                    (
+                        sluice_connect::headers::PROVISIONAL_COMMIT_HEADER,
+                        marker.to_vec(),
+                    ),
+                ],
+                timestamp_ms: now_ms,
+                opaque: self.tracker.open_control(done),
+                report: report.clone(),
+            });
+        }
+        local
+            .publish_together(outgoing)
+            .map_err(CaptureError::Definite)?;
+        Ok(waits)
     }
 
     /// Marks `lsn` as confirmable once every event published before it is acknowledged.

@@ -29,6 +29,17 @@ pub const PARTITION: i32 = -1;
 /// it was published with.
 pub type Report = Arc<dyn Fn(usize, Option<String>) + Send + Sync>;
 
+/// A message to publish (see [`Local::publish`]).
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub headers: Vec<(&'static str, Vec<u8>)>,
+    pub timestamp_ms: i64,
+    pub opaque: usize,
+    pub report: Report,
+}
+
 /// One published change message.
 pub struct LocalMessage {
     pub topic: Arc<str>,
@@ -47,6 +58,14 @@ struct Delivery {
 }
 
 impl LocalMessage {
+    /// Whether it belongs to a transaction still in progress at the source (no offset; see
+    /// [`crate::headers::PROVISIONAL_HEADER`]).
+    pub fn in_progress(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(k, _)| *k == crate::headers::PROVISIONAL_HEADER)
+    }
+
     /// A subscriber committed it (its sink has it).
     pub fn committed(&self) {
         self.settle(None);
@@ -154,22 +173,58 @@ impl Local {
         report: Report,
     ) -> Result<(), String> {
         let routes = lock(&self.routes);
-        let Some(route) = routes.get(topic).filter(|r| !r.subscribers.is_empty()) else {
-            return Err(format!(
-                "no router in this process takes {topic}: a local-mode capture publishes only \
-                 to the routers `sluice run` starts beside it (check router.topics)"
-            ));
-        };
-        let message = Arc::new(LocalMessage {
-            topic: route.name.clone(),
-            key: key.map(<[u8]>::to_vec),
-            payload: payload.map(<[u8]>::to_vec),
-            headers,
-            timestamp_ms,
-            delivery: Delivery {
-                remaining: AtomicUsize::new(route.subscribers.len()),
+        Self::hand_over(
+            &routes,
+            Outgoing {
+                topic,
+                key,
+                payload,
+                headers,
+                timestamp_ms,
                 opaque,
                 report,
+            },
+        )
+    }
+
+    /// Publishes `messages` as one: in every router's feed they follow each other, with no
+    /// other message between them (a transaction's commit markers, see
+    /// [`crate::headers::CommitMarker`]). Every topic is checked before any is sent.
+    pub fn publish_together(&self, messages: Vec<Outgoing<'_>>) -> Result<(), String> {
+        let routes = lock(&self.routes);
+        for m in &messages {
+            Self::route(&routes, m.topic)?;
+        }
+        for m in messages {
+            Self::hand_over(&routes, m)?;
+        }
+        Ok(())
+    }
+
+    fn route<'r>(routes: &'r HashMap<String, Route>, topic: &str) -> Result<&'r Route, String> {
+        routes
+            .get(topic)
+            .filter(|r| !r.subscribers.is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "no router in this process takes {topic}: a local-mode capture publishes only \
+                     to the routers `sluice run` starts beside it (check router.topics)"
+                )
+            })
+    }
+
+    fn hand_over(routes: &HashMap<String, Route>, m: Outgoing<'_>) -> Result<(), String> {
+        let route = Self::route(routes, m.topic)?;
+        let message = Arc::new(LocalMessage {
+            topic: route.name.clone(),
+            key: m.key.map(<[u8]>::to_vec),
+            payload: m.payload.map(<[u8]>::to_vec),
+            headers: m.headers,
+            timestamp_ms: m.timestamp_ms,
+            delivery: Delivery {
+                remaining: AtomicUsize::new(route.subscribers.len()),
+                opaque: m.opaque,
+                report: m.report,
             },
         });
         for tx in &route.subscribers {

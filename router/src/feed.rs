@@ -46,6 +46,11 @@ pub(crate) trait Feed: Send + Sync {
     fn is_idle(&self) -> bool {
         false
     }
+
+    /// Tells the publisher that the message at `offset` will not be acted on as it asked
+    /// (local mode: a transaction's commit marker whose in-progress transaction the sink does
+    /// not hold, see `provisional.rs`); the message itself is still consumed in order.
+    fn refuse(&self, _topic: &str, _offset: i64, _why: &str) {}
 }
 
 impl Feed for StreamConsumer<LagContext> {
@@ -110,6 +115,9 @@ struct LocalState {
     topics: Vec<LocalTopic>,
     by_name: HashMap<String, usize>,
     arrivals: u64,
+    /// Messages of transactions still in progress at the source: no offset, never paused,
+    /// handed out in arrival order among the others and settled as they are.
+    lane: VecDeque<(u64, Arc<LocalMessage>)>,
 }
 
 /// Local mode's feed: one router's subscription to this process's captures. Each topic is
@@ -145,6 +153,7 @@ impl LocalFeed {
                 topics,
                 by_name,
                 arrivals: 0,
+                lane: VecDeque::new(),
             }),
         }
     }
@@ -158,12 +167,22 @@ impl LocalFeed {
     /// The kept message to hand out next, advancing its topic's cursor.
     fn next_kept(&self) -> Option<OwnedMessage> {
         let mut s = self.state();
-        let (i, _) = s
+        let next = s
             .topics
             .iter()
             .enumerate()
             .filter_map(|(i, t)| t.next_arrival().map(|a| (i, a)))
-            .min_by_key(|(_, a)| *a)?;
+            .min_by_key(|(_, a)| *a);
+        if let Some(&(arrival, _)) = s.lane.front() {
+            if next.is_none_or(|(_, a)| arrival < a) {
+                let (_, message) = s.lane.pop_front()?;
+                drop(s);
+                // Taken: capture may send the next (its in-flight bound).
+                message.committed();
+                return Some(owned(&message, -1));
+            }
+        }
+        let (i, _) = next?;
         let t = &mut s.topics[i];
         let offset = t.cursor;
         let message = t.kept[(offset - t.first) as usize].1.clone();
@@ -175,6 +194,10 @@ impl LocalFeed {
         let mut s = self.state();
         s.arrivals += 1;
         let arrival = s.arrivals;
+        if message.in_progress() {
+            s.lane.push_back((arrival, message));
+            return;
+        }
         let Some(&i) = s.by_name.get(&*message.topic) else {
             // Not subscribed (cannot happen: the transport sends only subscribed topics).
             message.abandoned("the router does not take this topic");
@@ -232,6 +255,9 @@ impl Drop for LocalFeed {
             for (_, m) in &t.kept {
                 m.abandoned("the router stopped before its sink committed it");
             }
+        }
+        for (_, m) in &s.lane {
+            m.abandoned("the router stopped");
         }
     }
 }
@@ -324,12 +350,23 @@ impl Feed for LocalFeed {
         Vec::new()
     }
 
+    fn refuse(&self, topic: &str, offset: i64, why: &str) {
+        let s = self.state();
+        if let Some(&i) = s.by_name.get(topic) {
+            let t = &s.topics[i];
+            if let Some((_, m)) = usize::try_from(offset - t.first)
+                .ok()
+                .and_then(|i| t.kept.get(i))
+            {
+                m.abandoned(why);
+            }
+        }
+    }
+
     fn is_idle(&self) -> bool {
-        let deliverable = self
-            .state()
-            .topics
-            .iter()
-            .any(|t| t.next_arrival().is_some());
+        let s = self.state();
+        let deliverable = !s.lane.is_empty() || s.topics.iter().any(|t| t.next_arrival().is_some());
+        drop(s);
         !deliverable && self.rx.try_lock().is_ok_and(|rx| rx.is_empty())
     }
 }

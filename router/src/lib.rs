@@ -18,6 +18,7 @@ pub mod mapper;
 pub mod metrics;
 mod outage;
 mod pending;
+mod provisional;
 mod reading;
 pub mod router;
 pub mod schemas;

@@ -205,6 +205,19 @@ impl Mapper {
         self.files.len()
     }
 
+    /// Whether a scheme of `table` reads the commit time (`source.ts_ms`), which a change of
+    /// a transaction still in progress does not have yet.
+    pub fn reads_commit_time(&self, table: &TableId) -> bool {
+        self.by_source.get(table).is_some_and(|schemes| {
+            schemes.iter().any(|s| {
+                s.filter
+                    .iter()
+                    .chain(s.fields.iter().filter_map(|f| f.expr.as_ref()))
+                    .any(|e| e.source.contains("ts_ms"))
+            })
+        })
+    }
+
     /// Maps one decoded change of `table` (its writer schema). Several schemes may map one
     /// source table into several targets; a change one of them rejects is reported (to be
     /// dead-lettered) while the others' changes stand. A scheme that does not fit this

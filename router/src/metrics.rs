@@ -46,7 +46,18 @@ pub const LAST_SOURCE_TS_SECONDS: &str = "sluice_router_last_applied_source_time
 /// the bottleneck; near 0, consuming and decoding are.
 pub const SINK_WAIT_SECONDS: &str = "sluice_router_sink_wait_seconds";
 
+/// Transactions applied at the sink while still in progress at the source (local mode), by
+/// how they ended, labels `sink` and `outcome`: `committed` (at their commit, with everything
+/// before them), `replayed` (the sink had them: rolled back), `aborted` (at the source),
+/// `abandoned` (rolled back, and applied after their commit instead; logged with the reason).
+pub const PROVISIONAL_TRANSACTIONS_TOTAL: &str = "sluice_router_provisional_transactions_total";
+
 pub fn describe() {
+    describe_counter!(
+        PROVISIONAL_TRANSACTIONS_TOTAL,
+        Unit::Count,
+        "Transactions applied at the sink while in progress at the source, by outcome"
+    );
     describe_histogram!(
         SINK_WAIT_SECONDS,
         Unit::Seconds,

@@ -16,7 +16,7 @@ use sluice_schemas::TableId;
 use sluice_sinks::{Batch, Origin, Sink, SinkChange, SinkError};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, info_span, warn, Instrument};
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::applier::{Applier, Attempt};
 use crate::dead_letter::DeadLetters;
@@ -28,6 +28,7 @@ use crate::mapper::Mapper;
 use crate::metrics as m;
 use crate::outage::Outage;
 use crate::pending::{consumed_list, move_partitions, owned, Pending, Raw};
+use crate::provisional::{InProgress, Open, TxKey};
 use crate::reading::{Admit, Reading};
 use crate::schemas::SchemaStore;
 use crate::topics;
@@ -96,6 +97,9 @@ pub struct Router<S: Sink> {
     reading: Reading,
     /// Local mode: the subscription made before captures started (else made at the start).
     subscription: Option<sluice_connect::local::Subscription>,
+    /// Local mode with a sink that can hold them: the source transactions applied while in
+    /// progress (see `provisional.rs`).
+    in_progress: Option<InProgress>,
 }
 
 /// What became of one consumed message.
@@ -129,6 +133,7 @@ impl<S: Sink + 'static> Router<S> {
             holds: Holds::default(),
             reading: Reading::default(),
             subscription: None,
+            in_progress: None,
         }
     }
 
@@ -260,6 +265,7 @@ impl<S: Sink + 'static> Router<S> {
             stored.push((topic, last));
         }
         let feed = LocalFeed::new(rx, stored);
+        self.in_progress = self.applier.sink().opener().map(InProgress::new);
         info!(topics = ?self.settings.topics, state = %local.dir().display(), "local mode: reading this process's captures");
         self.settings.liveness.set_connected("sink", true);
         let dlq = DeadLetters::new(&self.transport, &self.settings.dead_letter_topic)?;
@@ -372,6 +378,12 @@ impl<S: Sink + 'static> Router<S> {
                         }
                         let (topic, consumed) = &topics[msg.topic()];
                         let topic = topic.clone();
+                        if let Some(note) = sluice_connect::headers::in_progress(&msg) {
+                            // A change of a transaction still in progress at the source (local
+                            // mode): no offset; into that transaction's own at the sink.
+                            self.in_progress_message(consumer, dlq, &mut pending, &mut schemas, shutdown, &msg, topic, note).await?;
+                            continue;
+                        }
                         for (t, p) in consumer.take_revoked() {
                             self.forget_partition(&t, p);
                         }
@@ -409,6 +421,19 @@ impl<S: Sink + 'static> Router<S> {
                                 continue;
                             }
                             Admit::Take => {}
+                        }
+                        let marker = sluice_connect::headers::commit_marker(&msg);
+                        self.markers_interrupted(consumer, marker.as_ref(), &mut pending);
+                        if let Some(marker) = marker {
+                            if self.in_progress_commit(consumer, dlq, &mut pending, shutdown, &msg, &topic, marker).await? {
+                                if !pending.is_empty() && deadline.is_none() {
+                                    deadline = Some(Box::pin(tokio::time::sleep(self.settings.batch.max_delay)));
+                                    self.settings.liveness.set_pending(true);
+                                }
+                                continue;
+                            }
+                            // Not held here: consumed in order like any message without a
+                            // payload.
                         }
                         consumed.increment(1);
                         since_yield += 1;
@@ -761,6 +786,429 @@ impl<S: Sink + 'static> Router<S> {
                 Ok(Handled::Taken)
             }
         }
+    }
+
+    /// Everything consumed so far is in the sink (the apply in flight settled, the batch
+    /// collected applied), so a transaction in progress may write after it.
+    async fn flush_all(
+        &mut self,
+        consumer: &impl Feed,
+        dlq: &DeadLetters,
+        pending: &mut Pending,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RouterError> {
+        self.settle_inflight(consumer, dlq, pending, shutdown)
+            .await?;
+        if !pending.is_empty() {
+            let batch = std::mem::replace(pending, Pending::new());
+            self.flush(consumer, dlq, batch, None, shutdown).await?;
+        }
+        Ok(())
+    }
+
+    /// A message of a transaction still in progress at the source: a change, written into
+    /// the sink transaction held open for it (opened at its first), or the rollback of it or
+    /// of a subtransaction. A sink that cannot hold one ignores them: the transaction's
+    /// commit marker is then refused and capture publishes it after its commit.
+    #[allow(clippy::too_many_arguments)]
+    async fn in_progress_message(
+        &mut self,
+        consumer: &impl Feed,
+        dlq: &DeadLetters,
+        pending: &mut Pending,
+        schemas: &mut SchemaStore,
+        shutdown: &CancellationToken,
+        msg: &impl Message,
+        topic: Arc<str>,
+        note: sluice_connect::headers::InProgress,
+    ) -> Result<(), RouterError> {
+        let sink = self.settings.sink_name.clone();
+        let Some(state) = self.in_progress.as_mut() else {
+            return Ok(());
+        };
+        let stale = state.session(&note.source, note.session);
+        if stale > 0 {
+            info!(source = %note.source, transactions = stale, "capture restarted: the transactions it had in progress are rolled back here and read again");
+        }
+        let key: TxKey = (note.source.clone(), note.xid);
+        if note.abort {
+            if note.subxid == note.xid {
+                if state.open.remove(&key).is_some() {
+                    metrics::counter!(m::PROVISIONAL_TRANSACTIONS_TOTAL, "sink" => sink, "outcome" => "aborted").increment(1);
+                }
+                return Ok(());
+            }
+            let rolls_back = state.open.get_mut(&key).is_some_and(|open| {
+                open.failed.is_none()
+                    && open.aborted.insert(note.subxid)
+                    && open.savepoints.contains(&note.subxid)
+            });
+            if rolls_back {
+                // What was collected goes in first: the rollback takes it too when it is the
+                // subtransaction's (or one inside it).
+                self.send_in_progress(consumer, dlq, pending, shutdown, &key)
+                    .await?;
+                self.step(
+                    &key,
+                    sluice_sinks::provisional::Step::RollBackTo(note.subxid),
+                )
+                .await;
+            }
+            return Ok(());
+        }
+        if !state.open.contains_key(&key) {
+            let opened = state
+                .opener
+                .open()
+                .await
+                .map_err(|e| format!("cannot open a transaction at the sink for it: {e}"));
+            debug!(source = %note.source, xid = note.xid, "a transaction in progress at the source is applied as it comes");
+            state.open.insert(key.clone(), Open::new(note.xid, opened));
+        }
+        if self
+            .holds
+            .paused_on_purpose()
+            .contains(&(topic.clone(), msg.partition()))
+        {
+            self.give_up(&key, format!("its table's topic {topic} is held"));
+            return Ok(());
+        }
+        if self.open(&key).is_none_or(|o| o.failure().is_some()) {
+            return Ok(());
+        }
+        let Some(payload) = msg.payload() else {
+            return Ok(());
+        };
+        let position = sluice_connect::headers::position(msg);
+        let mapped = match (schemas.resolve(payload).await, position) {
+            (Ok(Ok((decoder, datum))), Some(position)) => match decoder.decode(datum) {
+                Ok(event) => {
+                    let table = decoder.table.clone();
+                    if self.mapper.reads_commit_time(&table.id) {
+                        Err(format!("a mapping scheme of {} reads source.ts_ms, which is known only at the commit", table.id))
+                    } else {
+                        match self.mapper.map(&table, event) {
+                            Ok((rows, None)) => Ok((rows, position)),
+                            Ok((_, Some(r))) => {
+                                Err(format!("a scheme refused a change: {}", r.detail))
+                            }
+                            Err(m) => Err(format!("a scheme does not fit: {}", m.detail)),
+                        }
+                    }
+                }
+                Err(e) => Err(format!("undecodable: {e}")),
+            },
+            (Ok(Err(u)), _) => Err(format!("undecodable: {}", u.detail)),
+            (Err(e), _) => Err(format!("its writer schema could not be read: {e}")),
+            (_, None) => Err("a change without a position".to_string()),
+        };
+        let (rows, position) = match mapped {
+            Ok(m) => m,
+            Err(why) => {
+                // Its change after the commit takes the usual path (dead letter and all).
+                self.give_up(&key, why);
+                return Ok(());
+            }
+        };
+        let subxid = note.subxid;
+        let cut = self
+            .open(&key)
+            .is_some_and(|o| o.pending_subxid != subxid && !o.pending.is_empty());
+        if cut {
+            self.send_in_progress(consumer, dlq, pending, shutdown, &key)
+                .await?;
+        }
+        let needs_savepoint = self.open(&key).is_some_and(|o| {
+            o.failed.is_none()
+                && o.pending_subxid != subxid
+                && subxid != note.xid
+                && o.savepoints.insert(subxid)
+        });
+        if needs_savepoint {
+            self.step(&key, sluice_sinks::provisional::Step::Savepoint(subxid))
+                .await;
+        }
+        let max_rows = self.settings.batch.max_rows;
+        let full = {
+            let Some(open) = self.open(&key).filter(|o| o.failed.is_none()) else {
+                return Ok(());
+            };
+            open.pending_subxid = subxid;
+            open.topics.insert(topic.clone());
+            let offset = open.next_offset;
+            open.next_offset += 1;
+            for row in rows {
+                open.pending.push(SinkChange {
+                    row,
+                    position: position.clone(),
+                    origin: Origin {
+                        topic: topic.clone(),
+                        partition: msg.partition(),
+                        offset,
+                    },
+                    barrier: None,
+                });
+            }
+            open.pending.len() >= max_rows
+        };
+        if full {
+            self.send_in_progress(consumer, dlq, pending, shutdown, &key)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn open(&mut self, key: &TxKey) -> Option<&mut Open> {
+        self.in_progress.as_mut()?.open.get_mut(key)
+    }
+
+    fn give_up(&mut self, key: &TxKey, why: String) {
+        if let Some(open) = self.open(key) {
+            if open.failed.is_none() {
+                info!(source = %key.0, xid = key.1, reason = %why, "a transaction in progress is no longer applied as it comes; it is applied after its commit");
+            }
+            open.fail(why);
+        }
+    }
+
+    /// Hands an open transaction's worker a step; a worker that stopped gives it up.
+    async fn step(&mut self, key: &TxKey, step: sluice_sinks::provisional::Step) {
+        let Some(open) = self.open(key) else { return };
+        let sent = match &open.handle {
+            Some(h) => h.send(step).await,
+            None => return,
+        };
+        if !sent {
+            let why = open
+                .failure()
+                .unwrap_or_else(|| "its sink transaction ended".to_string());
+            open.fail(why);
+        }
+    }
+
+    /// Sends what was collected for an open transaction to its worker, once everything
+    /// consumed before it is in the sink: a change of a transaction committed earlier at the
+    /// source comes before it in the stream, and must be applied first (the row locks of the
+    /// open transaction would otherwise put it after).
+    async fn send_in_progress(
+        &mut self,
+        consumer: &impl Feed,
+        dlq: &DeadLetters,
+        pending: &mut Pending,
+        shutdown: &CancellationToken,
+        key: &TxKey,
+    ) -> Result<(), RouterError> {
+        let Some(open) = self.open(key) else {
+            return Ok(());
+        };
+        if open.failure().is_some() || open.pending.is_empty() {
+            return Ok(());
+        }
+        let changes = std::mem::take(&mut open.pending);
+        self.flush_all(consumer, dlq, pending, shutdown).await?;
+        // Applying them may have blocked a table of it: its held changes would then come
+        // after.
+        let held = self.holds.paused_on_purpose();
+        let Some(open) = self.open(key) else {
+            return Ok(());
+        };
+        if let Some(t) = open
+            .topics
+            .iter()
+            .find(|t| held.contains(&((*t).clone(), sluice_connect::local::PARTITION)))
+        {
+            let why = format!("its table's topic {t} is held");
+            self.give_up(key, why);
+            return Ok(());
+        }
+        open.rows += changes.len();
+        self.step(key, sluice_sinks::provisional::Step::Apply(changes))
+            .await;
+        Ok(())
+    }
+
+    /// Transactions whose commit markers were coming in when another message came between
+    /// them (a marker's topic was paused): given up, their markers refused and consumed.
+    fn markers_interrupted(
+        &mut self,
+        consumer: &impl Feed,
+        current: Option<&sluice_connect::headers::CommitMarker>,
+        pending: &mut Pending,
+    ) {
+        let Some(state) = self.in_progress.as_mut() else {
+            return;
+        };
+        let current = current.map(|m| (m.source.clone(), m.xid));
+        let broken: Vec<TxKey> = state
+            .open
+            .iter()
+            .filter(|(k, o)| !o.markers.is_empty() && Some(*k) != current.as_ref())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in broken {
+            if let Some(open) = state.open.remove(&key) {
+                Self::abandon_markers(
+                    &self.settings.sink_name,
+                    consumer,
+                    &open.markers,
+                    "its commit markers were interrupted",
+                    pending,
+                );
+            }
+        }
+    }
+
+    /// Tells capture the transaction's markers are not held here (it publishes the
+    /// transaction after its commit), and consumes them in order.
+    fn abandon_markers(
+        sink: &str,
+        consumer: &impl Feed,
+        markers: &[Origin],
+        why: &str,
+        pending: &mut Pending,
+    ) {
+        for m in markers {
+            consumer.refuse(&m.topic, m.offset, why);
+            let entry = pending
+                .consumed
+                .entry((m.topic.clone(), m.partition))
+                .or_insert(m.offset);
+            *entry = (*entry).max(m.offset);
+        }
+        metrics::counter!(m::PROVISIONAL_TRANSACTIONS_TOTAL, "sink" => sink.to_string(), "outcome" => "abandoned").increment(1);
+    }
+
+    /// A transaction's commit marker (local mode): once this router has all of them (one per
+    /// topic of the transaction it reads), and everything before them is in the sink, the
+    /// open transaction commits with their offsets and the commit's position, and the markers
+    /// are delivered — which tells capture the sink has the transaction. Returns `false` when
+    /// the transaction is not held here: the marker is then refused (capture publishes the
+    /// transaction after it) and consumed like any message.
+    #[allow(clippy::too_many_arguments)]
+    async fn in_progress_commit(
+        &mut self,
+        consumer: &impl Feed,
+        dlq: &DeadLetters,
+        pending: &mut Pending,
+        shutdown: &CancellationToken,
+        msg: &impl Message,
+        topic: &Arc<str>,
+        marker: sluice_connect::headers::CommitMarker,
+    ) -> Result<bool, RouterError> {
+        let key: TxKey = (marker.source.clone(), marker.xid);
+        let here = Origin {
+            topic: topic.clone(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+        };
+        let sink = self.settings.sink_name.clone();
+        let current = self
+            .in_progress
+            .as_ref()
+            .and_then(|s| s.sessions.get(&marker.source))
+            .is_some_and(|s| *s == marker.session);
+        let failure = match self.open(&key) {
+            None => Some("the sink holds no transaction in progress for it".to_string()),
+            Some(_) if !current => {
+                Some("it was streamed by an earlier capture session".to_string())
+            }
+            Some(open) => open.failure(),
+        };
+        if let Some(why) = failure {
+            let mut markers = self
+                .in_progress
+                .as_mut()
+                .and_then(|s| s.open.remove(&key))
+                .map(|o| o.markers)
+                .unwrap_or_default();
+            markers.push(here);
+            Self::abandon_markers(&sink, consumer, &markers, &why, pending);
+            return Ok(true);
+        }
+        if self.open(&key).is_some_and(|o| o.markers.is_empty()) {
+            // The first: everything before it goes into the sink first.
+            self.flush_all(consumer, dlq, pending, shutdown).await?;
+            let held = self.holds.paused_on_purpose();
+            let blocked = marker.topics.iter().find(|t| {
+                self.settings.topics.contains(t)
+                    && held.contains(&(Arc::from(t.as_str()), msg.partition()))
+            });
+            if let Some(t) = blocked {
+                let why = format!("its table's topic {t} is held");
+                self.give_up(&key, why);
+                return Box::pin(
+                    self.in_progress_commit(consumer, dlq, pending, shutdown, msg, topic, marker),
+                )
+                .await;
+            }
+            self.send_in_progress(consumer, dlq, pending, shutdown, &key)
+                .await?;
+        }
+        let expected = marker
+            .topics
+            .iter()
+            .filter(|t| self.settings.topics.contains(t))
+            .count();
+        let Some(open) = self.open(&key) else {
+            return Ok(true);
+        };
+        open.markers.push(here);
+        open.expected = expected;
+        if open.markers.len() < expected {
+            return Ok(true);
+        }
+        let Some(position) = sluice_connect::headers::position(msg) else {
+            self.give_up(&key, "a commit marker without a position".into());
+            return Box::pin(
+                self.in_progress_commit(consumer, dlq, pending, shutdown, msg, topic, marker),
+            )
+            .await;
+        };
+        let (reply_tx, reply) = tokio::sync::oneshot::channel();
+        let ends = open.markers.clone();
+        self.step(
+            &key,
+            sluice_sinks::provisional::Step::Commit {
+                ends,
+                position,
+                reply: reply_tx,
+            },
+        )
+        .await;
+        let ended = reply
+            .await
+            .unwrap_or_else(|_| Err("its sink transaction ended".to_string()));
+        let Some(open) = self.in_progress.as_mut().and_then(|s| s.open.remove(&key)) else {
+            return Ok(true);
+        };
+        match ended {
+            Ok(sluice_sinks::provisional::Ended::Committed { rows }) => {
+                let mut tpl = TopicPartitionList::new();
+                for m in &open.markers {
+                    tpl.add_partition_offset(&m.topic, m.partition, Offset::Offset(m.offset + 1))?;
+                }
+                consumer.commit(&tpl)?;
+                self.settings.liveness.progressed();
+                metrics::counter!(m::PROVISIONAL_TRANSACTIONS_TOTAL, "sink" => sink, "outcome" => "committed").increment(1);
+                info!(source = %key.0, xid = key.1, rows, held_for = ?open.since.elapsed(), "a transaction applied while in progress committed at the sink with its source commit");
+            }
+            Ok(sluice_sinks::provisional::Ended::Replay) => {
+                // The sink has it: its markers are consumed, and delivered with that.
+                for m in &open.markers {
+                    let entry = pending
+                        .consumed
+                        .entry((m.topic.clone(), m.partition))
+                        .or_insert(m.offset);
+                    *entry = (*entry).max(m.offset);
+                }
+                metrics::counter!(m::PROVISIONAL_TRANSACTIONS_TOTAL, "sink" => sink, "outcome" => "replayed").increment(1);
+            }
+            Err(why) => {
+                info!(source = %key.0, xid = key.1, reason = %why, "a transaction applied while in progress could not commit; it is applied after its commit");
+                Self::abandon_markers(&sink, consumer, &open.markers, &why, pending);
+            }
+        }
+        Ok(true)
     }
 
     /// Waits for the apply in flight, if any, and settles it.

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod mysql;
 mod plan;
 pub mod postgres;
+pub mod provisional;
 mod skeleton;
 
 pub use error::SinkError;
@@ -168,6 +169,12 @@ pub trait Sink: Send {
         topic: &str,
         partition: i32,
     ) -> impl Future<Output = Result<Option<StoredProgress>, SinkError>> + Send;
+
+    /// What opens transactions applied while still in progress at the source
+    /// ([`provisional`]), for a sink that can hold one open beside its batches.
+    fn opener(&self) -> Option<postgres::Opener> {
+        None
+    }
 }
 
 /// Any configured sink, for a router that does not know its kind at compile time.
@@ -225,6 +232,15 @@ impl Sink for AnySink {
         match self {
             AnySink::Postgres(s) => s.progress(topic, partition).await,
             AnySink::Mysql(s) => s.progress(topic, partition).await,
+        }
+    }
+
+    /// PostgreSQL sinks hold provisional transactions; MySQL/MariaDB sinks take such a
+    /// transaction after its commit.
+    fn opener(&self) -> Option<postgres::Opener> {
+        match self {
+            AnySink::Postgres(s) => Some(s.opener()),
+            AnySink::Mysql(_) => None,
         }
     }
 }

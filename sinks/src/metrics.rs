@@ -13,6 +13,9 @@ pub const BATCH_ROWS: &str = "sluice_sink_batch_rows";
 /// Batches refused as a whole with no change refused on its own (a unique-value swap, rows
 /// bound by a foreign key), applied in pieces in order instead, label `sink`.
 pub const BATCHES_SPLIT_TOTAL: &str = "sluice_sink_batches_split_total";
+/// Changes written into transactions still in progress at the source (local mode), label
+/// `sink`; counted in `sluice_sink_events_applied_total` once such a transaction commits.
+pub const PROVISIONAL_ROWS_TOTAL: &str = "sluice_sink_provisional_rows_total";
 /// Tables created or altered, labels `sink`, `table`, `ddl`.
 pub const DDL_TOTAL: &str = "sluice_sink_ddl_total";
 
@@ -37,6 +40,11 @@ pub fn describe() {
         BATCHES_SPLIT_TOTAL,
         Unit::Count,
         "Batches refused as a whole and applied in pieces, in order"
+    );
+    describe_counter!(
+        PROVISIONAL_ROWS_TOTAL,
+        Unit::Count,
+        "Row changes written into transactions still in progress at the source"
     );
     describe_counter!(DDL_TOTAL, Unit::Count, "Sink tables created or altered");
 }

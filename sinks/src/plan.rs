@@ -202,6 +202,16 @@ impl Applied {
         self.0.extend(other.0);
     }
 
+    /// How many tables' counts it holds (a mark to [`Applied::truncate`] back to).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Forgets what was added after the mark `len` (rolled back to a savepoint).
+    pub fn truncate(&mut self, len: usize) {
+        self.0.truncate(len);
+    }
+
     pub fn record(self, sink: &str) {
         for (table, counts) in self.0 {
             let table = table.to_string();

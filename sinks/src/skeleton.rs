@@ -155,6 +155,37 @@ pub(crate) async fn apply_in<Tx: Send, D: Dialect<Tx>>(
     Ok((outcome, counts))
 }
 
+/// Writes `batch`'s changes in `tx` without looking at or recording offsets: a transaction
+/// applied while in progress at the source ([`crate::provisional`]), whose offsets and
+/// position are recorded once, at its commit. Its changes' origins are numbered by the router
+/// from 0 and their positions rise, so each is written, in order, per key.
+pub(crate) async fn write_only<Tx: Send, D: Dialect<Tx>>(
+    d: &mut D,
+    tx: &mut Tx,
+    batch: &Batch,
+) -> Result<(usize, Applied), SinkError> {
+    let stored = plan::partitions(batch)
+        .into_iter()
+        .map(|k| {
+            (
+                k,
+                StoredProgress {
+                    offset: -1,
+                    position: None,
+                },
+            )
+        })
+        .collect();
+    let sorted = plan::sort(batch, stored, Vec::new());
+    let mut counts = Applied::default();
+    let mut written = 0;
+    for step in sorted.steps {
+        counts.add(&step);
+        written += d.write(tx, step).await?;
+    }
+    Ok((written, counts))
+}
+
 /// What applying a refused batch in pieces came to, before commit.
 pub(crate) enum InPieces {
     /// Every piece applied, in order: commit, then [`split_applied`].

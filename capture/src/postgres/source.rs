@@ -156,6 +156,9 @@ impl PostgresSourceConfig {
 }
 
 struct Relation {
+    /// What the Relation message said (namespace, name, replica identity, columns): a
+    /// transaction in progress that says the same of it may be handed over with its codec.
+    declared: (String, String, u8, Vec<decoder::RelationColumn>),
     /// `None` for a table capture does not take (not configured, or stopped).
     codec: Option<Arc<EnvelopeCodec>>,
     /// The table, when it is configured but stopped: its changes are counted as not captured.
@@ -167,6 +170,9 @@ struct Relation {
 pub(crate) struct StoppedTables {
     source: String,
     tables: std::collections::BTreeMap<TableId, String>,
+    /// Counts stops: a transaction handed over while in progress is vouched for only when no
+    /// table stopped meanwhile.
+    generation: u64,
 }
 
 impl StoppedTables {
@@ -179,6 +185,7 @@ impl StoppedTables {
         StoppedTables {
             source: source.to_string(),
             tables: Default::default(),
+            generation: 0,
         }
     }
 
@@ -190,6 +197,11 @@ impl StoppedTables {
         metrics::gauge!(m::TABLE_STOPPED, "source" => self.source.clone(), "table" => table.to_string())
             .set(1.0);
         self.tables.insert(table.clone(), reason.to_string());
+        self.generation += 1;
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub(crate) fn contains(&self, table: &TableId) -> bool {
@@ -221,12 +233,41 @@ struct Tx {
     origin: Option<Arc<str>>,
 }
 
+/// Local mode: a streamed transaction whose changes go to the routers as they come (see
+/// `sluice_sinks::provisional`), besides being held for its commit in case a sink cannot
+/// take it that way.
+struct InProgressTx {
+    /// Why it will be published after its commit instead, once that is certain.
+    failed: Option<String>,
+    /// The topics its changes went to, and their tables.
+    topics: std::collections::BTreeSet<String>,
+    tables: HashSet<TableId>,
+    /// Its changes' numbering (their positions until the commit's is known).
+    seq: u64,
+    stopped_generation: u64,
+    /// The header of its changes of one subtransaction, made once per run of them.
+    note: (u32, Vec<u8>),
+}
+
 /// A transaction the server streams while it is in progress.
 struct Streamed {
     held: Held<RawMessage>,
     /// Subtransactions rolled back: their held messages are skipped at the commit.
     aborted: HashSet<u32>,
 }
+
+/// One row change a message makes: its table's codec and relation, op, before and after.
+type RowChangeOf = (
+    Arc<EnvelopeCodec>,
+    u32,
+    Op,
+    Option<Vec<Datum>>,
+    Option<Vec<Datum>>,
+);
+
+/// How long capture waits at a commit for the sinks to commit a transaction applied while in
+/// progress before publishing it as usual.
+const IN_PROGRESS_COMMIT_WAIT: Duration = Duration::from_secs(30);
 
 /// A running capture of one source of this kind.
 pub type PostgresCapture = crate::Capture<PostgresSourceConfig>;
@@ -691,6 +732,10 @@ impl PostgresCapture {
                 streamed: HashMap::new(),
                 in_stream: None,
                 budget: Budget::new(&self.name, &self.config.spill),
+                in_progress: HashMap::new(),
+                session: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
                 last_received: start,
                 server_wal_end: start,
                 last_committed: start,
@@ -743,6 +788,11 @@ struct Stream<'a> {
     in_stream: Option<u32>,
     /// The memory the held messages of streamed transactions share.
     budget: Budget,
+    /// Local mode: streamed transactions handed to the routers as they come, by xid.
+    in_progress: HashMap<u32, InProgressTx>,
+    /// This run's number, in their headers: after a restart the server streams those
+    /// transactions again from their start, and routers let the earlier run's go.
+    session: u64,
     last_received: u64,
     server_wal_end: u64,
     last_committed: u64,
@@ -804,6 +854,9 @@ impl Stream<'_> {
                         match self.in_stream {
                             // A streamed transaction's change: held until it commits.
                             Some(xid) if data.first() != Some(&b'E') => {
+                                if self.in_progress.contains_key(&xid) {
+                                    self.in_progress_change(xid, wal_start, data.clone()).await?;
+                                }
                                 self.hold(xid, wal_start, data)?;
                             }
                             _ => {
@@ -870,12 +923,26 @@ impl Stream<'_> {
             PgOutput::StreamStart { xid, first } => {
                 if first {
                     debug!(xid, "a transaction in progress is streamed");
+                    if self.publisher.applies_in_progress() {
+                        self.in_progress.insert(
+                            xid,
+                            InProgressTx {
+                                failed: None,
+                                topics: Default::default(),
+                                tables: HashSet::new(),
+                                seq: 0,
+                                stopped_generation: self.stopped.generation(),
+                                note: (0, Vec::new()),
+                            },
+                        );
+                    }
                 }
                 self.streamed(xid);
                 self.in_stream = Some(xid);
             }
             PgOutput::StreamStop => self.in_stream = None,
             PgOutput::StreamAbort { xid, subxid } => {
+                self.in_progress_note(xid, subxid).await?;
                 if xid == subxid {
                     // Dropped with everything held of it: none of it was published.
                     if self.streamed.remove(&xid).is_some() {
@@ -891,6 +958,13 @@ impl Stream<'_> {
                 end_lsn,
                 commit_time,
             } => {
+                if self.commit_in_progress(xid, commit_lsn).await? {
+                    // Every sink committed it: nothing more to publish.
+                    self.streamed.remove(&xid);
+                    metrics::counter!(m::STREAMED_TRANSACTIONS_TOTAL, "source" => self.capture.name.clone(), "outcome" => "committed").increment(1);
+                    self.last_committed = commit_lsn;
+                    return self.commit(commit_lsn, end_lsn).await;
+                }
                 let Some(Streamed { held, aborted }) = self.streamed.remove(&xid) else {
                     return Err(CaptureError::Decode(decoder::DecodeError(format!(
                         "commit of streamed transaction {xid}, which never started"
@@ -970,6 +1044,12 @@ impl Stream<'_> {
                 replica_identity,
                 columns,
             } => {
+                let declared = (
+                    namespace.clone(),
+                    name.clone(),
+                    replica_identity,
+                    columns.clone(),
+                );
                 let named = TableId::new(namespace, name);
                 // Which configured table this is: by OID for one captured since the stream
                 // started (renamed or not), else by name, unless a captured table that had
@@ -993,6 +1073,7 @@ impl Stream<'_> {
                     }
                 }
                 let mut relation = Relation {
+                    declared,
                     codec: None,
                     stopped: self.stopped.contains(&table).then(|| table.clone()),
                 };
@@ -1053,11 +1134,24 @@ impl Stream<'_> {
                 }
             }
             PgOutput::Type { .. } => {}
+            other => {
+                for (codec, relation, op, before, after) in self.row_changes(other)? {
+                    self.emit(&codec, relation, op, before, after, lsn).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The row changes a change message makes (a key change is two: a delete of the old key
+    /// and a create of the new one); none for another message.
+    fn row_changes(&self, message: PgOutput) -> Result<Vec<RowChangeOf>, CaptureError> {
+        let mut out = Vec::with_capacity(1);
+        match message {
             PgOutput::Insert { relation, new } => {
                 if let Some(codec) = self.codec(relation)? {
                     let after = self.row(&codec, &new)?;
-                    self.emit(&codec, relation, Op::Create, None, Some(after), lsn)
-                        .await?;
+                    out.push((codec, relation, Op::Create, None, Some(after)));
                 }
             }
             PgOutput::Update { relation, old, new } => {
@@ -1074,13 +1168,10 @@ impl Stream<'_> {
                     if key_changed {
                         // The row moved to a new key: delete the old key, create the new one,
                         // as Debezium does, so keyed consumers see both.
-                        self.emit(&codec, relation, Op::Delete, before, None, lsn)
-                            .await?;
-                        self.emit(&codec, relation, Op::Create, None, Some(after), lsn)
-                            .await?;
+                        out.push((codec.clone(), relation, Op::Delete, before, None));
+                        out.push((codec, relation, Op::Create, None, Some(after)));
                     } else {
-                        self.emit(&codec, relation, Op::Update, before, Some(after), lsn)
-                            .await?;
+                        out.push((codec, relation, Op::Update, before, Some(after)));
                     }
                 }
             }
@@ -1090,21 +1181,23 @@ impl Stream<'_> {
             } => {
                 if let Some(codec) = self.codec(relation)? {
                     let before = self.row(&codec, &tuple)?;
-                    self.emit(&codec, relation, Op::Delete, Some(before), None, lsn)
-                        .await?;
+                    out.push((codec, relation, Op::Delete, Some(before), None));
                 }
             }
             PgOutput::Truncate { relations, .. } => {
                 for relation in relations {
                     if let Some(codec) = self.codec(relation)? {
-                        self.emit(&codec, relation, Op::Truncate, None, None, lsn)
-                            .await?;
+                        out.push((codec, relation, Op::Truncate, None, None));
                     }
                 }
             }
-            // Transaction boundaries, stream messages and logical-decoding messages are
-            // handled by `handle`.
-            PgOutput::Begin { .. }
+            // Relations, origins and types are handled by `handle_in_transaction`;
+            // transaction boundaries, stream messages and logical-decoding messages by
+            // `handle`.
+            PgOutput::Relation { .. }
+            | PgOutput::Origin { .. }
+            | PgOutput::Type { .. }
+            | PgOutput::Begin { .. }
             | PgOutput::Commit { .. }
             | PgOutput::Message { .. }
             | PgOutput::StreamStart { .. }
@@ -1112,7 +1205,316 @@ impl Stream<'_> {
             | PgOutput::StreamCommit { .. }
             | PgOutput::StreamAbort { .. } => {}
         }
+        Ok(out)
+    }
+
+    /// A message of a streamed transaction handed to the routers as it comes: its changes are
+    /// published at once (with positions of their own until the commit's is known). What
+    /// capture cannot hand over this way — a table's definition that changed inside it, a
+    /// truncate, a value its schema cannot carry — only means it is published after its
+    /// commit as usual.
+    async fn in_progress_change(
+        &mut self,
+        xid: u32,
+        lsn: u64,
+        data: bytes::Bytes,
+    ) -> Result<(), CaptureError> {
+        if self
+            .in_progress
+            .get(&xid)
+            .is_none_or(|t| t.failed.is_some())
+            || matches!(data.first(), Some(b'Y' | b'M'))
+        {
+            return Ok(());
+        }
+        let subxid = decoder::stream_xid(&data).unwrap_or(xid);
+        let message = match decoder::decode(data, true) {
+            Ok(m) => m,
+            Err(e) => {
+                self.in_progress_fails(xid, format!("a message of it could not be decoded: {e}"));
+                return Ok(());
+            }
+        };
+        match message {
+            PgOutput::Relation {
+                id,
+                namespace,
+                name,
+                replica_identity,
+                columns,
+            } => {
+                let same = self.relations.get(&id).map(|r| {
+                    r.declared.0 == namespace
+                        && r.declared.1 == name
+                        && r.declared.2 == replica_identity
+                        && r.declared.3 == columns
+                });
+                match same {
+                    Some(true) => {}
+                    Some(false) => self.in_progress_fails(
+                        xid,
+                        format!("the definition of {namespace}.{name} changed inside it"),
+                    ),
+                    // A table first seen in it: described as at a commit.
+                    None => {
+                        let relation = PgOutput::Relation {
+                            id,
+                            namespace,
+                            name,
+                            replica_identity,
+                            columns,
+                        };
+                        if let Err(e) = self.handle_in_transaction(relation, lsn).await {
+                            self.in_progress_fails(
+                                xid,
+                                format!("a table of it could not be described: {e}"),
+                            );
+                        }
+                    }
+                }
+            }
+            PgOutput::Truncate { .. } => {
+                self.in_progress_fails(xid, "it truncates a table".into());
+            }
+            other => {
+                let changes = match self.row_changes(other) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        self.in_progress_fails(
+                            xid,
+                            format!("a change of it could not be read: {e}"),
+                        );
+                        return Ok(());
+                    }
+                };
+                for (codec, _, op, before, after) in changes {
+                    self.emit_in_progress(xid, subxid, &codec, op, before, after, lsn)
+                        .await?;
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn in_progress_fails(&mut self, xid: u32, why: String) {
+        if let Some(t) = self.in_progress.get_mut(&xid) {
+            if t.failed.is_none() {
+                info!(xid, reason = %why, "a streamed transaction is no longer handed to the routers as it comes; it is published at its commit");
+                t.failed = Some(why);
+            }
+        }
+    }
+
+    /// Publishes one change of a transaction in progress.
+    #[allow(clippy::too_many_arguments)]
+    async fn emit_in_progress(
+        &mut self,
+        xid: u32,
+        subxid: u32,
+        codec: &EnvelopeCodec,
+        op: Op,
+        before: Option<Vec<Datum>>,
+        after: Option<Vec<Datum>>,
+        lsn: u64,
+    ) -> Result<(), CaptureError> {
+        if self.stopped.contains(&codec.table.id) {
+            return Ok(());
+        }
+        let source = self.source_name.clone();
+        let session = self.session;
+        let Some(t) = self.in_progress.get_mut(&xid) else {
+            return Ok(());
+        };
+        if t.failed.is_some() {
+            return Ok(());
+        }
+        t.seq += 1;
+        if t.note.0 != subxid || t.note.1.is_empty() {
+            let note = sluice_connect::headers::InProgress {
+                source: source.to_string(),
+                session,
+                xid,
+                subxid,
+                abort: false,
+            };
+            t.note = (
+                subxid,
+                serde_json::to_vec(&note).map_err(|e| CaptureError::Definite(e.to_string()))?,
+            );
+        }
+        let event = ChangeEvent {
+            row: sluice_schemas::RowChange {
+                table: codec.table.clone(),
+                op,
+                before,
+                after,
+            },
+            source: SourceInfo {
+                name: source,
+                db: self.dbname.clone(),
+                // Known at the commit only (a scheme that reads it keeps the router from
+                // applying the transaction before then).
+                ts_us: 0,
+                snapshot: false,
+                tx_id: Some(i64::from(xid)),
+                lsn: Some(lsn as i64),
+                sequence: None,
+                binlog: None,
+            },
+            transaction: None,
+            position: Position::postgres(0, t.seq),
+        };
+        let note = std::mem::take(&mut t.note.1);
+        let published = self
+            .publisher
+            .publish_in_progress(codec, &event, &note)
+            .await;
+        let t = self
+            .in_progress
+            .get_mut(&xid)
+            .expect("only removed by its commit or abort");
+        t.note.1 = note;
+        match published {
+            Ok(topic) => {
+                if !t.topics.contains(topic) {
+                    t.topics.insert(topic.to_string());
+                    t.tables.insert(codec.table.id.clone());
+                }
+                Ok(())
+            }
+            Err(CaptureError::Avro(e @ sluice_schemas::AvroError::Value { .. })) => {
+                // Its table is stopped when the change is published at the commit.
+                self.in_progress_fails(xid, format!("a change could not be encoded: {e}"));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The source rolled back a transaction handed over while in progress, or a
+    /// subtransaction of it: the routers are told, in order with its changes.
+    async fn in_progress_note(&mut self, xid: u32, subxid: u32) -> Result<(), CaptureError> {
+        let Some(t) = self.in_progress.get(&xid) else {
+            return Ok(());
+        };
+        if !t.topics.is_empty() {
+            let note = sluice_connect::headers::InProgress {
+                source: self.source_name.to_string(),
+                session: self.session,
+                xid,
+                subxid,
+                abort: true,
+            };
+            let note =
+                serde_json::to_vec(&note).map_err(|e| CaptureError::Definite(e.to_string()))?;
+            self.publisher
+                .publish_in_progress_note(&t.topics, &note)
+                .await?;
+        }
+        if xid == subxid {
+            self.in_progress.remove(&xid);
+        }
+        Ok(())
+    }
+
+    /// A streamed transaction committed at `commit_lsn`: when its changes went to the routers
+    /// as they came, and capture can vouch that they are the ones it would publish now, its
+    /// commit markers go out and capture waits until every sink committed it. `false` when it
+    /// must be published as usual instead (the routers were told to let theirs go, or could
+    /// not hold it).
+    async fn commit_in_progress(
+        &mut self,
+        xid: u32,
+        commit_lsn: u64,
+    ) -> Result<bool, CaptureError> {
+        let Some(t) = self.in_progress.remove(&xid) else {
+            return Ok(false);
+        };
+        let source = self.capture.name.clone();
+        let after_commit = || {
+            metrics::counter!(m::IN_PROGRESS_TRANSACTIONS_TOTAL, "source" => source.clone(), "outcome" => "after_commit").increment(1);
+        };
+        if t.topics.is_empty() {
+            return Ok(false);
+        }
+        let doubt = if let Some(why) = &t.failed {
+            Some(why.clone())
+        } else if self.rereads.window.is_some() {
+            Some("rows are being read again for a repair".to_string())
+        } else if !self.gone.is_empty() || self.stopped.generation() != t.stopped_generation {
+            Some("a table was stopped while it was in progress".to_string())
+        } else if t.tables.iter().any(|table| {
+            self.snapshot_lsn
+                .get(table)
+                .is_some_and(|l| commit_lsn < *l)
+        }) {
+            Some("a table of it was snapshotted after it".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = doubt {
+            // The routers let theirs go before its changes come again.
+            let note = sluice_connect::headers::InProgress {
+                source: self.source_name.to_string(),
+                session: self.session,
+                xid,
+                subxid: xid,
+                abort: true,
+            };
+            let note =
+                serde_json::to_vec(&note).map_err(|e| CaptureError::Definite(e.to_string()))?;
+            self.publisher
+                .publish_in_progress_note(&t.topics, &note)
+                .await?;
+            debug!(xid, reason = %why, "a streamed transaction is published at its commit");
+            after_commit();
+            return Ok(false);
+        }
+        let marker = sluice_connect::headers::CommitMarker {
+            source: self.source_name.to_string(),
+            session: self.session,
+            xid,
+            topics: t.topics.iter().cloned().collect(),
+        };
+        let marker =
+            serde_json::to_vec(&marker).map_err(|e| CaptureError::Definite(e.to_string()))?;
+        let waits = self.publisher.publish_commit_markers(
+            &t.topics,
+            &Position::postgres(commit_lsn, u64::MAX),
+            &marker,
+        )?;
+        // Until every sink committed it. The server hears from capture meanwhile; past the
+        // limit capture publishes it as usual, which a sink that did commit it skips.
+        let mut all = std::pin::pin!(futures::future::join_all(waits));
+        let limit = tokio::time::sleep(IN_PROGRESS_COMMIT_WAIT);
+        let mut limit = std::pin::pin!(limit);
+        let mut status = tokio::time::interval(Duration::from_secs(5));
+        let outcomes = loop {
+            tokio::select! {
+                outcomes = &mut all => break outcomes,
+                _ = status.tick() => {
+                    let acked = *self.acks.acked.borrow();
+                    self.repl.send_status(self.last_received, acked, false).await?;
+                }
+                _ = &mut limit => {
+                    warn!(xid, waited = ?IN_PROGRESS_COMMIT_WAIT, "the sinks did not commit a transaction applied while in progress in time; it is published as usual");
+                    after_commit();
+                    return Ok(false);
+                }
+            }
+        };
+        let refused = outcomes.into_iter().find_map(|o| match o {
+            Ok(Ok(())) => None,
+            Ok(Err(why)) => Some(why),
+            Err(_) => Some("the router stopped".to_string()),
+        });
+        if let Some(why) = refused {
+            info!(xid, reason = %why, "a sink did not hold a transaction applied while in progress; it is published as usual");
+            after_commit();
+            return Ok(false);
+        }
+        metrics::counter!(m::IN_PROGRESS_TRANSACTIONS_TOTAL, "source" => source, "outcome" => "applied").increment(1);
+        Ok(true)
     }
 
     fn codec(&self, relation: u32) -> Result<Option<Arc<EnvelopeCodec>>, CaptureError> {

@@ -24,6 +24,7 @@ pub use check::pg_type_name;
 
 use crate::metrics as m;
 use crate::plan::{Action, Plan};
+use crate::provisional::{self, Ended, Provisional, Step};
 use crate::skeleton::{self, InPieces, OffsetsRow};
 use crate::{
     ApplyOutcome, Batch, ColumnTypes, DroppedColumns, Pieces, Sink, SinkError, StoredProgress,
@@ -118,6 +119,11 @@ struct State {
     /// The set-based statements prepared on this connection, by their text: a batch of the
     /// same shape as an earlier one costs no prepare round trip and no new plan.
     statements: HashMap<String, Statement>,
+    /// A provisional transaction's connection ([`crate::provisional`]): it writes into tables
+    /// as they are and never takes `sluice_tables`' row lock (held to its commit, it would
+    /// stop every other writer's lookup); a table that needs DDL first is written after the
+    /// commit instead.
+    provisional: bool,
 }
 
 /// Prepared statements kept per connection; past this many (a table with many partial-update
@@ -250,6 +256,7 @@ impl PostgresSink {
                 targets: HashMap::new(),
                 kept_types: std::collections::HashSet::new(),
                 statements: HashMap::new(),
+                provisional: false,
             },
             password,
         })
@@ -313,6 +320,24 @@ impl State {
             }
         }
         let id = self.target_id(&schema.id);
+        if self.provisional {
+            let qualified = format!("{}.{}", quote(&id.namespace), quote(&id.name));
+            let types = load_columns(txn, &qualified).await?;
+            if let Some(c) = schema.columns.iter().find(|c| !types.contains_key(&c.name)) {
+                return Err(SinkError::Definite(if types.is_empty() {
+                    format!("target table {id} does not exist yet (it is created with the commit)")
+                } else {
+                    format!(
+                        "target table {id} has no column \"{}\" yet (it is added with the commit)",
+                        c.name
+                    )
+                }));
+            }
+            let target = Target { qualified, types };
+            self.targets
+                .insert(schema.id.clone(), (schema.clone(), target.clone()));
+            return Ok(target);
+        }
         // How new this version is against the newest the sink followed (row locked: routers
         // sharing the sink decide one at a time).
         txn.execute(
@@ -847,6 +872,218 @@ impl State {
         }
         self.statements.insert(sql, stmt.clone());
         Ok(stmt)
+    }
+}
+
+/// Opens provisional transactions ([`crate::provisional`]) on connections of their own to
+/// the same sink.
+#[derive(Clone)]
+pub struct Opener {
+    name: String,
+    group: String,
+    config: PostgresSinkConfig,
+    password: Option<String>,
+}
+
+/// How long a session may wait for a provisional transaction's row locks before it is rolled
+/// back (so the router's own batches, another router's, or a user's statement go on; the
+/// transaction is then applied after its commit).
+const PROVISIONAL_BLOCKING_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Opener {
+    /// Connects and begins a provisional transaction; its worker runs until the router drops
+    /// the handle (rolled back) or it commits.
+    pub async fn open(&self) -> Result<Provisional, SinkError> {
+        let mut sink = PostgresSink::connect(
+            &self.name,
+            &self.group,
+            self.config.clone(),
+            self.password.clone(),
+        )
+        .await?;
+        sink.state.provisional = true;
+        let (steps_tx, steps) = tokio::sync::mpsc::channel(2);
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let worker_failed = failed.clone();
+        tokio::spawn(async move { sink.provisional(steps, worker_failed).await });
+        Ok(Provisional::new(steps_tx, failed))
+    }
+}
+
+impl PostgresSink {
+    /// What opens provisional transactions on this sink.
+    pub fn opener(&self) -> Opener {
+        Opener {
+            name: self.state.name.clone(),
+            group: self.state.group.clone(),
+            config: self.state.config.clone(),
+            password: self.password.clone(),
+        }
+    }
+
+    /// A provisional transaction's worker (see [`crate::provisional`]).
+    async fn provisional(
+        mut self,
+        mut steps: tokio::sync::mpsc::Receiver<Step>,
+        failed: Arc<std::sync::Mutex<Option<String>>>,
+    ) {
+        if let Err(reason) = self.provisional_open(&mut steps).await {
+            provisional::give_up(&failed, reason);
+        }
+        provisional::refuse_the_rest(&mut steps, &failed).await;
+    }
+
+    /// Runs the open transaction: `Ok` once it committed, was a replay, or the router let it
+    /// go (rolled back); `Err` with why it had to be given up.
+    async fn provisional_open(
+        &mut self,
+        steps: &mut tokio::sync::mpsc::Receiver<Step>,
+    ) -> Result<(), String> {
+        let sink = self.state.name.clone();
+        let mut txn = self
+            .client
+            .transaction()
+            .await
+            .map_err(|e| format!("cannot begin a transaction: {e}"))?;
+        // Per open savepoint: its subtransaction, and the counts and rows written before it.
+        let mut savepoints: Vec<(u32, usize, usize)> = Vec::new();
+        let mut counts = crate::plan::Applied::default();
+        let mut rows = 0usize;
+        let rows_counter = metrics::counter!(m::PROVISIONAL_ROWS_TOTAL, "sink" => sink.clone());
+        let mut watchdog = tokio::time::interval(std::time::Duration::from_millis(250));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut blocking_since: Option<Instant> = None;
+        loop {
+            let step = tokio::select! {
+                step = steps.recv() => step,
+                _ = watchdog.tick() => {
+                    // Sessions waiting for a lock this transaction holds: nothing releases it
+                    // before the source commits, and the router's own next batch may be one of
+                    // them (a sink-only unique index, a scheme that maps two source rows onto
+                    // one sink row). pg_locks is read afresh each time (pg_stat_activity would
+                    // be the transaction's snapshot).
+                    let waiting: i64 = txn
+                        .query_one(
+                            "SELECT count(*) FROM pg_catalog.pg_locks w \
+                             WHERE NOT w.granted AND pg_backend_pid() = ANY(pg_blocking_pids(w.pid))",
+                            &[],
+                        )
+                        .await
+                        .map_err(|e| format!("lost the sink connection: {e}"))?
+                        .get(0);
+                    if waiting == 0 {
+                        blocking_since = None;
+                    } else if blocking_since.get_or_insert_with(Instant::now).elapsed() >= PROVISIONAL_BLOCKING_LIMIT {
+                        // Who, for the log (read once: this is the transaction's last query).
+                        let who = txn
+                            .query(
+                                "SELECT coalesce(nullif(application_name, ''), usename::text, '?') || ': ' || left(query, 120) \
+                                 FROM pg_catalog.pg_stat_activity \
+                                 WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
+                                &[],
+                            )
+                            .await
+                            .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("; "))
+                            .unwrap_or_default();
+                        return Err(format!(
+                            "{waiting} session(s) of the sink waited {PROVISIONAL_BLOCKING_LIMIT:?} for its locks ({who})"
+                        ));
+                    }
+                    continue;
+                }
+            };
+            // The router let it go (the source aborted it, or gave up): rolled back on drop.
+            let Some(step) = step else { return Ok(()) };
+            match step {
+                Step::Apply(changes) => {
+                    let batch = Batch {
+                        changes,
+                        consumed: Vec::new(),
+                    };
+                    let (written, c) = skeleton::write_only(&mut self.state, &mut txn, &batch)
+                        .await
+                        .map_err(|e| format!("the sink refused a change: {e}"))?;
+                    counts.merge(c);
+                    rows += written;
+                    rows_counter.increment(written as u64);
+                }
+                Step::Savepoint(subxid) => {
+                    txn.batch_execute(&format!("SAVEPOINT sluice_sub_{subxid}"))
+                        .await
+                        .map_err(|e| format!("cannot set a savepoint: {e}"))?;
+                    savepoints.push((subxid, counts.len(), rows));
+                }
+                Step::RollBackTo(subxid) => {
+                    // Gone already when an enclosing one was rolled back first.
+                    if let Some(i) = savepoints.iter().position(|(s, _, _)| *s == subxid) {
+                        txn.batch_execute(&format!("ROLLBACK TO SAVEPOINT sluice_sub_{subxid}"))
+                            .await
+                            .map_err(|e| format!("cannot roll back to a savepoint: {e}"))?;
+                        let (_, mark, before) = savepoints[i];
+                        counts.truncate(mark);
+                        rows = before;
+                        savepoints.truncate(i + 1);
+                        // Tables created or altered since are gone again.
+                        self.state.forget();
+                    }
+                }
+                Step::Commit {
+                    mut ends,
+                    position,
+                    reply,
+                } => {
+                    ends.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+                    let ended = async {
+                        let mut replay = false;
+                        let mut stored_offsets = Vec::with_capacity(ends.len());
+                        for end in &ends {
+                            let (offset, stored, _) = skeleton::Dialect::claim(
+                                &mut self.state,
+                                &mut txn,
+                                &end.topic,
+                                end.partition,
+                            )
+                            .await?;
+                            replay |= stored.is_some_and(|p| p >= position.0);
+                            stored_offsets.push(offset);
+                        }
+                        if replay {
+                            return Ok(Ended::Replay);
+                        }
+                        for (end, stored) in ends.iter().zip(stored_offsets) {
+                            let progress = StoredProgress {
+                                offset: end.offset.max(stored),
+                                position: Some(position.clone()),
+                            };
+                            skeleton::Dialect::record(
+                                &mut self.state,
+                                &mut txn,
+                                &end.topic,
+                                end.partition,
+                                &progress,
+                                None,
+                            )
+                            .await?;
+                        }
+                        Ok::<_, SinkError>(Ended::Committed { rows })
+                    }
+                    .await;
+                    let ended = match ended {
+                        Ok(Ended::Committed { rows }) => match txn.commit().await {
+                            Ok(()) => {
+                                counts.record(&sink);
+                                Ok(Ended::Committed { rows })
+                            }
+                            Err(e) => Err(format!("its commit failed: {e}")),
+                        },
+                        Ok(Ended::Replay) => Ok(Ended::Replay),
+                        Err(e) => Err(format!("recording its offsets failed: {e}")),
+                    };
+                    let _ = reply.send(ended);
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 
