@@ -29,10 +29,8 @@ pub(crate) struct Open {
     pub next_offset: i64,
     /// Topics it changed.
     pub topics: HashSet<Arc<str>>,
-    /// Its commit markers received so far, and how many this router gets.
+    /// Its commit markers received so far.
     pub markers: Vec<Origin>,
-    pub expected: usize,
-    pub rows: usize,
     pub since: Instant,
 }
 
@@ -52,8 +50,6 @@ impl Open {
             next_offset: 0,
             topics: HashSet::new(),
             markers: Vec::new(),
-            expected: 0,
-            rows: 0,
             since: Instant::now(),
         }
     }

@@ -1021,7 +1021,6 @@ impl<S: Sink + 'static> Router<S> {
             self.give_up(key, why);
             return Ok(());
         }
-        open.rows += changes.len();
         self.step(key, sluice_sinks::provisional::Step::Apply(changes))
             .await;
         Ok(())
@@ -1153,7 +1152,6 @@ impl<S: Sink + 'static> Router<S> {
             return Ok(true);
         };
         open.markers.push(here);
-        open.expected = expected;
         if open.markers.len() < expected {
             return Ok(true);
         }

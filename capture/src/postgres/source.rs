@@ -962,7 +962,6 @@ impl Stream<'_> {
                     // Every sink committed it: nothing more to publish.
                     self.streamed.remove(&xid);
                     metrics::counter!(m::STREAMED_TRANSACTIONS_TOTAL, "source" => self.capture.name.clone(), "outcome" => "committed").increment(1);
-                    self.last_committed = commit_lsn;
                     return self.commit(commit_lsn, end_lsn).await;
                 }
                 let Some(Streamed { held, aborted }) = self.streamed.remove(&xid) else {

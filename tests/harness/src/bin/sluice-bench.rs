@@ -929,21 +929,57 @@ fn large_transaction_in(bench: &mut Bench, mode: &str, streaming: bool) {
 /// The same transaction, streamed, through local mode: capture and sink in one process, whose
 /// peak resident memory is both together.
 fn large_transaction_local(bench: &mut Bench) {
+    // The same transaction twice, in the same run: published after its commit (the sink
+    // applies it then), and applied at the sink while in progress (the default).
+    // First as fast as the server writes it (one INSERT … SELECT: on this 2-core machine the
+    // source's backend then takes a core of its own), then written over about a minute, in 50
+    // statements with pauses, as a batch job would.
+    for paced in [false, true] {
+        for in_progress in [false, true] {
+            large_transaction_local_once(bench, in_progress, paced);
+        }
+    }
+}
+
+fn large_transaction_local_once(bench: &mut Bench, in_progress: bool, paced: bool) {
     let rows = bench.settings.big_rows;
-    let (table, sink, slot) = ("public.big_local", "sink_big_local", "big_local");
+    let name = match (in_progress, paced) {
+        (true, false) => "big_local",
+        (false, false) => "big_local_after",
+        (true, true) => "big_local_paced",
+        (false, true) => "big_local_paced_after",
+    };
+    let (table, sink, slot) = (format!("public.{name}"), format!("sink_{name}"), name);
     bench.psql("source", &format!("CREATE TABLE {table} ({PG_COLUMNS})"));
     bench.psql("postgres", &format!("CREATE DATABASE {sink}"));
-    let body =
-        pg_source(&bench.pg, slot, table) + "streaming = true\n" + &pg_sink(&bench.pg, sink, slot);
-    let (mut sluice, spawned) = bench.sluice_local(slot, &body);
+    let body = pg_source(&bench.pg, slot, &table)
+        + "streaming = true\n"
+        + &pg_sink(&bench.pg, &sink, slot);
+    let transport = format!(
+        "[local]\nstate_dir = \"{}\"\napply_in_progress = {in_progress}\n",
+        bench.path(&format!("{name}-state")).display()
+    );
+    let (mut sluice, spawned) = bench.sluice_on(slot, &transport, "run", &body);
     bench.until_streaming(&mut sluice);
-    bench.psql("source", &pg_rows(table, 0, 0));
+    bench.psql("source", &pg_rows(&table, 0, 0));
     bench.watch(&mut sluice, spawned, "sluice_sink_events_applied_total", 1);
     let baseline = vm_hwm(&sluice);
     let insert = timed(
-        &format!("one transaction of {rows} rows (local mode)"),
+        &format!("one transaction of {rows} rows (local mode, in progress: {in_progress}, paced: {paced})"),
         || {
-            bench.psql("source", &pg_rows(table, 1, rows));
+            if paced {
+                let chunk = rows.div_ceil(50);
+                let statements: String = (0..50)
+                    .map(|k| {
+                        let from = 1 + k * chunk;
+                        let to = (from + chunk - 1).min(rows);
+                        format!("{}; SELECT pg_sleep(0.8);", pg_rows(&table, from, to))
+                    })
+                    .collect();
+                bench.psql("source", &format!("BEGIN; {statements} COMMIT;"));
+            } else {
+                bench.psql("source", &pg_rows(&table, 1, rows));
+            }
         },
     );
     let committed = Instant::now();
@@ -955,12 +991,30 @@ fn large_transaction_local(bench: &mut Bench) {
     );
     let through = committed.elapsed();
     let peak = vm_hwm(&sluice);
+    let held = sluice.metric(
+        "sluice_router_provisional_transactions_total",
+        &[("outcome", "committed")],
+    );
     stop(sluice);
+    eprintln!(
+        "bench: {rows} rows in one transaction{}, local mode, applied {}: at the sink {:.1} s after its commit",
+        if paced { " written over a minute" } else { "" },
+        if in_progress { "while in progress" } else { "after its commit" },
+        through.as_secs_f64()
+    );
     bench.record(
-        "large_transaction_local",
+        match (in_progress, paced) {
+            (true, false) => "large_transaction_local",
+            (false, false) => "large_transaction_local_after_commit",
+            (true, true) => "large_transaction_local_paced",
+            (false, true) => "large_transaction_local_paced_after_commit",
+        },
         json!({
             "rows": rows,
             "streaming": true,
+            "apply_in_progress": in_progress,
+            "paced": paced,
+            "held_open_at_the_sink": held,
             "insert_seconds": insert.as_secs_f64(),
             "commit_to_sink_seconds": through.as_secs_f64(),
             "peak_rss_mib": peak,
@@ -1294,13 +1348,30 @@ fn print_table(report: &Value) {
             );
         }
     }
-    if let Some(b) = find(report, "large_transaction_local") {
-        println!(
-            "one transaction of {} rows, local mode (streamed): commit → sink {:.1} s; peak RSS of the one process {} MiB (goal < 150 MB)",
-            b["rows"],
-            b["commit_to_sink_seconds"].as_f64().unwrap_or(0.0),
-            b["peak_rss_mib"]
-        );
+    for (name, label) in [
+        (
+            "large_transaction_local_after_commit",
+            "applied after its commit",
+        ),
+        ("large_transaction_local", "applied while in progress"),
+        (
+            "large_transaction_local_paced_after_commit",
+            "written over a minute, applied after its commit",
+        ),
+        (
+            "large_transaction_local_paced",
+            "written over a minute, applied while in progress",
+        ),
+    ] {
+        if let Some(b) = find(report, name) {
+            println!(
+                "one transaction of {} rows, local mode (streamed), {label}: commit → sink {:.1} s (written in {:.1} s); peak RSS of the one process {} MiB (goal < 150 MB)",
+                b["rows"],
+                b["commit_to_sink_seconds"].as_f64().unwrap_or(0.0),
+                b["insert_seconds"].as_f64().unwrap_or(0.0),
+                b["peak_rss_mib"]
+            );
+        }
     }
     for (label, name) in [
         ("MariaDB capture", "mariadb_capture_to_kafka"),
