@@ -491,3 +491,60 @@ fn in_local_mode_a_transaction_in_progress_that_blocks_the_sink_is_let_go_and_ap
     assert!(letters.contains("rejected_by_sink"), "{letters}");
     assert!(sluice.log().contains("waited"), "the reason is logged");
 }
+
+#[test]
+fn in_local_mode_a_mariadb_sink_takes_a_transaction_in_progress_after_its_commit() {
+    // Given a local-mode pipeline from a streaming PostgreSQL source into MariaDB (a sink that
+    // cannot hold a transaction open beside its batches),
+    let maria = sluice_harness::MariaDb::shared().unwrap();
+    maria.create_database("inprog_wh").unwrap();
+    let wh = maria.db("inprog_wh");
+    let p = Pipeline::postgres(SLUICE, "inprog_maria")
+        .local()
+        .own_postgres()
+        .ddl(BIG)
+        .tables(&["public.big"])
+        .mysql_sink(&maria, &wh)
+        .build();
+    let source = p.pg.name("source");
+    p.pg.psql(
+        "postgres",
+        &format!("ALTER DATABASE {source} SET logical_decoding_work_mem = '64kB'"),
+    )
+    .unwrap();
+    let sluice = p.run();
+    sluice.wait_for_log("starting replication", Duration::from_secs(60));
+
+    // when a large transaction streams while in progress and commits,
+    session(
+        &p,
+        format!(
+            "BEGIN; {} SELECT pg_sleep(2); {} COMMIT;",
+            inserts("open", 1, 20_000),
+            inserts("open", 20_001, 10_000)
+        ),
+    )
+    .join()
+    .unwrap();
+
+    // then capture publishes it after its commit and MariaDB holds all of it.
+    let deadline = std::time::Instant::now() + CONVERGE;
+    while maria
+        .root_sql(&format!("SELECT COUNT(*) FROM {wh}.big"))
+        .ok()
+        .as_deref()
+        .map(str::trim)
+        != Some("30000")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", sluice.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(in_progress(&sluice, "abandoned"), 1.0, "{}", sluice.log());
+    assert_eq!(
+        sluice.metric(
+            "sluice_capture_in_progress_transactions_total",
+            &[("source", "pg_main"), ("outcome", "after_commit")]
+        ),
+        1.0
+    );
+}
