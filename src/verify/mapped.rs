@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::{pin_mut, TryStreamExt};
 use sluice_schemas::scheme::Mapping;
-use sluice_schemas::{pgtext, Datum, Op, TableId, TableSchema};
+use sluice_schemas::{pgtext, Datum, Op, SqlType, TableId, TableSchema};
 
 use super::{differences, quote, Difference, Options, Repair, RepairReport, TableReport};
 
@@ -155,10 +155,118 @@ pub(super) enum Source<'a> {
     },
 }
 
+/// Where the sink's rows are read.
+pub(super) enum Sink<'a> {
+    Postgres(&'a tokio_postgres::Client),
+    /// Read back as the MySQL sink wrote them ([`mysql_datum`]).
+    Mysql(&'a mysql_async::Pool),
+}
+
+impl Sink<'_> {
+    /// The sink table's column names (none when it does not exist).
+    async fn columns(&self, table: &TableId) -> anyhow::Result<Vec<String>> {
+        Ok(match self {
+            Sink::Postgres(client) => super::columns(client, table).await?.0,
+            Sink::Mysql(pool) => {
+                use mysql_async::prelude::Queryable;
+                let mut conn = pool.get_conn().await?;
+                conn.exec(
+                    "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                     WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                    (&table.namespace, &table.name),
+                )
+                .await?
+            }
+        })
+    }
+
+    async fn count(&self, table: &TableId) -> anyhow::Result<i64> {
+        Ok(match self {
+            Sink::Postgres(client) => client
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FROM {}.{}",
+                        quote(&table.namespace),
+                        quote(&table.name)
+                    ),
+                    &[],
+                )
+                .await?
+                .get(0),
+            Sink::Mysql(pool) => {
+                use mysql_async::prelude::Queryable;
+                let mut conn = pool.get_conn().await?;
+                conn.query_first(format!("SELECT COUNT(*) FROM {}", mysql_name(table)))
+                    .await?
+                    .unwrap_or(0)
+            }
+        })
+    }
+}
+
+fn mysql_name(table: &TableId) -> String {
+    format!(
+        "`{}`.`{}`",
+        table.namespace.replace('`', "``"),
+        table.name.replace('`', "``")
+    )
+}
+
+/// A value read back as text from a MySQL/MariaDB sink column, as the value of `ty` the sink
+/// wrote there (`sluice_sinks::mysql::mysql_value`): booleans as 0/1, times as `TIME(6)`,
+/// timestamps in UTC, arrays as JSON arrays (numbers and booleans as such, other elements as
+/// their PostgreSQL text). The rest reads as a MySQL/MariaDB source column of the type would.
+pub(super) fn mysql_datum(ty: &SqlType, value: mysql_async::Value) -> anyhow::Result<Datum> {
+    use sluice_capture::mysql::types::text_datum;
+    let text = |v: &mysql_async::Value| match v {
+        mysql_async::Value::Bytes(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+        other => Err(anyhow::anyhow!("unexpected {other:?} in a text result")),
+    };
+    if value == mysql_async::Value::NULL {
+        return Ok(Datum::Null);
+    }
+    Ok(match ty {
+        SqlType::Bool => Datum::Bool(text(&value)? != "0"),
+        SqlType::Time => text_datum(&SqlType::TimeSpan, value).map_err(anyhow::Error::msg)?,
+        SqlType::Money => pgtext::parse(ty, &text(&value)?)?,
+        SqlType::Array(elem) => {
+            let json: serde_json::Value = serde_json::from_str(&text(&value)?)?;
+            let items = json
+                .as_array()
+                .ok_or_else(|| anyhow::anyhow!("an array column holds {json}"))?;
+            Datum::Array(
+                items
+                    .iter()
+                    .map(|item| {
+                        Ok(match item {
+                            serde_json::Value::Null => Datum::Null,
+                            serde_json::Value::Bool(b) => Datum::Bool(*b),
+                            serde_json::Value::Number(n) => match **elem {
+                                SqlType::Int64 => Datum::Long(
+                                    n.as_i64()
+                                        .ok_or_else(|| anyhow::anyhow!("{n} is no bigint"))?,
+                                ),
+                                _ => Datum::Int(
+                                    n.as_i64()
+                                        .and_then(|v| i32::try_from(v).ok())
+                                        .ok_or_else(|| anyhow::anyhow!("{n} is no int"))?,
+                                ),
+                            },
+                            serde_json::Value::String(s) => pgtext::parse(elem, s)?,
+                            other => anyhow::bail!("an array element {other}"),
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<Datum>>>()?,
+            )
+        }
+        _ => text_datum(ty, value).map_err(anyhow::Error::msg)?,
+    })
+}
+
 /// What is compared, read from both sides.
 pub(super) struct Mapped<'a> {
     pub src: Source<'a>,
-    pub dst: &'a tokio_postgres::Client,
+    pub dst: Sink<'a>,
     pub table: &'a TableId,
     pub sink_table: &'a TableId,
     pub writer: &'a TableSchema,
@@ -227,18 +335,55 @@ impl Mapped<'_> {
     async fn scan_sink(&self, n: u64, keep: Option<&HashSet<u64>>) -> anyhow::Result<Scan> {
         let target = &self.mapping.target;
         let names: Vec<String> = target.columns.iter().map(|c| c.name.clone()).collect();
-        let stream = self
-            .dst
-            .query_raw(&select(self.sink_table, &names), Vec::<String>::new())
-            .await?;
-        pin_mut!(stream);
         let target_key = target.key_indices();
         let mut scan = Scan::default();
-        while let Some(row) = stream.try_next().await? {
-            let values = parse(target, &row)?;
+        let mut add = |values: Vec<Datum>| {
             let key_texts = texts(target, &values, &target_key);
             let key = format!("({})", key_texts.join(","));
             scan.add(key, row_hash(&values), || key_texts, n, keep);
+        };
+        match &self.dst {
+            Sink::Postgres(client) => {
+                let stream = client
+                    .query_raw(&select(self.sink_table, &names), Vec::<String>::new())
+                    .await?;
+                pin_mut!(stream);
+                while let Some(row) = stream.try_next().await? {
+                    add(parse(target, &row)?);
+                }
+            }
+            Sink::Mysql(pool) => {
+                use futures::StreamExt;
+                use mysql_async::prelude::Queryable;
+                let list: Vec<String> = names
+                    .iter()
+                    .map(|c| format!("`{}`", c.replace('`', "``")))
+                    .collect();
+                let sql = format!(
+                    "SELECT {} FROM {}",
+                    list.join(", "),
+                    mysql_name(self.sink_table)
+                );
+                let mut conn = pool.get_conn().await?;
+                let mut result = conn.query_iter(sql).await?;
+                let mut stream = result
+                    .stream::<mysql_async::Row>()
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("no result reading {}", self.sink_table))?;
+                while let Some(row) = stream.next().await {
+                    let values = row?
+                        .unwrap()
+                        .into_iter()
+                        .zip(&target.columns)
+                        .map(|(v, c)| {
+                            mysql_datum(&c.sql_type, v).map_err(|e| {
+                                anyhow::anyhow!("{}.{} at the sink: {e}", self.sink_table, c.name)
+                            })
+                        })
+                        .collect::<anyhow::Result<Vec<Datum>>>()?;
+                    add(values);
+                }
+            }
         }
         Ok(scan)
     }
@@ -309,7 +454,7 @@ pub(super) async fn compare(
     options: &Options,
 ) -> anyhow::Result<TableReport> {
     let missing: Vec<&str> = {
-        let (at_sink, _) = super::columns(mapped.dst, mapped.sink_table).await?;
+        let at_sink = mapped.dst.columns(mapped.sink_table).await?;
         anyhow::ensure!(
             !at_sink.is_empty(),
             "the sink has no table {}",
@@ -330,18 +475,7 @@ pub(super) async fn compare(
         mapped.sink_table
     );
     // (The sink's count sizes the buckets: it is one query whatever the source's engine.)
-    let estimate: i64 = mapped
-        .dst
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {}.{}",
-                quote(&mapped.sink_table.namespace),
-                quote(&mapped.sink_table.name)
-            ),
-            &[],
-        )
-        .await?
-        .get(0);
+    let estimate = mapped.dst.count(mapped.sink_table).await?;
     let n = (estimate as u64 / options.bucket_rows.max(1)).max(1);
     let (source, sink) = tokio::try_join!(mapped.scan_source(n, None), mapped.scan_sink(n, None))?;
     if source.refused > 0 {

@@ -24,11 +24,9 @@
 //! (`mapped.rs`): the source's rows are mapped in Sluice as the router maps them, and hashed
 //! there rather than in SQL.
 //!
-//! A MySQL/MariaDB source's table is compared the same way, through its identity scheme when it
-//! has none: its rows are read as capture's snapshot reads them.
-//!
-//! This version compares with PostgreSQL sinks. A MySQL/MariaDB sink is reported as not
-//! compared, with the reason.
+//! Across engines a table is compared the same way, through its identity scheme when it has
+//! none: a MySQL/MariaDB source's rows are read as capture's snapshot reads them, a
+//! MySQL/MariaDB sink's values back as the MySQL sink wrote them (`mapped::mysql_datum`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -262,12 +260,6 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 not_compared: Some(why),
                 repair: None,
             };
-            let SinkConfig::Postgres(dst) = sink else {
-                jobs.push(Job::Done(not_compared(
-                    "comparing a MySQL/MariaDB sink is not built yet; only PostgreSQL sinks".into(),
-                )));
-                continue;
-            };
             let source_db = || -> anyhow::Result<SourceDb> {
                 Ok(match source {
                     SourceConfig::Postgres(src) => SourceDb::Postgres {
@@ -284,29 +276,59 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 })
             };
             let through: Vec<&Scheme> = schemes.iter().filter(|s| s.source == table).collect();
-            // A MySQL/MariaDB source is compared through its identity scheme when it has none.
+            // Across engines (a MySQL/MariaDB source or sink) a table is compared through its
+            // identity scheme when it has none: values, not their texts.
             let mut plans: Vec<Option<&Scheme>> = through.into_iter().map(Some).collect();
-            if plans.is_empty() && matches!(source, SourceConfig::Mysql(_)) {
+            let across =
+                matches!(source, SourceConfig::Mysql(_)) || matches!(sink, SinkConfig::Mysql(_));
+            if plans.is_empty() && across {
                 plans.push(None);
             }
             if !plans.is_empty() {
                 for scheme in plans {
                     let target = scheme.map_or_else(|| table.clone(), |s| s.target_of(&table));
-                    let sink_table = match &dst.schema {
-                        Some(schema) => TableId::new(schema.clone(), target.name.clone()),
-                        None => target,
+                    let (sink_db, sink_table) = match sink {
+                        SinkConfig::Postgres(dst) => (
+                            SinkDb::Postgres(Box::new(connector(
+                                &dst.url,
+                                &dst.tls,
+                                "sinks",
+                                &router.sink,
+                            )?)),
+                            match &dst.schema {
+                                Some(schema) => TableId::new(schema.clone(), target.name.clone()),
+                                None => target,
+                            },
+                        ),
+                        SinkConfig::Mysql(dst) => (
+                            SinkDb::Mysql {
+                                name: router.sink.clone(),
+                                config: Box::new(dst.clone()),
+                                password: Config::env_password("sinks", &router.sink),
+                            },
+                            // As the MySQL sink names it: its `database`, else the source's schema.
+                            TableId::new(
+                                dst.database
+                                    .clone()
+                                    .unwrap_or_else(|| target.namespace.clone()),
+                                target.name.clone(),
+                            ),
+                        ),
                     };
                     jobs.push(Job::Mapped {
                         source: source_db()?,
                         scheme: scheme.map(|s| Box::new(s.clone())),
                         hmac_key: hmac_key.clone(),
-                        sink_db: Box::new(connector(&dst.url, &dst.tls, "sinks", &router.sink)?),
+                        sink_db: Box::new(sink_db),
                         sink_table,
                         base: not_compared(String::new()),
                     });
                 }
                 continue;
             }
+            let SinkConfig::Postgres(dst) = sink else {
+                unreachable!("a MySQL/MariaDB sink always has a plan above");
+            };
             let SourceConfig::Postgres(src) = source else {
                 unreachable!("a MySQL/MariaDB source always has a plan above");
             };
@@ -327,7 +349,6 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
     // `options.parallel` tables at once, reported in the configured order.
     let reports = futures::stream::iter(jobs.into_iter().map(|job| async move {
         match job {
-            Job::Done(report) => report,
             Job::Mapped {
                 source,
                 scheme,
@@ -394,14 +415,13 @@ fn finish(
 
 /// One table of a verify run.
 enum Job {
-    Done(TableReport),
     /// A table written through a scheme (one job per scheme of it).
     Mapped {
         source: SourceDb,
         /// `None`: the table's identity scheme.
         scheme: Option<Box<Scheme>>,
         hmac_key: Option<Vec<u8>>,
-        sink_db: Box<PgConnector>,
+        sink_db: Box<SinkDb>,
         sink_table: TableId,
         base: TableReport,
     },
@@ -1008,16 +1028,54 @@ enum SourceDb {
     },
 }
 
+/// Where a comparison through a scheme reads the sink.
+enum SinkDb {
+    Postgres(Box<PgConnector>),
+    Mysql {
+        name: String,
+        config: Box<sluice_sinks::mysql::MysqlSinkConfig>,
+        password: Option<String>,
+    },
+}
+
+/// A MySQL/MariaDB sink's connection pool, with its session as the sink's (UTC).
+fn mysql_pool(
+    name: &str,
+    config: &sluice_sinks::mysql::MysqlSinkConfig,
+    password: Option<&str>,
+) -> anyhow::Result<mysql_async::Pool> {
+    let opts = mysql_async::Opts::from_url(&config.url)
+        .map_err(|e| anyhow::anyhow!("sinks.{name}.url is not a valid mysql:// url: {e}"))?;
+    let mut builder = mysql_async::OptsBuilder::from_opts(opts)
+        .prefer_socket(false)
+        .ssl_opts(config.tls.mysql_ssl_opts())
+        .init(vec!["SET SESSION time_zone = '+00:00'"]);
+    if let Some(pw) = password {
+        builder = builder.pass(Some(pw));
+    }
+    Ok(mysql_async::Pool::new(builder))
+}
+
 /// Compares a table written through `scheme` (its identity scheme when `None`; see
 /// `mapped.rs`).
 async fn compare_mapped(
     (source, table): (&SourceDb, &TableId),
-    (sink, sink_table): (&PgConnector, &TableId),
+    (sink, sink_table): (&SinkDb, &TableId),
     (scheme, hmac_key): (Option<&Scheme>, Option<&[u8]>),
     options: &Options,
 ) -> anyhow::Result<TableReport> {
     let settings = sluice_capture::postgres::reread::TEXT_SETTINGS.replace("SET LOCAL", "SET");
-    let (dst, dst_task) = sink.connect().await.context("connecting to the sink")?;
+    let (pg_dst, my_dst) = match sink {
+        SinkDb::Postgres(c) => (
+            Some(c.connect().await.context("connecting to the sink")?),
+            None,
+        ),
+        SinkDb::Mysql {
+            name,
+            config,
+            password,
+        } => (None, Some(mysql_pool(name, config, password.as_deref())?)),
+    };
     let pg = match source {
         SourceDb::Postgres { db, .. } => {
             Some(db.connect().await.context("connecting to the source")?)
@@ -1025,7 +1083,14 @@ async fn compare_mapped(
         SourceDb::Mysql { .. } => None,
     };
     let result = async {
-        dst.batch_execute(&settings).await?;
+        let dst = match (&pg_dst, &my_dst) {
+            (Some((client, _)), _) => {
+                client.batch_execute(&settings).await?;
+                mapped::Sink::Postgres(client)
+            }
+            (None, Some(pool)) => mapped::Sink::Mysql(pool),
+            (None, None) => unreachable!("one of the two is connected above"),
+        };
         let (writer, src, slot) = match (source, &pg) {
             (
                 SourceDb::Postgres {
@@ -1099,7 +1164,7 @@ async fn compare_mapped(
         mapped::compare(
             mapped::Mapped {
                 src,
-                dst: &dst,
+                dst,
                 table,
                 sink_table,
                 writer: &writer,
@@ -1114,7 +1179,12 @@ async fn compare_mapped(
     if let Some((_, task)) = pg {
         task.abort();
     }
-    dst_task.abort();
+    if let Some((_, task)) = pg_dst {
+        task.abort();
+    }
+    if let Some(pool) = my_dst {
+        let _ = pool.disconnect().await;
+    }
     result
 }
 
