@@ -1109,31 +1109,45 @@ impl Publisher {
         let key = codec.encode_key(event, &out.key_header)?;
         let now_us = sluice_schemas::event::unix_now_us();
         let value = codec.encode_value(event, now_us, &out.value_header)?;
-        let position = self.position_hex(&event.position);
+        let headers = vec![
+            (POSITION_HEADER, self.position_hex(&event.position)),
+            (sluice_connect::headers::PROVISIONAL_HEADER, note.to_vec()),
+        ];
+        self.hand_in_progress(&out.topic, key.as_deref(), Some(&value), headers)
+            .await?;
+        Ok(&out.topic)
+    }
+
+    /// Hands one message of a transaction in progress to the routers, once a permit is free;
+    /// the permit comes back when a router takes it.
+    async fn hand_in_progress(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: Vec<(&'static str, Vec<u8>)>,
+    ) -> Result<(), CaptureError> {
+        let (local, report) = self.local()?;
         self.tracker
             .permits
             .acquire()
             .await
             .map_err(|_| CaptureError::Kafka("the publisher stopped".into()))?
             .forget();
-        let (local, report) = self.local()?;
-        let headers = vec![
-            (POSITION_HEADER, position),
-            (sluice_connect::headers::PROVISIONAL_HEADER, note.to_vec()),
-        ];
+        let now_ms = sluice_schemas::event::unix_now_us().div_euclid(1000);
         if let Err(e) = local.publish(
-            &out.topic,
-            key.as_deref(),
-            Some(&value),
+            topic,
+            key,
+            value,
             headers,
-            now_us.div_euclid(1000),
+            now_ms,
             IN_PROGRESS,
             report.clone(),
         ) {
             self.tracker.permits.add_permits(1);
             return Err(CaptureError::Definite(e));
         }
-        Ok(&out.topic)
+        Ok(())
     }
 
     /// Publishes a rollback `note` of a transaction in progress (or of a subtransaction of
@@ -1144,27 +1158,8 @@ impl Publisher {
         note: &[u8],
     ) -> Result<(), CaptureError> {
         for topic in topics {
-            self.tracker
-                .permits
-                .acquire()
-                .await
-                .map_err(|_| CaptureError::Kafka("the publisher stopped".into()))?
-                .forget();
-            let (local, report) = self.local()?;
             let headers = vec![(sluice_connect::headers::PROVISIONAL_HEADER, note.to_vec())];
-            let now_ms = sluice_schemas::event::unix_now_us().div_euclid(1000);
-            if let Err(e) = local.publish(
-                topic,
-                None,
-                None,
-                headers,
-                now_ms,
-                IN_PROGRESS,
-                report.clone(),
-            ) {
-                self.tracker.permits.add_permits(1);
-                return Err(CaptureError::Definite(e));
-            }
+            self.hand_in_progress(topic, None, None, headers).await?;
         }
         Ok(())
     }

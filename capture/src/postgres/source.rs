@@ -1390,6 +1390,18 @@ impl Stream<'_> {
         }
     }
 
+    /// The header of the rollback of `subxid` (`xid` itself: the whole transaction).
+    fn rollback_note(&self, xid: u32, subxid: u32) -> Result<Vec<u8>, CaptureError> {
+        let note = sluice_connect::headers::InProgress {
+            source: self.source_name.to_string(),
+            session: self.session,
+            xid,
+            subxid,
+            abort: true,
+        };
+        serde_json::to_vec(&note).map_err(|e| CaptureError::Definite(e.to_string()))
+    }
+
     /// The source rolled back a transaction handed over while in progress, or a
     /// subtransaction of it: the routers are told, in order with its changes.
     async fn in_progress_note(&mut self, xid: u32, subxid: u32) -> Result<(), CaptureError> {
@@ -1397,17 +1409,8 @@ impl Stream<'_> {
             return Ok(());
         };
         if !t.topics.is_empty() {
-            let note = sluice_connect::headers::InProgress {
-                source: self.source_name.to_string(),
-                session: self.session,
-                xid,
-                subxid,
-                abort: true,
-            };
-            let note =
-                serde_json::to_vec(&note).map_err(|e| CaptureError::Definite(e.to_string()))?;
             self.publisher
-                .publish_in_progress_note(&t.topics, &note)
+                .publish_in_progress_note(&t.topics, &self.rollback_note(xid, subxid)?)
                 .await?;
         }
         if xid == subxid {
@@ -1453,17 +1456,8 @@ impl Stream<'_> {
         };
         if let Some(why) = doubt {
             // The routers let theirs go before its changes come again.
-            let note = sluice_connect::headers::InProgress {
-                source: self.source_name.to_string(),
-                session: self.session,
-                xid,
-                subxid: xid,
-                abort: true,
-            };
-            let note =
-                serde_json::to_vec(&note).map_err(|e| CaptureError::Definite(e.to_string()))?;
             self.publisher
-                .publish_in_progress_note(&t.topics, &note)
+                .publish_in_progress_note(&t.topics, &self.rollback_note(xid, xid)?)
                 .await?;
             debug!(xid, reason = %why, "a streamed transaction is published at its commit");
             after_commit();
