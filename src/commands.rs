@@ -246,7 +246,8 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
     if let (true, Some(v)) = (components.router, config.verify.clone()) {
         let (config, shutdown) = (config.clone(), shutdown.clone());
         info!(
-            interval_s = v.interval_s,
+            interval_s = ?v.interval_s,
+            schedule = ?v.schedule,
             "verify runs on a schedule ([verify])"
         );
         tasks.spawn(async move {

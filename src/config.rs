@@ -256,9 +256,16 @@ impl ShutdownConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyConfig {
-    /// Seconds from the end of one run to the start of the next.
-    pub interval_s: u64,
-    /// Seconds after start before the first run. Default: one interval.
+    /// Seconds from the end of one run to the start of the next (or `schedule`).
+    #[serde(default)]
+    pub interval_s: Option<u64>,
+    /// When runs start, as a cron expression in UTC (minute hour day-of-month month
+    /// day-of-week, e.g. `"30 2 * * *"`; see `src/cron.rs`), instead of `interval_s`. A run
+    /// still going at a time skips that time.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Seconds after start before the first run. Default: one interval, or the schedule's
+    /// first time.
     #[serde(default)]
     pub first_after_s: Option<u64>,
     /// Only these source tables (`schema.table`). Default: every routed table.
@@ -942,8 +949,21 @@ impl Config {
                         .into(),
                 );
             }
-            if v.interval_s == 0 {
-                problems.push("verify.interval_s must be > 0 (e.g. 3600)".into());
+            match (&v.interval_s, &v.schedule) {
+                (Some(0), _) => problems.push("verify.interval_s must be > 0 (e.g. 3600)".into()),
+                (Some(_), Some(_)) => problems
+                    .push("[verify] takes interval_s or schedule, not both: remove one".into()),
+                (None, None) => problems.push(
+                    "[verify] needs interval_s (seconds between runs, e.g. 3600) or schedule (a \
+                     cron expression in UTC, e.g. \"30 2 * * *\")"
+                        .into(),
+                ),
+                (None, Some(cron)) => {
+                    if let Err(e) = crate::cron::Cron::parse(cron) {
+                        problems.push(format!("verify.schedule: {e}"));
+                    }
+                }
+                (Some(_), None) => {}
             }
             if v.bucket_rows == 0 {
                 problems.push("verify.bucket_rows must be > 0 (e.g. 1000)".into());
@@ -1124,6 +1144,34 @@ sink = "warehouse"
             c.router_topics(),
             vec!["sluice.pg_main.public.orders".to_string()]
         );
+    }
+
+    #[test]
+    fn verify_runs_on_an_interval_or_a_cron_schedule_and_a_bad_one_is_named() {
+        let with =
+            |verify: &str| Config::parse(&format!("{MINIMAL}\n[verify]\n{verify}\n")).unwrap();
+        with("interval_s = 3600").validate().unwrap();
+        let c = with("schedule = \"30 2 * * MON-FRI\"");
+        c.validate().unwrap();
+        assert_eq!(
+            c.verify.unwrap().schedule.as_deref(),
+            Some("30 2 * * MON-FRI")
+        );
+        for (verify, says) in [
+            ("", "needs interval_s"),
+            ("interval_s = 60\nschedule = \"* * * * *\"", "not both"),
+            (
+                "schedule = \"61 * * * *\"",
+                "verify.schedule: 61 in the minute field is outside 0–59",
+            ),
+            ("schedule = \"daily\"", "has 1 fields"),
+        ] {
+            let problems = with(verify).validate().unwrap_err();
+            assert!(
+                problems.iter().any(|p| p.contains(says)),
+                "{verify}: {problems:?}"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod cron;
 pub mod kafka;
 pub mod schemes;
 pub mod status;

@@ -500,7 +500,8 @@ pub fn summary(reports: &[TableReport]) -> String {
     out
 }
 
-/// `[verify]`: runs verify every `interval_s` until `shutdown`, and exposes what each run found
+/// `[verify]`: runs verify every `interval_s` (or at the times of `schedule`) until `shutdown`,
+/// and exposes what each run found
 /// as `sluice_verify_*` metrics (a run that fails is logged and counted, and tried again after
 /// the interval).
 pub async fn scheduled(
@@ -521,13 +522,36 @@ pub async fn scheduled(
         },
         repair_wait: Duration::from_millis(settings.repair_wait_ms),
     };
-    let mut wait = Duration::from_secs(settings.first_after_s.unwrap_or(settings.interval_s));
+    // (The config was checked: one of the two is set, and the expression parses.)
+    let cron = settings
+        .schedule
+        .as_deref()
+        .and_then(|c| crate::cron::Cron::parse(c).ok());
+    let interval = Duration::from_secs(settings.interval_s.unwrap_or(3600));
+    let next = || match &cron {
+        Some(cron) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            match cron.next_after(now) {
+                Some(at) => Duration::from_secs((at - now).max(0) as u64),
+                None => {
+                    tracing::warn!(schedule = ?settings.schedule, "the verify schedule never comes again");
+                    Duration::MAX
+                }
+            }
+        }
+        None => interval,
+    };
+    let mut wait = settings
+        .first_after_s
+        .map_or_else(next, Duration::from_secs);
     loop {
+        tracing::debug!(in_s = wait.as_secs(), "next scheduled verify");
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(wait.min(Duration::from_secs(10 * 366 * 86_400))) => {}
         }
-        wait = Duration::from_secs(settings.interval_s);
         let started = Instant::now();
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -562,7 +586,7 @@ pub async fn scheduled(
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "scheduled verify failed; it runs again after the interval");
+                tracing::warn!(error = %format!("{e:#}"), "scheduled verify failed; it runs again at the next time");
                 "error"
             }
         };
@@ -572,6 +596,7 @@ pub async fn scheduled(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         metrics::gauge!(t::VERIFY_LAST_RUN).set(now);
+        wait = next();
     }
 }
 
