@@ -548,3 +548,79 @@ fn in_local_mode_a_mariadb_sink_takes_a_transaction_in_progress_after_its_commit
         1.0
     );
 }
+
+#[test]
+fn in_local_mode_a_sink_outage_while_a_transaction_is_written_in_progress_loses_and_doubles_nothing(
+) {
+    // Given a local-mode pipeline writing a large open transaction into a sink on a server of
+    // its own,
+    let p = local_streaming("inprog_outage", BIG);
+    let mut sink = sluice_harness::Postgres::start().unwrap();
+    sink.create_database("sink").unwrap();
+    sink.psql("sink", BIG).unwrap();
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        config.replace(&p.pg.url("sink"), &sink.url("sink")),
+    )
+    .unwrap();
+    sink.log_applies("sink", "public.big", ("id", "bigint"), ("n", "int"))
+        .unwrap();
+    let sluice = p.run();
+    sluice.wait_for_log("starting replication", Duration::from_secs(60));
+    let open = session(
+        &p,
+        format!(
+            "BEGIN; {} SELECT pg_sleep(5); {} COMMIT;",
+            inserts("open", 1, 20_000),
+            inserts("open", 20_001, 10_000)
+        ),
+    );
+    sluice.wait_for_metric(
+        "sluice_sink_provisional_rows_total",
+        &[("sink", "warehouse")],
+        Duration::from_secs(30),
+        "> 0 (rows of the open transaction written at the sink)",
+        |v| v > 0.0,
+    );
+
+    // when the sink's server stops then (the open transaction with it), the source commits
+    // and writes on, and the sink comes back,
+    sink.stop();
+    open.join().unwrap();
+    p.source("UPDATE public.big SET n = 1 WHERE id % 100 = 0");
+    std::thread::sleep(Duration::from_secs(2));
+    sink.start_again().unwrap();
+
+    // then the sink equals the source, each row version written once.
+    let deadline = std::time::Instant::now() + CONVERGE;
+    loop {
+        let source = sluice_harness::compare::pg_rows(
+            &p.pg,
+            "source",
+            "SELECT * FROM public.big ORDER BY id",
+        )
+        .unwrap();
+        let at_sink =
+            sluice_harness::compare::pg_rows(&sink, "sink", "SELECT * FROM public.big ORDER BY id")
+                .unwrap_or_default();
+        if source == at_sink {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "source {} rows, sink {}\n{}",
+            source.len(),
+            at_sink.len(),
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(
+        sink.apply_log("sink", "id", "n").written_twice(),
+        "",
+        "rows written twice (id|n|times)"
+    );
+    // (The open transaction went with the sink: it was applied after its commit.)
+    assert_eq!(in_progress(&sluice, "abandoned"), 1.0, "{}", sluice.log());
+}

@@ -48,7 +48,8 @@ pub const SINK_WAIT_SECONDS: &str = "sluice_router_sink_wait_seconds";
 
 /// Transactions applied at the sink while still in progress at the source (local mode), by
 /// how they ended, labels `sink` and `outcome`: `committed` (at their commit, with everything
-/// before them), `replayed` (the sink had them: rolled back), `aborted` (at the source),
+/// before them), `replayed` (the sink had them: rolled back), `aborted` (at the source, or let
+/// go by capture, which publishes them after their commit),
 /// `abandoned` (rolled back, and applied after their commit instead; logged with the reason).
 pub const PROVISIONAL_TRANSACTIONS_TOTAL: &str = "sluice_router_provisional_transactions_total";
 
