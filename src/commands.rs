@@ -125,8 +125,15 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 ),
                 policy: config.schemas.policy(),
                 registry: registry.clone(),
+                // Only a PostgreSQL sink holds one open: with none, handing a transaction
+                // over while in progress would be work for nothing.
                 apply_in_progress: mode == Mode::Local
-                    && config.local.as_ref().is_none_or(|l| l.apply_in_progress),
+                    && config.local.as_ref().is_none_or(|l| l.apply_in_progress)
+                    && config.router.as_ref().is_some_and(|r| {
+                        std::iter::once(&r.sink)
+                            .chain(&r.also_sinks)
+                            .any(|s| matches!(config.sinks.get(s), Some(SinkConfig::Postgres(_))))
+                    }),
             };
             captures.push((name.clone(), source.clone(), settings));
         }

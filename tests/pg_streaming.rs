@@ -493,9 +493,10 @@ fn in_local_mode_a_transaction_in_progress_that_blocks_the_sink_is_let_go_and_ap
 }
 
 #[test]
-fn in_local_mode_a_mariadb_sink_takes_a_transaction_in_progress_after_its_commit() {
-    // Given a local-mode pipeline from a streaming PostgreSQL source into MariaDB (a sink that
-    // cannot hold a transaction open beside its batches),
+fn in_local_mode_a_postgres_sink_holds_a_transaction_in_progress_and_a_mariadb_one_takes_it_after_its_commit(
+) {
+    // Given a local-mode pipeline from a streaming PostgreSQL source into a PostgreSQL sink and,
+    // beside it, a MariaDB one (which cannot hold a transaction open beside its batches),
     let maria = sluice_harness::MariaDb::shared().unwrap();
     maria.create_database("inprog_wh").unwrap();
     let wh = maria.db("inprog_wh");
@@ -503,15 +504,31 @@ fn in_local_mode_a_mariadb_sink_takes_a_transaction_in_progress_after_its_commit
         .local()
         .own_postgres()
         .ddl(BIG)
+        .sink_ddl(BIG)
         .tables(&["public.big"])
-        .mysql_sink(&maria, &wh)
+        .router("also_sinks = [\"mart\"]")
         .build();
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        config.replace(
+            "[router]",
+            &format!(
+                "[sinks.mart]\nkind = \"mysql\"\nurl = \"{}/{wh}\"\ndatabase = \"{wh}\"\n\n[router]",
+                maria.url()
+            ),
+        ),
+    )
+    .unwrap();
     let source = p.pg.name("source");
     p.pg.psql(
         "postgres",
         &format!("ALTER DATABASE {source} SET logical_decoding_work_mem = '64kB'"),
     )
     .unwrap();
+    let applies =
+        p.pg.log_applies("sink", "public.big", ("id", "bigint"), ("n", "int"))
+            .unwrap();
     let sluice = p.run();
     sluice.wait_for_log("starting replication", Duration::from_secs(60));
 
@@ -527,7 +544,9 @@ fn in_local_mode_a_mariadb_sink_takes_a_transaction_in_progress_after_its_commit
     .join()
     .unwrap();
 
-    // then capture publishes it after its commit and MariaDB holds all of it.
+    // then the PostgreSQL sink committed the one it held, MariaDB refused to hold one, so
+    // capture published the transaction after its commit: MariaDB applied it, and the
+    // PostgreSQL sink skipped it as applied — both hold all of it, each row written once.
     let deadline = std::time::Instant::now() + CONVERGE;
     while maria
         .root_sql(&format!("SELECT COUNT(*) FROM {wh}.big"))
@@ -539,7 +558,20 @@ fn in_local_mode_a_mariadb_sink_takes_a_transaction_in_progress_after_its_commit
         assert!(std::time::Instant::now() < deadline, "{}", sluice.log());
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert_eq!(in_progress(&sluice, "abandoned"), 1.0, "{}", sluice.log());
+    p.wait_for_match(&sluice, &["public.big"], CONVERGE);
+    assert_eq!(
+        applies.written_twice(),
+        "",
+        "rows written twice (id|n|times)"
+    );
+    assert_eq!(in_progress(&sluice, "committed"), 1.0, "{}", sluice.log());
+    assert_eq!(
+        sluice.metric(
+            "sluice_router_provisional_transactions_total",
+            &[("sink", "mart"), ("outcome", "abandoned")]
+        ),
+        1.0
+    );
     assert_eq!(
         sluice.metric(
             "sluice_capture_in_progress_transactions_total",
