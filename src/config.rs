@@ -288,6 +288,10 @@ pub struct VerifyConfig {
     /// How long repaired rows may take to arrive, in milliseconds. Default 120000.
     #[serde(default = "default_verify_repair_wait_ms")]
     pub repair_wait_ms: u64,
+    /// At most this many rows a second read from each database per table compared (as
+    /// `sluice verify --max-rows-per-second`). Default: no limit.
+    #[serde(default)]
+    pub max_rows_per_second: Option<u64>,
 }
 
 fn default_verify_repair_wait_ms() -> u64 {

@@ -98,6 +98,11 @@ struct VerifyArgs {
     /// How long repaired rows may take to arrive, in milliseconds.
     #[arg(long, default_value_t = 120_000)]
     repair_wait_ms: u64,
+    /// At most this many rows a second read from each database per table compared (for busy
+    /// production databases): PostgreSQL tables are read in block ranges within one snapshot,
+    /// paced; rows read into Sluice (through schemes, across engines) are read at that pace.
+    #[arg(long)]
+    max_rows_per_second: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -295,6 +300,7 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             (true, false) => sluice::verify::Repair::Yes,
         },
         repair_wait: std::time::Duration::from_millis(args.repair_wait_ms),
+        max_rows_per_second: args.max_rows_per_second,
     };
     match runtime.block_on(sluice::verify::verify(&config, &options)) {
         Ok(reports) => {

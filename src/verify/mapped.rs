@@ -271,11 +271,18 @@ pub(super) struct Mapped<'a> {
     pub sink_table: &'a TableId,
     pub writer: &'a TableSchema,
     pub mapping: &'a Mapping,
+    /// Rows read into Sluice from each side at most this fast (MySQL/MariaDB sources are read
+    /// through capture's reader, unpaced).
+    pub max_rows_per_second: Option<u64>,
 }
+
+/// Rows between two looks at the pace.
+const PACE_EVERY: u64 = 1_000;
 
 impl Mapped<'_> {
     async fn scan_source(&self, n: u64, keep: Option<&HashSet<u64>>) -> anyhow::Result<Scan> {
         let mut scan = Scan::default();
+        let mut pace = super::Pace::new(self.max_rows_per_second);
         let keys = (self.mapping.target.key_indices(), self.writer.key_indices());
         match &self.src {
             Source::Postgres { client, table } => {
@@ -285,8 +292,13 @@ impl Mapped<'_> {
                     .query_raw(&select(table, &names), Vec::<String>::new())
                     .await?;
                 pin_mut!(stream);
+                let mut read = 0u64;
                 while let Some(row) = stream.try_next().await? {
                     self.add_source_row(&mut scan, parse(self.writer, &row)?, &keys, (n, keep));
+                    read += 1;
+                    if read % PACE_EVERY == 0 {
+                        pace.rows(PACE_EVERY).await;
+                    }
                 }
             }
             Source::Mysql {
@@ -337,10 +349,12 @@ impl Mapped<'_> {
         let names: Vec<String> = target.columns.iter().map(|c| c.name.clone()).collect();
         let target_key = target.key_indices();
         let mut scan = Scan::default();
+        let mut pace = super::Pace::new(self.max_rows_per_second);
         let mut add = |values: Vec<Datum>| {
             let key_texts = texts(target, &values, &target_key);
             let key = format!("({})", key_texts.join(","));
             scan.add(key, row_hash(&values), || key_texts, n, keep);
+            scan.rows
         };
         match &self.dst {
             Sink::Postgres(client) => {
@@ -349,7 +363,9 @@ impl Mapped<'_> {
                     .await?;
                 pin_mut!(stream);
                 while let Some(row) = stream.try_next().await? {
-                    add(parse(target, &row)?);
+                    if add(parse(target, &row)?) % PACE_EVERY == 0 {
+                        pace.rows(PACE_EVERY).await;
+                    }
                 }
             }
             Sink::Mysql(pool) => {
@@ -381,7 +397,9 @@ impl Mapped<'_> {
                             })
                         })
                         .collect::<anyhow::Result<Vec<Datum>>>()?;
-                    add(values);
+                    if add(values) % PACE_EVERY == 0 {
+                        pace.rows(PACE_EVERY).await;
+                    }
                 }
             }
         }

@@ -60,6 +60,9 @@ pub struct Options {
     pub repair: Repair,
     /// How long repaired rows may take to arrive at the sink.
     pub repair_wait: Duration,
+    /// At most this many rows a second read from each database for each table compared (a
+    /// busy production database); none by default.
+    pub max_rows_per_second: Option<u64>,
 }
 
 /// `--repair` and `--dry-run`.
@@ -95,7 +98,70 @@ impl Default for Options {
             parallel: 1,
             repair: Repair::No,
             repair_wait: Duration::from_secs(120),
+            max_rows_per_second: None,
         }
+    }
+}
+
+/// Keeps a reader at or below a rate: [`Pace::rows`] sleeps whenever the rows read so far came
+/// faster than `per_second`.
+pub(crate) struct Pace {
+    per_second: Option<u64>,
+    started: Instant,
+    rows: u64,
+}
+
+impl Pace {
+    pub fn new(per_second: Option<u64>) -> Pace {
+        Pace {
+            per_second: per_second.filter(|r| *r > 0),
+            started: Instant::now(),
+            rows: 0,
+        }
+    }
+
+    /// How long to wait after `rows` more rows, at `elapsed` since the start.
+    fn due(&mut self, rows: u64, elapsed: Duration) -> Duration {
+        self.rows += rows;
+        match self.per_second {
+            Some(rate) => {
+                Duration::from_secs_f64(self.rows as f64 / rate as f64).saturating_sub(elapsed)
+            }
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Counts `rows` read; waits while they came too fast.
+    pub async fn rows(&mut self, rows: u64) {
+        let wait = self.due(rows, self.started.elapsed());
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    pub fn limited(&self) -> bool {
+        self.per_second.is_some()
+    }
+}
+
+#[cfg(test)]
+mod pace_tests {
+    use super::*;
+
+    #[test]
+    fn a_pace_waits_only_when_rows_come_faster_than_its_rate() {
+        let mut pace = Pace::new(Some(1_000));
+        // 500 rows in 0.1 s: due at 0.5 s.
+        assert_eq!(
+            pace.due(500, Duration::from_millis(100)),
+            Duration::from_millis(400)
+        );
+        // 500 more at 1.5 s: late already.
+        assert_eq!(pace.due(500, Duration::from_millis(1_500)), Duration::ZERO);
+        let mut free = Pace::new(None);
+        assert!(!free.limited());
+        assert_eq!(free.due(1_000_000, Duration::ZERO), Duration::ZERO);
+        assert!(!Pace::new(Some(0)).limited(), "0 is no limit");
     }
 }
 
@@ -521,6 +587,7 @@ pub async fn scheduled(
             Repair::No
         },
         repair_wait: Duration::from_millis(settings.repair_wait_ms),
+        max_rows_per_second: settings.max_rows_per_second,
     };
     // (The config was checked: one of the two is set, and the expression parses.)
     let cron = settings
@@ -690,19 +757,85 @@ async fn buckets(
     table: &str,
     shape: &Shape,
     buckets: i64,
+    max_rows_per_second: Option<u64>,
 ) -> anyhow::Result<Buckets> {
-    let sql = format!(
-        "SELECT {bucket}, count(*), sum(hashtextextended({row}, 0)::numeric)::text \
-         FROM {table} t GROUP BY 1",
-        row = shape.row,
-        bucket = bucket_of(&shape.key, buckets),
-    );
-    Ok(client
-        .query(&sql, &[])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+    let sql = |range: &str| {
+        format!(
+            "SELECT {bucket}, count(*), sum(hashtextextended({row}, 0)::numeric)::text \
+             FROM {table} t WHERE {range} GROUP BY 1",
+            row = shape.row,
+            bucket = bucket_of(&shape.key, buckets),
+        )
+    };
+    // (Rate-limited, a bucket comes once per range read: its counts and sums add up.)
+    let mut out: HashMap<i64, (i64, i128)> = HashMap::new();
+    for r in in_ranges(client, table, max_rows_per_second, sql, &[]).await? {
+        let (count, sum): (i64, String) = (r.get(1), r.get(2));
+        let entry = out.entry(r.get(0)).or_default();
+        entry.0 += count;
+        entry.1 += sum.parse::<i128>()?;
+    }
+    Ok(out
+        .into_iter()
+        .map(|(b, (count, sum))| (b, (count, sum.to_string())))
         .collect())
+}
+
+/// The rows `sql(range)` gives over all of `table`: at once (`range` is `true`), or with
+/// `max_rows_per_second`, over ranges of blocks (TID range scans, PostgreSQL 14+) of about a
+/// second's rows each, paced to that rate, all in one repeatable-read snapshot — so a row that
+/// an update moves to another block meanwhile is read once.
+async fn in_ranges(
+    client: &tokio_postgres::Client,
+    table: &str,
+    max_rows_per_second: Option<u64>,
+    sql: impl Fn(&str) -> String,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> anyhow::Result<Vec<tokio_postgres::Row>> {
+    let mut pace = Pace::new(max_rows_per_second);
+    if !pace.limited() {
+        return Ok(client.query(&sql("true"), params).await?);
+    }
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await?;
+    let result = async {
+        let size = client
+            .query_one(
+                "SELECT (pg_relation_size($1::text::regclass) / current_setting('block_size')::bigint)::bigint, \
+                   CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples::float8 / c.relpages \
+                     ELSE 100 END \
+                 FROM pg_class c WHERE c.oid = $1::text::regclass",
+                &[&table],
+            )
+            .await?;
+        let (blocks, per_block): (i64, f64) = (size.get(0), size.get(1));
+        let rate = max_rows_per_second.unwrap_or(1) as f64;
+        let step = ((rate / per_block.max(1.0)) as i64).max(1);
+        let mut rows = Vec::new();
+        let mut start = 0;
+        loop {
+            let last = start + step >= blocks;
+            let range = if last {
+                format!("t.ctid >= '({start},0)'::tid")
+            } else {
+                format!(
+                    "t.ctid >= '({start},0)'::tid AND t.ctid < '({},0)'::tid",
+                    start + step
+                )
+            };
+            rows.extend(client.query(&sql(&range), params).await?);
+            pace.rows((step as f64 * per_block.max(1.0)) as u64).await;
+            if last {
+                break;
+            }
+            start += step;
+        }
+        Ok::<_, anyhow::Error>(rows)
+    }
+    .await;
+    client.batch_execute("COMMIT").await?;
+    result
 }
 
 /// Key text → row hash of the rows in the given buckets (one scan for all of them) or with the
@@ -721,9 +854,17 @@ async fn rows_of(
         )
     };
     let rows = match filter {
-        Filter::Buckets(buckets, n) => {
+        // A scan of the whole table: paced as the buckets' was.
+        Filter::Buckets(buckets, n, max_rows_per_second) => {
             let condition = format!("{} = ANY($1)", bucket_of(&shape.key, n));
-            client.query(&sql(condition), &[&buckets]).await?
+            in_ranges(
+                client,
+                table,
+                max_rows_per_second,
+                |range| sql(format!("{condition} AND {range}")),
+                &[&buckets],
+            )
+            .await?
         }
         Filter::Keys(keys) => {
             let condition = format!("{} = ANY($1)", shape.key);
@@ -734,8 +875,8 @@ async fn rows_of(
 }
 
 enum Filter<'a> {
-    /// The buckets, of how many.
-    Buckets(&'a [i64], i64),
+    /// The buckets, of how many, and the rate the scan keeps to.
+    Buckets(&'a [i64], i64, Option<u64>),
     Keys(&'a [String]),
 }
 
@@ -812,18 +953,51 @@ async fn compare_table(
             key: format!("ROW({})::text", list(&key)),
             row: format!("ROW({})::text", list(&columns_at_source)),
         };
-        let estimate: i64 = src
-            .query_one(
-                &format!("SELECT count(*) FROM {}", shape.qualified_source),
-                &[],
-            )
-            .await?
-            .get(0);
+        // (Rate-limited, the planner's estimate: a count would be one more scan, unpaced.)
+        let estimate: i64 = match options.max_rows_per_second {
+            None => src
+                .query_one(
+                    &format!("SELECT count(*) FROM {}", shape.qualified_source),
+                    &[],
+                )
+                .await?
+                .get(0),
+            // (Never analyzed: -1, and then a count after all.)
+            Some(_) => match src
+                .query_one(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = $1::text::regclass",
+                    &[&shape.qualified_source],
+                )
+                .await?
+                .get::<_, i64>(0)
+            {
+                n if n >= 0 => n,
+                _ => src
+                    .query_one(
+                        &format!("SELECT count(*) FROM {}", shape.qualified_source),
+                        &[],
+                    )
+                    .await?
+                    .get(0),
+            },
+        };
         let n = (estimate as u64 / options.bucket_rows.max(1)).max(1) as i64;
         // Both sides at once.
         let (at_source, at_sink) = tokio::try_join!(
-            buckets(&src, &shape.qualified_source, &shape, n),
-            buckets(&dst, &shape.qualified_sink, &shape, n)
+            buckets(
+                &src,
+                &shape.qualified_source,
+                &shape,
+                n,
+                options.max_rows_per_second
+            ),
+            buckets(
+                &dst,
+                &shape.qualified_sink,
+                &shape,
+                n,
+                options.max_rows_per_second
+            )
         )?;
         let rows = |b: &Buckets| b.values().map(|(c, _)| *c as u64).sum::<u64>();
         let (source_rows, sink_rows) = (rows(&at_source), rows(&at_sink));
@@ -843,13 +1017,13 @@ async fn compare_table(
                     &src,
                     &shape.qualified_source,
                     &shape,
-                    Filter::Buckets(part, n)
+                    Filter::Buckets(part, n, options.max_rows_per_second)
                 ),
                 rows_of(
                     &dst,
                     &shape.qualified_sink,
                     &shape,
-                    Filter::Buckets(part, n)
+                    Filter::Buckets(part, n, options.max_rows_per_second)
                 )
             )?;
             suspects.extend(differences(&s, &d));
@@ -1194,6 +1368,7 @@ async fn compare_mapped(
                 sink_table,
                 writer: &writer,
                 mapping: &mapping,
+                max_rows_per_second: options.max_rows_per_second,
             },
             slot,
             options,
