@@ -301,6 +301,7 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         },
         repair_wait: std::time::Duration::from_millis(args.repair_wait_ms),
         max_rows_per_second: args.max_rows_per_second,
+        progress: sluice::verify::Progress::on_terminal(),
     };
     match runtime.block_on(sluice::verify::verify(&config, &options)) {
         Ok(reports) => {

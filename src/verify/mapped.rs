@@ -274,6 +274,8 @@ pub(super) struct Mapped<'a> {
     /// Rows read into Sluice from each side at most this fast (MySQL/MariaDB sources are read
     /// through capture's reader, unpaced).
     pub max_rows_per_second: Option<u64>,
+    /// The table's line on a terminal.
+    pub progress: &'a super::TableProgress,
 }
 
 /// Rows between two looks at the pace.
@@ -297,6 +299,7 @@ impl Mapped<'_> {
                     self.add_source_row(&mut scan, parse(self.writer, &row)?, &keys, (n, keep));
                     read += 1;
                     if read % PACE_EVERY == 0 {
+                        self.progress.rows(PACE_EVERY);
                         pace.rows(PACE_EVERY).await;
                     }
                 }
@@ -364,6 +367,7 @@ impl Mapped<'_> {
                 pin_mut!(stream);
                 while let Some(row) = stream.try_next().await? {
                     if add(parse(target, &row)?) % PACE_EVERY == 0 {
+                        self.progress.rows(PACE_EVERY);
                         pace.rows(PACE_EVERY).await;
                     }
                 }
@@ -398,6 +402,7 @@ impl Mapped<'_> {
                         })
                         .collect::<anyhow::Result<Vec<Datum>>>()?;
                     if add(values) % PACE_EVERY == 0 {
+                        self.progress.rows(PACE_EVERY);
                         pace.rows(PACE_EVERY).await;
                     }
                 }
@@ -495,6 +500,7 @@ pub(super) async fn compare(
     // (The sink's count sizes the buckets: it is one query whatever the source's engine.)
     let estimate = mapped.dst.count(mapped.sink_table).await?;
     let n = (estimate as u64 / options.bucket_rows.max(1)).max(1);
+    mapped.progress.phase("reading", estimate.max(0) as u64 * 2);
     let (source, sink) = tokio::try_join!(mapped.scan_source(n, None), mapped.scan_sink(n, None))?;
     if source.refused > 0 {
         // The router dead-letters these too, so the sink lacks them by design; say so.
@@ -523,6 +529,7 @@ pub(super) async fn compare(
     }
     // Rows still moving settle: the differing buckets are read again (both sides in full)
     // until they agree or `settle` has passed.
+    mapped.progress.phase("rows that differ", 0);
     let mut read = mapped.rows_in(n, &differing).await?;
     let mut suspects = Mapped::differences(&read.0, &read.1);
     let total = suspects.len();

@@ -44,6 +44,10 @@ use sluice_schemas::TableId;
 use crate::config::{Config, SinkConfig, SourceConfig};
 
 mod mapped;
+mod progress;
+
+pub use progress::Progress;
+use progress::TableProgress;
 
 /// How `sluice verify` runs.
 #[derive(Debug, Clone)]
@@ -63,6 +67,8 @@ pub struct Options {
     /// At most this many rows a second read from each database for each table compared (a
     /// busy production database); none by default.
     pub max_rows_per_second: Option<u64>,
+    /// Drawn on a terminal (`Progress::on_terminal`); off by default.
+    pub progress: Progress,
 }
 
 /// `--repair` and `--dry-run`.
@@ -99,6 +105,7 @@ impl Default for Options {
             repair: Repair::No,
             repair_wait: Duration::from_secs(120),
             max_rows_per_second: None,
+            progress: Progress::default(),
         }
     }
 }
@@ -413,6 +420,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
         }
     }
     // `options.parallel` tables at once, reported in the configured order.
+    let drawing = options.progress.draw();
     let reports = futures::stream::iter(jobs.into_iter().map(|job| async move {
         match job {
             Job::Mapped {
@@ -456,6 +464,10 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
     .buffered(options.parallel.max(1))
     .collect()
     .await;
+    if let Some(drawing) = drawing {
+        drawing.abort();
+        options.progress.clear();
+    }
     Ok(reports)
 }
 
@@ -588,6 +600,7 @@ pub async fn scheduled(
         },
         repair_wait: Duration::from_millis(settings.repair_wait_ms),
         max_rows_per_second: settings.max_rows_per_second,
+        progress: Progress::default(),
     };
     // (The config was checked: one of the two is set, and the expression parses.)
     let cron = settings
@@ -757,7 +770,7 @@ async fn buckets(
     table: &str,
     shape: &Shape,
     buckets: i64,
-    max_rows_per_second: Option<u64>,
+    (max_rows_per_second, progress): (Option<u64>, &TableProgress),
 ) -> anyhow::Result<Buckets> {
     let sql = |range: &str| {
         format!(
@@ -769,10 +782,14 @@ async fn buckets(
     };
     // (Rate-limited, a bucket comes once per range read: its counts and sums add up.)
     let mut out: HashMap<i64, (i64, i128)> = HashMap::new();
-    for r in in_ranges(client, table, max_rows_per_second, sql, &[]).await? {
+    for r in in_ranges(client, table, (max_rows_per_second, progress), sql, &[]).await? {
         let (count, sum): (i64, String) = (r.get(1), r.get(2));
         let entry = out.entry(r.get(0)).or_default();
         entry.0 += count;
+        if max_rows_per_second.is_none() {
+            // (Paced, each range counted its rows as it was read.)
+            progress.rows(count as u64);
+        }
         entry.1 += sum.parse::<i128>()?;
     }
     Ok(out
@@ -788,7 +805,7 @@ async fn buckets(
 async fn in_ranges(
     client: &tokio_postgres::Client,
     table: &str,
-    max_rows_per_second: Option<u64>,
+    (max_rows_per_second, progress): (Option<u64>, &TableProgress),
     sql: impl Fn(&str) -> String,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> anyhow::Result<Vec<tokio_postgres::Row>> {
@@ -812,6 +829,8 @@ async fn in_ranges(
         let (blocks, per_block): (i64, f64) = (size.get(0), size.get(1));
         let rate = max_rows_per_second.unwrap_or(1) as f64;
         let step = ((rate / per_block.max(1.0)) as i64).max(1);
+        let ranges = (blocks.max(1) + step - 1) / step;
+        progress.ranges(ranges as u64);
         let mut rows = Vec::new();
         let mut start = 0;
         loop {
@@ -825,7 +844,11 @@ async fn in_ranges(
                 )
             };
             rows.extend(client.query(&sql(&range), params).await?);
-            pace.rows((step as f64 * per_block.max(1.0)) as u64).await;
+            // (Rows read, as the statistics count them.)
+            let read = (step as f64 * per_block.max(1.0)) as u64;
+            progress.chunk();
+            progress.rows(read);
+            pace.rows(read).await;
             if last {
                 break;
             }
@@ -845,6 +868,7 @@ async fn rows_of(
     table: &str,
     shape: &Shape,
     filter: Filter<'_>,
+    progress: &TableProgress,
 ) -> anyhow::Result<BTreeMap<String, String>> {
     let sql = |condition: String| {
         format!(
@@ -860,7 +884,7 @@ async fn rows_of(
             in_ranges(
                 client,
                 table,
-                max_rows_per_second,
+                (max_rows_per_second, progress),
                 |range| sql(format!("{condition} AND {range}")),
                 &[&buckets],
             )
@@ -907,6 +931,7 @@ async fn compare_table(
 ) -> anyhow::Result<TableReport> {
     let (src, src_task) = source.connect().await.context("connecting to the source")?;
     let (dst, dst_task) = sink.connect().await.context("connecting to the sink")?;
+    let progress = &*options.progress.table(&table.to_string());
     let result = async {
         // Both sides write values as text the same way (and as capture parses them).
         let settings = sluice_capture::postgres::reread::TEXT_SETTINGS.replace("SET LOCAL", "SET");
@@ -982,6 +1007,7 @@ async fn compare_table(
             },
         };
         let n = (estimate as u64 / options.bucket_rows.max(1)).max(1) as i64;
+        progress.phase("hashing", estimate.max(0) as u64 * 2);
         // Both sides at once.
         let (at_source, at_sink) = tokio::try_join!(
             buckets(
@@ -989,14 +1015,14 @@ async fn compare_table(
                 &shape.qualified_source,
                 &shape,
                 n,
-                options.max_rows_per_second
+                (options.max_rows_per_second, progress)
             ),
             buckets(
                 &dst,
                 &shape.qualified_sink,
                 &shape,
                 n,
-                options.max_rows_per_second
+                (options.max_rows_per_second, progress)
             )
         )?;
         let rows = |b: &Buckets| b.values().map(|(c, _)| *c as u64).sum::<u64>();
@@ -1011,19 +1037,22 @@ async fn compare_table(
         differing.sort_unstable();
         differing.dedup();
         // Every differing bucket in one more scan of each side.
+        progress.phase("rows that differ", 0);
         for part in differing.chunks(10_000) {
             let (s, d) = tokio::try_join!(
                 rows_of(
                     &src,
                     &shape.qualified_source,
                     &shape,
-                    Filter::Buckets(part, n, options.max_rows_per_second)
+                    Filter::Buckets(part, n, options.max_rows_per_second),
+                    progress
                 ),
                 rows_of(
                     &dst,
                     &shape.qualified_sink,
                     &shape,
-                    Filter::Buckets(part, n, options.max_rows_per_second)
+                    Filter::Buckets(part, n, options.max_rows_per_second),
+                    progress
                 )
             )?;
             suspects.extend(differences(&s, &d));
@@ -1031,12 +1060,27 @@ async fn compare_table(
         // Rows still moving through the pipeline settle; what does not is a difference.
         let total = suspects.len();
         let deadline = Instant::now() + options.settle;
+        if !suspects.is_empty() {
+            progress.phase("settling", 0);
+        }
         while !suspects.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let keys: Vec<String> = suspects.iter().map(|d| d.key().to_string()).collect();
             let (s, d) = tokio::try_join!(
-                rows_of(&src, &shape.qualified_source, &shape, Filter::Keys(&keys)),
-                rows_of(&dst, &shape.qualified_sink, &shape, Filter::Keys(&keys))
+                rows_of(
+                    &src,
+                    &shape.qualified_source,
+                    &shape,
+                    Filter::Keys(&keys),
+                    progress
+                ),
+                rows_of(
+                    &dst,
+                    &shape.qualified_sink,
+                    &shape,
+                    Filter::Keys(&keys),
+                    progress
+                )
             )?;
             suspects = differences(&s, &d);
         }
@@ -1045,6 +1089,7 @@ async fn compare_table(
             Repair::No => None,
             _ if suspects.is_empty() => None,
             mode => {
+                progress.phase("repairing", 0);
                 let (report, left) = repair(
                     mode,
                     (&src, table, slot),
@@ -1072,6 +1117,7 @@ async fn compare_table(
         })
     }
     .await;
+    progress.done();
     src_task.abort();
     dst_task.abort();
     result
@@ -1117,6 +1163,8 @@ async fn repair(
     suspects: Vec<Difference>,
     options: &Options,
 ) -> anyhow::Result<(RepairReport, Vec<Difference>)> {
+    // (The table's line says "repairing" meanwhile.)
+    let quiet = Progress::default().table("");
     let at_source: Vec<String> = suspects
         .iter()
         .filter(|d| !matches!(d, Difference::Extra(_)))
@@ -1149,8 +1197,20 @@ async fn repair(
         tokio::time::sleep(Duration::from_millis(500)).await;
         let keys: Vec<String> = left.iter().map(|d| d.key().to_string()).collect();
         let (s, d) = tokio::try_join!(
-            rows_of(src, &shape.qualified_source, shape, Filter::Keys(&keys)),
-            rows_of(dst, &shape.qualified_sink, shape, Filter::Keys(&keys))
+            rows_of(
+                src,
+                &shape.qualified_source,
+                shape,
+                Filter::Keys(&keys),
+                &quiet
+            ),
+            rows_of(
+                dst,
+                &shape.qualified_sink,
+                shape,
+                Filter::Keys(&keys),
+                &quiet
+            )
         )?;
         left = differences(&s, &d);
     }
@@ -1264,6 +1324,7 @@ async fn compare_mapped(
     options: &Options,
 ) -> anyhow::Result<TableReport> {
     let settings = sluice_capture::postgres::reread::TEXT_SETTINGS.replace("SET LOCAL", "SET");
+    let progress = &*options.progress.table(&table.to_string());
     let (pg_dst, my_dst) = match sink {
         SinkDb::Postgres(c) => (
             Some(c.connect().await.context("connecting to the sink")?),
@@ -1369,6 +1430,7 @@ async fn compare_mapped(
                 writer: &writer,
                 mapping: &mapping,
                 max_rows_per_second: options.max_rows_per_second,
+                progress,
             },
             slot,
             options,
@@ -1385,6 +1447,7 @@ async fn compare_mapped(
     if let Some(pool) = my_dst {
         let _ = pool.disconnect().await;
     }
+    progress.done();
     result
 }
 
