@@ -46,8 +46,7 @@ use crate::config::{Config, SinkConfig, SourceConfig};
 mod mapped;
 mod progress;
 
-pub use progress::Progress;
-use progress::TableProgress;
+pub use progress::{Progress, TableProgress};
 
 /// How `sluice verify` runs.
 #[derive(Debug, Clone)]
