@@ -277,7 +277,7 @@ fn http_get(endpoint: &str, path: &str) -> Result<(u16, String), String> {
 }
 
 /// `1234567` → `1,234,567`.
-fn count(v: f64) -> String {
+pub(crate) fn count(v: f64) -> String {
     let digits = format!("{}", v.max(0.0).round() as u64);
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

@@ -204,15 +204,7 @@ fn redraw(drawn: usize, lines: &[String]) -> usize {
 }
 
 fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    crate::status::count(n as f64)
 }
 
 fn seconds(d: Duration) -> String {
