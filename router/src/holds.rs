@@ -74,6 +74,13 @@ impl Holds {
     }
 
     /// Every partition paused on purpose.
+    /// Whether `part` is among [`Holds::paused_on_purpose`] (without building the set).
+    pub fn holds_back(&self, part: &Part) -> bool {
+        self.blocked_partitions.contains_key(part)
+            || self.scheme_held.contains_key(part)
+            || self.barrier_held.contains_key(part)
+    }
+
     pub fn paused_on_purpose(&self) -> HashSet<Part> {
         self.blocked_partitions
             .keys()

@@ -96,6 +96,10 @@ impl InProgress {
     /// Notes the session a message of `source` came from; transactions of an earlier session
     /// of it are let go (rolled back). Returns how many.
     pub fn session(&mut self, source: &str, session: u64) -> usize {
+        // (Every change of a transaction says its session: no allocation for the same one.)
+        if self.sessions.get(source) == Some(&session) {
+            return 0;
+        }
         match self.sessions.insert(source.to_string(), session) {
             Some(before) if before != session => {
                 let stale: Vec<TxKey> = self

@@ -865,11 +865,7 @@ impl<S: Sink + 'static> Router<S> {
             debug!(source = %note.source, xid = note.xid, "a transaction in progress at the source is applied as it comes");
             state.open.insert(key.clone(), Open::new(note.xid, opened));
         }
-        if self
-            .holds
-            .paused_on_purpose()
-            .contains(&(topic.clone(), msg.partition()))
-        {
+        if self.holds.holds_back(&(topic.clone(), msg.partition())) {
             self.give_up(&key, format!("its table's topic {topic} is held"));
             return Ok(());
         }
