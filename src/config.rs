@@ -274,8 +274,8 @@ pub struct VerifyConfig {
     /// About how many rows a compared bucket holds. Default 1000.
     #[serde(default = "default_verify_bucket_rows")]
     pub bucket_rows: u64,
-    /// How long a differing row may take to settle (a change still on its way) before it
-    /// counts, in milliseconds. Default 10000.
+    /// How long a run may wait for the pipeline to apply what a differing row was read at
+    /// (`sluice verify --settle-ms`), in milliseconds. Default 10000.
     #[serde(default = "default_verify_settle_ms")]
     pub settle_ms: u64,
     /// Tables compared at once. Default 1 (light on busy databases).

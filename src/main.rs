@@ -81,8 +81,9 @@ struct VerifyArgs {
     /// row).
     #[arg(long, default_value_t = 1000)]
     bucket_rows: u64,
-    /// How long a differing row may take to become equal (a change still on its way through
-    /// the pipeline) before it is reported, in milliseconds.
+    /// How long verify may wait, in milliseconds, for the pipeline to apply what a differing
+    /// row was read at (PostgreSQL sources: by position; MySQL/MariaDB ones: until equal).
+    /// What the pipeline has not applied by then is reported in flight, exit code 3.
     #[arg(long, default_value_t = 10_000)]
     settle_ms: u64,
     /// Tables compared at once.
@@ -285,6 +286,11 @@ fn verify(args: &VerifyArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    // Warnings on stderr (why rows are still in flight, what a repair cannot do); `RUST_LOG`
+    // for more.
+    let mut observability = config.observability.clone();
+    observability.log_level = "warn".into();
+    telemetry::init_logging(&observability);
     let runtime = match runtime(true) {
         Ok(r) => r,
         Err(code) => return code,
@@ -318,10 +324,14 @@ fn verify(args: &VerifyArgs) -> ExitCode {
             print!("{}", sluice::verify::summary(&reports));
             let equal = reports.iter().filter(|r| r.equal()).count();
             println!("{equal} of {} tables equal", reports.len());
-            if equal == reports.len() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
+            match sluice::verify::outcome(&reports) {
+                "equal" => ExitCode::SUCCESS,
+                // Nothing differs, but the pipeline had not applied some rows yet: run again.
+                "in_flight" => {
+                    println!("rows still in flight: no difference found, but the pipeline had not applied them within --settle-ms");
+                    ExitCode::from(3)
+                }
+                _ => ExitCode::FAILURE,
             }
         }
         Err(e) => {

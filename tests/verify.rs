@@ -259,6 +259,73 @@ fn writes_in_flight_are_not_differences() {
 }
 
 #[test]
+fn changes_the_pipeline_has_not_applied_are_in_flight_not_differences() {
+    // Given a pipeline whose sink has caught up, then stopped,
+    let p = pipeline("verify_behind");
+    let mut sluice = p.run();
+    p.wait_for_match(
+        &sluice,
+        &["public.items", "public.pairs"],
+        Duration::from_secs(120),
+    );
+    sluice.terminate(Duration::from_secs(20));
+
+    // when seven rows of one table change at the source meanwhile, and the sink of the other
+    // table is damaged,
+    p.pg.psql(
+        "source",
+        "UPDATE public.items SET qty = qty + 100 WHERE id <= 5;
+         DELETE FROM public.items WHERE id = 6;
+         INSERT INTO public.items VALUES (50001, 'new', 1, 1, now());",
+    )
+    .unwrap();
+    p.pg.psql(
+        "sink",
+        "UPDATE public.pairs SET v = -v WHERE a = 5 AND b = 'k1';",
+    )
+    .unwrap();
+
+    // then verify says the changed rows are in flight (capture's slot still holds them), not
+    // different, and finds the damage (which no pending change explains) exactly;
+    let (code, out) = verify(&p, &["--settle-ms", "2000"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("table=public.items sink_table=public.items status=in_flight source_rows=20000 sink_rows=20000 missing=0 extra=0 differing=0 in_flight=7"),
+        "{out}"
+    );
+    assert!(
+        out.contains("changes of the table wait in the slot"),
+        "{out}"
+    );
+    assert!(
+        out.contains("table=public.pairs sink_table=public.pairs status=different source_rows=3000 sink_rows=3000 missing=0 extra=0 differing=1 in_flight=0"),
+        "{out}"
+    );
+    // with only rows in flight, the exit code says so (3: run again);
+    let (code, out) = verify(&p, &["--table", "public.items", "--settle-ms", "1000"]);
+    assert_eq!(code, 3, "{out}");
+
+    // when capture alone runs, the changes reach Kafka but no router applies them: still in
+    // flight, now because the sink's offsets are behind the topic's end;
+    let mut capture = p.start("capture", &[]);
+    let (code, out) = verify(&p, &["--table", "public.items", "--settle-ms", "3000"]);
+    assert_eq!(code, 3, "{out}\n--- capture ---\n{}", capture.log());
+    assert!(out.contains("in_flight=7"), "{out}");
+    assert!(
+        out.contains("the sink has not applied the table's topic up to the rows' position"),
+        "{out}"
+    );
+    capture.terminate(Duration::from_secs(20));
+
+    // and once the router has applied them, the table is equal.
+    let sluice = p.run();
+    p.wait_for_match(&sluice, &["public.items"], Duration::from_secs(120));
+    let (code, out) = verify(&p, &["--table", "public.items"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("status=equal"), "{out}");
+}
+
+#[test]
 fn a_scheduled_verify_exposes_what_it_finds_as_metrics() {
     // Given a local-mode pipeline that verifies its sink every second,
     let p = Pipeline::postgres(SLUICE, "verify_scheduled")
@@ -558,7 +625,9 @@ fn a_mariadb_source_is_compared_with_its_postgres_sink_through_its_identity_sche
     let (code, out) = verify(&p, &["--settle-ms", "0", "--repair"]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("missing=1 extra=1 differing=2 in_flight=0 would_reread=3 would_delete=1"),
+        out.contains(
+            "missing=1 extra=1 differing=2 in_flight=0 caught_up=0 would_reread=3 would_delete=1"
+        ),
         "{out}"
     );
     for key in [

@@ -18,12 +18,15 @@ use futures::{pin_mut, TryStreamExt};
 use sluice_schemas::scheme::Mapping;
 use sluice_schemas::{pgtext, Datum, Op, SqlType, TableId, TableSchema};
 
+use super::settle::{Offsets, Pipeline, Watch};
 use super::{differences, quote, Difference, Options, Repair, RepairReport, TableReport};
 
 /// A key's text at one side and its row's hash.
 #[derive(Debug, Clone)]
 struct Kept {
     hash: u64,
+    /// At a PostgreSQL source, the source row's `xmin` (see `settle.rs`).
+    version: Option<String>,
     /// The text of each key column, as the rows at that side can be asked for again by it
     /// (at the source: the source key; at the sink: the target key).
     key: Vec<String>,
@@ -43,8 +46,7 @@ struct Scan {
 impl Scan {
     fn add(
         &mut self,
-        key: String,
-        row_hash: u64,
+        (key, row_hash, version): (String, u64, Option<String>),
         key_texts: impl FnOnce() -> Vec<String>,
         n: u64,
         keep: Option<&HashSet<u64>>,
@@ -60,6 +62,7 @@ impl Scan {
                 key,
                 Kept {
                     hash: row_hash,
+                    version,
                     key: key_texts(),
                 },
             );
@@ -127,14 +130,16 @@ fn parse(table: &TableSchema, row: &tokio_postgres::Row) -> anyhow::Result<Vec<D
         .collect()
 }
 
-fn select(table: &TableId, columns: &[String]) -> String {
+/// The columns as text, and with `version` the row's `xmin` after them.
+fn select(table: &TableId, columns: &[String], version: bool) -> String {
     let list: Vec<String> = columns
         .iter()
         .map(|c| format!("t.{}::text", quote(c)))
         .collect();
     format!(
-        "SELECT {} FROM {}.{} t",
+        "SELECT {}{} FROM {}.{} t",
         list.join(", "),
+        if version { ", t.xmin::text" } else { "" },
         quote(&table.namespace),
         quote(&table.name)
     )
@@ -291,12 +296,18 @@ impl Mapped<'_> {
                 let names: Vec<String> =
                     self.writer.columns.iter().map(|c| c.name.clone()).collect();
                 let stream = client
-                    .query_raw(&select(table, &names), Vec::<String>::new())
+                    .query_raw(&select(table, &names, true), Vec::<String>::new())
                     .await?;
                 pin_mut!(stream);
                 let mut read = 0u64;
                 while let Some(row) = stream.try_next().await? {
-                    self.add_source_row(&mut scan, parse(self.writer, &row)?, &keys, (n, keep));
+                    let version = row.get::<_, String>(names.len());
+                    self.add_source_row(
+                        &mut scan,
+                        (parse(self.writer, &row)?, Some(version)),
+                        &keys,
+                        (n, keep),
+                    );
                     read += 1;
                     if read % PACE_EVERY == 0 {
                         self.progress.rows(PACE_EVERY);
@@ -310,7 +321,7 @@ impl Mapped<'_> {
                 password,
             } => {
                 sluice_capture::mysql::read_rows(name, config, *password, self.table, |_, row| {
-                    self.add_source_row(&mut scan, row, &keys, (n, keep));
+                    self.add_source_row(&mut scan, (row, None), &keys, (n, keep));
                     Ok(())
                 })
                 .await
@@ -325,7 +336,7 @@ impl Mapped<'_> {
     fn add_source_row(
         &self,
         scan: &mut Scan,
-        values: Vec<Datum>,
+        (values, version): (Vec<Datum>, Option<String>),
         (target_key, source_key): &(Vec<usize>, Vec<usize>),
         (n, keep): (u64, Option<&HashSet<u64>>),
     ) {
@@ -338,8 +349,7 @@ impl Mapped<'_> {
             let Some(after) = change.after else { continue };
             let key = format!("({})", texts(target, &after, target_key).join(","));
             scan.add(
-                key,
-                row_hash(&after),
+                (key, row_hash(&after), version.clone()),
                 || texts(self.writer, &values, source_key),
                 n,
                 keep,
@@ -356,13 +366,16 @@ impl Mapped<'_> {
         let mut add = |values: Vec<Datum>| {
             let key_texts = texts(target, &values, &target_key);
             let key = format!("({})", key_texts.join(","));
-            scan.add(key, row_hash(&values), || key_texts, n, keep);
+            scan.add((key, row_hash(&values), None), || key_texts, n, keep);
             scan.rows
         };
         match &self.dst {
             Sink::Postgres(client) => {
                 let stream = client
-                    .query_raw(&select(self.sink_table, &names), Vec::<String>::new())
+                    .query_raw(
+                        &select(self.sink_table, &names, false),
+                        Vec::<String>::new(),
+                    )
                     .await?;
                 pin_mut!(stream);
                 while let Some(row) = stream.try_next().await? {
@@ -470,10 +483,49 @@ impl Mapped<'_> {
     }
 }
 
+/// The differing buckets read again, each side in full; the last reads are kept.
+struct Buckets<'a, 'm> {
+    mapped: &'a Mapped<'m>,
+    n: u64,
+    differing: &'a HashSet<u64>,
+    at_source: Scan,
+    at_sink: Scan,
+}
+
+impl super::settle::Sides for Buckets<'_, '_> {
+    /// The version is the source row's `xmin` (a MySQL/MariaDB source's row: its hash).
+    async fn source(&mut self, _: &[String]) -> anyhow::Result<super::settle::SourceRows> {
+        self.at_source = self
+            .mapped
+            .scan_source(self.n, Some(self.differing))
+            .await?;
+        Ok(self
+            .at_source
+            .kept
+            .iter()
+            .map(|(k, v)| {
+                let hash = v.hash.to_string();
+                let version = v.version.clone().unwrap_or_else(|| hash.clone());
+                (k.clone(), (hash, version))
+            })
+            .collect())
+    }
+
+    async fn sink(&mut self, _: &[String]) -> anyhow::Result<super::settle::SinkRows> {
+        self.at_sink = self.mapped.scan_sink(self.n, Some(self.differing)).await?;
+        Ok(self
+            .at_sink
+            .kept
+            .iter()
+            .map(|(k, v)| (k.clone(), v.hash.to_string()))
+            .collect())
+    }
+}
+
 /// Compares one schemed table (see the module's doc).
 pub(super) async fn compare(
     mapped: Mapped<'_>,
-    slot: &str,
+    pipeline: Option<&Pipeline>,
     options: &Options,
 ) -> anyhow::Result<TableReport> {
     let missing: Vec<&str> = {
@@ -520,28 +572,54 @@ pub(super) async fn compare(
         source_rows: source.rows,
         sink_rows: sink.rows,
         differences: Vec::new(),
-        in_flight: 0,
+        in_flight: Vec::new(),
+        caught_up: 0,
         not_compared: None,
         repair: None,
     };
     if differing.is_empty() {
         return Ok(report);
     }
-    // Rows still moving settle: the differing buckets are read again (both sides in full)
-    // until they agree or `settle` has passed.
+    // Rows still moving settle (`settle.rs`): the differing buckets are read again (each side
+    // in full) until every row is settled or `settle` has passed.
     mapped.progress.phase("rows that differ", 0);
-    let mut read = mapped.rows_in(n, &differing).await?;
-    let mut suspects = Mapped::differences(&read.0, &read.1);
-    let total = suspects.len();
-    mapped
-        .settle(n, &differing, &mut suspects, options.settle, &mut read)
-        .await?;
-    let (at_source, at_sink) = read;
-    report.in_flight = (total - suspects.len()) as u64;
-    if options.repair == Repair::No || suspects.is_empty() {
+    let (at_source, at_sink) = mapped.rows_in(n, &differing).await?;
+    let suspects = Mapped::differences(&at_source, &at_sink);
+    let watch = match (pipeline, &mapped.src) {
+        (Some(pipeline), Source::Postgres { client, table }) => Some(Watch {
+            pipeline,
+            source: client,
+            sink: match &mapped.dst {
+                Sink::Postgres(c) => Offsets::Postgres(c),
+                Sink::Mysql(pool) => Offsets::Mysql(pool),
+            },
+            relation: format!("{}.{}", quote(&table.namespace), quote(&table.name)),
+        }),
+        _ => None,
+    };
+    mapped.progress.phase("settling", 0);
+    let mut sides = Buckets {
+        mapped: &mapped,
+        n,
+        differing: &differing,
+        at_source,
+        at_sink,
+    };
+    let settled =
+        super::settle::settle(suspects, options.settle, watch.as_ref(), &mut sides).await?;
+    let Buckets {
+        at_source, at_sink, ..
+    } = sides;
+    let mut suspects = settled.differences;
+    report.in_flight = settled.in_flight;
+    report.caught_up = settled.caught_up;
+    if options.repair == Repair::No || (suspects.is_empty() && report.in_flight.is_empty()) {
         report.differences = suspects;
         return Ok(report);
     }
+    // Rows still in flight are sent again too (see `compare_table`).
+    let differing_rows = suspects.len();
+    suspects.extend(report.in_flight.iter().cloned());
     // The source keys to read again: a missing or differing row's from the source; a row only
     // the sink has, through the target key columns the scheme copies from the source's key.
     let mut keys = Vec::new();
@@ -579,15 +657,17 @@ pub(super) async fn compare(
     if untraced > 0 {
         tracing::warn!(table = %mapped.table, rows = untraced, "rows only the sink has whose source key the scheme does not copy into the target key cannot be deleted by a repair; delete them at the sink by hand");
     }
-    let signalled = match (&mapped.src, options.repair) {
-        (Source::Postgres { client, .. }, Repair::Yes) => Some(*client),
-        (Source::Mysql { .. }, Repair::Yes) => {
+    let signalled = match (&mapped.src, options.repair, pipeline) {
+        (Source::Postgres { client, .. }, Repair::Yes, Some(pipeline)) => {
+            Some((*client, pipeline.slot.as_str()))
+        }
+        (Source::Mysql { .. }, Repair::Yes, _) => {
             tracing::warn!(table = %mapped.table, "repair sends rows again through PostgreSQL capture's signals; a MySQL/MariaDB source cannot be repaired yet, so this only reports");
             None
         }
         _ => None,
     };
-    if let Some(src) = signalled {
+    if let Some((src, slot)) = signalled {
         let key_columns: Vec<String> = mapped
             .writer
             .key_columns()
@@ -600,6 +680,9 @@ pub(super) async fn compare(
             .settle(n, &differing, &mut suspects, options.repair_wait, &mut read)
             .await?;
         repair.repaired = (total - suspects.len()) as u64;
+        report.in_flight.clear();
+    } else {
+        suspects.truncate(differing_rows);
     }
     report.repair = Some(repair);
     report.differences = suspects;
@@ -613,14 +696,14 @@ mod tests {
     #[test]
     fn a_bucket_sums_key_and_row_so_a_value_moved_between_keys_is_seen() {
         let (mut a, mut b) = (Scan::default(), Scan::default());
-        a.add("(1)".into(), 10, Vec::new, 1, None);
-        a.add("(2)".into(), 20, Vec::new, 1, None);
-        b.add("(1)".into(), 20, Vec::new, 1, None);
-        b.add("(2)".into(), 10, Vec::new, 1, None);
+        a.add(("(1)".into(), 10, None), Vec::new, 1, None);
+        a.add(("(2)".into(), 20, None), Vec::new, 1, None);
+        b.add(("(1)".into(), 20, None), Vec::new, 1, None);
+        b.add(("(2)".into(), 10, None), Vec::new, 1, None);
         assert_ne!(a.buckets, b.buckets);
         let mut c = Scan::default();
-        c.add("(2)".into(), 20, Vec::new, 1, None);
-        c.add("(1)".into(), 10, Vec::new, 1, None);
+        c.add(("(2)".into(), 20, None), Vec::new, 1, None);
+        c.add(("(1)".into(), 10, None), Vec::new, 1, None);
         assert_eq!(a.buckets, c.buckets);
     }
 }

@@ -45,6 +45,7 @@ use crate::config::{Config, SinkConfig, SourceConfig};
 
 mod mapped;
 mod progress;
+mod settle;
 
 pub use progress::{Progress, TableProgress};
 
@@ -208,8 +209,11 @@ pub struct TableReport {
     pub source_rows: u64,
     pub sink_rows: u64,
     pub differences: Vec<Difference>,
-    /// Rows that differed at first and became equal while writes went on.
-    pub in_flight: u64,
+    /// Rows still moving through the pipeline when the settle time ran out (as they differed
+    /// when last read): neither equal nor a difference.
+    pub in_flight: Vec<Difference>,
+    /// Rows that differed at first and became equal once the pipeline applied them.
+    pub caught_up: u64,
     /// Why the table was not compared, when it was not.
     pub not_compared: Option<String>,
     /// What a repair did, when one was asked for and something differed.
@@ -218,7 +222,21 @@ pub struct TableReport {
 
 impl TableReport {
     pub fn equal(&self) -> bool {
-        self.not_compared.is_none() && self.differences.is_empty()
+        self.not_compared.is_none() && self.differences.is_empty() && self.in_flight.is_empty()
+    }
+
+    /// `equal`, `different`, `in_flight` (no difference, but rows still moving) or
+    /// `not_compared`.
+    pub fn status(&self) -> &'static str {
+        if self.not_compared.is_some() {
+            "not_compared"
+        } else if !self.differences.is_empty() {
+            "different"
+        } else if !self.in_flight.is_empty() {
+            "in_flight"
+        } else {
+            "equal"
+        }
     }
 
     pub fn count(&self, kind: &str) -> usize {
@@ -248,17 +266,18 @@ impl TableReport {
             ),
         };
         format!(
-            "source={} table={} sink_table={} status={} source_rows={} sink_rows={} missing={} extra={} differing={} in_flight={}{repair}{}",
+            "source={} table={} sink_table={} status={} source_rows={} sink_rows={} missing={} extra={} differing={} in_flight={} caught_up={}{repair}{}",
             self.source,
             self.table,
             self.sink_table,
-            if self.equal() { "equal" } else { "different" },
+            self.status(),
             self.source_rows,
             self.sink_rows,
             self.count("missing"),
             self.count("extra"),
             self.count("differing"),
-            self.in_flight,
+            self.in_flight.len(),
+            self.caught_up,
             if first.is_empty() {
                 String::new()
             } else {
@@ -267,20 +286,26 @@ impl TableReport {
         )
     }
 
-    /// One JSON line per difference.
+    /// One JSON line per difference, and per row still in flight (`"kind": "in_flight"`,
+    /// with how it differed when last read as `"seen"`).
     pub fn json_lines(&self) -> Vec<String> {
+        let line = |kind: &str, d: &Difference| {
+            let mut line = serde_json::json!({
+                "source": self.source,
+                "table": self.table.to_string(),
+                "sink_table": self.sink_table,
+                "kind": kind,
+                "key": d.key(),
+            });
+            if kind != d.kind() {
+                line["seen"] = d.kind().into();
+            }
+            line.to_string()
+        };
         self.differences
             .iter()
-            .map(|d| {
-                serde_json::json!({
-                    "source": self.source,
-                    "table": self.table.to_string(),
-                    "sink_table": self.sink_table,
-                    "kind": d.kind(),
-                    "key": d.key(),
-                })
-                .to_string()
-            })
+            .map(|d| line(d.kind(), d))
+            .chain(self.in_flight.iter().map(|d| line("in_flight", d)))
             .collect()
     }
 }
@@ -328,16 +353,29 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 source_rows: 0,
                 sink_rows: 0,
                 differences: Vec::new(),
-                in_flight: 0,
+                in_flight: Vec::new(),
+                caught_up: 0,
                 not_compared: Some(why),
                 repair: None,
+            };
+            // How verify follows this table's changes through the pipeline.
+            let pipeline = |src: &sluice_capture::postgres::source::PostgresSourceConfig| {
+                Box::new(settle::Pipeline {
+                    slot: src.slot.clone(),
+                    publication: src.publication.clone(),
+                    kafka: (config.mode() == crate::config::Mode::Kafka).then(|| {
+                        (
+                            config.kafka_client(),
+                            table.topic(&config.source_topic_prefix(name)),
+                        )
+                    }),
+                })
             };
             let source_db = || -> anyhow::Result<SourceDb> {
                 Ok(match source {
                     SourceConfig::Postgres(src) => SourceDb::Postgres {
                         db: Box::new(connector(&src.url, &src.tls, "sources", name)?),
-                        slot: src.slot.clone(),
-                        publication: src.publication.clone(),
+                        pipeline: pipeline(src),
                         state: recorded.clone(),
                     },
                     SourceConfig::Mysql(src) => SourceDb::Mysql {
@@ -409,7 +447,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 None => table.clone(),
             };
             jobs.push(Job::Compare {
-                slot: src.slot.clone(),
+                pipeline: pipeline(src),
                 state: recorded.clone(),
                 source_db: Box::new(connector(&src.url, &src.tls, "sources", name)?),
                 sink_db: Box::new(connector(&dst.url, &dst.tls, "sinks", &router.sink)?),
@@ -440,7 +478,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 finish(base, &sink_table, compared)
             }
             Job::Compare {
-                slot,
+                pipeline,
                 state,
                 source_db,
                 sink_db,
@@ -451,7 +489,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 // source's columns, a server that does not answer) is named with why; the
                 // others are still compared.
                 let compared = compare_table(
-                    (&source_db, &base.table, &slot, state.as_deref()),
+                    (&source_db, &base.table, &pipeline, state.as_deref()),
                     (&sink_db, &sink_table),
                     options,
                 )
@@ -503,8 +541,8 @@ enum Job {
         base: TableReport,
     },
     Compare {
-        /// The source's slot: its capture takes the repair's signal.
-        slot: String,
+        /// The source's capture (its slot takes the repair's signal) and where it publishes.
+        pipeline: Box<settle::Pipeline>,
         /// Its capture's state record (where a renamed table is now).
         state: Option<Arc<CaptureState>>,
         source_db: Box<PgConnector>,
@@ -513,6 +551,21 @@ enum Job {
         /// The source and table, to report under.
         base: TableReport,
     },
+}
+
+/// What a run found in all: `equal`, `in_flight` (no difference, but rows still moving) or
+/// `different` (a difference, or a table not compared).
+pub fn outcome(reports: &[TableReport]) -> &'static str {
+    if reports.iter().all(TableReport::equal) {
+        "equal"
+    } else if reports
+        .iter()
+        .all(|r| matches!(r.status(), "equal" | "in_flight"))
+    {
+        "in_flight"
+    } else {
+        "different"
+    }
 }
 
 /// The reports as a table, for a terminal.
@@ -550,8 +603,8 @@ pub fn summary(reports: &[TableReport]) -> String {
                 r.count("missing").to_string(),
                 r.count("extra").to_string(),
                 r.count("differing").to_string(),
-                n(r.in_flight),
-                if r.equal() { "equal" } else { "different" }.into(),
+                n(r.in_flight.len() as u64),
+                r.status().replace('_', " "),
             ],
         });
     }
@@ -651,18 +704,19 @@ pub async fn scheduled(
                     metrics::gauge!(t::VERIFY_ROWS_EXTRA, &labels).set(r.count("extra") as f64);
                     metrics::gauge!(t::VERIFY_ROWS_DIFFERING, &labels)
                         .set(r.count("differing") as f64);
-                    metrics::gauge!(t::VERIFY_ROWS_IN_FLIGHT, &labels).set(r.in_flight as f64);
-                    if r.equal() {
-                        tracing::info!(report = %r.line(), "scheduled verify");
-                    } else {
-                        tracing::warn!(report = %r.line(), "scheduled verify found differences");
+                    metrics::gauge!(t::VERIFY_ROWS_IN_FLIGHT, &labels)
+                        .set(r.in_flight.len() as f64);
+                    match r.status() {
+                        "equal" => tracing::info!(report = %r.line(), "scheduled verify"),
+                        "in_flight" => {
+                            tracing::warn!(report = %r.line(), "scheduled verify: rows still in flight (the pipeline had not applied them when the settle time ran out)");
+                        }
+                        _ => {
+                            tracing::warn!(report = %r.line(), "scheduled verify found differences");
+                        }
                     }
                 }
-                if reports.iter().all(TableReport::equal) {
-                    "equal"
-                } else {
-                    "different"
-                }
+                outcome(&reports)
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "scheduled verify failed; it runs again at the next time");
@@ -897,6 +951,46 @@ async fn rows_of(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// Both sides' rows read again by key, hashed in SQL.
+struct ByKeys<'a> {
+    src: &'a tokio_postgres::Client,
+    dst: &'a tokio_postgres::Client,
+    shape: &'a Shape,
+    progress: &'a TableProgress,
+}
+
+impl settle::Sides for ByKeys<'_> {
+    /// The version is the row's `xmin`, which every update of it changes.
+    async fn source(&mut self, keys: &[String]) -> anyhow::Result<settle::SourceRows> {
+        let sql = format!(
+            "SELECT {key}, hashtextextended({row}, 0)::text, t.xmin::text FROM {table} t \
+             WHERE {key} = ANY($1)",
+            key = self.shape.key,
+            row = self.shape.row,
+            table = self.shape.qualified_source,
+        );
+        Ok(self
+            .src
+            .query(&sql, &[&keys])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect())
+    }
+
+    async fn sink(&mut self, keys: &[String]) -> anyhow::Result<settle::SinkRows> {
+        let shape = self.shape;
+        rows_of(
+            self.dst,
+            &shape.qualified_sink,
+            shape,
+            Filter::Keys(keys),
+            self.progress,
+        )
+        .await
+    }
+}
+
 enum Filter<'a> {
     /// The buckets, of how many, and the rate the scan keeps to.
     Buckets(&'a [i64], i64, Option<u64>),
@@ -924,7 +1018,12 @@ fn differences(
 }
 
 async fn compare_table(
-    (source, table, slot, state): (&PgConnector, &TableId, &str, Option<&CaptureState>),
+    (source, table, pipeline, state): (
+        &PgConnector,
+        &TableId,
+        &settle::Pipeline,
+        Option<&CaptureState>,
+    ),
     (sink, sink_table): (&PgConnector, &TableId),
     options: &Options,
 ) -> anyhow::Result<TableReport> {
@@ -1056,42 +1155,36 @@ async fn compare_table(
             )?;
             suspects.extend(differences(&s, &d));
         }
-        // Rows still moving through the pipeline settle; what does not is a difference.
-        let total = suspects.len();
-        let deadline = Instant::now() + options.settle;
+        // Rows still moving through the pipeline settle, by position (`settle.rs`).
         if !suspects.is_empty() {
             progress.phase("settling", 0);
         }
-        while !suspects.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let keys: Vec<String> = suspects.iter().map(|d| d.key().to_string()).collect();
-            let (s, d) = tokio::try_join!(
-                rows_of(
-                    &src,
-                    &shape.qualified_source,
-                    &shape,
-                    Filter::Keys(&keys),
-                    progress
-                ),
-                rows_of(
-                    &dst,
-                    &shape.qualified_sink,
-                    &shape,
-                    Filter::Keys(&keys),
-                    progress
-                )
-            )?;
-            suspects = differences(&s, &d);
-        }
-        let in_flight = (total - suspects.len()) as u64;
+        let watch = settle::Watch {
+            pipeline,
+            source: &src,
+            sink: settle::Offsets::Postgres(&dst),
+            relation: shape.qualified_source.clone(),
+        };
+        let mut sides = ByKeys {
+            src: &src,
+            dst: &dst,
+            shape: &shape,
+            progress,
+        };
+        let settled = settle::settle(suspects, options.settle, Some(&watch), &mut sides).await?;
+        let (mut suspects, mut in_flight) = (settled.differences, settled.in_flight);
         let repair = match options.repair {
             Repair::No => None,
-            _ if suspects.is_empty() => None,
+            _ if suspects.is_empty() && in_flight.is_empty() => None,
             mode => {
                 progress.phase("repairing", 0);
-                let (report, left) = repair(
+                // Rows still in flight are sent again too: a repair is a read at a position of
+                // its own, so it cannot undo a change the pipeline applies meanwhile.
+                let differing = suspects.len();
+                suspects.extend(in_flight.iter().cloned());
+                let (report, mut left) = repair(
                     mode,
-                    (&src, table, slot),
+                    (&src, table, &pipeline.slot),
                     &dst,
                     &shape,
                     &key,
@@ -1099,6 +1192,11 @@ async fn compare_table(
                     options,
                 )
                 .await?;
+                if mode == Repair::DryRun {
+                    left.truncate(differing);
+                } else {
+                    in_flight.clear();
+                }
                 suspects = left;
                 Some(report)
             }
@@ -1110,6 +1208,7 @@ async fn compare_table(
             source_rows,
             sink_rows,
             in_flight,
+            caught_up: settled.caught_up,
             differences: suspects,
             not_compared: None,
             repair,
@@ -1273,9 +1372,8 @@ async fn name_now(
 enum SourceDb {
     Postgres {
         db: Box<PgConnector>,
-        /// Its capture takes a repair's signal.
-        slot: String,
-        publication: String,
+        /// Its capture (its slot takes a repair's signal) and where it publishes.
+        pipeline: Box<settle::Pipeline>,
         /// Its capture's state record (where a renamed table is now).
         state: Option<Arc<CaptureState>>,
     },
@@ -1350,20 +1448,17 @@ async fn compare_mapped(
             (None, Some(pool)) => mapped::Sink::Mysql(pool),
             (None, None) => unreachable!("one of the two is connected above"),
         };
-        let (writer, src, slot) = match (source, &pg) {
+        let (writer, src, pipeline) = match (source, &pg) {
             (
                 SourceDb::Postgres {
-                    slot,
-                    publication,
-                    state,
-                    ..
+                    pipeline, state, ..
                 },
                 Some((src, _)),
             ) => {
                 use sluice_capture::postgres::catalog::Catalog;
                 src.batch_execute(&settings).await?;
                 let now = name_now(src, state.as_deref(), table).await;
-                let columns = Catalog::relation_columns(src, &now, Some(publication))
+                let columns = Catalog::relation_columns(src, &now, Some(&pipeline.publication))
                     .await
                     .map_err(|e| anyhow::anyhow!("{table} at the source: {e}"))?;
                 let mut writer = Catalog::default()
@@ -1377,7 +1472,7 @@ async fn compare_mapped(
                         client: src,
                         table: now,
                     },
-                    slot.as_str(),
+                    Some(&**pipeline),
                 )
             }
             (
@@ -1399,7 +1494,7 @@ async fn compare_mapped(
                     config,
                     password: password.as_deref(),
                 };
-                (writer, src, "")
+                (writer, src, None)
             }
             (SourceDb::Postgres { .. }, None) => unreachable!("connected above"),
         };
@@ -1431,7 +1526,7 @@ async fn compare_mapped(
                 max_rows_per_second: options.max_rows_per_second,
                 progress,
             },
-            slot,
+            pipeline,
             options,
         )
         .await
