@@ -271,6 +271,11 @@ pub struct VerifyConfig {
     /// Only these source tables (`schema.table`). Default: every routed table.
     #[serde(default)]
     pub tables: Vec<String>,
+    /// Tables verified on a timing of their own (`[verify.table."public.orders"]` with
+    /// `interval_s` or `schedule`, and optionally `first_after_s`), in runs of their own; the
+    /// other tables keep `[verify]`'s.
+    #[serde(default)]
+    pub table: BTreeMap<String, VerifyTiming>,
     /// About how many rows a compared bucket holds. Default 1000.
     #[serde(default = "default_verify_bucket_rows")]
     pub bucket_rows: u64,
@@ -292,6 +297,53 @@ pub struct VerifyConfig {
     /// `sluice verify --max-rows-per-second`). Default: no limit.
     #[serde(default)]
     pub max_rows_per_second: Option<u64>,
+}
+
+/// When one table's scheduled verify runs (`[verify.table."<schema.table>"]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyTiming {
+    /// Seconds from the end of one run to the start of the next (or `schedule`).
+    #[serde(default)]
+    pub interval_s: Option<u64>,
+    /// When runs start, as a cron expression in UTC.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Seconds after start before the first run.
+    #[serde(default)]
+    pub first_after_s: Option<u64>,
+}
+
+impl VerifyTiming {
+    /// What is wrong with it, each naming `at` (the section) and the fix.
+    fn problems(&self, at: &str) -> Vec<String> {
+        match (&self.interval_s, &self.schedule) {
+            (Some(0), _) => vec![format!("{at}.interval_s must be > 0 (e.g. 3600)")],
+            (Some(_), Some(_)) => vec![format!(
+                "[{at}] takes interval_s or schedule, not both: remove one"
+            )],
+            (None, None) => vec![format!(
+                "[{at}] needs interval_s (seconds between runs, e.g. 3600) or schedule (a cron \
+                 expression in UTC, e.g. \"30 2 * * *\")"
+            )],
+            (None, Some(cron)) => match crate::cron::Cron::parse(cron) {
+                Err(e) => vec![format!("{at}.schedule: {e}")],
+                Ok(_) => Vec::new(),
+            },
+            (Some(_), None) => Vec::new(),
+        }
+    }
+}
+
+impl VerifyConfig {
+    /// `[verify]`'s own timing, which the tables without one of their own keep.
+    pub fn timing(&self) -> VerifyTiming {
+        VerifyTiming {
+            interval_s: self.interval_s,
+            schedule: self.schedule.clone(),
+            first_after_s: self.first_after_s,
+        }
+    }
 }
 
 fn default_verify_repair_wait_ms() -> u64 {
@@ -953,21 +1005,23 @@ impl Config {
                         .into(),
                 );
             }
-            match (&v.interval_s, &v.schedule) {
-                (Some(0), _) => problems.push("verify.interval_s must be > 0 (e.g. 3600)".into()),
-                (Some(_), Some(_)) => problems
-                    .push("[verify] takes interval_s or schedule, not both: remove one".into()),
-                (None, None) => problems.push(
-                    "[verify] needs interval_s (seconds between runs, e.g. 3600) or schedule (a \
-                     cron expression in UTC, e.g. \"30 2 * * *\")"
-                        .into(),
-                ),
-                (None, Some(cron)) => {
-                    if let Err(e) = crate::cron::Cron::parse(cron) {
-                        problems.push(format!("verify.schedule: {e}"));
-                    }
+            problems.extend(v.timing().problems("verify"));
+            let known: Vec<String> = self
+                .sources
+                .values()
+                .filter_map(|s| s.table_ids().ok())
+                .flatten()
+                .map(|t| t.to_string())
+                .collect();
+            for (table, timing) in &v.table {
+                let at = format!("verify.table.\"{table}\"");
+                problems.extend(timing.problems(&at));
+                if !known.contains(table) {
+                    problems.push(format!(
+                        "[{at}] names no captured table: use a `schema.table` of a source's \
+                         `tables` (they are {known:?})"
+                    ));
                 }
-                (Some(_), None) => {}
             }
             if v.bucket_rows == 0 {
                 problems.push("verify.bucket_rows must be > 0 (e.g. 1000)".into());
@@ -1161,6 +1215,15 @@ sink = "warehouse"
             c.verify.unwrap().schedule.as_deref(),
             Some("30 2 * * MON-FRI")
         );
+        // A table may have a timing of its own.
+        let c = with(
+            "interval_s = 3600\n[verify.table.\"public.orders\"]\nschedule = \"*/15 * * * *\"",
+        );
+        c.validate().unwrap();
+        assert_eq!(
+            c.verify.unwrap().table["public.orders"].schedule.as_deref(),
+            Some("*/15 * * * *")
+        );
         for (verify, says) in [
             ("", "needs interval_s"),
             ("interval_s = 60\nschedule = \"* * * * *\"", "not both"),
@@ -1169,6 +1232,18 @@ sink = "warehouse"
                 "verify.schedule: 61 in the minute field is outside 0–59",
             ),
             ("schedule = \"daily\"", "has 1 fields"),
+            (
+                "interval_s = 60\n[verify.table.\"public.orders\"]\nschedule = \"61 * * * *\"",
+                "verify.table.\"public.orders\".schedule:",
+            ),
+            (
+                "interval_s = 60\n[verify.table.\"public.orders\"]\nfirst_after_s = 5",
+                "[verify.table.\"public.orders\"] needs interval_s",
+            ),
+            (
+                "interval_s = 60\n[verify.table.\"public.order\"]\ninterval_s = 60",
+                "[verify.table.\"public.order\"] names no captured table",
+            ),
         ] {
             let problems = with(verify).validate().unwrap_err();
             assert!(

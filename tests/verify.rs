@@ -327,15 +327,21 @@ fn changes_the_pipeline_has_not_applied_are_in_flight_not_differences() {
 
 #[test]
 fn a_scheduled_verify_exposes_what_it_finds_as_metrics() {
-    // Given a local-mode pipeline that verifies its sink every second,
+    // Given a local-mode pipeline that verifies one table every second, on a timing of its
+    // own, and the other one hourly,
     let p = Pipeline::postgres(SLUICE, "verify_scheduled")
         .local()
         .ddl(
             "CREATE TABLE public.items (id bigint PRIMARY KEY, name text, qty int);
-             INSERT INTO public.items SELECT i, 'item ' || i, i % 7 FROM generate_series(1, 5000) i;",
+             INSERT INTO public.items SELECT i, 'item ' || i, i % 7 FROM generate_series(1, 5000) i;
+             CREATE TABLE public.notes (id bigint PRIMARY KEY, body text);
+             INSERT INTO public.notes VALUES (1, 'n');",
         )
-        .tables(&["public.items"])
-        .sections("[verify]\ninterval_s = 1\nfirst_after_s = 0\nsettle_ms = 300\n")
+        .tables(&["public.items", "public.notes"])
+        .sections(
+            "[verify]\ninterval_s = 3600\nsettle_ms = 300\n\
+             [verify.table.\"public.items\"]\ninterval_s = 1\nfirst_after_s = 0\n",
+        )
         .build();
     let sluice = p.run();
     p.wait_for_match(&sluice, &["public.items"], Duration::from_secs(120));
@@ -351,6 +357,11 @@ fn a_scheduled_verify_exposes_what_it_finds_as_metrics() {
         "a run compared every row",
     );
     wait("sluice_verify_rows_missing", 0.0, "an equal sink");
+    // (the hourly run has not come yet;)
+    assert_eq!(
+        sluice.metric("sluice_verify_rows_checked", &[("table", "public.notes")]),
+        0.0
+    );
 
     // when the sink is damaged behind the pipeline's back,
     p.pg.psql(
@@ -363,7 +374,10 @@ fn a_scheduled_verify_exposes_what_it_finds_as_metrics() {
     wait("sluice_verify_rows_missing", 3.0, "the deleted rows");
     wait("sluice_verify_rows_differing", 2.0, "the changed rows");
     assert!(
-        sluice.metric("sluice_verify_runs_total", &[("outcome", "different")]) >= 1.0,
+        sluice.metric(
+            "sluice_verify_runs_total",
+            &[("outcome", "different"), ("run", "public.items")]
+        ) >= 1.0,
         "{}",
         sluice.log()
     );
@@ -376,7 +390,19 @@ fn a_scheduled_verify_exposes_what_it_finds_as_metrics() {
     p.source("UPDATE public.items SET qty = qty WHERE id IN (1, 2, 3, 10, 11)");
     wait("sluice_verify_rows_missing", 0.0, "the rows back");
     wait("sluice_verify_rows_differing", 0.0, "the rows equal");
-    assert!(sluice.metric("sluice_verify_last_run_timestamp_seconds", &[]) > 0.0);
+    assert!(
+        sluice.metric(
+            "sluice_verify_last_run_timestamp_seconds",
+            &[("run", "public.items")]
+        ) > 0.0
+    );
+    assert_eq!(
+        sluice.metric(
+            "sluice_verify_last_run_timestamp_seconds",
+            &[("run", "default")]
+        ),
+        0.0
+    );
 }
 
 #[test]

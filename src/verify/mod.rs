@@ -152,6 +152,55 @@ impl Pace {
 }
 
 #[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn a_table_with_a_timing_of_its_own_runs_apart_and_the_rest_keep_verifys() {
+        let config = |verify: &str| {
+            Config::parse(&format!(
+                "[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n\
+                 [sources.pg]\nkind = \"postgres\"\nurl = \"postgresql://s@127.0.0.1/shop\"\n\
+                 tables = [\"public.a\", \"public.b\", \"public.c\"]\nslot = \"s\"\npublication = \"s\"\n\
+                 [sinks.w]\nkind = \"postgres\"\nurl = \"postgresql://s@127.0.0.1/w\"\n\
+                 [router]\nsink = \"w\"\n[verify]\n{verify}\n"
+            ))
+            .unwrap()
+        };
+        let runs = |c: &Config| -> Vec<(String, Vec<String>)> {
+            runs_of(c, c.verify.as_ref().unwrap())
+                .into_iter()
+                .map(|(run, tables, _)| (run, tables))
+                .collect()
+        };
+        let s = |v: &[&str]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        // None of its own: one run of every table ([] is all).
+        assert_eq!(
+            runs(&config("interval_s = 60")),
+            [("default".to_string(), s(&[]))]
+        );
+        // One of its own: it runs apart, the others together.
+        let c = config("schedule = \"0 3 * * *\"\n[verify.table.\"public.b\"]\ninterval_s = 300");
+        assert_eq!(
+            runs(&c),
+            [
+                ("public.b".to_string(), s(&["public.b"])),
+                ("default".to_string(), s(&["public.a", "public.c"]))
+            ]
+        );
+        assert_eq!(
+            runs_of(&c, c.verify.as_ref().unwrap())[0].2.interval_s,
+            Some(300)
+        );
+        // With `tables`, the rest are among them; every one with its own: no default run.
+        let c = config(
+            "interval_s = 60\ntables = [\"public.a\"]\n[verify.table.\"public.a\"]\ninterval_s = 5",
+        );
+        assert_eq!(runs(&c), [("public.a".to_string(), s(&["public.a"]))]);
+    }
+}
+
+#[cfg(test)]
 mod pace_tests {
     use super::*;
 
@@ -631,15 +680,14 @@ pub fn summary(reports: &[TableReport]) -> String {
 }
 
 /// `[verify]`: runs verify every `interval_s` (or at the times of `schedule`) until `shutdown`,
-/// and exposes what each run found
-/// as `sluice_verify_*` metrics (a run that fails is logged and counted, and tried again after
-/// the interval).
+/// and exposes what each run found as `sluice_verify_*` metrics (a run that fails is logged and
+/// counted, and tried again after the interval). A table with a timing of its own
+/// (`[verify.table."<schema.table>"]`) is verified in runs of its own, at its times.
 pub async fn scheduled(
     config: Config,
     settings: crate::config::VerifyConfig,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    use crate::telemetry as t;
     let options = Options {
         tables: settings.tables.clone(),
         bucket_rows: settings.bucket_rows,
@@ -654,12 +702,69 @@ pub async fn scheduled(
         max_rows_per_second: settings.max_rows_per_second,
         progress: Progress::default(),
     };
+    let runs = runs_of(&config, &settings);
+    futures::future::join_all(runs.into_iter().map(|(run, tables, timing)| {
+        let options = Options {
+            tables,
+            ..options.clone()
+        };
+        let (config, shutdown) = (&config, &shutdown);
+        async move { run_on_schedule(config, &options, (&run, &timing), shutdown).await }
+    }))
+    .await;
+}
+
+/// The scheduled runs: `(name, tables, timing)` — one per table with a timing of its own, and
+/// `default` for the rest on `[verify]`'s (all of them when none has).
+fn runs_of(
+    config: &Config,
+    settings: &crate::config::VerifyConfig,
+) -> Vec<(String, Vec<String>, crate::config::VerifyTiming)> {
+    let mut runs: Vec<_> = settings
+        .table
+        .iter()
+        .map(|(table, timing)| (table.clone(), vec![table.clone()], timing.clone()))
+        .collect();
+    if settings.table.is_empty() {
+        runs.push(("default".into(), settings.tables.clone(), settings.timing()));
+        return runs;
+    }
+    let chosen = if settings.tables.is_empty() {
+        config
+            .sources
+            .values()
+            .filter_map(|s| s.table_ids().ok())
+            .flatten()
+            .map(|t| t.to_string())
+            .collect()
+    } else {
+        settings.tables.clone()
+    };
+    let rest: Vec<String> = chosen
+        .into_iter()
+        .filter(|t| !settings.table.contains_key(t))
+        .collect();
+    if !rest.is_empty() {
+        runs.push(("default".into(), rest, settings.timing()));
+    }
+    runs
+}
+
+/// Runs verify on `tables` at the times of `timing` until `shutdown`; `run` names it in the
+/// run metrics.
+async fn run_on_schedule(
+    config: &Config,
+    options: &Options,
+    (run, timing): (&str, &crate::config::VerifyTiming),
+    shutdown: &tokio_util::sync::CancellationToken,
+) {
+    use crate::telemetry as t;
     // (The config was checked: one of the two is set, and the expression parses.)
-    let cron = settings
+    let cron = timing
         .schedule
         .as_deref()
         .and_then(|c| crate::cron::Cron::parse(c).ok());
-    let interval = Duration::from_secs(settings.interval_s.unwrap_or(3600));
+    let interval = Duration::from_secs(timing.interval_s.unwrap_or(3600));
     let next = || match &cron {
         Some(cron) => {
             let now = std::time::SystemTime::now()
@@ -668,18 +773,16 @@ pub async fn scheduled(
             match cron.next_after(now) {
                 Some(at) => Duration::from_secs((at - now).max(0) as u64),
                 None => {
-                    tracing::warn!(schedule = ?settings.schedule, "the verify schedule never comes again");
+                    tracing::warn!(run, schedule = ?timing.schedule, "the verify schedule never comes again");
                     Duration::MAX
                 }
             }
         }
         None => interval,
     };
-    let mut wait = settings
-        .first_after_s
-        .map_or_else(next, Duration::from_secs);
+    let mut wait = timing.first_after_s.map_or_else(next, Duration::from_secs);
     loop {
-        tracing::debug!(in_s = wait.as_secs(), "next scheduled verify");
+        tracing::debug!(run, in_s = wait.as_secs(), "next scheduled verify");
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait.min(Duration::from_secs(10 * 366 * 86_400))) => {}
@@ -687,7 +790,7 @@ pub async fn scheduled(
         let started = Instant::now();
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = verify(&config, &options) => result,
+            result = verify(config, options) => result,
         };
         let outcome = match result {
             Ok(reports) => {
@@ -719,16 +822,19 @@ pub async fn scheduled(
                 outcome(&reports)
             }
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "scheduled verify failed; it runs again at the next time");
+                tracing::warn!(run, error = %format!("{e:#}"), "scheduled verify failed; it runs again at the next time");
                 "error"
             }
         };
-        metrics::counter!(t::VERIFY_RUNS_TOTAL, "outcome" => outcome).increment(1);
-        metrics::gauge!(t::VERIFY_RUN_SECONDS).set(started.elapsed().as_secs_f64());
+        let run_label = ("run", run.to_string());
+        metrics::counter!(t::VERIFY_RUNS_TOTAL, "outcome" => outcome, "run" => run.to_string())
+            .increment(1);
+        metrics::gauge!(t::VERIFY_RUN_SECONDS, std::slice::from_ref(&run_label))
+            .set(started.elapsed().as_secs_f64());
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        metrics::gauge!(t::VERIFY_LAST_RUN).set(now);
+        metrics::gauge!(t::VERIFY_LAST_RUN, &[run_label]).set(now);
         wait = next();
     }
 }
