@@ -664,6 +664,19 @@ fn a_mariadb_source_is_compared_with_its_postgres_sink_through_its_identity_sche
     ] {
         assert!(out.contains(key), "{key}: {out}");
     }
+    // and paced, the MariaDB source's 2,000 rows are read at 1,000 a second: two seconds at
+    // least, though the sink, cut down to 500 rows, is read at once.
+    p.pg.psql("sink", "DELETE FROM shop.items WHERE id > 500;")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (code, out) = verify(&p, &["--settle-ms", "0", "--max-rows-per-second", "1000"]);
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("source_rows=2000 sink_rows=499 missing=1501 extra=0 differing=2"),
+        "{out}"
+    );
+    assert!(took >= Duration::from_millis(1900), "{took:?}: {out}");
     drop(sluice);
 }
 

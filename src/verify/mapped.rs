@@ -276,8 +276,7 @@ pub(super) struct Mapped<'a> {
     pub sink_table: &'a TableId,
     pub writer: &'a TableSchema,
     pub mapping: &'a Mapping,
-    /// Rows read into Sluice from each side at most this fast (MySQL/MariaDB sources are read
-    /// through capture's reader, unpaced).
+    /// Rows read into Sluice from each side at most this fast.
     pub max_rows_per_second: Option<u64>,
     /// The table's line on a terminal.
     pub progress: &'a super::TableProgress,
@@ -320,9 +319,16 @@ impl Mapped<'_> {
                 config,
                 password,
             } => {
+                let mut read = 0u64;
                 sluice_capture::mysql::read_rows(name, config, *password, self.table, |_, row| {
                     self.add_source_row(&mut scan, (row, None), &keys, (n, keep));
-                    Ok(())
+                    read += 1;
+                    Ok(if read % PACE_EVERY == 0 {
+                        self.progress.rows(PACE_EVERY);
+                        pace.pause(PACE_EVERY)
+                    } else {
+                        Duration::ZERO
+                    })
                 })
                 .await
                 .map_err(|e| anyhow::anyhow!("reading {} at the source: {e}", self.table))?;

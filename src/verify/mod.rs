@@ -140,10 +140,15 @@ impl Pace {
 
     /// Counts `rows` read; waits while they came too fast.
     pub async fn rows(&mut self, rows: u64) {
-        let wait = self.due(rows, self.started.elapsed());
+        let wait = self.pause(rows);
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+    }
+
+    /// Counts `rows` read; how long the reader must pause (for a reader that pauses itself).
+    pub fn pause(&mut self, rows: u64) -> Duration {
+        self.due(rows, self.started.elapsed())
     }
 
     pub fn limited(&self) -> bool {

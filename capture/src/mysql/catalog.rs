@@ -102,13 +102,14 @@ pub async fn describe(
 
 /// Reads every row of `table` as capture's snapshot reads it (each value converted as capture
 /// converts it), handing each to `row`; returns the table's schema (for `sluice verify`). A
-/// value that does not convert is an error here, not a NULL.
+/// value that does not convert is an error here, not a NULL. `row` returns how long to pause
+/// before the next row (a paced reader; zero otherwise).
 pub async fn read_rows(
     name: &str,
     config: &MysqlSourceConfig,
     password: Option<&str>,
     table: &TableId,
-    mut row: impl FnMut(&TableSchema, Vec<Datum>) -> Result<(), String>,
+    mut row: impl FnMut(&TableSchema, Vec<Datum>) -> Result<std::time::Duration, String>,
 ) -> Result<TableSchema, CaptureError> {
     let mut conn = Conn::new(opts(name, config, password)?)
         .await
@@ -146,7 +147,10 @@ pub async fn read_rows(
                 })
                 .collect::<Result<Vec<Datum>, String>>()
                 .map_err(CaptureError::Definite)?;
-            row(&schema, datums).map_err(CaptureError::Definite)?;
+            let pause = row(&schema, datums).map_err(CaptureError::Definite)?;
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
         }
         drop(stream);
         drop(result);
