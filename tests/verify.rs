@@ -438,6 +438,70 @@ fn a_table_keyed_by_its_replica_identity_index_is_compared_by_it() {
 }
 
 #[test]
+fn a_repair_request_capture_never_served_is_asked_for_again() {
+    // Given a pipeline whose sink was damaged while it was stopped,
+    let p = pipeline("verify_reask");
+    let mut sluice = p.run();
+    p.wait_for_match(&sluice, &["public.items"], Duration::from_secs(120));
+    sluice.terminate(Duration::from_secs(20));
+    p.pg.psql(
+        "sink",
+        "DELETE FROM public.items WHERE id IN (3, 4); UPDATE public.items SET qty = -1 WHERE id = 5;",
+    )
+    .unwrap();
+
+    // when verify asks for a repair and the request is lost — capture's slot is moved past it,
+    // as when capture read it and restarted before serving it —
+    let verify = Command::new(SLUICE)
+        .args(["verify", "--config"])
+        .arg(&p.config)
+        .args([
+            "--table",
+            "public.items",
+            "--repair",
+            "--repair-wait-ms",
+            "30000",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let slot = p.slot().to_string();
+    let asked = || {
+        p.pg.psql(
+            "source",
+            &format!(
+                "SELECT count(*) FROM pg_logical_slot_peek_binary_changes('{slot}', NULL, NULL, \
+                 'proto_version', '1', 'publication_names', 'verify_reask', 'messages', 'true') \
+                 WHERE get_byte(data, 0) = 77 \
+                   AND position(convert_to('sluice.signal', 'UTF8') IN data) > 0"
+            ),
+        )
+        .unwrap()
+        .trim()
+            != "0"
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !asked() {
+        assert!(std::time::Instant::now() < deadline, "verify never asked");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p.pg.psql(
+        "source",
+        &format!("SELECT pg_replication_slot_advance('{slot}', pg_current_wal_lsn())"),
+    )
+    .unwrap();
+    let sluice = p.run();
+
+    // then verify asks again once a third of its wait has passed, and the sink is repaired.
+    let out = verify.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", sluice.log());
+    assert!(text.contains("reread=3 deleted=0 repaired=3"), "{text}");
+}
+
+#[test]
 fn repair_makes_a_damaged_sink_equal_through_the_pipeline_while_writes_go_on() {
     // Given a running pipeline whose sink has caught up,
     let p = pipeline("verify_repair");

@@ -628,7 +628,8 @@ pub(super) async fn compare(
     suspects.extend(report.in_flight.iter().cloned());
     // The source keys to read again: a missing or differing row's from the source; a row only
     // the sink has, through the target key columns the scheme copies from the source's key.
-    let mut keys = Vec::new();
+    // (By the difference's key: a repair not arrived in time is asked for again.)
+    let mut keys: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut untraced = 0u64;
     for d in &suspects {
         match d {
@@ -637,12 +638,14 @@ pub(super) async fn compare(
                 .get(k)
                 .and_then(|s| mapped.source_key_of(&s.key))
             {
-                Some(key) => keys.push(key),
+                Some(key) => {
+                    keys.insert(k.clone(), key);
+                }
                 None => untraced += 1,
             },
             Difference::Missing(k) | Difference::Differing(k) => {
                 if let Some(s) = at_source.kept.get(k) {
-                    keys.push(s.key.clone());
+                    keys.insert(k.clone(), s.key.clone());
                 }
             }
         }
@@ -679,12 +682,33 @@ pub(super) async fn compare(
             .key_columns()
             .map(|c| c.name.clone())
             .collect();
-        super::signal(src, slot, mapped.table, &key_columns, &keys).await?;
+        let of = |suspects: &[Difference]| -> Vec<Vec<String>> {
+            suspects
+                .iter()
+                .filter_map(|d| keys.get(d.key()).cloned())
+                .collect()
+        };
+        super::signal(src, slot, mapped.table, &key_columns, &of(&suspects)).await?;
         let total = suspects.len();
         let mut read = (at_source, at_sink);
+        let first = super::resend_after(options.repair_wait);
         mapped
-            .settle(n, &differing, &mut suspects, options.repair_wait, &mut read)
+            .settle(n, &differing, &mut suspects, first, &mut read)
             .await?;
+        if !suspects.is_empty() {
+            // A capture that restarted meanwhile dropped the request: asked once more.
+            tracing::info!(table = %mapped.table, rows = suspects.len(), "repair: rows not repaired yet; asking capture again");
+            super::signal(src, slot, mapped.table, &key_columns, &of(&suspects)).await?;
+            mapped
+                .settle(
+                    n,
+                    &differing,
+                    &mut suspects,
+                    options.repair_wait.saturating_sub(first),
+                    &mut read,
+                )
+                .await?;
+        }
         repair.repaired = (total - suspects.len()) as u64;
         report.in_flight.clear();
     } else {

@@ -1374,16 +1374,7 @@ async fn repair(
 ) -> anyhow::Result<(RepairReport, Vec<Difference>)> {
     // (The table's line says "repairing" meanwhile.)
     let quiet = Progress::default().table("");
-    let at_source: Vec<String> = suspects
-        .iter()
-        .filter(|d| !matches!(d, Difference::Extra(_)))
-        .map(|d| d.key().to_string())
-        .collect();
-    let at_sink: Vec<String> = suspects
-        .iter()
-        .filter(|d| matches!(d, Difference::Extra(_)))
-        .map(|d| d.key().to_string())
-        .collect();
+    let (at_source, at_sink) = (keys_of(&suspects, false), keys_of(&suspects, true));
     let mut report = RepairReport {
         dry_run: mode == Repair::DryRun,
         reread: at_source.len() as u64,
@@ -1401,8 +1392,23 @@ async fn repair(
     signal(src, slot, table, key, &keys).await?;
     let total = suspects.len();
     let mut left = suspects;
-    let deadline = Instant::now() + options.repair_wait;
+    let started = Instant::now();
+    let deadline = started + options.repair_wait;
+    let mut resent = false;
     while !left.is_empty() && Instant::now() < deadline {
+        if !resent && started.elapsed() >= resend_after(options.repair_wait) {
+            // A capture that restarted meanwhile dropped the request (it lives in memory):
+            // asked once more. Rows sent twice are applied twice at positions of their own.
+            resent = true;
+            tracing::info!(%table, rows = left.len(), "repair: rows not repaired yet; asking capture again");
+            let (at_source, at_sink) = (keys_of(&left, false), keys_of(&left, true));
+            let (mut keys, extra) = tokio::try_join!(
+                key_texts(src, &shape.qualified_source, shape, key, &at_source),
+                key_texts(dst, &shape.qualified_sink, shape, key, &at_sink)
+            )?;
+            keys.extend(extra);
+            signal(src, slot, table, key, &keys).await?;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let keys: Vec<String> = left.iter().map(|d| d.key().to_string()).collect();
         let (s, d) = tokio::try_join!(
@@ -1428,6 +1434,20 @@ async fn repair(
         tracing::warn!(%table, left = left.len(), "repair: rows still differ after the wait; is capture of this source running?");
     }
     Ok((report, left))
+}
+
+/// When a repair whose rows have not arrived is asked for once more: a third of the wait.
+pub(crate) fn resend_after(repair_wait: Duration) -> Duration {
+    repair_wait / 3
+}
+
+/// The keys of the rows only the sink has (`extra`), or of the others.
+fn keys_of(differences: &[Difference], extra: bool) -> Vec<String> {
+    differences
+        .iter()
+        .filter(|d| matches!(d, Difference::Extra(_)) == extra)
+        .map(|d| d.key().to_string())
+        .collect()
 }
 
 /// Asks the capture of `slot` to read the rows of `keys` (the text of each of `key`'s columns)
