@@ -531,7 +531,7 @@ impl super::settle::Sides for Buckets<'_, '_> {
 /// Compares one schemed table (see the module's doc).
 pub(super) async fn compare(
     mapped: Mapped<'_>,
-    pipeline: Option<&Pipeline>,
+    pipeline: &Pipeline,
     options: &Options,
 ) -> anyhow::Result<TableReport> {
     let missing: Vec<&str> = {
@@ -591,17 +591,25 @@ pub(super) async fn compare(
     mapped.progress.phase("rows that differ", 0);
     let (at_source, at_sink) = mapped.rows_in(n, &differing).await?;
     let suspects = Mapped::differences(&at_source, &at_sink);
-    let watch = match (pipeline, &mapped.src) {
-        (Some(pipeline), Source::Postgres { client, table }) => Some(Watch {
+    let sink = || match &mapped.dst {
+        Sink::Postgres(c) => Offsets::Postgres(c),
+        Sink::Mysql(pool) => Offsets::Mysql(pool),
+    };
+    let watch = match &mapped.src {
+        Source::Postgres { client, table } => Watch {
             pipeline,
-            source: client,
-            sink: match &mapped.dst {
-                Sink::Postgres(c) => Offsets::Postgres(c),
-                Sink::Mysql(pool) => Offsets::Mysql(pool),
-            },
+            source: Some(*client),
+            sink: sink(),
             relation: format!("{}.{}", quote(&table.namespace), quote(&table.name)),
-        }),
-        _ => None,
+            table: mapped.table,
+        },
+        Source::Mysql { .. } => Watch {
+            pipeline,
+            source: None,
+            sink: sink(),
+            relation: mapped.table.to_string(),
+            table: mapped.table,
+        },
     };
     mapped.progress.phase("settling", 0);
     let mut sides = Buckets {
@@ -611,8 +619,7 @@ pub(super) async fn compare(
         at_source,
         at_sink,
     };
-    let settled =
-        super::settle::settle(suspects, options.settle, watch.as_ref(), &mut sides).await?;
+    let settled = super::settle::settle(suspects, options.settle, &watch, &mut sides).await?;
     let Buckets {
         at_source, at_sink, ..
     } = sides;
@@ -666,11 +673,11 @@ pub(super) async fn compare(
     if untraced > 0 {
         tracing::warn!(table = %mapped.table, rows = untraced, "rows only the sink has whose source key the scheme does not copy into the target key cannot be deleted by a repair; delete them at the sink by hand");
     }
-    let signalled = match (&mapped.src, options.repair, pipeline) {
-        (Source::Postgres { client, .. }, Repair::Yes, Some(pipeline)) => {
-            Some((*client, pipeline.slot.as_str()))
+    let signalled = match (&mapped.src, options.repair) {
+        (Source::Postgres { client, .. }, Repair::Yes) => {
+            pipeline.slot().map(|slot| (*client, slot))
         }
-        (Source::Mysql { .. }, Repair::Yes, _) => {
+        (Source::Mysql { .. }, Repair::Yes) => {
             tracing::warn!(table = %mapped.table, "repair sends rows again through PostgreSQL capture's signals; a MySQL/MariaDB source cannot be repaired yet, so this only reports");
             None
         }

@@ -379,7 +379,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
     // What each table comes to: a report already (not comparable), or a comparison to run.
     let mut jobs: Vec<Job> = Vec::new();
     // Capture's state records: a renamed table is found by the OID they keep.
-    let transport = config.transport().map_err(anyhow::Error::msg)?;
+    let transport = Arc::new(config.transport().map_err(anyhow::Error::msg)?);
     for (name, source) in &config.sources {
         let recorded: Option<Arc<CaptureState>> = match source {
             SourceConfig::Postgres(src) => {
@@ -413,10 +413,9 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 repair: None,
             };
             // How verify follows this table's changes through the pipeline.
-            let pipeline = |src: &sluice_capture::postgres::source::PostgresSourceConfig| {
+            let pipeline = |capture: settle::Capture| {
                 Box::new(settle::Pipeline {
-                    slot: src.slot.clone(),
-                    publication: src.publication.clone(),
+                    capture,
                     kafka: (config.mode() == crate::config::Mode::Kafka).then(|| {
                         (
                             config.kafka_client(),
@@ -425,17 +424,32 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                     }),
                 })
             };
+            let postgres = |src: &sluice_capture::postgres::source::PostgresSourceConfig| {
+                pipeline(settle::Capture::Postgres {
+                    slot: src.slot.clone(),
+                    publication: src.publication.clone(),
+                })
+            };
             let source_db = || -> anyhow::Result<SourceDb> {
                 Ok(match source {
                     SourceConfig::Postgres(src) => SourceDb::Postgres {
                         db: Box::new(connector(&src.url, &src.tls, "sources", name)?),
-                        pipeline: pipeline(src),
+                        pipeline: postgres(src),
                         state: recorded.clone(),
                     },
                     SourceConfig::Mysql(src) => SourceDb::Mysql {
                         name: name.clone(),
                         config: Box::new(src.clone()),
                         password: Config::env_password("sources", name),
+                        pipeline: pipeline(settle::Capture::Mysql(Box::new(
+                            settle::MysqlCapture {
+                                name: name.clone(),
+                                config: src.clone(),
+                                password: Config::env_password("sources", name),
+                                transport: transport.clone(),
+                                state_topic: config.kafka.state_topic.clone(),
+                            },
+                        ))),
                     },
                 })
             };
@@ -501,7 +515,7 @@ pub async fn verify(config: &Config, options: &Options) -> anyhow::Result<Vec<Ta
                 None => table.clone(),
             };
             jobs.push(Job::Compare {
-                pipeline: pipeline(src),
+                pipeline: postgres(src),
                 state: recorded.clone(),
                 source_db: Box::new(connector(&src.url, &src.tls, "sources", name)?),
                 sink_db: Box::new(connector(&dst.url, &dst.tls, "sinks", &router.sink)?),
@@ -1272,9 +1286,10 @@ async fn compare_table(
         }
         let watch = settle::Watch {
             pipeline,
-            source: &src,
+            source: Some(&src),
             sink: settle::Offsets::Postgres(&dst),
             relation: shape.qualified_source.clone(),
+            table,
         };
         let mut sides = ByKeys {
             src: &src,
@@ -1282,7 +1297,7 @@ async fn compare_table(
             shape: &shape,
             progress,
         };
-        let settled = settle::settle(suspects, options.settle, Some(&watch), &mut sides).await?;
+        let settled = settle::settle(suspects, options.settle, &watch, &mut sides).await?;
         let (mut suspects, mut in_flight) = (settled.differences, settled.in_flight);
         let repair = match options.repair {
             Repair::No => None,
@@ -1295,7 +1310,11 @@ async fn compare_table(
                 suspects.extend(in_flight.iter().cloned());
                 let (report, mut left) = repair(
                     mode,
-                    (&src, table, &pipeline.slot),
+                    (
+                        &src,
+                        table,
+                        pipeline.slot().context("a PostgreSQL source has a slot")?,
+                    ),
                     &dst,
                     &shape,
                     &key,
@@ -1512,6 +1531,8 @@ enum SourceDb {
         name: String,
         config: Box<sluice_capture::mysql::MysqlSourceConfig>,
         password: Option<String>,
+        /// Its capture, and where it publishes.
+        pipeline: Box<settle::Pipeline>,
     },
 }
 
@@ -1589,7 +1610,11 @@ async fn compare_mapped(
                 use sluice_capture::postgres::catalog::Catalog;
                 src.batch_execute(&settings).await?;
                 let now = name_now(src, state.as_deref(), table).await;
-                let columns = Catalog::relation_columns(src, &now, Some(&pipeline.publication))
+                let publication = match &pipeline.capture {
+                    settle::Capture::Postgres { publication, .. } => Some(publication.as_str()),
+                    settle::Capture::Mysql(_) => None,
+                };
+                let columns = Catalog::relation_columns(src, &now, publication)
                     .await
                     .map_err(|e| anyhow::anyhow!("{table} at the source: {e}"))?;
                 let mut writer = Catalog::default()
@@ -1603,7 +1628,7 @@ async fn compare_mapped(
                         client: src,
                         table: now,
                     },
-                    Some(&**pipeline),
+                    &**pipeline,
                 )
             }
             (
@@ -1611,6 +1636,7 @@ async fn compare_mapped(
                     name,
                     config,
                     password,
+                    pipeline,
                 },
                 _,
             ) => {
@@ -1625,7 +1651,7 @@ async fn compare_mapped(
                     config,
                     password: password.as_deref(),
                 };
-                (writer, src, None)
+                (writer, src, &**pipeline)
             }
             (SourceDb::Postgres { .. }, None) => unreachable!("connected above"),
         };

@@ -3,6 +3,7 @@
 mod binlog;
 mod catalog;
 mod config;
+mod follow;
 mod position;
 mod preflight;
 mod rows;
@@ -12,6 +13,7 @@ pub mod types;
 
 pub use catalog::{describe, read_rows};
 pub use config::MysqlSourceConfig;
+pub use follow::{binlog_now, changes_between, confirmed, BinlogPosition};
 pub use source::MysqlCapture;
 
 use sluice_schemas::TableId;
