@@ -24,6 +24,19 @@ fn verify(p: &Pipeline, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// Waits up to two minutes until `sql` at the sink reads `want`.
+fn wait_for_sink(p: &Pipeline, sluice: &sluice_harness::SluiceProcess, sql: &str, want: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while p.pg.psql("sink", sql).ok().as_deref().map(str::trim) != Some(want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sql} never read {want}\n{}",
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn pipeline(name: &str) -> Pipeline {
     Pipeline::postgres(SLUICE, name)
         .ddl(
@@ -679,18 +692,7 @@ fn a_mariadb_source_is_compared_with_its_postgres_sink_through_its_identity_sche
         ))
         .build();
     let sluice = p.run();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while p
-        .pg
-        .psql("sink", "SELECT count(*) FROM shop.items")
-        .ok()
-        .as_deref()
-        .map(str::trim)
-        != Some("2000")
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", sluice.log());
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_for_sink(&p, &sluice, "SELECT count(*) FROM shop.items", "2000");
 
     // then verify reads MariaDB as capture does and finds the sink equal;
     let (code, out) = verify(&p, &[]);
@@ -719,18 +721,12 @@ fn a_mariadb_source_is_compared_with_its_postgres_sink_through_its_identity_sche
     );
     // once capture runs again, the table is equal.
     let sluice = p.run();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while p
-        .pg
-        .psql("sink", "SELECT name FROM shop.items WHERE id = 100")
-        .ok()
-        .as_deref()
-        .map(str::trim)
-        != Some("changed")
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", sluice.log());
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_for_sink(
+        &p,
+        &sluice,
+        "SELECT name FROM shop.items WHERE id = 100",
+        "changed",
+    );
     let (code, out) = verify(&p, &[]);
     assert_eq!(code, 0, "{out}");
 

@@ -1403,12 +1403,17 @@ async fn repair(
     if mode == Repair::DryRun {
         return Ok((report, suspects));
     }
-    let (mut keys, extra) = tokio::try_join!(
-        key_texts(src, &shape.qualified_source, shape, key, &at_source),
-        key_texts(dst, &shape.qualified_sink, shape, key, &at_sink)
-    )?;
-    keys.extend(extra);
-    signal(src, slot, table, key, &keys).await?;
+    // Each row's key column texts, from the side that has it.
+    let ask = async |differences: &[Difference]| -> anyhow::Result<()> {
+        let (at_source, at_sink) = (keys_of(differences, false), keys_of(differences, true));
+        let (mut keys, extra) = tokio::try_join!(
+            key_texts(src, &shape.qualified_source, shape, key, &at_source),
+            key_texts(dst, &shape.qualified_sink, shape, key, &at_sink)
+        )?;
+        keys.extend(extra);
+        signal(src, slot, table, key, &keys).await
+    };
+    ask(&suspects).await?;
     let total = suspects.len();
     let mut left = suspects;
     let started = Instant::now();
@@ -1420,13 +1425,7 @@ async fn repair(
             // asked once more. Rows sent twice are applied twice at positions of their own.
             resent = true;
             tracing::info!(%table, rows = left.len(), "repair: rows not repaired yet; asking capture again");
-            let (at_source, at_sink) = (keys_of(&left, false), keys_of(&left, true));
-            let (mut keys, extra) = tokio::try_join!(
-                key_texts(src, &shape.qualified_source, shape, key, &at_source),
-                key_texts(dst, &shape.qualified_sink, shape, key, &at_sink)
-            )?;
-            keys.extend(extra);
-            signal(src, slot, table, key, &keys).await?;
+            ask(&left).await?;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let keys: Vec<String> = left.iter().map(|d| d.key().to_string()).collect();
