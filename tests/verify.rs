@@ -339,6 +339,31 @@ fn changes_the_pipeline_has_not_applied_are_in_flight_not_differences() {
 }
 
 #[test]
+fn with_no_capture_ever_run_nothing_is_in_flight_and_differences_are_found() {
+    // Given a source and a sink filled by hand, whose capture never ran (no slot),
+    let p = Pipeline::postgres(SLUICE, "verify_noslot")
+        .ddl(
+            "CREATE TABLE public.items (id bigint PRIMARY KEY, v int);
+             INSERT INTO public.items SELECT i, i FROM generate_series(1, 100) i;",
+        )
+        .sink_ddl(
+            "CREATE TABLE public.items (id bigint PRIMARY KEY, v int);
+             INSERT INTO public.items SELECT i, i FROM generate_series(2, 100) i;",
+        )
+        .tables(&["public.items"])
+        .build();
+
+    // then verify waits for no pipeline, says why, and reports the difference.
+    let (code, out) = verify(&p, &["--settle-ms", "0"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("status=different source_rows=100 sink_rows=99 missing=1 extra=0 differing=0 in_flight=0"),
+        "{out}"
+    );
+    assert!(out.contains("the source has no such slot"), "{out}");
+}
+
+#[test]
 fn a_scheduled_verify_exposes_what_it_finds_as_metrics() {
     // Given a local-mode pipeline that verifies one table every second, on a timing of its
     // own, and the other one hourly,

@@ -254,9 +254,12 @@ impl Pipeline {
                     .await
                     .context("reading capture's slot")?;
                 let Some(row) = row else {
-                    return Ok(Err(format!(
-                        "the source has no slot {slot:?}: capture has not run yet"
-                    )));
+                    // No capture has run: nothing is on its way through it.
+                    if !follow.peeked {
+                        follow.peeked = true;
+                        tracing::warn!(slot, "the source has no such slot: capture has not run, so no change is in flight through it (is sources.<name>.slot the one capture uses?)");
+                    }
+                    return Ok(Ok(()));
                 };
                 let (confirmed, active, at): (Option<bool>, bool, String) =
                     (row.get(0), row.get(1), row.get(2));
@@ -287,10 +290,11 @@ impl Pipeline {
                         .await
                         .map_err(|e| anyhow::anyhow!("reading capture's state record: {e}"))?;
                 let Some(confirmed) = confirmed else {
-                    return Ok(Err(format!(
-                        "capture of {} has recorded no position: it has not run yet",
-                        m.name
-                    )));
+                    if !follow.peeked {
+                        follow.peeked = true;
+                        tracing::warn!(source = %m.name, "capture of this source has recorded no position: it has not run, so no change is in flight through it");
+                    }
+                    return Ok(Ok(()));
                 };
                 // Whether capture runs is not known from here: it records its position every
                 // second, so a wait gets two of those at least.
