@@ -498,15 +498,11 @@ struct Buckets<'a, 'm> {
     at_sink: Scan,
 }
 
-impl super::settle::Sides for Buckets<'_, '_> {
-    /// The version is the source row's `xmin` (a MySQL/MariaDB source's row: its hash).
-    async fn source(&mut self, _: &[String]) -> anyhow::Result<super::settle::SourceRows> {
-        self.at_source = self
-            .mapped
-            .scan_source(self.n, Some(self.differing))
-            .await?;
-        Ok(self
-            .at_source
+impl Buckets<'_, '_> {
+    /// The last source read's rows with their versions: the source row's `xmin` (a
+    /// MySQL/MariaDB source's row: its hash).
+    fn versions(&self) -> super::settle::SourceRows {
+        self.at_source
             .kept
             .iter()
             .map(|(k, v)| {
@@ -514,7 +510,17 @@ impl super::settle::Sides for Buckets<'_, '_> {
                 let version = v.version.clone().unwrap_or_else(|| hash.clone());
                 (k.clone(), (hash, version))
             })
-            .collect())
+            .collect()
+    }
+}
+
+impl super::settle::Sides for Buckets<'_, '_> {
+    async fn source(&mut self, _: &[String]) -> anyhow::Result<super::settle::SourceRows> {
+        self.at_source = self
+            .mapped
+            .scan_source(self.n, Some(self.differing))
+            .await?;
+        Ok(self.versions())
     }
 
     async fn sink(&mut self, _: &[String]) -> anyhow::Result<super::settle::SinkRows> {
@@ -619,7 +625,10 @@ pub(super) async fn compare(
         at_source,
         at_sink,
     };
-    let settled = super::settle::settle(suspects, options.settle, &watch, &mut sides).await?;
+    // (The read that found them is the first round's source read.)
+    let first = sides.versions();
+    let settled =
+        super::settle::settle((suspects, Some(first)), options.settle, &watch, &mut sides).await?;
     let Buckets {
         at_source, at_sink, ..
     } = sides;

@@ -1297,7 +1297,7 @@ async fn compare_table(
             shape: &shape,
             progress,
         };
-        let settled = settle::settle(suspects, options.settle, &watch, &mut sides).await?;
+        let settled = settle::settle((suspects, None), options.settle, &watch, &mut sides).await?;
         let (mut suspects, mut in_flight) = (settled.differences, settled.in_flight);
         let repair = match options.repair {
             Repair::No => None,

@@ -595,8 +595,10 @@ pub(super) trait Sides {
 }
 
 /// Settles `suspects` (see the module's doc), following `watch`'s pipeline; `wait` in all.
+/// `first` is a source read just made (with versions), which the first round uses rather than
+/// reading again.
 pub(super) async fn settle(
-    suspects: Vec<Difference>,
+    (suspects, mut first): (Vec<Difference>, Option<SourceRows>),
     wait: Duration,
     watch: &Watch<'_>,
     sides: &mut impl Sides,
@@ -607,7 +609,10 @@ pub(super) async fn settle(
     let mut round = 0u32;
     while !s.pending.is_empty() {
         let keys = s.keys();
-        let source = sides.source(&keys).await?;
+        let source = match first.take() {
+            Some(read) => read,
+            None => sides.source(&keys).await?,
+        };
         s.source_read(&source);
         if s.pending.is_empty() {
             break;
