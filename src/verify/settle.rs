@@ -317,7 +317,8 @@ impl Pipeline {
                     {
                         Ok(pending) => pending,
                         Err(e) => {
-                            tracing::debug!(source = %m.name, error = %e, "cannot read the source's binlog events");
+                            // Taken as pending: its rows are reported in flight, not settled.
+                            tracing::warn!(source = %m.name, error = %e, "cannot read the source's binlog events (SHOW BINLOG EVENTS needs REPLICATION SLAVE, on MariaDB BINLOG MONITOR), so the rows capture has not confirmed stay in flight");
                             true
                         }
                     };
@@ -369,8 +370,9 @@ impl Pipeline {
                 Ok(n > 0)
             }
             Err(e) => {
-                // (A capture starting meanwhile finds the slot busy for a moment, and retries.)
-                tracing::debug!(slot, error = %e, "cannot read capture's stopped slot");
+                // Taken as pending: its rows are reported in flight, not settled. (A capture
+                // starting meanwhile finds the slot busy for a moment, and retries.)
+                tracing::warn!(slot, error = %e, "cannot read capture's stopped slot (pg_logical_slot_peek_binary_changes needs the REPLICATION attribute), so the rows it has not confirmed stay in flight");
                 Ok(true)
             }
         }
