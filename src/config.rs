@@ -1415,4 +1415,38 @@ sink = "warehouse"
         assert!(all.contains("router.batch.max_rows must be > 0"), "{all}");
         assert!(all.contains("sources.pg_main.slot must be"), "{all}");
     }
+
+    #[test]
+    fn a_mysql_signal_table_must_be_a_table_of_its_own() {
+        let with = |signal_table: &str| {
+            let text = MINIMAL.replace(
+                "[sinks.warehouse]",
+                &format!(
+                    "[sources.shop]\nkind = \"mysql\"\nurl = \"mysql://sluice@127.0.0.1\"\n\
+                     tables = [\"shop.orders\"]\nserver_id = 5401\nsignal_table = \"{signal_table}\"\n\n\
+                     [sinks.warehouse]"
+                ),
+            );
+            Config::parse(&text)
+                .unwrap()
+                .validate()
+                .err()
+                .unwrap_or_default()
+                .join("\n")
+        };
+        assert_eq!(with("shop.sluice_signal"), "");
+        assert!(
+            with("sluice_signal").contains(
+                "sources.shop.signal_table: `sluice_signal` is not of the form database.table"
+            ),
+            "{}",
+            with("sluice_signal")
+        );
+        assert!(
+            with("shop.orders")
+                .contains("sources.shop.signal_table: `shop.orders` is a captured table"),
+            "{}",
+            with("shop.orders")
+        );
+    }
 }

@@ -764,14 +764,18 @@ fn a_mariadb_source_is_compared_with_its_postgres_sink_through_its_identity_sche
     )
     .unwrap();
 
-    // then each is found by its key, and a repair says what it would send (a MariaDB source
-    // cannot be signalled yet).
+    // then each is found by its key, and without a signal table a repair says what it would
+    // send and how to let it send it.
     let (code, out) = verify(&p, &["--settle-ms", "0", "--repair"]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(
             "missing=1 extra=1 differing=2 in_flight=0 caught_up=0 would_reread=3 would_delete=1"
         ),
+        "{out}"
+    );
+    assert!(
+        out.contains("set sources.shop.signal_table = \"<database>.sluice_signal\""),
         "{out}"
     );
     for key in [
@@ -944,5 +948,140 @@ fn a_mariadb_sink_is_compared_value_for_value_and_repaired_through_the_pipeline(
     assert!(out.contains("reread=5 deleted=1 repaired=6"), "{out}");
     let (code, out) = verify(&p, &[]);
     assert_eq!(code, 0, "{out}");
+    drop(sluice);
+}
+
+#[test]
+fn a_mariadb_source_is_repaired_through_its_signal_table_while_writes_go_on() {
+    // Given two MariaDB tables (one keyed by two columns) streamed into a PostgreSQL sink, with
+    // a signal table configured for repairs,
+    let maria = sluice_harness::MariaDb::shared().unwrap();
+    maria.create_database("rshop").unwrap();
+    let db = maria.db("rshop");
+    maria
+        .root_sql(&format!(
+            "CREATE TABLE {db}.items (id int PRIMARY KEY, name varchar(100), price decimal(10,2), \
+               at datetime(6));
+             INSERT INTO {db}.items SELECT seq, CONCAT('item ', seq), seq * 1.25, \
+               TIMESTAMP('2026-01-01') + INTERVAL seq MINUTE FROM {db}.seq_1_to_2000;
+             CREATE TABLE {db}.pairs (a int, b varchar(20), v int, PRIMARY KEY (a, b));
+             INSERT INTO {db}.pairs SELECT seq % 10, CONCAT('k', seq DIV 10), seq FROM {db}.seq_1_to_3000;"
+        ))
+        .unwrap();
+    let p = Pipeline::postgres(SLUICE, "verify_maria_repair")
+        .source_section(&format!(
+            "[sources.shop]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"{db}.items\", \"{db}.pairs\"]\n\
+             server_id = {}\nsignal_table = \"{db}.sluice_signal\"",
+            maria.url(),
+            sluice_harness::MariaDb::next_server_id()
+        ))
+        .build();
+    let sluice = p.run();
+    wait_for_sink(
+        &p,
+        &sluice,
+        &format!("SELECT count(*) FROM {db}.items"),
+        "2000",
+    );
+    wait_for_sink(
+        &p,
+        &sluice,
+        &format!("SELECT count(*) FROM {db}.pairs"),
+        "3000",
+    );
+    // (an observer at the sink: every row version written to items)
+    let applies =
+        p.pg.log_applies(
+            "sink",
+            &format!("{db}.items"),
+            ("id", "int"),
+            ("price", "numeric"),
+        )
+        .unwrap();
+
+    // when the sink is damaged — rows deleted, a price and a time changed, a row added —
+    p.pg.psql(
+        "sink",
+        &format!(
+            "DELETE FROM {db}.items WHERE id = 7;
+             UPDATE {db}.items SET price = price + 0.01 WHERE id = 11;
+             UPDATE {db}.items SET at = at + interval '1 microsecond' WHERE id = 12;
+             INSERT INTO {db}.items (id, name) VALUES (9999, 'ghost');
+             DELETE FROM {db}.pairs WHERE a = 5 AND b = 'k1';
+             UPDATE {db}.pairs SET v = -v WHERE a = 6 AND b = 'k2';
+             TRUNCATE public.applies;"
+        ),
+    )
+    .unwrap();
+    // and the source keeps taking writes (to other rows),
+    let write = maria.root_sql_command();
+    let writer_db = db.clone();
+    let writer = std::thread::spawn(move || {
+        for round in 0..30 {
+            write(&format!(
+                "UPDATE {writer_db}.items SET name = CONCAT('round ', {round}) \
+                 WHERE id > 100 AND id % 30 = {round}"
+            ));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+
+    // then a repair signals capture through the table: the sink ends equal, each difference
+    // repaired,
+    let (code, out) = verify(&p, &["--repair", "--settle-ms", "1000"]);
+    writer.join().unwrap();
+    assert_eq!(code, 0, "{out}\n{}", sluice.log());
+    assert!(
+        out.contains(&format!("table={db}.items")) && out.contains("reread=3 deleted=1 repaired=4"),
+        "{out}"
+    );
+    assert!(out.contains("reread=2 deleted=0 repaired=2"), "{out}");
+    let reread = |outcome: &str| {
+        sluice.metric(
+            "sluice_capture_reread_rows_total",
+            &[("table", &format!("{db}.items")), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(reread("read"), 3.0, "{}", sluice.log());
+    assert_eq!(reread("deleted"), 1.0, "{}", sluice.log());
+    // each damaged row written once at the sink, no other row below the writer's written again,
+    assert_eq!(
+        p.pg.psql(
+            "sink",
+            "SELECT string_agg(id || ':' || n, ' ' ORDER BY id) FROM \
+             (SELECT id, count(*) n FROM public.applies WHERE id <= 100 GROUP BY id) w"
+        )
+        .unwrap()
+        .trim(),
+        "7:1 11:1 12:1"
+    );
+    assert_eq!(applies.written_twice(), "");
+    // the signal table stays empty,
+    assert_eq!(
+        maria
+            .root_sql(&format!("SELECT COUNT(*) FROM {db}.sluice_signal"))
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    // and verify finds the tables equal;
+    let (code, out) = verify(&p, &[]);
+    assert_eq!(code, 0, "{out}");
+
+    // a repair of more rows than capture reads at once (1,000 a read, published in turn at
+    // the same position when nothing was written in between) sends every one.
+    p.pg.psql("sink", &format!("DELETE FROM {db}.pairs WHERE v > 1500"))
+        .unwrap();
+    let pairs = format!("{db}.pairs");
+    let (code, out) = verify(&p, &["--repair", "--settle-ms", "0", "--table", &pairs]);
+    assert_eq!(code, 0, "{out}\n{}", sluice.log());
+    assert!(out.contains("reread=1500 deleted=0 repaired=1500"), "{out}");
+    assert_eq!(
+        sluice.metric(
+            "sluice_capture_reread_rows_total",
+            &[("table", &pairs), ("outcome", "read")]
+        ),
+        1502.0
+    );
     drop(sluice);
 }

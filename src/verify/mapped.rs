@@ -160,6 +160,56 @@ pub(super) enum Source<'a> {
     },
 }
 
+/// Who takes a repair's request at the source.
+enum Signaller<'a> {
+    /// A PostgreSQL source's capture, by its slot (a logical-decoding message).
+    Postgres(&'a tokio_postgres::Client, &'a str),
+    /// A MySQL/MariaDB source's capture, through its signal table.
+    Mysql {
+        name: &'a str,
+        config: &'a sluice_capture::mysql::MysqlSourceConfig,
+        password: Option<&'a str>,
+    },
+}
+
+impl Signaller<'_> {
+    /// Asks capture to read the rows of `keys` (texts of `key_columns`) of `table` again and
+    /// send them through the pipeline.
+    async fn ask(
+        &self,
+        table: &TableId,
+        key_columns: &[String],
+        keys: &[Vec<String>],
+    ) -> anyhow::Result<()> {
+        match self {
+            Signaller::Postgres(client, slot) => {
+                super::signal(client, slot, table, key_columns, keys).await
+            }
+            Signaller::Mysql {
+                name,
+                config,
+                password,
+            } => {
+                use sluice_capture::mysql::reread;
+                for part in keys.chunks(10_000) {
+                    let signal = sluice_capture::postgres::reread::Signal {
+                        slot: reread::recipient(config),
+                        op: "reread".into(),
+                        table: table.to_string(),
+                        columns: key_columns.to_vec(),
+                        keys: part.to_vec(),
+                    };
+                    reread::send_signal(name, config, *password, &signal)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("signalling capture at the source: {e}"))?;
+                }
+                tracing::info!(%table, rows = keys.len(), "repair: asked capture to send the differing rows again");
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Where the sink's rows are read.
 pub(super) enum Sink<'a> {
     Postgres(&'a tokio_postgres::Client),
@@ -666,9 +716,24 @@ pub(super) async fn compare(
             }
         }
     }
+    // Who takes the request: a PostgreSQL source's slot, or a MySQL/MariaDB source's capture
+    // through its signal table (without one, the repair only reports what it would send).
+    let signaller = match &mapped.src {
+        Source::Postgres { client, .. } => pipeline
+            .slot()
+            .map(|slot| Signaller::Postgres(client, slot)),
+        Source::Mysql {
+            name,
+            config,
+            password,
+        } => config.signal_table.is_some().then_some(Signaller::Mysql {
+            name,
+            config,
+            password: *password,
+        }),
+    };
     let mut repair = RepairReport {
-        // (A MySQL/MariaDB source's repair only reports what it would send.)
-        dry_run: options.repair == Repair::DryRun || matches!(mapped.src, Source::Mysql { .. }),
+        dry_run: options.repair == Repair::DryRun || signaller.is_none(),
         reread: suspects
             .iter()
             .filter(|d| !matches!(d, Difference::Extra(_)))
@@ -682,17 +747,15 @@ pub(super) async fn compare(
     if untraced > 0 {
         tracing::warn!(table = %mapped.table, rows = untraced, "rows only the sink has whose source key the scheme does not copy into the target key cannot be deleted by a repair; delete them at the sink by hand");
     }
-    let signalled = match (&mapped.src, options.repair) {
-        (Source::Postgres { client, .. }, Repair::Yes) => {
-            pipeline.slot().map(|slot| (*client, slot))
-        }
-        (Source::Mysql { .. }, Repair::Yes) => {
-            tracing::warn!(table = %mapped.table, "repair sends rows again through PostgreSQL capture's signals; a MySQL/MariaDB source cannot be repaired yet, so this only reports");
+    let signaller = match (signaller, options.repair, &mapped.src) {
+        (Some(s), Repair::Yes, _) => Some(s),
+        (None, Repair::Yes, Source::Mysql { name, .. }) => {
+            tracing::warn!(table = %mapped.table, "a MySQL/MariaDB source is repaired through a signal table: set sources.{name}.signal_table = \"<database>.sluice_signal\" (sluice verify makes the table); until then this only reports what it would send");
             None
         }
         _ => None,
     };
-    if let Some((src, slot)) = signalled {
+    if let Some(signaller) = signaller {
         let key_columns: Vec<String> = mapped
             .writer
             .key_columns()
@@ -704,7 +767,9 @@ pub(super) async fn compare(
                 .filter_map(|d| keys.get(d.key()).cloned())
                 .collect()
         };
-        super::signal(src, slot, mapped.table, &key_columns, &of(&suspects)).await?;
+        signaller
+            .ask(mapped.table, &key_columns, &of(&suspects))
+            .await?;
         let total = suspects.len();
         let mut read = (at_source, at_sink);
         let first = super::resend_after(options.repair_wait);
@@ -714,7 +779,9 @@ pub(super) async fn compare(
         if !suspects.is_empty() {
             // A capture that restarted meanwhile dropped the request: asked once more.
             tracing::info!(table = %mapped.table, rows = suspects.len(), "repair: rows not repaired yet; asking capture again");
-            super::signal(src, slot, mapped.table, &key_columns, &of(&suspects)).await?;
+            signaller
+                .ask(mapped.table, &key_columns, &of(&suspects))
+                .await?;
             mapped
                 .settle(
                     n,

@@ -24,6 +24,7 @@ use tracing::info;
 
 use super::catalog::catalog_schema;
 use super::position::{file_name, pack, split_file, unpack, MysqlState};
+use super::reread::{self, Pending};
 use super::rows::{Cell, Images, RowImages};
 use super::types::{self, BinlogColumn, Collations};
 use crate::metrics as m;
@@ -39,6 +40,8 @@ use super::value_error;
 pub(super) const STATE_INTERVAL: Duration = Duration::from_secs(1);
 /// MariaDB's GTID event type (sent when `@mariadb_slave_capability = 4`).
 pub(super) const MARIADB_GTID_EVENT: u8 = 162;
+/// The heartbeat event's type.
+const HEARTBEAT_EVENT: u8 = 27;
 
 /// A table seen in a table map: its columns and the codec of that version.
 pub(super) struct Mapped {
@@ -179,6 +182,15 @@ pub(super) struct Stream<'a> {
     /// For catalog lookups while the binlog connection streams (opened when first needed).
     pub(super) catalog: Option<Conn>,
     pub(super) opts: Opts,
+    /// Repair requests (see [`super::reread`]): the signal table, the payloads of signals
+    /// read in the transaction being read, and rows read again waiting for the stream to
+    /// reach their position (in position order).
+    pub(super) signal_table: Option<TableId>,
+    pub(super) signals: Vec<Vec<u8>>,
+    pub(super) rereads: VecDeque<Pending>,
+    /// The position the last rows read again were published at, and the next index there
+    /// (two reads at one position must not share event positions).
+    pub(super) reread_next: (u64, u64),
 }
 
 impl Stream<'_> {
@@ -254,6 +266,12 @@ impl Stream<'_> {
             let log_pos = u64::from(header.log_pos());
             if header.timestamp() > 0 {
                 lag.set((unix_now_us() / 1_000_000 - i64::from(header.timestamp())).max(0) as f64);
+            }
+            // Rows read again at a position this event ends past (so starts at or after):
+            // published before it. (A heartbeat's position is the server's, not an event's.)
+            let heartbeat = header.event_type_raw() == HEARTBEAT_EVENT;
+            if log_pos > 0 && !heartbeat {
+                self.publish_rereads(pack(seq, log_pos), false).await?;
             }
             if header.event_type_raw() == MARIADB_GTID_EVENT {
                 let data = event.data();
@@ -353,6 +371,10 @@ impl Stream<'_> {
                         .insert(tme.table_id(), (id, tme.columns_count(), mapped));
                 }
                 EventData::RowsEvent(rows) => {
+                    if self.is_signal_table(rows.table_id()) {
+                        self.read_signals(&rows, &binlog, &file, log_pos);
+                        continue;
+                    }
                     let at = (header.timestamp(), header.server_id());
                     let events =
                         self.row_events(&rows, &binlog, &file, seq, log_pos, &mut tx, at)?;
@@ -678,7 +700,179 @@ impl Stream<'_> {
         let open = self.xa.iter().chain(&self.prepared).map(|x| x.start).min();
         self.publisher
             .checkpoint(open.map_or(at, |start| start.min(at)))
-            .await
+            .await?;
+        if !self.signals.is_empty() {
+            self.take_signals(at).await?;
+        }
+        self.publish_rereads(at, true).await
+    }
+
+    /// Whether `table_id`'s table map is of the signal table.
+    fn is_signal_table(&self, table_id: u64) -> bool {
+        self.signal_table.as_ref().is_some_and(|signal| {
+            self.maps
+                .get(&table_id)
+                .is_some_and(|(id, _, _)| id == signal)
+        })
+    }
+
+    /// Keeps the payloads of the signal rows an insert into the signal table carries (acted
+    /// on at its commit).
+    fn read_signals(
+        &mut self,
+        rows: &RowsEventData<'_>,
+        binlog: &mysql_async::BinlogStream,
+        file: &str,
+        log_pos: u64,
+    ) {
+        if !matches!(
+            rows,
+            RowsEventData::WriteRowsEvent(_) | RowsEventData::WriteRowsEventV1(_)
+        ) {
+            return; // the signal's delete
+        }
+        let Some(tme) = binlog.get_tme(rows.table_id()) else {
+            return;
+        };
+        for row in rows.rows(tme) {
+            let payload = row.ok().and_then(|(_, after)| after).and_then(|after| {
+                after.unwrap().into_iter().last().and_then(|v| match v {
+                    BinlogValue::Value(Value::Bytes(b)) => Some(b),
+                    _ => None,
+                })
+            });
+            match payload {
+                Some(p) => self.signals.push(p),
+                None => {
+                    tracing::warn!(at = %format!("{file}:{log_pos}"), "a row of the signal table without a payload is ignored (is it the table sluice verify makes?)");
+                    metrics::counter!(m::ERRORS_TOTAL, "source" => self.capture.name.clone(), "kind" => "signal").increment(1);
+                }
+            }
+        }
+    }
+
+    /// Acts on the signals of the transaction that committed at `here`: reads the rows each
+    /// asks for (see [`reread`]).
+    async fn take_signals(&mut self, here: u64) -> Result<(), CaptureError> {
+        let source = self.capture.name.clone();
+        let me = reread::recipient(&self.capture.config);
+        for payload in std::mem::take(&mut self.signals) {
+            let signal: crate::postgres::reread::Signal = match serde_json::from_slice(&payload) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "a signal that does not parse is ignored");
+                    metrics::counter!(m::ERRORS_TOTAL, "source" => source.clone(), "kind" => "signal").increment(1);
+                    continue;
+                }
+            };
+            if signal.slot != me {
+                continue; // another capture's
+            }
+            let table =
+                TableId::parse(&signal.table).filter(|t| self.tables.contains(&t.to_string()));
+            let refused = |table: &str, n: usize, why: &str| {
+                tracing::warn!(%table, keys = n, "{why}; the rows are not read again");
+                metrics::counter!(m::REREAD_ROWS_TOTAL, "source" => source.clone(), "table" => table.to_string(), "outcome" => "refused").increment(n as u64);
+            };
+            let (Some(table), "reread") = (table, signal.op.as_str()) else {
+                refused(
+                    &signal.table,
+                    signal.keys.len(),
+                    "a signal for a table this capture does not take, or of an unknown kind",
+                );
+                continue;
+            };
+            info!(%table, keys = signal.keys.len(), "reading rows again on request");
+            for keys in signal.keys.chunks(crate::postgres::reread::CHUNK_KEYS) {
+                if self.catalog.is_none() {
+                    self.catalog = Some(Conn::new(self.opts.clone()).await.map_err(mysql_error)?);
+                }
+                let conn = self.catalog.as_mut().expect("opened above");
+                let (prefix, name) = (&self.capture.settings.topic_prefix, source.as_str());
+                let read = reread::read(conn, &table, &signal.columns, keys, here, |schema| {
+                    Ok(Arc::new(EnvelopeCodec::new(
+                        prefix,
+                        name,
+                        Connector::Mysql,
+                        Arc::new(schema),
+                    )?))
+                })
+                .await?;
+                match read {
+                    Ok(pending) => self.rereads.push_back(pending),
+                    Err(why) => refused(&table.to_string(), keys.len(), &why),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes the rows read again at a position up to `upto` (`inclusive`) or below it, at
+    /// their position: `op = r` for the rows the source has, deletes for the keys it lacks.
+    async fn publish_rereads(&mut self, upto: u64, inclusive: bool) -> Result<(), CaptureError> {
+        while self
+            .rereads
+            .front()
+            .is_some_and(|p| p.at < upto || (inclusive && p.at == upto))
+        {
+            let pending = self.rereads.pop_front().expect("checked above");
+            let table = pending.codec.table.id.clone();
+            let (seq, pos) = unpack(pending.at);
+            let first = if self.reread_next.0 == pending.at {
+                self.reread_next.1
+            } else {
+                0
+            };
+            let info = SourceInfo {
+                name: self.name.clone(),
+                db: Arc::from(table.namespace.as_str()),
+                ts_us: unix_now_us(),
+                snapshot: true,
+                tx_id: None,
+                lsn: None,
+                sequence: None,
+                binlog: Some(BinlogSource {
+                    server_id: i64::from(self.capture.config.server_id),
+                    gtid: None,
+                    file: pending.file.clone(),
+                    pos: pos as i64,
+                    row: 0,
+                }),
+            };
+            let reads = pending
+                .rows
+                .iter()
+                .map(|r| (Op::Read, None, Some(r.clone())));
+            let deletes = pending
+                .absent
+                .iter()
+                .map(|k| (Op::Delete, Some(pending.delete_image(k)), None));
+            let mut index = first;
+            for (op, before, after) in reads.chain(deletes) {
+                let event = ChangeEvent {
+                    row: sluice_schemas::RowChange {
+                        table: pending.codec.table.clone(),
+                        op,
+                        before,
+                        after,
+                    },
+                    source: info.clone(),
+                    transaction: None,
+                    position: Position::mysql(seq, pos, index),
+                };
+                self.publisher.publish(&pending.codec, &event).await?;
+                index += 1;
+            }
+            self.reread_next = (pending.at, index);
+            let source = self.capture.name.clone();
+            let count = |outcome: &'static str, n: usize| {
+                metrics::counter!(m::REREAD_ROWS_TOTAL, "source" => source.clone(), "table" => table.to_string(), "outcome" => outcome).increment(n as u64);
+            };
+            count("read", pending.rows.len());
+            count("deleted", pending.absent.len());
+            info!(%table, read = pending.rows.len(), deleted = pending.absent.len(), "rows read again were published");
+        }
+        Ok(())
     }
 
     /// An XA statement: `START` holds the changes that follow, `END` sets them aside as

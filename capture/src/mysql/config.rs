@@ -36,9 +36,21 @@ pub struct MysqlSourceConfig {
     /// Where the changes of XA transactions wait for their commit: memory, then a file.
     #[serde(default)]
     pub spill: SpillConfig,
+    /// The table `sluice verify --repair` signals capture through, as `database.table`
+    /// (MySQL/MariaDB have no logical-decoding messages): a request is a row written and
+    /// deleted in one transaction, which capture reads from the binlog. `sluice verify`
+    /// creates it when missing. Unset, a repair of this source only reports what it would
+    /// send.
+    #[serde(default)]
+    pub signal_table: Option<String>,
 }
 
 impl MysqlSourceConfig {
+    /// The signal table, parsed (`None` when unset or malformed; `validate` names the latter).
+    pub fn signal_table_id(&self) -> Option<TableId> {
+        self.signal_table.as_deref().and_then(TableId::parse)
+    }
+
     /// The configured tables, parsed; the error names the bad entry.
     pub fn table_ids(&self) -> Result<Vec<TableId>, String> {
         self.tables
@@ -67,6 +79,24 @@ impl crate::source::Source for MysqlSourceConfig {
         }
         if let Err(e) = MysqlSourceConfig::table_ids(self) {
             problems.push(format!("sources.{name}.tables: {e}"));
+        }
+        if let Some(t) = &self.signal_table {
+            match TableId::parse(t) {
+                None => problems.push(format!(
+                    "sources.{name}.signal_table: `{t}` is not of the form database.table"
+                )),
+                Some(id)
+                    if self
+                        .tables
+                        .iter()
+                        .any(|c| TableId::parse(c) == Some(id.clone())) =>
+                {
+                    problems.push(format!(
+                        "sources.{name}.signal_table: `{t}` is a captured table; name a table of its own (sluice verify makes it)"
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         if let Err(e) = self.tls.client_config(&format!("sources.{name}.tls")) {
             problems.push(e);

@@ -6,6 +6,7 @@ mod config;
 mod follow;
 mod position;
 mod preflight;
+pub mod reread;
 mod rows;
 mod snapshot;
 pub mod source;

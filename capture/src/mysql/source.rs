@@ -136,6 +136,10 @@ impl MysqlCapture {
             catalog: None,
             opts: opts.clone(),
             name: Arc::from(self.name.as_str()),
+            signal_table: self.config.signal_table_id(),
+            signals: Vec::new(),
+            rereads: VecDeque::new(),
+            reread_next: (0, 0),
         };
         stream.run(opts, shutdown).await
     }
