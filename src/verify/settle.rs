@@ -27,7 +27,11 @@
 //! A MySQL/MariaDB source is followed by binlog position: `L` is the binlog's end after the
 //! read, capture's position the one its state record holds (written every second, once
 //! delivered), and where that is behind `L` the binlog between is read once for a change of
-//! the table. Its rows have no version, so the row's hash stands in for it.
+//! the table. Its rows have no version, so the row's hash stands in for it, and a row is a
+//! difference only after a second round: the sink, past a position read after the source read
+//! again, still differs from the unchanged row. (One round would call a row changed and changed
+//! back meanwhile different while the sink held the middle value; now only a row flipping back
+//! and forth in step with verify's rounds could be.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -492,11 +496,15 @@ struct Suspect {
 struct Settling {
     pending: BTreeMap<String, Suspect>,
     done: Settled,
+    /// The source's rows carry versions (PostgreSQL's `xmin`); without (MySQL/MariaDB: the
+    /// hash stands in), every row needs two rounds, as one the source lacks does.
+    versioned: bool,
 }
 
 impl Settling {
-    fn new(suspects: Vec<Difference>) -> Settling {
+    fn new(suspects: Vec<Difference>, versioned: bool) -> Settling {
         Settling {
+            versioned,
             pending: suspects
                 .into_iter()
                 .map(|d| {
@@ -525,6 +533,7 @@ impl Settling {
     /// finds so).
     fn source_read(&mut self, source: &SourceRows) {
         let done = &mut self.done;
+        let versioned = self.versioned;
         self.pending.retain(|key, s| {
             if let Some(at_sink) = &s.at_sink {
                 if source.get(key).map(|(h, _)| h) == at_sink.as_ref() {
@@ -541,7 +550,7 @@ impl Settling {
                 s.rounds = 0;
                 return true;
             }
-            if now == ABSENT && s.rounds < 2 {
+            if (now == ABSENT || !versioned) && s.rounds < 2 {
                 return true;
             }
             done.differences.push(s.seen.clone());
@@ -605,7 +614,8 @@ pub(super) async fn settle(
     watch: &Watch<'_>,
     sides: &mut impl Sides,
 ) -> anyhow::Result<Settled> {
-    let mut s = Settling::new(suspects);
+    let versioned = matches!(watch.pipeline.capture, Capture::Postgres { .. });
+    let mut s = Settling::new(suspects, versioned);
     let deadline = Instant::now() + wait;
     let mut why = None;
     let mut round = 0u32;
@@ -657,12 +667,15 @@ mod tests {
 
     #[test]
     fn a_row_the_sink_differs_from_is_a_difference_only_once_its_source_version_held_still() {
-        let mut s = Settling::new(vec![
-            Difference::Differing("(1)".into()),
-            Difference::Missing("(2)".into()),
-            Difference::Differing("(3)".into()),
-            Difference::Extra("(4)".into()),
-        ]);
+        let mut s = Settling::new(
+            vec![
+                Difference::Differing("(1)".into()),
+                Difference::Missing("(2)".into()),
+                Difference::Differing("(3)".into()),
+                Difference::Extra("(4)".into()),
+            ],
+            true,
+        );
         // Round 1: the sink, past the source read, has caught up with (2) only.
         let read = source(&[("(1)", "a", "x1"), ("(2)", "b", "x2"), ("(3)", "c", "x3")]);
         s.source_read(&read);
@@ -696,10 +709,13 @@ mod tests {
     fn a_row_the_sink_holds_as_the_source_later_has_it_has_caught_up() {
         // The sink, past the first read, already had the row's next version (and had applied
         // a delete the first read did not see yet).
-        let mut s = Settling::new(vec![
-            Difference::Differing("(1)".into()),
-            Difference::Differing("(2)".into()),
-        ]);
+        let mut s = Settling::new(
+            vec![
+                Difference::Differing("(1)".into()),
+                Difference::Differing("(2)".into()),
+            ],
+            true,
+        );
         let read = source(&[("(1)", "a", "x1"), ("(2)", "b", "x2")]);
         s.sink_read(&read, &sink(&[("(1)", "a2")]));
         s.source_read(&source(&[("(1)", "a2", "x5")]));
@@ -708,9 +724,36 @@ mod tests {
     }
 
     #[test]
+    fn without_versions_a_row_changed_and_changed_back_is_read_again_not_called_different() {
+        // A MySQL/MariaDB source: the hash is the version.
+        let mut s = Settling::new(
+            vec![
+                Difference::Differing("(1)".into()),
+                Difference::Differing("(2)".into()),
+            ],
+            false,
+        );
+        // Round 1: the sink, past the read, holds another value for both: (1) went a → b → a
+        // at the source meanwhile (the sink applied b, not yet the change back); (2) differs.
+        let read = source(&[("(1)", "a", "a"), ("(2)", "c", "c")]);
+        s.source_read(&read);
+        s.sink_read(&read, &sink(&[("(1)", "b"), ("(2)", "z")]));
+        // Round 2: both read as before, neither is called different yet; past the new read's
+        // position the sink holds (1) as the source does.
+        s.source_read(&read);
+        assert!(s.done.differences.is_empty());
+        s.sink_read(&read, &sink(&[("(1)", "a"), ("(2)", "z")]));
+        assert_eq!(s.done.caught_up, 1);
+        // Round 3: (2), unchanged at the source and still different at the sink, is.
+        s.source_read(&read);
+        assert_eq!(s.done.differences, [Difference::Differing("(2)".into())]);
+        assert!(s.pending.is_empty());
+    }
+
+    #[test]
     fn what_is_not_settled_is_in_flight() {
         let read = source(&[("(1)", "a", "x1")]);
-        let mut s = Settling::new(vec![Difference::Missing("(1)".into())]);
+        let mut s = Settling::new(vec![Difference::Missing("(1)".into())], true);
         s.source_read(&read);
         s.sink_read(&read, &sink(&[]));
         let settled = s.finish();
