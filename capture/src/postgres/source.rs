@@ -1091,7 +1091,7 @@ impl Stream<'_> {
                         .catalog
                         .stream_schema(self.client, table.clone(), id, &columns, || {
                             // Under REPLICA IDENTITY FULL every column is flagged.
-                            match before {
+                            match before.clone() {
                                 Some(key) => key,
                                 None if replica_identity == b'f' => Vec::new(),
                                 None => columns
@@ -1114,6 +1114,14 @@ impl Stream<'_> {
                             relation.stopped = Some(table);
                         }
                         None => {
+                            let key: Vec<String> =
+                                schema.key_columns().map(|c| c.name.clone()).collect();
+                            if before.as_ref() != Some(&key) {
+                                // The first description of the table in this stream, or its
+                                // key changed: said once (a relation is described again after
+                                // every catalog change of it).
+                                info!(table = %schema.id, ?key, was = ?before, identity = %(replica_identity as char), "captured table described by the stream");
+                            }
                             debug!(table = %schema.id, columns = schema.columns.len(), "relation");
                             relation.codec = Some(Arc::new(EnvelopeCodec::new(
                                 &self.capture.settings.topic_prefix,
