@@ -226,6 +226,24 @@ fn an_equal_sink_passes_and_a_damaged_one_is_found_row_for_row() {
             "missing:(9000)"
         ]
     );
+    // as they are drawn on a terminal, unpaced (the tables then read in block ranges, so
+    // that their lines show rows and an ETA);
+    let out = Command::new(SLUICE)
+        .args(["verify", "--config"])
+        .arg(&p.config)
+        .args(["--settle-ms", "0", "--table", "public.items"])
+        .env("SLUICE_VERIFY_PROGRESS", "always")
+        .output()
+        .unwrap();
+    let (code, drawn) = (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(code, Some(1), "{drawn}");
+    assert!(
+        drawn.contains("source_rows=20000 sink_rows=19998 missing=3 extra=1 differing=2"),
+        "{drawn}"
+    );
     // and --table limits it to one table;
     let (code, out) = verify(&p, &["--table", "public.pairs", "--settle-ms", "0"]);
     assert_eq!(code, 1, "{out}");

@@ -224,6 +224,16 @@ mod pace_tests {
         assert_eq!(free.due(1_000_000, Duration::ZERO), Duration::ZERO);
         assert!(!Pace::new(Some(0)).limited(), "0 is no limit");
     }
+
+    #[test]
+    fn a_read_goes_in_block_ranges_when_paced_or_drawn() {
+        let off = Progress::default().table("t");
+        assert!(!in_block_ranges(None, &off));
+        assert!(!in_block_ranges(Some(0), &off));
+        assert!(in_block_ranges(Some(1_000), &off));
+        let drawn = Progress::always().table("t");
+        assert!(in_block_ranges(None, &drawn));
+    }
 }
 
 /// What differs for one row, by its key's text form.
@@ -960,12 +970,13 @@ async fn buckets(
     };
     // (Rate-limited, a bucket comes once per range read: its counts and sums add up.)
     let mut out: HashMap<i64, (i64, i128)> = HashMap::new();
+    let ranged = in_block_ranges(max_rows_per_second, progress);
     for r in in_ranges(client, table, (max_rows_per_second, progress), sql, &[]).await? {
         let (count, sum): (i64, String) = (r.get(1), r.get(2));
         let entry = out.entry(r.get(0)).or_default();
         entry.0 += count;
-        if max_rows_per_second.is_none() {
-            // (Paced, each range counted its rows as it was read.)
+        if !ranged {
+            // (In ranges, each range counted its rows as it was read.)
             progress.rows(count as u64);
         }
         entry.1 += sum.parse::<i128>()?;
@@ -976,10 +987,20 @@ async fn buckets(
         .collect())
 }
 
-/// The rows `sql(range)` gives over all of `table`: at once (`range` is `true`), or with
-/// `max_rows_per_second`, over ranges of blocks (TID range scans, PostgreSQL 14+) of about a
-/// second's rows each, paced to that rate, all in one repeatable-read snapshot — so a row that
-/// an update moves to another block meanwhile is read once.
+/// Whether [`in_ranges`] reads in block ranges: paced, or drawn on a terminal.
+fn in_block_ranges(max_rows_per_second: Option<u64>, progress: &TableProgress) -> bool {
+    Pace::new(max_rows_per_second).limited() || progress.drawn()
+}
+
+/// Block ranges an unpaced read is split into when its progress is drawn.
+const DRAWN_RANGES: i64 = 50;
+
+/// The rows `sql(range)` gives over all of `table`: at once (`range` is `true`), or over
+/// ranges of blocks (TID range scans, PostgreSQL 14+), all in one repeatable-read snapshot —
+/// so a row that an update moves to another block meanwhile is read once. With
+/// `max_rows_per_second` each range holds about a second's rows, paced to that rate; unpaced
+/// but drawn on a terminal, the table is read in [`DRAWN_RANGES`] ranges, so that its line
+/// shows rows and an ETA.
 async fn in_ranges(
     client: &tokio_postgres::Client,
     table: &str,
@@ -988,7 +1009,7 @@ async fn in_ranges(
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> anyhow::Result<Vec<tokio_postgres::Row>> {
     let mut pace = Pace::new(max_rows_per_second);
-    if !pace.limited() {
+    if !in_block_ranges(max_rows_per_second, progress) {
         return Ok(client.query(&sql("true"), params).await?);
     }
     client
@@ -1005,8 +1026,10 @@ async fn in_ranges(
             )
             .await?;
         let (blocks, per_block): (i64, f64) = (size.get(0), size.get(1));
-        let rate = max_rows_per_second.unwrap_or(1) as f64;
-        let step = ((rate / per_block.max(1.0)) as i64).max(1);
+        let step = match max_rows_per_second {
+            Some(rate) if pace.limited() => ((rate as f64 / per_block.max(1.0)) as i64).max(1),
+            _ => (blocks / DRAWN_RANGES).max(1),
+        };
         let ranges = (blocks.max(1) + step - 1) / step;
         progress.ranges(ranges as u64);
         let mut rows = Vec::new();

@@ -40,11 +40,14 @@ pub struct TableProgress {
     chunks_total: AtomicU64,
     started: Instant,
     done: AtomicBool,
+    /// Drawn on a terminal: reads in one statement are split so that it can show them move.
+    drawn: bool,
 }
 
 impl TableProgress {
-    fn new(name: &str) -> TableProgress {
+    fn new(name: &str, drawn: bool) -> TableProgress {
         TableProgress {
+            drawn,
             name: name.to_string(),
             phase: Mutex::new("starting"),
             rows: AtomicU64::new(0),
@@ -84,6 +87,11 @@ impl TableProgress {
 
     pub fn done(&self) {
         self.done.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the line is drawn (so a read worth showing is split into block ranges).
+    pub fn drawn(&self) -> bool {
+        self.drawn
     }
 
     /// Its line, `elapsed` into the current run.
@@ -128,18 +136,24 @@ impl TableProgress {
 }
 
 impl Progress {
-    /// Drawn when stderr is a terminal.
+    /// Drawn when stderr is a terminal (or `SLUICE_VERIFY_PROGRESS=always`: drawn anyway).
     pub fn on_terminal() -> Progress {
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            Progress(Some(Arc::new(Board::default())))
+        let always = std::env::var("SLUICE_VERIFY_PROGRESS").is_ok_and(|v| v == "always");
+        if always || std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            Progress::always()
         } else {
             Progress(None)
         }
     }
 
+    /// Drawn wherever stderr goes.
+    pub fn always() -> Progress {
+        Progress(Some(Arc::new(Board::default())))
+    }
+
     /// A table's progress, drawn until it is [`TableProgress::done`].
     pub fn table(&self, name: &str) -> Arc<TableProgress> {
-        let table = Arc::new(TableProgress::new(name));
+        let table = Arc::new(TableProgress::new(name, self.0.is_some()));
         if let Some(board) = &self.0 {
             board
                 .tables
@@ -222,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_line_shows_phase_rows_against_the_total_ranges_and_time() {
-        let t = TableProgress::new("public.items");
+        let t = TableProgress::new("public.items", true);
         t.phase("hashing", 40_000);
         t.rows(10_000);
         t.ranges(4);
