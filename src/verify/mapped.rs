@@ -30,6 +30,34 @@ struct Kept {
     /// The text of each key column, as the rows at that side can be asked for again by it
     /// (at the source: the source key; at the sink: the target key).
     key: Vec<String>,
+    /// The text of each target key column (at the sink, `key` again).
+    target: Vec<String>,
+}
+
+/// Which rows a read keeps (by the bucket of their target key).
+#[derive(Clone, Copy)]
+enum Keep<'a> {
+    Buckets(Option<&'a HashSet<u64>>),
+    /// A read by key: every row it finds.
+    All,
+}
+
+/// Which rows a read asks for.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    /// The whole table, keeping those of some buckets.
+    All(Option<&'a HashSet<u64>>),
+    /// The rows of these keys (each the texts of the side's key columns).
+    Keys(&'a [Vec<String>]),
+}
+
+impl Rows<'_> {
+    fn keep(&self) -> Keep<'_> {
+        match self {
+            Rows::All(buckets) => Keep::Buckets(*buckets),
+            Rows::Keys(_) => Keep::All,
+        }
+    }
 }
 
 /// What a full read of one side gives.
@@ -44,12 +72,13 @@ struct Scan {
 }
 
 impl Scan {
+    /// `key_texts` gives the side's key texts and the target key texts.
     fn add(
         &mut self,
         (key, row_hash, version): (String, u64, Option<String>),
-        key_texts: impl FnOnce() -> Vec<String>,
+        key_texts: impl FnOnce() -> (Vec<String>, Vec<String>),
         n: u64,
-        keep: Option<&HashSet<u64>>,
+        keep: Keep<'_>,
     ) {
         let key_hash = hash(&key);
         let bucket = key_hash % n;
@@ -57,16 +86,30 @@ impl Scan {
         let entry = self.buckets.entry(bucket).or_default();
         entry.0 += 1;
         entry.1 = entry.1.wrapping_add(hash(&(key_hash, row_hash)));
-        if keep.is_some_and(|k| k.contains(&bucket)) {
+        let kept = match keep {
+            Keep::Buckets(buckets) => buckets.is_some_and(|k| k.contains(&bucket)),
+            Keep::All => true,
+        };
+        if kept {
+            let (key_texts, target) = key_texts();
             self.kept.insert(
                 key,
                 Kept {
                     hash: row_hash,
                     version,
-                    key: key_texts(),
+                    key: key_texts,
+                    target,
                 },
             );
         }
+    }
+
+    /// A read by key of `keys` (target keys) made: its rows replace what was kept for them.
+    fn merge(&mut self, keys: &[String], read: Scan) {
+        for k in keys {
+            self.kept.remove(k);
+        }
+        self.kept.extend(read.kept);
     }
 }
 
@@ -130,20 +173,84 @@ fn parse(table: &TableSchema, row: &tokio_postgres::Row) -> anyhow::Result<Vec<D
         .collect()
 }
 
-/// The columns as text, and with `version` the row's `xmin` after them.
-fn select(table: &TableId, columns: &[String], version: bool) -> String {
+/// The columns as text, and with `version` the row's `xmin` after them; with `key` (each key
+/// column and its type), only the rows whose key is among `$1`, `$2`, … (one text array per key
+/// column, cast to the column's type so its index is used).
+fn select(
+    table: &TableId,
+    columns: &[String],
+    version: bool,
+    key: Option<&[(String, String)]>,
+) -> String {
     let list: Vec<String> = columns
         .iter()
         .map(|c| format!("t.{}::text", quote(c)))
         .collect();
+    let condition = match key {
+        None => String::new(),
+        Some(key) => {
+            let names: Vec<String> = key.iter().map(|(c, _)| format!("t.{}", quote(c))).collect();
+            let arrays: Vec<String> = key
+                .iter()
+                .enumerate()
+                .map(|(i, (_, ty))| format!("${}::text[]::{ty}[]", i + 1))
+                .collect();
+            format!(
+                " WHERE ({}) IN (SELECT * FROM unnest({}))",
+                names.join(", "),
+                arrays.join(", ")
+            )
+        }
+    };
     format!(
-        "SELECT {}{} FROM {}.{} t",
+        "SELECT {}{} FROM {}.{} t{condition}",
         list.join(", "),
         if version { ", t.xmin::text" } else { "" },
         quote(&table.namespace),
         quote(&table.name)
     )
 }
+
+/// Each of `columns` with its type (`format_type`) in `table`.
+async fn typed(
+    client: &tokio_postgres::Client,
+    table: &TableId,
+    columns: &[String],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let types: HashMap<String, String> = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass AND a.attname = ANY($3)",
+            &[&table.namespace, &table.name, &columns],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    columns
+        .iter()
+        .map(|c| {
+            types
+                .get(c)
+                .map(|t| (c.clone(), t.clone()))
+                .ok_or_else(|| anyhow::anyhow!("{table} has no column {c}"))
+        })
+        .collect()
+}
+
+/// Key texts as one text array per key column (the parameters of [`select`]'s condition).
+fn by_column(keys: &[Vec<String>], columns: usize) -> Vec<Vec<String>> {
+    (0..columns)
+        .map(|i| {
+            keys.iter()
+                .map(|k| k.get(i).cloned().unwrap_or_default())
+                .collect()
+        })
+        .collect()
+}
+
+/// Keys read in one statement at most.
+const KEYS_PER_READ: usize = 10_000;
 
 /// Where the source's rows are read.
 pub(super) enum Source<'a> {
@@ -259,6 +366,41 @@ impl Sink<'_> {
     }
 }
 
+/// The condition that finds the rows of `keys` (texts of the target's key columns
+/// `key_names`) at a MySQL/MariaDB sink: the values as the MySQL sink wrote them (booleans as
+/// 0/1, timestamps in UTC, uuids as text), as literals.
+fn mysql_key_condition(
+    target: &TableSchema,
+    key_names: &[String],
+    keys: &[Vec<String>],
+    no_backslash_escapes: bool,
+) -> anyhow::Result<String> {
+    use sluice_capture::mysql::reread::literal;
+    let types: Vec<&SqlType> = target.key_columns().map(|c| &c.sql_type).collect();
+    let mut tuples = Vec::with_capacity(keys.len());
+    for key in keys {
+        let values = key
+            .iter()
+            .zip(&types)
+            .map(|(text, ty)| {
+                let value =
+                    pgtext::parse(ty, text).map_err(|e| anyhow::anyhow!("key {key:?}: {e}"))?;
+                literal(&value, no_backslash_escapes)
+                    .ok_or_else(|| anyhow::anyhow!("key {key:?} cannot be looked up at the sink"))
+            })
+            .collect::<anyhow::Result<Vec<String>>>()?;
+        tuples.push(format!("({})", values.join(", ")));
+    }
+    if tuples.is_empty() {
+        return Ok("FALSE".into());
+    }
+    let names: Vec<String> = key_names
+        .iter()
+        .map(|c| format!("`{}`", c.replace('`', "``")))
+        .collect();
+    Ok(format!("({}) IN ({})", names.join(", "), tuples.join(", ")))
+}
+
 fn mysql_name(table: &TableId) -> String {
     format!(
         "`{}`.`{}`",
@@ -336,52 +478,83 @@ pub(super) struct Mapped<'a> {
 const PACE_EVERY: u64 = 1_000;
 
 impl Mapped<'_> {
-    async fn scan_source(&self, n: u64, keep: Option<&HashSet<u64>>) -> anyhow::Result<Scan> {
+    /// Reads the source: the whole table, or the rows of some source keys.
+    async fn scan_source(&self, n: u64, rows: Rows<'_>) -> anyhow::Result<Scan> {
         let mut scan = Scan::default();
         let mut pace = super::Pace::new(self.max_rows_per_second);
         let keys = (self.mapping.target.key_indices(), self.writer.key_indices());
-        match &self.src {
-            Source::Postgres { client, table } => {
-                let names: Vec<String> =
-                    self.writer.columns.iter().map(|c| c.name.clone()).collect();
-                let stream = client
-                    .query_raw(&select(table, &names, true), Vec::<String>::new())
-                    .await?;
-                pin_mut!(stream);
-                let mut read = 0u64;
-                while let Some(row) = stream.try_next().await? {
-                    let version = row.get::<_, String>(names.len());
-                    self.add_source_row(
-                        &mut scan,
-                        (parse(self.writer, &row)?, Some(version)),
-                        &keys,
-                        (n, keep),
-                    );
-                    read += 1;
-                    if read % PACE_EVERY == 0 {
-                        self.progress.rows(PACE_EVERY);
-                        pace.rows(PACE_EVERY).await;
+        let keep = rows.keep();
+        let chunks: Vec<Option<&[Vec<String>]>> = match rows {
+            Rows::All(_) => vec![None],
+            Rows::Keys(keys) => keys.chunks(KEYS_PER_READ).map(Some).collect(),
+        };
+        for chunk in chunks {
+            match &self.src {
+                Source::Postgres { client, table } => {
+                    let names: Vec<String> =
+                        self.writer.columns.iter().map(|c| c.name.clone()).collect();
+                    let (sql, params) = match chunk {
+                        None => (select(table, &names, true, None), Vec::new()),
+                        Some(chunk) => {
+                            let key: Vec<String> =
+                                self.writer.key_columns().map(|c| c.name.clone()).collect();
+                            let key = typed(client, table, &key).await?;
+                            (
+                                select(table, &names, true, Some(&key)),
+                                by_column(chunk, key.len()),
+                            )
+                        }
+                    };
+                    let stream = client.query_raw(&sql, params).await?;
+                    pin_mut!(stream);
+                    let mut read = 0u64;
+                    while let Some(row) = stream.try_next().await? {
+                        let version = row.get::<_, String>(names.len());
+                        self.add_source_row(
+                            &mut scan,
+                            (parse(self.writer, &row)?, Some(version)),
+                            &keys,
+                            (n, keep),
+                        );
+                        read += 1;
+                        if read % PACE_EVERY == 0 {
+                            self.progress.rows(PACE_EVERY);
+                            pace.rows(PACE_EVERY).await;
+                        }
                     }
                 }
-            }
-            Source::Mysql {
-                name,
-                config,
-                password,
-            } => {
-                let mut read = 0u64;
-                sluice_capture::mysql::read_rows(name, config, *password, self.table, |_, row| {
-                    self.add_source_row(&mut scan, (row, None), &keys, (n, keep));
-                    read += 1;
-                    Ok(if read % PACE_EVERY == 0 {
-                        self.progress.rows(PACE_EVERY);
-                        pace.pause(PACE_EVERY)
-                    } else {
-                        Duration::ZERO
-                    })
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("reading {} at the source: {e}", self.table))?;
+                Source::Mysql {
+                    name,
+                    config,
+                    password,
+                } => {
+                    let mut read = 0u64;
+                    let mut each = |_: &TableSchema, row: Vec<Datum>| {
+                        self.add_source_row(&mut scan, (row, None), &keys, (n, keep));
+                        read += 1;
+                        Ok(if read % PACE_EVERY == 0 {
+                            self.progress.rows(PACE_EVERY);
+                            pace.pause(PACE_EVERY)
+                        } else {
+                            Duration::ZERO
+                        })
+                    };
+                    match chunk {
+                        None => {
+                            sluice_capture::mysql::read_rows(
+                                name, config, *password, self.table, &mut each,
+                            )
+                            .await
+                        }
+                        Some(chunk) => {
+                            sluice_capture::mysql::read_rows_by_key(
+                                name, config, *password, self.table, chunk, &mut each,
+                            )
+                            .await
+                        }
+                    }
+                    .map_err(|e| anyhow::anyhow!("reading {} at the source: {e}", self.table))?;
+                }
             }
         }
         Ok(scan)
@@ -394,7 +567,7 @@ impl Mapped<'_> {
         scan: &mut Scan,
         (values, version): (Vec<Datum>, Option<String>),
         (target_key, source_key): &(Vec<usize>, Vec<usize>),
-        (n, keep): (u64, Option<&HashSet<u64>>),
+        (n, keep): (u64, Keep<'_>),
     ) {
         let target = &self.mapping.target;
         let Ok(changes) = self.mapping.apply(Op::Read, None, Some(&values), 0) else {
@@ -403,76 +576,110 @@ impl Mapped<'_> {
         };
         for change in changes {
             let Some(after) = change.after else { continue };
-            let key = format!("({})", texts(target, &after, target_key).join(","));
+            let target_texts = texts(target, &after, target_key);
+            let key = format!("({})", target_texts.join(","));
             scan.add(
                 (key, row_hash(&after), version.clone()),
-                || texts(self.writer, &values, source_key),
+                || (texts(self.writer, &values, source_key), target_texts),
                 n,
                 keep,
             );
         }
     }
 
-    async fn scan_sink(&self, n: u64, keep: Option<&HashSet<u64>>) -> anyhow::Result<Scan> {
+    /// Reads the sink: the whole table, or the rows of some target keys.
+    async fn scan_sink(&self, n: u64, rows: Rows<'_>) -> anyhow::Result<Scan> {
         let target = &self.mapping.target;
         let names: Vec<String> = target.columns.iter().map(|c| c.name.clone()).collect();
         let target_key = target.key_indices();
         let mut scan = Scan::default();
         let mut pace = super::Pace::new(self.max_rows_per_second);
+        let keep = rows.keep();
         let mut add = |values: Vec<Datum>| {
             let key_texts = texts(target, &values, &target_key);
             let key = format!("({})", key_texts.join(","));
-            scan.add((key, row_hash(&values), None), || key_texts, n, keep);
+            scan.add(
+                (key, row_hash(&values), None),
+                || (key_texts.clone(), key_texts),
+                n,
+                keep,
+            );
             scan.rows
         };
-        match &self.dst {
-            Sink::Postgres(client) => {
-                let stream = client
-                    .query_raw(
-                        &select(self.sink_table, &names, false),
-                        Vec::<String>::new(),
-                    )
-                    .await?;
-                pin_mut!(stream);
-                while let Some(row) = stream.try_next().await? {
-                    if add(parse(target, &row)?) % PACE_EVERY == 0 {
-                        self.progress.rows(PACE_EVERY);
-                        pace.rows(PACE_EVERY).await;
+        let chunks: Vec<Option<&[Vec<String>]>> = match rows {
+            Rows::All(_) => vec![None],
+            Rows::Keys(keys) => keys.chunks(KEYS_PER_READ).map(Some).collect(),
+        };
+        let key_names: Vec<String> = target.key_columns().map(|c| c.name.clone()).collect();
+        for chunk in chunks {
+            match &self.dst {
+                Sink::Postgres(client) => {
+                    let (sql, params) = match chunk {
+                        None => (select(self.sink_table, &names, false, None), Vec::new()),
+                        Some(chunk) => {
+                            let key = typed(client, self.sink_table, &key_names).await?;
+                            (
+                                select(self.sink_table, &names, false, Some(&key)),
+                                by_column(chunk, key.len()),
+                            )
+                        }
+                    };
+                    let stream = client.query_raw(&sql, params).await?;
+                    pin_mut!(stream);
+                    while let Some(row) = stream.try_next().await? {
+                        if add(parse(target, &row)?) % PACE_EVERY == 0 {
+                            self.progress.rows(PACE_EVERY);
+                            pace.rows(PACE_EVERY).await;
+                        }
                     }
                 }
-            }
-            Sink::Mysql(pool) => {
-                use futures::StreamExt;
-                use mysql_async::prelude::Queryable;
-                let list: Vec<String> = names
-                    .iter()
-                    .map(|c| format!("`{}`", c.replace('`', "``")))
-                    .collect();
-                let sql = format!(
-                    "SELECT {} FROM {}",
-                    list.join(", "),
-                    mysql_name(self.sink_table)
-                );
-                let mut conn = pool.get_conn().await?;
-                let mut result = conn.query_iter(sql).await?;
-                let mut stream = result
-                    .stream::<mysql_async::Row>()
-                    .await?
-                    .ok_or_else(|| anyhow::anyhow!("no result reading {}", self.sink_table))?;
-                while let Some(row) = stream.next().await {
-                    let values = row?
-                        .unwrap()
-                        .into_iter()
-                        .zip(&target.columns)
-                        .map(|(v, c)| {
-                            mysql_datum(&c.sql_type, v).map_err(|e| {
-                                anyhow::anyhow!("{}.{} at the sink: {e}", self.sink_table, c.name)
+                Sink::Mysql(pool) => {
+                    use futures::StreamExt;
+                    use mysql_async::prelude::Queryable;
+                    let list: Vec<String> = names
+                        .iter()
+                        .map(|c| format!("`{}`", c.replace('`', "``")))
+                        .collect();
+                    let mut conn = pool.get_conn().await?;
+                    let condition = match chunk {
+                        None => "TRUE".to_string(),
+                        Some(chunk) => {
+                            let escapes =
+                                sluice_capture::mysql::reread::no_backslash_escapes(&mut conn)
+                                    .await
+                                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                            mysql_key_condition(target, &key_names, chunk, escapes)?
+                        }
+                    };
+                    let sql = format!(
+                        "SELECT {} FROM {} WHERE {condition}",
+                        list.join(", "),
+                        mysql_name(self.sink_table)
+                    );
+                    let mut result = conn.query_iter(sql).await?;
+                    let mut stream = result
+                        .stream::<mysql_async::Row>()
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("no result reading {}", self.sink_table))?;
+                    while let Some(row) = stream.next().await {
+                        let values = row?
+                            .unwrap()
+                            .into_iter()
+                            .zip(&target.columns)
+                            .map(|(v, c)| {
+                                mysql_datum(&c.sql_type, v).map_err(|e| {
+                                    anyhow::anyhow!(
+                                        "{}.{} at the sink: {e}",
+                                        self.sink_table,
+                                        c.name
+                                    )
+                                })
                             })
-                        })
-                        .collect::<anyhow::Result<Vec<Datum>>>()?;
-                    if add(values) % PACE_EVERY == 0 {
-                        self.progress.rows(PACE_EVERY);
-                        pace.rows(PACE_EVERY).await;
+                            .collect::<anyhow::Result<Vec<Datum>>>()?;
+                        if add(values) % PACE_EVERY == 0 {
+                            self.progress.rows(PACE_EVERY);
+                            pace.rows(PACE_EVERY).await;
+                        }
                     }
                 }
             }
@@ -480,11 +687,67 @@ impl Mapped<'_> {
         Ok(scan)
     }
 
-    /// Both sides' rows in `buckets`.
+    /// Where the suspected rows (`source` and `sink`, the differing buckets' rows) can be read
+    /// again by key: when the target key is the source key, column for column and type for
+    /// type (so a row's key reads the same at both sides, and every source row that could map
+    /// to a target key is found by it). `None` otherwise: the buckets are scanned again.
+    fn key_index(&self, source: &Scan, sink: &Scan) -> Option<KeyIndex> {
+        let (target_key, source_key) =
+            (self.mapping.target.key_indices(), self.writer.key_indices());
+        let copied = target_key.len() == source_key.len()
+            && target_key.iter().all(|t| {
+                self.mapping.source_column(*t).is_some_and(|s| {
+                    source_key.contains(&s)
+                        && self.writer.columns[s].sql_type
+                            == self.mapping.target.columns[*t].sql_type
+                })
+            });
+        if !copied {
+            return None;
+        }
+        let mut index = KeyIndex::new();
+        for (k, kept) in &sink.kept {
+            index.insert(
+                k.clone(),
+                (self.source_key_of(&kept.key)?, kept.target.clone()),
+            );
+        }
+        for (k, kept) in &source.kept {
+            index.insert(k.clone(), (kept.key.clone(), kept.target.clone()));
+        }
+        Some(index)
+    }
+
+    /// Reads the rows of the target keys `keys` again at the source (`at_source`) or the sink,
+    /// by key.
+    async fn read_again(
+        &self,
+        index: &KeyIndex,
+        keys: &[String],
+        at_source: bool,
+    ) -> anyhow::Result<Scan> {
+        let wanted: Vec<Vec<String>> = keys
+            .iter()
+            .filter_map(|k| index.get(k))
+            .map(|(source, target)| {
+                if at_source {
+                    source.clone()
+                } else {
+                    target.clone()
+                }
+            })
+            .collect();
+        if at_source {
+            self.scan_source(1, Rows::Keys(&wanted)).await
+        } else {
+            self.scan_sink(1, Rows::Keys(&wanted)).await
+        }
+    }
+
     async fn rows_in(&self, n: u64, buckets: &HashSet<u64>) -> anyhow::Result<(Scan, Scan)> {
         tokio::try_join!(
-            self.scan_source(n, Some(buckets)),
-            self.scan_sink(n, Some(buckets))
+            self.scan_source(n, Rows::All(Some(buckets))),
+            self.scan_sink(n, Rows::All(Some(buckets)))
         )
     }
 
@@ -492,8 +755,7 @@ impl Mapped<'_> {
     /// differs, until none does or `wait` has passed; `last` is the last read.
     async fn settle(
         &self,
-        n: u64,
-        differing: &HashSet<u64>,
+        (n, differing, index): (u64, &HashSet<u64>, Option<&KeyIndex>),
         suspects: &mut Vec<Difference>,
         wait: Duration,
         last: &mut (Scan, Scan),
@@ -501,7 +763,18 @@ impl Mapped<'_> {
         let deadline = Instant::now() + wait;
         while !suspects.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(1_000)).await;
-            *last = self.rows_in(n, differing).await?;
+            match index {
+                Some(index) => {
+                    let keys: Vec<String> = suspects.iter().map(|d| d.key().to_string()).collect();
+                    let (source, sink) = tokio::try_join!(
+                        self.read_again(index, &keys, true),
+                        self.read_again(index, &keys, false)
+                    )?;
+                    last.0.merge(&keys, source);
+                    last.1.merge(&keys, sink);
+                }
+                None => *last = self.rows_in(n, differing).await?,
+            }
             let still: HashSet<String> = Mapped::differences(&last.0, &last.1)
                 .into_iter()
                 .map(|d| d.key().to_string())
@@ -546,7 +819,14 @@ struct Buckets<'a, 'm> {
     differing: &'a HashSet<u64>,
     at_source: Scan,
     at_sink: Scan,
+    /// Where the rows can be read again by key (see [`Mapped::key_index`]); else each read
+    /// scans the whole table for the differing buckets.
+    index: Option<KeyIndex>,
 }
+
+/// For each suspected target key: the source key texts and the target key texts its rows are
+/// read again by.
+type KeyIndex = BTreeMap<String, (Vec<String>, Vec<String>)>;
 
 impl Buckets<'_, '_> {
     /// The last source read's rows with their versions: the source row's `xmin` (a
@@ -565,16 +845,35 @@ impl Buckets<'_, '_> {
 }
 
 impl super::settle::Sides for Buckets<'_, '_> {
-    async fn source(&mut self, _: &[String]) -> anyhow::Result<super::settle::SourceRows> {
-        self.at_source = self
-            .mapped
-            .scan_source(self.n, Some(self.differing))
-            .await?;
+    async fn source(&mut self, keys: &[String]) -> anyhow::Result<super::settle::SourceRows> {
+        match &self.index {
+            Some(index) => {
+                let read = self.mapped.read_again(index, keys, true).await?;
+                self.at_source.merge(keys, read);
+            }
+            None => {
+                self.at_source = self
+                    .mapped
+                    .scan_source(self.n, Rows::All(Some(self.differing)))
+                    .await?;
+            }
+        }
         Ok(self.versions())
     }
 
-    async fn sink(&mut self, _: &[String]) -> anyhow::Result<super::settle::SinkRows> {
-        self.at_sink = self.mapped.scan_sink(self.n, Some(self.differing)).await?;
+    async fn sink(&mut self, keys: &[String]) -> anyhow::Result<super::settle::SinkRows> {
+        match &self.index {
+            Some(index) => {
+                let read = self.mapped.read_again(index, keys, false).await?;
+                self.at_sink.merge(keys, read);
+            }
+            None => {
+                self.at_sink = self
+                    .mapped
+                    .scan_sink(self.n, Rows::All(Some(self.differing)))
+                    .await?;
+            }
+        }
         Ok(self
             .at_sink
             .kept
@@ -615,7 +914,10 @@ pub(super) async fn compare(
     let estimate = mapped.dst.count(mapped.sink_table).await?;
     let n = (estimate as u64 / options.bucket_rows.max(1)).max(1);
     mapped.progress.phase("reading", estimate.max(0) as u64 * 2);
-    let (source, sink) = tokio::try_join!(mapped.scan_source(n, None), mapped.scan_sink(n, None))?;
+    let (source, sink) = tokio::try_join!(
+        mapped.scan_source(n, Rows::All(None)),
+        mapped.scan_sink(n, Rows::All(None))
+    )?;
     if source.refused > 0 {
         // The router dead-letters these too, so the sink lacks them by design; say so.
         tracing::warn!(table = %mapped.table, rows = source.refused, "source rows the scheme refuses (the router sends such changes to the dead-letter topic) are not compared");
@@ -668,19 +970,24 @@ pub(super) async fn compare(
         },
     };
     mapped.progress.phase("settling", 0);
+    let index = mapped.key_index(&at_source, &at_sink);
     let mut sides = Buckets {
         mapped: &mapped,
         n,
         differing: &differing,
         at_source,
         at_sink,
+        index,
     };
     // (The read that found them is the first round's source read.)
     let first = sides.versions();
     let settled =
         super::settle::settle((suspects, Some(first)), options.settle, &watch, &mut sides).await?;
     let Buckets {
-        at_source, at_sink, ..
+        at_source,
+        at_sink,
+        index,
+        ..
     } = sides;
     let mut suspects = settled.differences;
     report.in_flight = settled.in_flight;
@@ -774,7 +1081,12 @@ pub(super) async fn compare(
         let mut read = (at_source, at_sink);
         let first = super::resend_after(options.repair_wait);
         mapped
-            .settle(n, &differing, &mut suspects, first, &mut read)
+            .settle(
+                (n, &differing, index.as_ref()),
+                &mut suspects,
+                first,
+                &mut read,
+            )
             .await?;
         if !suspects.is_empty() {
             // A capture that restarted meanwhile dropped the request: asked once more.
@@ -784,8 +1096,7 @@ pub(super) async fn compare(
                 .await?;
             mapped
                 .settle(
-                    n,
-                    &differing,
+                    (n, &differing, index.as_ref()),
                     &mut suspects,
                     options.repair_wait.saturating_sub(first),
                     &mut read,
@@ -809,14 +1120,44 @@ mod tests {
     #[test]
     fn a_bucket_sums_key_and_row_so_a_value_moved_between_keys_is_seen() {
         let (mut a, mut b) = (Scan::default(), Scan::default());
-        a.add(("(1)".into(), 10, None), Vec::new, 1, None);
-        a.add(("(2)".into(), 20, None), Vec::new, 1, None);
-        b.add(("(1)".into(), 20, None), Vec::new, 1, None);
-        b.add(("(2)".into(), 10, None), Vec::new, 1, None);
+        a.add(
+            ("(1)".into(), 10, None),
+            || (Vec::new(), Vec::new()),
+            1,
+            Keep::Buckets(None),
+        );
+        a.add(
+            ("(2)".into(), 20, None),
+            || (Vec::new(), Vec::new()),
+            1,
+            Keep::Buckets(None),
+        );
+        b.add(
+            ("(1)".into(), 20, None),
+            || (Vec::new(), Vec::new()),
+            1,
+            Keep::Buckets(None),
+        );
+        b.add(
+            ("(2)".into(), 10, None),
+            || (Vec::new(), Vec::new()),
+            1,
+            Keep::Buckets(None),
+        );
         assert_ne!(a.buckets, b.buckets);
         let mut c = Scan::default();
-        c.add(("(2)".into(), 20, None), Vec::new, 1, None);
-        c.add(("(1)".into(), 10, None), Vec::new, 1, None);
+        c.add(
+            ("(2)".into(), 20, None),
+            || (Vec::new(), Vec::new()),
+            1,
+            Keep::Buckets(None),
+        );
+        c.add(
+            ("(1)".into(), 10, None),
+            || (Vec::new(), Vec::new()),
+            1,
+            Keep::Buckets(None),
+        );
         assert_eq!(a.buckets, c.buckets);
     }
 }

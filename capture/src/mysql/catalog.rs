@@ -109,6 +109,30 @@ pub async fn read_rows(
     config: &MysqlSourceConfig,
     password: Option<&str>,
     table: &TableId,
+    row: impl FnMut(&TableSchema, Vec<Datum>) -> Result<std::time::Duration, String>,
+) -> Result<TableSchema, CaptureError> {
+    read_rows_where(name, config, password, table, None, row).await
+}
+
+/// [`read_rows`] for the rows of `keys` only: each key the texts of the table's key columns
+/// (in the table's order, as `sluice verify` renders them).
+pub async fn read_rows_by_key(
+    name: &str,
+    config: &MysqlSourceConfig,
+    password: Option<&str>,
+    table: &TableId,
+    keys: &[Vec<String>],
+    row: impl FnMut(&TableSchema, Vec<Datum>) -> Result<std::time::Duration, String>,
+) -> Result<TableSchema, CaptureError> {
+    read_rows_where(name, config, password, table, Some(keys), row).await
+}
+
+async fn read_rows_where(
+    name: &str,
+    config: &MysqlSourceConfig,
+    password: Option<&str>,
+    table: &TableId,
+    keys: Option<&[Vec<String>]>,
     mut row: impl FnMut(&TableSchema, Vec<Datum>) -> Result<std::time::Duration, String>,
 ) -> Result<TableSchema, CaptureError> {
     let mut conn = Conn::new(opts(name, config, password)?)
@@ -124,8 +148,17 @@ pub async fn read_rows(
                 "{table} does not exist at the source"
             )));
         }
+        let condition = match keys {
+            None => "TRUE".to_string(),
+            Some(keys) => {
+                super::reread::key_condition(&mut conn, &schema, keys)
+                    .await?
+                    .map_err(CaptureError::Definite)?
+                    .1
+            }
+        };
         let sql = format!(
-            "SELECT {} FROM `{}`.`{}`",
+            "SELECT {} FROM `{}`.`{}` WHERE {condition}",
             selects.join(", "),
             table.namespace.replace('`', "``"),
             table.name.replace('`', "``")

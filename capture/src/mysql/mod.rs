@@ -12,7 +12,7 @@ mod snapshot;
 pub mod source;
 pub mod types;
 
-pub use catalog::{describe, read_rows};
+pub use catalog::{describe, read_rows, read_rows_by_key};
 pub use config::MysqlSourceConfig;
 pub use follow::{binlog_now, changes_between, confirmed, BinlogPosition};
 pub use source::MysqlCapture;

@@ -166,67 +166,20 @@ pub(super) async fn read(
         .await
         .map_err(mysql_error)?;
     let (schema, selects) = catalog_schema(conn, table).await?;
-    let key_columns: Vec<&sluice_schemas::Column> = schema.key_columns().collect();
-    let key_names: Vec<String> = key_columns.iter().map(|c| c.name.clone()).collect();
+    let key_names: Vec<String> = schema.key_columns().map(|c| c.name.clone()).collect();
     if key_names != columns {
         return Ok(Err(format!(
             "the request names the key columns {columns:?}, the table's key is {key_names:?}"
         )));
     }
-    let mut wanted: Vec<Vec<Datum>> = Vec::with_capacity(keys.len());
-    for key in keys {
-        let values = key
-            .iter()
-            .zip(&key_columns)
-            .map(|(text, c)| {
-                pgtext::parse(&c.sql_type, text).map_err(|e| format!("key {key:?}: {e}"))
-            })
-            .collect::<Result<Vec<Datum>, String>>();
-        match values {
-            Ok(v) if v.len() == key_columns.len() => wanted.push(v),
-            Ok(_) => {
-                return Ok(Err(format!(
-                    "key {key:?} does not have {} values",
-                    key_columns.len()
-                )))
-            }
-            Err(e) => return Ok(Err(e)),
-        }
-    }
-    // The text protocol (the converters read text, as the snapshot's), with the keys as
-    // literals escaped as the session's sql_mode reads them.
-    let no_backslash_escapes: Option<u8> = conn
-        .query_first("SELECT @@SESSION.sql_mode LIKE '%NO_BACKSLASH_ESCAPES%'")
-        .await
-        .map_err(mysql_error)?;
-    let no_backslash_escapes = no_backslash_escapes == Some(1);
-    let mut tuples: Vec<String> = Vec::with_capacity(wanted.len());
-    for key in &wanted {
-        let mut values = Vec::with_capacity(key.len());
-        for (v, c) in key.iter().zip(&key_columns) {
-            match literal(v, no_backslash_escapes) {
-                Some(l) => values.push(l),
-                None => {
-                    return Ok(Err(format!(
-                        "a key value of {table}.{} cannot be looked up",
-                        c.name
-                    )))
-                }
-            }
-        }
-        tuples.push(format!("({})", values.join(", ")));
-    }
-    let quote = |c: &str| format!("`{}`", c.replace('`', "``"));
+    let (wanted, condition) = match key_condition(conn, &schema, keys).await? {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
     let sql = format!(
-        "SELECT {} FROM {} WHERE ({}) IN ({})",
+        "SELECT {} FROM {} WHERE {condition}",
         selects.join(", "),
         quoted(table),
-        key_names
-            .iter()
-            .map(|c| quote(c))
-            .collect::<Vec<_>>()
-            .join(", "),
-        tuples.join(", ")
     );
     conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .await
@@ -293,10 +246,73 @@ pub(super) async fn read(
     }))
 }
 
+/// The key values of `keys` (texts of `schema`'s key columns) and the condition that finds
+/// their rows: `(k1, k2) IN ((…), …)`, the values as literals escaped as the session's
+/// `sql_mode` reads them (the text protocol: the converters read text). The inner error says
+/// why a key cannot be looked up.
+pub(super) async fn key_condition(
+    conn: &mut Conn,
+    schema: &TableSchema,
+    keys: &[Vec<String>],
+) -> Result<Result<(Vec<Vec<Datum>>, String), String>, CaptureError> {
+    let key_columns: Vec<&sluice_schemas::Column> = schema.key_columns().collect();
+    let no_backslash_escapes = no_backslash_escapes(conn).await?;
+    let mut wanted: Vec<Vec<Datum>> = Vec::with_capacity(keys.len());
+    let mut tuples: Vec<String> = Vec::with_capacity(keys.len());
+    for key in keys {
+        if key.len() != key_columns.len() {
+            return Ok(Err(format!(
+                "key {key:?} does not have {} values",
+                key_columns.len()
+            )));
+        }
+        let mut values = Vec::with_capacity(key.len());
+        let mut literals = Vec::with_capacity(key.len());
+        for (text, c) in key.iter().zip(&key_columns) {
+            let value = match pgtext::parse(&c.sql_type, text) {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(format!("key {key:?}: {e}"))),
+            };
+            match literal(&value, no_backslash_escapes) {
+                Some(l) => literals.push(l),
+                None => {
+                    return Ok(Err(format!(
+                        "a key value of {}.{} cannot be looked up",
+                        schema.id, c.name
+                    )))
+                }
+            }
+            values.push(value);
+        }
+        wanted.push(values);
+        tuples.push(format!("({})", literals.join(", ")));
+    }
+    let names: Vec<String> = key_columns
+        .iter()
+        .map(|c| format!("`{}`", c.name.replace('`', "``")))
+        .collect();
+    let condition = if tuples.is_empty() {
+        "FALSE".to_string()
+    } else {
+        format!("({}) IN ({})", names.join(", "), tuples.join(", "))
+    };
+    Ok(Ok((wanted, condition)))
+}
+
+/// Whether the session reads backslashes in string literals as themselves (`sql_mode` has
+/// `NO_BACKSLASH_ESCAPES`).
+pub async fn no_backslash_escapes(conn: &mut Conn) -> Result<bool, CaptureError> {
+    let on: Option<u8> = conn
+        .query_first("SELECT @@SESSION.sql_mode LIKE '%NO_BACKSLASH_ESCAPES%'")
+        .await
+        .map_err(mysql_error)?;
+    Ok(on == Some(1))
+}
+
 /// A key value as an SQL literal the server compares as the column's type (`None`: a value no
 /// key column holds). Dates and times go as the text the server reads back as the column's
 /// type (the session is in UTC); bytes as a hex literal.
-fn literal(v: &Datum, no_backslash_escapes: bool) -> Option<String> {
+pub fn literal(v: &Datum, no_backslash_escapes: bool) -> Option<String> {
     const DAY_US: i64 = 86_400_000_000;
     let date = |days: i64| {
         let (y, m, d) = pgtext::civil_from_days(days);
