@@ -186,22 +186,9 @@ fn select(
         .iter()
         .map(|c| format!("t.{}::text", quote(c)))
         .collect();
-    let condition = match key {
-        None => String::new(),
-        Some(key) => {
-            let names: Vec<String> = key.iter().map(|(c, _)| format!("t.{}", quote(c))).collect();
-            let arrays: Vec<String> = key
-                .iter()
-                .enumerate()
-                .map(|(i, (_, ty))| format!("${}::text[]::{ty}[]", i + 1))
-                .collect();
-            format!(
-                " WHERE ({}) IN (SELECT * FROM unnest({}))",
-                names.join(", "),
-                arrays.join(", ")
-            )
-        }
-    };
+    let condition = key.map_or_else(String::new, |key| {
+        format!(" WHERE {}", sluice_capture::postgres::reread::key_in(key))
+    });
     format!(
         "SELECT {}{} FROM {}.{} t{condition}",
         list.join(", "),
@@ -217,25 +204,12 @@ async fn typed(
     table: &TableId,
     columns: &[String],
 ) -> anyhow::Result<Vec<(String, String)>> {
-    let types: HashMap<String, String> = client
-        .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
-             WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass AND a.attname = ANY($3)",
-            &[&table.namespace, &table.name, &columns],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    columns
-        .iter()
-        .map(|c| {
-            types
-                .get(c)
-                .map(|t| (c.clone(), t.clone()))
-                .ok_or_else(|| anyhow::anyhow!("{table} has no column {c}"))
-        })
-        .collect()
+    let typed = sluice_capture::postgres::reread::column_types(client, table, columns).await?;
+    anyhow::ensure!(
+        typed.len() == columns.len(),
+        "{table} lacks one of the key columns {columns:?}"
+    );
+    Ok(typed)
 }
 
 /// Key texts as one text array per key column (the parameters of [`select`]'s condition).

@@ -191,6 +191,8 @@ pub(super) struct Stream<'a> {
     /// The position the last rows read again were published at, and the next index there
     /// (two reads at one position must not share event positions).
     pub(super) reread_next: (u64, u64),
+    /// The source server's `server_id` (for the source block of rows read again).
+    pub(super) source_server_id: u32,
 }
 
 impl Stream<'_> {
@@ -823,22 +825,13 @@ impl Stream<'_> {
             } else {
                 0
             };
-            let info = SourceInfo {
-                name: self.name.clone(),
-                db: Arc::from(table.namespace.as_str()),
-                ts_us: unix_now_us(),
-                snapshot: true,
-                tx_id: None,
-                lsn: None,
-                sequence: None,
-                binlog: Some(BinlogSource {
-                    server_id: i64::from(self.capture.config.server_id),
-                    gtid: None,
-                    file: pending.file.clone(),
-                    pos: pos as i64,
-                    row: 0,
-                }),
-            };
+            let info = super::snapshot::read_source_info(
+                self.name.clone(),
+                &table,
+                pending.file.clone(),
+                pos,
+                self.source_server_id,
+            );
             let reads = pending
                 .rows
                 .iter()

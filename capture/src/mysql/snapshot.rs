@@ -229,21 +229,39 @@ impl Snapshot<'_> {
     }
 
     pub(super) fn source_info(&self, table: &TableId, file: &str, pos: u64) -> SourceInfo {
-        SourceInfo {
-            name: Arc::from(self.capture.name.as_str()),
-            db: Arc::from(table.namespace.as_str()),
-            ts_us: unix_now_us(),
-            snapshot: true,
-            tx_id: None,
-            lsn: None,
-            sequence: None,
-            binlog: Some(BinlogSource {
-                server_id: i64::from(self.server_id),
-                gtid: None,
-                file: Arc::from(file),
-                pos: pos as i64,
-                row: 0,
-            }),
-        }
+        read_source_info(
+            Arc::from(self.capture.name.as_str()),
+            table,
+            Arc::from(file),
+            pos,
+            self.server_id,
+        )
+    }
+}
+
+/// The source block of rows read from the tables (not the binlog) at binlog position
+/// `file:pos` of the server `server_id`: the snapshot's, and rows read again on request.
+pub(super) fn read_source_info(
+    name: Arc<str>,
+    table: &TableId,
+    file: Arc<str>,
+    pos: u64,
+    server_id: u32,
+) -> SourceInfo {
+    SourceInfo {
+        name,
+        db: Arc::from(table.namespace.as_str()),
+        ts_us: unix_now_us(),
+        snapshot: true,
+        tx_id: None,
+        lsn: None,
+        sequence: None,
+        binlog: Some(BinlogSource {
+            server_id: i64::from(server_id),
+            gtid: None,
+            file,
+            pos: pos as i64,
+            row: 0,
+        }),
     }
 }

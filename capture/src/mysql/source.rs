@@ -140,6 +140,7 @@ impl MysqlCapture {
             signals: Vec::new(),
             rereads: VecDeque::new(),
             reread_next: (0, 0),
+            source_server_id: server_id,
         };
         stream.run(opts, shutdown).await
     }

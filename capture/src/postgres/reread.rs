@@ -213,11 +213,21 @@ impl Window {
 /// cast to the column's type so its index is used): every column's text, in the table's order.
 /// `key_columns` pairs each key column with its type (`format_type`).
 pub fn select_sql(qualified: &str, columns: &[String], key_columns: &[(String, String)]) -> String {
-    let quote = |c: &str| format!("\"{}\"", c.replace('"', "\"\""));
     let values: Vec<String> = columns
         .iter()
         .map(|c| format!("t.{}::text", quote(c)))
         .collect();
+    format!(
+        "SELECT {} FROM {qualified} t WHERE {}",
+        values.join(", "),
+        key_in(key_columns)
+    )
+}
+
+/// The condition that row `t`'s key is among `$1`, `$2`, … (one text array per key column,
+/// cast to the column's type so its index is used): `key_columns` pairs each key column with
+/// its type ([`column_types`]).
+pub fn key_in(key_columns: &[(String, String)]) -> String {
     let keys: Vec<String> = key_columns
         .iter()
         .map(|(c, _)| format!("t.{}", quote(c)))
@@ -228,11 +238,37 @@ pub fn select_sql(qualified: &str, columns: &[String], key_columns: &[(String, S
         .map(|(i, (_, ty))| format!("${}::text[]::{ty}[]", i + 1))
         .collect();
     format!(
-        "SELECT {} FROM {qualified} t WHERE ({}) IN (SELECT * FROM unnest({}))",
-        values.join(", "),
+        "({}) IN (SELECT * FROM unnest({}))",
         keys.join(", "),
         arrays.join(", ")
     )
+}
+
+fn quote(c: &str) -> String {
+    format!("\"{}\"", c.replace('"', "\"\""))
+}
+
+/// Each of `columns` of `table` with its type (`format_type`, with modifiers); a column the
+/// table lacks is left out.
+pub async fn column_types(
+    client: &tokio_postgres::Client,
+    table: &TableId,
+    columns: &[String],
+) -> Result<Vec<(String, String)>, tokio_postgres::Error> {
+    let types: std::collections::HashMap<String, String> = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+             WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass AND a.attname = ANY($3)",
+            &[&table.namespace, &table.name, &columns],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    Ok(columns
+        .iter()
+        .filter_map(|c| types.get(c).map(|t| (c.clone(), t.clone())))
+        .collect())
 }
 
 #[cfg(test)]

@@ -1715,16 +1715,9 @@ impl Stream<'_> {
                 chunk.columns
             )));
         }
-        let types: HashMap<String, String> = self
-            .client
-            .query(
-                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
-                 WHERE a.attrelid = format('%I.%I', $1::text, $2::text)::regclass AND a.attname = ANY($3)",
-                &[&now.namespace, &now.name, &key],
-            )
+        let types: HashMap<String, String> = reread::column_types(self.client, &now, &key)
             .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .into_iter()
             .collect();
         let key_types: Vec<(String, String)> = key
             .iter()
