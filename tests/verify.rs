@@ -1103,3 +1103,88 @@ fn a_mariadb_source_is_repaired_through_its_signal_table_while_writes_go_on() {
     );
     drop(sluice);
 }
+
+#[test]
+fn a_mariadb_source_and_sink_are_compared_and_repaired_while_writes_go_on() {
+    // Given a MariaDB table streamed into a MariaDB sink (another database), with a signal
+    // table for repairs,
+    let maria = sluice_harness::MariaDb::shared().unwrap();
+    maria.create_database("mshop").unwrap();
+    maria.create_database("mwh").unwrap();
+    let (db, wh) = (maria.db("mshop"), maria.db("mwh"));
+    maria
+        .root_sql(&format!(
+            "CREATE TABLE {db}.orders (id bigint PRIMARY KEY, customer varchar(50), \
+               total decimal(12,2), placed datetime(6), paid tinyint(1));
+             INSERT INTO {db}.orders SELECT seq, CONCAT('c', seq % 97), seq * 0.5, \
+               TIMESTAMP('2026-03-01') + INTERVAL seq SECOND, seq % 2 FROM {db}.seq_1_to_3000;"
+        ))
+        .unwrap();
+    let p = Pipeline::postgres(SLUICE, "verify_maria_to_maria")
+        .source_section(&format!(
+            "[sources.shop]\nkind = \"mysql\"\nurl = \"{}\"\ntables = [\"{db}.orders\"]\n\
+             server_id = {}\nsignal_table = \"{db}.sluice_signal\"",
+            maria.url(),
+            sluice_harness::MariaDb::next_server_id()
+        ))
+        .mysql_sink(&maria, &wh)
+        .build();
+    let sluice = p.run();
+    let count = || {
+        maria
+            .root_sql(&format!("SELECT COUNT(*) FROM {wh}.orders"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while count() != "3000" {
+        assert!(std::time::Instant::now() < deadline, "{}", sluice.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (code, out) = verify(&p, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "table={db}.orders sink_table={wh}.orders status=equal source_rows=3000 sink_rows=3000"
+        )),
+        "{out}"
+    );
+
+    // when the sink is damaged — a row deleted, a decimal, a time to the microsecond and a
+    // flag changed, a row added —
+    maria
+        .root_sql(&format!(
+            "DELETE FROM {wh}.orders WHERE id = 7;
+             UPDATE {wh}.orders SET total = total + 0.01 WHERE id = 11;
+             UPDATE {wh}.orders SET placed = placed + INTERVAL 1 MICROSECOND WHERE id = 12;
+             UPDATE {wh}.orders SET paid = 1 - paid WHERE id = 13;
+             INSERT INTO {wh}.orders (id, customer) VALUES (99999, 'ghost');"
+        ))
+        .unwrap();
+    // then each is found by its key,
+    let (code, out) = verify(&p, &["--settle-ms", "0"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("missing=1 extra=1 differing=3 in_flight=0"),
+        "{out}"
+    );
+    // and a repair while the source takes writes (to other rows) makes the sink equal.
+    let write = maria.root_sql_command();
+    let writer_db = db.clone();
+    let writer = std::thread::spawn(move || {
+        for round in 0..20 {
+            write(&format!(
+                "UPDATE {writer_db}.orders SET total = total + 1 WHERE id > 100 AND id % 20 = {round}"
+            ));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let (code, out) = verify(&p, &["--repair", "--settle-ms", "1000"]);
+    writer.join().unwrap();
+    assert_eq!(code, 0, "{out}\n{}", sluice.log());
+    assert!(out.contains("reread=4 deleted=1 repaired=5"), "{out}");
+    let (code, out) = verify(&p, &[]);
+    assert_eq!(code, 0, "{out}");
+    drop(sluice);
+}

@@ -130,7 +130,9 @@ pub async fn changes_between(
                     break;
                 }
                 let kind: String = event.get(2).unwrap_or_default();
-                let info: String = event.get(5).unwrap_or_default();
+                // (Bytes: a statement's text may hold binary literals, not UTF-8.)
+                let info: Vec<u8> = event.get(5).unwrap_or_default();
+                let info = String::from_utf8_lossy(&info);
                 let touches = match kind.as_str() {
                     "Table_map" => info.contains(&mapped),
                     // A statement (a truncate, DDL) naming the table: qualified, or in its
