@@ -340,41 +340,6 @@ impl Sink<'_> {
     }
 }
 
-/// The condition that finds the rows of `keys` (texts of the target's key columns
-/// `key_names`) at a MySQL/MariaDB sink: the values as the MySQL sink wrote them (booleans as
-/// 0/1, timestamps in UTC, uuids as text), as literals.
-fn mysql_key_condition(
-    target: &TableSchema,
-    key_names: &[String],
-    keys: &[Vec<String>],
-    no_backslash_escapes: bool,
-) -> anyhow::Result<String> {
-    use sluice_capture::mysql::reread::literal;
-    let types: Vec<&SqlType> = target.key_columns().map(|c| &c.sql_type).collect();
-    let mut tuples = Vec::with_capacity(keys.len());
-    for key in keys {
-        let values = key
-            .iter()
-            .zip(&types)
-            .map(|(text, ty)| {
-                let value =
-                    pgtext::parse(ty, text).map_err(|e| anyhow::anyhow!("key {key:?}: {e}"))?;
-                literal(&value, no_backslash_escapes)
-                    .ok_or_else(|| anyhow::anyhow!("key {key:?} cannot be looked up at the sink"))
-            })
-            .collect::<anyhow::Result<Vec<String>>>()?;
-        tuples.push(format!("({})", values.join(", ")));
-    }
-    if tuples.is_empty() {
-        return Ok("FALSE".into());
-    }
-    let names: Vec<String> = key_names
-        .iter()
-        .map(|c| format!("`{}`", c.replace('`', "``")))
-        .collect();
-    Ok(format!("({}) IN ({})", names.join(", "), tuples.join(", ")))
-}
-
 fn mysql_name(table: &TableId) -> String {
     format!(
         "`{}`.`{}`",
@@ -617,12 +582,16 @@ impl Mapped<'_> {
                     let mut conn = pool.get_conn().await?;
                     let condition = match chunk {
                         None => "TRUE".to_string(),
+                        // (The sink holds the values as the MySQL sink wrote them: booleans
+                        // as 0/1, timestamps in UTC, uuids as text, as capture's literals.)
                         Some(chunk) => {
-                            let escapes =
-                                sluice_capture::mysql::reread::no_backslash_escapes(&mut conn)
-                                    .await
-                                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                            mysql_key_condition(target, &key_names, chunk, escapes)?
+                            sluice_capture::mysql::reread::key_condition(&mut conn, target, chunk)
+                                .await
+                                .map_err(|e| anyhow::anyhow!("{e}"))?
+                                .map_err(|e| {
+                                    anyhow::anyhow!("{} at the sink: {e}", self.sink_table)
+                                })?
+                                .1
                         }
                     };
                     let sql = format!(

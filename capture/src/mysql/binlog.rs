@@ -734,6 +734,8 @@ impl Stream<'_> {
             return; // the signal's delete
         }
         let Some(tme) = binlog.get_tme(rows.table_id()) else {
+            tracing::warn!(at = %format!("{file}:{log_pos}"), "a signal-table row event without its table map is ignored; sluice verify asks again");
+            metrics::counter!(m::ERRORS_TOTAL, "source" => self.capture.name.clone(), "kind" => "signal").increment(1);
             return;
         };
         for row in rows.rows(tme) {

@@ -250,7 +250,7 @@ pub(super) async fn read(
 /// their rows: `(k1, k2) IN ((…), …)`, the values as literals escaped as the session's
 /// `sql_mode` reads them (the text protocol: the converters read text). The inner error says
 /// why a key cannot be looked up.
-pub(super) async fn key_condition(
+pub async fn key_condition(
     conn: &mut Conn,
     schema: &TableSchema,
     keys: &[Vec<String>],
