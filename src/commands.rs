@@ -1,5 +1,6 @@
 //! What `sluice run`, `sluice capture` and `sluice route` start.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +66,8 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     // Each component's result, with its kind and name (the source, or the router's sink).
     let mut tasks: JoinSet<((&'static str, String), anyhow::Result<()>)> = JoinSet::new();
+    // The components still running, by task: named when one does not drain in time.
+    let mut running: BTreeMap<tokio::task::Id, String> = BTreeMap::new();
 
     // The endpoints outlive the components: after a failure they serve it until it was read.
     let http_stop = CancellationToken::new();
@@ -77,7 +80,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
     // Credentials and certificates the brokers refuse stop the process with what to fix
     // (otherwise every client would retry forever); a broker that is down is waited for.
     if mode == Mode::Kafka {
-        tasks.spawn_blocking({
+        let check = tasks.spawn_blocking({
             let (client, shutdown) = (config.kafka_client(), shutdown.clone());
             move || {
                 let checked = crate::kafka::check_brokers(&client, BROKER_CHECK_TIMEOUT, || {
@@ -89,6 +92,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 )
             }
         });
+        running.insert(check.id(), "kafka brokers check".to_string());
     }
 
     // Each capture's settings (and its place in /readyz, before the routers'), made now; the
@@ -183,6 +187,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 blocked_retry: Duration::from_millis(router.blocked_retry_ms),
                 fetch_stall_recovery: router.fetch_stall_recovery,
                 sink_name: sink_name.clone(),
+                leave_timeout: config.shutdown.drain_timeout(),
                 liveness: health.component(
                     &component,
                     match mode {
@@ -207,7 +212,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             let subscription = transport.local().map(|l| l.subscribe(&settings.topics));
             let (shutdown, group_id) = (router_shutdown.clone(), router.group_id.clone());
             let transport = transport.clone();
-            routers.push(async move {
+            routers.push((format!("router {sink_name}"), async move {
                 let password = Config::env_password("sinks", &sink_name);
                 let result = async {
                     let sink = connect_sink_with_retry(
@@ -227,7 +232,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                 }
                 .await;
                 (("router", sink_name), result)
-            });
+            }));
         }
     }
 
@@ -240,13 +245,14 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         let (shutdown, alive) = (shutdown.clone(), captures_alive.clone());
         with_source!(source, s => {
             let capture = Capture::new(&name, s, transport, settings, password);
-            tasks.spawn(async move {
+            let task = tasks.spawn(async move {
                 let _alive = alive;
                 (
                     label,
                     Source::run(capture, shutdown).await.map_err(anyhow::Error::from),
                 )
             });
+            running.insert(task.id(), format!("capture {name}"));
         });
     }
 
@@ -257,14 +263,16 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
             schedule = ?v.schedule,
             "verify runs on a schedule ([verify])"
         );
-        tasks.spawn(async move {
+        let task = tasks.spawn(async move {
             crate::verify::scheduled(config, v, shutdown).await;
             (("verify", "schedule".to_string()), Ok(()))
         });
+        running.insert(task.id(), "verify schedule".to_string());
     }
 
-    for router in routers {
-        tasks.spawn(router);
+    for (label, router) in routers {
+        let task = tasks.spawn(router);
+        running.insert(task.id(), label);
     }
 
     drop(captures_alive);
@@ -297,18 +305,19 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
     loop {
         let joined = match deadline {
             None => tokio::select! {
-                joined = tasks.join_next() => joined,
+                joined = tasks.join_next_with_id() => joined,
                 _ = shutdown.cancelled() => {
                     deadline = Some(tokio::time::Instant::now() + give_up_after);
                     continue;
                 }
             },
-            Some(at) => match tokio::time::timeout_at(at, tasks.join_next()).await {
+            Some(at) => match tokio::time::timeout_at(at, tasks.join_next_with_id()).await {
                 Ok(joined) => joined,
                 Err(_) => {
-                    error!(timeout = ?give_up_after, "components did not drain in time; exiting");
+                    let still = running.values().cloned().collect::<Vec<_>>().join(", ");
+                    error!(timeout = ?give_up_after, running = %still, "components did not drain in time; exiting");
                     failed.push(format!(
-                        "did not drain within {give_up_after:?} (shutdown.drain_timeout_ms)"
+                        "did not drain within {give_up_after:?} (shutdown.drain_timeout_ms): {still}"
                     ));
                     tasks.abort_all();
                     break;
@@ -317,9 +326,15 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
         };
         let Some(joined) = joined else { break };
         let ((kind, name), result) = match joined {
-            Ok(done) => done,
+            Ok((id, done)) => {
+                running.remove(&id);
+                done
+            }
             // Aborted below, after the brokers refused Sluice.
-            Err(e) if e.is_cancelled() => continue,
+            Err(e) if e.is_cancelled() => {
+                running.remove(&e.id());
+                continue;
+            }
             Err(e) => return Err(e).context("a component panicked"),
         };
         if let Err(e) = result {

@@ -211,7 +211,11 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(code) => return code,
     };
-    match runtime.block_on(commands::run(config, components)) {
+    let result = runtime.block_on(commands::run(config, components));
+    // A component given up on may still be inside a blocking call (a librdkafka close): the
+    // exit does not wait for it past a moment.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

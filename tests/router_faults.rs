@@ -780,3 +780,65 @@ fn three_routers_one_killed_and_one_scaled_in_apply_every_change_once() {
     assert_each_version_applied_once(&g.p.pg);
     drop(c);
 }
+
+#[test]
+fn a_router_stopped_while_its_group_waits_on_a_frozen_member_still_exits_in_time() {
+    // Given a group whose first router is frozen (SIGSTOP: no heartbeats, no answer) with a
+    // long session, so that the coordinator holds any rebalance until that session ends,
+    let g = RouterGroup::start("frozen_member", 2, "", "");
+    if g.p.kafka().is_tansu() {
+        eprintln!("not run on Tansu: it never expires a dead member, so no rebalance completes");
+        return;
+    }
+    let frozen = g.p.start_other(
+        "route",
+        "router-a",
+        &[(
+            "[router]\n",
+            "[kafka.properties]\n\"session.timeout.ms\" = \"120000\"\n\n[router]\n",
+        )],
+    );
+    frozen.wait_for_log(
+        "partitions assigned by a rebalance",
+        Duration::from_secs(60),
+    );
+    let signal = |name: &str| {
+        let pid = frozen.pid().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {name} {pid}: {status}");
+    };
+    signal("-STOP");
+
+    // when a second router joins (its join is held by the coordinator, and so is leaving the
+    // group) and is asked to stop, with a drain timeout of 2 s,
+    let mut joining = g.p.start_other(
+        "route",
+        "router-b",
+        &[(
+            "[router]\n",
+            "[shutdown]\ndrain_timeout_ms = 2000\n\n[router]\n",
+        )],
+    );
+    joining.wait_for_log("subscribed", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    let asked = Instant::now();
+    let status = joining.terminate(Duration::from_secs(90));
+    let took = asked.elapsed();
+    // (The frozen router goes on, and is stopped with the test.)
+    signal("-CONT");
+
+    // then it stops waiting for the group after those 2 s, says so, and exits 0 (the close
+    // itself would have waited on the coordinator).
+    let log = joining.log();
+    assert!(
+        log.contains("the consumer did not leave its group in time")
+            && status.is_some_and(|s| s.success())
+            && took < Duration::from_secs(20),
+        "exit {status:?} after {took:?}\n{log}"
+    );
+    eprintln!("stopped in {took:?}");
+    drop(frozen);
+}

@@ -79,6 +79,9 @@ pub struct RouterSettings {
     pub fetch_stall_recovery: bool,
     /// Sink name, for logs and metric labels.
     pub sink_name: String,
+    /// How long the stopped router waits for its consumer to leave the group
+    /// (`shutdown.drain_timeout_ms`).
+    pub leave_timeout: Duration,
     /// Reported to `/readyz`: connected while the broker and sink answer; pending while a
     /// batch waits to be committed.
     pub liveness: Arc<Liveness>,
@@ -187,6 +190,11 @@ impl<S: Sink + 'static> Router<S> {
         if !topics::ensure_with_retry(&client_config, &self.settings, shutdown).await? {
             return Ok(());
         }
+        if shutdown.is_cancelled() {
+            // Stopped while the topics were made: joining the group now would only start a
+            // rebalance to be left at once.
+            return Ok(());
+        }
         let mut config = client_config.clone();
         config
             .set("group.id", &self.settings.group_id)
@@ -227,6 +235,22 @@ impl<S: Sink + 'static> Router<S> {
         }
         let consumer: StreamConsumer<LagContext> =
             config.create_with_context(LagContext::new(self.settings.liveness.clone()))?;
+        let result = self.subscribed(&consumer, shutdown).await;
+        leave_group(
+            consumer,
+            self.settings.leave_timeout,
+            &self.settings.sink_name,
+        )
+        .await;
+        result
+    }
+
+    /// Kafka mode, from the subscription on (the consumer leaves its group after this).
+    async fn subscribed(
+        &mut self,
+        consumer: &StreamConsumer<LagContext>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RouterError> {
         let topics: Vec<&str> = self.settings.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         info!(topics = ?self.settings.topics, "subscribed");
@@ -240,7 +264,7 @@ impl<S: Sink + 'static> Router<S> {
             self.settings.schema_topic.clone(),
             self.settings.registry.clone(),
         );
-        self.route(&consumer, &dlq, schemas, shutdown).await
+        self.route(consumer, &dlq, schemas, shutdown).await
     }
 
     /// Local mode: reads this process's captures (see [`LocalFeed`]), each topic's offsets
@@ -1609,5 +1633,39 @@ fn op_name(op: sluice_schemas::Op) -> &'static str {
         sluice_schemas::Op::Update => "update",
         sluice_schemas::Op::Delete => "delete",
         sluice_schemas::Op::Truncate => "truncate",
+    }
+}
+
+/// Drops the consumer, which leaves its group: librdkafka's close polls until the group is
+/// left, and it has been seen to wait past any drain timeout (a rebalance answered in the
+/// middle of the close). It runs on a thread of its own, so that neither this runtime's worker
+/// nor the process's exit waits on it for longer than `timeout`; past that the router goes on
+/// stopping, and the group hands the partitions over once the member's session ends
+/// (`session.timeout.ms`). Nothing is lost either way: the sink holds the offsets.
+async fn leave_group(consumer: StreamConsumer<LagContext>, timeout: Duration, sink: &str) {
+    let (left, closed) = tokio::sync::oneshot::channel();
+    let started = Instant::now();
+    let spawned = std::thread::Builder::new()
+        .name("router-leave-group".into())
+        .spawn(move || {
+            drop(consumer);
+            let _ = left.send(());
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "no thread for leaving the group; the router stops without leaving it");
+        return;
+    }
+    match tokio::time::timeout(timeout, closed).await {
+        Ok(_) => debug!(took = ?started.elapsed(), "left the consumer group"),
+        Err(_) => {
+            metrics::counter!(m::ERRORS_TOTAL, "sink" => sink.to_string(), "kind" => "leave_group")
+                .increment(1);
+            warn!(
+                ?timeout,
+                "the consumer did not leave its group in time (shutdown.drain_timeout_ms); \
+                 stopping without waiting: its partitions go to the group's other routers once \
+                 its session ends (session.timeout.ms), and the sink holds the offsets"
+            );
+        }
     }
 }

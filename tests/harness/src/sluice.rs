@@ -128,8 +128,6 @@ impl SluiceProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The Prometheus text from `/metrics`; a failed request is tried again (up to five
-    /// times, 200 ms apart) before giving up.
     /// Waits until this process has logged `needle` (for example `starting replication`: changes
     /// written after it are streamed, not read by the snapshot); panics with the log after
     /// `timeout`.
@@ -151,6 +149,8 @@ impl SluiceProcess {
         }
     }
 
+    /// The Prometheus text from `/metrics`; a failed request is tried again (up to five
+    /// times, 200 ms apart) before giving up.
     pub fn metrics(&self) -> Option<String> {
         for attempt in 1..=5 {
             match try_http_get(self.metrics_port, "/metrics") {
