@@ -185,6 +185,7 @@ pub async fn run(config: Config, components: Components) -> anyhow::Result<()> {
                     max_delay: Duration::from_millis(router.batch.max_delay_ms),
                 },
                 blocked_retry: Duration::from_millis(router.blocked_retry_ms),
+                foreign_key_wait: Duration::from_millis(router.foreign_key_wait_ms),
                 fetch_stall_recovery: router.fetch_stall_recovery,
                 sink_name: sink_name.clone(),
                 leave_timeout: config.shutdown.drain_timeout(),

@@ -566,6 +566,12 @@ pub struct RouterConfig {
     /// again, and the table resumes once the sink takes them.
     #[serde(default = "default_blocked_retry_ms")]
     pub blocked_retry_ms: u64,
+    /// A change the sink refuses for a row it refers to (a foreign key between sink tables: a
+    /// child row before its parent, a parent deleted before its children) holds its partition
+    /// back, tried again every second, while the other tables' changes bring that row; past
+    /// this many milliseconds it is dead-lettered. 0 dead-letters it at once.
+    #[serde(default = "default_foreign_key_wait_ms")]
+    pub foreign_key_wait_ms: u64,
     /// Tansu 0.6 only: when a partition's fetches keep coming back empty while messages follow
     /// its position (Tansu's answer to a fetch that starts inside a record batch), read it
     /// again from a little earlier. Leave it off for Apache Kafka and other brokers: there an
@@ -580,6 +586,10 @@ fn default_assignment_strategy() -> String {
 
 fn default_blocked_retry_ms() -> u64 {
     30_000
+}
+
+fn default_foreign_key_wait_ms() -> u64 {
+    600_000
 }
 
 fn default_schemes_reload_ms() -> u64 {

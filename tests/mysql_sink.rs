@@ -632,3 +632,109 @@ fn an_older_table_version_never_turns_a_mariadb_type_change_back() {
         router.log()
     );
 }
+
+#[test]
+fn a_child_row_before_its_parent_waits_for_it_at_mariadb() {
+    // Given MariaDB tables bound by a foreign key the PostgreSQL source does not have,
+    let maria = MariaDb::shared().unwrap();
+    maria.create_database("wh").unwrap();
+    let wh = maria.db("wh");
+    maria
+        .root_sql(&format!(
+            "CREATE TABLE {wh}.parent (id int PRIMARY KEY, name text);
+             CREATE TABLE {wh}.child (id int PRIMARY KEY, parent_id int NOT NULL, v int,
+               FOREIGN KEY (parent_id) REFERENCES {wh}.parent (id));"
+        ))
+        .unwrap();
+    let p = Pipeline::postgres(SLUICE, "maria_fk")
+        .ddl(
+            "CREATE TABLE public.parent (id int PRIMARY KEY, name text);
+             CREATE TABLE public.child (id int PRIMARY KEY, parent_id int NOT NULL, v int);",
+        )
+        .tables(&["public.parent", "public.child"])
+        .mysql_sink(&maria, &wh)
+        .batch("max_delay_ms = 100")
+        .build();
+    let pg = &p.pg;
+    let sluice = p.run();
+    sluice.wait_for_log("starting replication", Duration::from_secs(60));
+    let waited = |table: &str| {
+        metric_value(
+            &sluice.metrics().unwrap_or_default(),
+            "sluice_router_missing_row_waits_total",
+            &[("table", table)],
+        )
+        .unwrap_or(0.0)
+    };
+    let rows = |table: &str| {
+        maria_rows(
+            &maria,
+            &format!("SELECT id, parent_id FROM {wh}.{table} ORDER BY id"),
+        )
+    };
+
+    // when children come before their parents, and later a parent is deleted before its
+    // children,
+    pg.psql(
+        "source",
+        "INSERT INTO public.child SELECT i, i, 0 FROM generate_series(1, 10) i",
+    )
+    .unwrap();
+    eventually(
+        "a child waiting",
+        || sluice.log(),
+        || {
+            (waited("public.child") >= 1.0)
+                .then_some(())
+                .ok_or("no wait".into())
+        },
+    );
+    pg.psql(
+        "source",
+        "INSERT INTO public.parent SELECT i, 'p' FROM generate_series(1, 10) i",
+    )
+    .unwrap();
+    let want: Vec<String> = (1..=10).map(|i| format!("{i}|{i}")).collect();
+    eventually(
+        "every child",
+        || sluice.log(),
+        || {
+            (rows("child") == want)
+                .then_some(())
+                .ok_or(format!("{:?}", rows("child")))
+        },
+    );
+    pg.psql("source", "DELETE FROM public.parent WHERE id = 1")
+        .unwrap();
+    eventually(
+        "the parent's delete waiting",
+        || sluice.log(),
+        || {
+            (waited("public.parent") >= 1.0)
+                .then_some(())
+                .ok_or("no wait".into())
+        },
+    );
+    pg.psql("source", "DELETE FROM public.child WHERE id = 1")
+        .unwrap();
+
+    // then MariaDB ends with the source's rows and nothing dead-lettered.
+    let want: Vec<String> = (2..=10).map(|i| format!("{i}|{i}")).collect();
+    eventually(
+        "children and parents",
+        || sluice.log(),
+        || {
+            let parents = maria_rows(&maria, &format!("SELECT id FROM {wh}.parent ORDER BY id"));
+            let ids: Vec<String> = (2..=10).map(|i| i.to_string()).collect();
+            (rows("child") == want && parents == ids)
+                .then_some(())
+                .ok_or(format!("{:?} {parents:?}", rows("child")))
+        },
+    );
+    let dlq = metric_value(
+        &sluice.metrics().unwrap_or_default(),
+        "sluice_router_dlq_total",
+        &[("reason", "rejected_by_sink")],
+    );
+    assert_eq!(dlq.unwrap_or(0.0), 0.0, "{}", sluice.log());
+}

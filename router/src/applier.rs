@@ -29,8 +29,12 @@ pub(crate) enum Attempt {
     /// One table's own problem (its DDL failed, it is missing): nothing was applied.
     Blocked { table: TableId, reason: String },
     /// The change at `index` is refused on its own (its data): nothing was applied; without it
-    /// the rest may be.
-    Rejected { index: usize, reason: String },
+    /// the rest may be. `missing_row`: for a row it refers to (a foreign key), which may come.
+    Rejected {
+        index: usize,
+        reason: String,
+        missing_row: bool,
+    },
     /// Anything else: transient (an outage) or not.
     Failed(SinkError),
 }
@@ -121,7 +125,15 @@ impl<S: Sink + 'static> Applier<S> {
                     warn!(error = %e.detail(), changes = batch.changes.len(), "the sink refused the batch as a whole but no change on its own; it was applied in pieces, in order");
                     Attempt::Done(outcome)
                 }
-                Ok(Pieces::Rejected { index, reason }) => Attempt::Rejected { index, reason },
+                Ok(Pieces::Rejected {
+                    index,
+                    reason,
+                    missing_row,
+                }) => Attempt::Rejected {
+                    index,
+                    reason,
+                    missing_row,
+                },
                 Err(SinkError::Table { table, message }) => Attempt::Blocked {
                     table,
                     reason: message,

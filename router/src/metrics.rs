@@ -28,6 +28,9 @@ pub const OFFSET_GAPS_TOTAL: &str = "sluice_router_offset_gaps_total";
 /// Times a partition reached a truncate that other partitions of its topic had not reached
 /// yet and waited (the sink applies it once all have), label `topic`.
 pub const BARRIER_WAITS_TOTAL: &str = "sluice_router_barrier_waits_total";
+/// Times a change the sink refused for a row it refers to (a foreign key) made its partition
+/// wait for the other tables' changes, label `table`.
+pub const MISSING_ROW_WAITS_TOTAL: &str = "sluice_router_missing_row_waits_total";
 /// Mapping schemes in use.
 pub const SCHEMES_ACTIVE: &str = "sluice_router_schemes_active";
 /// Scheme files reloaded after a change, label `result` (`applied`, `rejected`: invalid, the
@@ -74,6 +77,11 @@ pub fn describe() {
         OFFSET_GAPS_TOTAL,
         Unit::Count,
         "Messages that arrived past the offset their partition had to go on from"
+    );
+    describe_counter!(
+        MISSING_ROW_WAITS_TOTAL,
+        Unit::Count,
+        "Changes refused for a row they refer to (a foreign key) whose partition waited"
     );
     describe_counter!(
         BARRIER_WAITS_TOTAL,

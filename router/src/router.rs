@@ -22,7 +22,7 @@ use crate::applier::{Applier, Attempt};
 use crate::dead_letter::DeadLetters;
 use crate::feed::{Feed, LocalFeed};
 use crate::gaps::StallSteps;
-use crate::holds::Holds;
+use crate::holds::{Holds, Part};
 use crate::lag::LagContext;
 use crate::mapper::Mapper;
 use crate::metrics as m;
@@ -72,6 +72,10 @@ pub struct RouterSettings {
     pub batch: BatchSettings,
     /// How often the changes held for a table the sink could not take are tried again.
     pub blocked_retry: Duration,
+    /// How long a change refused for a row it refers to (a foreign key at the sink: a child
+    /// before its parent, a parent deleted before its children) waits, its partition held and
+    /// tried again every second, before it is dead-lettered. Zero dead-letters it at once.
+    pub foreign_key_wait: Duration,
     /// Read a partition again from a little earlier when its fetches keep coming back empty
     /// with messages after its position — Tansu 0.6 answers a fetch that starts inside a
     /// record batch with nothing. Off for Apache Kafka (and brokers like it), where an empty
@@ -98,6 +102,9 @@ pub struct Router<S: Sink> {
     holds: Holds,
     /// Where the router is in each partition it owns.
     reading: Reading,
+    /// Partitions held for a row a change refers to (a foreign key): the change's offset, and
+    /// since when it waits.
+    waiting_rows: HashMap<Part, (i64, std::time::Instant)>,
     /// Local mode: the subscription made before captures started (else made at the start).
     subscription: Option<sluice_connect::local::Subscription>,
     /// Local mode with a sink that can hold them: the source transactions applied while in
@@ -116,10 +123,12 @@ enum Handled {
 /// What applying a batch came to.
 enum Applied {
     Done(sluice_sinks::ApplyOutcome),
-    /// One table's own problem: nothing was applied.
+    /// One table's own problem: nothing was applied. `only`: just this partition of it waits
+    /// (a change waiting for a row it refers to), not all of the table's.
     Blocked {
         table: TableId,
         reason: String,
+        only: Option<Part>,
     },
 }
 
@@ -135,6 +144,7 @@ impl<S: Sink + 'static> Router<S> {
             mapper,
             holds: Holds::default(),
             reading: Reading::default(),
+            waiting_rows: HashMap::new(),
             subscription: None,
             in_progress: None,
         }
@@ -369,6 +379,12 @@ impl<S: Sink + 'static> Router<S> {
                         if !skipped.is_empty() {
                             commit_hint(consumer, &consumed_list(&skipped));
                         }
+                        if !self.waiting_rows.is_empty() {
+                            // A row a held change refers to may have come meanwhile.
+                            let tables = self.waiting_tables();
+                            self.settle_inflight(consumer, dlq, &mut pending, shutdown).await?;
+                            self.retry_blocked(consumer, dlq, shutdown, tables).await?;
+                        }
                         if self.holds.has_scheme_held() {
                             self.retry_scheme_held(consumer, &mut pending, &mut schemas, dlq, shutdown).await?;
                             if !pending.is_empty() && deadline.is_none() {
@@ -382,7 +398,8 @@ impl<S: Sink + 'static> Router<S> {
                             self.forget_partition(&t, p);
                         }
                         self.settle_inflight(consumer, dlq, &mut pending, shutdown).await?;
-                        self.retry_blocked(consumer, dlq, shutdown).await?;
+                        let tables = self.holds.blocked_tables();
+                        self.retry_blocked(consumer, dlq, shutdown, tables).await?;
                     }
                     msg = consumer.recv() => {
                         let msg = match msg {
@@ -1393,8 +1410,12 @@ impl<S: Sink + 'static> Router<S> {
                     self.hold_at_barriers(consumer, &mut pending, &outcome.held)?;
                     break;
                 }
-                Applied::Blocked { table, reason } => {
-                    self.block(consumer, &mut pending, table, reason)?;
+                Applied::Blocked {
+                    table,
+                    reason,
+                    only,
+                } => {
+                    self.block(consumer, &mut pending, table, reason, only)?;
                     if pending.is_empty() {
                         return Ok(());
                     }
@@ -1426,23 +1447,73 @@ impl<S: Sink + 'static> Router<S> {
                 }
                 Attempt::Blocked { table, reason } => {
                     outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
-                    return Ok(Applied::Blocked { table, reason });
+                    return Ok(Applied::Blocked {
+                        table,
+                        reason,
+                        only: None,
+                    });
+                }
+                // A change refused for a row it refers to: that row may still come with
+                // another table's changes, so its partition waits (for a while) instead.
+                Attempt::Rejected {
+                    index,
+                    reason,
+                    missing_row: true,
+                } if self.waits_for_row(&batch.changes[index]) => {
+                    outage.over(&self.settings, consumer, &self.paused_on_purpose())?;
+                    let change = &batch.changes[index];
+                    let origin = &change.origin;
+                    metrics::counter!(m::MISSING_ROW_WAITS_TOTAL, "table" => change.table.id.to_string())
+                        .increment(1);
+                    return Ok(Applied::Blocked {
+                        table: change.table.id.clone(),
+                        reason: format!(
+                            "{} refused the {} of a row of {} (offset {} of {}/{}) for a row it \
+                             refers to: {reason}; its partition waits for the changes of the \
+                             other tables (router.foreign_key_wait_ms)",
+                            self.settings.sink_name,
+                            op_name(change.op),
+                            change.table.id,
+                            origin.offset,
+                            origin.topic,
+                            origin.partition
+                        ),
+                        only: Some((origin.topic.clone(), origin.partition)),
+                    });
                 }
                 // A change whose data the sink refuses is poison: dead-letter its message
                 // (acknowledged before the rest commits, so it is never lost), and apply the
                 // others.
-                Attempt::Rejected { index, reason } => {
+                Attempt::Rejected {
+                    index,
+                    reason,
+                    missing_row,
+                } => {
                     let change = batch.changes.remove(index);
                     let origin = &change.origin;
+                    let waited = if missing_row {
+                        self.waiting_rows
+                            .remove(&(origin.topic.clone(), origin.partition))
+                            .map(|(_, since)| since.elapsed())
+                            .unwrap_or_default()
+                    } else {
+                        Duration::ZERO
+                    };
                     if let Some(raw) =
                         raw.get(&(origin.topic.clone(), origin.partition, origin.offset))
                     {
-                        let detail = format!(
+                        let mut detail = format!(
                             "{} refused the {} of a row of {}: {reason}",
                             self.settings.sink_name,
                             op_name(change.op),
                             change.table.id
                         );
+                        if missing_row {
+                            detail.push_str(&format!(
+                                " (the row it refers to did not come within {waited:.1?}, \
+                                 router.foreign_key_wait_ms)"
+                            ));
+                        }
                         dlq.send(raw, "rejected_by_sink", &detail).await?;
                     }
                     continue;
@@ -1465,6 +1536,31 @@ impl<S: Sink + 'static> Router<S> {
         }
     }
 
+    /// Whether `change`, refused for a row it refers to, may wait for it: not past
+    /// `foreign_key_wait` since it was first refused. Notes when it was.
+    fn waits_for_row(&mut self, change: &SinkChange) -> bool {
+        let part = (change.origin.topic.clone(), change.origin.partition);
+        let now = std::time::Instant::now();
+        let since = match self.waiting_rows.get(&part) {
+            Some((offset, since)) if *offset == change.origin.offset => *since,
+            _ => {
+                self.waiting_rows.insert(part, (change.origin.offset, now));
+                now
+            }
+        };
+        now.duration_since(since) < self.settings.foreign_key_wait
+    }
+
+    /// The blocked tables whose partitions wait for a row a change refers to.
+    fn waiting_tables(&self) -> Vec<TableId> {
+        let tables: HashSet<TableId> = self
+            .waiting_rows
+            .keys()
+            .filter_map(|part| self.holds.blocked_table_of(part))
+            .collect();
+        tables.into_iter().collect()
+    }
+
     /// Holds back the changes of `table`'s partitions (every change of those partitions, so
     /// offsets stay in order) and pauses them; the rest of `pending` goes on.
     fn block(
@@ -1473,6 +1569,7 @@ impl<S: Sink + 'static> Router<S> {
         pending: &mut Pending,
         table: TableId,
         reason: String,
+        only: Option<Part>,
     ) -> Result<(), RouterError> {
         let partitions: HashSet<(Arc<str>, i32)> = pending
             .batch
@@ -1480,12 +1577,18 @@ impl<S: Sink + 'static> Router<S> {
             .iter()
             .filter(|c| c.table.id == table)
             .map(|c| (c.origin.topic.clone(), c.origin.partition))
+            .filter(|p| only.as_ref().is_none_or(|only| only == p))
             .collect();
         if partitions.is_empty() {
             // Nothing in the batch is that table's: the problem cannot be set aside.
             return Err(RouterError::Definite(reason));
         }
-        error!(%table, reason = %reason, "the sink cannot take this table now; its changes wait and the other tables go on");
+        if only.is_some() {
+            // Routine while tables bound by a foreign key arrive apart (a snapshot).
+            warn!(%table, reason = %reason, "a change waits for a row it refers to; its partition waits and the rest goes on");
+        } else {
+            error!(%table, reason = %reason, "the sink cannot take this table now; its changes wait and the other tables go on");
+        }
         self.holds.block(&table, reason, &partitions, pending);
         pending.batch.consumed = consumed_list(&pending.consumed);
         let mut tpl = TopicPartitionList::new();
@@ -1533,6 +1636,7 @@ impl<S: Sink + 'static> Router<S> {
     fn forget_partition(&mut self, topic: &str, partition: i32) {
         let key: (Arc<str>, i32) = (Arc::from(topic), partition);
         self.reading.forget(&key);
+        self.waiting_rows.remove(&key);
         if let Some(table) = self.holds.forget(&key) {
             info!(%table, "the partitions of a blocked table were revoked; its next owner takes it over");
         }
@@ -1545,8 +1649,9 @@ impl<S: Sink + 'static> Router<S> {
         consumer: &impl Feed,
         dlq: &DeadLetters,
         shutdown: &CancellationToken,
+        tables: Vec<TableId>,
     ) -> Result<(), RouterError> {
-        for table in self.holds.blocked_tables() {
+        for table in tables {
             let Some(mut held) = self.holds.take_blocked(&table) else {
                 continue;
             };
@@ -1565,6 +1670,7 @@ impl<S: Sink + 'static> Router<S> {
                 Applied::Done(_) => {
                     let mut tpl = TopicPartitionList::new();
                     for (topic, partition) in self.holds.unblock(&table) {
+                        self.waiting_rows.remove(&(topic.clone(), partition));
                         tpl.add_partition(&topic, partition);
                     }
                     consumer.resume(&tpl)?;

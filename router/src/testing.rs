@@ -184,6 +184,7 @@ pub mod memory {
                 return Ok(Pieces::Rejected {
                     index,
                     reason: "new row violates check constraint".into(),
+                    missing_row: false,
                 });
             }
             Ok(Pieces::Applied(self.write(batch)))

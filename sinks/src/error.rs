@@ -101,6 +101,18 @@ impl SinkError {
         }
     }
 
+    /// Whether the refused change refers to a row the sink does not have (an insert or update
+    /// of a child row before its parent), or deletes a row others still refer to: a foreign
+    /// key, which a change of another table on its way may satisfy.
+    pub fn refers_to_a_missing_row(&self) -> bool {
+        match self {
+            SinkError::Mysql(mysql_async::Error::Server(s)) => {
+                matches!(s.code, 1216 | 1217 | 1451 | 1452)
+            }
+            _ => self.sqlstate() == Some("23503"),
+        }
+    }
+
     /// What the database said, with the table, column and constraint it named.
     pub fn detail(&self) -> String {
         match self {

@@ -106,8 +106,14 @@ pub enum Pieces {
     /// written in the wrong order).
     Applied(ApplyOutcome),
     /// The change at `index` of `batch.changes` is refused on its own, after the changes
-    /// before it: nothing was committed.
-    Rejected { index: usize, reason: String },
+    /// before it: nothing was committed. `missing_row`: it refers to a row the sink lacks or
+    /// deletes a row others refer to (a foreign key), which the changes of another table
+    /// still on their way may bring or remove.
+    Rejected {
+        index: usize,
+        reason: String,
+        missing_row: bool,
+    },
 }
 
 /// A table-wide change (a truncate at `position` on `topic`) that not every partition of the

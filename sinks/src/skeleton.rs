@@ -194,8 +194,13 @@ pub(crate) enum InPieces {
         counts: Applied,
         pieces: u64,
     },
-    /// The change at `index` is refused on its own: roll back.
-    Rejected { index: usize, reason: String },
+    /// The change at `index` is refused on its own: roll back. (`missing_row` as in
+    /// [`crate::Pieces::Rejected`].)
+    Rejected {
+        index: usize,
+        reason: String,
+        missing_row: bool,
+    },
 }
 
 /// Applies `batch` in `tx` as pieces, in source order — halves, each under a savepoint, a
@@ -228,6 +233,7 @@ pub(crate) async fn in_pieces<Tx: Send, D: Dialect<Tx>>(
                     return Ok(InPieces::Rejected {
                         index,
                         reason: e.detail(),
+                        missing_row: e.refers_to_a_missing_row(),
                     });
                 }
             }

@@ -1048,9 +1048,17 @@ impl Sink for MysqlSink {
                 skeleton::split_applied(&self.name, started, batch, &outcome, counts, pieces);
                 Ok(Pieces::Applied(outcome))
             }
-            Ok(InPieces::Rejected { index, reason }) => {
+            Ok(InPieces::Rejected {
+                index,
+                reason,
+                missing_row,
+            }) => {
                 let _ = tx.rollback().await;
-                Ok(Pieces::Rejected { index, reason })
+                Ok(Pieces::Rejected {
+                    index,
+                    reason,
+                    missing_row,
+                })
             }
             Err(e) => {
                 let _ = tx.rollback().await;

@@ -1150,10 +1150,18 @@ impl Sink for PostgresSink {
                 .await
                 .map(|()| (outcome, counts, pieces))
                 .map_err(SinkError::from),
-            Ok(InPieces::Rejected { index, reason }) => {
+            Ok(InPieces::Rejected {
+                index,
+                reason,
+                missing_row,
+            }) => {
                 drop(txn);
                 self.state.forget();
-                return Ok(Pieces::Rejected { index, reason });
+                return Ok(Pieces::Rejected {
+                    index,
+                    reason,
+                    missing_row,
+                });
             }
             Err(e) => Err(e),
         };
