@@ -381,6 +381,9 @@ impl<S: Sink + 'static> Router<S> {
                         }
                         if !self.waiting_rows.is_empty() {
                             // A row a held change refers to may have come meanwhile.
+                            for (t, p) in consumer.take_revoked() {
+                                self.forget_partition(&t, p);
+                            }
                             let tables = self.waiting_tables();
                             self.settle_inflight(consumer, dlq, &mut pending, shutdown).await?;
                             self.retry_blocked(consumer, dlq, shutdown, tables).await?;
