@@ -860,6 +860,7 @@ fn a_child_row_before_its_parent_and_a_parent_deleted_before_its_children_wait_a
         )
         .tables(&["public.parent", "public.child"])
         .kafka("partitions = 2")
+        .router("foreign_key_wait_ms = 15000")
         .batch("max_delay_ms = 100")
         .build();
     let pg = &p.pg;
@@ -923,4 +924,43 @@ fn a_child_row_before_its_parent_and_a_parent_deleted_before_its_children_wait_a
     );
     assert_eq!(applies.written_twice(), "", "{}", sluice.log());
     assert_eq!(applies.went_back(), 0);
+
+    // And a child whose parent never comes waits out router.foreign_key_wait_ms (15 s here),
+    // then is dead-lettered saying so, and the children written after it arrive (those of its
+    // partition once it is out of the way).
+    pg.psql(
+        "source",
+        "INSERT INTO public.child VALUES (1001, 999, 0); INSERT INTO public.parent VALUES (21, 'p21');
+         INSERT INTO public.child SELECT i, 21, 0 FROM generate_series(1002, 1009) i;",
+    )
+    .unwrap();
+    let dead = || sluice.metric("sluice_router_dlq_total", &[("reason", "rejected_by_sink")]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while dead() < 1.0 {
+        assert!(Instant::now() < deadline, "{}", sluice.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let kafka = p.kafka();
+    let letters = common::read_raw(
+        &kafka.bootstrap(),
+        &format!("{}_sluice_dead_letter", kafka.namespace()),
+        Duration::from_secs(3),
+    );
+    let details: Vec<&str> = letters
+        .iter()
+        .map(|d| d.headers["sluice.dlq.detail"].as_str())
+        .collect();
+    assert!(
+        details.len() == 1
+            && details[0].contains("SQLSTATE 23503")
+            && details[0].contains("did not come within")
+            && details[0].contains("router.foreign_key_wait_ms"),
+        "{details:?}"
+    );
+    let arrived = "SELECT count(*) FROM public.child WHERE id > 1001";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg.psql("sink", arrived).unwrap().trim() != "8" {
+        assert!(Instant::now() < deadline, "{}", sluice.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
