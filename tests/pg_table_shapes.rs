@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use sluice_harness::compare::{compare_rows, pg_rows};
 use sluice_harness::{Broker, Pipeline, Postgres, SluiceProcess};
+use sluice_schemas::Op;
+
+mod common;
 
 const SLUICE: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -196,6 +199,57 @@ fn a_table_that_loses_its_key_while_streaming_stops_alone_and_is_read_again_once
     );
     wait_for_match(&s, &sluice, "public.items");
     wait_for_match(&s, &sluice, "public.orders");
+}
+
+#[test]
+fn changes_written_before_a_key_change_that_capture_reads_late_keep_the_key_they_had() {
+    // Given a keyed table captured once (its consumers told to take a key change), then
+    // capture stopped (behind the log from here on),
+    let s = Pipeline::postgres(SLUICE, "shapes_key_moved")
+        .ddl(
+            "CREATE TABLE public.moved (id int PRIMARY KEY, region text NOT NULL DEFAULT 'eu', v int);
+             INSERT INTO public.moved (id, v) SELECT i, i FROM generate_series(1, 5) i;",
+        )
+        .tables(&["public.moved"])
+        .sections("[schemas.compatibility_overrides]\n\"public.moved\" = \"none\"")
+        .build();
+    let mut capture = s.start("capture", &[]);
+    capture.wait_for_log("starting replication", Duration::from_secs(60));
+    capture.terminate(Duration::from_secs(20));
+
+    // when a row is deleted, then the primary key changes to (id, region), then another row is
+    // deleted, and capture reads all of it afterwards,
+    s.source("DELETE FROM public.moved WHERE id = 2");
+    s.source("ALTER TABLE public.moved DROP CONSTRAINT moved_pkey, ADD PRIMARY KEY (id, region)");
+    s.source("DELETE FROM public.moved WHERE id = 3");
+    let capture = s.start("capture", &[]);
+
+    // then the first delete is keyed by id, as the log wrote it (keyed by today's key its
+    // region would be missing, and a sink's delete would match nothing), and the second by
+    // (id, region).
+    let topic = format!("{}sluice.pg_main.public.moved", s.ns());
+    let mut reader = common::TopicReader::new(&s.kafka().bootstrap(), s.ns(), &topic);
+    let mut deletes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while deletes.len() < 2 {
+        assert!(Instant::now() < deadline, "{deletes:?}\n{}", capture.log());
+        let Some(read) = reader.next(Duration::from_secs(5)) else {
+            continue;
+        };
+        if read.event.row.op == Op::Delete {
+            let key: Vec<String> = read.table.key_columns().map(|c| c.name.clone()).collect();
+            deletes.push(key);
+        }
+    }
+    assert_eq!(
+        deletes,
+        [
+            vec!["id".to_string()],
+            vec!["id".to_string(), "region".to_string()]
+        ],
+        "{}",
+        capture.log()
+    );
 }
 
 #[test]

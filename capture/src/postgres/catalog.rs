@@ -236,16 +236,29 @@ impl Catalog {
     /// message names it: the key and added-column defaults come from the catalog by OID, so
     /// a table renamed since is still found. A table dropped since is described by
     /// `fallback_key` (the message's key flags, or the key known before) without defaults.
+    ///
+    /// The catalog is today's, the message is of its place in the log: under
+    /// `REPLICA IDENTITY DEFAULT` or `USING INDEX` the message flags the key the table had
+    /// then. Where the two differ (the key changed while capture was behind), the message's
+    /// wins, so that the changes written before the change are keyed as they were written
+    /// (their old tuples carry that key, and a delete keyed otherwise would match nothing).
     pub async fn stream_schema(
         &mut self,
         client: &Client,
         id: TableId,
         oid: u32,
         columns: &[RelationColumn],
+        replica_identity: u8,
         fallback_key: impl FnOnce() -> Vec<String>,
     ) -> Result<TableSchema, CaptureError> {
         if Catalog::exists(client, oid).await? {
-            return self.schema_of(client, id, oid, columns).await;
+            let mut key = Catalog::key_columns(client, oid).await?;
+            if let Some(then) = key_then(columns, replica_identity, &key) {
+                warn!(table = %id, key = ?then, now = ?key, "the table's key changed since this part of the log was written: its changes here are keyed as they were written");
+                key = then;
+            }
+            let missing = Catalog::missing_values(client, &id, oid).await;
+            return self.build(client, id, columns, &key, &missing).await;
         }
         let key = fallback_key();
         warn!(table = %id, key = ?key, "the table no longer exists (dropped): its changes still in the log are decoded from the replication stream's description, keyed as shown");
@@ -437,9 +450,59 @@ pub async fn server_version_num(client: &Client) -> Result<i32, CaptureError> {
         .get(0))
 }
 
+/// The key a Relation message flags, in column order, when it is not the catalog's `now`:
+/// the table's key when that part of the log was written. Only `REPLICA IDENTITY DEFAULT` and
+/// `USING INDEX` flag the key; a message flagging nothing (a table without a key then, which
+/// only took inserts) leaves the catalog's.
+fn key_then(
+    columns: &[RelationColumn],
+    replica_identity: u8,
+    now: &[String],
+) -> Option<Vec<String>> {
+    if !matches!(replica_identity, b'd' | b'i') {
+        return None;
+    }
+    let flagged: Vec<String> = columns
+        .iter()
+        .filter(|c| c.key)
+        .map(|c| c.name.clone())
+        .collect();
+    let same = flagged.len() == now.len() && flagged.iter().all(|f| now.contains(f));
+    (!flagged.is_empty() && !same).then_some(flagged)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::constant_default;
+    use super::{constant_default, key_then};
+    use crate::postgres::decoder::RelationColumn;
+
+    fn columns(flags: &[(&str, bool)]) -> Vec<RelationColumn> {
+        flags
+            .iter()
+            .map(|(name, key)| RelationColumn {
+                key: *key,
+                name: name.to_string(),
+                type_oid: 23,
+                type_modifier: -1,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_key_the_log_flags_differently_from_the_catalog_wins() {
+        let then = columns(&[("id", true), ("region", false), ("v", false)]);
+        let now = vec!["region".to_string(), "id".to_string()];
+        assert_eq!(key_then(&then, b'd', &now), Some(vec!["id".to_string()]));
+        assert_eq!(key_then(&then, b'i', &now), Some(vec!["id".to_string()]));
+        // The same key in another order is the catalog's (its order is the key's).
+        let both = columns(&[("id", true), ("region", true), ("v", false)]);
+        assert_eq!(key_then(&both, b'd', &now), None);
+        // FULL flags every column: no key to learn from; a table without a key then took
+        // only inserts.
+        let all = columns(&[("id", true), ("region", true), ("v", true)]);
+        assert_eq!(key_then(&all, b'f', &now), None);
+        assert_eq!(key_then(&columns(&[("id", false)]), b'd', &now), None);
+    }
 
     #[test]
     fn only_constant_defaults_stand_in_for_missing_values() {

@@ -1089,18 +1089,25 @@ impl Stream<'_> {
                         });
                     let schema = self
                         .catalog
-                        .stream_schema(self.client, table.clone(), id, &columns, || {
-                            // Under REPLICA IDENTITY FULL every column is flagged.
-                            match before.clone() {
-                                Some(key) => key,
-                                None if replica_identity == b'f' => Vec::new(),
-                                None => columns
-                                    .iter()
-                                    .filter(|c| c.key)
-                                    .map(|c| c.name.clone())
-                                    .collect(),
-                            }
-                        })
+                        .stream_schema(
+                            self.client,
+                            table.clone(),
+                            id,
+                            &columns,
+                            replica_identity,
+                            || {
+                                // Under REPLICA IDENTITY FULL every column is flagged.
+                                match before.clone() {
+                                    Some(key) => key,
+                                    None if replica_identity == b'f' => Vec::new(),
+                                    None => columns
+                                        .iter()
+                                        .filter(|c| c.key)
+                                        .map(|c| c.name.clone())
+                                        .collect(),
+                                }
+                            },
+                        )
                         .await?;
                     let problem = if replica_identity == b'n' || !schema.has_key() {
                         let identity = (replica_identity as char).to_string();
