@@ -87,6 +87,7 @@ const ON_FIRST_OCCURRENCE: &[&str] = &[
     "sluice_router_offset_gaps_total",
     "sluice_sink_events_skipped_total",
     "sluice_router_barrier_waits_total",
+    "sluice_router_missing_row_waits_total",
     "sluice_component_failed",
 ];
 
