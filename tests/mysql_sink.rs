@@ -738,3 +738,88 @@ fn a_child_row_before_its_parent_waits_for_it_at_mariadb() {
     );
     assert_eq!(dlq.unwrap_or(0.0), 0.0, "{}", sluice.log());
 }
+
+#[test]
+fn a_key_changed_at_the_source_holds_the_mariadb_table_instead_of_merging_rows() {
+    // Given a table streaming into MariaDB, its consumers told to take a key change,
+    let maria = MariaDb::shared().unwrap();
+    maria.create_database("wh").unwrap();
+    let wh = maria.db("wh");
+    let p = Pipeline::postgres(SLUICE, "maria_key_moved")
+        .ddl(
+            "CREATE TABLE public.kc (id int PRIMARY KEY, region varchar(8) NOT NULL DEFAULT 'eu', v int);
+             INSERT INTO public.kc (id, v) SELECT i, i FROM generate_series(1, 5) i;",
+        )
+        .tables(&["public.kc"])
+        .mysql_sink(&maria, &wh)
+        .sections("[schemas.compatibility_overrides]\n\"public.kc\" = \"none\"")
+        .router("blocked_retry_ms = 1000")
+        .build();
+    let sluice = p.run();
+    let rows = || {
+        maria_rows(
+            &maria,
+            &format!("SELECT id, region, v FROM {wh}.kc ORDER BY id, region"),
+        )
+    };
+    let first: Vec<String> = (1..=5).map(|i| format!("{i}|eu|{i}")).collect();
+    eventually(
+        "the snapshot",
+        || sluice.log(),
+        || {
+            (rows() == first)
+                .then_some(())
+                .ok_or(format!("{:?}", rows()))
+        },
+    );
+
+    // when its primary key gains a column at the source and a row differing only in it comes,
+    p.pg.psql(
+        "source",
+        "ALTER TABLE public.kc DROP CONSTRAINT kc_pkey, ADD PRIMARY KEY (id, region);
+         INSERT INTO public.kc VALUES (1, 'us', 10);",
+    )
+    .unwrap();
+
+    // then MariaDB's table waits, named with the fix, its row (1, eu) not overwritten,
+    eventually(
+        "the table held",
+        || sluice.log(),
+        || {
+            let held = metric_value(
+                &sluice.metrics().unwrap_or_default(),
+                "sluice_router_table_blocked",
+                &[("table", "public.kc")],
+            );
+            (held == Some(1.0)).then_some(()).ok_or(format!("{held:?}"))
+        },
+    );
+    assert_eq!(rows(), first);
+    // (the log says how to make the sink's key follow)
+    let log = sluice.log();
+    assert!(
+        log.contains(&format!(
+            "ALTER TABLE `{wh}`.`kc` DROP PRIMARY KEY, ADD PRIMARY KEY (`id`, `region`) \
+             (a TEXT column in it must first become a VARCHAR)"
+        )),
+        "{log}"
+    );
+    // and once it does, the new row arrives beside the old one.
+    maria
+        .root_sql(&format!(
+            "ALTER TABLE {wh}.kc MODIFY region varchar(8) NOT NULL, DROP PRIMARY KEY, \
+             ADD PRIMARY KEY (id, region)"
+        ))
+        .unwrap();
+    let mut want = first.clone();
+    want.insert(1, "1|us|10".to_string());
+    eventually(
+        "the new row",
+        || sluice.log(),
+        || {
+            (rows() == want)
+                .then_some(())
+                .ok_or(format!("{:?}", rows()))
+        },
+    );
+}

@@ -860,3 +860,49 @@ fn an_older_table_version_from_a_lagging_partition_never_turns_a_type_change_bac
     assert_eq!(ty.trim(), "numeric(12,2)");
     drop(capture);
 }
+
+#[test]
+fn a_key_changed_at_the_source_holds_only_that_table_until_the_sink_key_follows() {
+    // Given two tables streaming to the sink, one whose consumers were told to take a key
+    // change,
+    let s = Pipeline::postgres(SLUICE, "shapes_key_sink")
+        .ddl(
+            "CREATE TABLE public.kc (id int PRIMARY KEY, region text NOT NULL DEFAULT 'eu', v int);
+             CREATE TABLE public.other (id int PRIMARY KEY);
+             INSERT INTO public.kc (id, v) SELECT i, i FROM generate_series(1, 5) i;",
+        )
+        .tables(&["public.kc", "public.other"])
+        .sections("[schemas.compatibility_overrides]\n\"public.kc\" = \"none\"")
+        .router("blocked_retry_ms = 1000")
+        .build();
+    let mut sluice = s.run();
+    wait_for_match(&s, &sluice, "public.kc");
+
+    // when its primary key gains a column at the source and rows differing only in it come,
+    s.source("ALTER TABLE public.kc DROP CONSTRAINT kc_pkey, ADD PRIMARY KEY (id, region)");
+    s.source(
+        "INSERT INTO public.kc VALUES (1, 'us', 10);
+         UPDATE public.kc SET v = 20 WHERE id = 2;
+         DELETE FROM public.kc WHERE id = 3;",
+    );
+    s.source("INSERT INTO public.other SELECT i FROM generate_series(1, 20) i");
+
+    // then the other table still arrives, only this one waits, named with the fix,
+    wait_for_match(&s, &sluice, "public.other");
+    let kc = [("table", "public.kc")];
+    wait_for_metric(&sluice, "sluice_router_table_blocked", &kc, 1.0);
+    assert!(!sluice.has_exited(), "{}", sluice.log());
+    assert!(
+        sluice.log().contains("change the sink's key to match"),
+        "{}",
+        sluice.log()
+    );
+    // and once the sink's key follows, its changes arrive and the sink equals the source.
+    s.pg.psql(
+        "sink",
+        "ALTER TABLE public.kc DROP CONSTRAINT kc_pkey, ADD PRIMARY KEY (id, region)",
+    )
+    .unwrap();
+    wait_for_match(&s, &sluice, "public.kc");
+    wait_for_metric(&sluice, "sluice_router_table_blocked", &kc, 0.0);
+}

@@ -816,6 +816,36 @@ impl MysqlSink {
                 ),
             ));
         }
+        // `ON DUPLICATE KEY UPDATE` matches a row by any unique key of the sink table: the
+        // upsert is this row's only if the sink's primary key holds the source's key (a key
+        // that took a column at the source, kept narrower at the sink, would merge rows).
+        let sink_key: Vec<String> = conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND CONSTRAINT_NAME = 'PRIMARY'                  ORDER BY ORDINAL_POSITION",
+                (&id.namespace, &id.name),
+            )
+            .await?;
+        let source_key: Vec<&str> = schema.key_columns().map(|c| c.name.as_str()).collect();
+        if !sink_key.is_empty() && source_key.iter().any(|k| !sink_key.iter().any(|s| s == k)) {
+            let key = source_key
+                .iter()
+                .map(|k| quote(k))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(self.table_error(
+                schema,
+                format!(
+                    "the source's key of {} is ({}) and target table {id}'s primary key is ({}), \
+                     which lacks some of it: its upserts would merge rows the source keeps apart \
+                     (the key changed at the source). Change the sink's key to match: ALTER TABLE \
+                     {qualified} DROP PRIMARY KEY, ADD PRIMARY KEY ({key}) \
+                     (a TEXT column in it must first become a VARCHAR)",
+                    schema.id,
+                    source_key.join(", "),
+                    sink_key.join(", "),
+                ),
+            ));
+        }
         if let Some(p) = position.filter(|_| !older) {
             conn.exec_drop(
                 format!(

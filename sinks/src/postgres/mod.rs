@@ -771,7 +771,31 @@ impl State {
                 unnested(&arrays),
                 keys.join(", ")
             );
-            self.run(txn, sql, &arrays).await?;
+            match self.run(txn, sql, &arrays).await {
+                // No unique index on the source's key: the key changed at the source (or the
+                // table was made with another). Only this table can wait for the fix.
+                Err(e) if e.sqlstate() == Some("42P10") => {
+                    return Err(SinkError::Table {
+                        table: schema.id.clone(),
+                        message: format!(
+                            "sink {}: target table {} has no primary key or unique index on \
+                             ({}), the source's key of {} (did the key change at the source?): \
+                             change the sink's key to match, e.g. ALTER TABLE {} DROP CONSTRAINT \
+                             <its primary key>, ADD PRIMARY KEY ({}). Its changes wait; the other \
+                             tables go on",
+                            self.name,
+                            target.qualified,
+                            keys.join(", "),
+                            schema.id,
+                            target.qualified,
+                            keys.join(", ")
+                        ),
+                    });
+                }
+                other => {
+                    other?;
+                }
+            }
         }
         for (mask, rows) in &partial {
             let cols: Vec<usize> = (0..schema.columns.len()).filter(|&i| mask[i]).collect();
