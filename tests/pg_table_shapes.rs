@@ -906,3 +906,51 @@ fn a_key_changed_at_the_source_holds_only_that_table_until_the_sink_key_follows(
     wait_for_match(&s, &sluice, "public.kc");
     wait_for_metric(&sluice, "sluice_router_table_blocked", &kc, 0.0);
 }
+
+#[test]
+fn changes_of_the_older_key_still_apply_once_the_sink_key_followed_the_source() {
+    // Given a keyed table captured once into a sink through two partitions, then stopped,
+    let s = Pipeline::postgres(SLUICE, "shapes_key_followed")
+        .ddl(
+            "CREATE TABLE public.kf (id int PRIMARY KEY, region text NOT NULL DEFAULT 'eu', v int);
+             INSERT INTO public.kf (id, v) SELECT i, i FROM generate_series(1, 8) i;",
+        )
+        .tables(&["public.kf"])
+        .kafka("partitions = 2")
+        .sections("[schemas.compatibility_overrides]\n\"public.kf\" = \"none\"")
+        .build();
+    let mut sluice = s.run();
+    wait_for_match(&s, &sluice, "public.kf");
+    sluice.terminate(Duration::from_secs(20));
+
+    // when rows change under the old key, the key gains a column, rows come under the new
+    // one, and the sink's key is changed to match before any of it is applied,
+    s.source("UPDATE public.kf SET v = v + 100");
+    s.source("ALTER TABLE public.kf DROP CONSTRAINT kf_pkey, ADD PRIMARY KEY (id, region)");
+    s.source("INSERT INTO public.kf VALUES (1, 'us', 10), (2, 'us', 20)");
+    let mut capture = s.start("capture", &[]);
+    capture.wait_for_metric(
+        "sluice_capture_events_total",
+        &[],
+        Duration::from_secs(60),
+        ">= 10",
+        |v| v >= 10.0,
+    );
+    capture.terminate(Duration::from_secs(20));
+    s.pg.psql(
+        "sink",
+        "ALTER TABLE public.kf DROP CONSTRAINT kf_pkey, ADD PRIMARY KEY (id, region)",
+    )
+    .unwrap();
+
+    // then the updates written under the old key are applied by the sink's key (which holds
+    // it), the new rows beside them, and the sink equals the source with nothing held.
+    let router = s.start("route", &[]);
+    wait_for_match(&s, &router, "public.kf");
+    wait_for_metric(
+        &router,
+        "sluice_router_table_blocked",
+        &[("table", "public.kf")],
+        0.0,
+    );
+}

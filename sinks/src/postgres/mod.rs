@@ -96,6 +96,10 @@ struct Target {
     qualified: String,
     /// By column name.
     types: HashMap<String, SinkColumn>,
+    /// The primary key's columns (none without one).
+    primary_key: Vec<String>,
+    /// The column sets of its unique indexes (the primary key's among them), to upsert by.
+    unique: Vec<Vec<String>>,
 }
 
 /// A connected PostgreSQL sink.
@@ -333,7 +337,13 @@ impl State {
                     )
                 }));
             }
-            let target = Target { qualified, types };
+            let (primary_key, unique) = load_unique_keys(txn, &qualified).await?;
+            let target = Target {
+                qualified,
+                types,
+                primary_key,
+                unique,
+            };
             self.targets
                 .insert(schema.id.clone(), (schema.clone(), target.clone()));
             return Ok(target);
@@ -462,7 +472,13 @@ impl State {
                 )));
             }
         }
-        let target = Target { qualified, types };
+        let (primary_key, unique) = load_unique_keys(txn, &qualified).await?;
+        let target = Target {
+            qualified,
+            types,
+            primary_key,
+            unique,
+        };
         self.targets
             .insert(schema.id.clone(), (schema.clone(), target.clone()));
         Ok(target)
@@ -647,6 +663,34 @@ async fn owned_columns(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// The table's primary key columns in key order (none without one), and the column sets of
+/// its unique indexes (non-partial, on columns only), the primary key's among them.
+async fn load_unique_keys(
+    txn: &Transaction<'_>,
+    qualified: &str,
+) -> Result<(Vec<String>, Vec<Vec<String>>), SinkError> {
+    let rows = txn
+        .query(
+            "SELECT i.indisprimary, ARRAY(SELECT a.attname::text FROM pg_attribute a \
+                 WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                 ORDER BY array_position(i.indkey, a.attnum)) \
+             FROM pg_index i WHERE i.indrelid = to_regclass($1) AND i.indisunique \
+               AND i.indpred IS NULL AND i.indexprs IS NULL",
+            &[&qualified],
+        )
+        .await?;
+    let mut primary = Vec::new();
+    let mut unique = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let columns: Vec<String> = r.get(1);
+        if r.get::<_, bool>(0) {
+            primary = columns.clone();
+        }
+        unique.push(columns);
+    }
+    Ok((primary, unique))
+}
+
 async fn load_columns(
     txn: &Transaction<'_>,
     qualified: &str,
@@ -748,14 +792,38 @@ impl State {
                 .enumerate()
                 .map(|(i, c)| format!("v.c{i}::{}", cast(&c.name)))
                 .collect();
-            let keys: Vec<String> = key_idx
+            // The upsert matches by the change's key where a unique index is on exactly it.
+            // Otherwise by the sink's primary key when that holds the change's key and the row
+            // has all its columns: a key that gained a column at the source and was followed
+            // at the sink, where a change written under the older key is still this row's by
+            // the wider one. Else by the change's key, which the database then refuses by
+            // name (42P10, below).
+            let change_key: Vec<&str> = key_idx
                 .iter()
-                .map(|&i| quote(&schema.columns[i].name))
+                .map(|&i| schema.columns[i].name.as_str())
                 .collect();
+            let indexed = target.unique.iter().any(|u| {
+                u.len() == change_key.len() && u.iter().all(|c| change_key.contains(&c.as_str()))
+            });
+            let conflict_on: Vec<&str> = if !indexed
+                && !target.primary_key.is_empty()
+                && change_key
+                    .iter()
+                    .all(|k| target.primary_key.iter().any(|p| p == k))
+                && target
+                    .primary_key
+                    .iter()
+                    .all(|k| schema.columns.iter().any(|c| &c.name == k))
+            {
+                target.primary_key.iter().map(String::as_str).collect()
+            } else {
+                change_key
+            };
+            let keys: Vec<String> = conflict_on.iter().map(|k| quote(k)).collect();
             let updates: Vec<String> = schema
                 .columns
                 .iter()
-                .filter(|c| !c.key)
+                .filter(|c| !conflict_on.contains(&c.name.as_str()))
                 .map(|c| format!("{0} = EXCLUDED.{0}", quote(&c.name)))
                 .collect();
             let conflict = if updates.is_empty() {
