@@ -102,6 +102,23 @@ struct Target {
     unique: Vec<Vec<String>>,
 }
 
+impl Target {
+    /// `qualified` with its columns `types`, and its keys read from the catalog.
+    async fn read(
+        txn: &Transaction<'_>,
+        qualified: String,
+        types: HashMap<String, SinkColumn>,
+    ) -> Result<Target, SinkError> {
+        let (primary_key, unique) = load_unique_keys(txn, &qualified).await?;
+        Ok(Target {
+            qualified,
+            types,
+            primary_key,
+            unique,
+        })
+    }
+}
+
 /// A connected PostgreSQL sink.
 pub struct PostgresSink {
     client: Client,
@@ -337,13 +354,7 @@ impl State {
                     )
                 }));
             }
-            let (primary_key, unique) = load_unique_keys(txn, &qualified).await?;
-            let target = Target {
-                qualified,
-                types,
-                primary_key,
-                unique,
-            };
+            let target = Target::read(txn, qualified, types).await?;
             self.targets
                 .insert(schema.id.clone(), (schema.clone(), target.clone()));
             return Ok(target);
@@ -472,13 +483,7 @@ impl State {
                 )));
             }
         }
-        let (primary_key, unique) = load_unique_keys(txn, &qualified).await?;
-        let target = Target {
-            qualified,
-            types,
-            primary_key,
-            unique,
-        };
+        let target = Target::read(txn, qualified, types).await?;
         self.targets
             .insert(schema.id.clone(), (schema.clone(), target.clone()));
         Ok(target)
