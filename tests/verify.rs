@@ -37,6 +37,25 @@ fn wait_for_sink(p: &Pipeline, sluice: &sluice_harness::SluiceProcess, sql: &str
     }
 }
 
+/// Waits until MariaDB's `table` holds `rows` rows.
+fn wait_for_maria_rows(
+    maria: &sluice_harness::MariaDb,
+    table: &str,
+    rows: &str,
+    sluice: &sluice_harness::SluiceProcess,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let sql = format!("SELECT COUNT(*) FROM {table}");
+    while maria.root_sql(&sql).ok().as_deref().map(str::trim) != Some(rows) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{table} never held {rows} rows\n{}",
+            sluice.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn pipeline(name: &str) -> Pipeline {
     Pipeline::postgres(SLUICE, name)
         .ddl(
@@ -890,17 +909,7 @@ fn a_mariadb_sink_is_compared_value_for_value_and_repaired_through_the_pipeline(
         .mysql_sink(&maria, &wh)
         .build();
     let sluice = p.run();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while maria
-        .root_sql(&format!("SELECT COUNT(*) FROM {wh}.kinds"))
-        .ok()
-        .as_deref()
-        .map(str::trim)
-        != Some("1501")
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", sluice.log());
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_for_maria_rows(&maria, &format!("{wh}.kinds"), "1501", &sluice);
 
     // then verify reads MariaDB's values back as the sink wrote them and finds it equal;
     let (code, out) = verify(&p, &[]);
@@ -1130,18 +1139,7 @@ fn a_mariadb_source_and_sink_are_compared_and_repaired_while_writes_go_on() {
         .mysql_sink(&maria, &wh)
         .build();
     let sluice = p.run();
-    let count = || {
-        maria
-            .root_sql(&format!("SELECT COUNT(*) FROM {wh}.orders"))
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while count() != "3000" {
-        assert!(std::time::Instant::now() < deadline, "{}", sluice.log());
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_for_maria_rows(&maria, &format!("{wh}.orders"), "3000", &sluice);
     let (code, out) = verify(&p, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(

@@ -1761,7 +1761,9 @@ async fn leave_group(consumer: StreamConsumer<LagContext>, timeout: Duration, si
             let _ = left.send(());
         });
     if let Err(e) = spawned {
-        warn!(error = %e, "no thread for leaving the group; the router stops without leaving it");
+        // (The closure, and the consumer in it, were dropped by the failed spawn: the group
+        // was left here, on this task, unbounded.)
+        warn!(error = %e, "no thread for leaving the group: it was left on the router's task");
         return;
     }
     match tokio::time::timeout(timeout, closed).await {
