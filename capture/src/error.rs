@@ -34,6 +34,22 @@ pub enum CaptureError {
     /// attached to it); the state record already says which.
     #[error("{0}")]
     Resnapshot(String),
+    /// A transaction whose commit the log holds is still not visible to other sessions'
+    /// queries (its backend has not finished committing; a synchronous standby that does not
+    /// answer holds it there): its tables cannot be described from the catalog yet, so
+    /// capture reads it again after a pause rather than describe them as they were before it.
+    #[error(
+        "transaction {xid} is committed in the log but after {waited_s} s still not visible to \
+         queries{holder}: the catalog would describe its tables as they were before it, so \
+         capture reads it again (a backend waiting on SyncRep goes on once its synchronous standby \
+         answers or synchronous_standby_names no longer names one that is down)"
+    )]
+    NotYetVisible {
+        xid: u32,
+        waited_s: u64,
+        /// The committing backend and what it waits on, where the server shows them.
+        holder: String,
+    },
 }
 
 impl CaptureError {
@@ -95,9 +111,10 @@ impl CaptureError {
                 // No SQLSTATE: the connection broke, unless TLS refused the server.
                 None => crate::tls::tls_failure(e).is_none(),
             },
-            CaptureError::Kafka(_) | CaptureError::Resnapshot(_) | CaptureError::StreamEnded(_) => {
-                true
-            }
+            CaptureError::Kafka(_)
+            | CaptureError::Resnapshot(_)
+            | CaptureError::StreamEnded(_)
+            | CaptureError::NotYetVisible { .. } => true,
             CaptureError::Registry(e) => e.is_transient(),
             CaptureError::Mysql(e) => match e {
                 mysql_async::Error::Server(s) => {

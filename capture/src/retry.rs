@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use sluice_schemas::liveness::{Backoff, Liveness};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::metrics as m;
 
@@ -37,7 +37,12 @@ where
         }
         match result {
             Ok(()) => return Ok(()),
-            Err(e) if e.is_transient() && !shutdown.is_cancelled() => {
+            // Cut short by the shutdown itself: the next start goes on from the confirmed position.
+            Err(e) if e.is_transient() && shutdown.is_cancelled() => {
+                info!(error = %e, "capture stopped by the shutdown before it got further");
+                return Ok(());
+            }
+            Err(e) if e.is_transient() => {
                 liveness.set_connected(e.dependency(), false);
                 metrics::counter!(m::ERRORS_TOTAL, "source" => source.to_string(), "kind" => "transient")
                     .increment(1);

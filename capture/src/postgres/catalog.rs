@@ -3,14 +3,116 @@
 //! produce the same [`TableSchema`] and the same Avro schema fingerprint.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use sluice_schemas::{Column, SqlType, TableId, TableSchema};
 use tokio_postgres::Client;
-use tracing::warn;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use super::decoder::RelationColumn;
 use super::types;
 use crate::CaptureError;
+
+/// How long capture waits for a transaction whose commit it has read to become visible to its
+/// catalog queries before it reads the transaction again.
+pub const VISIBILITY_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits until the transaction `xid`, whose commit the replication stream has sent, is visible
+/// to `client`'s queries: until then the catalog still shows its tables as they were before
+/// it (a key it dropped, a column or type it added would be missed).
+///
+/// The server sends a transaction once its commit record is flushed; the committing backend
+/// makes it visible to other sessions only afterwards — a moment later, or much later when it
+/// waits for a synchronous standby in between. After [`VISIBILITY_WAIT`], or at `shutdown`,
+/// [`CaptureError::NotYetVisible`]: capture reads the transaction again from the slot.
+pub async fn wait_visible(
+    client: &Client,
+    xid: u32,
+    shutdown: &CancellationToken,
+) -> Result<(), CaptureError> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let snapshot: String = client
+            .query_one("SELECT pg_current_snapshot()::text", &[])
+            .await?
+            .get(0);
+        match visible_in(&snapshot, xid) {
+            Some(true) => {
+                if started.elapsed() >= Duration::from_secs(1) {
+                    info!(
+                        xid,
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "a committed transaction became visible; its tables are described now"
+                    );
+                }
+                return Ok(());
+            }
+            None => {
+                warn!(%snapshot, xid, "cannot read the server's snapshot; describing the transaction's tables from the catalog as it is");
+                return Ok(());
+            }
+            Some(false) => {}
+        }
+        if started.elapsed() >= VISIBILITY_WAIT || shutdown.is_cancelled() {
+            return Err(CaptureError::NotYetVisible {
+                xid,
+                waited_s: started.elapsed().as_secs(),
+                holder: holder(client, xid).await,
+            });
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// `, held by backend <pid> (wait event <event>)` for the backend committing `xid`, where
+/// `pg_stat_activity` shows it to this user; else nothing.
+async fn holder(client: &Client, xid: u32) -> String {
+    let row = client
+        .query_opt(
+            "SELECT pid, coalesce(wait_event, 'none') FROM pg_stat_activity \
+             WHERE backend_xid::text = $1::text",
+            &[&xid.to_string()],
+        )
+        .await;
+    match row {
+        Ok(Some(row)) => format!(
+            ", held by backend {} (wait event {})",
+            row.get::<_, i32>(0),
+            row.get::<_, String>(1)
+        ),
+        _ => String::new(),
+    }
+}
+
+/// Whether the committed transaction `xid` (32 bits, as the stream gives it) is visible in
+/// `snapshot`, `pg_current_snapshot()` as text (`xmin:xmax:xip,…`, 64-bit ids); `None` when
+/// it does not read as one. Its full id is the one with these low 32 bits nearest `xmax`.
+fn visible_in(snapshot: &str, xid: u32) -> Option<bool> {
+    let mut parts = snapshot.split(':');
+    let xmin: u64 = parts.next()?.parse().ok()?;
+    let xmax: u64 = parts.next()?.parse().ok()?;
+    let running = parts.next()?;
+    let behind = i64::from((xmax as u32).wrapping_sub(xid) as i32);
+    let full = u64::try_from(i64::try_from(xmax).ok()? - behind).ok()?;
+    if full < xmin {
+        return Some(true);
+    }
+    if full >= xmax {
+        return Some(false);
+    }
+    Some(
+        !running
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .any(|x| x.parse::<u64>().ok() == Some(full)),
+    )
+}
 
 /// What the catalog says about a type that [`types::sql_type`] does not know by OID.
 #[derive(Debug, Clone)]
@@ -473,7 +575,7 @@ fn key_then(
 
 #[cfg(test)]
 mod tests {
-    use super::{constant_default, key_then};
+    use super::{constant_default, key_then, visible_in};
     use crate::postgres::decoder::RelationColumn;
 
     fn columns(flags: &[(&str, bool)]) -> Vec<RelationColumn> {
@@ -486,6 +588,26 @@ mod tests {
                 type_modifier: -1,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_transaction_is_visible_once_no_snapshot_counts_it_as_running() {
+        // Below xmin: finished before every running one.
+        assert_eq!(visible_in("100:105:", 90), Some(true));
+        // Between, and not running.
+        assert_eq!(visible_in("100:105:100,102", 101), Some(true));
+        // Running (the committing backend has not finished), or not yet below xmax.
+        assert_eq!(visible_in("100:105:100,102", 102), Some(false));
+        assert_eq!(visible_in("100:100:", 100), Some(false));
+        assert_eq!(visible_in("100:100:", 103), Some(false));
+        // Past a wraparound of the 32-bit id: the epoch is the snapshot's, or the one before.
+        let epoch = 1u64 << 32;
+        let snapshot = format!("{}:{}:{}", epoch + 5, epoch + 10, epoch + 7);
+        assert_eq!(visible_in(&snapshot, 7), Some(false));
+        assert_eq!(visible_in(&snapshot, 8), Some(true));
+        assert_eq!(visible_in(&snapshot, u32::MAX), Some(true));
+        assert_eq!(visible_in(&snapshot, 12), Some(false));
+        assert_eq!(visible_in("not a snapshot", 1), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use sluice_schemas::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use super::catalog::Catalog;
+use super::catalog::{self, Catalog};
 use super::decoder::{self, PgOutput, TupleValue};
 pub use super::names::Renames;
 use super::names::{self, Names};
@@ -231,6 +231,8 @@ struct Tx {
     per_table: HashMap<u32, i64>,
     /// The replication origin its changes came from, when another replicator applied them.
     origin: Option<Arc<str>>,
+    /// Seen visible to the catalog queries (see [`catalog::wait_visible`]).
+    visible: bool,
 }
 
 /// Local mode: a streamed transaction whose changes go to the routers as they come (see
@@ -706,6 +708,7 @@ impl PostgresCapture {
                 names,
                 gone: HashMap::new(),
                 client: &client,
+                shutdown: shutdown.clone(),
                 repl,
                 publisher,
                 acks,
@@ -754,6 +757,7 @@ impl PostgresCapture {
 struct Stream<'a> {
     capture: &'a PostgresCapture,
     client: &'a tokio_postgres::Client,
+    shutdown: CancellationToken,
     repl: ReplicationConnection,
     publisher: Publisher,
     acks: AckHandle,
@@ -1017,6 +1021,7 @@ impl Stream<'_> {
             index: 0,
             per_table: HashMap::new(),
             origin: None,
+            visible: false,
         });
     }
 
@@ -1077,6 +1082,13 @@ impl Stream<'_> {
                     stopped: self.stopped.contains(&table).then(|| table.clone()),
                 };
                 if self.wanted.contains(&table) && !another {
+                    // The catalog is read below: not before it shows what this transaction
+                    // did. (A table first seen in a transaction still in progress is
+                    // described as at the last commit.)
+                    if let Some(tx) = self.tx.as_mut().filter(|tx| !tx.visible) {
+                        catalog::wait_visible(self.client, tx.xid, &self.shutdown).await?;
+                        tx.visible = true;
+                    }
                     let before = self
                         .relations
                         .get(&id)
