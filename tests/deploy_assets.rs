@@ -88,6 +88,7 @@ const ON_FIRST_OCCURRENCE: &[&str] = &[
     "sluice_sink_events_skipped_total",
     "sluice_router_barrier_waits_total",
     "sluice_router_missing_row_waits_total",
+    "sluice_sink_older_key_changes_total",
     "sluice_component_failed",
 ];
 

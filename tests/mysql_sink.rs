@@ -823,3 +823,108 @@ fn a_key_changed_at_the_source_holds_the_mariadb_table_instead_of_merging_rows()
         },
     );
 }
+
+#[test]
+fn changes_of_the_older_key_applied_after_the_newer_keys_are_counted_at_mariadb() {
+    // Given a table streamed through two partitions into a MariaDB table keyed as the source
+    // will be,
+    let maria = MariaDb::shared().unwrap();
+    maria.create_database("wh").unwrap();
+    let wh = maria.db("wh");
+    maria
+        .root_sql(&format!(
+            "CREATE TABLE {wh}.ko (id int, region varchar(8) NOT NULL DEFAULT 'eu', v int, \
+             PRIMARY KEY (id, region))"
+        ))
+        .unwrap();
+    let p = Pipeline::postgres(SLUICE, "maria_key_order")
+        .ddl(
+            "CREATE TABLE public.ko (id int PRIMARY KEY, region varchar(8) NOT NULL DEFAULT 'eu', v int);
+             INSERT INTO public.ko (id, v) SELECT i, i FROM generate_series(1, 40) i;",
+        )
+        .tables(&["public.ko"])
+        .kafka("partitions = 2")
+        .mysql_sink(&maria, &wh)
+        .sections("[schemas.compatibility_overrides]\n\"public.ko\" = \"none\"")
+        .build();
+    let mut sluice = p.run();
+    let stale = || {
+        maria_rows(
+            &maria,
+            &format!("SELECT count(*) FROM {wh}.ko WHERE v - id < 200"),
+        )
+    };
+    let changed = || {
+        maria_rows(
+            &maria,
+            &format!("SELECT count(*) FROM {wh}.ko WHERE v - id = 200"),
+        )
+    };
+    eventually(
+        "the snapshot",
+        || sluice.log(),
+        || {
+            (stale() == ["40"])
+                .then_some(())
+                .ok_or(format!("{:?}", stale()))
+        },
+    );
+
+    // when every row changes under the old key, the key gains a column and every row changes
+    // again under the new one, applied in order,
+    p.source("UPDATE public.ko SET v = v + 100");
+    p.source("ALTER TABLE public.ko DROP CONSTRAINT ko_pkey, ADD PRIMARY KEY (id, region)");
+    p.source("UPDATE public.ko SET v = v + 100");
+    eventually(
+        "the changes",
+        || sluice.log(),
+        || {
+            (changed() == ["40"])
+                .then_some(())
+                .ok_or(format!("{:?}", changed()))
+        },
+    );
+
+    // and then partition 0's changes reach the sink after partition 1's (a router group that
+    // has partition 1's progress and none of partition 0's reads them again),
+    sluice.terminate(Duration::from_secs(20));
+    let group = format!("{}maria_key_order", p.ns());
+    maria
+        .root_sql(&format!(
+            "INSERT INTO {wh}.sluice_offsets (consumer_group, topic, kafka_partition, kafka_offset, position) \
+             SELECT '{group}-again', topic, kafka_partition, kafka_offset, position \
+             FROM {wh}.sluice_offsets WHERE consumer_group = '{group}' AND kafka_partition = 1"
+        ))
+        .unwrap();
+    p.edit_config(
+        &format!("group_id = \"{group}\""),
+        &format!("group_id = \"{group}-again\""),
+    );
+    let sluice = p.run();
+
+    // then the changes written under the older key after the newer key's are counted and
+    // warned of, and the rows they put back to an older value are there to be repaired.
+    sluice.wait_for_metric(
+        "sluice_sink_older_key_changes_total",
+        &[("table", "public.ko")],
+        Duration::from_secs(60),
+        ">= 1",
+        |v| v >= 1.0,
+    );
+    assert!(
+        sluice
+            .log()
+            .contains("compare the table with `sluice verify --repair`"),
+        "{}",
+        sluice.log()
+    );
+    eventually(
+        "rows put back",
+        || sluice.log(),
+        || {
+            (stale() != ["0"])
+                .then_some(())
+                .ok_or(format!("{:?}", stale()))
+        },
+    );
+}

@@ -18,6 +18,9 @@ pub const BATCHES_SPLIT_TOTAL: &str = "sluice_sink_batches_split_total";
 pub const PROVISIONAL_ROWS_TOTAL: &str = "sluice_sink_provisional_rows_total";
 /// Tables created or altered, labels `sink`, `table`, `ddl`.
 pub const DDL_TOTAL: &str = "sluice_sink_ddl_total";
+/// Row changes written under a table's older key after changes under its newer one (a key
+/// changed at the source), labels `sink`, `table`.
+pub const OLDER_KEY_CHANGES_TOTAL: &str = "sluice_sink_older_key_changes_total";
 
 pub fn describe() {
     describe_counter!(
@@ -47,4 +50,9 @@ pub fn describe() {
         "Row changes written into transactions still in progress at the source"
     );
     describe_counter!(DDL_TOTAL, Unit::Count, "Sink tables created or altered");
+    describe_counter!(
+        OLDER_KEY_CHANGES_TOTAL,
+        Unit::Count,
+        "Row changes written under a table's older key after changes under its newer one"
+    );
 }

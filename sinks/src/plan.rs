@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use sluice_schemas::{pgtext, Datum, Op, Position, TableId, TableSchema};
 
+use tracing::warn;
+
 use crate::{Barrier, Batch, Origin, SinkChange, StoredProgress};
 
 /// The maps of the per-change path: keys are Sluice's own, so a fast hasher is safe.
@@ -189,12 +191,34 @@ pub(crate) fn partitions(batch: &Batch) -> Vec<(Arc<str>, i32)> {
 /// Changes written per table version and op, counted into `sluice_sink_events_applied_total`
 /// only once their transaction commits: a batch that rolls back, and a dead-letter search
 /// (which always does), count nothing.
+///
+/// Changes written under a table's older key after changes under its newer one (see
+/// [`OlderKey`]) are counted and warned of the same way.
 #[derive(Debug, Default)]
-pub(crate) struct Applied(Vec<(TableId, [u64; 5])>);
+pub(crate) struct Applied(Vec<(TableId, [u64; 5], Option<OlderKey>)>);
+
+/// A table version written after one whose key differs (the key changed at the source, and
+/// this version's changes came later: from another partition, or a lagging router): an
+/// update may put an older value back, a delete by the older key may remove a row written
+/// since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OlderKey {
+    /// This version's key.
+    pub key: Vec<String>,
+    /// The newer version's.
+    pub newer: Vec<String>,
+}
 
 impl Applied {
     pub fn add(&mut self, plan: &Plan<'_>) {
-        self.0.push((plan.schema.id.clone(), plan.counts));
+        self.0.push((plan.schema.id.clone(), plan.counts, None));
+    }
+
+    /// Marks what was added last as written under an older key.
+    pub fn older_key(&mut self, older: Option<OlderKey>) {
+        if let Some(last) = self.0.last_mut() {
+            last.2 = older;
+        }
     }
 
     /// Adds what a later piece of the same transaction wrote.
@@ -213,13 +237,19 @@ impl Applied {
     }
 
     pub fn record(self, sink: &str) {
-        for (table, counts) in self.0 {
+        for (table, counts, older) in self.0 {
             let table = table.to_string();
             for (count, op) in counts.iter().zip(["c", "u", "d", "r", "t"]) {
                 if *count > 0 {
                     metrics::counter!(crate::metrics::EVENTS_APPLIED_TOTAL, "sink" => sink.to_string(), "table" => table.clone(), "op" => op)
                         .increment(*count);
                 }
+            }
+            let written: u64 = counts.iter().sum();
+            if let Some(OlderKey { key, newer }) = older.filter(|_| written > 0) {
+                metrics::counter!(crate::metrics::OLDER_KEY_CHANGES_TOTAL, "sink" => sink.to_string(), "table" => table.clone())
+                    .increment(written);
+                warn!(sink, %table, changes = written, ?key, newer_key = ?newer, "changes written under the table's older key reached the sink after changes under its newer one: rows changed on both sides of the key change may differ from the source; compare the table with `sluice verify --repair` once the router has caught up");
             }
         }
     }

@@ -13,7 +13,7 @@ use sluice_schemas::Position;
 use tracing::{debug, info};
 
 use crate::metrics as m;
-use crate::plan::{self, Applied, Plan};
+use crate::plan::{self, Applied, OlderKey, Plan};
 use crate::{ApplyOutcome, Batch, SinkError, StoredProgress};
 
 /// A partition's offsets row: the last offset consumed, the highest position applied, and the
@@ -61,6 +61,12 @@ pub(crate) trait Dialect<Tx: Send>: Send {
 
     /// Writes one table's planned changes; returns how many.
     async fn write(&mut self, tx: &mut Tx, plan: Plan<'_>) -> Result<usize, SinkError>;
+
+    /// Whether the plan written last was of a table version older than one the sink
+    /// followed, under another key (see [`OlderKey`]).
+    fn older_key(&mut self) -> Option<OlderKey> {
+        None
+    }
 
     /// Records a partition's new offset and position, and the barrier it now waits at.
     async fn record(
@@ -136,6 +142,7 @@ pub(crate) async fn apply_in<Tx: Send, D: Dialect<Tx>>(
     for step in sorted.steps {
         counts.add(&step);
         outcome.applied += d.write(tx, step).await?;
+        counts.older_key(d.older_key());
     }
     for ((topic, partition), progress) in &sorted.progress {
         let barrier = plan::waits_at(&sorted.barriers, topic, *partition);
@@ -182,6 +189,7 @@ pub(crate) async fn write_only<Tx: Send, D: Dialect<Tx>>(
     for step in sorted.steps {
         counts.add(&step);
         written += d.write(tx, step).await?;
+        counts.older_key(d.older_key());
     }
     Ok((written, counts))
 }

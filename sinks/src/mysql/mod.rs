@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::error::connect_error;
 use crate::metrics as m;
-use crate::plan::{self, Action, Plan};
+use crate::plan::{self, Action, OlderKey, Plan};
 use crate::skeleton::{self, InPieces, OffsetsRow};
 use crate::TargetProblem;
 use crate::{
@@ -293,6 +293,11 @@ pub struct MysqlSink {
     database: String,
     targets: HashMap<TableId, (Arc<TableSchema>, Target)>,
     kept_types: HashSet<(TableId, String, String)>,
+    /// Per table, the position and key of the newest version the sink followed, as last read
+    /// or written.
+    followed: HashMap<TableId, (Vec<u8>, Vec<String>)>,
+    /// The plan written last was under an older key (see [`OlderKey`]).
+    older_key: Option<OlderKey>,
 }
 
 /// Strict SQL mode (a value that does not fit is an error, never truncated) and UTC.
@@ -371,10 +376,25 @@ impl MysqlSink {
         conn.query_drop(format!(
             "CREATE TABLE IF NOT EXISTS {}.{TABLES_TABLE} (\
                sink_table VARCHAR(255) NOT NULL PRIMARY KEY, \
-               schema_position VARBINARY(64) NOT NULL) ENGINE=InnoDB",
+               schema_position VARBINARY(64) NOT NULL, key_columns TEXT NULL) ENGINE=InnoDB",
             quote(&database)
         ))
         .await?;
+        // (Made before key_columns was: MySQL has no ADD COLUMN IF NOT EXISTS.)
+        let has_key: Option<i64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME = 'key_columns'",
+                (&database, TABLES_TABLE),
+            )
+            .await?;
+        if has_key == Some(0) {
+            conn.query_drop(format!(
+                "ALTER TABLE {}.{TABLES_TABLE} ADD COLUMN key_columns TEXT NULL",
+                quote(&database)
+            ))
+            .await?;
+        }
         Ok(MysqlSink {
             pool,
             name: name.to_string(),
@@ -383,6 +403,8 @@ impl MysqlSink {
             database,
             targets: HashMap::new(),
             kept_types: HashSet::new(),
+            followed: HashMap::new(),
+            older_key: None,
         })
     }
 
@@ -636,12 +658,22 @@ impl MysqlSink {
     ) -> Result<Target, SinkError> {
         let id = id.clone();
         let tables = format!("{}.{TABLES_TABLE}", quote(&self.database));
-        let followed: Option<Vec<u8>> = conn
+        let row: Option<(Vec<u8>, Option<String>)> = conn
             .exec_first(
-                format!("SELECT schema_position FROM {tables} WHERE sink_table = ?"),
+                format!("SELECT schema_position, key_columns FROM {tables} WHERE sink_table = ?"),
                 (id.to_string(),),
             )
             .await?;
+        let (followed, followed_key) = match row {
+            Some((position, key)) => (
+                Some(position),
+                key.and_then(|k| serde_json::from_str::<Vec<String>>(&k).ok()),
+            ),
+            None => (None, None),
+        };
+        if let (Some(p), Some(k)) = (&followed, followed_key) {
+            self.followed.insert(schema.id.clone(), (p.clone(), k));
+        }
         let older = position.is_some_and(|p| followed.as_ref().is_some_and(|f| p.0 < *f));
         let qualified = format!("{}.{}", quote(&id.namespace), quote(&id.name));
         let mut types: Vec<(String, String)> = Vec::with_capacity(schema.columns.len());
@@ -847,14 +879,19 @@ impl MysqlSink {
             ));
         }
         if let Some(p) = position.filter(|_| !older) {
+            let key: Vec<String> = schema.key_columns().map(|c| c.name.clone()).collect();
+            let json =
+                serde_json::to_string(&key).map_err(|e| SinkError::Definite(e.to_string()))?;
             conn.exec_drop(
                 format!(
-                    "INSERT INTO {tables} (sink_table, schema_position) VALUES (?, ?) \
-                     ON DUPLICATE KEY UPDATE schema_position = VALUES(schema_position)"
+                    "INSERT INTO {tables} (sink_table, schema_position, key_columns) VALUES (?, ?, ?) \
+                     ON DUPLICATE KEY UPDATE schema_position = VALUES(schema_position), \
+                       key_columns = VALUES(key_columns)"
                 ),
-                (id.to_string(), p.0.clone()),
+                (id.to_string(), p.0.clone(), json),
             )
             .await?;
+            self.followed.insert(schema.id.clone(), (p.0.clone(), key));
         } else if older {
             debug!(sink = %self.name, table = %schema.id, "an older table version: its type changes and drops are not followed");
         }
@@ -1177,7 +1214,20 @@ impl<'t> skeleton::Dialect<Transaction<'t>> for MysqlSink {
             .get(&plan.schema.id)
             .map(|(_, t)| t.clone())
             .ok_or_else(|| SinkError::Definite(format!("no target for {}", plan.schema.id)))?;
+        // Counted and warned of once committed (`Applied`).
+        self.older_key = self.followed.get(&plan.schema.id).and_then(|(at, newer)| {
+            let key: Vec<String> = plan.schema.key_columns().map(|c| c.name.clone()).collect();
+            let same = key.len() == newer.len() && key.iter().all(|k| newer.contains(k));
+            (!same && plan.newest.is_some_and(|p| p.0 < *at)).then(|| OlderKey {
+                key,
+                newer: newer.clone(),
+            })
+        });
         execute(tx, &target, plan).await
+    }
+
+    fn older_key(&mut self) -> Option<OlderKey> {
+        self.older_key.take()
     }
 
     async fn record(

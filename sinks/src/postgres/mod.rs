@@ -23,7 +23,7 @@ mod encode;
 pub use check::pg_type_name;
 
 use crate::metrics as m;
-use crate::plan::{Action, Plan};
+use crate::plan::{Action, OlderKey, Plan};
 use crate::provisional::{self, Ended, Provisional, Step};
 use crate::skeleton::{self, InPieces, OffsetsRow};
 use crate::{
@@ -100,6 +100,10 @@ struct Target {
     primary_key: Vec<String>,
     /// The column sets of its unique indexes (the primary key's among them), to upsert by.
     unique: Vec<Vec<String>>,
+    /// For a table version older than the newest the sink followed, whose key is not the
+    /// newest's (the key changed at the source): the newest's key. Its changes reach the sink
+    /// after changes under that key, and are counted and warned of (see `execute`).
+    newer_key: Option<Vec<String>>,
 }
 
 impl Target {
@@ -115,6 +119,7 @@ impl Target {
             types,
             primary_key,
             unique,
+            newer_key: None,
         })
     }
 }
@@ -145,6 +150,8 @@ struct State {
     /// stop every other writer's lookup); a table that needs DDL first is written after the
     /// commit instead.
     provisional: bool,
+    /// The plan written last was under an older key (see [`OlderKey`]).
+    older_key: Option<OlderKey>,
 }
 
 /// Prepared statements kept per connection; past this many (a table with many partial-update
@@ -264,7 +271,8 @@ impl PostgresSink {
                    sink_table text NOT NULL, column_name text NOT NULL, sluice_type text NOT NULL, \
                    PRIMARY KEY (sink_table, column_name)); \
                  CREATE TABLE IF NOT EXISTS {TABLES_TABLE} (\
-                   sink_table text PRIMARY KEY, schema_position bytea NOT NULL)"
+                   sink_table text PRIMARY KEY, schema_position bytea NOT NULL); \
+                 ALTER TABLE {TABLES_TABLE} ADD COLUMN IF NOT EXISTS key_columns text[]"
             ))
             .await?;
         Ok(PostgresSink {
@@ -278,6 +286,7 @@ impl PostgresSink {
                 kept_types: std::collections::HashSet::new(),
                 statements: HashMap::new(),
                 provisional: false,
+                older_key: None,
             },
             password,
         })
@@ -369,16 +378,22 @@ impl State {
             &[&id.to_string()],
         )
         .await?;
-        let followed: Vec<u8> = txn
+        let row = txn
             .query_one(
                 &format!(
-                    "SELECT schema_position FROM {TABLES_TABLE} WHERE sink_table = $1 FOR UPDATE"
+                    "SELECT schema_position, key_columns FROM {TABLES_TABLE} \
+                     WHERE sink_table = $1 FOR UPDATE"
                 ),
                 &[&id.to_string()],
             )
-            .await?
-            .get(0);
+            .await?;
+        let followed: Vec<u8> = row.get(0);
+        let followed_key: Option<Vec<String>> = row.get(1);
         let older = position.is_some_and(|p| p.0 < followed);
+        let key: Vec<String> = schema.key_columns().map(|c| c.name.clone()).collect();
+        let newer_key = followed_key.filter(|newer| {
+            older && (newer.len() != key.len() || !newer.iter().all(|k| key.contains(k)))
+        });
         let qualified = format!("{}.{}", quote(&id.namespace), quote(&id.name));
         let sink_name = self.name.clone();
         let table_error = |message: String| SinkError::Table {
@@ -470,8 +485,11 @@ impl State {
         }
         if let Some(p) = position.filter(|_| !older) {
             txn.execute(
-                &format!("UPDATE {TABLES_TABLE} SET schema_position = $2 WHERE sink_table = $1"),
-                &[&id.to_string(), &p.0],
+                &format!(
+                    "UPDATE {TABLES_TABLE} SET schema_position = $2, key_columns = $3 \
+                     WHERE sink_table = $1"
+                ),
+                &[&id.to_string(), &p.0, &key],
             )
             .await?;
         }
@@ -483,7 +501,8 @@ impl State {
                 )));
             }
         }
-        let target = Target::read(txn, qualified, types).await?;
+        let mut target = Target::read(txn, qualified, types).await?;
+        target.newer_key = newer_key;
         self.targets
             .insert(schema.id.clone(), (schema.clone(), target.clone()));
         Ok(target)
@@ -752,6 +771,14 @@ impl State {
                 ),
             });
         }
+        // Counted and warned of once committed (`Applied`).
+        self.older_key = target.newer_key.as_ref().map(|newer| OlderKey {
+            key: key_idx
+                .iter()
+                .map(|&i| schema.columns[i].name.clone())
+                .collect(),
+            newer: newer.clone(),
+        });
         let mut deletes: Vec<&[Datum]> = Vec::new();
         let mut full: Vec<&[Datum]> = Vec::new();
         let mut partial: HashMap<Vec<bool>, Vec<&[Datum]>> = HashMap::new();
@@ -1358,7 +1385,12 @@ impl<'t> skeleton::Dialect<Transaction<'t>> for State {
         txn: &mut Transaction<'t>,
         plan: Plan<'_>,
     ) -> Result<usize, SinkError> {
+        self.older_key = None;
         self.execute(txn, plan).await
+    }
+
+    fn older_key(&mut self) -> Option<OlderKey> {
+        self.older_key.take()
     }
 
     async fn record(
