@@ -339,6 +339,60 @@ fn in_local_mode_a_large_transaction_is_written_while_in_progress_and_seen_only_
 }
 
 #[test]
+fn in_local_mode_a_transaction_in_progress_that_drops_a_full_identity_key_is_not_applied_by_it() {
+    // Given a local-mode pipeline streaming a REPLICA IDENTITY FULL table (its Relation
+    // messages flag every column, whatever its key) whose row 1 is at the sink,
+    let p = local_streaming("inprog_full_key", BIG);
+    p.source("ALTER TABLE public.big REPLICA IDENTITY FULL");
+    let sluice = p.run();
+    sluice.wait_for_log("starting replication", Duration::from_secs(60));
+    p.source("INSERT INTO public.big VALUES (1, 'first', 0)");
+    wait_sql(
+        &p,
+        "SELECT who FROM public.big WHERE id = 1",
+        "first",
+        CONVERGE,
+    );
+
+    // when a large transaction drops the table's primary key and writes rows with ids the
+    // table already has (streamed while in progress: the catalog cannot show the drop yet),
+    p.source(&format!(
+        "BEGIN; ALTER TABLE public.big DROP CONSTRAINT big_pkey; {} COMMIT;",
+        inserts("open", 1, 5_000)
+    ));
+
+    // then it is not applied keyed by the key it dropped (row 1 would be overwritten): at its
+    // commit it is given up, and read after it the table is stopped by name for having no key.
+    sluice.wait_for_metric(
+        "sluice_capture_table_stopped",
+        &[("source", "pg_main"), ("table", "public.big")],
+        CONVERGE,
+        "1",
+        |v| v == 1.0,
+    );
+    assert_eq!(
+        p.pg.psql("sink", "SELECT id, who FROM public.big ORDER BY id")
+            .unwrap()
+            .trim(),
+        "1|first"
+    );
+    assert_eq!(
+        sluice.metric(
+            "sluice_capture_in_progress_transactions_total",
+            &[("source", "pg_main"), ("outcome", "applied")]
+        ),
+        0.0,
+        "{}",
+        sluice.log()
+    );
+    assert!(
+        sluice.log().contains("table public.big has no primary key"),
+        "{}",
+        sluice.log()
+    );
+}
+
+#[test]
 fn in_local_mode_interleaved_transactions_in_progress_commit_in_order_and_rollbacks_leave_nothing()
 {
     // Given a local-mode pipeline whose source streams transactions in progress,

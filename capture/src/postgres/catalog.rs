@@ -141,7 +141,10 @@ impl Catalog {
     /// The key of a table: its replica identity index when it has one (every change's old
     /// key then carries it), else its primary key, else none. (pgoutput flags every column
     /// as key under REPLICA IDENTITY FULL, which is not a key: see [`super::slot::key_problem`].)
-    async fn key_columns(client: &Client, oid: u32) -> Result<Vec<String>, CaptureError> {
+    pub(super) async fn key_columns(
+        client: &Client,
+        oid: u32,
+    ) -> Result<Vec<String>, CaptureError> {
         let rows = client
             .query(
                 "SELECT a.attname::text FROM pg_index i \

@@ -1451,6 +1451,38 @@ impl Stream<'_> {
     /// commit markers go out and capture waits until every sink committed it. `false` when it
     /// must be published as usual instead (the routers were told to let theirs go, or could
     /// not hold it).
+    /// A table of the streamed transaction `xid` under `REPLICA IDENTITY FULL` whose key the
+    /// catalog, now that the transaction is visible, gives otherwise than its changes were
+    /// written with. (The Relation messages of such a table flag every column, so a key
+    /// dropped or changed inside the transaction, which the catalog could not show while it
+    /// was in progress, says nothing there; under DEFAULT or USING INDEX the flags change and
+    /// the transaction was already given up.)
+    async fn full_identity_key_changed(
+        &self,
+        xid: u32,
+        tables: &HashSet<TableId>,
+    ) -> Result<Option<TableId>, CaptureError> {
+        let full: Vec<(u32, &EnvelopeCodec)> = self
+            .relations
+            .iter()
+            .filter(|(_, r)| r.declared.2 == b'f')
+            .filter_map(|(oid, r)| Some((*oid, r.codec.as_deref()?)))
+            .filter(|(_, codec)| tables.contains(&codec.table.id))
+            .collect();
+        if full.is_empty() {
+            return Ok(None);
+        }
+        catalog::wait_visible(self.client, xid, &self.shutdown).await?;
+        for (oid, codec) in full {
+            let now = Catalog::key_columns(self.client, oid).await?;
+            let then: Vec<&String> = codec.table.key_columns().map(|c| &c.name).collect();
+            if now.len() != then.len() || !then.iter().all(|k| now.contains(k)) {
+                return Ok(Some(codec.table.id.clone()));
+            }
+        }
+        Ok(None)
+    }
+
     async fn commit_in_progress(
         &mut self,
         xid: u32,
@@ -1479,7 +1511,9 @@ impl Stream<'_> {
         }) {
             Some("a table of it was snapshotted after it".to_string())
         } else {
-            None
+            self.full_identity_key_changed(xid, &t.tables)
+                .await?
+                .map(|table| format!("the key of {table} changed inside it"))
         };
         if let Some(why) = doubt {
             // The routers let theirs go before its changes come again.
