@@ -888,18 +888,9 @@ fn changes_of_the_older_key_applied_after_the_newer_keys_are_counted_at_mariadb(
     // and then partition 0's changes reach the sink after partition 1's (a router group that
     // has partition 1's progress and none of partition 0's reads them again),
     sluice.terminate(Duration::from_secs(20));
-    let group = format!("{}maria_key_order", p.ns());
-    maria
-        .root_sql(&format!(
-            "INSERT INTO {wh}.sluice_offsets (consumer_group, topic, kafka_partition, kafka_offset, position) \
-             SELECT '{group}-again', topic, kafka_partition, kafka_offset, position \
-             FROM {wh}.sluice_offsets WHERE consumer_group = '{group}' AND kafka_partition = 1"
-        ))
-        .unwrap();
-    p.edit_config(
-        &format!("group_id = \"{group}\""),
-        &format!("group_id = \"{group}-again\""),
-    );
+    p.regroup_keeping(1, &format!("{wh}.sluice_offsets"), |sql| {
+        maria.root_sql(sql).unwrap();
+    });
     let sluice = p.run();
 
     // then the changes written under the older key after the newer key's are counted and

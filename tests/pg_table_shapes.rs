@@ -1095,20 +1095,9 @@ fn changes_of_the_older_key_applied_after_the_newer_key_are_counted_and_verify_r
     // behind: a router group that has partition 1's progress and none of partition 0's reads
     // them again),
     sluice.terminate(Duration::from_secs(20));
-    let group = format!("{}shapes_key_order", s.ns());
-    s.pg.psql(
-        "sink",
-        &format!(
-            "INSERT INTO public.sluice_offsets (consumer_group, topic, kafka_partition, kafka_offset, position) \
-             SELECT '{group}-again', topic, kafka_partition, kafka_offset, position \
-             FROM public.sluice_offsets WHERE consumer_group = '{group}' AND kafka_partition = 1"
-        ),
-    )
-    .unwrap();
-    s.edit_config(
-        &format!("group_id = \"{group}\""),
-        &format!("group_id = \"{group}-again\""),
-    );
+    s.regroup_keeping(1, "public.sluice_offsets", |sql| {
+        s.pg.psql("sink", sql).unwrap();
+    });
     let mut sluice = s.run();
 
     // then the changes written under the older key after the newer key's are counted and

@@ -371,6 +371,29 @@ impl Pipeline {
         std::fs::write(&self.config, text.replace(from, to)).unwrap();
     }
 
+    /// Makes the next router run join a new group (`<group>-again`) that starts with the
+    /// sink's progress on `partition` of every topic and none on the others: theirs are read
+    /// again from the start after `partition`'s (as when they lagged behind it). `offsets` is
+    /// the sink's offsets table (qualified), `run` runs SQL at the sink.
+    pub fn regroup_keeping(&self, partition: i32, offsets: &str, run: impl FnOnce(&str)) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let group = text
+            .lines()
+            .find_map(|l| l.strip_prefix("group_id = \""))
+            .and_then(|rest| rest.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("the config names no router group:\n{text}"))
+            .to_string();
+        run(&format!(
+            "INSERT INTO {offsets} (consumer_group, topic, kafka_partition, kafka_offset, position) \
+             SELECT '{group}-again', topic, kafka_partition, kafka_offset, position \
+             FROM {offsets} WHERE consumer_group = '{group}' AND kafka_partition = {partition}"
+        ));
+        self.edit_config(
+            &format!("group_id = \"{group}\""),
+            &format!("group_id = \"{group}-again\""),
+        );
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("sluice.log")
     }
