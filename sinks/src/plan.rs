@@ -209,6 +209,17 @@ pub(crate) struct OlderKey {
     pub newer: Vec<String>,
 }
 
+impl OlderKey {
+    /// `key` against the newer version's, when they are not the same columns.
+    pub fn between(key: Vec<String>, newer: &[String]) -> Option<OlderKey> {
+        let same = key.len() == newer.len() && key.iter().all(|k| newer.contains(k));
+        (!same).then(|| OlderKey {
+            key,
+            newer: newer.to_vec(),
+        })
+    }
+}
+
 impl Applied {
     pub fn add(&mut self, plan: &Plan<'_>) {
         self.0.push((plan.schema.id.clone(), plan.counts, None));

@@ -1446,11 +1446,6 @@ impl Stream<'_> {
         Ok(())
     }
 
-    /// A streamed transaction committed at `commit_lsn`: when its changes went to the routers
-    /// as they came, and capture can vouch that they are the ones it would publish now, its
-    /// commit markers go out and capture waits until every sink committed it. `false` when it
-    /// must be published as usual instead (the routers were told to let theirs go, or could
-    /// not hold it).
     /// A table of the streamed transaction `xid` under `REPLICA IDENTITY FULL` whose key the
     /// catalog, now that the transaction is visible, gives otherwise than its changes were
     /// written with. (The Relation messages of such a table flag every column, so a key
@@ -1483,6 +1478,11 @@ impl Stream<'_> {
         Ok(None)
     }
 
+    /// A streamed transaction committed at `commit_lsn`: when its changes went to the routers
+    /// as they came, and capture can vouch that they are the ones it would publish now, its
+    /// commit markers go out and capture waits until every sink committed it. `false` when it
+    /// must be published as usual instead (the routers were told to let theirs go, or could
+    /// not hold it).
     async fn commit_in_progress(
         &mut self,
         xid: u32,

@@ -1215,14 +1215,14 @@ impl<'t> skeleton::Dialect<Transaction<'t>> for MysqlSink {
             .map(|(_, t)| t.clone())
             .ok_or_else(|| SinkError::Definite(format!("no target for {}", plan.schema.id)))?;
         // Counted and warned of once committed (`Applied`).
-        self.older_key = self.followed.get(&plan.schema.id).and_then(|(at, newer)| {
-            let key: Vec<String> = plan.schema.key_columns().map(|c| c.name.clone()).collect();
-            let same = key.len() == newer.len() && key.iter().all(|k| newer.contains(k));
-            (!same && plan.newest.is_some_and(|p| p.0 < *at)).then(|| OlderKey {
-                key,
-                newer: newer.clone(),
-            })
-        });
+        self.older_key = self
+            .followed
+            .get(&plan.schema.id)
+            .filter(|(at, _)| plan.newest.is_some_and(|p| p.0 < *at))
+            .and_then(|(_, newer)| {
+                let key = plan.schema.key_columns().map(|c| c.name.clone()).collect();
+                OlderKey::between(key, newer)
+            });
         execute(tx, &target, plan).await
     }
 

@@ -101,9 +101,9 @@ struct Target {
     /// The column sets of its unique indexes (the primary key's among them), to upsert by.
     unique: Vec<Vec<String>>,
     /// For a table version older than the newest the sink followed, whose key is not the
-    /// newest's (the key changed at the source): the newest's key. Its changes reach the sink
-    /// after changes under that key, and are counted and warned of (see `execute`).
-    newer_key: Option<Vec<String>>,
+    /// newest's (the key changed at the source): both keys. Its changes reach the sink after
+    /// changes under the newer key, and are counted and warned of (see `execute`).
+    older_key: Option<OlderKey>,
 }
 
 impl Target {
@@ -119,7 +119,7 @@ impl Target {
             types,
             primary_key,
             unique,
-            newer_key: None,
+            older_key: None,
         })
     }
 }
@@ -391,9 +391,9 @@ impl State {
         let followed_key: Option<Vec<String>> = row.get(1);
         let older = position.is_some_and(|p| p.0 < followed);
         let key: Vec<String> = schema.key_columns().map(|c| c.name.clone()).collect();
-        let newer_key = followed_key.filter(|newer| {
-            older && (newer.len() != key.len() || !newer.iter().all(|k| key.contains(k)))
-        });
+        let older_key = followed_key
+            .filter(|_| older)
+            .and_then(|newer| OlderKey::between(key.clone(), &newer));
         let qualified = format!("{}.{}", quote(&id.namespace), quote(&id.name));
         let sink_name = self.name.clone();
         let table_error = |message: String| SinkError::Table {
@@ -502,7 +502,7 @@ impl State {
             }
         }
         let mut target = Target::read(txn, qualified, types).await?;
-        target.newer_key = newer_key;
+        target.older_key = older_key;
         self.targets
             .insert(schema.id.clone(), (schema.clone(), target.clone()));
         Ok(target)
@@ -772,13 +772,7 @@ impl State {
             });
         }
         // Counted and warned of once committed (`Applied`).
-        self.older_key = target.newer_key.as_ref().map(|newer| OlderKey {
-            key: key_idx
-                .iter()
-                .map(|&i| schema.columns[i].name.clone())
-                .collect(),
-            newer: newer.clone(),
-        });
+        self.older_key = target.older_key.clone();
         let mut deletes: Vec<&[Datum]> = Vec::new();
         let mut full: Vec<&[Datum]> = Vec::new();
         let mut partial: HashMap<Vec<bool>, Vec<&[Datum]>> = HashMap::new();
